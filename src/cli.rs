@@ -1,0 +1,93 @@
+//! Command line: clap derive, one subcommand per job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::mount::MountConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "regfs",
+    version,
+    about = "Keeps a container registry's storage clean: a FUSE passthrough mount under the registry with a write gate for garbage-collection epochs"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). REGFS_LOG overrides, e.g. REGFS_LOG=regfs=debug.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve STORAGE at MOUNTPOINT in the foreground until unmounted (umount, SIGTERM or SIGINT).
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The registry's real storage directory (its filesystem driver's rootdirectory).
+    pub storage: PathBuf,
+
+    /// Where to mount it; point the registry here. May be STORAGE itself.
+    pub mountpoint: PathBuf,
+
+    /// FUSE request threads.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Performance")]
+    pub threads: u16,
+
+    /// Seconds the kernel may cache entries and attributes. Every change goes through the
+    /// mount, so long is safe unless something else writes STORAGE directly.
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        help_heading = "Performance"
+    )]
+    pub attr_timeout: f64,
+
+    /// Do not ask the kernel for read passthrough (reads then go through the daemon).
+    #[arg(long, help_heading = "Performance")]
+    pub no_passthrough: bool,
+
+    /// Seconds a GC epoch waits for in-place writers (link files, manifests) to finish
+    /// before it refuses their writes too.
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        help_heading = "Write gate"
+    )]
+    pub drain_timeout: f64,
+}
+
+impl MountArgs {
+    pub fn mount_config(&self) -> Result<MountConfig, String> {
+        let attr_timeout = Duration::try_from_secs_f64(self.attr_timeout).map_err(|_| {
+            format!(
+                "--attr-timeout {}: not a number of seconds",
+                self.attr_timeout
+            )
+        })?;
+        Ok(MountConfig {
+            storage: self.storage.clone(),
+            mountpoint: self.mountpoint.clone(),
+            threads: self.threads as usize,
+            attr_timeout,
+            passthrough: !self.no_passthrough,
+        })
+    }
+
+    pub fn drain_timeout(&self) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(self.drain_timeout).map_err(|_| {
+            format!(
+                "--drain-timeout {}: not a number of seconds",
+                self.drain_timeout
+            )
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The one error type of the filesystem core and its single mapping to errno.
+
+use std::io;
+
+use thiserror::Error;
+
+/// Why a filesystem request failed. Every variant maps to exactly one errno in
+/// [`FsError::errno`]; nothing else in the crate picks errno values.
+#[derive(Debug, Error)]
+pub enum FsError {
+    /// The backing filesystem answered with an error; its errno is passed on as is.
+    #[error("{op} {path}: {source}")]
+    Backing {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A GC epoch holds the store closed for writes.
+    #[error("{path}: store is read-only during a GC epoch")]
+    ReadOnlyEpoch { path: String },
+    /// A name that could walk out of its directory (`.`, `..`, a `/`), or an empty one.
+    #[error("invalid name {name:?}")]
+    InvalidName { name: String },
+    /// A symbolic link found in the store: never followed, never served.
+    #[error("{path}: symbolic links are not served")]
+    Symlink { path: String },
+    /// A device node, FIFO or socket found in the store.
+    #[error("{path}: special files are not served")]
+    SpecialFile { path: String },
+    /// An entry on another filesystem (a mount inside the store).
+    #[error("{path}: entry is on another filesystem")]
+    OtherDevice { path: String },
+    /// Something a registry store never holds (links, device nodes, ...).
+    #[error("{what} is not supported on a registry store")]
+    NotSupported { what: &'static str },
+    /// Extended attributes are refused.
+    #[error("extended attributes are not supported")]
+    NoXattr,
+    /// The kernel named an inode or handle we do not know.
+    #[error("unknown {what} {id}")]
+    Stale { what: &'static str, id: u64 },
+    /// A handle used for what it was not opened for.
+    #[error("handle {fh} is not open for {what}")]
+    BadHandle { fh: u64, what: &'static str },
+    /// A bug or an unexpected state: answered with EIO and logged with the path.
+    #[error("internal error at {path}: {detail}")]
+    Internal { path: String, detail: String },
+}
+
+impl FsError {
+    pub fn backing(
+        op: &'static str,
+        path: impl Into<String>,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        FsError::Backing {
+            op,
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The errno the kernel gets for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Backing { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::ReadOnlyEpoch { .. } => libc::EROFS,
+            FsError::InvalidName { .. } => libc::EINVAL,
+            FsError::Symlink { .. } => libc::ELOOP,
+            FsError::SpecialFile { .. } => libc::EPERM,
+            FsError::OtherDevice { .. } => libc::EXDEV,
+            FsError::NotSupported { .. } => libc::EPERM,
+            FsError::NoXattr => libc::EOPNOTSUPP,
+            FsError::Stale { .. } => libc::ESTALE,
+            FsError::BadHandle { .. } => libc::EBADF,
+            FsError::Internal { .. } => libc::EIO,
+        }
+    }
+
+    /// Errors worth a warning in the log: the ones that mean something is wrong with the
+    /// daemon or the store, not with the request.
+    pub fn is_unexpected(&self) -> bool {
+        match self {
+            FsError::Internal { .. } | FsError::Stale { .. } => true,
+            FsError::Backing { source, .. } => source.raw_os_error() == Some(libc::EIO),
+            _ => false,
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

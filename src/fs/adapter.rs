@@ -1,0 +1,557 @@
+//! The FUSE adapter: each callback calls one method of [`StorageFs`] and turns its result
+//! into a reply. Errors become errno here, through [`FsError::errno`] only; a panic in
+//! the core answers EIO for that one request and the mount stays up.
+
+use std::ffi::OsStr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+
+use super::core::{Caller, SetAttr, StorageFs};
+use super::io::Opened;
+use crate::error::{FsError, FsResult};
+
+/// Serves a [`StorageFs`] to the kernel.
+#[derive(Debug)]
+pub struct FuseAdapter {
+    fs: Arc<StorageFs>,
+    /// How long the kernel may cache entries and attributes. Safe to keep long: every
+    /// change goes through this mount, and the daemon's own deletions invalidate.
+    ttl: Duration,
+    want_passthrough: bool,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<StorageFs>, ttl: Duration, want_passthrough: bool) -> Self {
+        FuseAdapter {
+            fs,
+            ttl,
+            want_passthrough,
+        }
+    }
+
+    /// Runs one core operation: panics become EIO, errors are logged with the path.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        f: impl FnOnce() -> FsResult<T>,
+    ) -> Result<T, Errno> {
+        let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(FsError::Internal {
+                path: self.fs.path_of(ino),
+                detail,
+            })
+        });
+        result.map_err(|e| {
+            if e.is_unexpected() {
+                tracing::warn!(op, path = %self.fs.path_of(ino), error = %e, "request failed");
+            } else {
+                tracing::debug!(op, error = %e, "request refused");
+            }
+            Errno::from_i32(e.errno())
+        })
+    }
+
+    fn caller(req: &Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+
+    fn open_flags(opened: &Opened) -> FopenFlags {
+        if opened.direct_io {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as _,
+            }
+        }
+    }
+}
+
+/// Attributes for `.` and `..` in readdirplus: the kernel does not link them, so only
+/// the inode number and type matter.
+fn dot_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let granted = self.want_passthrough
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.fs.set_passthrough(granted);
+        if granted {
+            tracing::info!("kernel read passthrough: on");
+        } else if self.want_passthrough {
+            tracing::info!(
+                "kernel read passthrough not granted by this kernel; reads go through the daemon"
+            );
+        } else {
+            tracing::info!("kernel read passthrough: off (disabled by option)");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.call("lookup", parent.0, || self.fs.lookup(parent.0, name)) {
+            Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.call("getattr", ino.0, || self.fs.getattr(ino.0)) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let times = (atime.is_some() || mtime.is_some()).then(|| Timestamps {
+            last_access: timespec(atime),
+            last_modification: timespec(mtime),
+        });
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            times,
+            fh: fh.map(|f| f.0),
+        };
+        match self.call("setattr", ino.0, || self.fs.setattr(ino.0, change)) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::from_i32(libc::EINVAL));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r: Result<(), _> = self.call("mknod", parent.0, || {
+            Err(FsError::NotSupported {
+                what: "a device node",
+            })
+        });
+        reply.error(r.unwrap_err());
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.call("mkdir", parent.0, || {
+            self.fs.mkdir(parent.0, name, mode, Self::caller(req))
+        }) {
+            Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.call("unlink", parent.0, || self.fs.unlink(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.call("rmdir", parent.0, || self.fs.rmdir(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let r: Result<(), _> = self.call("symlink", parent.0, || {
+            Err(FsError::NotSupported {
+                what: "a symbolic link",
+            })
+        });
+        reply.error(r.unwrap_err());
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("rename", parent.0, || {
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r: Result<(), _> = self.call("link", ino.0, || {
+            Err(FsError::NotSupported {
+                what: "a hard link",
+            })
+        });
+        reply.error(r.unwrap_err());
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let make = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
+        let r = self.call("open", ino.0, || self.fs.open(ino.0, flags.0, Some(&make)));
+        match r {
+            Ok(opened) => {
+                let fl = Self::open_flags(&opened);
+                match &opened.backing {
+                    Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fl, id),
+                    None => reply.opened(FileHandle(opened.fh), fl),
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.call("read", ino.0, || self.fs.read(fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.call("write", ino.0, || self.fs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered here: writes reach the backing file as they come.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("release", ino.0, || self.fs.release(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("fsync", ino.0, || self.fs.fsync(fh.0, datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("opendir", ino.0, || self.fs.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.call("readdir", ino.0, || {
+            self.fs.readdir(fh.0, offset, false, &mut |item| {
+                reply.add(INodeNo(item.ino), item.offset, item.kind, item.name)
+            })
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl;
+        let r = self.call("readdirplus", ino.0, || {
+            self.fs.readdir(fh.0, offset, true, &mut |item| {
+                let attr = item.attr.unwrap_or_else(|| dot_attr(item.ino));
+                reply.add(
+                    INodeNo(item.ino),
+                    item.offset,
+                    item.name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                )
+            })
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("releasedir", ino.0, || self.fs.releasedir(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.call("fsyncdir", ino.0, || self.fs.fsyncdir(fh.0, datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.call("statfs", ino.0, || self.fs.statfs()) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r: Result<(), _> = self.call("setxattr", ino.0, || Err(FsError::NoXattr));
+        reply.error(r.unwrap_err());
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        let r: Result<(), _> = self.call("getxattr", ino.0, || Err(FsError::NoXattr));
+        reply.error(r.unwrap_err());
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        let r: Result<(), _> = self.call("listxattr", ino.0, || Err(FsError::NoXattr));
+        reply.error(r.unwrap_err());
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let r: Result<(), _> = self.call("removexattr", ino.0, || Err(FsError::NoXattr));
+        reply.error(r.unwrap_err());
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.call("access", ino.0, || self.fs.access(ino.0, mask.bits())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let make = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
+        let r = self.call("create", parent.0, || {
+            self.fs
+                .create(parent.0, name, mode, flags, Self::caller(req), Some(&make))
+        });
+        match r {
+            Ok((entry, opened)) => {
+                let fl = Self::open_flags(&opened);
+                let fh = FileHandle(opened.fh);
+                match &opened.backing {
+                    Some(id) => {
+                        reply.created_passthrough(&self.ttl, &entry.attr, Generation(0), fh, fl, id)
+                    }
+                    None => reply.created(&self.ttl, &entry.attr, Generation(0), fh, fl),
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Conversions from backing `stat` results to what the kernel is told.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+use rustix::fs::{FileType as RawType, Stat};
+
+use crate::error::FsError;
+
+fn time(secs: i64, nsec: u64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsec)
+    }
+}
+
+/// The attributes of a backing file as node `id`.
+pub fn file_attr(id: u64, st: &Stat) -> FileAttr {
+    let kind = match RawType::from_raw_mode(st.st_mode) {
+        RawType::Directory => FileType::Directory,
+        RawType::Symlink => FileType::Symlink,
+        RawType::Fifo => FileType::NamedPipe,
+        RawType::Socket => FileType::Socket,
+        RawType::CharacterDevice => FileType::CharDevice,
+        RawType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    };
+    FileAttr {
+        ino: INodeNo(id),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: time(st.st_ctime, st.st_ctime_nsec),
+        kind,
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// Rejects names that could leave their directory or are not names at all. The kernel
+/// never sends these; a bug or a crafted request could.
+pub fn check_name(name: &OsStr) -> Result<(), FsError> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(FsError::InvalidName {
+            name: name.to_string_lossy().into_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_walk_out_are_rejected() {
+        for bad in ["", ".", "..", "a/b", "/", "../x"] {
+            assert!(check_name(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        for good in ["data", "link", "..a", "a b", "ünï", ".hidden"] {
+            assert!(check_name(OsStr::new(good)).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The filesystem core: every operation as a plain method that returns a result, so
+//! tests can drive it without a mount. The FUSE adapter turns these into replies.
+//!
+//! Every name is resolved one component at a time from its parent's O_PATH handle with
+//! O_NOFOLLOW; symbolic links, special files and entries on other devices are refused.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use fuser::{FileAttr, Notifier};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
+
+use super::attr::{check_name, file_attr};
+use super::handles::HandleTable;
+use super::inode::{Inode, InodeKey, InodeTable, Kind};
+use super::io::OpenFile;
+use super::readdir::OpenDir;
+use crate::epoch::{ChangeGuard, WriteGate};
+use crate::error::{FsError, FsResult};
+
+/// What a successful lookup or create hands to the kernel.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: FileAttr,
+}
+
+/// Who asks: the caller's credentials, for ownership of what it creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Filesystem statistics of the backing store.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Attribute changes asked for by setattr.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub times: Option<rfs::Timestamps>,
+    pub fh: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct StorageFs {
+    pub(super) inodes: InodeTable,
+    pub(super) files: HandleTable<OpenFile>,
+    pub(super) dirs: HandleTable<OpenDir>,
+    pub(super) gate: Arc<WriteGate>,
+    /// /proc/self/fd, to reopen O_PATH handles with real access modes.
+    pub(super) proc_fd: OwnedFd,
+    pub(super) root_dev: u64,
+    /// Passthrough usable now (cleared if the kernel refuses a backing file).
+    pub(super) passthrough: AtomicBool,
+    /// Passthrough was granted at init: opens without it must then be direct I/O.
+    pub(super) passthrough_granted: AtomicBool,
+    pub(super) notifier: OnceLock<Notifier>,
+}
+
+fn is_setgid_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_ISGID != 0
+}
+
+impl StorageFs {
+    /// Opens the store at `root`. The root handle is taken now, so a mount placed over
+    /// the same directory later still reaches the real directory underneath.
+    pub fn new(root: &Path, gate: Arc<WriteGate>) -> FsResult<Self> {
+        let shown = root.display().to_string();
+        let fd = rfs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("open store", &shown, e))?;
+        let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat store", &shown, e))?;
+        let proc_fd = rfs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("open", "/proc/self/fd", e))?;
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        Ok(StorageFs {
+            inodes: InodeTable::new(fd, key),
+            files: HandleTable::new(),
+            dirs: HandleTable::new(),
+            gate,
+            proc_fd,
+            root_dev: st.st_dev,
+            passthrough: AtomicBool::new(false),
+            passthrough_granted: AtomicBool::new(false),
+            notifier: OnceLock::new(),
+        })
+    }
+
+    pub fn gate(&self) -> &Arc<WriteGate> {
+        &self.gate
+    }
+
+    /// Lets the core tell the kernel about changes it makes itself (the sweep).
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Turns kernel read passthrough on or off (decided at init).
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Release);
+        self.passthrough_granted.store(on, Ordering::Release);
+    }
+
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// Number of inodes the kernel holds references to.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub(super) fn inode(&self, id: u64) -> FsResult<Arc<Inode>> {
+        self.inodes
+            .get(id)
+            .ok_or(FsError::Stale { what: "inode", id })
+    }
+
+    /// Path of node `id` for logs; empty for the root, `?` when unknown.
+    pub fn path_of(&self, id: u64) -> String {
+        self.inodes
+            .get(id)
+            .map(|i| i.path())
+            .unwrap_or_else(|| format!("?{id}"))
+    }
+
+    pub(super) fn admit_change(&self, path: &str) -> FsResult<ChangeGuard<'_>> {
+        self.gate
+            .admit_change()
+            .map_err(|_| FsError::ReadOnlyEpoch {
+                path: path.to_owned(),
+            })
+    }
+
+    /// Reopens an O_PATH handle with real flags through /proc/self/fd. The handle names
+    /// one inode, so nothing here resolves a path in the store.
+    pub(super) fn reopen(&self, fd: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        let name = fd.as_raw_fd().to_string();
+        rfs::openat(
+            &self.proc_fd,
+            name.as_str(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    /// Checks what an O_PATH handle found in the store is, and refuses what we never serve.
+    fn admit_found(&self, st: &Stat, path: &str) -> FsResult<Kind> {
+        if st.st_dev != self.root_dev {
+            return Err(FsError::OtherDevice { path: path.into() });
+        }
+        match rfs::FileType::from_raw_mode(st.st_mode) {
+            rfs::FileType::RegularFile => Ok(Kind::File),
+            rfs::FileType::Directory => Ok(Kind::Directory),
+            rfs::FileType::Symlink => Err(FsError::Symlink { path: path.into() }),
+            _ => Err(FsError::SpecialFile { path: path.into() }),
+        }
+    }
+
+    /// Resolves `name` in `parent` and counts one kernel reference to it.
+    pub(super) fn lookup_in(&self, parent: &Arc<Inode>, name: &OsStr) -> FsResult<Entry> {
+        check_name(name)?;
+        let path = parent.child_path(name);
+        let fd = rfs::openat(
+            parent.fd(),
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("lookup", &path, e))?;
+        let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", &path, e))?;
+        let kind = self.admit_found(&st, &path)?;
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let inode = self.inodes.remember(parent, name, key, kind, fd);
+        Ok(Entry {
+            attr: file_attr(inode.id, &st),
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let parent = self.inode(parent)?;
+        self.lookup_in(&parent, name)
+    }
+
+    pub fn forget(&self, id: u64, nlookup: u64) {
+        self.inodes.forget(id, nlookup);
+    }
+
+    pub fn getattr(&self, id: u64) -> FsResult<FileAttr> {
+        let inode = self.inode(id)?;
+        let st = rfs::fstat(inode.fd()).map_err(|e| FsError::backing("stat", inode.path(), e))?;
+        Ok(file_attr(id, &st))
+    }
+
+    /// Gives what `fd` (just created by us as root) to the caller, as a plain filesystem
+    /// would have: the caller's uid, and its gid unless the parent directory is setgid.
+    pub(super) fn give_to_caller(
+        &self,
+        parent: &Inode,
+        fd: BorrowedFd<'_>,
+        caller: Caller,
+        path: &str,
+    ) -> FsResult<()> {
+        let pst =
+            rfs::fstat(parent.fd()).map_err(|e| FsError::backing("stat", parent.path(), e))?;
+        let gid = if is_setgid_dir(&pst) {
+            None
+        } else {
+            Some(rfs::Gid::from_raw(caller.gid))
+        };
+        rfs::chownat(
+            fd,
+            "",
+            Some(rfs::Uid::from_raw(caller.uid)),
+            gid,
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(|e| FsError::backing("chown", path, e))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Entry> {
+        let parent = self.inode(parent)?;
+        check_name(name)?;
+        let path = parent.child_path(name);
+        let _change = self.admit_change(&path)?;
+        rfs::mkdirat(parent.fd(), name, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| FsError::backing("mkdir", &path, e))?;
+        let fd = rfs::openat(
+            parent.fd(),
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("open", &path, e))?;
+        self.give_to_caller(&parent, fd.as_fd(), caller, &path)?;
+        drop(fd);
+        self.lookup_in(&parent, name)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, AtFlags::empty(), "unlink")
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, AtFlags::REMOVEDIR, "rmdir")
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, flags: AtFlags, op: &'static str) -> FsResult<()> {
+        let parent = self.inode(parent)?;
+        check_name(name)?;
+        let path = parent.child_path(name);
+        let _change = self.admit_change(&path)?;
+        rfs::unlinkat(parent.fd(), name, flags).map_err(|e| FsError::backing(op, &path, e))
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let parent = self.inode(parent)?;
+        let new_parent = self.inode(new_parent)?;
+        check_name(name)?;
+        check_name(new_name)?;
+        let path = parent.child_path(name);
+        let allowed = rfs::RenameFlags::NOREPLACE | rfs::RenameFlags::EXCHANGE;
+        let flags = rfs::RenameFlags::from_bits(flags)
+            .filter(|f| allowed.contains(*f))
+            .ok_or(FsError::NotSupported {
+                what: "this rename flag",
+            })?;
+        let _change = self.admit_change(&path)?;
+        let moved = rfs::statat(parent.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| FsError::backing("rename", &path, e))?;
+        rfs::renameat_with(parent.fd(), name, new_parent.fd(), new_name, flags)
+            .map_err(|e| FsError::backing("rename", &path, e))?;
+        let key = InodeKey {
+            dev: moved.st_dev,
+            ino: moved.st_ino,
+        };
+        self.inodes.moved(key, &new_parent, new_name);
+        Ok(())
+    }
+
+    /// setattr. A size change through a handle open for writing is a write on that
+    /// handle (the registry's ftruncate(0) of a link it rewrites); anything else is an
+    /// attribute change of a path.
+    pub fn setattr(&self, id: u64, change: SetAttr) -> FsResult<FileAttr> {
+        let inode = self.inode(id)?;
+        let path = inode.path();
+        let only_size = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.times.is_none();
+        if let (Some(size), Some(fh), true) = (change.size, change.fh, only_size) {
+            let file = self.files.get(fh).ok_or(FsError::Stale {
+                what: "handle",
+                id: fh,
+            })?;
+            if let Some(token) = &file.writer {
+                let _write = self
+                    .gate
+                    .admit_write(token)
+                    .map_err(|_| FsError::ReadOnlyEpoch { path: path.clone() })?;
+                rfs::ftruncate(&file.fd, size)
+                    .map_err(|e| FsError::backing("truncate", &path, e))?;
+                return self.getattr(id);
+            }
+        }
+        let _change = self.admit_change(&path)?;
+        if let Some(size) = change.size {
+            let fd = self
+                .reopen(inode.fd(), OFlags::WRONLY | OFlags::NOCTTY)
+                .map_err(|e| FsError::backing("truncate", &path, e))?;
+            rfs::ftruncate(&fd, size).map_err(|e| FsError::backing("truncate", &path, e))?;
+        }
+        let proc_name = inode.fd().as_raw_fd().to_string();
+        if let Some(mode) = change.mode {
+            rfs::chmodat(
+                &self.proc_fd,
+                proc_name.as_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| FsError::backing("chmod", &path, e))?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            rfs::chownat(
+                inode.fd(),
+                "",
+                change.uid.map(rfs::Uid::from_raw),
+                change.gid.map(rfs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )
+            .map_err(|e| FsError::backing("chown", &path, e))?;
+        }
+        if let Some(times) = change.times {
+            rfs::utimensat(&self.proc_fd, proc_name.as_str(), &times, AtFlags::empty())
+                .map_err(|e| FsError::backing("utimens", &path, e))?;
+        }
+        self.getattr(id)
+    }
+
+    pub fn statfs(&self) -> FsResult<FsStats> {
+        let root = self.inodes.root();
+        let st = rfs::fstatvfs(root.fd()).map_err(|e| FsError::backing("statfs", "", e))?;
+        Ok(FsStats {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    /// access(2): existence and, during an epoch, no write access. Permission bits are
+    /// checked by the kernel (default_permissions).
+    pub fn access(&self, id: u64, mask: i32) -> FsResult<()> {
+        let inode = self.inode(id)?;
+        rfs::fstat(inode.fd()).map_err(|e| FsError::backing("access", inode.path(), e))?;
+        if mask & libc::W_OK != 0 && self.gate.is_closed() {
+            return Err(FsError::ReadOnlyEpoch { path: inode.path() });
+        }
+        Ok(())
+    }
+
+    /// Is the gate closed? Reads stay allowed either way.
+    pub fn read_only(&self) -> bool {
+        self.gate.is_closed()
+    }
+}

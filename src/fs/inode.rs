@@ -1,0 +1,244 @@
+//! Inodes: one O_PATH handle per backing file or directory, keyed by (st_dev, st_ino),
+//! with the kernel's lookup count. Node ids are handed out from a counter and never
+//! reused, so a recycled backing inode number can never alias a node the kernel still
+//! holds (our O_PATH handle pins the backing inode anyway).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use fuser::BackingId;
+
+pub const ROOT_ID: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Directory,
+}
+
+/// Where an inode was last seen: its parent and its name there. Used to name paths in
+/// logs and to classify writers; the handle, not the path, is what operations use.
+#[derive(Debug)]
+struct Place {
+    parent: Option<Arc<Inode>>,
+    name: OsString,
+}
+
+#[derive(Debug)]
+pub struct Inode {
+    pub id: u64,
+    pub key: InodeKey,
+    pub kind: Kind,
+    fd: OwnedFd,
+    place: Mutex<Place>,
+    /// Kernel passthrough: one backing id per inode, shared by its read-only opens and
+    /// dropped with the last of them.
+    pub backing: Mutex<Weak<BackingId>>,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Path relative to the store root, `/`-separated, for logs and classification.
+    pub fn path(&self) -> String {
+        let mut parts: Vec<OsString> = Vec::new();
+        let (mut parent, name) = self.parent_and_name();
+        if parent.is_some() {
+            parts.push(name);
+        }
+        while let Some(p) = parent {
+            let (up, name) = p.parent_and_name();
+            if up.is_some() {
+                parts.push(name);
+            }
+            parent = up;
+        }
+        let mut out = String::new();
+        for part in parts.iter().rev() {
+            if !out.is_empty() {
+                out.push('/');
+            }
+            out.push_str(&String::from_utf8_lossy(part.as_bytes()));
+        }
+        out
+    }
+
+    fn parent_and_name(&self) -> (Option<Arc<Inode>>, OsString) {
+        let place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        (place.parent.clone(), place.name.clone())
+    }
+
+    /// Path of `name` inside this directory.
+    pub fn child_path(&self, name: &OsStr) -> String {
+        let base = self.path();
+        let name = String::from_utf8_lossy(name.as_bytes());
+        if base.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{base}/{name}")
+        }
+    }
+
+    fn set_place(&self, parent: Arc<Inode>, name: &OsStr) {
+        let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        place.parent = Some(parent);
+        place.name = name.to_owned();
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    inode: Arc<Inode>,
+    nlookup: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    by_id: HashMap<u64, Entry>,
+    by_key: HashMap<InodeKey, u64>,
+    next_id: u64,
+}
+
+/// All inodes the kernel currently holds a reference to.
+#[derive(Debug)]
+pub struct InodeTable {
+    tables: RwLock<Tables>,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root_key: InodeKey) -> Self {
+        let root = Arc::new(Inode {
+            id: ROOT_ID,
+            key: root_key,
+            kind: Kind::Directory,
+            fd: root_fd,
+            place: Mutex::new(Place {
+                parent: None,
+                name: OsString::new(),
+            }),
+            backing: Mutex::new(Weak::new()),
+        });
+        let mut tables = Tables {
+            next_id: ROOT_ID + 1,
+            ..Tables::default()
+        };
+        tables.by_key.insert(root_key, ROOT_ID);
+        // The root is never forgotten: its count starts at one and stays above zero.
+        tables.by_id.insert(
+            ROOT_ID,
+            Entry {
+                inode: root,
+                nlookup: 1,
+            },
+        );
+        InodeTable {
+            tables: RwLock::new(tables),
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        t.by_id.get(&id).map(|e| e.inode.clone())
+    }
+
+    pub fn root(&self) -> Arc<Inode> {
+        self.get(ROOT_ID).expect("root inode is never forgotten")
+    }
+
+    pub fn id_of(&self, key: InodeKey) -> Option<u64> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        t.by_key.get(&key).copied()
+    }
+
+    /// Records one kernel lookup of `key` found as `name` in `parent`. Takes ownership of
+    /// `fd`; it is dropped when the inode was already known.
+    pub fn remember(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        key: InodeKey,
+        kind: Kind,
+        fd: OwnedFd,
+    ) -> Arc<Inode> {
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = t.by_key.get(&key) {
+            let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
+            entry.nlookup += 1;
+            let inode = entry.inode.clone();
+            drop(t);
+            if inode.id != ROOT_ID {
+                inode.set_place(parent.clone(), name);
+            }
+            return inode;
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let inode = Arc::new(Inode {
+            id,
+            key,
+            kind,
+            fd,
+            place: Mutex::new(Place {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+            }),
+            backing: Mutex::new(Weak::new()),
+        });
+        t.by_key.insert(key, id);
+        t.by_id.insert(
+            id,
+            Entry {
+                inode: inode.clone(),
+                nlookup: 1,
+            },
+        );
+        inode
+    }
+
+    /// Updates where a known inode lives after a rename.
+    pub fn moved(&self, key: InodeKey, new_parent: &Arc<Inode>, new_name: &OsStr) {
+        if let Some(inode) = self.id_of(key).and_then(|id| self.get(id))
+            && inode.id != ROOT_ID
+        {
+            inode.set_place(new_parent.clone(), new_name);
+        }
+    }
+
+    /// The kernel dropped `n` references. The inode (and its handle) goes with the last.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        let gone = match t.by_id.get_mut(&id) {
+            Some(entry) => {
+                entry.nlookup = entry.nlookup.saturating_sub(n);
+                entry.nlookup == 0
+            }
+            None => false,
+        };
+        if gone && let Some(entry) = t.by_id.remove(&id) {
+            t.by_key.remove(&entry.inode.key);
+        }
+    }
+
+    /// How many inodes are held: for tests and status.
+    pub fn len(&self) -> usize {
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .len()
+    }
+}

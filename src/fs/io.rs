@@ -1,0 +1,282 @@
+//! Opening, reading and writing files. Read-only opens go through kernel passthrough
+//! when the kernel grants it; write-capable opens never do (passthrough writes would
+//! never reach the gate) and use direct I/O so every write is seen here.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::BackingId;
+use rustix::fs::{self as rfs, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::attr::{check_name, file_attr};
+use super::core::{Caller, Entry, StorageFs};
+use super::inode::{Inode, InodeKey, Kind};
+use crate::epoch::{WriterClass, WriterToken};
+use crate::error::{FsError, FsResult};
+
+/// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
+/// fuser's `ReplyOpen::open_backing`).
+pub type BackingFactory<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
+
+#[derive(Debug)]
+pub struct OpenFile {
+    pub(super) inode: Arc<Inode>,
+    pub(super) fd: OwnedFd,
+    pub(super) writer: Option<WriterToken>,
+    /// Keeps the inode's passthrough backing id alive until this handle is released.
+    pub(super) _backing: Option<Arc<BackingId>>,
+}
+
+/// What an open hands to the kernel.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// Bypass the page cache: every write (and read) of this handle comes to us.
+    pub direct_io: bool,
+    pub backing: Option<Arc<BackingId>>,
+}
+
+/// Flags a client may pass that must not reach the backing open: creation is done
+/// by us, and O_DIRECT would need aligned buffers we do not promise.
+fn backing_flags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32)
+        & !(OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOCTTY
+            | OFlags::DIRECT
+            | OFlags::PATH
+            | OFlags::TMPFILE)
+}
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl StorageFs {
+    fn ro(path: &str) -> FsError {
+        FsError::ReadOnlyEpoch { path: path.into() }
+    }
+
+    /// The passthrough backing id for a read-only open, shared per inode.
+    fn backing_for(
+        &self,
+        inode: &Inode,
+        fd: BorrowedFd<'_>,
+        make: Option<BackingFactory<'_>>,
+    ) -> Option<Arc<BackingId>> {
+        let make = make?;
+        if !self.passthrough_enabled() {
+            return None;
+        }
+        let mut slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = slot.upgrade() {
+            return Some(id);
+        }
+        match make(fd) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                *slot = Arc::downgrade(&id);
+                Some(id)
+            }
+            Err(e) => {
+                if self.passthrough.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(path = %inode.path(), error = %e,
+                        "kernel refused a passthrough backing file; reads go through the daemon from now on");
+                }
+                None
+            }
+        }
+    }
+
+    fn finish_open(
+        &self,
+        inode: Arc<Inode>,
+        fd: OwnedFd,
+        writer: Option<WriterToken>,
+        make: Option<BackingFactory<'_>>,
+    ) -> Opened {
+        let backing = if writer.is_none() {
+            self.backing_for(&inode, fd.as_fd(), make)
+        } else {
+            None
+        };
+        // Direct I/O for writers (so the gate sees every write) and, once passthrough is
+        // in use, for read-only opens that did not get it: the kernel refuses to mix
+        // cached and passthrough opens of one inode.
+        let direct_io =
+            writer.is_some() || (backing.is_none() && make.is_some() && self.passthrough_ever());
+        let fh = self.files.insert(OpenFile {
+            inode,
+            fd,
+            writer,
+            _backing: backing.clone(),
+        });
+        Opened {
+            fh,
+            direct_io,
+            backing,
+        }
+    }
+
+    fn passthrough_ever(&self) -> bool {
+        self.passthrough_granted.load(Ordering::Acquire)
+    }
+
+    pub fn open(&self, id: u64, flags: i32, make: Option<BackingFactory<'_>>) -> FsResult<Opened> {
+        let inode = self.inode(id)?;
+        let path = inode.path();
+        if inode.kind == Kind::Directory {
+            return Err(FsError::backing("open", &path, Errno::ISDIR));
+        }
+        let writer = if wants_write(flags) {
+            let class = WriterClass::of_path(&path);
+            Some(
+                self.gate
+                    .register_writer(class, path.clone())
+                    .map_err(|_| Self::ro(&path))?,
+            )
+        } else {
+            None
+        };
+        let fd = match self.reopen(inode.fd(), backing_flags(flags)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Some(t) = &writer {
+                    self.gate.release_writer(t);
+                }
+                return Err(FsError::backing("open", &path, e));
+            }
+        };
+        Ok(self.finish_open(inode, fd, writer, make))
+    }
+
+    /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+        make: Option<BackingFactory<'_>>,
+    ) -> FsResult<(Entry, Opened)> {
+        let parent = self.inode(parent)?;
+        check_name(name)?;
+        let path = parent.child_path(name);
+        let change = self.admit_change(&path)?;
+        let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(mode & 0o7777);
+        let (fd, created) = match rfs::openat(
+            parent.fd(),
+            name,
+            base | OFlags::CREATE | OFlags::EXCL,
+            mode,
+        ) {
+            Ok(fd) => (fd, true),
+            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                let fd = rfs::openat(parent.fd(), name, base | OFlags::NONBLOCK, Mode::empty())
+                    .map_err(|e| FsError::backing("open", &path, e))?;
+                (fd, false)
+            }
+            Err(e) => return Err(FsError::backing("create", &path, e)),
+        };
+        if created {
+            self.give_to_caller(&parent, fd.as_fd(), caller, &path)?;
+        }
+        let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", &path, e))?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+            return Err(FsError::SpecialFile { path });
+        }
+        let opath = self
+            .reopen(fd.as_fd(), OFlags::PATH)
+            .map_err(|e| FsError::backing("open", &path, e))?;
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let inode = self.inodes.remember(&parent, name, key, Kind::File, opath);
+        let writer = wants_write(flags)
+            .then(|| change.register_writer(WriterClass::of_path(&path), path.clone()));
+        drop(change);
+        let entry = Entry {
+            attr: file_attr(inode.id, &st),
+        };
+        Ok((entry, self.finish_open(inode, fd, writer, make)))
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files.get(fh).ok_or(FsError::Stale {
+            what: "handle",
+            id: fh,
+        })
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&file.fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(FsError::backing("read", file.inode.path(), e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.file(fh)?;
+        let token = file.writer.as_ref().ok_or(FsError::BadHandle {
+            fh,
+            what: "writing",
+        })?;
+        let _write = self
+            .gate
+            .admit_write(token)
+            .map_err(|_| Self::ro(&file.inode.path()))?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) if done == 0 => return Err(FsError::backing("write", file.inode.path(), e)),
+                Err(_) => break,
+            }
+        }
+        Ok(done as u32)
+    }
+
+    /// fsync: allowed in an epoch, so data written before it can still be made durable.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let file = self.file(fh)?;
+        let r = if datasync {
+            rfs::fdatasync(&file.fd)
+        } else {
+            rfs::fsync(&file.fd)
+        };
+        r.map_err(|e| FsError::backing("fsync", file.inode.path(), e))
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let file = self.files.remove(fh).ok_or(FsError::Stale {
+            what: "handle",
+            id: fh,
+        })?;
+        if let Some(t) = &file.writer {
+            self.gate.release_writer(t);
+        }
+        Ok(())
+    }
+
+    /// How many file handles are open: for tests and status.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+}

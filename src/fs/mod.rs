@@ -1,0 +1,16 @@
+//! The passthrough filesystem: inodes, handles, the core operations and the FUSE adapter.
+
+pub mod adapter;
+mod attr;
+mod core;
+mod handles;
+mod inode;
+mod io;
+mod readdir;
+mod remove;
+
+pub use self::core::{Caller, Entry, FsStats, SetAttr, StorageFs};
+pub use adapter::FuseAdapter;
+pub use io::{BackingFactory, Opened};
+pub use readdir::DirItem;
+pub use remove::Removed;

@@ -1,0 +1,182 @@
+//! Directory handles and listing. A listing resumes from the backing filesystem's own
+//! offsets, so entries added or removed while a directory is listed behave as they do
+//! on the backing directory.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+
+use fuser::{FileAttr, FileType};
+use rustix::fs::{self as rfs, Dir, OFlags};
+
+use super::core::StorageFs;
+use super::inode::Inode;
+use crate::error::{FsError, FsResult};
+
+#[derive(Debug)]
+struct Pending {
+    name: CString,
+    offset: i64,
+    kind: FileType,
+    ino: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    dir: Dir,
+    /// Offset of the last entry handed to the kernel.
+    position: i64,
+    /// An entry read but not sent because the reply was full.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+pub struct OpenDir {
+    inode: Arc<Inode>,
+    stream: Mutex<Stream>,
+}
+
+/// One directory entry for a readdir reply.
+#[derive(Debug)]
+pub struct DirItem<'a> {
+    pub name: &'a OsStr,
+    /// Where the listing continues after this entry.
+    pub offset: u64,
+    pub kind: FileType,
+    /// The backing inode number (plain readdir) or the node id (readdirplus).
+    pub ino: u64,
+    /// With readdirplus: the entry's attributes; the kernel now holds one reference.
+    pub attr: Option<FileAttr>,
+}
+
+fn kind_of(t: rfs::FileType) -> FileType {
+    match t {
+        rfs::FileType::Directory => FileType::Directory,
+        rfs::FileType::Symlink => FileType::Symlink,
+        rfs::FileType::Fifo => FileType::NamedPipe,
+        rfs::FileType::Socket => FileType::Socket,
+        rfs::FileType::CharacterDevice => FileType::CharDevice,
+        rfs::FileType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl StorageFs {
+    pub fn opendir(&self, id: u64) -> FsResult<u64> {
+        let inode = self.inode(id)?;
+        let fd = self
+            .reopen(inode.fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| FsError::backing("opendir", inode.path(), e))?;
+        let dir = Dir::new(fd).map_err(|e| FsError::backing("opendir", inode.path(), e))?;
+        Ok(self.dirs.insert(OpenDir {
+            inode,
+            stream: Mutex::new(Stream {
+                dir,
+                position: 0,
+                pending: None,
+            }),
+        }))
+    }
+
+    pub fn releasedir(&self, fh: u64) -> FsResult<()> {
+        self.dirs.remove(fh).map(|_| ()).ok_or(FsError::Stale {
+            what: "directory handle",
+            id: fh,
+        })
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
+            what: "directory handle",
+            id: fh,
+        })?;
+        let st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = st
+            .dir
+            .fd()
+            .map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))?;
+        let r = if datasync {
+            rfs::fdatasync(fd)
+        } else {
+            rfs::fsync(fd)
+        };
+        r.map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))
+    }
+
+    /// Lists entries from `offset` into `sink` until it reports full (returns true).
+    /// With `plus`, each entry but `.` and `..` is looked up (one kernel reference each);
+    /// an entry that cannot be looked up (gone meanwhile, or refused) is left out.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> FsResult<()> {
+        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
+            what: "directory handle",
+            id: fh,
+        })?;
+        let mut st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = offset as i64;
+        if offset != st.position {
+            st.pending = None;
+            if offset == 0 {
+                st.dir.rewind();
+            } else {
+                st.dir
+                    .seek(offset)
+                    .map_err(|e| FsError::backing("seekdir", dir.inode.path(), e))?;
+            }
+            st.position = offset;
+        }
+        loop {
+            let item = match st.pending.take() {
+                Some(p) => p,
+                None => match st.dir.read() {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(FsError::backing("readdir", dir.inode.path(), e)),
+                    Some(Ok(e)) => Pending {
+                        name: e.file_name().to_owned(),
+                        offset: e.offset(),
+                        kind: kind_of(e.file_type()),
+                        ino: e.ino(),
+                    },
+                },
+            };
+            let name = OsStr::from_bytes(item.name.as_bytes());
+            let dots = name == "." || name == "..";
+            let mut looked_up = None;
+            let (ino, kind, attr) = if plus && !dots {
+                match self.lookup_in(&dir.inode, name) {
+                    Ok(entry) => {
+                        looked_up = Some(entry.attr.ino.0);
+                        (entry.attr.ino.0, entry.attr.kind, Some(entry.attr))
+                    }
+                    Err(_) => {
+                        st.position = item.offset;
+                        continue;
+                    }
+                }
+            } else {
+                (item.ino, item.kind, None)
+            };
+            let full = sink(DirItem {
+                name,
+                offset: item.offset as u64,
+                kind,
+                ino,
+                attr,
+            });
+            if full {
+                // Not sent: give the reference back and keep the entry for next time.
+                if let Some(id) = looked_up {
+                    self.forget(id, 1);
+                }
+                st.pending = Some(item);
+                return Ok(());
+            }
+            st.position = item.offset;
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! regfs: a FUSE filesystem mounted under a container registry's storage directory. It
+//! passes reads and writes through to the real directory and can close the store for
+//! writes (a GC epoch) while it collects garbage.
+
+pub mod cli;
+pub mod epoch;
+pub mod error;
+pub mod fs;
+pub mod logging;
+pub mod mount;

@@ -1,0 +1,431 @@
+//! Mounting: checks before the mount (with errors that name the path and say what to
+//! do), the FUSE session, and an unmount that also works when the mount is busy.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use rustix::mount::{UnmountFlags, unmount};
+use thiserror::Error;
+
+use crate::epoch::WriteGate;
+use crate::error::FsError;
+use crate::fs::{FuseAdapter, StorageFs};
+
+/// Everything `regfs mount` needs to serve a store.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub storage: PathBuf,
+    pub mountpoint: PathBuf,
+    /// FUSE request threads.
+    pub threads: usize,
+    /// How long the kernel caches entries and attributes.
+    pub attr_timeout: Duration,
+    /// Ask the kernel for read passthrough.
+    pub passthrough: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error(
+        "regfs must run as root (it mounts a filesystem and serves other users); effective uid is {0}"
+    )]
+    NotRoot(u32),
+    #[error(
+        "{path}: FUSE device missing or unusable ({detail}); load the module with `modprobe fuse`"
+    )]
+    NoFuseDevice { path: String, detail: String },
+    #[error("storage directory {0} does not exist")]
+    StorageMissing(PathBuf),
+    #[error("storage path {0} is not a directory")]
+    StorageNotDirectory(PathBuf),
+    #[error("mount point {0} does not exist; create it with `mkdir -p {0}`")]
+    MountpointMissing(PathBuf),
+    #[error("mount point {0} is not a directory")]
+    MountpointNotDirectory(PathBuf),
+    #[error(
+        "mount point {path} is already mounted ({fstype}); unmount it first with `umount {path}`"
+    )]
+    AlreadyMounted { path: String, fstype: String },
+    #[error(
+        "mount point {path} holds a stale FUSE mount (Transport endpoint is not connected) and lazy unmount failed: {source}; run `umount -l {path}`"
+    )]
+    StaleMount {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "mount point {mountpoint} is inside the storage directory {storage}: the daemon would serve its own mount"
+    )]
+    MountpointInsideStorage {
+        storage: PathBuf,
+        mountpoint: PathBuf,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] FsError),
+    #[error("mounting {path} failed: {source}")]
+    Mount {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One entry of /proc/self/mountinfo that matters here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mounts of this mount namespace, in mount order.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next().unwrap_or("");
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fstype: fstype.to_string(),
+                source: unescape(source),
+            })
+        })
+        .collect())
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    mounts()
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == path)
+}
+
+fn is_stale(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// Lazily unmounts a stale FUSE mount (its daemon died). Returns whether one was there.
+pub fn recover_stale(mountpoint: &Path) -> Result<bool, MountError> {
+    // statfs always reaches the daemon; stat of the root may be answered from cache.
+    match rustix::fs::statfs(mountpoint).map_err(io::Error::from) {
+        Err(e) if is_stale(&e) => {
+            tracing::warn!(mountpoint = %mountpoint.display(),
+                "stale FUSE mount found (Transport endpoint is not connected); unmounting it lazily");
+            unmount(mountpoint, UnmountFlags::DETACH).map_err(|e| MountError::StaleMount {
+                path: mountpoint.display().to_string(),
+                source: e.into(),
+            })?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Everything that can be checked before mounting, with errors that say what to do.
+/// Returns the canonical (storage, mountpoint).
+pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
+    let euid = rustix::process::geteuid().as_raw();
+    if euid != 0 {
+        return Err(MountError::NotRoot(euid));
+    }
+    match fs::metadata("/dev/fuse") {
+        Ok(m) if m.file_type().is_char_device() => {}
+        Ok(_) => {
+            return Err(MountError::NoFuseDevice {
+                path: "/dev/fuse".into(),
+                detail: "not a character device".into(),
+            });
+        }
+        Err(e) => {
+            return Err(MountError::NoFuseDevice {
+                path: "/dev/fuse".into(),
+                detail: e.to_string(),
+            });
+        }
+    }
+    let storage = match fs::metadata(&cfg.storage) {
+        Ok(m) if m.is_dir() => fs::canonicalize(&cfg.storage).map_err(|e| MountError::Io {
+            path: cfg.storage.display().to_string(),
+            source: e,
+        })?,
+        Ok(_) => return Err(MountError::StorageNotDirectory(cfg.storage.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::StorageMissing(cfg.storage.clone()));
+        }
+        Err(e) => {
+            return Err(MountError::Io {
+                path: cfg.storage.display().to_string(),
+                source: e,
+            });
+        }
+    };
+    recover_stale(&cfg.mountpoint)?;
+    let mountpoint = match fs::metadata(&cfg.mountpoint) {
+        Ok(m) if m.is_dir() => fs::canonicalize(&cfg.mountpoint).map_err(|e| MountError::Io {
+            path: cfg.mountpoint.display().to_string(),
+            source: e,
+        })?,
+        Ok(_) => return Err(MountError::MountpointNotDirectory(cfg.mountpoint.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::MountpointMissing(cfg.mountpoint.clone()));
+        }
+        Err(e) => {
+            return Err(MountError::Io {
+                path: cfg.mountpoint.display().to_string(),
+                source: e,
+            });
+        }
+    };
+    // A store on its own disk is itself a mount point, and regfs may be mounted over the
+    // storage directory itself: only a FUSE mount already there is a conflict.
+    if let Some(m) = mount_at(&mountpoint)
+        && m.fstype.starts_with("fuse")
+    {
+        return Err(MountError::AlreadyMounted {
+            path: mountpoint.display().to_string(),
+            fstype: m.fstype,
+        });
+    }
+    if mountpoint != storage && mountpoint.starts_with(&storage) {
+        return Err(MountError::MountpointInsideStorage {
+            storage,
+            mountpoint,
+        });
+    }
+    Ok((storage, mountpoint))
+}
+
+/// Raises the soft open-file limit to the hard one (and the hard one to the kernel's
+/// maximum): the daemon holds one handle per inode the kernel remembers.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let cur = getrlimit(Resource::Nofile);
+    let hard = match (cur.maximum, nr_open) {
+        (Some(h), Some(n)) => Some(h.max(n)),
+        (h, _) => h,
+    };
+    let want = Rlimit {
+        current: hard,
+        maximum: hard,
+    };
+    if setrlimit(Resource::Nofile, want).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: cur.maximum,
+                maximum: cur.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+fn session_config(cfg: &MountConfig, storage: &Path) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(storage.display().to_string()),
+        MountOption::Subtype("regfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::RW,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    config
+}
+
+/// Unmounts a foreground mount from another thread.
+pub struct Unmounter {
+    session: SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts through the session (so it does not try again at exit); if the mount is
+    /// busy, detaches it lazily.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        match self.session.unmount() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => unmount_path(&self.mountpoint),
+            other => other,
+        }
+    }
+}
+
+/// A mounted store, not yet serving: call [`Mounted::run`] (foreground) or
+/// [`Mounted::spawn`] (background, for tests).
+pub struct Mounted {
+    pub fs: Arc<StorageFs>,
+    pub mountpoint: PathBuf,
+    session: Session<FuseAdapter>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+/// Checks, opens the store and mounts it. The store handle is taken before the mount, so
+/// MOUNTPOINT may be the storage directory itself.
+pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountError> {
+    let (storage, mountpoint) = preflight(cfg)?;
+    // The kernel applies the caller's umask before it sends a mode; ours must not again.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let fs = Arc::new(StorageFs::new(&storage, gate)?);
+    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough);
+    let session =
+        Session::new(adapter, &mountpoint, &session_config(cfg, &storage)).map_err(|e| {
+            MountError::Mount {
+                path: mountpoint.display().to_string(),
+                source: e,
+            }
+        })?;
+    fs.set_notifier(session.notifier());
+    Ok(Mounted {
+        fs,
+        mountpoint,
+        session,
+    })
+}
+
+/// Unmounts; when the mount is busy (a process still has files open), detaches it so
+/// it disappears from the namespace at once.
+pub fn unmount_path(mountpoint: &Path) -> io::Result<()> {
+    match unmount(mountpoint, UnmountFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::BUSY) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "mount busy; detaching it lazily");
+            unmount(mountpoint, UnmountFlags::DETACH).map_err(Into::into)
+        }
+        Err(rustix::io::Errno::INVAL) => Ok(()), // not mounted any more
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Mounted {
+    /// Something that unmounts this mount from another thread (signal handling).
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Serves requests in this thread until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+
+    /// Serves requests in the background; the returned guard unmounts on drop.
+    pub fn spawn(self) -> io::Result<MountGuard> {
+        let fs = self.fs.clone();
+        let mountpoint = self.mountpoint.clone();
+        let session = self.session.spawn()?;
+        Ok(MountGuard {
+            fs,
+            mountpoint,
+            session: Some(session),
+        })
+    }
+}
+
+/// A mount served in the background. Dropping it unmounts (lazily if busy) and joins
+/// the request threads, so a failing test never leaves a mount behind.
+pub struct MountGuard {
+    pub fs: Arc<StorageFs>,
+    pub mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for MountGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountGuard")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl MountGuard {
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // The session's own unmount first (so it does not try again when dropped), then
+        // a lazy detach if the mount was busy.
+        match session.umount_and_join() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => unmount_path(&self.mountpoint),
+            other => other,
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape(r"/x\134y"), r"/x\y");
+        assert_eq!(unescape("plain"), "plain");
+    }
+}
