@@ -1,0 +1,123 @@
+//! Shared helpers for tests that mount regfs for real.
+//!
+//! Every mount lives in a fresh temporary directory and is owned by a guard that
+//! unmounts on drop, so a failing test leaves nothing behind. Stale mounts from an
+//! earlier, killed test run are cleaned once per test binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use regfs::epoch::WriteGate;
+use regfs::fs::StorageFs;
+use regfs::mount::{self, MountConfig, MountGuard};
+use tempfile::TempDir;
+
+/// Prefix of every temporary directory these tests create; stale mounts are found by it.
+pub const PREFIX: &str = "regfs-test-";
+
+/// Whether this machine can run FUSE tests. Under CI=true a missing prerequisite is a
+/// failure, never a skip; elsewhere the test says why it skipped.
+pub fn fuse_available() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = format!("FUSE tests need root and /dev/fuse (root: {root}, /dev/fuse: {dev})");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
+
+/// Lazily unmounts every FUSE mount left by an earlier test run.
+pub fn clean_stale_mounts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for m in mount::mounts().unwrap_or_default() {
+            if m.fstype.starts_with("fuse") && m.mountpoint.to_string_lossy().contains(PREFIX) {
+                let _ = rustix::mount::unmount(&m.mountpoint, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    });
+}
+
+pub fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir()
+        .expect("temporary directory")
+}
+
+/// A store mounted in-process: `storage` is the backing directory, `mnt` the mount.
+pub struct TestMount {
+    // Declared first so it drops (unmounts) before the directory is removed.
+    pub guard: MountGuard,
+    pub storage: PathBuf,
+    pub mnt: PathBuf,
+    pub gate: Arc<WriteGate>,
+    pub dir: TempDir,
+}
+
+impl TestMount {
+    pub fn fs(&self) -> &Arc<StorageFs> {
+        &self.guard.fs
+    }
+}
+
+pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
+    MountConfig {
+        storage: storage.to_path_buf(),
+        mountpoint: mnt.to_path_buf(),
+        threads: 4,
+        attr_timeout: Duration::from_secs(60),
+        passthrough: true,
+    }
+}
+
+/// Mounts a fresh empty store. `None` when FUSE is unavailable outside CI.
+pub fn mount_fresh() -> Option<TestMount> {
+    mount_with(|_| {})
+}
+
+/// Mounts a fresh store after `prepare` has filled the backing directory.
+pub fn mount_with(prepare: impl FnOnce(&Path)) -> Option<TestMount> {
+    if !fuse_available() {
+        return None;
+    }
+    clean_stale_mounts();
+    let dir = tempdir();
+    let storage = dir.path().join("storage");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&storage).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    // Make the store reachable for the non-root users some tests run as.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    prepare(&storage);
+    let gate = Arc::new(WriteGate::new());
+    let guard = mount::mount(&config(&storage, &mnt), gate.clone())
+        .expect("mount")
+        .spawn()
+        .expect("serve");
+    Some(TestMount {
+        guard,
+        storage,
+        mnt,
+        gate,
+        dir,
+    })
+}
+
+/// The errno of an io::Error, or a panic naming the operation.
+pub fn errno(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
+    }
+}
