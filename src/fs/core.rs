@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fuser::{FileAttr, Notifier};
@@ -72,6 +72,8 @@ pub struct StorageFs {
     /// Passthrough was granted at init: opens without it must then be direct I/O.
     pub(super) passthrough_granted: AtomicBool,
     pub(super) notifier: OnceLock<Notifier>,
+    /// Read requests served by the daemon (not by kernel passthrough).
+    pub(super) daemon_reads: AtomicU64,
 }
 
 fn is_setgid_dir(st: &Stat) -> bool {
@@ -110,6 +112,7 @@ impl StorageFs {
             passthrough: AtomicBool::new(false),
             passthrough_granted: AtomicBool::new(false),
             notifier: OnceLock::new(),
+            daemon_reads: AtomicU64::new(0),
         })
     }
 
@@ -130,6 +133,12 @@ impl StorageFs {
 
     pub fn passthrough_enabled(&self) -> bool {
         self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// Read requests the daemon served itself; reads through kernel passthrough never
+    /// reach it.
+    pub fn daemon_reads(&self) -> u64 {
+        self.daemon_reads.load(Ordering::Relaxed)
     }
 
     /// Number of inodes the kernel holds references to.

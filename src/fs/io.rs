@@ -217,6 +217,7 @@ impl StorageFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file(fh)?;
+        self.daemon_reads.fetch_add(1, Ordering::Relaxed);
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
