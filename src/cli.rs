@@ -50,6 +50,16 @@ pub struct MountArgs {
     )]
     pub attr_timeout: f64,
 
+    /// Inodes held (one open handle each) before regfs asks the kernel to drop cached
+    /// entries; 0 = three quarters of the open-file limit.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        help_heading = "Performance"
+    )]
+    pub max_inodes: usize,
+
     /// Do not ask the kernel for read passthrough (reads then go through the daemon).
     #[arg(long, help_heading = "Performance")]
     pub no_passthrough: bool,
@@ -79,6 +89,7 @@ impl MountArgs {
             threads: self.threads as usize,
             attr_timeout,
             passthrough: !self.no_passthrough,
+            max_inodes: self.max_inodes,
         })
     }
 

@@ -27,6 +27,20 @@ pub struct MountConfig {
     pub attr_timeout: Duration,
     /// Ask the kernel for read passthrough.
     pub passthrough: bool,
+    /// Inodes (each an open handle) held before the kernel is asked to drop cached
+    /// entries; 0 picks three quarters of the open-file limit.
+    pub max_inodes: usize,
+}
+
+impl MountConfig {
+    /// The inode high mark: the configured one, or a share of the open-file limit.
+    pub fn inode_high_mark(&self, nofile: u64) -> usize {
+        if self.max_inodes > 0 {
+            self.max_inodes
+        } else {
+            (nofile.min(1 << 30) as usize / 4 * 3).max(1024)
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -328,6 +342,14 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
             }
         })?;
     fs.set_notifier(session.notifier());
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let high = cfg.inode_high_mark(nofile);
+    crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
+        path: "reclaimer thread".into(),
+        source: e,
+    })?;
     Ok(Mounted {
         fs,
         mountpoint,

@@ -233,6 +233,29 @@ impl InodeTable {
         }
     }
 
+    /// Up to `n` (parent id, name) pairs the kernel may be asked to drop, files before
+    /// directories (a dropped directory takes its cached subtree with it, which costs
+    /// more lookups later). The root is never one of them.
+    pub fn reclaim_candidates(&self, n: usize) -> Vec<(u64, OsString)> {
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(n);
+        for want in [Kind::File, Kind::Directory] {
+            for entry in t.by_id.values() {
+                if out.len() >= n {
+                    return out;
+                }
+                if entry.inode.kind != want {
+                    continue;
+                }
+                let (parent, name) = entry.inode.parent_and_name();
+                if let Some(parent) = parent {
+                    out.push((parent.id, name));
+                }
+            }
+        }
+        out
+    }
+
     /// How many inodes are held: for tests and status.
     pub fn len(&self) -> usize {
         self.tables

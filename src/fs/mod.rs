@@ -7,10 +7,12 @@ mod handles;
 mod inode;
 mod io;
 mod readdir;
+mod reclaim;
 mod remove;
 
 pub use self::core::{Caller, Entry, FsStats, SetAttr, StorageFs};
 pub use adapter::FuseAdapter;
 pub use io::{BackingFactory, Opened};
 pub use readdir::DirItem;
+pub use reclaim::spawn_reclaimer;
 pub use remove::Removed;

@@ -75,6 +75,7 @@ pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
         threads: 4,
         attr_timeout: Duration::from_secs(60),
         passthrough: true,
+        max_inodes: 0,
     }
 }
 
@@ -85,6 +86,14 @@ pub fn mount_fresh() -> Option<TestMount> {
 
 /// Mounts a fresh store after `prepare` has filled the backing directory.
 pub fn mount_with(prepare: impl FnOnce(&Path)) -> Option<TestMount> {
+    mount_configured(prepare, |_| {})
+}
+
+/// Mounts a fresh store with a configuration adjusted by `tune`.
+pub fn mount_configured(
+    prepare: impl FnOnce(&Path),
+    tune: impl FnOnce(&mut MountConfig),
+) -> Option<TestMount> {
     if !fuse_available() {
         return None;
     }
@@ -99,7 +108,9 @@ pub fn mount_with(prepare: impl FnOnce(&Path)) -> Option<TestMount> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     prepare(&storage);
     let gate = Arc::new(WriteGate::new());
-    let guard = mount::mount(&config(&storage, &mnt), gate.clone())
+    let mut cfg = config(&storage, &mnt);
+    tune(&mut cfg);
+    let guard = mount::mount(&cfg, gate.clone())
         .expect("mount")
         .spawn()
         .expect("serve");

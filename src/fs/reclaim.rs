@@ -1,0 +1,60 @@
+//! Keeps the inode table (one open O_PATH handle per inode) bounded while a registry
+//! walks millions of files. The kernel decides when it forgets an inode; when the table
+//! grows past a high mark, a background thread asks the kernel to drop cached entries
+//! (invalidation), and the kernel's FORGETs then shrink the table. Notifications are
+//! sent from this thread, never from a request handler, which could deadlock.
+
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::Duration;
+
+use fuser::INodeNo;
+
+use super::core::StorageFs;
+
+/// How often the reclaimer looks at the table size.
+const PERIOD: Duration = Duration::from_millis(200);
+
+impl StorageFs {
+    /// Asks the kernel to drop enough cached entries to bring the table down to `target`.
+    /// Returns how many invalidations it sent.
+    pub fn reclaim_inodes(&self, target: usize) -> usize {
+        let Some(notifier) = self.notifier.get() else {
+            return 0;
+        };
+        let excess = self.inodes.len().saturating_sub(target);
+        if excess == 0 {
+            return 0;
+        }
+        let mut sent = 0;
+        for (parent, name) in self.inodes.reclaim_candidates(excess) {
+            if notifier.inval_entry(INodeNo(parent), &name).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+}
+
+/// Starts the reclaimer: above `high` inodes it trims towards `low`. It ends when the
+/// filesystem is dropped.
+pub fn spawn_reclaimer(fs: &Arc<StorageFs>, high: usize, low: usize) -> std::io::Result<()> {
+    let fs: Weak<StorageFs> = Arc::downgrade(fs);
+    thread::Builder::new()
+        .name("regfs-reclaim".into())
+        .spawn(move || {
+            while let Some(fs) = fs.upgrade() {
+                if fs.inode_count() > high {
+                    let sent = fs.reclaim_inodes(low);
+                    tracing::debug!(
+                        sent,
+                        inodes = fs.inode_count(),
+                        "asked the kernel to drop cached entries"
+                    );
+                }
+                drop(fs);
+                thread::sleep(PERIOD);
+            }
+        })?;
+    Ok(())
+}
