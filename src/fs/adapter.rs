@@ -555,3 +555,23 @@ impl Filesystem for FuseAdapter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::epoch::WriteGate;
+
+    #[test]
+    fn a_panic_in_the_core_answers_eio_for_that_request_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
+        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false);
+        let r: Result<(), Errno> = adapter.call("test", 1, || panic!("bug in a handler"));
+        assert_eq!(r.unwrap_err(), Errno::from_i32(libc::EIO));
+        // The next request is served normally.
+        let attr = adapter
+            .call("getattr", 1, || adapter.fs.getattr(1))
+            .unwrap();
+        assert_eq!(attr.kind, FileType::Directory);
+    }
+}
