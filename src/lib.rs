@@ -6,5 +6,7 @@ pub mod cli;
 pub mod epoch;
 pub mod error;
 pub mod fs;
+pub mod layout;
 pub mod logging;
+pub mod manifest;
 pub mod mount;

@@ -1,0 +1,167 @@
+//! Content digests and link files. A digest is validated here before it ever becomes a
+//! path: `sha256:` and exactly 64 lowercase hex characters.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+/// A sha256 digest, held as its 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("unsupported digest algorithm {0:?} (only sha256 is stored)")]
+    Algorithm(String),
+    #[error("digest is {0} hex characters, not 64")]
+    Length(usize),
+    #[error("digest is not lowercase hex")]
+    NotLowercaseHex,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("link file is empty")]
+    Empty,
+    #[error("link file is {0} bytes, not 71 (`sha256:` and 64 hex, no newline)")]
+    Length(usize),
+    #[error("link file is not UTF-8")]
+    NotText,
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl Digest {
+    /// Parses exactly 64 lowercase hex characters.
+    pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
+        let b = hex.as_bytes();
+        if b.len() != 64 {
+            return Err(DigestError::Length(b.len()));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0]).ok_or(DigestError::NotLowercaseHex)?;
+            let lo = hex_val(pair[1]).ok_or(DigestError::NotLowercaseHex)?;
+            out[i] = hi << 4 | lo;
+        }
+        Ok(Digest(out))
+    }
+
+    /// Parses `sha256:<64 lowercase hex>`.
+    pub fn parse(s: &str) -> Result<Self, DigestError> {
+        match s.split_once(':') {
+            Some(("sha256", hex)) => Self::from_hex(hex),
+            Some((alg, _)) => Err(DigestError::Algorithm(alg.to_string())),
+            None => Err(DigestError::Algorithm(String::new())),
+        }
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    pub fn hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        s
+    }
+
+    /// The two-character fan-out directory of this digest under `blobs/sha256/`.
+    pub fn prefix(&self) -> String {
+        self.hex()[..2].to_string()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", &self.hex()[..12])
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parses a link file strictly, as the registry does: exactly `sha256:<64 hex>`.
+pub fn parse_link(bytes: &[u8]) -> Result<Digest, LinkError> {
+    if bytes.is_empty() {
+        return Err(LinkError::Empty);
+    }
+    if bytes.len() != 71 {
+        return Err(LinkError::Length(bytes.len()));
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| LinkError::NotText)?;
+    Ok(Digest::parse(s)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
+
+    #[test]
+    fn a_well_formed_link_parses() {
+        let link = format!("sha256:{HEX}");
+        let d = parse_link(link.as_bytes()).unwrap();
+        assert_eq!(d.hex(), HEX);
+        assert_eq!(d.to_string(), link);
+        assert_eq!(d.prefix(), "a3");
+    }
+
+    #[test]
+    fn damaged_links_are_rejected() {
+        assert_eq!(parse_link(b""), Err(LinkError::Empty));
+        let nl = format!("sha256:{HEX}\n");
+        assert_eq!(parse_link(nl.as_bytes()), Err(LinkError::Length(72)));
+        let upper = format!("sha256:{}", HEX.to_uppercase());
+        assert_eq!(
+            parse_link(upper.as_bytes()),
+            Err(LinkError::Digest(DigestError::NotLowercaseHex))
+        );
+        let alg = format!("sha512:{HEX}");
+        assert_eq!(
+            parse_link(alg.as_bytes()),
+            Err(LinkError::Digest(DigestError::Algorithm("sha512".into())))
+        );
+        let dots = format!("sha256:../../{}", &HEX[..58]);
+        assert_eq!(dots.len(), 71);
+        assert_eq!(
+            parse_link(dots.as_bytes()),
+            Err(LinkError::Digest(DigestError::NotLowercaseHex))
+        );
+        assert!(parse_link(&[0xff; 71]).is_err());
+        assert!(Digest::parse(&format!("sha256:{}", &HEX[..63])).is_err());
+        assert!(Digest::parse(HEX).is_err());
+    }
+
+    #[test]
+    fn digest_of_bytes_matches_sha256() {
+        assert_eq!(
+            Digest::of(b"").hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

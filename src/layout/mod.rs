@@ -1,0 +1,11 @@
+//! The distribution registry's storage layout: the one source of truth for its paths,
+//! names, digests and link files, and a reader that cannot be led out of the store.
+
+pub mod digest;
+pub mod names;
+pub mod paths;
+pub mod store;
+
+pub use digest::{Digest, DigestError, LinkError, parse_link};
+pub use names::{NameError, RepoName, TagName};
+pub use store::{Entry, EntryKind, ReadError, Store};

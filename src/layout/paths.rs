@@ -1,0 +1,104 @@
+//! Every path of the distribution layout, built in one place (as upstream's paths.go).
+//! Paths are relative to the storage root (the registry's `rootdirectory`).
+
+use std::path::{Path, PathBuf};
+
+use super::digest::Digest;
+use super::names::{RepoName, TagName};
+
+/// Everything the registry stores lives below this; nothing else is ever touched.
+pub const V2: &str = "docker/registry/v2";
+
+pub fn v2() -> PathBuf {
+    PathBuf::from(V2)
+}
+
+pub fn blobs_root() -> PathBuf {
+    v2().join("blobs/sha256")
+}
+
+pub fn blob_prefix_dir(prefix: &str) -> PathBuf {
+    blobs_root().join(prefix)
+}
+
+pub fn blob_dir(d: &Digest) -> PathBuf {
+    blobs_root().join(d.prefix()).join(d.hex())
+}
+
+pub fn blob_data(d: &Digest) -> PathBuf {
+    blob_dir(d).join("data")
+}
+
+pub fn repositories_root() -> PathBuf {
+    v2().join("repositories")
+}
+
+pub fn repo_dir(repo: &RepoName) -> PathBuf {
+    repositories_root().join(repo.as_path())
+}
+
+pub fn manifests_dir(repo: &RepoName) -> PathBuf {
+    repo_dir(repo).join("_manifests")
+}
+
+pub fn revisions_dir(repo: &RepoName) -> PathBuf {
+    manifests_dir(repo).join("revisions/sha256")
+}
+
+pub fn revision_dir(repo: &RepoName, d: &Digest) -> PathBuf {
+    revisions_dir(repo).join(d.hex())
+}
+
+/// A revision directory named by a string that may not be a valid digest (for reports).
+pub fn revision_dir_named(repo: &RepoName, name: &str) -> PathBuf {
+    revisions_dir(repo).join(name)
+}
+
+pub fn tags_dir(repo: &RepoName) -> PathBuf {
+    manifests_dir(repo).join("tags")
+}
+
+pub fn tag_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
+    tags_dir(repo).join(tag.as_str())
+}
+
+pub fn tag_current_link(repo: &RepoName, tag: &TagName) -> PathBuf {
+    tag_dir(repo, tag).join("current/link")
+}
+
+pub fn tag_index_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
+    tag_dir(repo, tag).join("index/sha256")
+}
+
+pub fn tag_index_entry(repo: &RepoName, tag: &TagName, d: &Digest) -> PathBuf {
+    tag_index_dir(repo, tag).join(d.hex())
+}
+
+pub fn layers_dir(repo: &RepoName) -> PathBuf {
+    repo_dir(repo).join("_layers/sha256")
+}
+
+pub fn layer_link_dir_named(repo: &RepoName, name: &str) -> PathBuf {
+    layers_dir(repo).join(name)
+}
+
+pub fn uploads_dir(repo: &RepoName) -> PathBuf {
+    repo_dir(repo).join("_uploads")
+}
+
+pub fn upload_dir(repo: &RepoName, id: &str) -> PathBuf {
+    uploads_dir(repo).join(id)
+}
+
+/// The file name every link file has.
+pub const LINK: &str = "link";
+
+/// Whether a file name is a leftover of registry 3.1+'s write-to-temp-and-rename.
+pub fn is_temp_file(name: &str) -> bool {
+    name.ends_with(".tmp")
+}
+
+/// Whether `rel` lies inside `docker/registry/v2/` (a guard for every deletion).
+pub fn is_inside_v2(rel: &Path) -> bool {
+    rel.starts_with(V2) && rel != Path::new(V2)
+}
