@@ -233,6 +233,8 @@ impl StorageFs {
 
     /// Gives what `fd` (just created by us as root) to the caller, as a plain filesystem
     /// would have: the caller's uid, and its gid unless the parent directory is setgid.
+    /// chown clears a file's setuid/setgid bits, so the mode it was created with is put
+    /// back afterwards.
     pub(super) fn give_to_caller(
         &self,
         parent: &Inode,
@@ -242,19 +244,31 @@ impl StorageFs {
     ) -> FsResult<()> {
         let pst =
             rfs::fstat(parent.fd()).map_err(|e| FsError::backing("stat", parent.path(), e))?;
-        let gid = if is_setgid_dir(&pst) {
-            None
-        } else {
-            Some(rfs::Gid::from_raw(caller.gid))
-        };
+        let st = rfs::fstat(fd).map_err(|e| FsError::backing("stat", path, e))?;
+        let gid = (!is_setgid_dir(&pst)).then_some(caller.gid);
+        if st.st_uid == caller.uid && gid.is_none_or(|g| g == st.st_gid) {
+            return Ok(());
+        }
         rfs::chownat(
             fd,
             "",
             Some(rfs::Uid::from_raw(caller.uid)),
-            gid,
+            gid.map(rfs::Gid::from_raw),
             AtFlags::EMPTY_PATH,
         )
-        .map_err(|e| FsError::backing("chown", path, e))
+        .map_err(|e| FsError::backing("chown", path, e))?;
+        let special = st.st_mode & (libc::S_ISUID | libc::S_ISGID);
+        if special != 0 && rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile {
+            let name = fd.as_raw_fd().to_string();
+            rfs::chmodat(
+                &self.proc_fd,
+                name.as_str(),
+                Mode::from_raw_mode(st.st_mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| FsError::backing("chmod", path, e))?;
+        }
+        Ok(())
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Entry> {

@@ -84,19 +84,22 @@ fn remove_entry(
     Ok(())
 }
 
+/// The directory holding the last component of a store-relative path.
+struct Parent {
+    fd: Option<OwnedFd>,
+    st: rfs::Stat,
+}
+
 impl StorageFs {
-    /// Deletes the file or directory tree at `rel` (relative to the store root) and
-    /// invalidates the kernel's cached entry. Refuses `..`, absolute paths and links on
-    /// the way. Missing: `Ok(Removed::default())`, since someone else removed it.
-    pub fn remove_tree(&self, rel: &Path) -> FsResult<Removed> {
+    /// Resolves every component but the last from the root, one at a time with
+    /// O_NOFOLLOW. `None` when a component is missing.
+    fn resolve_parent<'p>(&self, rel: &'p Path) -> FsResult<Option<(Parent, &'p OsStr)>> {
         let shown = rel.display().to_string();
         let mut names = Vec::new();
         for c in rel.components() {
             match c {
                 Component::Normal(n) => names.push(n),
-                _ => {
-                    return Err(FsError::InvalidName { name: shown });
-                }
+                _ => return Err(FsError::InvalidName { name: shown }),
             }
         }
         let Some((last, parents)) = names.split_last() else {
@@ -113,21 +116,57 @@ impl StorageFs {
                 Mode::empty(),
             ) {
                 Ok(fd) => dir = Some(fd),
-                Err(Errno::NOENT) => return Ok(Removed::default()),
+                Err(Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(FsError::backing("open", &shown, e)),
             }
         }
-        let parent = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
-        let parent_st = rfs::fstat(parent).map_err(|e| FsError::backing("stat", &shown, e))?;
-        let child_st = match rfs::statat(parent, *last, AtFlags::SYMLINK_NOFOLLOW) {
+        let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let st = rfs::fstat(at).map_err(|e| FsError::backing("stat", &shown, e))?;
+        Ok(Some((Parent { fd: dir, st }, *last)))
+    }
+
+    /// Deletes the file or directory tree at `rel` (relative to the store root) and
+    /// invalidates the kernel's cached entry. Refuses `..`, absolute paths and links on
+    /// the way. Missing: `Ok(Removed::default())`, since someone else removed it.
+    pub fn remove_tree(&self, rel: &Path) -> FsResult<Removed> {
+        let shown = rel.display().to_string();
+        let Some((parent, last)) = self.resolve_parent(rel)? else {
+            return Ok(Removed::default());
+        };
+        let root = self.inodes.root();
+        let at = parent.fd.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(Removed::default()),
             Err(e) => return Err(FsError::backing("stat", &shown, e)),
         };
         let mut out = Removed::default();
-        remove_entry(parent, last, &shown, &mut out)?;
-        self.tell_kernel_removed(key_of(&parent_st), key_of(&child_st), last);
+        remove_entry(at, last, &shown, &mut out)?;
+        self.tell_kernel_removed(key_of(&parent.st), key_of(&child_st), last);
         Ok(out)
+    }
+
+    /// Removes the directory at `rel` if it is empty. Returns whether it did.
+    pub fn remove_empty_dir(&self, rel: &Path) -> FsResult<bool> {
+        let shown = rel.display().to_string();
+        let Some((parent, last)) = self.resolve_parent(rel)? else {
+            return Ok(false);
+        };
+        let root = self.inodes.root();
+        let at = parent.fd.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(FsError::backing("stat", &shown, e)),
+        };
+        match rfs::unlinkat(at, last, AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                self.tell_kernel_removed(key_of(&parent.st), key_of(&child_st), last);
+                Ok(true)
+            }
+            Err(Errno::NOTEMPTY) | Err(Errno::NOENT) | Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(FsError::backing("rmdir", &shown, e)),
+        }
     }
 
     fn tell_kernel_removed(&self, parent: InodeKey, child: InodeKey, name: &OsStr) {
