@@ -26,6 +26,56 @@ pub struct Cli {
 pub enum Command {
     /// Serve STORAGE at MOUNTPOINT in the foreground until unmounted (umount, SIGTERM or SIGINT).
     Mount(MountArgs),
+    /// Collect garbage: mark every blob a manifest references, sweep the rest.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Collect a store no daemon serves, directly on disk (STORAGE is the registry's
+    /// rootdirectory, the directory holding `docker/`). Takes the store's lock.
+    #[arg(long)]
+    pub offline: bool,
+
+    /// The storage directory (with --offline).
+    pub path: PathBuf,
+
+    /// Compute and report the plan; delete nothing.
+    #[arg(long, help_heading = "Collection")]
+    pub dry_run: bool,
+
+    /// Roots are tagged manifests only: untagged manifests are removed, except index
+    /// children and referrers (signatures, SBOMs) of what is kept.
+    #[arg(long, help_heading = "Collection")]
+    pub delete_untagged: bool,
+
+    /// Uploads (and leftover *.tmp files) older than this are abandoned and removed.
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection")]
+    pub upload_max_age: Duration,
+
+    /// Keep every blob a manifest of unknown kind names (any `sha256:` digest in it)
+    /// instead of stopping the run.
+    #[arg(long, help_heading = "Collection")]
+    pub keep_unknown: bool,
+
+    /// Print the report as JSON on standard output.
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+
+    /// With --json: include every path deleted (or, with --dry-run, to be deleted).
+    #[arg(long, requires = "json", help_heading = "Output")]
+    pub list: bool,
+}
+
+impl GcArgs {
+    pub fn options(&self) -> crate::gc::Options {
+        crate::gc::Options {
+            delete_untagged: self.delete_untagged,
+            dry_run: self.dry_run,
+            upload_max_age: self.upload_max_age,
+            keep_unknown: self.keep_unknown,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use regfs::cli::{Cli, Command, MountArgs};
+use regfs::cli::{Cli, Command, GcArgs, MountArgs};
 use regfs::epoch::WriteGate;
 use regfs::{logging, mount};
 
@@ -45,11 +45,33 @@ fn run_mount(args: &MountArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn run_gc(args: &GcArgs) -> Result<(), String> {
+    if !args.offline {
+        return Err(format!(
+            "collecting through a running daemon (regfs gc MOUNTPOINT) needs the daemon's control socket, \
+             which this version does not have yet; for a store no daemon serves run `regfs gc --offline {}`",
+            args.path.display()
+        ));
+    }
+    let progress = regfs::progress::TerminalProgress::new();
+    let result = regfs::offline::run(&args.path, &args.options(), args.list, &progress);
+    progress.finish();
+    let outcome = result.map_err(|e| e.to_string())?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", outcome.report);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let result = match &cli.command {
         Command::Mount(args) => run_mount(args),
+        Command::Gc(args) => run_gc(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

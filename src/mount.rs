@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub enum MountError {
     },
     #[error(transparent)]
     Store(#[from] FsError),
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     #[error("mounting {path} failed: {source}")]
     Mount {
         path: String,
@@ -316,6 +319,8 @@ pub struct Mounted {
     pub fs: Arc<StorageFs>,
     pub mountpoint: PathBuf,
     session: Session<FuseAdapter>,
+    /// The store's lock: no offline collector or second daemon while this one serves.
+    lock: OwnedFd,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -330,6 +335,16 @@ impl std::fmt::Debug for Mounted {
 /// MOUNTPOINT may be the storage directory itself.
 pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountError> {
     let (storage, mountpoint) = preflight(cfg)?;
+    let lock = rustix::fs::open(
+        &storage,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| MountError::Io {
+        path: storage.display().to_string(),
+        source: e.into(),
+    })?;
+    crate::lock::lock_store(lock.as_fd(), &storage.display().to_string())?;
     // The kernel applies the caller's umask before it sends a mode; ours must not again.
     rustix::process::umask(rustix::fs::Mode::empty());
     let fs = Arc::new(StorageFs::new(&storage, gate)?);
@@ -354,6 +369,7 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         fs,
         mountpoint,
         session,
+        lock,
     })
 }
 
@@ -394,6 +410,7 @@ impl Mounted {
             fs,
             mountpoint,
             session: Some(session),
+            _lock: self.lock,
         })
     }
 }
@@ -404,6 +421,7 @@ pub struct MountGuard {
     pub fs: Arc<StorageFs>,
     pub mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    _lock: OwnedFd,
 }
 
 impl std::fmt::Debug for MountGuard {

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 use fuser::INodeNo;
-use rustix::fs::{self as rfs, AtFlags, Dir, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, Dir, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::core::StorageFs;
@@ -91,8 +91,8 @@ struct Parent {
 }
 
 impl StorageFs {
-    /// Resolves every component but the last from the root, one at a time with
-    /// O_NOFOLLOW. `None` when a component is missing.
+    /// Resolves every component but the last from the root without following links.
+    /// `None` when a component is missing.
     fn resolve_parent<'p>(&self, rel: &'p Path) -> FsResult<Option<(Parent, &'p OsStr)>> {
         let shown = rel.display().to_string();
         let mut names = Vec::new();
@@ -106,20 +106,27 @@ impl StorageFs {
             return Err(FsError::InvalidName { name: shown });
         };
         let root = self.inodes.root();
-        let mut dir: Option<OwnedFd> = None;
-        for name in parents {
-            let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
-            match rfs::openat(
-                at,
-                *name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // One openat2 for the whole parent path: the kernel refuses `..`, links and
+        // mounts at every component (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | NO_XDEV).
+        let dir: Option<OwnedFd> = if parents.is_empty() {
+            None
+        } else {
+            let parent_path: std::path::PathBuf = parents.iter().collect();
+            match rfs::openat2(
+                root.fd(),
+                &parent_path,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
+                ResolveFlags::BENEATH
+                    | ResolveFlags::NO_SYMLINKS
+                    | ResolveFlags::NO_MAGICLINKS
+                    | ResolveFlags::NO_XDEV,
             ) {
-                Ok(fd) => dir = Some(fd),
+                Ok(fd) => Some(fd),
                 Err(Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(FsError::backing("open", &shown, e)),
             }
-        }
+        };
         let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
         let st = rfs::fstat(at).map_err(|e| FsError::backing("stat", &shown, e))?;
         Ok(Some((Parent { fd: dir, st }, *last)))

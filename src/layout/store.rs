@@ -101,14 +101,14 @@ impl Store {
         } else {
             rel
         };
-        rfs::openat2(
-            &self.root,
-            rel,
-            flags | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-            resolve(),
-        )
-        .map_err(io::Error::from)
+        // openat2 refuses flags that O_PATH does not take, so O_NOCTTY only for real opens.
+        let extra = if flags.contains(OFlags::PATH) {
+            OFlags::CLOEXEC
+        } else {
+            OFlags::CLOEXEC | OFlags::NOCTTY
+        };
+        rfs::openat2(&self.root, rel, flags | extra, Mode::empty(), resolve())
+            .map_err(io::Error::from)
     }
 
     /// Lists a directory; `None` if it does not exist.
@@ -118,7 +118,6 @@ impl Store {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let stat_fd = fd.try_clone()?;
         let mut dir = Dir::new(fd)?;
         let mut out = Vec::new();
         while let Some(entry) = dir.read() {
@@ -133,7 +132,7 @@ impl Store {
                 // Some filesystems do not report types in listings.
                 None => {
                     let st =
-                        rfs::statat(&stat_fd, name.as_os_str(), rfs::AtFlags::SYMLINK_NOFOLLOW)?;
+                        rfs::statat(dir.fd()?, name.as_os_str(), rfs::AtFlags::SYMLINK_NOFOLLOW)?;
                     kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(EntryKind::Other)
                 }
             };

@@ -1,0 +1,217 @@
+//! Mark: which manifests are live, and every blob they need.
+//!
+//! Default mode, as the registry's own collector: every revision of every repository is
+//! a root. `--delete-untagged`: roots are the manifests tags point at now; a manifest is
+//! live if a root reaches it through index children or referrers (`subject`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use rayon::prelude::*;
+
+use super::error::GcError;
+use super::report::Warning;
+use super::scan::{LinkState, RepoScan};
+use crate::layout::{Digest, RepoName, Store, paths};
+use crate::manifest::{self, MAX_MANIFEST_SIZE};
+
+/// A manifest as the collector knows it.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The manifest's blob is not in the store: nothing can be marked through it (and no
+    /// client can pull it).
+    Missing,
+    Parsed(manifest::Manifest),
+    /// Not understood, kept under `--keep-unknown`: every digest it mentions.
+    Unknown(Vec<Digest>),
+}
+
+impl Loaded {
+    fn blobs(&self) -> &[Digest] {
+        match self {
+            Loaded::Parsed(m) => &m.blobs,
+            Loaded::Unknown(all) => all,
+            Loaded::Missing => &[],
+        }
+    }
+
+    /// Manifests this one leads to (index children; for an unknown one, anything it names).
+    fn children(&self) -> &[Digest] {
+        match self {
+            Loaded::Parsed(m) => &m.children,
+            Loaded::Unknown(all) => all,
+            Loaded::Missing => &[],
+        }
+    }
+
+    fn subject(&self) -> Option<Digest> {
+        match self {
+            Loaded::Parsed(m) => m.subject,
+            _ => None,
+        }
+    }
+}
+
+/// Reads and parses manifests once, whichever repository asks first.
+pub struct Manifests<'a> {
+    store: &'a Store,
+    keep_unknown: bool,
+    cache: RwLock<HashMap<Digest, Arc<Loaded>>>,
+}
+
+impl<'a> Manifests<'a> {
+    pub fn new(store: &'a Store, keep_unknown: bool) -> Self {
+        Manifests {
+            store,
+            keep_unknown,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn load(&self, repo: &RepoName, d: &Digest) -> Result<Arc<Loaded>, GcError> {
+        if let Some(l) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(d) {
+            return Ok(l.clone());
+        }
+        let loaded = match self.store.read(&paths::blob_data(d), MAX_MANIFEST_SIZE) {
+            Ok(None) => Loaded::Missing,
+            Ok(Some(bytes)) => match manifest::parse(&bytes, d) {
+                Ok(m) => Loaded::Parsed(m),
+                Err(source)
+                    if self.keep_unknown
+                        && !matches!(source, manifest::ManifestError::DigestMismatch { .. }) =>
+                {
+                    tracing::warn!(repo = %repo, digest = %d, error = %source, "manifest not understood; keeping every blob it names");
+                    Loaded::Unknown(manifest::digests_mentioned(&bytes))
+                }
+                Err(source) => {
+                    return Err(GcError::Manifest {
+                        repo: repo.clone(),
+                        digest: *d,
+                        source,
+                    });
+                }
+            },
+            Err(source) => {
+                return Err(GcError::ManifestRead {
+                    repo: repo.clone(),
+                    digest: *d,
+                    source,
+                });
+            }
+        };
+        let loaded = Arc::new(loaded);
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*d, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// What marking one repository found.
+#[derive(Debug, Default)]
+pub struct RepoMark {
+    pub marked: HashSet<Digest>,
+    /// Revisions no root reaches (`--delete-untagged` only).
+    pub unreachable: Vec<Digest>,
+    pub manifests: usize,
+    pub warnings: Vec<Warning>,
+}
+
+/// Marks `roots` and everything they reach: their blobs, their children and, when
+/// `referrers` is given, manifests whose subject is reached.
+fn mark_from(
+    manifests: &Manifests<'_>,
+    repo: &RepoName,
+    roots: impl IntoIterator<Item = Digest>,
+    referrers: Option<&HashMap<Digest, Vec<Digest>>>,
+    out: &mut RepoMark,
+) -> Result<HashSet<Digest>, GcError> {
+    let mut reached: HashSet<Digest> = HashSet::new();
+    let mut stack: Vec<Digest> = roots.into_iter().collect();
+    while let Some(d) = stack.pop() {
+        if !reached.insert(d) {
+            continue;
+        }
+        out.marked.insert(d);
+        let loaded = manifests.load(repo, &d)?;
+        if let Loaded::Missing = *loaded {
+            out.warnings.push(Warning::new(
+                paths::blob_data(&d),
+                format!("manifest {d} of repository {repo} is missing from the store"),
+            ));
+        }
+        out.marked.extend(loaded.blobs().iter().copied());
+        stack.extend(loaded.children().iter().copied());
+        if let Some(refs) = referrers.and_then(|r| r.get(&d)) {
+            stack.extend(refs.iter().copied());
+        }
+    }
+    Ok(reached)
+}
+
+/// Default mode: every revision is a root.
+pub fn mark_all_revisions(manifests: &Manifests<'_>, scan: &RepoScan) -> Result<RepoMark, GcError> {
+    let mut out = RepoMark::default();
+    let roots: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
+    out.manifests = roots.len();
+    mark_from(manifests, &scan.name, roots, None, &mut out)?;
+    Ok(out)
+}
+
+/// `--delete-untagged`: roots are what tags point at now (a damaged tag keeps its whole
+/// history); reachable through index children and referrers.
+pub fn mark_tagged(manifests: &Manifests<'_>, scan: &RepoScan) -> Result<RepoMark, GcError> {
+    let mut out = RepoMark::default();
+    let present: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
+    out.manifests = present.len();
+    // Every revision is read, to learn which ones refer to which (subject).
+    let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    for d in &present {
+        if let Some(subject) = manifests.load(&scan.name, d)?.subject() {
+            referrers.entry(subject).or_default().push(*d);
+        }
+    }
+    let mut roots = Vec::new();
+    for tag in &scan.tags {
+        match &tag.current {
+            LinkState::Ok(d) => roots.push(*d),
+            LinkState::Missing | LinkState::Damaged(_) => roots.extend(tag.index.iter().copied()),
+        }
+    }
+    let reached = mark_from(manifests, &scan.name, roots, Some(&referrers), &mut out)?;
+    let mut unreachable: Vec<Digest> = present
+        .into_iter()
+        .filter(|d| !reached.contains(d))
+        .collect();
+    unreachable.sort();
+    unreachable.dedup();
+    out.unreachable = unreachable;
+    Ok(out)
+}
+
+/// Marks every repository in parallel; stops early when `stop` says so.
+pub fn mark_repositories(
+    manifests: &Manifests<'_>,
+    scans: &[RepoScan],
+    delete_untagged: bool,
+    stop: &(dyn Fn() -> bool + Sync),
+    progress: &(dyn Fn() + Sync),
+) -> Result<Option<Vec<RepoMark>>, GcError> {
+    let marks: Result<Vec<Option<RepoMark>>, GcError> = scans
+        .par_iter()
+        .map(|scan| {
+            if stop() {
+                return Ok(None);
+            }
+            let m = if delete_untagged {
+                mark_tagged(manifests, scan)
+            } else {
+                mark_all_revisions(manifests, scan)
+            };
+            progress();
+            m.map(Some)
+        })
+        .collect();
+    Ok(marks?.into_iter().collect())
+}

@@ -1,0 +1,150 @@
+//! What a run found and did: counts, bytes, warnings, durations; a human summary and
+//! JSON for machines.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// Something the run met and did not understand, with the file it concerns.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Warning {
+    pub path: String,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(path: impl AsRef<Path>, message: String) -> Self {
+        Warning {
+            path: path.as_ref().display().to_string(),
+            message,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Marked and swept everything.
+    Done,
+    /// Stopped on request; in the mark phase nothing was deleted.
+    Stopped,
+    /// Ran out of its time limit; in the mark phase nothing was deleted.
+    TimeLimit,
+}
+
+/// The phase a run was in.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Mark,
+    Sweep,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub manifests_removed: u64,
+    pub tag_index_entries_removed: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub layer_links_removed: u64,
+    pub uploads_removed: u64,
+    pub upload_bytes_freed: u64,
+    pub temp_files_removed: u64,
+    pub dirs_removed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub storage: String,
+    pub mode: &'static str,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    /// Where a stopped or timed-out run was.
+    pub ended_in: Option<Phase>,
+    pub repositories: u64,
+    pub manifests_scanned: u64,
+    pub blobs_scanned: u64,
+    pub blobs_marked: u64,
+    /// What the run deleted, or with `dry_run` what it would delete.
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub warnings: Vec<Warning>,
+    pub mark_seconds: f64,
+    pub sweep_seconds: f64,
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let c = &self.counts;
+        writeln!(
+            f,
+            "regfs gc {} ({} mode{}): {:?}",
+            self.storage,
+            self.mode,
+            if self.dry_run { ", dry run" } else { "" },
+            self.outcome
+        )?;
+        if let Some(p) = self.ended_in {
+            writeln!(f, "  ended in the {p:?} phase")?;
+        }
+        writeln!(
+            f,
+            "  scanned   {} repositories, {} manifests, {} blobs ({} marked live)",
+            self.repositories, self.manifests_scanned, self.blobs_scanned, self.blobs_marked
+        )?;
+        writeln!(
+            f,
+            "  {verb:<9} {} blobs, freeing {}",
+            c.blobs_deleted,
+            bytes(c.bytes_freed)
+        )?;
+        writeln!(
+            f,
+            "            {} manifests (revisions) and {} tag history entries",
+            c.manifests_removed, c.tag_index_entries_removed
+        )?;
+        writeln!(
+            f,
+            "            {} layer links, {} stale uploads ({}), {} temp files, {} empty directories",
+            c.layer_links_removed,
+            c.uploads_removed,
+            bytes(c.upload_bytes_freed),
+            c.temp_files_removed,
+            c.dirs_removed
+        )?;
+        writeln!(
+            f,
+            "  took      mark {:.2} s, sweep {:.2} s",
+            self.mark_seconds, self.sweep_seconds
+        )?;
+        if !self.warnings.is_empty() {
+            writeln!(f, "  {} warnings:", self.warnings.len())?;
+            for w in &self.warnings {
+                writeln!(f, "    {}: {}", w.path, w.message)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! Reading a store's repositories: revisions, tags, `_layers` links, uploads and
+//! leftover temp files. Anything in the reference-bearing part of the tree that cannot
+//! be understood stops the run (it could hold references); elsewhere it is a warning.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use super::error::GcError;
+use super::report::Warning;
+use crate::layout::paths::{self, LINK};
+use crate::layout::{Digest, EntryKind, RepoName, Store, TagName, parse_link};
+
+/// What a link file held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Ok(Digest),
+    /// No link file: for a revision, the manifest was deleted through the API.
+    Missing,
+    /// Unreadable, empty or malformed.
+    Damaged(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Revision {
+    /// The digest the revision directory is named by.
+    pub dir_digest: Digest,
+    pub link: LinkState,
+    /// The directory holds nothing at all (a manifest deleted through the API).
+    pub empty: bool,
+}
+
+impl Revision {
+    /// The manifests this revision may stand for. A damaged link falls back on the
+    /// directory name; a link that disagrees with it keeps both.
+    pub fn manifests(&self) -> Vec<Digest> {
+        match &self.link {
+            LinkState::Ok(d) if *d == self.dir_digest => vec![*d],
+            LinkState::Ok(d) => vec![*d, self.dir_digest],
+            LinkState::Damaged(_) => vec![self.dir_digest],
+            LinkState::Missing => vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tag {
+    pub name: TagName,
+    pub current: LinkState,
+    /// Every digest the tag ever pointed at.
+    pub index: Vec<Digest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub dir: PathBuf,
+    /// From `startedat`, or the directory's mtime when it is missing or unreadable.
+    pub started: SystemTime,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TempFile {
+    pub path: PathBuf,
+    pub mtime: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoScan {
+    pub name: RepoName,
+    pub revisions: Vec<Revision>,
+    pub tags: Vec<Tag>,
+    /// `_layers` link directories by the blob they name.
+    pub layers: Vec<Digest>,
+    pub uploads: Vec<Upload>,
+    pub temp_files: Vec<TempFile>,
+    pub warnings: Vec<Warning>,
+}
+
+fn mtime_of(st: &rustix::fs::Stat) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64)
+}
+
+fn list(store: &Store, rel: &Path) -> Result<Option<Vec<crate::layout::Entry>>, GcError> {
+    store.list(rel).map_err(|e| GcError::store(rel, e))
+}
+
+/// Finds every repository: any directory holding `_manifests`. Directories whose names
+/// start with `_` are never searched for repositories.
+pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
+    let root = paths::repositories_root();
+    let mut found = Vec::new();
+    let mut stack: Vec<(PathBuf, Option<RepoName>)> = vec![(root, None)];
+    while let Some((dir, name)) = stack.pop() {
+        let Some(entries) = list(store, &dir)? else {
+            continue;
+        };
+        if let Some(name) = &name
+            && entries.iter().any(|e| e.name == "_manifests")
+        {
+            found.push(name.clone());
+        }
+        for e in entries {
+            let Some(s) = e.name_str() else {
+                return Err(GcError::NotUnderstood {
+                    path: dir.join(&e.name).display().to_string(),
+                    what: "a name that is not UTF-8 in the repository tree".into(),
+                });
+            };
+            if s.starts_with('_') {
+                continue;
+            }
+            match e.kind {
+                EntryKind::Dir => {
+                    let child = match &name {
+                        None => RepoName::new(s),
+                        Some(n) => n.child(s),
+                    }
+                    .map_err(|err| GcError::NotUnderstood {
+                        path: dir.join(s).display().to_string(),
+                        what: err.to_string(),
+                    })?;
+                    stack.push((dir.join(s), Some(child)));
+                }
+                EntryKind::File => {}
+                EntryKind::Other => {
+                    return Err(GcError::NotUnderstood {
+                        path: dir.join(s).display().to_string(),
+                        what: "a symbolic link or special file in the repository tree".into(),
+                    });
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads a link file; a read error is a damaged link, never a silent skip.
+fn read_link(store: &Store, rel: &Path) -> LinkState {
+    match store.read(rel, 4096) {
+        Ok(None) => LinkState::Missing,
+        Ok(Some(bytes)) => match parse_link(&bytes) {
+            Ok(d) => LinkState::Ok(d),
+            Err(e) => LinkState::Damaged(e.to_string()),
+        },
+        Err(e) => LinkState::Damaged(e.to_string()),
+    }
+}
+
+fn collect_temp(
+    store: &Store,
+    dir: &Path,
+    entries: &[crate::layout::Entry],
+    out: &mut Vec<TempFile>,
+) {
+    for e in entries {
+        if e.kind == EntryKind::File && e.name_str().is_some_and(paths::is_temp_file) {
+            let path = dir.join(&e.name);
+            if let Ok(Some(st)) = store.stat(&path) {
+                out.push(TempFile {
+                    path,
+                    mtime: mtime_of(&st),
+                });
+            }
+        }
+    }
+}
+
+fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+    let dir = paths::revisions_dir(repo);
+    let Some(entries) = list(store, &dir)? else {
+        return Ok(());
+    };
+    for e in entries {
+        let path = dir.join(&e.name);
+        let digest = e.name_str().and_then(|s| Digest::from_hex(s).ok());
+        let (EntryKind::Dir, Some(dir_digest)) = (e.kind, digest) else {
+            return Err(GcError::NotUnderstood {
+                path: path.display().to_string(),
+                what: "not a revision directory named by a digest".into(),
+            });
+        };
+        let inner = list(store, &path)?.unwrap_or_default();
+        collect_temp(store, &path, &inner, &mut scan.temp_files);
+        let link = if inner.iter().any(|i| i.name == LINK) {
+            read_link(store, &path.join(LINK))
+        } else {
+            LinkState::Missing
+        };
+        if let LinkState::Damaged(why) = &link {
+            scan.warnings.push(Warning::new(
+                path.join(LINK),
+                format!("damaged revision link ({why}); keeping the manifest its directory names"),
+            ));
+        }
+        if let LinkState::Ok(d) = &link
+            && *d != dir_digest
+        {
+            scan.warnings.push(Warning::new(
+                path.join(LINK),
+                format!("revision link names {d}, not its directory; keeping both"),
+            ));
+        }
+        scan.revisions.push(Revision {
+            dir_digest,
+            link,
+            empty: inner.is_empty(),
+        });
+    }
+    Ok(())
+}
+
+fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+    let dir = paths::tags_dir(repo);
+    // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
+    let Some(entries) = list(store, &dir)? else {
+        return Ok(());
+    };
+    for e in entries {
+        let path = dir.join(&e.name);
+        let name = e.name_str().and_then(|s| TagName::new(s).ok());
+        let (EntryKind::Dir, Some(name)) = (e.kind, name) else {
+            return Err(GcError::NotUnderstood {
+                path: path.display().to_string(),
+                what: "not a tag directory".into(),
+            });
+        };
+        let current_dir = path.join("current");
+        if let Some(inner) = list(store, &current_dir)? {
+            collect_temp(store, &current_dir, &inner, &mut scan.temp_files);
+        }
+        let current = read_link(store, &paths::tag_current_link(repo, &name));
+        let index_dir = paths::tag_index_dir(repo, &name);
+        let mut index = Vec::new();
+        for ie in list(store, &index_dir)?.unwrap_or_default() {
+            match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
+                Some(d) if ie.kind == EntryKind::Dir => {
+                    index.push(d);
+                    let entry_dir = index_dir.join(&ie.name);
+                    if let Some(inner) = list(store, &entry_dir)? {
+                        collect_temp(store, &entry_dir, &inner, &mut scan.temp_files);
+                    }
+                }
+                _ => {
+                    return Err(GcError::NotUnderstood {
+                        path: index_dir.join(&ie.name).display().to_string(),
+                        what: "not a tag index entry named by a digest".into(),
+                    });
+                }
+            }
+        }
+        match &current {
+            LinkState::Ok(_) => {}
+            LinkState::Missing | LinkState::Damaged(_) => {
+                let why = match &current {
+                    LinkState::Damaged(w) => w.clone(),
+                    _ => "missing".into(),
+                };
+                scan.warnings.push(Warning::new(
+                    paths::tag_current_link(repo, &name),
+                    format!(
+                        "tag link {why}; keeping all {} manifests of the tag's history",
+                        index.len()
+                    ),
+                ));
+            }
+        }
+        scan.tags.push(Tag {
+            name,
+            current,
+            index,
+        });
+    }
+    Ok(())
+}
+
+fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+    let dir = paths::layers_dir(repo);
+    let Some(entries) = list(store, &dir)? else {
+        return Ok(());
+    };
+    for e in entries {
+        match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
+            Some(d) if e.kind == EntryKind::Dir => {
+                let path = dir.join(&e.name);
+                if let Some(inner) = list(store, &path)? {
+                    collect_temp(store, &path, &inner, &mut scan.temp_files);
+                }
+                scan.layers.push(d);
+            }
+            _ => scan.warnings.push(Warning::new(
+                dir.join(&e.name),
+                "not a layer link directory named by a digest; left alone".into(),
+            )),
+        }
+    }
+    Ok(())
+}
+
+fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+    let dir = paths::uploads_dir(repo);
+    let Some(entries) = list(store, &dir)? else {
+        return Ok(());
+    };
+    for e in entries {
+        let path = dir.join(&e.name);
+        if e.kind != EntryKind::Dir {
+            scan.warnings.push(Warning::new(
+                path,
+                "not an upload directory; left alone".into(),
+            ));
+            continue;
+        }
+        let started_file = store
+            .read(&path.join("startedat"), 256)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
+            .map(SystemTime::from);
+        let st = store.stat(&path).map_err(|e| GcError::store(&path, e))?;
+        let Some(st) = st else { continue };
+        let bytes = store
+            .stat(&path.join("data"))
+            .ok()
+            .flatten()
+            .map(|s| s.st_size.max(0) as u64)
+            .unwrap_or(0);
+        scan.uploads.push(Upload {
+            started: started_file.unwrap_or_else(|| mtime_of(&st)),
+            dir: path,
+            bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Scans one repository.
+pub fn scan_repository(store: &Store, repo: &RepoName) -> Result<RepoScan, GcError> {
+    let mut scan = RepoScan {
+        name: repo.clone(),
+        revisions: Vec::new(),
+        tags: Vec::new(),
+        layers: Vec::new(),
+        uploads: Vec::new(),
+        temp_files: Vec::new(),
+        warnings: Vec::new(),
+    };
+    scan_revisions(store, repo, &mut scan)?;
+    scan_tags(store, repo, &mut scan)?;
+    scan_layers(store, repo, &mut scan)?;
+    scan_uploads(store, repo, &mut scan)?;
+    Ok(scan)
+}
+
+/// Every blob directory in the store, and the entries per fan-out directory.
+#[derive(Debug, Default)]
+pub struct BlobScan {
+    pub blobs: Vec<Digest>,
+    /// Fan-out directories (`blobs/sha256/<xx>`) with how many entries each holds.
+    pub prefixes: Vec<(String, usize)>,
+    pub warnings: Vec<Warning>,
+}
+
+/// One fan-out directory's blobs.
+struct PrefixScan {
+    blobs: Vec<Digest>,
+    prefix: Option<(String, usize)>,
+    warnings: Vec<Warning>,
+}
+
+fn scan_prefix(
+    store: &Store,
+    root: &Path,
+    p: &crate::layout::Entry,
+) -> Result<PrefixScan, GcError> {
+    let name = p.name_str().unwrap_or_default().to_string();
+    let valid = p.kind == EntryKind::Dir
+        && name.len() == 2
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !valid {
+        return Ok(PrefixScan {
+            blobs: vec![],
+            prefix: None,
+            warnings: vec![Warning::new(
+                root.join(&p.name),
+                "not a blob fan-out directory; left alone".into(),
+            )],
+        });
+    }
+    let dir = paths::blob_prefix_dir(&name);
+    let entries = list(store, &dir)?.unwrap_or_default();
+    let mut blobs = Vec::with_capacity(entries.len());
+    let mut warnings = Vec::new();
+    for e in &entries {
+        match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
+            Some(d) if e.kind == EntryKind::Dir && d.prefix() == name => blobs.push(d),
+            _ => warnings.push(Warning::new(
+                dir.join(&e.name),
+                "not a blob directory named by its digest; left alone".into(),
+            )),
+        }
+    }
+    Ok(PrefixScan {
+        blobs,
+        prefix: Some((name, entries.len())),
+        warnings,
+    })
+}
+
+/// Lists every blob directory, one fan-out directory per task.
+pub fn scan_blobs(store: &Store) -> Result<BlobScan, GcError> {
+    let root = paths::blobs_root();
+    let Some(prefixes) = list(store, &root)? else {
+        return Ok(BlobScan::default());
+    };
+    let scans: Result<Vec<PrefixScan>, GcError> = prefixes
+        .par_iter()
+        .map(|p| scan_prefix(store, &root, p))
+        .collect();
+    let mut out = BlobScan::default();
+    for s in scans? {
+        out.blobs.extend(s.blobs);
+        out.prefixes.extend(s.prefix);
+        out.warnings.extend(s.warnings);
+    }
+    Ok(out)
+}

@@ -1,0 +1,83 @@
+//! `regfs gc --offline`: one collection run on a store no daemon serves.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::epoch::WriteGate;
+use crate::fs::StorageFs;
+use crate::gc::{self, Control, GcError, Options, Report};
+use crate::layout::Store;
+use crate::lock::{LockError, lock_store};
+
+#[derive(Debug, Error)]
+pub enum OfflineError {
+    #[error("storage directory {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} is a FUSE mount (a regfs mount point?); give the backing directory, or run `regfs gc MOUNTPOINT` to collect through the daemon"
+    )]
+    IsMount(String),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
+    Gc(#[from] GcError),
+    #[error(transparent)]
+    Fs(#[from] crate::error::FsError),
+}
+
+/// The report, and with `list` every path deleted (or to be deleted).
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub report: Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Vec<String>>,
+}
+
+pub fn run(
+    storage: &Path,
+    opts: &Options,
+    list: bool,
+    control: &dyn Control,
+) -> Result<Outcome, OfflineError> {
+    let shown = storage.display().to_string();
+    let canonical = std::fs::canonicalize(storage).map_err(|source| OfflineError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    if crate::mount::mount_at(&canonical).is_some_and(|m| m.fstype.starts_with("fuse")) {
+        return Err(OfflineError::IsMount(shown));
+    }
+    let store = Store::open(&canonical).map_err(|source| OfflineError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    lock_store(store.root_fd(), &shown)?;
+    let deleter = StorageFs::new(&canonical, Arc::new(WriteGate::new()))?;
+    let marked = match gc::mark(&store, opts, control)? {
+        Ok(m) => m,
+        Err(report) => {
+            return Ok(Outcome {
+                report,
+                deleted: None,
+            });
+        }
+    };
+    let deleted = list.then(|| {
+        marked
+            .plan
+            .paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    });
+    let report = gc::sweep(marked, &deleter, control)?;
+    Ok(Outcome { report, deleted })
+}
