@@ -5,6 +5,8 @@
 //! earlier, killed test run are cleaned once per test binary.
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;

@@ -1,0 +1,254 @@
+//! Property: on randomly generated stores, after a run every blob reachable from a root
+//! exists, every deleted blob was unreachable, and a dry run predicts exactly what a
+//! real run deletes. Reachability is computed here from the generator's own model, not
+//! by parsing the store.
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+
+use common::store::{StoreBuilder, collect, plan};
+use proptest::prelude::*;
+use regfs::gc::Options;
+use regfs::layout::Digest;
+
+#[derive(Debug, Clone)]
+enum Item {
+    /// An image in repo `repo` using layers (indices into the layer pool).
+    Image { repo: usize, layers: Vec<usize> },
+    /// An index over earlier manifests of the same repository (indices into `items`).
+    Index { repo: usize, children: Vec<usize> },
+    /// A referrer whose subject is an earlier manifest.
+    Referrer { subject: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    layers: usize,
+    items: Vec<Item>,
+    /// (item, tag name index): tags, later ones move earlier ones.
+    tags: Vec<(usize, usize)>,
+    /// Items whose revision link is deleted (as the API's delete by digest).
+    deleted: Vec<usize>,
+    garbage: usize,
+}
+
+const REPOS: [&str; 3] = ["a", "a/b", "c/d/e"];
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (2usize..8, 1usize..10).prop_flat_map(|(layers, n)| {
+        let item = (
+            0usize..3,
+            0usize..REPOS.len(),
+            prop::collection::vec(0..layers, 1..4),
+            prop::collection::vec(0usize..64, 1..3),
+        );
+        (
+            Just(layers),
+            prop::collection::vec(item, n),
+            prop::collection::vec((0usize..64, 0usize..3), 0..6),
+            prop::collection::vec(0usize..64, 0..3),
+            0usize..4,
+        )
+            .prop_map(|(layers, raw, tags, deleted, garbage)| {
+                let mut items: Vec<Item> = Vec::new();
+                for (i, (kind, repo, ls, picks)) in raw.into_iter().enumerate() {
+                    let same_repo: Vec<usize> = (0..i)
+                        .filter(|&j| {
+                            repo_of(&items, j) == repo && !matches!(items[j], Item::Index { .. })
+                        })
+                        .collect();
+                    let item = match kind {
+                        1 if !same_repo.is_empty() => Item::Index {
+                            repo,
+                            children: picks
+                                .iter()
+                                .map(|p| same_repo[p % same_repo.len()])
+                                .collect::<BTreeSet<_>>()
+                                .into_iter()
+                                .collect(),
+                        },
+                        2 if i > 0 => Item::Referrer {
+                            subject: picks[0] % i,
+                        },
+                        _ => Item::Image { repo, layers: ls },
+                    };
+                    items.push(item);
+                }
+                let n = items.len();
+                Spec {
+                    layers,
+                    tags: tags.into_iter().map(|(i, t)| (i % n, t)).collect(),
+                    deleted: deleted.into_iter().map(|i| i % n).collect(),
+                    items,
+                    garbage,
+                }
+            })
+    })
+}
+
+fn repo_of(items: &[Item], i: usize) -> usize {
+    match &items[i] {
+        Item::Image { repo, .. } | Item::Index { repo, .. } => *repo,
+        Item::Referrer { subject } => repo_of(items, *subject),
+    }
+}
+
+struct Built {
+    manifest: Vec<Digest>,
+    /// Blobs each manifest needs directly (config, layers, its own bytes).
+    blobs: Vec<Vec<Digest>>,
+    all_blobs: Vec<Digest>,
+}
+
+fn build(s: &StoreBuilder, spec: &Spec) -> Built {
+    let pool: Vec<Digest> = (0..spec.layers)
+        .map(|i| s.blob(format!("layer {i}").as_bytes()))
+        .collect();
+    let mut manifest = Vec::new();
+    let mut blobs = Vec::new();
+    for (i, item) in spec.items.iter().enumerate() {
+        let repo = REPOS[repo_of(&spec.items, i)];
+        let (m, own) = match item {
+            Item::Image { layers, .. } => {
+                let ls: Vec<Digest> = layers.iter().map(|l| pool[*l]).collect();
+                let (m, config) = s.image(repo, &ls, &format!("item{i}"));
+                let mut own = ls;
+                own.push(config);
+                (m, own)
+            }
+            Item::Index { children, .. } => {
+                let cs: Vec<Digest> = children.iter().map(|c| manifest[*c]).collect();
+                (s.index(repo, &cs), vec![])
+            }
+            Item::Referrer { subject } => {
+                s.referrer(repo, &manifest[*subject], &format!("item{i}"))
+            }
+        };
+        let mut own = own;
+        own.push(m);
+        manifest.push(m);
+        blobs.push(own);
+    }
+    for (item, t) in &spec.tags {
+        s.tag(
+            REPOS[repo_of(&spec.items, *item)],
+            &format!("t{t}"),
+            &manifest[*item],
+        );
+    }
+    for d in &spec.deleted {
+        let _ =
+            fs::remove_file(s.revision_link_path(REPOS[repo_of(&spec.items, *d)], &manifest[*d]));
+    }
+    for g in 0..spec.garbage {
+        let b = s.blob(format!("garbage {g}").as_bytes());
+        s.layer_link(REPOS[g % REPOS.len()], &b);
+    }
+    let mut all_blobs: Vec<Digest> = pool;
+    all_blobs.extend(blobs.iter().flatten().copied());
+    all_blobs.sort();
+    all_blobs.dedup();
+    Built {
+        manifest,
+        blobs,
+        all_blobs,
+    }
+}
+
+/// The blobs a correct collector must keep, from the model.
+fn must_keep(spec: &Spec, b: &Built, delete_untagged: bool) -> HashSet<Digest> {
+    let n = spec.items.len();
+    let deleted: HashSet<usize> = spec.deleted.iter().copied().collect();
+    // Items are identified by (repo, digest): the same bytes in two repos are two revisions.
+    let key = |i: usize| (repo_of(&spec.items, i), b.manifest[i]);
+    let present: HashSet<(usize, Digest)> =
+        (0..n).filter(|i| !deleted.contains(i)).map(key).collect();
+    let roots: Vec<usize> = if delete_untagged {
+        // The tag's current target: the last tagging of each (repo, tag) wins.
+        let mut current: HashMap<(usize, usize), usize> = HashMap::new();
+        for (item, t) in &spec.tags {
+            current.insert((repo_of(&spec.items, *item), *t), *item);
+        }
+        current.into_values().collect()
+    } else {
+        (0..n).filter(|i| present.contains(&key(*i))).collect()
+    };
+    let mut reached: HashSet<usize> = HashSet::new();
+    let mut stack = roots;
+    while let Some(i) = stack.pop() {
+        // Same bytes, same repository: the same revision.
+        for j in 0..n {
+            if key(j) == key(i) && reached.insert(j) {
+                stack.push(j);
+                if let Item::Index { children, .. } = &spec.items[j] {
+                    stack.extend(children.iter().copied());
+                }
+                if delete_untagged {
+                    for (r, item) in spec.items.iter().enumerate() {
+                        if let Item::Referrer { subject } = item
+                            && b.manifest[*subject] == b.manifest[j]
+                            && repo_of(&spec.items, r) == repo_of(&spec.items, j)
+                            && present.contains(&key(r))
+                        {
+                            stack.push(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    reached
+        .iter()
+        .flat_map(|i| b.blobs[*i].iter().copied())
+        .collect()
+}
+
+fn blob_set(s: &StoreBuilder, all: &[Digest]) -> HashSet<Digest> {
+    all.iter().filter(|d| s.has_blob(d)).copied().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reachable_blobs_survive_and_the_dry_run_predicts_the_real_run(spec in spec(), delete_untagged in any::<bool>()) {
+        let dir = common::tempdir();
+        let s = StoreBuilder::new(dir.path());
+        let built = build(&s, &spec);
+        let opts = Options { delete_untagged, ..Options::default() };
+        let keep = must_keep(&spec, &built, delete_untagged);
+
+        let before = s.listing();
+        let predicted = plan(dir.path(), &Options { dry_run: true, ..opts.clone() });
+        prop_assert_eq!(&s.listing(), &before, "a dry run deletes nothing");
+
+        let report = collect(dir.path(), &opts).unwrap();
+        let after: HashSet<String> = s.listing().into_iter().map(|(p, _)| p).collect();
+        let removed: Vec<String> = before.iter().map(|(p, _)| p.clone()).filter(|p| !after.contains(p)).collect();
+        let planned: Vec<String> = predicted.paths().iter().map(|p| p.display().to_string()).collect();
+        for r in &removed {
+            prop_assert!(planned.iter().any(|p| r == p || r.starts_with(&format!("{p}/"))), "{} removed but not planned", r);
+        }
+        for p in &planned {
+            prop_assert!(!after.contains(p), "{} planned but still there", p);
+        }
+        prop_assert_eq!(report.counts.clone(), predicted.counts(), "counts of the dry run and the real run");
+
+        let remaining = blob_set(&s, &built.all_blobs);
+        for d in &keep {
+            prop_assert!(remaining.contains(d), "reachable blob {} was deleted", d);
+        }
+        for d in built.all_blobs.iter().filter(|d| !remaining.contains(d)) {
+            prop_assert!(!keep.contains(d), "deleted blob {} was reachable", d);
+        }
+        if !delete_untagged {
+            // Default mode deletes exactly the unreachable blobs.
+            let expected: HashSet<Digest> = built.all_blobs.iter().filter(|d| keep.contains(d)).copied().collect();
+            prop_assert_eq!(remaining, expected);
+        }
+        // A second run finds nothing more to do.
+        let again = collect(dir.path(), &opts).unwrap();
+        prop_assert_eq!(again.counts.blobs_deleted + again.counts.manifests_removed, 0);
+    }
+}

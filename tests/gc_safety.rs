@@ -1,0 +1,305 @@
+//! The collector fails safe: what it does not understand it never deletes, and it says
+//! which file and why. Stores are built on disk; no mount needed.
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::store::{StoreBuilder, collect, plan};
+use regfs::gc::{GcError, Options};
+use regfs::layout::Digest;
+
+fn untagged() -> Options {
+    Options {
+        delete_untagged: true,
+        ..Options::default()
+    }
+}
+
+/// One tagged image, one untagged image, one garbage blob.
+fn basic(root: &Path) -> (StoreBuilder, Digest, Digest, Digest, Digest) {
+    let s = StoreBuilder::new(root);
+    let shared = s.blob(b"shared layer");
+    let only_old = s.blob(b"layer of the untagged image");
+    let (tagged, _) = s.image("team/app", &[shared], "tagged");
+    let (old, _) = s.image("team/app", &[shared, only_old], "old");
+    s.tag("team/app", "latest", &tagged);
+    let garbage = s.blob(b"uploaded, never referenced");
+    s.layer_link("team/app", &garbage);
+    (s, tagged, old, only_old, garbage)
+}
+
+#[test]
+fn default_mode_keeps_every_revision_and_deletes_unreferenced_blobs() {
+    let dir = common::tempdir();
+    let (s, tagged, old, only_old, garbage) = basic(dir.path());
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert_eq!(r.counts.blobs_deleted, 1, "{r}");
+    assert!(!s.has_blob(&garbage));
+    assert!(
+        !s.repo("team/app/_layers/sha256")
+            .join(garbage.hex())
+            .exists(),
+        "its layer link goes too"
+    );
+    for d in [tagged, old, only_old] {
+        assert!(s.has_blob(&d));
+    }
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+#[test]
+fn delete_untagged_removes_the_untagged_revision_and_what_only_it_used() {
+    let dir = common::tempdir();
+    let (s, tagged, old, only_old, _) = basic(dir.path());
+    let r = collect(dir.path(), &untagged()).unwrap();
+    assert_eq!(r.counts.manifests_removed, 1, "{r}");
+    assert!(!s.has_blob(&old) && !s.has_blob(&only_old));
+    assert!(
+        !s.repo("team/app/_manifests/revisions/sha256")
+            .join(old.hex())
+            .exists()
+    );
+    assert!(s.has_blob(&tagged));
+}
+
+#[test]
+fn a_damaged_revision_link_keeps_the_manifest_its_directory_names() {
+    for damage in [&b""[..], b"sha256:0000\n", b"garbage garbage"] {
+        let dir = common::tempdir();
+        let (s, _, old, only_old, _) = basic(dir.path());
+        fs::write(s.revision_link_path("team/app", &old), damage).unwrap();
+        let r = collect(dir.path(), &Options::default()).unwrap();
+        assert!(
+            s.has_blob(&old) && s.has_blob(&only_old),
+            "damage {damage:?}: {r}"
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.path.ends_with(&format!("{}/link", old.hex()))
+                    && w.message.contains("damaged")),
+            "the warning names the file: {:?}",
+            r.warnings
+        );
+    }
+}
+
+#[test]
+fn a_damaged_tag_link_keeps_the_whole_tag_history() {
+    let dir = common::tempdir();
+    let (s, tagged, old, only_old, _) = basic(dir.path());
+    // `latest` once pointed at `old` too.
+    s.tag("team/app", "latest", &old);
+    s.tag("team/app", "latest", &tagged);
+    fs::write(
+        s.repo("team/app/_manifests/tags/latest/current/link"),
+        b"sha256:short",
+    )
+    .unwrap();
+    let r = collect(dir.path(), &untagged()).unwrap();
+    assert_eq!(r.counts.manifests_removed, 0, "{r}");
+    assert!(s.has_blob(&old) && s.has_blob(&only_old) && s.has_blob(&tagged));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.path.ends_with("tags/latest/current/link"))
+    );
+}
+
+#[test]
+fn an_unknown_manifest_stops_the_run_before_anything_is_deleted() {
+    let dir = common::tempdir();
+    let (s, _, _, _, garbage) = basic(dir.path());
+    let weird = s.manifest("team/app", serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.future.manifest+json", "parts": [garbage.to_string()]}));
+    let before = s.listing();
+    let err = collect(dir.path(), &Options::default()).unwrap_err();
+    match &err {
+        GcError::Manifest { repo, digest, .. } => {
+            assert_eq!(repo.as_str(), "team/app");
+            assert_eq!(*digest, weird);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("team/app")
+            && msg.contains(&weird.hex())
+            && msg.contains("unknown media type"),
+        "{msg}"
+    );
+    assert_eq!(s.listing(), before, "nothing deleted");
+
+    // --keep-unknown keeps every blob it names and goes on.
+    let r = collect(
+        dir.path(),
+        &Options {
+            keep_unknown: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(s.has_blob(&garbage), "named by the unknown manifest: kept");
+    assert!(s.has_blob(&weird));
+    assert_eq!(r.counts.blobs_deleted, 0, "{r}");
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_digest_stops_the_run() {
+    let dir = common::tempdir();
+    let (s, tagged, _, _, garbage) = basic(dir.path());
+    let data = s.blob_dir(&tagged).join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    bytes.push(b' ');
+    fs::write(&data, bytes).unwrap();
+    let err = collect(
+        dir.path(),
+        &Options {
+            keep_unknown: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its digest"),
+        "{err}"
+    );
+    assert!(s.has_blob(&garbage), "nothing deleted");
+}
+
+#[test]
+fn a_repository_with_revisions_but_no_tags_directory_is_normal() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let l = s.blob(b"l");
+    let (m, _) = s.image("bydigest", &[l], "x");
+    assert!(!s.repo("bydigest/_manifests/tags").exists());
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert_eq!(r.counts.blobs_deleted, 0);
+    let r = collect(dir.path(), &untagged()).unwrap();
+    assert_eq!(r.counts.manifests_removed, 1, "{r}");
+    assert!(!s.has_blob(&m) && !s.has_blob(&l));
+}
+
+#[test]
+fn links_in_the_store_are_never_followed_and_stop_the_run_where_references_live() {
+    let outside = common::tempdir();
+    fs::write(outside.path().join("precious"), b"x").unwrap();
+    let dir = common::tempdir();
+    let (s, ..) = basic(dir.path());
+    // A link among the blobs: not understood, left alone, reported.
+    std::os::unix::fs::symlink(outside.path(), s.v2().join("blobs/sha256/zz")).unwrap();
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.path.ends_with("blobs/sha256/zz")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(outside.path().join("precious").exists());
+    // A link among the repositories could hold references: the run stops.
+    std::os::unix::fs::symlink(outside.path(), s.v2().join("repositories/linked")).unwrap();
+    let err = collect(dir.path(), &Options::default()).unwrap_err();
+    assert!(matches!(err, GcError::NotUnderstood { .. }), "{err}");
+    assert!(err.to_string().contains("repositories/linked"), "{err}");
+}
+
+#[test]
+fn nested_repositories_and_underscore_directories() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let (a, _) = s.image("a", &[s.blob(b"1")], "a");
+    let (ab, _) = s.image("a/b", &[s.blob(b"2")], "ab");
+    s.tag("a", "t", &a);
+    s.tag("a/b", "t", &ab);
+    // A directory under `_layers` that looks like a repository is never one.
+    let fake = s.repo("a/_layers/sha256/notarepo/_manifests/revisions/sha256");
+    fs::create_dir_all(&fake).unwrap();
+    let r = collect(dir.path(), &untagged()).unwrap();
+    assert_eq!(r.repositories, 2, "{r}");
+    assert_eq!(r.counts.blobs_deleted, 0, "{r}");
+}
+
+#[test]
+fn stale_uploads_temp_files_and_empty_directories_are_cleaned_and_nothing_outside_v2_is_touched() {
+    let dir = common::tempdir();
+    let (s, tagged, ..) = basic(dir.path());
+    let old = s.upload("team/app", "old-upload", Some(200));
+    let fresh = s.upload("team/app", "fresh-upload", Some(1));
+    let undated = s.upload("team/app", "undated", None);
+    // Registry 3.1 leaves link temp files when it dies mid-write.
+    let tmp = s.repo("team/app/_manifests/tags/latest/current/link.5f0c.tmp");
+    fs::write(&tmp, b"sha256:").unwrap();
+    let old_time = std::time::SystemTime::now() - std::time::Duration::from_secs(200 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old_time)
+        .unwrap();
+    // A manifest deleted through the API leaves an empty revision directory.
+    let gone = s.blob(b"deleted manifest");
+    let gone_rev = s
+        .repo("team/app/_manifests/revisions/sha256")
+        .join(gone.hex());
+    fs::create_dir_all(&gone_rev).unwrap();
+    // Outside docker/registry/v2: never touched, however stale.
+    fs::write(dir.path().join("operator-notes.tmp"), b"keep").unwrap();
+    fs::create_dir_all(dir.path().join("docker/other/_uploads/x")).unwrap();
+
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert!(!old.exists(), "{r}");
+    assert!(fresh.exists());
+    assert!(
+        undated.exists(),
+        "no startedat: the directory's mtime (now) decides"
+    );
+    assert!(!tmp.exists());
+    assert!(!gone_rev.exists());
+    assert!(!s.has_blob(&gone), "its blob is unreferenced");
+    assert!(s.has_blob(&tagged));
+    assert!(dir.path().join("operator-notes.tmp").exists());
+    assert!(dir.path().join("docker/other/_uploads/x").exists());
+    assert_eq!(r.counts.uploads_removed, 1);
+    assert_eq!(r.counts.temp_files_removed, 1);
+
+    // With a zero age every upload goes.
+    collect(
+        dir.path(),
+        &Options {
+            upload_max_age: std::time::Duration::ZERO,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(!fresh.exists() && !undated.exists());
+}
+
+#[test]
+fn a_missing_manifest_blob_is_reported_not_fatal() {
+    let dir = common::tempdir();
+    let (s, tagged, old, _, garbage) = basic(dir.path());
+    fs::remove_dir_all(s.blob_dir(&old)).unwrap();
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert!(
+        r.warnings.iter().any(|w| w.message.contains("missing")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!s.has_blob(&garbage));
+    assert!(s.has_blob(&tagged));
+}
+
+#[test]
+fn empty_fan_out_directories_go_and_the_dry_run_plan_names_them() {
+    let dir = common::tempdir();
+    let (s, _, _, _, garbage) = basic(dir.path());
+    let prefix = s.v2().join("blobs/sha256").join(garbage.prefix());
+    let alone = fs::read_dir(&prefix).unwrap().count() == 1;
+    let p = plan(dir.path(), &Options::default());
+    let planned: Vec<String> = p.paths().iter().map(|p| p.display().to_string()).collect();
+    assert!(planned.iter().any(|x| x.ends_with(&garbage.hex())));
+    collect(dir.path(), &Options::default()).unwrap();
+    assert_eq!(prefix.exists(), !alone);
+}
