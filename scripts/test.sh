@@ -10,7 +10,7 @@ fail() { echo "test.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the tests mount FUSE filesystems (try: sudo $0)"
 
 # Debian packages the tests use.
-declare -A wanted=([fusermount3]=fuse3 [umount]=mount)
+declare -A wanted=([fusermount3]=fuse3 [umount]=mount [docker-registry]=docker-registry [skopeo]=skopeo [python3]=python3)
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")

@@ -24,6 +24,10 @@ pub enum OfflineError {
         "{0} is a FUSE mount (a regfs mount point?); give the backing directory, or run `regfs gc MOUNTPOINT` to collect through the daemon"
     )]
     IsMount(String),
+    #[error(
+        "{storage} is served by a regfs daemon mounted at {mountpoint}; run `regfs gc {mountpoint}` to collect through it"
+    )]
+    Served { storage: String, mountpoint: String },
     #[error(transparent)]
     Locked(#[from] LockError),
     #[error(transparent)]
@@ -52,7 +56,24 @@ pub fn run(
         path: shown.clone(),
         source,
     })?;
-    if crate::mount::mount_at(&canonical).is_some_and(|m| m.fstype.starts_with("fuse")) {
+    let mounts = crate::mount::mounts().unwrap_or_default();
+    let fuse = |m: &&crate::mount::MountEntry| m.fstype.starts_with("fuse");
+    // A regfs daemon names its mount after the store it serves.
+    if let Some(m) = mounts
+        .iter()
+        .filter(fuse)
+        .find(|m| Path::new(&m.source) == canonical)
+    {
+        return Err(OfflineError::Served {
+            storage: shown,
+            mountpoint: m.mountpoint.display().to_string(),
+        });
+    }
+    if mounts
+        .iter()
+        .filter(fuse)
+        .any(|m| m.mountpoint == canonical)
+    {
         return Err(OfflineError::IsMount(shown));
     }
     let store = Store::open(&canonical).map_err(|source| OfflineError::Open {

@@ -86,8 +86,9 @@ fn list(store: &Store, rel: &Path) -> Result<Option<Vec<crate::layout::Entry>>, 
     store.list(rel).map_err(|e| GcError::store(rel, e))
 }
 
-/// Finds every repository: any directory holding `_manifests`. Directories whose names
-/// start with `_` are never searched for repositories.
+/// Finds every repository: any directory holding `_manifests` (or only `_layers` or
+/// `_uploads`). Directories whose names start with `_` are never searched for
+/// repositories.
 pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
     let root = paths::repositories_root();
     let mut found = Vec::new();
@@ -96,8 +97,12 @@ pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
         let Some(entries) = list(store, &dir)? else {
             continue;
         };
+        // `_manifests` makes a repository; `_layers` or `_uploads` alone (blobs pushed,
+        // no manifest yet) make one with no roots, whose links and uploads still need care.
         if let Some(name) = &name
-            && entries.iter().any(|e| e.name == "_manifests")
+            && entries
+                .iter()
+                .any(|e| e.name == "_manifests" || e.name == "_layers" || e.name == "_uploads")
         {
             found.push(name.clone());
         }

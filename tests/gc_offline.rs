@@ -1,0 +1,89 @@
+//! `regfs gc --offline` as an operator runs it.
+mod common;
+
+use std::process::Command;
+
+use common::store::StoreBuilder;
+
+const BIN: &str = env!("CARGO_BIN_EXE_regfs");
+
+#[test]
+fn offline_collection_is_refused_while_a_daemon_serves_the_store() {
+    let Some(m) = common::mount_with(|root| {
+        let s = StoreBuilder::new(root);
+        let b = s.blob(b"garbage");
+        s.layer_link("r", &b);
+    }) else {
+        return;
+    };
+    let out = Command::new(BIN)
+        .args(["gc", "--offline"])
+        .arg(&m.storage)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("served by a regfs daemon mounted at")
+            && err.contains(&*m.mnt.to_string_lossy()),
+        "{err}"
+    );
+    // Pointing it at the mount point instead is refused too.
+    let out = Command::new(BIN)
+        .args(["gc", "--offline"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a FUSE mount"));
+    assert_eq!(
+        std::fs::read_dir(m.storage.join("docker/registry/v2/blobs/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn offline_collection_prints_a_summary_and_json() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let b = s.blob(b"garbage");
+    s.layer_link("r", &b);
+    let out = Command::new(BIN)
+        .args(["gc", "--offline", "--dry-run"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would delete 1 blobs"), "{text}");
+    assert!(s.has_blob(&b));
+    let out = Command::new(BIN)
+        .args(["gc", "--offline", "--json", "--list"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blobs_deleted"], 1);
+    assert_eq!(v["layer_links_removed"], 1);
+    assert_eq!(v["outcome"], "done");
+    let deleted: Vec<String> = serde_json::from_value(v["deleted"].clone()).unwrap();
+    assert!(deleted.iter().any(|p| p.ends_with(&b.hex())), "{deleted:?}");
+    assert!(!s.has_blob(&b));
+}
+
+#[test]
+fn a_missing_store_is_named_in_the_error() {
+    let out = Command::new(BIN)
+        .args(["gc", "--offline", "/nonexistent/store"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/store"));
+}
