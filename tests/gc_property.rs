@@ -162,8 +162,9 @@ fn must_keep(spec: &Spec, b: &Built, delete_untagged: bool) -> HashSet<Digest> {
     let deleted: HashSet<usize> = spec.deleted.iter().copied().collect();
     // Items are identified by (repo, digest): the same bytes in two repos are two revisions.
     let key = |i: usize| (repo_of(&spec.items, i), b.manifest[i]);
-    let present: HashSet<(usize, Digest)> =
-        (0..n).filter(|i| !deleted.contains(i)).map(key).collect();
+    // Deleting an item's revision deletes it for every item with the same bytes in that repo.
+    let gone: HashSet<(usize, Digest)> = deleted.iter().map(|i| key(*i)).collect();
+    let present: HashSet<(usize, Digest)> = (0..n).map(key).filter(|k| !gone.contains(k)).collect();
     let roots: Vec<usize> = if delete_untagged {
         // The tag's current target: the last tagging of each (repo, tag) wins.
         let mut current: HashMap<(usize, usize), usize> = HashMap::new();

@@ -304,6 +304,28 @@ fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<()
     Ok(())
 }
 
+/// Bytes of every file below `rel` (what removing it frees), without following links.
+fn tree_bytes(store: &Store, rel: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![rel.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in store.list(&dir).ok().flatten().unwrap_or_default() {
+            let p = dir.join(&e.name);
+            match e.kind {
+                EntryKind::Dir => stack.push(p),
+                _ => {
+                    total += store
+                        .stat(&p)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |st| st.st_size.max(0) as u64)
+                }
+            }
+        }
+    }
+    total
+}
+
 fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
     let dir = paths::uploads_dir(repo);
     let Some(entries) = list(store, &dir)? else {
@@ -327,12 +349,7 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(
             .map(SystemTime::from);
         let st = store.stat(&path).map_err(|e| GcError::store(&path, e))?;
         let Some(st) = st else { continue };
-        let bytes = store
-            .stat(&path.join("data"))
-            .ok()
-            .flatten()
-            .map(|s| s.st_size.max(0) as u64)
-            .unwrap_or(0);
+        let bytes = tree_bytes(store, &path);
         scan.uploads.push(Upload {
             started: started_file.unwrap_or_else(|| mtime_of(&st)),
             dir: path,

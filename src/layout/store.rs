@@ -171,21 +171,25 @@ impl Store {
                 limit,
             });
         }
-        let mut buf = Vec::with_capacity(st.st_size as usize);
-        File::from(fd)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(|source| ReadError::Io {
-                path: shown(),
-                source,
-            })?;
-        if buf.len() > limit {
-            return Err(ReadError::TooLarge {
-                path: shown(),
-                size: buf.len() as u64,
-                limit,
-            });
+        // The size is known: read exactly that much (one read, usually). Store files
+        // are written once, and links are not rewritten while the store is collected.
+        let mut buf = vec![0u8; st.st_size as usize];
+        let mut file = File::from(fd);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(ReadError::Io {
+                        path: shown(),
+                        source,
+                    });
+                }
+            }
         }
+        buf.truncate(filled);
         Ok(Some(buf))
     }
 
