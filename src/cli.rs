@@ -26,36 +26,99 @@ pub struct Cli {
 pub enum Command {
     /// Serve STORAGE at MOUNTPOINT in the foreground until unmounted (umount, SIGTERM or SIGINT).
     Mount(MountArgs),
-    /// Collect garbage: mark every blob a manifest references, sweep the rest.
+    /// Collect garbage now: through a running daemon (MOUNTPOINT), or --offline on a store.
     Gc(GcArgs),
+    /// Show the state of a mount: read-only or not, the current run, the schedule, the last run.
+    Status(StatusArgs),
+    /// List past GC runs of a mount.
+    Jobs(JobsArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The regfs mount point.
+    pub mountpoint: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's state directory, if not the default for MOUNTPOINT.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The regfs mount point.
+    pub mountpoint: PathBuf,
+    /// Print JSON (one array).
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most the N most recent runs.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// The daemon's state directory, if not the default for MOUNTPOINT.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Where a command finds a daemon's state: --state-dir, or the default for the mount point.
+pub fn state_dir_for(explicit: &Option<PathBuf>, mountpoint: &std::path::Path) -> PathBuf {
+    explicit
+        .clone()
+        .unwrap_or_else(|| crate::daemon::control::default_state_dir(mountpoint))
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct GcArgs {
-    /// Collect a store no daemon serves, directly on disk (STORAGE is the registry's
+    #[command(subcommand)]
+    pub action: Option<GcAction>,
+
+    /// Collect a store no daemon serves, directly on disk (PATH is the registry's
     /// rootdirectory, the directory holding `docker/`). Takes the store's lock.
     #[arg(long)]
     pub offline: bool,
 
-    /// The storage directory (with --offline).
-    pub path: PathBuf,
+    /// The regfs mount point (or, with --offline, the storage directory).
+    #[arg(required = true)]
+    pub path: Option<PathBuf>,
+
+    /// Follow the run with a progress bar until it ends; exit non-zero if it failed.
+    #[arg(long, conflicts_with = "offline")]
+    pub wait: bool,
+
+    /// The daemon's state directory, if not the default for the mount point.
+    #[arg(long, value_name = "DIR", conflicts_with = "offline")]
+    pub state_dir: Option<PathBuf>,
 
     /// Compute and report the plan; delete nothing.
-    #[arg(long, help_heading = "Collection")]
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
     pub dry_run: bool,
 
     /// Roots are tagged manifests only: untagged manifests are removed, except index
     /// children and referrers (signatures, SBOMs) of what is kept.
-    #[arg(long, help_heading = "Collection")]
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
     pub delete_untagged: bool,
 
     /// Uploads (and leftover *.tmp files) older than this are abandoned and removed.
-    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection")]
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection (--offline; a daemon uses its own settings)")]
     pub upload_max_age: Duration,
 
     /// Keep every blob a manifest of unknown kind names (any `sha256:` digest in it)
     /// instead of stopping the run.
-    #[arg(long, help_heading = "Collection")]
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
     pub keep_unknown: bool,
 
     /// Print the report as JSON on standard output.
@@ -65,6 +128,18 @@ pub struct GcArgs {
     /// With --json: include every path deleted (or, with --dry-run, to be deleted).
     #[arg(long, requires = "json", help_heading = "Output")]
     pub list: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GcAction {
+    /// Stop the running GC safely (within a second) and reopen the store for writes.
+    Stop {
+        /// The regfs mount point.
+        mountpoint: PathBuf,
+        /// The daemon's state directory, if not the default for MOUNTPOINT.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 impl GcArgs {
@@ -123,6 +198,42 @@ pub struct MountArgs {
         help_heading = "Write gate"
     )]
     pub drain_timeout: f64,
+
+    /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with
+    /// seconds first, or @hourly/@daily/@weekly/@monthly.
+    #[arg(long, value_name = "CRON", help_heading = "Garbage collection")]
+    pub gc_schedule: Option<String>,
+
+    /// How long a run may keep the store read-only: until-done, a limit such as 30m,
+    /// or never (no run starts, triggers are refused).
+    #[arg(
+        long,
+        default_value = "until-done",
+        value_name = "until-done|<N>m|never",
+        help_heading = "Garbage collection"
+    )]
+    pub gc_duration: String,
+
+    /// Roots are tagged manifests only (index children and referrers of what is kept
+    /// survive).
+    #[arg(long, help_heading = "Garbage collection")]
+    pub delete_untagged: bool,
+
+    /// Runs compute and report what they would delete, and delete nothing.
+    #[arg(long, help_heading = "Garbage collection")]
+    pub dry_run: bool,
+
+    /// Uploads (and leftover *.tmp files) older than this are removed by a run.
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
+    pub upload_max_age: Duration,
+
+    /// Keep every blob a manifest of unknown kind names instead of failing the run.
+    #[arg(long, help_heading = "Garbage collection")]
+    pub keep_unknown: bool,
+
+    /// Status, job history and the control socket [default: /run/regfs/<escaped MOUNTPOINT>].
+    #[arg(long, value_name = "DIR", help_heading = "Garbage collection")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -140,6 +251,28 @@ impl MountArgs {
             attr_timeout,
             passthrough: !self.no_passthrough,
             max_inodes: self.max_inodes,
+        })
+    }
+
+    /// The GC settings these flags describe; an invalid schedule or duration is refused
+    /// here, at start, naming what is wrong.
+    pub fn settings(&self) -> Result<crate::daemon::settings::Settings, String> {
+        let schedule = self
+            .gc_schedule
+            .as_deref()
+            .map(|s| {
+                s.parse::<crate::daemon::schedule::Schedule>()
+                    .map_err(|e| format!("--gc-schedule: {e}"))
+            })
+            .transpose()?;
+        Ok(crate::daemon::settings::Settings {
+            schedule,
+            duration: self.gc_duration.parse()?,
+            delete_untagged: self.delete_untagged,
+            dry_run: self.dry_run,
+            upload_max_age: self.upload_max_age,
+            keep_unknown: self.keep_unknown,
+            drain_timeout: self.drain_timeout()?,
         })
     }
 

@@ -56,6 +56,8 @@ pub struct CloseReport {
     pub drained: Vec<String>,
     /// Writers whose writes are refused from now on.
     pub cut: Vec<CutWriter>,
+    /// The close stopped waiting for writers on request; some may still be open.
+    pub gave_up: bool,
 }
 
 /// A snapshot of the gate for status reports.
@@ -203,6 +205,18 @@ impl WriteGate {
     /// Closes the store for writes. Returns when nothing is writing any more: uploads cut,
     /// other writers released or cut after `drain_timeout`, in-flight changes finished.
     pub fn close_for_writes(&self, drain_timeout: Duration) -> CloseReport {
+        self.close_for_writes_unless(drain_timeout, &|| false)
+    }
+
+    /// As [`close_for_writes`](Self::close_for_writes), but stops waiting for writers
+    /// (within 100 ms) once `give_up` says so; the store stays closed and the report's
+    /// `gave_up` is set. For a run stopped or out of time while it drains.
+    pub fn close_for_writes_unless(
+        &self,
+        drain_timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> CloseReport {
+        const POLL: Duration = Duration::from_millis(100);
         let start = Instant::now();
         let deadline = start + drain_timeout;
         let mut report = CloseReport::default();
@@ -230,6 +244,10 @@ impl WriteGate {
             if !draining && !st.busy() {
                 break;
             }
+            if draining && give_up() {
+                report.gave_up = true;
+                break;
+            }
             let now = Instant::now();
             if draining && now >= deadline {
                 for w in st.writers.values_mut().filter(|w| !w.cut) {
@@ -244,7 +262,7 @@ impl WriteGate {
             // Past the deadline only in-flight requests remain; they end quickly.
             let wait = deadline
                 .saturating_duration_since(now)
-                .max(Duration::from_millis(1));
+                .clamp(Duration::from_millis(1), POLL);
             st = self
                 .changed
                 .wait_timeout(st, wait)

@@ -3,6 +3,8 @@
 //! writes (a GC epoch) while it collects garbage.
 
 pub mod cli;
+pub mod commands;
+pub mod daemon;
 pub mod epoch;
 pub mod error;
 pub mod fs;

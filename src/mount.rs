@@ -317,6 +317,7 @@ impl Unmounter {
 /// [`Mounted::spawn`] (background, for tests).
 pub struct Mounted {
     pub fs: Arc<StorageFs>,
+    pub storage: PathBuf,
     pub mountpoint: PathBuf,
     session: Session<FuseAdapter>,
     /// The store's lock: no offline collector or second daemon while this one serves.
@@ -367,6 +368,7 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
     })?;
     Ok(Mounted {
         fs,
+        storage,
         mountpoint,
         session,
         lock,
@@ -394,6 +396,15 @@ impl Mounted {
             session: self.session.unmount_callable(),
             mountpoint: self.mountpoint.clone(),
         }
+    }
+
+    /// The store for the collector to read, on the directory handle taken before the
+    /// mount (the mount may hide the directory).
+    pub fn store(&self) -> io::Result<crate::layout::Store> {
+        Ok(crate::layout::Store::from_fd(
+            self.lock.try_clone()?,
+            &self.storage,
+        ))
     }
 
     /// Serves requests in this thread until the filesystem is unmounted.

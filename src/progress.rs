@@ -18,6 +18,12 @@ impl TerminalProgress {
         }
     }
 
+    pub fn set_position(&self, n: u64) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            bar.set_position(n);
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
             bar.finish_and_clear();

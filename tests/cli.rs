@@ -28,6 +28,8 @@ fn start(storage: &Path, mnt: &Path) -> Daemon {
         .arg("mount")
         .arg(storage)
         .arg(mnt)
+        .arg("--state-dir")
+        .arg(mnt.with_file_name("state"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -34,6 +34,9 @@ pub enum GcError {
     },
     #[error("{path}: {what}; cannot prove what it references, so nothing was deleted")]
     NotUnderstood { path: String, what: String },
+    /// Stopped or out of time while marking (never reported as a failure).
+    #[error("interrupted")]
+    Interrupted,
     #[error("deleting {path}: {source}")]
     Delete {
         path: String,

@@ -121,6 +121,7 @@ pub struct RepoMark {
 /// Marks `roots` and everything they reach: their blobs, their children and, when
 /// `referrers` is given, manifests whose subject is reached.
 fn mark_from(
+    stop: &(dyn Fn() -> bool + Sync),
     manifests: &Manifests<'_>,
     repo: &RepoName,
     roots: impl IntoIterator<Item = Digest>,
@@ -132,6 +133,10 @@ fn mark_from(
     while let Some(d) = stack.pop() {
         if !reached.insert(d) {
             continue;
+        }
+        // A stop or time limit lands within a few manifests, even in a huge repository.
+        if reached.len().is_multiple_of(64) && stop() {
+            return Err(GcError::Interrupted);
         }
         out.marked.insert(d);
         let loaded = manifests.load(repo, &d)?;
@@ -151,17 +156,25 @@ fn mark_from(
 }
 
 /// Default mode: every revision is a root.
-pub fn mark_all_revisions(manifests: &Manifests<'_>, scan: &RepoScan) -> Result<RepoMark, GcError> {
+pub fn mark_all_revisions(
+    stop: &(dyn Fn() -> bool + Sync),
+    manifests: &Manifests<'_>,
+    scan: &RepoScan,
+) -> Result<RepoMark, GcError> {
     let mut out = RepoMark::default();
     let roots: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
     out.manifests = roots.len();
-    mark_from(manifests, &scan.name, roots, None, &mut out)?;
+    mark_from(stop, manifests, &scan.name, roots, None, &mut out)?;
     Ok(out)
 }
 
 /// `--delete-untagged`: roots are what tags point at now (a damaged tag keeps its whole
 /// history); reachable through index children and referrers.
-pub fn mark_tagged(manifests: &Manifests<'_>, scan: &RepoScan) -> Result<RepoMark, GcError> {
+pub fn mark_tagged(
+    stop: &(dyn Fn() -> bool + Sync),
+    manifests: &Manifests<'_>,
+    scan: &RepoScan,
+) -> Result<RepoMark, GcError> {
     let mut out = RepoMark::default();
     let present: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
     out.manifests = present.len();
@@ -179,7 +192,14 @@ pub fn mark_tagged(manifests: &Manifests<'_>, scan: &RepoScan) -> Result<RepoMar
             LinkState::Missing | LinkState::Damaged(_) => roots.extend(tag.index.iter().copied()),
         }
     }
-    let reached = mark_from(manifests, &scan.name, roots, Some(&referrers), &mut out)?;
+    let reached = mark_from(
+        stop,
+        manifests,
+        &scan.name,
+        roots,
+        Some(&referrers),
+        &mut out,
+    )?;
     let mut unreachable: Vec<Digest> = present
         .into_iter()
         .filter(|d| !reached.contains(d))
@@ -205,12 +225,15 @@ pub fn mark_repositories(
                 return Ok(None);
             }
             let m = if delete_untagged {
-                mark_tagged(manifests, scan)
+                mark_tagged(stop, manifests, scan)
             } else {
-                mark_all_revisions(manifests, scan)
+                mark_all_revisions(stop, manifests, scan)
             };
             progress();
-            m.map(Some)
+            match m {
+                Err(GcError::Interrupted) => Ok(None),
+                other => other.map(Some),
+            }
         })
         .collect();
     Ok(marks?.into_iter().collect())

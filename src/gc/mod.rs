@@ -93,28 +93,39 @@ pub fn mark(
         mark_seconds: 0.0,
         sweep_seconds: 0.0,
     };
+    let stop = || control.interrupted().is_some();
+    // An interrupted mark phase deletes nothing: the report says where it stopped.
+    let interrupted = |mut report: Report| {
+        report.outcome = control.interrupted().unwrap_or(Outcome::Stopped);
+        report.ended_in = Some(Phase::Mark);
+        report.mark_seconds = start.elapsed().as_secs_f64();
+        Ok(Err(report))
+    };
     let repos = scan::find_repositories(store)?;
     control.phase(Phase::Mark, repos.len() as u64);
     report.repositories = repos.len() as u64;
-    let stop = || control.interrupted().is_some();
-    let scans: Result<Vec<scan::RepoScan>, GcError> = {
+    let scans: Result<Vec<Option<scan::RepoScan>>, GcError> = {
         use rayon::prelude::*;
         repos
             .par_iter()
-            .map(|r| scan::scan_repository(store, r))
+            .map(|r| {
+                if stop() {
+                    Ok(None)
+                } else {
+                    scan::scan_repository(store, r).map(Some)
+                }
+            })
             .collect()
     };
-    let scans = scans?;
+    let Some(scans) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
+        return interrupted(report);
+    };
     let manifests = mark::Manifests::new(store, opts.keep_unknown);
     let marks = mark::mark_repositories(&manifests, &scans, opts.delete_untagged, &stop, &|| {
         control.advance()
     })?;
-    let interrupted = control.interrupted();
-    let (Some(marks), None) = (marks, interrupted) else {
-        report.outcome = interrupted.unwrap_or(Outcome::Stopped);
-        report.ended_in = Some(Phase::Mark);
-        report.mark_seconds = start.elapsed().as_secs_f64();
-        return Ok(Err(report));
+    let (Some(marks), false) = (marks, stop()) else {
+        return interrupted(report);
     };
     let blobs = scan::scan_blobs(store)?;
     let mut marked: HashSet<Digest> = HashSet::new();

@@ -87,6 +87,14 @@ impl Store {
         })
     }
 
+    /// A store on a directory handle opened earlier (before a mount hid the directory).
+    pub fn from_fd(root: OwnedFd, path: &Path) -> Store {
+        Store {
+            root,
+            path: path.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

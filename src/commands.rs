@@ -1,0 +1,234 @@
+//! What each subcommand does; `main` only parses and dispatches.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::cli::{GcAction, GcArgs, JobsArgs, MountArgs, StatusArgs, state_dir_for};
+use crate::daemon::control::{self, Request};
+use crate::daemon::job::JobOutcome;
+use crate::daemon::{Daemon, scheduler, signals};
+use crate::epoch::WriteGate;
+use crate::{mount, offline};
+
+/// After an unmount request, how long the request loop may take to end before the
+/// process exits anyway (a lazily detached mount keeps serving its open files).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+pub fn mount(args: &MountArgs) -> Result<(), String> {
+    let cfg = args.mount_config()?;
+    let settings = args.settings()?;
+    let limit = mount::raise_nofile_limit();
+    let gate = Arc::new(WriteGate::new());
+    let mut mounted = mount::mount(&cfg, gate).map_err(|e| e.to_string())?;
+    let mountpoint = mounted.mountpoint.clone();
+    let state_dir = state_dir_for(&args.state_dir, &mountpoint);
+    let store = mounted
+        .store()
+        .map_err(|e| format!("storage directory: {e}"))?;
+    let daemon = Daemon::new(
+        mounted.fs.clone(),
+        store,
+        &mounted.storage,
+        &mountpoint,
+        &state_dir,
+        settings.clone(),
+    )
+    .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    control::spawn(daemon.clone(), &state_dir)
+        .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
+    scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
+    let mut unmounter = mounted.unmounter();
+    // Until there is a configuration file, SIGHUP re-applies the command line (and
+    // recomputes the next scheduled run).
+    let flags = args.settings();
+    signals::spawn(
+        daemon.clone(),
+        move || flags.clone(),
+        move || {
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount failed");
+            }
+            thread::sleep(EXIT_GRACE);
+            tracing::warn!("request loop still running after unmount; exiting");
+            std::process::exit(0);
+        },
+    )
+    .map_err(|e| format!("signal handler: {e}"))?;
+    tracing::info!(storage = %cfg.storage.display(), mountpoint = %mountpoint.display(),
+        threads = cfg.threads, nofile = limit, state_dir = %state_dir.display(),
+        schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+        duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
+    mounted
+        .run()
+        .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    // Unmounted from outside during a run: end it safely before exiting.
+    daemon.shutdown();
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}
+
+fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
+    let progress = crate::progress::TerminalProgress::new();
+    let result = offline::run(path, &args.options(), args.list, &progress);
+    progress.finish();
+    let outcome = result.map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", outcome.report);
+    }
+    Ok(())
+}
+
+fn ask(state_dir: &Path, req: &Request) -> Result<control::Response, String> {
+    let resp = control::request(state_dir, req)?;
+    if resp.ok {
+        Ok(resp)
+    } else {
+        Err(resp.error.unwrap_or_else(|| "the daemon refused".into()))
+    }
+}
+
+/// Follows job `id` until it ends; Err if it failed.
+fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
+    let bar = crate::progress::TerminalProgress::new();
+    let mut phase = String::new();
+    let job = loop {
+        let status = ask(state_dir, &Request::Status)?
+            .status
+            .ok_or("no status in the answer")?;
+        match (&status.current_job, &status.progress) {
+            (Some(j), Some(p)) if j.id == id => {
+                if p.phase != phase {
+                    phase = p.phase.clone();
+                    let ph = if phase == "sweep" {
+                        crate::gc::Phase::Sweep
+                    } else {
+                        crate::gc::Phase::Mark
+                    };
+                    crate::gc::Control::phase(&bar, ph, p.total);
+                }
+                bar.set_position(p.done);
+            }
+            _ => {
+                break ask(state_dir, &Request::Job { id })?
+                    .job
+                    .ok_or("no job in the answer")?;
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    bar.finish();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&job).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", job.summary());
+        if let Some(e) = &job.error {
+            println!("  error: {e}");
+        }
+    }
+    match job.outcome {
+        JobOutcome::Failed | JobOutcome::Interrupted => {
+            Err(format!("GC job {id} {:?}", job.outcome).to_lowercase())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn gc(args: &GcArgs) -> Result<(), String> {
+    if let Some(GcAction::Stop {
+        mountpoint,
+        state_dir,
+    }) = &args.action
+    {
+        let dir = state_dir_for(state_dir, mountpoint);
+        let resp = ask(&dir, &Request::Stop)?;
+        println!(
+            "stopping GC job {}; the store reopens for writes once the blob in hand is done",
+            resp.job_id.unwrap_or(0)
+        );
+        return Ok(());
+    }
+    let path = args
+        .path
+        .as_deref()
+        .ok_or("a mount point (or --offline STORAGE) is required")?;
+    if args.offline {
+        return gc_offline(args, path);
+    }
+    let dir = state_dir_for(&args.state_dir, path);
+    let resp = ask(&dir, &Request::Gc)?;
+    let id = resp.job_id.ok_or("no job id in the answer")?;
+    if !args.json {
+        println!("started GC job {id}");
+    }
+    if args.wait {
+        wait_for(&dir, id, args.json)
+    } else {
+        if args.json {
+            println!("{{\"job_id\": {id}}}");
+        }
+        Ok(())
+    }
+}
+
+pub fn status(args: &StatusArgs) -> Result<(), String> {
+    let dir = state_dir_for(&args.state_dir, &args.mountpoint);
+    let status = ask(&dir, &Request::Status)?
+        .status
+        .ok_or("no status in the answer")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{status}");
+    }
+    Ok(())
+}
+
+pub fn jobs(args: &JobsArgs) -> Result<(), String> {
+    let dir = state_dir_for(&args.state_dir, &args.mountpoint);
+    let history = crate::daemon::history::History::new(&dir);
+    let mut jobs = history
+        .jobs()
+        .map_err(|e| format!("job history in {}: {e}", dir.display()))?;
+    if let Some(n) = args.limit {
+        let skip = jobs.len().saturating_sub(n);
+        jobs.drain(..skip);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        println!("no GC runs recorded in {}", dir.display());
+    }
+    for j in &jobs {
+        let ended = j
+            .ended_at
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{}  until {ended} UTC  {}",
+            j.started_at.format("%Y-%m-%d %H:%M:%S"),
+            j.summary()
+        );
+        if let Some(e) = &j.error {
+            println!("    error: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The control socket: `regfs gc`, `regfs gc stop` and `regfs status` talk to the daemon
+//! over a Unix socket in the state directory, one JSON request and one JSON answer per
+//! connection. Only root can connect (mode 0600).
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::job::{Job, Trigger};
+use super::service::Daemon;
+use super::status::Status;
+
+pub const SOCKET: &str = "control.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Gc,
+    Stop,
+    Status,
+    Job { id: u64 },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Box<Job>>,
+}
+
+fn answer(daemon: &Arc<Daemon>, req: Request) -> Response {
+    match req {
+        Request::Gc => match daemon.trigger(Trigger::Cli) {
+            Ok(id) => Response {
+                ok: true,
+                job_id: Some(id),
+                ..Response::default()
+            },
+            Err(e) => Response {
+                error: Some(e.to_string()),
+                job_id: match e {
+                    super::TriggerError::Busy(id) => Some(id),
+                    _ => None,
+                },
+                ..Response::default()
+            },
+        },
+        Request::Stop => match daemon.stop() {
+            Some(id) => Response {
+                ok: true,
+                job_id: Some(id),
+                ..Response::default()
+            },
+            None => Response {
+                error: Some("no GC run is active".into()),
+                ..Response::default()
+            },
+        },
+        Request::Status => Response {
+            ok: true,
+            status: Some(Box::new(daemon.status())),
+            ..Response::default()
+        },
+        Request::Job { id } => match daemon.job(id) {
+            Some(j) => Response {
+                ok: true,
+                job: Some(Box::new(j)),
+                ..Response::default()
+            },
+            None => Response {
+                error: Some(format!("no job {id}")),
+                ..Response::default()
+            },
+        },
+    }
+}
+
+fn serve_one(daemon: &Arc<Daemon>, stream: UnixStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => answer(daemon, req),
+        Err(e) => Response {
+            error: Some(format!("bad request: {e}")),
+            ..Response::default()
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).map_err(io::Error::other)?;
+    out.push(b'\n');
+    (&stream).write_all(&out)
+}
+
+/// Listens on `<state_dir>/control.sock` in a background thread.
+pub fn spawn(daemon: Arc<Daemon>, state_dir: &Path) -> io::Result<PathBuf> {
+    let path = state_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("regfs-control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if let Err(e) = serve_one(&daemon, s) {
+                            tracing::debug!(error = %e, "control request failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                }
+            }
+        })?;
+    Ok(path)
+}
+
+/// Sends one request to the daemon whose state directory is `state_dir`.
+pub fn request(state_dir: &Path, req: &Request) -> Result<Response, String> {
+    let path = state_dir.join(SOCKET);
+    let stream = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "cannot reach the regfs daemon at {} ({e}); is `regfs mount` running for this mount point (or give --state-dir)?",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from the daemon: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+}
+
+/// The default state directory of a mount point: /run/regfs/<escaped path>, escaped as
+/// systemd does (`/srv/registry` becomes `srv-registry`).
+pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let s = canonical.to_string_lossy();
+    let trimmed = s.trim_matches('/');
+    let mut out = String::new();
+    for (i, b) in trimmed.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
+            other => out.push_str(&format!("\\x{other:02x}")),
+        }
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    PathBuf::from("/run/regfs").join(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_directories_are_named_like_systemd_units() {
+        assert_eq!(
+            default_state_dir(Path::new("/nonexistent/srv/registry")),
+            PathBuf::from("/run/regfs/nonexistent-srv-registry")
+        );
+        assert_eq!(
+            default_state_dir(Path::new("/nonexistent/my-reg")),
+            PathBuf::from("/run/regfs/nonexistent-my\\x2dreg")
+        );
+    }
+}

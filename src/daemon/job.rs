@@ -1,0 +1,97 @@
+//! A GC job: one epoch, from trigger to reopen, as recorded in the history.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What started a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    Signal,
+    Cli,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    Running,
+    Done,
+    /// "For N minutes" ran out: nothing deleted if it was still marking.
+    TimeLimit,
+    Stopped,
+    Failed,
+    /// The daemon died during the run; found at the next start.
+    Interrupted,
+}
+
+/// The settings a job ran with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSettings {
+    pub duration: String,
+    pub delete_untagged: bool,
+    pub dry_run: bool,
+    pub upload_max_age: String,
+    pub drain_timeout: String,
+}
+
+/// A writer the epoch cut when it closed the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutWriter {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Everything the history keeps about a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub trigger: Trigger,
+    pub settings: JobSettings,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: JobOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The phase a stopped or timed-out run was in ("mark": nothing was deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_in: Option<String>,
+    /// How long pushes were refused.
+    pub read_only_seconds: f64,
+    /// How long closing waited for writers to finish.
+    pub drain_seconds: f64,
+    #[serde(default)]
+    pub cut_writers: Vec<CutWriter>,
+    /// The collector's report (counts, bytes, warnings), when it got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+}
+
+impl Job {
+    pub fn is_finished(&self) -> bool {
+        self.outcome != JobOutcome::Running
+    }
+
+    /// One line for logs and listings.
+    pub fn summary(&self) -> String {
+        let r = self.report.as_ref();
+        let n = |k: &str| {
+            r.and_then(|r| r.get(k))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        };
+        let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        format!(
+            "job {} ({}, {}): {}; {} blobs deleted, {} bytes freed, {} manifests removed; read-only {:.1} s",
+            self.id,
+            lower(&self.trigger),
+            self.settings.duration,
+            lower(&self.outcome),
+            n("blobs_deleted"),
+            n("bytes_freed"),
+            n("manifests_removed"),
+            self.read_only_seconds
+        )
+    }
+}

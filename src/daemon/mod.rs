@@ -1,0 +1,15 @@
+//! The daemon around the mount: GC epochs on a schedule, on signals and on request,
+//! with status, stop and a history of runs.
+
+pub mod history;
+pub mod job;
+pub mod runner;
+pub mod schedule;
+pub mod service;
+pub mod settings;
+pub mod status;
+
+pub use service::{Daemon, TriggerError};
+pub mod control;
+pub mod scheduler;
+pub mod signals;

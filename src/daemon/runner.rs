@@ -1,0 +1,138 @@
+//! One GC epoch: close the store (drain) → mark → sweep (deleting through the mount, so
+//! the kernel sees it) → reopen. The store is reopened whatever happens, a panic included.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::job::{CutWriter, Job, JobOutcome};
+use super::service::{Daemon, RunControl};
+use super::settings::Settings;
+use super::status::State;
+use crate::epoch::{CutReason, WriteGate};
+use crate::gc::{self, Control, Outcome, Phase};
+
+/// Reopens the store when dropped: no path out of a run leaves it read-only.
+struct Reopen<'a>(&'a WriteGate);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.reopen_for_writes();
+    }
+}
+
+fn outcome_of(o: Outcome) -> JobOutcome {
+    match o {
+        Outcome::Done => JobOutcome::Done,
+        Outcome::Stopped => JobOutcome::Stopped,
+        Outcome::TimeLimit => JobOutcome::TimeLimit,
+    }
+}
+
+fn phase_name(p: Phase) -> String {
+    match p {
+        Phase::Mark => "mark".into(),
+        Phase::Sweep => "sweep".into(),
+    }
+}
+
+/// The epoch itself; fills in `job`.
+fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settings) {
+    let gate = daemon.fs.gate().clone();
+    let start = Instant::now();
+    control.set_state(State::Closing);
+    let closed_at = Utc::now();
+    daemon.set_read_only_since(closed_at);
+    tracing::warn!(
+        job = job.id,
+        "GC epoch open: the store is read-only, pushes are refused until it ends"
+    );
+    let _reopen = Reopen(&gate);
+    let close =
+        gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
+    job.drain_seconds = close.waited.as_secs_f64();
+    job.cut_writers = close
+        .cut
+        .iter()
+        .map(|c| CutWriter {
+            path: c.path.clone(),
+            reason: match c.reason {
+                CutReason::Upload => "upload in progress".into(),
+                CutReason::DrainTimeout => "still writing after the drain timeout".into(),
+            },
+        })
+        .collect();
+    for c in &job.cut_writers {
+        tracing::info!(job = job.id, path = %c.path, reason = %c.reason, "write handle cut by the epoch");
+    }
+    if let Some(o) = control.interrupted() {
+        job.outcome = outcome_of(o);
+        job.ended_in = Some("mark".into());
+    } else {
+        control.set_state(State::Marking);
+        let opts = settings.gc_options();
+        match gc::mark(&daemon.store, &opts, control) {
+            Err(e) => {
+                job.outcome = JobOutcome::Failed;
+                job.error = Some(e.to_string());
+            }
+            Ok(Err(report)) => {
+                job.outcome = outcome_of(report.outcome);
+                job.ended_in = report.ended_in.map(phase_name);
+                job.report = serde_json::to_value(&report).ok();
+            }
+            Ok(Ok(marked)) => {
+                control.set_state(State::Sweeping);
+                match gc::sweep(marked, daemon.fs.as_ref(), control) {
+                    Err(e) => {
+                        job.outcome = JobOutcome::Failed;
+                        job.error = Some(e.to_string());
+                    }
+                    Ok(report) => {
+                        job.outcome = outcome_of(report.outcome);
+                        job.ended_in = report.ended_in.map(phase_name);
+                        job.report = serde_json::to_value(&report).ok();
+                    }
+                }
+            }
+        }
+    }
+    drop(_reopen);
+    job.read_only_seconds = start.elapsed().as_secs_f64();
+    tracing::warn!(
+        job = job.id,
+        read_only_seconds = job.read_only_seconds,
+        "GC epoch closed: the store is writable again"
+    );
+}
+
+/// Runs a job on its own thread and records it.
+pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Settings) {
+    *control.started_slot() = Some(Instant::now());
+    tracing::info!(job = job.id, trigger = ?job.trigger, duration = %job.settings.duration,
+        delete_untagged = job.settings.delete_untagged, dry_run = job.settings.dry_run, "GC job started");
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        epoch(daemon, &mut job, control, settings)
+    }));
+    if let Err(panic) = result {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        job.outcome = JobOutcome::Failed;
+        job.error = Some(format!("internal error: {detail}"));
+    }
+    control.set_state(State::Idle);
+    job.ended_at = Some(Utc::now());
+    match job.outcome {
+        JobOutcome::Failed => tracing::error!(
+            job = job.id,
+            error = job.error.as_deref().unwrap_or(""),
+            "GC job failed; nothing more was deleted"
+        ),
+        _ => tracing::info!("GC {}", job.summary()),
+    }
+    daemon.finish(job);
+}

@@ -1,0 +1,370 @@
+//! The daemon's GC service: starts epochs (one at a time), stops them, reports status
+//! and keeps the history. The FUSE mount serves requests meanwhile.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use super::history::History;
+use super::job::{Job, JobOutcome, Trigger};
+use super::settings::{GcDuration, Settings};
+use super::status::{Progress, State, Status};
+use crate::fs::StorageFs;
+use crate::gc::{self, Outcome, Phase};
+use crate::layout::Store;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TriggerError {
+    #[error("GC is disabled on this mount (--gc-duration never); no run was started")]
+    Disabled,
+    #[error("GC job {0} is already running; no new run was started")]
+    Busy(u64),
+    #[error("the daemon is shutting down; no run was started")]
+    ShuttingDown,
+    #[error("cannot record the job in the state directory: {0}")]
+    State(String),
+}
+
+/// What the current run's workers check and report; also the collector's [`gc::Control`].
+#[derive(Debug, Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    state: AtomicU8,
+    started: Mutex<Option<Instant>>,
+    limit: Mutex<Option<std::time::Duration>>,
+    phase: AtomicU8,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl RunControl {
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::SeqCst) {
+            1 => State::Closing,
+            2 => State::Marking,
+            3 => State::Sweeping,
+            _ => State::Idle,
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            phase: if self.phase.load(Ordering::Relaxed) == 1 {
+                "sweep"
+            } else {
+                "mark"
+            }
+            .into(),
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// When the run started (its time limit counts from there).
+    pub fn started_slot(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_limit(&self, limit: Option<std::time::Duration>) {
+        *self.limit.lock().unwrap_or_else(|e| e.into_inner()) = limit;
+    }
+
+    fn out_of_time(&self) -> bool {
+        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = *self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        matches!((started, limit), (Some(s), Some(l)) if s.elapsed() >= l)
+    }
+}
+
+impl gc::Control for RunControl {
+    fn interrupted(&self) -> Option<Outcome> {
+        if self.stop.load(Ordering::SeqCst) {
+            Some(Outcome::Stopped)
+        } else if self.out_of_time() {
+            Some(Outcome::TimeLimit)
+        } else {
+            None
+        }
+    }
+
+    fn phase(&self, phase: Phase, total: u64) {
+        self.phase
+            .store((phase == Phase::Sweep) as u8, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn advance(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Running {
+    job: Job,
+    control: Arc<RunControl>,
+    read_only_since: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: Option<Running>,
+    last: Option<Job>,
+    next_id: u64,
+    shutting_down: bool,
+    /// Bumped on reload so the scheduler recomputes its next run.
+    generation: u64,
+}
+
+pub struct Daemon {
+    pub(super) fs: Arc<StorageFs>,
+    pub(super) store: Store,
+    mountpoint: PathBuf,
+    storage: PathBuf,
+    pub(super) history: History,
+    settings: RwLock<Settings>,
+    inner: Mutex<Inner>,
+    pub(super) changed: Condvar,
+}
+
+impl Daemon {
+    /// Sets the service up; records a run a dead predecessor left behind as interrupted.
+    pub fn new(
+        fs: Arc<StorageFs>,
+        store: Store,
+        storage: &Path,
+        mountpoint: &Path,
+        state_dir: &Path,
+        settings: Settings,
+    ) -> std::io::Result<Arc<Daemon>> {
+        std::fs::create_dir_all(state_dir)?;
+        let history = History::new(state_dir);
+        if let Some(job) = history.recover_interrupted()? {
+            tracing::warn!(
+                job = job.id,
+                "GC job {} was interrupted when the daemon stopped; recorded as interrupted",
+                job.id
+            );
+        }
+        let jobs = history.jobs()?;
+        let inner = Inner {
+            next_id: jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
+            last: jobs.last().cloned(),
+            ..Inner::default()
+        };
+        Ok(Arc::new(Daemon {
+            fs,
+            store,
+            mountpoint: mountpoint.to_path_buf(),
+            storage: storage.to_path_buf(),
+            history,
+            settings: RwLock::new(settings),
+            inner: Mutex::new(inner),
+            changed: Condvar::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings (SIGHUP); a running job keeps the ones it started with.
+    pub fn reload(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        self.lock().generation += 1;
+        self.changed.notify_all();
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Sleeps up to `timeout`; true if settings were reloaded (or shutdown began) since
+    /// `generation` was read.
+    pub(super) fn wait_for_change(&self, generation: u64, timeout: std::time::Duration) -> bool {
+        let inner = self.lock();
+        let (inner, _) = self
+            .changed
+            .wait_timeout_while(inner, timeout, |i| {
+                i.generation == generation && !i.shutting_down
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        inner.generation != generation || inner.shutting_down
+    }
+
+    pub(super) fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    /// Starts a run now ("Save & Start"). One run at a time.
+    pub fn trigger(self: &Arc<Self>, trigger: Trigger) -> Result<u64, TriggerError> {
+        let settings = self.settings();
+        if settings.duration == GcDuration::Never {
+            return Err(TriggerError::Disabled);
+        }
+        let mut inner = self.lock();
+        if inner.shutting_down {
+            return Err(TriggerError::ShuttingDown);
+        }
+        if let Some(r) = &inner.running {
+            return Err(TriggerError::Busy(r.job.id));
+        }
+        let job = Job {
+            id: inner.next_id,
+            trigger,
+            settings: settings.job_settings(),
+            started_at: Utc::now(),
+            ended_at: None,
+            outcome: JobOutcome::Running,
+            error: None,
+            ended_in: None,
+            read_only_seconds: 0.0,
+            drain_seconds: 0.0,
+            cut_writers: vec![],
+            report: None,
+        };
+        self.history
+            .mark_running(&job)
+            .map_err(|e| TriggerError::State(e.to_string()))?;
+        inner.next_id += 1;
+        let control = Arc::new(RunControl::default());
+        control.set_limit(settings.time_limit());
+        let id = job.id;
+        inner.running = Some(Running {
+            job: job.clone(),
+            control: control.clone(),
+            read_only_since: None,
+        });
+        drop(inner);
+        let daemon = self.clone();
+        std::thread::Builder::new()
+            .name(format!("regfs-gc-{id}"))
+            .spawn(move || super::runner::run(&daemon, job, &control, &settings))
+            .map_err(|e| TriggerError::State(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Asks the current run to stop safely. Returns its id, if one was running.
+    pub fn stop(&self) -> Option<u64> {
+        let inner = self.lock();
+        inner.running.as_ref().map(|r| {
+            r.control.request_stop();
+            r.job.id
+        })
+    }
+
+    /// Refuses new runs, stops the current one and waits for it to end (store writable).
+    pub fn shutdown(&self) {
+        let mut inner = self.lock();
+        inner.shutting_down = true;
+        if let Some(r) = &inner.running {
+            r.control.request_stop();
+        }
+        while inner.running.is_some() {
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    pub(super) fn set_read_only_since(&self, t: DateTime<Utc>) {
+        if let Some(r) = &mut self.lock().running {
+            r.read_only_since = Some(t);
+        }
+    }
+
+    /// Records a finished run and frees the slot for the next one.
+    pub(super) fn finish(&self, job: Job) {
+        if let Err(e) = self.history.append(&job) {
+            tracing::error!(job = job.id, error = %e, "cannot append the job to the history");
+        }
+        if let Err(e) = self.history.clear_running() {
+            tracing::error!(error = %e, "cannot clear the running-job record");
+        }
+        let mut inner = self.lock();
+        inner.running = None;
+        inner.last = Some(job);
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// A job by id: the running one or one from the history.
+    pub fn job(&self, id: u64) -> Option<Job> {
+        let inner = self.lock();
+        if let Some(r) = inner.running.as_ref().filter(|r| r.job.id == id) {
+            return Some(r.job.clone());
+        }
+        if let Some(j) = inner.last.as_ref().filter(|j| j.id == id) {
+            return Some(j.clone());
+        }
+        drop(inner);
+        self.history
+            .jobs()
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|j| j.id == id)
+    }
+
+    pub fn next_run(&self) -> Option<DateTime<Utc>> {
+        let s = self.settings();
+        if s.duration == GcDuration::Never {
+            return None;
+        }
+        s.schedule
+            .as_ref()
+            .and_then(|sch| sch.next_after(Utc::now()))
+    }
+
+    pub fn status(&self) -> Status {
+        let settings = self.settings();
+        let inner = self.lock();
+        let running = inner.running.as_ref();
+        let state = running.map(|r| r.control.state()).unwrap_or(State::Idle);
+        let read_only_since = running.and_then(|r| r.read_only_since);
+        let banner = read_only_since.map(|t| {
+            format!(
+                "STORE IS READ-ONLY since {}: pushes are refused while GC job {} runs; pulls work",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                running.map(|r| r.job.id).unwrap_or(0)
+            )
+        });
+        let status = Status {
+            mountpoint: self.mountpoint.display().to_string(),
+            storage: self.storage.display().to_string(),
+            state,
+            read_only: read_only_since.is_some(),
+            read_only_since,
+            banner,
+            current_job: running.map(|r| r.job.clone()),
+            progress: running.map(|r| r.control.progress()),
+            schedule: settings.schedule.as_ref().map(|s| s.to_string()),
+            next_run: None,
+            settings: settings.job_settings(),
+            last_job: inner.last.clone(),
+        };
+        drop(inner);
+        Status {
+            next_run: self.next_run(),
+            ..status
+        }
+    }
+}

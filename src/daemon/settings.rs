@@ -1,0 +1,128 @@
+//! GC settings of a daemon: when epochs start, how long they may last, what they collect.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::job::JobSettings;
+use super::schedule::Schedule;
+use crate::gc;
+
+/// How long an epoch may keep the store read-only (DTR's "Until done", "For N minutes",
+/// "Never").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcDuration {
+    UntilDone,
+    Limit(Duration),
+    Never,
+}
+
+impl FromStr for GcDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "until-done" => Ok(GcDuration::UntilDone),
+            "never" => Ok(GcDuration::Never),
+            other => match humantime::parse_duration(other) {
+                Ok(d) if !d.is_zero() => Ok(GcDuration::Limit(d)),
+                Ok(_) => Err(format!(
+                    "--gc-duration {other:?}: a time limit must be more than zero"
+                )),
+                Err(e) => Err(format!(
+                    "--gc-duration {other:?}: {e}; expected until-done, never, or a time limit such as 30m"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for GcDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GcDuration::UntilDone => f.write_str("until-done"),
+            GcDuration::Never => f.write_str("never"),
+            GcDuration::Limit(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schedule: Option<Schedule>,
+    pub duration: GcDuration,
+    pub delete_untagged: bool,
+    pub dry_run: bool,
+    pub upload_max_age: Duration,
+    pub keep_unknown: bool,
+    /// How long an epoch lets in-place writers finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            schedule: None,
+            duration: GcDuration::UntilDone,
+            delete_untagged: false,
+            dry_run: false,
+            upload_max_age: gc::DEFAULT_UPLOAD_MAX_AGE,
+            keep_unknown: false,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Settings {
+    pub fn gc_options(&self) -> gc::Options {
+        gc::Options {
+            delete_untagged: self.delete_untagged,
+            dry_run: self.dry_run,
+            upload_max_age: self.upload_max_age,
+            keep_unknown: self.keep_unknown,
+        }
+    }
+
+    pub fn job_settings(&self) -> JobSettings {
+        JobSettings {
+            duration: self.duration.to_string(),
+            delete_untagged: self.delete_untagged,
+            dry_run: self.dry_run,
+            upload_max_age: humantime::format_duration(self.upload_max_age).to_string(),
+            drain_timeout: humantime::format_duration(self.drain_timeout).to_string(),
+        }
+    }
+
+    pub fn time_limit(&self) -> Option<Duration> {
+        match self.duration {
+            GcDuration::Limit(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_dtr_offers_them() {
+        assert_eq!("until-done".parse(), Ok(GcDuration::UntilDone));
+        assert_eq!("never".parse(), Ok(GcDuration::Never));
+        assert_eq!(
+            "30m".parse(),
+            Ok(GcDuration::Limit(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            "500ms".parse(),
+            Ok(GcDuration::Limit(Duration::from_millis(500)))
+        );
+        assert!("0m".parse::<GcDuration>().is_err());
+        assert!(
+            "soon"
+                .parse::<GcDuration>()
+                .unwrap_err()
+                .contains("until-done")
+        );
+    }
+}

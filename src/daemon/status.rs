@@ -1,0 +1,83 @@
+//! What `regfs status` shows: the state of the store and of the current run.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::job::{Job, JobSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Idle,
+    /// Closing the store: new writes refused, waiting for in-place writers.
+    Closing,
+    Marking,
+    Sweeping,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub mountpoint: String,
+    pub storage: String,
+    pub state: State,
+    pub read_only: bool,
+    pub read_only_since: Option<DateTime<Utc>>,
+    /// Said plainly while the store is read-only.
+    pub banner: Option<String>,
+    pub current_job: Option<Job>,
+    pub progress: Option<Progress>,
+    pub schedule: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub settings: JobSettings,
+    pub last_job: Option<Job>,
+}
+
+fn utc(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(b) = &self.banner {
+            writeln!(f, "*** {b} ***")?;
+        }
+        writeln!(f, "regfs at {} (store {})", self.mountpoint, self.storage)?;
+        writeln!(f, "  state        {:?}", self.state)?;
+        match &self.read_only_since {
+            Some(t) => writeln!(f, "  read-only    since {}", utc(t))?,
+            None => writeln!(f, "  read-only    no (pushes work)")?,
+        }
+        if let (Some(j), Some(p)) = (&self.current_job, &self.progress) {
+            writeln!(
+                f,
+                "  current job  {} ({:?}): {} {}/{}",
+                j.id, j.trigger, p.phase, p.done, p.total
+            )?;
+        }
+        match (&self.schedule, &self.next_run) {
+            (Some(s), Some(n)) => writeln!(f, "  schedule     {s} (UTC); next run {}", utc(n))?,
+            (Some(s), None) => writeln!(f, "  schedule     {s} (UTC); no run scheduled")?,
+            _ => writeln!(f, "  schedule     none (runs on SIGUSR1 or `regfs gc`)")?,
+        }
+        let s = &self.settings;
+        writeln!(
+            f,
+            "  settings     duration {}, delete-untagged {}, dry-run {}, upload-max-age {}, drain-timeout {}",
+            s.duration, s.delete_untagged, s.dry_run, s.upload_max_age, s.drain_timeout
+        )?;
+        match &self.last_job {
+            Some(j) => writeln!(f, "  last run     {}", j.summary())?,
+            None => writeln!(f, "  last run     none")?,
+        }
+        Ok(())
+    }
+}
