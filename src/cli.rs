@@ -175,8 +175,9 @@ pub struct MountArgs {
     )]
     pub attr_timeout: f64,
 
-    /// Inodes held (one open handle each) before regfs asks the kernel to drop cached
-    /// entries; 0 = three quarters of the open-file limit.
+    /// Inodes remembered before regfs asks the kernel to drop cached entries; 0 = a
+    /// million (or, on a filesystem without file handles, where each holds a descriptor,
+    /// three quarters of the open-file limit).
     #[arg(
         long,
         default_value_t = 0,
@@ -251,6 +252,7 @@ impl MountArgs {
             attr_timeout,
             passthrough: !self.no_passthrough,
             max_inodes: self.max_inodes,
+            fd_budget: 0,
         })
     }
 

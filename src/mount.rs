@@ -28,16 +28,21 @@ pub struct MountConfig {
     pub attr_timeout: Duration,
     /// Ask the kernel for read passthrough.
     pub passthrough: bool,
-    /// Inodes (each an open handle) held before the kernel is asked to drop cached
-    /// entries; 0 picks three quarters of the open-file limit.
+    /// Inodes remembered before the kernel is asked to drop cached entries; 0 picks a
+    /// default (a million when the filesystem gives file handles, else three quarters of
+    /// the open-file limit, since then every inode holds a descriptor).
     pub max_inodes: usize,
+    /// Inode descriptors kept open at most (with file handles); 0: half the open-file limit.
+    pub fd_budget: usize,
 }
 
 impl MountConfig {
-    /// The inode high mark: the configured one, or a share of the open-file limit.
-    pub fn inode_high_mark(&self, nofile: u64) -> usize {
+    /// The inode high mark: the configured one, or the default for this filesystem.
+    pub fn inode_high_mark(&self, nofile: u64, file_handles: bool) -> usize {
         if self.max_inodes > 0 {
             self.max_inodes
+        } else if file_handles {
+            1 << 20
         } else {
             (nofile.min(1 << 30) as usize / 4 * 3).max(1024)
         }
@@ -348,7 +353,16 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
     crate::lock::lock_store(lock.as_fd(), &storage.display().to_string())?;
     // The kernel applies the caller's umask before it sends a mode; ours must not again.
     rustix::process::umask(rustix::fs::Mode::empty());
-    let fs = Arc::new(StorageFs::new(&storage, gate)?);
+    let fs = Arc::new(if cfg.fd_budget > 0 {
+        StorageFs::with_fd_budget(&storage, gate, cfg.fd_budget)?
+    } else {
+        StorageFs::new(&storage, gate)?
+    });
+    let (_, file_handles) = fs.inode_fds();
+    if !file_handles {
+        tracing::warn!(storage = %storage.display(),
+            "this filesystem gives no file handles: every remembered inode keeps a descriptor open");
+    }
     let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough);
     let session =
         Session::new(adapter, &mountpoint, &session_config(cfg, &storage)).map_err(|e| {
@@ -361,7 +375,7 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    let high = cfg.inode_high_mark(nofile);
+    let high = cfg.inode_high_mark(nofile, file_handles);
     crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
         path: "reclaimer thread".into(),
         source: e,

@@ -76,6 +76,14 @@ pub struct StorageFs {
     pub(super) daemon_reads: AtomicU64,
 }
 
+/// Half the soft open-file limit: room for open files and directories besides.
+fn default_fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (limit.min(1 << 22) / 2) as usize
+}
+
 fn is_setgid_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_ISGID != 0
 }
@@ -84,6 +92,11 @@ impl StorageFs {
     /// Opens the store at `root`. The root handle is taken now, so a mount placed over
     /// the same directory later still reaches the real directory underneath.
     pub fn new(root: &Path, gate: Arc<WriteGate>) -> FsResult<Self> {
+        Self::with_fd_budget(root, gate, default_fd_budget())
+    }
+
+    /// As [`new`](Self::new), keeping at most `fd_budget` inode descriptors open.
+    pub fn with_fd_budget(root: &Path, gate: Arc<WriteGate>, fd_budget: usize) -> FsResult<Self> {
         let shown = root.display().to_string();
         let fd = rfs::open(
             root,
@@ -92,6 +105,12 @@ impl StorageFs {
         )
         .map_err(|e| FsError::backing("open store", &shown, e))?;
         let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat store", &shown, e))?;
+        let mount_fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("open store", &shown, e))?;
         let proc_fd = rfs::open(
             "/proc/self/fd",
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -103,7 +122,8 @@ impl StorageFs {
             ino: st.st_ino,
         };
         Ok(StorageFs {
-            inodes: InodeTable::new(fd, key),
+            inodes: InodeTable::new(fd, mount_fd, key, fd_budget)
+                .map_err(|e| FsError::backing("open store", &shown, e))?,
             files: HandleTable::new(),
             dirs: HandleTable::new(),
             gate,
@@ -160,6 +180,18 @@ impl StorageFs {
             .unwrap_or_else(|| format!("?{id}"))
     }
 
+    /// An O_PATH descriptor of `inode` (reopened from its file handle if it was closed).
+    pub(super) fn fd_of(&self, inode: &Inode) -> FsResult<Arc<OwnedFd>> {
+        inode
+            .fd()
+            .map_err(|e| FsError::backing("open", inode.path(), e))
+    }
+
+    /// Inode descriptors open now, and whether inodes are kept by file handle.
+    pub fn inode_fds(&self) -> (usize, bool) {
+        (self.inodes.open_fds(), self.inodes.uses_handles())
+    }
+
     pub(super) fn admit_change(&self, path: &str) -> FsResult<ChangeGuard<'_>> {
         self.gate
             .admit_change()
@@ -198,7 +230,7 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let fd = rfs::openat(
-            parent.fd(),
+            &*self.fd_of(parent)?,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -227,7 +259,8 @@ impl StorageFs {
 
     pub fn getattr(&self, id: u64) -> FsResult<FileAttr> {
         let inode = self.inode(id)?;
-        let st = rfs::fstat(inode.fd()).map_err(|e| FsError::backing("stat", inode.path(), e))?;
+        let st = rfs::fstat(&*self.fd_of(&inode)?)
+            .map_err(|e| FsError::backing("stat", inode.path(), e))?;
         Ok(file_attr(id, &st))
     }
 
@@ -242,8 +275,8 @@ impl StorageFs {
         caller: Caller,
         path: &str,
     ) -> FsResult<()> {
-        let pst =
-            rfs::fstat(parent.fd()).map_err(|e| FsError::backing("stat", parent.path(), e))?;
+        let pst = rfs::fstat(&*self.fd_of(parent)?)
+            .map_err(|e| FsError::backing("stat", parent.path(), e))?;
         let st = rfs::fstat(fd).map_err(|e| FsError::backing("stat", path, e))?;
         let gid = (!is_setgid_dir(&pst)).then_some(caller.gid);
         if st.st_uid == caller.uid && gid.is_none_or(|g| g == st.st_gid) {
@@ -276,10 +309,14 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let _change = self.admit_change(&path)?;
-        rfs::mkdirat(parent.fd(), name, Mode::from_raw_mode(mode & 0o7777))
-            .map_err(|e| FsError::backing("mkdir", &path, e))?;
+        rfs::mkdirat(
+            &*self.fd_of(&parent)?,
+            name,
+            Mode::from_raw_mode(mode & 0o7777),
+        )
+        .map_err(|e| FsError::backing("mkdir", &path, e))?;
         let fd = rfs::openat(
-            parent.fd(),
+            &*self.fd_of(&parent)?,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -303,7 +340,8 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let _change = self.admit_change(&path)?;
-        rfs::unlinkat(parent.fd(), name, flags).map_err(|e| FsError::backing(op, &path, e))
+        rfs::unlinkat(&*self.fd_of(&parent)?, name, flags)
+            .map_err(|e| FsError::backing(op, &path, e))
     }
 
     pub fn rename(
@@ -326,10 +364,16 @@ impl StorageFs {
                 what: "this rename flag",
             })?;
         let _change = self.admit_change(&path)?;
-        let moved = rfs::statat(parent.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+        let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;
-        rfs::renameat_with(parent.fd(), name, new_parent.fd(), new_name, flags)
-            .map_err(|e| FsError::backing("rename", &path, e))?;
+        rfs::renameat_with(
+            &*self.fd_of(&parent)?,
+            name,
+            &*self.fd_of(&new_parent)?,
+            new_name,
+            flags,
+        )
+        .map_err(|e| FsError::backing("rename", &path, e))?;
         let key = InodeKey {
             dev: moved.st_dev,
             ino: moved.st_ino,
@@ -366,11 +410,12 @@ impl StorageFs {
         let _change = self.admit_change(&path)?;
         if let Some(size) = change.size {
             let fd = self
-                .reopen(inode.fd(), OFlags::WRONLY | OFlags::NOCTTY)
+                .reopen(self.fd_of(&inode)?.as_fd(), OFlags::WRONLY | OFlags::NOCTTY)
                 .map_err(|e| FsError::backing("truncate", &path, e))?;
             rfs::ftruncate(&fd, size).map_err(|e| FsError::backing("truncate", &path, e))?;
         }
-        let proc_name = inode.fd().as_raw_fd().to_string();
+        let ifd = self.fd_of(&inode)?;
+        let proc_name = ifd.as_raw_fd().to_string();
         if let Some(mode) = change.mode {
             rfs::chmodat(
                 &self.proc_fd,
@@ -382,7 +427,7 @@ impl StorageFs {
         }
         if change.uid.is_some() || change.gid.is_some() {
             rfs::chownat(
-                inode.fd(),
+                &*ifd,
                 "",
                 change.uid.map(rfs::Uid::from_raw),
                 change.gid.map(rfs::Gid::from_raw),
@@ -399,7 +444,8 @@ impl StorageFs {
 
     pub fn statfs(&self) -> FsResult<FsStats> {
         let root = self.inodes.root();
-        let st = rfs::fstatvfs(root.fd()).map_err(|e| FsError::backing("statfs", "", e))?;
+        let st =
+            rfs::fstatvfs(&*self.fd_of(&root)?).map_err(|e| FsError::backing("statfs", "", e))?;
         Ok(FsStats {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
@@ -416,7 +462,8 @@ impl StorageFs {
     /// checked by the kernel (default_permissions).
     pub fn access(&self, id: u64, mask: i32) -> FsResult<()> {
         let inode = self.inode(id)?;
-        rfs::fstat(inode.fd()).map_err(|e| FsError::backing("access", inode.path(), e))?;
+        rfs::fstat(&*self.fd_of(&inode)?)
+            .map_err(|e| FsError::backing("access", inode.path(), e))?;
         if mask & libc::W_OK != 0 && self.gate.is_closed() {
             return Err(FsError::ReadOnlyEpoch { path: inode.path() });
         }

@@ -5,11 +5,14 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use fuser::BackingId;
+
+use super::handle::{FdCache, FileHandle, InodeFd};
 
 pub const ROOT_ID: u64 = 1;
 
@@ -38,7 +41,7 @@ pub struct Inode {
     pub id: u64,
     pub key: InodeKey,
     pub kind: Kind,
-    fd: OwnedFd,
+    fd: Arc<InodeFd>,
     place: Mutex<Place>,
     /// Kernel passthrough: one backing id per inode, shared by its read-only opens and
     /// dropped with the last of them.
@@ -46,8 +49,9 @@ pub struct Inode {
 }
 
 impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An O_PATH descriptor of this inode (reopened from its file handle if needed).
+    pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        self.fd.get()
     }
 
     /// Path relative to the store root, `/`-separated, for logs and classification.
@@ -114,15 +118,29 @@ struct Tables {
 #[derive(Debug)]
 pub struct InodeTable {
     tables: RwLock<Tables>,
+    fds: Arc<FdCache>,
+    /// The store's filesystem gives file handles: descriptors can be closed when unused.
+    use_handles: bool,
 }
 
 impl InodeTable {
-    pub fn new(root_fd: OwnedFd, root_key: InodeKey) -> Self {
+    /// `fd_budget`: how many inode descriptors may stay open at once (when the
+    /// filesystem gives file handles).
+    /// `mount_fd`: the root opened for reading (open_by_handle_at refuses O_PATH ones).
+    pub fn new(
+        root_fd: OwnedFd,
+        mount_fd: OwnedFd,
+        root_key: InodeKey,
+        fd_budget: usize,
+    ) -> io::Result<Self> {
+        let use_handles = FileHandle::of(root_fd.as_fd()).is_ok();
+        let fds = FdCache::new(mount_fd, fd_budget);
         let root = Arc::new(Inode {
             id: ROOT_ID,
             key: root_key,
             kind: Kind::Directory,
-            fd: root_fd,
+            // The root is pinned: it is the parent of everything.
+            fd: InodeFd::new(root_fd, None, &fds),
             place: Mutex::new(Place {
                 parent: None,
                 name: OsString::new(),
@@ -142,9 +160,21 @@ impl InodeTable {
                 nlookup: 1,
             },
         );
-        InodeTable {
+        Ok(InodeTable {
             tables: RwLock::new(tables),
-        }
+            fds,
+            use_handles,
+        })
+    }
+
+    /// Whether inodes are kept by file handle (descriptors bounded) or pinned.
+    pub fn uses_handles(&self) -> bool {
+        self.use_handles
+    }
+
+    /// Inode descriptors open now.
+    pub fn open_fds(&self) -> usize {
+        self.fds.open_count()
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
@@ -171,16 +201,27 @@ impl InodeTable {
         kind: Kind,
         fd: OwnedFd,
     ) -> Arc<Inode> {
+        let handle = if self.use_handles {
+            FileHandle::of(fd.as_fd()).ok()
+        } else {
+            None
+        };
         let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&id) = t.by_key.get(&key) {
             let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
-            entry.nlookup += 1;
-            let inode = entry.inode.clone();
-            drop(t);
-            if inode.id != ROOT_ID {
-                inode.set_place(parent.clone(), name);
+            // The same inode number with another handle is a new file that reuses the
+            // number of one deleted while the kernel still holds it: a new node.
+            let same =
+                handle.is_none() || entry.inode.fd.handle() == handle.as_ref() || id == ROOT_ID;
+            if same {
+                entry.nlookup += 1;
+                let inode = entry.inode.clone();
+                drop(t);
+                if inode.id != ROOT_ID {
+                    inode.set_place(parent.clone(), name);
+                }
+                return inode;
             }
-            return inode;
         }
         let id = t.next_id;
         t.next_id += 1;
@@ -188,7 +229,7 @@ impl InodeTable {
             id,
             key,
             kind,
-            fd,
+            fd: InodeFd::new(fd, handle, &self.fds),
             place: Mutex::new(Place {
                 parent: Some(parent.clone()),
                 name: name.to_owned(),
@@ -229,7 +270,10 @@ impl InodeTable {
             None => false,
         };
         if gone && let Some(entry) = t.by_id.remove(&id) {
-            t.by_key.remove(&entry.inode.key);
+            // Only if the key still names this node (a newer file may have taken it).
+            if t.by_key.get(&entry.inode.key) == Some(&id) {
+                t.by_key.remove(&entry.inode.key);
+            }
         }
     }
 

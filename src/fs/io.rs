@@ -142,7 +142,7 @@ impl StorageFs {
         } else {
             None
         };
-        let fd = match self.reopen(inode.fd(), backing_flags(flags)) {
+        let fd = match self.reopen(self.fd_of(&inode)?.as_fd(), backing_flags(flags)) {
             Ok(fd) => fd,
             Err(e) => {
                 if let Some(t) = &writer {
@@ -171,15 +171,20 @@ impl StorageFs {
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
         let (fd, created) = match rfs::openat(
-            parent.fd(),
+            &*self.fd_of(&parent)?,
             name,
             base | OFlags::CREATE | OFlags::EXCL,
             mode,
         ) {
             Ok(fd) => (fd, true),
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                let fd = rfs::openat(parent.fd(), name, base | OFlags::NONBLOCK, Mode::empty())
-                    .map_err(|e| FsError::backing("open", &path, e))?;
+                let fd = rfs::openat(
+                    &*self.fd_of(&parent)?,
+                    name,
+                    base | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(|e| FsError::backing("open", &path, e))?;
                 (fd, false)
             }
             Err(e) => return Err(FsError::backing("create", &path, e)),

@@ -3,6 +3,7 @@
 pub mod adapter;
 mod attr;
 mod core;
+mod handle;
 mod handles;
 mod inode;
 mod io;

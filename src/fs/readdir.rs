@@ -3,6 +3,7 @@
 //! on the backing directory.
 
 use std::ffi::{CString, OsStr};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 
@@ -65,7 +66,10 @@ impl StorageFs {
     pub fn opendir(&self, id: u64) -> FsResult<u64> {
         let inode = self.inode(id)?;
         let fd = self
-            .reopen(inode.fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            .reopen(
+                self.fd_of(&inode)?.as_fd(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+            )
             .map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         let dir = Dir::new(fd).map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         Ok(self.dirs.insert(OpenDir {

@@ -148,6 +148,7 @@ impl StorageFs {
             return Err(FsError::InvalidName { name: shown });
         };
         let root = self.inodes.root();
+        let root_fd = self.fd_of(&root)?;
         // One openat2 for the whole parent path: the kernel refuses `..`, links and
         // mounts at every component (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | NO_XDEV).
         let dir: Option<OwnedFd> = if parents.is_empty() {
@@ -155,7 +156,7 @@ impl StorageFs {
         } else {
             let parent_path: std::path::PathBuf = parents.iter().collect();
             match rfs::openat2(
-                root.fd(),
+                &*root_fd,
                 &parent_path,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
@@ -169,7 +170,7 @@ impl StorageFs {
                 Err(e) => return Err(FsError::backing("open", &shown, e)),
             }
         };
-        let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root_fd.as_fd());
         let st = rfs::fstat(at).map_err(|e| FsError::backing("stat", &shown, e))?;
         Ok(Some((Parent { fd: dir, st }, *last)))
     }
@@ -182,8 +183,12 @@ impl StorageFs {
         let Some((parent, last)) = self.resolve_parent(rel)? else {
             return Ok(Removed::default());
         };
-        let root = self.inodes.root();
-        let at = parent.fd.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let root_fd = self.fd_of(&self.inodes.root())?;
+        let at = parent
+            .fd
+            .as_ref()
+            .map(|d| d.as_fd())
+            .unwrap_or(root_fd.as_fd());
         let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(Removed::default()),
@@ -203,8 +208,12 @@ impl StorageFs {
         let Some((parent, last)) = self.resolve_parent(rel)? else {
             return Ok(false);
         };
-        let root = self.inodes.root();
-        let at = parent.fd.as_ref().map(|d| d.as_fd()).unwrap_or(root.fd());
+        let root_fd = self.fd_of(&self.inodes.root())?;
+        let at = parent
+            .fd
+            .as_ref()
+            .map(|d| d.as_fd())
+            .unwrap_or(root_fd.as_fd());
         let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(false),

@@ -78,6 +78,7 @@ pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
         attr_timeout: Duration::from_secs(60),
         passthrough: true,
         max_inodes: 0,
+        fd_budget: 0,
     }
 }
 

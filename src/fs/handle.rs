@@ -1,0 +1,216 @@
+//! Bounded open files for inodes. An inode is remembered by its kernel file handle
+//! (name_to_handle_at), which holds no file descriptor; an O_PATH descriptor is opened
+//! from it on demand (open_by_handle_at) and cached, and the least recently used cached
+//! descriptors are closed when there are more than the budget. So a registry walking
+//! millions of files never runs the daemon out of descriptors. On a filesystem without
+//! file handles every inode keeps its descriptor (bounded only by the kernel forgetting).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// A kernel file handle: identifies one file (inode and generation) on its filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileHandle {
+    handle_type: i32,
+    bytes: Box<[u8]>,
+}
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; libc::MAX_HANDLE_SZ as usize],
+}
+
+impl FileHandle {
+    /// The handle of the file `fd` refers to (an O_PATH descriptor will do).
+    pub fn of(fd: BorrowedFd<'_>) -> io::Result<FileHandle> {
+        let mut raw = RawHandle {
+            handle_bytes: libc::MAX_HANDLE_SZ as u32,
+            handle_type: 0,
+            f_handle: [0; libc::MAX_HANDLE_SZ as usize],
+        };
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `raw` is a valid file_handle with room for MAX_HANDLE_SZ bytes; the
+        // path is an empty C string used with AT_EMPTY_PATH on a valid descriptor.
+        let rc = unsafe {
+            libc::name_to_handle_at(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (&mut raw as *mut RawHandle).cast(),
+                &mut mount_id,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = (raw.handle_bytes as usize).min(raw.f_handle.len());
+        Ok(FileHandle {
+            handle_type: raw.handle_type,
+            bytes: raw.f_handle[..len].into(),
+        })
+    }
+
+    /// Opens the file this handle names, relative to any descriptor on its filesystem.
+    pub fn open(&self, mount_fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let mut raw = RawHandle {
+            handle_bytes: self.bytes.len() as u32,
+            handle_type: self.handle_type,
+            f_handle: [0; libc::MAX_HANDLE_SZ as usize],
+        };
+        raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
+        // SAFETY: `raw` is a valid file_handle as the kernel gave it; the result is a
+        // new descriptor we own, or -1.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount_fd.as_raw_fd(),
+                (&mut raw as *mut RawHandle).cast(),
+                flags | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: open_by_handle_at returned a fresh descriptor.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// An inode's way back to its file: a descriptor (cached or pinned) and maybe a handle.
+#[derive(Debug)]
+pub struct InodeFd {
+    handle: Option<FileHandle>,
+    cached: Mutex<Option<Arc<OwnedFd>>>,
+    last_used: AtomicU64,
+    cache: Arc<FdCache>,
+}
+
+impl InodeFd {
+    /// With a handle the descriptor may be closed when unused; without, it is pinned.
+    pub fn new(fd: OwnedFd, handle: Option<FileHandle>, cache: &Arc<FdCache>) -> Arc<InodeFd> {
+        let this = Arc::new(InodeFd {
+            handle,
+            cached: Mutex::new(Some(Arc::new(fd))),
+            last_used: AtomicU64::new(cache.tick()),
+            cache: cache.clone(),
+        });
+        if this.handle.is_some() {
+            cache.track(&this);
+        }
+        this
+    }
+
+    pub fn handle(&self) -> Option<&FileHandle> {
+        self.handle.as_ref()
+    }
+
+    /// An O_PATH descriptor of the file, reopened from the handle if it was closed.
+    pub fn get(self: &Arc<Self>) -> io::Result<Arc<OwnedFd>> {
+        self.last_used.store(self.cache.tick(), Ordering::Relaxed);
+        let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = slot.as_ref() {
+            return Ok(fd.clone());
+        }
+        let handle = self
+            .handle
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let fd = Arc::new(handle.open(self.cache.mount_fd(), libc::O_PATH)?);
+        *slot = Some(fd.clone());
+        drop(slot);
+        self.cache.track(self);
+        Ok(fd)
+    }
+
+    fn evict(&self) -> bool {
+        if self.handle.is_none() {
+            return false;
+        }
+        self.cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+    }
+}
+
+impl Drop for InodeFd {
+    fn drop(&mut self) {
+        if self.handle.is_some() && self.cached.get_mut().map(|s| s.is_some()).unwrap_or(false) {
+            self.cache.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The budget of cached descriptors, shared by all inodes.
+#[derive(Debug)]
+pub struct FdCache {
+    mount_fd: OwnedFd,
+    budget: usize,
+    open: AtomicUsize,
+    clock: AtomicU64,
+    tracked: Mutex<Vec<Weak<InodeFd>>>,
+}
+
+impl FdCache {
+    /// `mount_fd`: any descriptor on the store's filesystem (the root's).
+    pub fn new(mount_fd: OwnedFd, budget: usize) -> Arc<FdCache> {
+        Arc::new(FdCache {
+            mount_fd,
+            budget: budget.max(64),
+            open: AtomicUsize::new(0),
+            clock: AtomicU64::new(0),
+            tracked: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn mount_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.mount_fd.as_fd()
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Cached descriptors held now.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn track(&self, inode: &Arc<InodeFd>) {
+        let over = self.open.fetch_add(1, Ordering::Relaxed) + 1 > self.budget;
+        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        tracked.push(Arc::downgrade(inode));
+        if over {
+            self.evict_oldest(&mut tracked);
+        }
+    }
+
+    /// Closes the least recently used cached descriptors down to three quarters of the
+    /// budget. Descriptors in use elsewhere stay open until their users finish.
+    fn evict_oldest(&self, tracked: &mut Vec<Weak<InodeFd>>) {
+        let mut live: Vec<(u64, Arc<InodeFd>)> = tracked
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|i| i.cached.lock().map(|s| s.is_some()).unwrap_or(false))
+            .map(|i| (i.last_used.load(Ordering::Relaxed), i))
+            .collect();
+        live.sort_by_key(|(t, _)| *t);
+        let target = self.budget / 4 * 3;
+        let excess = self.open.load(Ordering::Relaxed).saturating_sub(target);
+        for (_, inode) in live.iter().take(excess) {
+            if inode.evict() {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        *tracked = live
+            .into_iter()
+            .filter(|(_, i)| i.cached.lock().map(|s| s.is_some()).unwrap_or(false))
+            .map(|(_, i)| Arc::downgrade(&i))
+            .collect();
+    }
+}
