@@ -214,8 +214,17 @@ fn a_delete_by_the_daemon_is_visible_through_the_mount_at_once() {
     }) else {
         return;
     };
-    // Warm the kernel's caches (entries and attributes are cached for 60 s here).
+    // Warm the kernel's caches (entries and attributes are cached for 60 s here, and
+    // directory listings are kept across opens).
     assert!(fs::metadata(m.mnt.join("blobs/sha256/ab/abcd/data")).is_ok());
+    assert_eq!(
+        fs::read_dir(m.mnt.join("blobs/sha256/ab")).unwrap().count(),
+        1
+    );
+    assert_eq!(
+        fs::read_dir(m.mnt.join("blobs/sha256/ab")).unwrap().count(),
+        1
+    );
     assert!(fs::metadata(m.mnt.join("single")).is_ok());
     m.gate.close_for_writes(Duration::from_secs(1));
     let removed = m

@@ -238,7 +238,9 @@ impl StorageFs {
             Some(child_id) => notifier.delete(INodeNo(parent_id), INodeNo(child_id), name),
             None => notifier.inval_entry(INodeNo(parent_id), name),
         };
-        if let Err(e) = r {
+        // The entry may not be cached while the parent's listing is: drop that too.
+        let listing = notifier.inval_inode(INodeNo(parent_id), 0, 0);
+        if let Err(e) = r.and(listing) {
             tracing::debug!(error = %e, "kernel cache invalidation after a delete failed");
         }
     }
