@@ -51,6 +51,14 @@ impl History {
         fs::rename(&tmp, self.running_file())
     }
 
+    /// Marks the running job as still alive (its record's mtime).
+    pub fn heartbeat(&self) -> io::Result<()> {
+        File::options()
+            .write(true)
+            .open(self.running_file())?
+            .set_modified(std::time::SystemTime::now())
+    }
+
     pub fn clear_running(&self) -> io::Result<()> {
         match fs::remove_file(self.running_file()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -75,11 +83,13 @@ impl History {
             }
         };
         job.outcome = JobOutcome::Interrupted;
-        let ended: Option<DateTime<Utc>> = fs::metadata(&path)
+        // The record is touched every heartbeat while the job runs: its mtime is the last
+        // moment the job was known alive.
+        let alive: Option<DateTime<Utc>> = fs::metadata(&path)
             .and_then(|m| m.modified())
             .ok()
             .map(Into::into);
-        job.ended_at = ended.or(Some(Utc::now()));
+        job.ended_at = Some(alive.unwrap_or_else(Utc::now).max(job.started_at));
         job.error = Some("the daemon stopped during this run".into());
         self.append(&job)?;
         self.clear_running()?;

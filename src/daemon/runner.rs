@@ -13,6 +13,8 @@ use super::status::State;
 use crate::epoch::{CutReason, WriteGate};
 use crate::gc::{self, Control, Outcome, Phase};
 
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Reopens the store when dropped: no path out of a run leaves it read-only.
 struct Reopen<'a>(&'a WriteGate);
 
@@ -112,9 +114,22 @@ pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Setti
     *control.started_slot() = Some(Instant::now());
     tracing::info!(job = job.id, trigger = ?job.trigger, duration = %job.settings.duration,
         delete_untagged = job.settings.delete_untagged, dry_run = job.settings.dry_run, "GC job started");
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        epoch(daemon, &mut job, control, settings)
-    }));
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let result = std::thread::scope(|scope| {
+        // A heartbeat on the running-job record, so a daemon killed mid-run is recorded
+        // as interrupted at (about) the moment it died.
+        scope.spawn(|| {
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = daemon.history.heartbeat();
+                std::thread::sleep(HEARTBEAT);
+            }
+        });
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            epoch(daemon, &mut job, control, settings)
+        }));
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
     if let Err(panic) = result {
         let detail = panic
             .downcast_ref::<&str>()

@@ -94,7 +94,14 @@ impl FromStr for Schedule {
             why,
         };
         let trimmed = expr.trim();
+        const SHORTHANDS: [&str; 5] = ["@hourly", "@daily", "@weekly", "@monthly", "@yearly"];
         let normalized = if trimmed.starts_with('@') {
+            if !SHORTHANDS.contains(&trimmed) {
+                return Err(err(format!(
+                    "unknown shorthand; expected one of {}",
+                    SHORTHANDS.join(", ")
+                )));
+            }
             trimmed.to_string()
         } else {
             let fields: Vec<&str> = trimmed.split_whitespace().collect();
@@ -215,7 +222,7 @@ mod tests {
             ("61 * * * *", ""),
             ("0 3 * * 8", "day of week"),
             ("0 3 * * 5-2", "backwards"),
-            ("@fortnightly", ""),
+            ("@fortnightly", "unknown shorthand"),
             ("0 0 0 30 2 * *", "never fires"),
         ] {
             let e = bad.parse::<Schedule>().unwrap_err();

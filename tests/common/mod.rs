@@ -35,12 +35,20 @@ pub fn fuse_available() -> bool {
     false
 }
 
-/// Lazily unmounts every FUSE mount left by an earlier test run.
+/// Lazily unmounts every dead FUSE mount left by an earlier, killed test run.
 pub fn clean_stale_mounts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for m in mount::mounts().unwrap_or_default() {
-            if m.fstype.starts_with("fuse") && m.mountpoint.to_string_lossy().contains(PREFIX) {
+            // Only dead ones (their daemon is gone): another test process may be running.
+            let dead = matches!(
+                rustix::fs::statfs(&m.mountpoint),
+                Err(rustix::io::Errno::NOTCONN)
+            );
+            if m.fstype.starts_with("fuse")
+                && m.mountpoint.to_string_lossy().contains(PREFIX)
+                && dead
+            {
                 let _ = rustix::mount::unmount(&m.mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         }
