@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use fuser::INodeNo;
 use rustix::fs::{self as rfs, AtFlags, Dir, Mode, OFlags, ResolveFlags};
@@ -84,9 +85,12 @@ fn remove_entry(
     Ok(())
 }
 
-/// The directory holding the last component of a store-relative path.
-struct Parent {
-    fd: Option<OwnedFd>,
+/// An entry found at a store-relative path: its directory (handle and stat), its name
+/// there and its own stat.
+struct Found<'p> {
+    dir: Arc<OwnedFd>,
+    dir_st: rfs::Stat,
+    name: &'p OsStr,
     st: rfs::Stat,
 }
 
@@ -133,9 +137,9 @@ fn remove_blob_shaped(
 }
 
 impl StorageFs {
-    /// Resolves every component but the last from the root without following links.
-    /// `None` when a component is missing.
-    fn resolve_parent<'p>(&self, rel: &'p Path) -> FsResult<Option<(Parent, &'p OsStr)>> {
+    /// Resolves `rel` without following links: every component but the last with one
+    /// openat2 from the root, the last with a stat. `None` when something is missing.
+    fn find<'p>(&self, rel: &'p Path) -> FsResult<Option<Found<'p>>> {
         let shown = rel.display().to_string();
         let mut names = Vec::new();
         for c in rel.components() {
@@ -151,8 +155,8 @@ impl StorageFs {
         let root_fd = self.fd_of(&root)?;
         // One openat2 for the whole parent path: the kernel refuses `..`, links and
         // mounts at every component (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | NO_XDEV).
-        let dir: Option<OwnedFd> = if parents.is_empty() {
-            None
+        let dir: Arc<OwnedFd> = if parents.is_empty() {
+            root_fd
         } else {
             let parent_path: std::path::PathBuf = parents.iter().collect();
             match rfs::openat2(
@@ -165,67 +169,52 @@ impl StorageFs {
                     | ResolveFlags::NO_MAGICLINKS
                     | ResolveFlags::NO_XDEV,
             ) {
-                Ok(fd) => Some(fd),
+                Ok(fd) => Arc::new(fd),
                 Err(Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(FsError::backing("open", &shown, e)),
             }
         };
-        let at = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root_fd.as_fd());
-        let st = rfs::fstat(at).map_err(|e| FsError::backing("stat", &shown, e))?;
-        Ok(Some((Parent { fd: dir, st }, *last)))
+        let dir_st = rfs::fstat(&*dir).map_err(|e| FsError::backing("stat", &shown, e))?;
+        let st = match rfs::statat(&*dir, *last, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(FsError::backing("stat", &shown, e)),
+        };
+        Ok(Some(Found {
+            dir,
+            dir_st,
+            name: last,
+            st,
+        }))
     }
 
     /// Deletes the file or directory tree at `rel` (relative to the store root) and
     /// invalidates the kernel's cached entry. Refuses `..`, absolute paths and links on
     /// the way. Missing: `Ok(Removed::default())`, since someone else removed it.
     pub fn remove_tree(&self, rel: &Path) -> FsResult<Removed> {
-        let shown = rel.display().to_string();
-        let Some((parent, last)) = self.resolve_parent(rel)? else {
+        let Some(f) = self.find(rel)? else {
             return Ok(Removed::default());
         };
-        let root_fd = self.fd_of(&self.inodes.root())?;
-        let at = parent
-            .fd
-            .as_ref()
-            .map(|d| d.as_fd())
-            .unwrap_or(root_fd.as_fd());
-        let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(Removed::default()),
-            Err(e) => return Err(FsError::backing("stat", &shown, e)),
-        };
         let mut out = Removed::default();
-        if !remove_blob_shaped(at, last, &child_st, &mut out) {
-            remove_entry(at, last, &shown, &mut out)?;
+        if !remove_blob_shaped(f.dir.as_fd(), f.name, &f.st, &mut out) {
+            remove_entry(f.dir.as_fd(), f.name, &rel.display().to_string(), &mut out)?;
         }
-        self.tell_kernel_removed(key_of(&parent.st), key_of(&child_st), last);
+        self.tell_kernel_removed(key_of(&f.dir_st), key_of(&f.st), f.name);
         Ok(out)
     }
 
     /// Removes the directory at `rel` if it is empty. Returns whether it did.
     pub fn remove_empty_dir(&self, rel: &Path) -> FsResult<bool> {
-        let shown = rel.display().to_string();
-        let Some((parent, last)) = self.resolve_parent(rel)? else {
+        let Some(f) = self.find(rel)? else {
             return Ok(false);
         };
-        let root_fd = self.fd_of(&self.inodes.root())?;
-        let at = parent
-            .fd
-            .as_ref()
-            .map(|d| d.as_fd())
-            .unwrap_or(root_fd.as_fd());
-        let child_st = match rfs::statat(at, last, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(FsError::backing("stat", &shown, e)),
-        };
-        match rfs::unlinkat(at, last, AtFlags::REMOVEDIR) {
+        match rfs::unlinkat(&*f.dir, f.name, AtFlags::REMOVEDIR) {
             Ok(()) => {
-                self.tell_kernel_removed(key_of(&parent.st), key_of(&child_st), last);
+                self.tell_kernel_removed(key_of(&f.dir_st), key_of(&f.st), f.name);
                 Ok(true)
             }
             Err(Errno::NOTEMPTY) | Err(Errno::NOENT) | Err(Errno::EXIST) => Ok(false),
-            Err(e) => Err(FsError::backing("rmdir", &shown, e)),
+            Err(e) => Err(FsError::backing("rmdir", &rel.display().to_string(), e)),
         }
     }
 
