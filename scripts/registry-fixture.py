@@ -39,9 +39,6 @@ registry_delete_untagged_pullable (what distribution 2.8.2 actually does), pull_
 """
 
 import argparse
-import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -49,25 +46,32 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-SIG_TYPE = "application/vnd.example.signature"
-SIG_PAYLOAD = "application/vnd.example.signature.payload.v1+json"
-SBOM_TYPE = "application/vnd.example.sbom.v1"
-MT_EMPTY = "application/vnd.oci.empty.v1+json"
 
-# Fixed timestamps so that every build produces the same digests.
-MTIME = 1700000000
-CREATED = "2023-11-14T22:13:20Z"
+def _load_oci_images():
+    """scripts/oci-images.py (image layout generation), imported by path."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oci-images.py")
+    spec = importlib.util.spec_from_file_location("oci_images", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["oci_images"] = mod
+    sys.dont_write_bytecode = True  # no scripts/__pycache__ in the work tree
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_load_oci_images()
+from oci_images import (  # noqa: E402
+    CREATED, MT_EMPTY, MT_INDEX, MT_MANIFEST, SIG_PAYLOAD, SIG_TYPE, Layout, canon,
+    pseudo_random, sha256,
+)
+
+SBOM_TYPE = "application/vnd.example.sbom.v1"
 
 V2 = "docker/registry/v2"
 GC_MODES = ("default", "delete-untagged", "registry-delete-untagged")
@@ -81,132 +85,9 @@ def log(msg):
     print(f"registry-fixture: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canon(obj):
-    return json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"
-
-
 # --------------------------------------------------------------------------------------
-# OCI image layout generation
+# OCI images of the fixture (layouts are written by scripts/oci-images.py)
 # --------------------------------------------------------------------------------------
-
-
-def pseudo_random(seed, size):
-    """Deterministic incompressible bytes."""
-    out = bytearray()
-    block = hashlib.sha256(seed.encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
-
-
-def make_tar(files):
-    """files: list of (path, bytes or None for a directory). Deterministic tar."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, content in files:
-            info = tarfile.TarInfo(path)
-            info.mtime = MTIME
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if content is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.mode = 0o755 if path.startswith(("bin/", "usr/bin/")) else 0o644
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
-
-
-class Layout:
-    """An OCI image layout holding every image of the fixture."""
-
-    def __init__(self, root):
-        self.root = root
-        self.blobdir = os.path.join(root, "blobs", "sha256")
-        os.makedirs(self.blobdir, exist_ok=True)
-        self.blobs = {}  # digest -> bytes
-        self.refs = []  # index.json descriptors
-        self.kinds = {}  # digest -> kind (layer, config, manifest, index, ...)
-        self.mtypes = {}  # digest -> media type
-        self.manifests = {}  # digest -> parsed manifest / index
-
-    def add_blob(self, data, media_type, kind):
-        dgst = sha256(data)
-        self.blobs[dgst] = data
-        self.kinds.setdefault(dgst, kind)
-        self.mtypes.setdefault(dgst, media_type)
-        path = os.path.join(self.blobdir, dgst.split(":", 1)[1])
-        if not os.path.exists(path):
-            with open(path, "wb") as f:
-                f.write(data)
-        return {"mediaType": media_type, "digest": dgst, "size": len(data)}
-
-    def layer(self, files):
-        tar = make_tar(files)
-        gz = gzip.compress(tar, compresslevel=6, mtime=0)
-        desc = self.add_blob(gz, MT_LAYER, "layer")
-        return desc, sha256(tar)
-
-    def image(self, layers, arch="amd64", cmd=None, variant=None):
-        config = {
-            "created": CREATED,
-            "architecture": arch,
-            "os": "linux",
-            "config": {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": cmd or ["/bin/sh"],
-            },
-            "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
-            "history": [
-                {"created": CREATED, "created_by": f"regfs-fixture layer {i}"}
-                for i in range(len(layers))
-            ],
-        }
-        if variant:
-            config["variant"] = variant
-        cdesc = self.add_blob(canon(config), MT_CONFIG, "config")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MT_MANIFEST,
-            "config": cdesc,
-            "layers": [desc for desc, _ in layers],
-        }
-        return self.add_manifest(manifest, MT_MANIFEST, "manifest")
-
-    def add_manifest(self, manifest, media_type, kind):
-        desc = self.add_blob(canon(manifest), media_type, kind)
-        self.manifests[desc["digest"]] = manifest
-        return desc
-
-    def ref(self, name, desc, extra=None):
-        d = dict(desc)
-        if extra:
-            d.update(extra)
-        d["annotations"] = {"org.opencontainers.image.ref.name": name}
-        self.refs.append(d)
-
-    def write(self):
-        with open(os.path.join(self.root, "oci-layout"), "w") as f:
-            json.dump({"imageLayoutVersion": "1.0.0"}, f)
-        with open(os.path.join(self.root, "index.json"), "wb") as f:
-            f.write(canon({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": self.refs}))
-
-    def references(self, dgst):
-        """Blob digests a manifest references directly (config, layers, children)."""
-        m = self.manifests[dgst]
-        out = []
-        if "config" in m:
-            out.append(m["config"]["digest"])
-        out += [l["digest"] for l in m.get("layers", [])]
-        out += [c["digest"] for c in m.get("manifests", [])]
-        return out
 
 
 def generate_images(layout):

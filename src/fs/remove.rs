@@ -214,7 +214,7 @@ impl StorageFs {
                 Ok(true)
             }
             Err(Errno::NOTEMPTY) | Err(Errno::NOENT) | Err(Errno::EXIST) => Ok(false),
-            Err(e) => Err(FsError::backing("rmdir", &rel.display().to_string(), e)),
+            Err(e) => Err(FsError::backing("rmdir", rel.display().to_string(), e)),
         }
     }
 
