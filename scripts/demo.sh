@@ -8,14 +8,15 @@
 #
 # Usage: sudo scripts/demo.sh [DIR]
 #   DIR (empty or missing) is kept afterwards with the store and the logs; without it a
-#   temporary directory is used and removed. Needs docker-registry, skopeo and python3
-#   (apt-get install -y docker-registry skopeo python3).
+#   temporary directory is used and removed. Installs docker-registry, skopeo and python3
+#   when missing (scripts/install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 die() { echo "demo.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (regfs mounts a filesystem): sudo $0 $*"
+bash "$ROOT/scripts/install-deps.sh"
 for cmd in docker-registry skopeo python3 setpriv; do
   command -v "$cmd" >/dev/null || die "$cmd is missing (apt-get install -y docker-registry skopeo python3)"
 done

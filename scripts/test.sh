@@ -9,22 +9,8 @@ fail() { echo "test.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "run as root: the tests mount FUSE filesystems (try: sudo $0)"
 
-# Debian packages the tests use.
-declare -A wanted=([fusermount3]=fuse3 [umount]=mount [docker-registry]=docker-registry [skopeo]=skopeo [python3]=python3)
-missing=()
-for cmd in "${!wanted[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "test.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/install-deps.sh
 
-if [ ! -c /dev/fuse ]; then
-  modprobe fuse 2>/dev/null || true
-fi
 if [ ! -c /dev/fuse ]; then
   # The tests fail (CI=true) or skip loudly without it; say why up front.
   echo "test.sh: /dev/fuse is missing; FUSE tests cannot run here" >&2

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs, on Debian, what regfs's demo and tests use and the machine lacks:
+# fuse3, docker-registry, skopeo, python3 (and util-linux's setpriv, mount).
+# Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+declare -A wanted=(
+  [fusermount3]=fuse3
+  [umount]=mount
+  [setpriv]=util-linux
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [python3]=python3
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ! -c /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || true
+fi
