@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::mount::MountConfig;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "regfs",
@@ -32,6 +30,13 @@ pub enum Command {
     Status(StatusArgs),
     /// List past GC runs of a mount.
     Jobs(JobsArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigAction),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -153,52 +158,43 @@ impl GcArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     /// The registry's real storage directory (its filesystem driver's rootdirectory).
-    pub storage: PathBuf,
+    pub storage: Option<PathBuf>,
 
     /// Where to mount it; point the registry here. May be STORAGE itself.
-    pub mountpoint: PathBuf,
+    pub mountpoint: Option<PathBuf>,
 
-    /// FUSE request threads.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Performance")]
-    pub threads: u16,
+    /// A TOML configuration file with any of these options; flags override it, and
+    /// SIGHUP re-reads it (GC settings). Check one with `regfs config check FILE`.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// Seconds the kernel may cache entries and attributes. Every change goes through the
-    /// mount, so long is safe unless something else writes STORAGE directly.
-    #[arg(
-        long,
-        default_value_t = 60.0,
-        value_name = "SECONDS",
-        help_heading = "Performance"
-    )]
-    pub attr_timeout: f64,
+    /// FUSE request threads [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Performance")]
+    pub threads: Option<u16>,
 
-    /// Inodes remembered before regfs asks the kernel to drop cached entries; 0 = a
-    /// million (or, on a filesystem without file handles, where each holds a descriptor,
-    /// three quarters of the open-file limit).
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_name = "N",
-        help_heading = "Performance"
-    )]
-    pub max_inodes: usize,
+    /// Seconds the kernel may cache entries, attributes and listings [default: 60].
+    /// Every change goes through the mount, so long is safe unless something else
+    /// writes STORAGE directly.
+    #[arg(long, value_name = "SECONDS", help_heading = "Performance")]
+    pub attr_timeout: Option<f64>,
 
     /// Do not ask the kernel for read passthrough (reads then go through the daemon).
     #[arg(long, help_heading = "Performance")]
     pub no_passthrough: bool,
 
+    /// Inodes remembered before regfs asks the kernel to drop cached entries [default:
+    /// a million, or on a filesystem without file handles, where each holds a
+    /// descriptor, three quarters of the open-file limit].
+    #[arg(long, value_name = "N", help_heading = "Performance")]
+    pub max_inodes: Option<usize>,
+
     /// Seconds a GC epoch waits for in-place writers (link files, manifests) to finish
-    /// before it refuses their writes too.
-    #[arg(
-        long,
-        default_value_t = 10.0,
-        value_name = "SECONDS",
-        help_heading = "Write gate"
-    )]
-    pub drain_timeout: f64,
+    /// before it refuses their writes too [default: 10].
+    #[arg(long, value_name = "SECONDS", help_heading = "Write gate")]
+    pub drain_timeout: Option<f64>,
 
     /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with
     /// seconds first, or @hourly/@daily/@weekly/@monthly.
@@ -206,14 +202,13 @@ pub struct MountArgs {
     pub gc_schedule: Option<String>,
 
     /// How long a run may keep the store read-only: until-done, a limit such as 30m,
-    /// or never (no run starts, triggers are refused).
+    /// or never (no run starts, triggers are refused) [default: until-done].
     #[arg(
         long,
-        default_value = "until-done",
         value_name = "until-done|<N>m|never",
         help_heading = "Garbage collection"
     )]
-    pub gc_duration: String,
+    pub gc_duration: Option<String>,
 
     /// Roots are tagged manifests only (index children and referrers of what is kept
     /// survive).
@@ -224,9 +219,9 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Garbage collection")]
     pub dry_run: bool,
 
-    /// Uploads (and leftover *.tmp files) older than this are removed by a run.
-    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
-    pub upload_max_age: Duration,
+    /// Uploads (and leftover *.tmp files) older than this are removed by a run [default: 168h].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
+    pub upload_max_age: Option<Duration>,
 
     /// Keep every blob a manifest of unknown kind names instead of failing the run.
     #[arg(long, help_heading = "Garbage collection")]
@@ -235,55 +230,44 @@ pub struct MountArgs {
     /// Status, job history and the control socket [default: /run/regfs/<escaped MOUNTPOINT>].
     #[arg(long, value_name = "DIR", help_heading = "Garbage collection")]
     pub state_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address unless
+    /// --metrics-allow-remote).
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub metrics_listen: Option<String>,
+
+    /// Allow --metrics-listen on an address other machines can reach.
+    #[arg(long, help_heading = "Metrics")]
+    pub metrics_allow_remote: bool,
 }
 
 impl MountArgs {
-    pub fn mount_config(&self) -> Result<MountConfig, String> {
-        let attr_timeout = Duration::try_from_secs_f64(self.attr_timeout).map_err(|_| {
-            format!(
-                "--attr-timeout {}: not a number of seconds",
-                self.attr_timeout
-            )
-        })?;
-        Ok(MountConfig {
-            storage: self.storage.clone(),
-            mountpoint: self.mountpoint.clone(),
-            threads: self.threads as usize,
-            attr_timeout,
-            passthrough: !self.no_passthrough,
-            max_inodes: self.max_inodes,
-            fd_budget: 0,
-        })
+    /// No flags but a configuration file (what `regfs config check` resolves).
+    pub fn empty_with_config(path: &std::path::Path) -> Self {
+        MountArgs {
+            storage: None,
+            mountpoint: None,
+            config: Some(path.to_path_buf()),
+            threads: None,
+            attr_timeout: None,
+            no_passthrough: false,
+            max_inodes: None,
+            drain_timeout: None,
+            gc_schedule: None,
+            gc_duration: None,
+            delete_untagged: false,
+            dry_run: false,
+            upload_max_age: None,
+            keep_unknown: false,
+            state_dir: None,
+            metrics_listen: None,
+            metrics_allow_remote: false,
+        }
     }
+}
 
-    /// The GC settings these flags describe; an invalid schedule or duration is refused
-    /// here, at start, naming what is wrong.
-    pub fn settings(&self) -> Result<crate::daemon::settings::Settings, String> {
-        let schedule = self
-            .gc_schedule
-            .as_deref()
-            .map(|s| {
-                s.parse::<crate::daemon::schedule::Schedule>()
-                    .map_err(|e| format!("--gc-schedule: {e}"))
-            })
-            .transpose()?;
-        Ok(crate::daemon::settings::Settings {
-            schedule,
-            duration: self.gc_duration.parse()?,
-            delete_untagged: self.delete_untagged,
-            dry_run: self.dry_run,
-            upload_max_age: self.upload_max_age,
-            keep_unknown: self.keep_unknown,
-            drain_timeout: self.drain_timeout()?,
-        })
-    }
-
-    pub fn drain_timeout(&self) -> Result<Duration, String> {
-        Duration::try_from_secs_f64(self.drain_timeout).map_err(|_| {
-            format!(
-                "--drain-timeout {}: not a number of seconds",
-                self.drain_timeout
-            )
-        })
-    }
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate a configuration file: exit 0 if `regfs mount --config FILE` would accept it.
+    Check { file: PathBuf },
 }

@@ -17,13 +17,14 @@ use crate::{mount, offline};
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 pub fn mount(args: &MountArgs) -> Result<(), String> {
-    let cfg = args.mount_config()?;
-    let settings = args.settings()?;
+    let opts = crate::config::load(args).map_err(|e| e.to_string())?;
+    let cfg = &opts.mount;
+    let settings = opts.settings.clone();
     let limit = mount::raise_nofile_limit();
     let gate = Arc::new(WriteGate::new());
-    let mut mounted = mount::mount(&cfg, gate).map_err(|e| e.to_string())?;
+    let mut mounted = mount::mount(cfg, gate).map_err(|e| e.to_string())?;
     let mountpoint = mounted.mountpoint.clone();
-    let state_dir = state_dir_for(&args.state_dir, &mountpoint);
+    let state_dir = state_dir_for(&opts.state_dir, &mountpoint);
     let store = mounted
         .store()
         .map_err(|e| format!("storage directory: {e}"))?;
@@ -39,14 +40,22 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     control::spawn(daemon.clone(), &state_dir)
         .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
     scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
+    if let Some(m) = &opts.metrics {
+        let bound = crate::metrics::serve(daemon.clone(), m.listen)?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
     let mut unmounter = mounted.unmounter();
-    // Until there is a configuration file, SIGHUP re-applies the command line (and
-    // recomputes the next scheduled run).
-    let flags = args.settings();
+    // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
+    let reload_args = args.clone();
     signals::spawn(
         daemon.clone(),
-        move || flags.clone(),
         move || {
+            crate::config::load(&reload_args)
+                .map(|o| o.settings)
+                .map_err(|e| e.to_string())
+        },
+        move || {
+            crate::daemon::notify::stopping();
             if let Err(e) = unmounter.unmount() {
                 tracing::error!(error = %e, "unmount failed");
             }
@@ -60,13 +69,49 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
         threads = cfg.threads, nofile = limit, state_dir = %state_dir.display(),
         schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
         duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
+    crate::daemon::notify::ready(&format!("serving {}; GC idle", mountpoint.display()));
     mounted
         .run()
         .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
     // Unmounted from outside during a run: end it safely before exiting.
+    crate::daemon::notify::stopping();
     daemon.shutdown();
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+pub fn config_check(file: &Path) -> Result<(), String> {
+    let o = crate::config::check(file).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok (serves {} at {}; GC schedule {}, duration {})",
+        file.display(),
+        o.mount.storage.display(),
+        o.mount.mountpoint.display(),
+        o.settings
+            .schedule
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |s| s.to_string()),
+        o.settings.duration
+    );
+    Ok(())
+}
+
+pub fn completions(shell: clap_complete::Shell) -> Result<(), String> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut crate::cli::Cli::command(),
+        "regfs",
+        &mut std::io::stdout(),
+    );
+    Ok(())
+}
+
+pub fn man() -> Result<(), String> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(crate::cli::Cli::command())
+        .render(&mut std::io::stdout())
+        .map_err(|e| e.to_string())
 }
 
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {

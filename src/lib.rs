@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod daemon;
 pub mod epoch;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod mount;
 pub mod offline;
 pub mod progress;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use regfs::cli::{Cli, Command};
+use regfs::cli::{Cli, Command, ConfigAction};
 use regfs::{commands, logging};
 
 fn main() -> ExitCode {
@@ -13,6 +13,9 @@ fn main() -> ExitCode {
         Command::Gc(args) => commands::gc(args),
         Command::Status(args) => commands::status(args),
         Command::Jobs(args) => commands::jobs(args),
+        Command::Config(ConfigAction::Check { file }) => commands::config_check(file),
+        Command::Completions { shell } => commands::completions(*shell),
+        Command::Man => commands::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,5 +11,6 @@ pub mod status;
 
 pub use service::{Daemon, TriggerError};
 pub mod control;
+pub mod notify;
 pub mod scheduler;
 pub mod signals;

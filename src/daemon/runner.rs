@@ -50,6 +50,10 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
         job = job.id,
         "GC epoch open: the store is read-only, pushes are refused until it ends"
     );
+    super::notify::status(&format!(
+        "GC job {}: store READ-ONLY, pushes refused",
+        job.id
+    ));
     let _reopen = Reopen(&gate);
     let close =
         gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
@@ -106,6 +110,9 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
         job = job.id,
         read_only_seconds = job.read_only_seconds,
         "GC epoch closed: the store is writable again"
+    );
+    super::notify::status(
+        &format!("idle; last GC job {} {:?}", job.id, job.outcome).to_lowercase(),
     );
 }
 

@@ -134,6 +134,7 @@ pub struct Daemon {
     storage: PathBuf,
     pub(super) history: History,
     settings: RwLock<Settings>,
+    gc_stats: Mutex<crate::metrics::GcStats>,
     inner: Mutex<Inner>,
     pub(super) changed: Condvar,
 }
@@ -158,6 +159,10 @@ impl Daemon {
             );
         }
         let jobs = history.jobs()?;
+        let mut gc_stats = crate::metrics::GcStats::default();
+        for j in &jobs {
+            gc_stats.add(j);
+        }
         let inner = Inner {
             next_id: jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
             last: jobs.last().cloned(),
@@ -170,6 +175,7 @@ impl Daemon {
             storage: storage.to_path_buf(),
             history,
             settings: RwLock::new(settings),
+            gc_stats: Mutex::new(gc_stats),
             inner: Mutex::new(inner),
             changed: Condvar::new(),
         }))
@@ -291,8 +297,21 @@ impl Daemon {
         }
     }
 
+    /// The accumulated GC figures, for metrics.
+    pub fn gc_stats<R>(&self, f: impl FnOnce(&crate::metrics::GcStats) -> R) -> R {
+        f(&self.gc_stats.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn fs(&self) -> &Arc<StorageFs> {
+        &self.fs
+    }
+
     /// Records a finished run and frees the slot for the next one.
     pub(super) fn finish(&self, job: Job) {
+        self.gc_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&job);
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e, "cannot append the job to the history");
         }

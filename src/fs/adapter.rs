@@ -56,6 +56,9 @@ impl FuseAdapter {
                 detail,
             })
         });
+        self.fs
+            .stats()
+            .record(op, result.as_ref().err().map(FsError::errno));
         result.map_err(|e| {
             if e.is_unexpected() {
                 tracing::warn!(op, path = %self.fs.path_of(ino), error = %e, "request failed");
@@ -156,6 +159,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.stats().record("forget", None);
         self.fs.forget(ino.0, nlookup);
     }
 
@@ -203,6 +207,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        self.fs.stats().record("readlink", Some(libc::EINVAL));
         reply.error(Errno::from_i32(libc::EINVAL));
     }
 
@@ -365,6 +370,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // Nothing is buffered here: writes reach the backing file as they come.
+        self.fs.stats().record("flush", None);
         reply.ok();
     }
 

@@ -74,6 +74,7 @@ pub struct StorageFs {
     pub(super) notifier: OnceLock<Notifier>,
     /// Read requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_reads: AtomicU64,
+    stats: crate::metrics::FuseStats,
 }
 
 /// Half the soft open-file limit: room for open files and directories besides.
@@ -133,6 +134,7 @@ impl StorageFs {
             passthrough_granted: AtomicBool::new(false),
             notifier: OnceLock::new(),
             daemon_reads: AtomicU64::new(0),
+            stats: crate::metrics::FuseStats::default(),
         })
     }
 
@@ -159,6 +161,11 @@ impl StorageFs {
     /// reach it.
     pub fn daemon_reads(&self) -> u64 {
         self.daemon_reads.load(Ordering::Relaxed)
+    }
+
+    /// FUSE requests served and failed, for metrics.
+    pub fn stats(&self) -> &crate::metrics::FuseStats {
+        &self.stats
     }
 
     /// Number of inodes the kernel holds references to.

@@ -1,0 +1,374 @@
+//! The configuration file (TOML): every option of `regfs mount`. Flags override it.
+//! Unknown keys and bad values are refused, naming the key and the line.
+//!
+//! ```toml
+//! storage = "/var/lib/docker-registry"
+//! mountpoint = "/var/lib/docker-registry"
+//! # state_dir = "/run/regfs/var-lib-docker\\x2dregistry"
+//! threads = 8
+//! attr_timeout = 60        # seconds
+//! passthrough = true
+//! max_inodes = 0           # 0: automatic
+//! drain_timeout = 10       # seconds
+//!
+//! [gc]
+//! schedule = "0 3 * * SAT" # UTC
+//! duration = "until-done"  # or "30m", or "never"
+//! delete_untagged = false
+//! dry_run = false
+//! upload_max_age = "168h"
+//! keep_unknown = false
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9469"
+//! allow_remote = false
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::cli::MountArgs;
+use crate::daemon::schedule::Schedule;
+use crate::daemon::settings::{GcDuration, Settings};
+use crate::mount::MountConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message names the key, the line and the column.
+    #[error("configuration file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A bad value: `origin` is the file (then `key` is its key) or "command line"
+    /// (then `key` is the flag).
+    #[error("{origin}: {key}: {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Missing(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub storage: Option<PathBuf>,
+    pub mountpoint: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub threads: Option<u16>,
+    pub attr_timeout: Option<f64>,
+    pub passthrough: Option<bool>,
+    pub max_inodes: Option<usize>,
+    pub drain_timeout: Option<f64>,
+    #[serde(default)]
+    pub gc: GcSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcSection {
+    pub schedule: Option<String>,
+    pub duration: Option<String>,
+    pub delete_untagged: Option<bool>,
+    pub dry_run: Option<bool>,
+    pub upload_max_age: Option<String>,
+    pub keep_unknown: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: Option<String>,
+    pub allow_remote: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+/// Where metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+/// Everything `regfs mount` runs with, from the file and the flags.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mount: MountConfig,
+    pub settings: Settings,
+    pub state_dir: Option<PathBuf>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Which of a flag and a file key gave a value, for error messages.
+struct Named<'a> {
+    origin: &'a str,
+}
+
+impl Named<'_> {
+    /// The flag's value if given, else the key's; with the name to blame.
+    fn pick<T>(
+        &self,
+        flag: Option<T>,
+        flag_name: &str,
+        file: Option<T>,
+        key: &str,
+    ) -> Option<(T, String, String)> {
+        match (flag, file) {
+            (Some(v), _) => Some((v, "command line".into(), flag_name.into())),
+            (None, Some(v)) => Some((v, self.origin.into(), key.into())),
+            (None, None) => None,
+        }
+    }
+}
+
+fn bad(origin: String, key: String, message: String) -> ConfigError {
+    ConfigError::Value {
+        origin,
+        key,
+        message,
+    }
+}
+
+fn seconds(v: Option<(f64, String, String)>, default: f64) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(Duration::from_secs_f64(default)),
+        Some((v, origin, key)) => Duration::try_from_secs_f64(v)
+            .map_err(|_| bad(origin, key, format!("{v} is not a number of seconds"))),
+    }
+}
+
+/// Resolves the options: a flag wins over the file, the file over the default.
+pub fn resolve(
+    args: &MountArgs,
+    file: &FileConfig,
+    origin: &str,
+) -> Result<MountOptions, ConfigError> {
+    let n = Named { origin };
+    let storage = args
+        .storage
+        .clone()
+        .or_else(|| file.storage.clone())
+        .ok_or_else(|| {
+            ConfigError::Missing(
+                "no storage directory: give STORAGE or `storage` in the configuration file".into(),
+            )
+        })?;
+    let mountpoint = args
+        .mountpoint
+        .clone()
+        .or_else(|| file.mountpoint.clone())
+        .ok_or_else(|| {
+            ConfigError::Missing(
+                "no mount point: give MOUNTPOINT or `mountpoint` in the configuration file".into(),
+            )
+        })?;
+    let threads = match n.pick(args.threads, "--threads", file.threads, "threads") {
+        Some((0, o, k)) => return Err(bad(o, k, "must be at least 1".into())),
+        Some((t, ..)) => t,
+        None => 8,
+    };
+    let mount = MountConfig {
+        storage,
+        mountpoint,
+        threads: threads as usize,
+        attr_timeout: seconds(
+            n.pick(
+                args.attr_timeout,
+                "--attr-timeout",
+                file.attr_timeout,
+                "attr_timeout",
+            ),
+            60.0,
+        )?,
+        passthrough: !args.no_passthrough && file.passthrough.unwrap_or(true),
+        max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
+        fd_budget: 0,
+    };
+    let gc = &file.gc;
+    let schedule = n
+        .pick(
+            args.gc_schedule.clone(),
+            "--gc-schedule",
+            gc.schedule.clone(),
+            "gc.schedule",
+        )
+        .map(|(s, o, k)| s.parse::<Schedule>().map_err(|e| bad(o, k, e.to_string())))
+        .transpose()?;
+    let duration: GcDuration = n
+        .pick(
+            args.gc_duration.clone(),
+            "--gc-duration",
+            gc.duration.clone(),
+            "gc.duration",
+        )
+        .map(|(d, o, k)| d.parse().map_err(|e: String| bad(o, k, e)))
+        .transpose()?
+        .unwrap_or(GcDuration::UntilDone);
+    let upload_max_age = match (args.upload_max_age, &gc.upload_max_age) {
+        (Some(d), _) => d,
+        (None, Some(s)) => humantime::parse_duration(s).map_err(|e| {
+            bad(
+                origin.into(),
+                "gc.upload_max_age".into(),
+                format!("{s:?}: {e}"),
+            )
+        })?,
+        (None, None) => crate::gc::DEFAULT_UPLOAD_MAX_AGE,
+    };
+    let settings = Settings {
+        schedule,
+        duration,
+        delete_untagged: args.delete_untagged || gc.delete_untagged.unwrap_or(false),
+        dry_run: args.dry_run || gc.dry_run.unwrap_or(false),
+        upload_max_age,
+        keep_unknown: args.keep_unknown || gc.keep_unknown.unwrap_or(false),
+        drain_timeout: seconds(
+            n.pick(
+                args.drain_timeout,
+                "--drain-timeout",
+                file.drain_timeout,
+                "drain_timeout",
+            ),
+            10.0,
+        )?,
+    };
+    let allow_remote = args.metrics_allow_remote || file.metrics.allow_remote.unwrap_or(false);
+    let metrics = n
+        .pick(args.metrics_listen.clone(), "--metrics-listen", file.metrics.listen.clone(), "metrics.listen")
+        .map(|(l, o, k)| {
+            let addr: std::net::SocketAddr = l.parse().map_err(|e| {
+                bad(o.clone(), k.clone(), format!("{l:?}: {e}; expected an address such as 127.0.0.1:9469"))
+            })?;
+            if !addr.ip().is_loopback() && !allow_remote {
+                return Err(bad(o, k, format!(
+                    "{addr} is not a loopback address; set metrics.allow_remote (or --metrics-allow-remote) to serve metrics beyond this machine"
+                )));
+            }
+            Ok(MetricsConfig { listen: addr })
+        })
+        .transpose()?;
+    Ok(MountOptions {
+        mount,
+        settings,
+        state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
+        metrics,
+    })
+}
+
+/// Loads the file named by `--config` (if any) and resolves the options.
+pub fn load(args: &MountArgs) -> Result<MountOptions, ConfigError> {
+    match &args.config {
+        Some(path) => resolve(args, &FileConfig::load(path)?, &path.display().to_string()),
+        None => resolve(args, &FileConfig::default(), "command line"),
+    }
+}
+
+/// `regfs config check FILE`: everything `regfs mount --config FILE` would refuse.
+pub fn check(path: &Path) -> Result<MountOptions, ConfigError> {
+    let file = FileConfig::load(path)?;
+    let args = MountArgs::empty_with_config(path);
+    resolve(&args, &file, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<MountOptions, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        resolve(
+            &MountArgs::empty_with_config(Path::new("t.toml")),
+            &file,
+            "t.toml",
+        )
+    }
+
+    #[test]
+    fn a_full_file_resolves() {
+        let o = parse(
+            r#"
+storage = "/srv/store"
+mountpoint = "/srv/mnt"
+threads = 4
+attr_timeout = 5
+passthrough = false
+drain_timeout = 2.5
+[gc]
+schedule = "0 3 * * SAT"
+duration = "30m"
+delete_untagged = true
+upload_max_age = "48h"
+[metrics]
+listen = "127.0.0.1:9469"
+"#,
+        )
+        .unwrap();
+        assert_eq!(o.mount.threads, 4);
+        assert!(!o.mount.passthrough);
+        assert_eq!(
+            o.settings.duration,
+            GcDuration::Limit(Duration::from_secs(1800))
+        );
+        assert!(o.settings.delete_untagged);
+        assert_eq!(o.settings.upload_max_age, Duration::from_secs(48 * 3600));
+        assert_eq!(o.settings.drain_timeout, Duration::from_millis(2500));
+        assert_eq!(o.metrics.unwrap().listen.port(), 9469);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_line() {
+        let e = parse("storage = \"/a\"\nmountpoint = \"/b\"\nthreds = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threds") && e.contains("line 3"), "{e}");
+        let e = parse("storage = \"/a\"\nmountpoint = \"/b\"\n[gc]\nschedule = \"61 * * * *\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gc.schedule"), "{e}");
+        let e = parse("storage = \"/a\"\nmountpoint = \"/b\"\n[gc]\nduration = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gc.duration"), "{e}");
+        let e = parse("storage = \"/a\"\nmountpoint = \"/b\"\nthreads = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads") && e.contains("line 3"), "{e}");
+        let e =
+            parse("storage = \"/a\"\nmountpoint = \"/b\"\n[metrics]\nlisten = \"0.0.0.0:9469\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("loopback"),
+            "{e}"
+        );
+        assert!(parse("storage = \"/a\"\nmountpoint = \"/b\"\n[metrics]\nlisten = \"0.0.0.0:9469\"\nallow_remote = true\n").is_ok());
+        let e = parse("mountpoint = \"/b\"\n").unwrap_err().to_string();
+        assert!(e.contains("storage"), "{e}");
+    }
+}

@@ -1,0 +1,276 @@
+//! Prometheus metrics: GC runs by trigger and outcome, durations, read-only seconds,
+//! what runs deleted, bytes freed, the current state, the last successful run, and FUSE
+//! operations and errors by kind. Served as text on `--metrics-listen`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::daemon::Daemon;
+use crate::daemon::job::{Job, JobOutcome};
+use crate::daemon::status::State;
+
+/// Every FUSE operation the adapter counts, by name.
+pub const FUSE_OPS: &[&str] = &[
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+];
+
+/// FUSE request counters: one atomic per operation; errors by (operation, errno).
+#[derive(Debug)]
+pub struct FuseStats {
+    ops: Vec<AtomicU64>,
+    errors: Mutex<HashMap<(&'static str, i32), u64>>,
+}
+
+impl Default for FuseStats {
+    fn default() -> Self {
+        FuseStats {
+            ops: FUSE_OPS.iter().map(|_| AtomicU64::new(0)).collect(),
+            errors: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl FuseStats {
+    pub fn record(&self, op: &'static str, errno: Option<i32>) {
+        if let Some(i) = FUSE_OPS.iter().position(|o| *o == op) {
+            self.ops[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(e) = errno {
+            *self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((op, e))
+                .or_default() += 1;
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP regfs_fuse_operations_total FUSE requests served, by operation."
+        );
+        let _ = writeln!(out, "# TYPE regfs_fuse_operations_total counter");
+        for (op, n) in FUSE_OPS.iter().zip(&self.ops) {
+            let _ = writeln!(
+                out,
+                "regfs_fuse_operations_total{{op=\"{op}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP regfs_fuse_errors_total FUSE requests answered with an error, by operation and errno."
+        );
+        let _ = writeln!(out, "# TYPE regfs_fuse_errors_total counter");
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = errors.iter().collect();
+        rows.sort();
+        for ((op, errno), n) in rows {
+            let name = std::io::Error::from_raw_os_error(*errno).kind();
+            let _ = writeln!(
+                out,
+                "regfs_fuse_errors_total{{op=\"{op}\",errno=\"{errno}\",kind=\"{name:?}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// GC figures accumulated over every run in the history.
+#[derive(Debug, Default)]
+pub struct GcStats {
+    runs: HashMap<(String, String), u64>,
+    duration_sum: f64,
+    duration_count: u64,
+    read_only_seconds: f64,
+    deleted: HashMap<&'static str, u64>,
+    bytes_freed: u64,
+    last_success: Option<i64>,
+}
+
+const DELETED_KINDS: [(&str, &str); 6] = [
+    ("blobs", "blobs_deleted"),
+    ("manifests", "manifests_removed"),
+    ("layer_links", "layer_links_removed"),
+    ("uploads", "uploads_removed"),
+    ("temp_files", "temp_files_removed"),
+    ("directories", "dirs_removed"),
+];
+
+fn lower(v: &dyn std::fmt::Debug) -> String {
+    let s = format!("{v:?}");
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+impl GcStats {
+    pub fn add(&mut self, job: &Job) {
+        *self
+            .runs
+            .entry((lower(&job.trigger), lower(&job.outcome)))
+            .or_default() += 1;
+        if let Some(end) = job.ended_at {
+            self.duration_sum += (end - job.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.duration_count += 1;
+        }
+        self.read_only_seconds += job.read_only_seconds;
+        if let Some(r) = &job.report {
+            for (kind, field) in DELETED_KINDS {
+                *self.deleted.entry(kind).or_default() +=
+                    r.get(field).and_then(|v| v.as_u64()).unwrap_or(0);
+            }
+            self.bytes_freed += r.get("bytes_freed").and_then(|v| v.as_u64()).unwrap_or(0);
+        }
+        if job.outcome == JobOutcome::Done {
+            let t = job.ended_at.unwrap_or(job.started_at).timestamp();
+            self.last_success = Some(self.last_success.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut w = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        w("# HELP regfs_gc_runs_total GC runs, by trigger and outcome.".into());
+        w("# TYPE regfs_gc_runs_total counter".into());
+        let mut runs: Vec<_> = self.runs.iter().collect();
+        runs.sort();
+        for ((trigger, outcome), n) in runs {
+            w(format!(
+                "regfs_gc_runs_total{{trigger=\"{trigger}\",outcome=\"{outcome}\"}} {n}"
+            ));
+        }
+        w("# HELP regfs_gc_run_duration_seconds How long GC runs took.".into());
+        w("# TYPE regfs_gc_run_duration_seconds summary".into());
+        w(format!(
+            "regfs_gc_run_duration_seconds_sum {}",
+            self.duration_sum
+        ));
+        w(format!(
+            "regfs_gc_run_duration_seconds_count {}",
+            self.duration_count
+        ));
+        w(
+            "# HELP regfs_gc_read_only_seconds_total Seconds the store refused writes for GC."
+                .into(),
+        );
+        w("# TYPE regfs_gc_read_only_seconds_total counter".into());
+        w(format!(
+            "regfs_gc_read_only_seconds_total {}",
+            self.read_only_seconds
+        ));
+        w("# HELP regfs_gc_deleted_total What GC runs deleted, by kind.".into());
+        w("# TYPE regfs_gc_deleted_total counter".into());
+        for (kind, _) in DELETED_KINDS {
+            w(format!(
+                "regfs_gc_deleted_total{{kind=\"{kind}\"}} {}",
+                self.deleted.get(kind).copied().unwrap_or(0)
+            ));
+        }
+        w("# HELP regfs_gc_bytes_freed_total Bytes of blobs GC runs deleted.".into());
+        w("# TYPE regfs_gc_bytes_freed_total counter".into());
+        w(format!("regfs_gc_bytes_freed_total {}", self.bytes_freed));
+        w("# HELP regfs_gc_last_success_timestamp_seconds When the last GC run that finished its work ended.".into());
+        w("# TYPE regfs_gc_last_success_timestamp_seconds gauge".into());
+        w(format!(
+            "regfs_gc_last_success_timestamp_seconds {}",
+            self.last_success.unwrap_or(0)
+        ));
+    }
+}
+
+/// The whole exposition.
+pub fn render(daemon: &Daemon) -> String {
+    let mut out = String::new();
+    daemon.gc_stats(|s| s.render(&mut out));
+    let status = daemon.status();
+    let _ = writeln!(
+        out,
+        "# HELP regfs_gc_state The GC state (1 for the current one)."
+    );
+    let _ = writeln!(out, "# TYPE regfs_gc_state gauge");
+    for state in [State::Idle, State::Closing, State::Marking, State::Sweeping] {
+        let _ = writeln!(
+            out,
+            "regfs_gc_state{{state=\"{}\"}} {}",
+            lower(&state),
+            (status.state == state) as u8
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP regfs_store_read_only 1 while a GC epoch refuses writes."
+    );
+    let _ = writeln!(out, "# TYPE regfs_store_read_only gauge");
+    let _ = writeln!(out, "regfs_store_read_only {}", status.read_only as u8);
+    daemon.fs().stats().render(&mut out);
+    out
+}
+
+/// Serves `/metrics` on `addr` in a background thread.
+pub fn serve(daemon: Arc<Daemon>, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| format!("metrics on {addr}: not an IP listener"))?;
+    std::thread::Builder::new()
+        .name("regfs-metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let resp = if req.method() == &tiny_http::Method::Get && req.url() == "/metrics" {
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )
+                    .expect("static header");
+                    tiny_http::Response::from_string(render(&daemon)).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("not found; try /metrics\n")
+                        .with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(bound)
+}
