@@ -5,6 +5,7 @@
 //! earlier, killed test run are cleaned once per test binary.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -142,4 +143,9 @@ pub fn errno(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> i32 {
             .raw_os_error()
             .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
     }
+}
+
+/// The FUSE mount at `path`, if one is there.
+pub fn mount_at_fuse(path: &Path) -> Option<regfs::mount::MountEntry> {
+    regfs::mount::mount_at(path).filter(|m| m.fstype.starts_with("fuse"))
 }

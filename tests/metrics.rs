@@ -1,0 +1,134 @@
+//! Prometheus metrics as a scraper reads them: a real HTTP GET, the body parsed.
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use common::daemon::Daemon;
+use common::store::StoreBuilder;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET /metrics; the samples by `name{labels}`.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let mut out = HashMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(name.to_string(), v);
+    }
+    out
+}
+
+#[test]
+fn metrics_report_fuse_operations_and_gc_runs() {
+    if !common::fuse_available() {
+        return;
+    }
+    common::clean_stale_mounts();
+    let dir = common::tempdir();
+    let storage = dir.path().join("storage");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let s = StoreBuilder::new(&storage);
+    let garbage: Vec<_> = (0..3)
+        .map(|i| s.blob(format!("garbage {i}").as_bytes()))
+        .collect();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &mnt,
+        &dir.path().join("state"),
+        &[
+            storage.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let before = scrape(port);
+    assert_eq!(before["regfs_gc_state{state=\"idle\"}"], 1.0);
+    assert_eq!(before["regfs_store_read_only"], 0.0);
+    assert_eq!(before["regfs_gc_bytes_freed_total"], 0.0);
+
+    fs::write(mnt.join("f"), b"x").unwrap();
+    assert!(fs::metadata(mnt.join("missing")).is_err());
+    let m = scrape(port);
+    assert!(m["regfs_fuse_operations_total{op=\"create\"}"] >= 1.0);
+    assert!(m["regfs_fuse_operations_total{op=\"lookup\"}"] >= 1.0);
+    assert!(m["regfs_fuse_errors_total{op=\"lookup\",errno=\"2\",kind=\"NotFound\"}"] >= 1.0);
+
+    d.signal(libc::SIGUSR1);
+    d.wait_for_jobs(1);
+    let m = scrape(port);
+    assert_eq!(
+        m["regfs_gc_runs_total{trigger=\"signal\",outcome=\"done\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["regfs_gc_deleted_total{kind=\"blobs\"}"],
+        garbage.len() as f64
+    );
+    assert!(m["regfs_gc_bytes_freed_total"] > 0.0);
+    assert!(m["regfs_gc_read_only_seconds_total"] > 0.0);
+    assert_eq!(m["regfs_gc_run_duration_seconds_count"], 1.0);
+    assert!(m["regfs_gc_last_success_timestamp_seconds"] > 1.7e9);
+    assert_eq!(m["regfs_gc_state{state=\"idle\"}"], 1.0);
+
+    // Anything but /metrics is a 404.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+}
+
+#[test]
+fn a_non_loopback_metrics_address_is_refused_unless_allowed() {
+    let out = std::process::Command::new(common::daemon::BIN)
+        .args([
+            "mount",
+            "/nonexistent-a",
+            "/nonexistent-b",
+            "--metrics-listen",
+            "0.0.0.0:9469",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--metrics-listen") && err.contains("not a loopback address"),
+        "{err}"
+    );
+}
