@@ -69,6 +69,26 @@ impl FuseAdapter {
         })
     }
 
+    /// Runs an operation whose reply is empty.
+    fn reply_empty(
+        &self,
+        op: &'static str,
+        ino: u64,
+        reply: ReplyEmpty,
+        f: impl FnOnce() -> FsResult<()>,
+    ) {
+        match self.call(op, ino, f) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Answers a refused operation with its error (counted and logged like any other).
+    fn refuse(&self, op: &'static str, ino: u64, why: FsError) -> Errno {
+        let r: Result<(), Errno> = self.call(op, ino, || Err(why));
+        r.expect_err("refused")
+    }
+
     fn caller(req: &Request) -> Caller {
         Caller {
             uid: req.uid(),
@@ -221,12 +241,13 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r: Result<(), _> = self.call("mknod", parent.0, || {
-            Err(FsError::NotSupported {
+        reply.error(self.refuse(
+            "mknod",
+            parent.0,
+            FsError::NotSupported {
                 what: "a device node",
-            })
-        });
-        reply.error(r.unwrap_err());
+            },
+        ));
     }
 
     fn mkdir(
@@ -247,17 +268,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.call("unlink", parent.0, || self.fs.unlink(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("unlink", parent.0, reply, || self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.call("rmdir", parent.0, || self.fs.rmdir(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("rmdir", parent.0, reply, || self.fs.rmdir(parent.0, name));
     }
 
     fn symlink(
@@ -268,12 +283,13 @@ impl Filesystem for FuseAdapter {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let r: Result<(), _> = self.call("symlink", parent.0, || {
-            Err(FsError::NotSupported {
+        reply.error(self.refuse(
+            "symlink",
+            parent.0,
+            FsError::NotSupported {
                 what: "a symbolic link",
-            })
-        });
-        reply.error(r.unwrap_err());
+            },
+        ));
     }
 
     fn rename(
@@ -303,12 +319,13 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r: Result<(), _> = self.call("link", ino.0, || {
-            Err(FsError::NotSupported {
+        reply.error(self.refuse(
+            "link",
+            ino.0,
+            FsError::NotSupported {
                 what: "a hard link",
-            })
-        });
-        reply.error(r.unwrap_err());
+            },
+        ));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -384,10 +401,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("release", ino.0, || self.fs.release(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("release", ino.0, reply, || self.fs.release(fh.0));
     }
 
     fn fsync(
@@ -398,10 +412,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("fsync", ino.0, || self.fs.fsync(fh.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("fsync", ino.0, reply, || self.fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -471,10 +482,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.call("releasedir", ino.0, || self.fs.releasedir(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("releasedir", ino.0, reply, || self.fs.releasedir(fh.0));
     }
 
     fn fsyncdir(
@@ -485,10 +493,9 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.call("fsyncdir", ino.0, || self.fs.fsyncdir(fh.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("fsyncdir", ino.0, reply, || {
+            self.fs.fsyncdir(fh.0, datasync)
+        });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -510,30 +517,25 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r: Result<(), _> = self.call("setxattr", ino.0, || Err(FsError::NoXattr));
-        reply.error(r.unwrap_err());
+        reply.error(self.refuse("setxattr", ino.0, FsError::NoXattr));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        let r: Result<(), _> = self.call("getxattr", ino.0, || Err(FsError::NoXattr));
-        reply.error(r.unwrap_err());
+        reply.error(self.refuse("getxattr", ino.0, FsError::NoXattr));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        let r: Result<(), _> = self.call("listxattr", ino.0, || Err(FsError::NoXattr));
-        reply.error(r.unwrap_err());
+        reply.error(self.refuse("listxattr", ino.0, FsError::NoXattr));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let r: Result<(), _> = self.call("removexattr", ino.0, || Err(FsError::NoXattr));
-        reply.error(r.unwrap_err());
+        reply.error(self.refuse("removexattr", ino.0, FsError::NoXattr));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.call("access", ino.0, || self.fs.access(ino.0, mask.bits())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.reply_empty("access", ino.0, reply, || {
+            self.fs.access(ino.0, mask.bits())
+        });
     }
 
     fn create(
