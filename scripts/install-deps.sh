@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what regfs's demo and tests use and the machine lacks:
-# fuse3, docker-registry, skopeo, python3 (and util-linux's setpriv, mount).
+# fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount).
 # Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 declare -A wanted=(
@@ -10,6 +10,7 @@ declare -A wanted=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
   [python3]=python3
+  [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
