@@ -1,0 +1,490 @@
+#!/usr/bin/env bash
+# Registry benchmark for regfs: docker-registry on a regfs mount vs. docker-registry on a
+# plain directory, pushing and pulling the same images with skopeo, side by side.
+#
+#   sudo scripts/bench-registry.sh
+#
+# Setup, in a scratch directory on a real disk (never tmpfs):
+#   * two stores: store-plain (a plain directory) and store-regfs (served by
+#     `regfs mount` at mnt-regfs);
+#   * two registries (Debian's docker-registry, distribution 2.8), each as the
+#     docker-registry user on a free 127.0.0.1 port, with the same configuration
+#     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
+#     Debian's default, inmemory, unless REG_CACHE=none);
+#   * skopeo runs as nobody with a private HOME/TMPDIR/XDG tree (its blob-info cache
+#     stays in the scratch directory).
+# Images (scripts/oci-images.py): `big` (BIG_MIB MiB of incompressible layers, 64 MiB at
+# most per layer) and `many` (LAYERS small layers).
+#
+# Every push really uploads: each round r pushes its own variant of both images,
+# generated beforehand with `--seed rR` (different content, so different digests for
+# every layer, config and manifest), to a fresh tag (bench/big:rR, bench/many:rR). A
+# registry therefore never holds a blob of round r before round r's push; this is
+# checked on every push: skopeo must report copying every layer and skipping none.
+#
+# Each round, with the order of the two targets flipped every round:
+#   push  skopeo copy oci:LAYOUT:REF docker://127.0.0.1:PORT/bench/REF:rR
+#   pull, warm   skopeo copy docker://... dir:FRESH_DIR (right after the pushes: the
+#                store's data is still in the page cache)
+#   pull, cold   the same after `sync; echo 3 > /proc/sys/vm/drop_caches` (COLD=0 skips)
+# Untimed between runs: `sync` (so that write-back of one run does not land in the next),
+# the source layout is read once before every push (so pushes read it from the cache),
+# pulled copies are checked (manifest digest, blob count) and removed.
+# Every run is timed with `date +%s.%N`; MiB/s = the image's bytes (every blob plus the
+# manifest) / seconds; figures are medians over ROUNDS rounds. The table compares
+# regfs/plain against the targets (pulls >= 0.9x, pushes >= 0.8x) and says PASS or
+# BELOW. Exit status 0 whenever every run completed (BELOW included); 1 on errors.
+# Everything (registries, regfs, mounts, the scratch directory) is cleaned up on exit,
+# Ctrl-C or SIGTERM.
+#
+# Environment:
+#   REGFS_BIN   use this binary instead of building with `cargo build --release`
+#   REGFS_ARGS  extra options for `regfs mount` (word-split), e.g. "--threads 4"
+#   BENCH_DIR   where the scratch directory goes (default /var/tmp; must not be tmpfs;
+#               it holds ROUNDS variants of the images, and both stores: about
+#               3 x ROUNDS x BIG_MIB MiB)
+#   ROUNDS      rounds, median taken (default 5)
+#   BIG_MIB     size of the big image in MiB (default 200)
+#   LAYERS      layers of the many-layers image (default 200)
+#   COLD        1 (default) also times pulls after dropping the page cache; 0 skips them
+#   REG_CACHE   the registry's storage.cache.blobdescriptor: inmemory (default) or none
+#   KEEP_SCRATCH=1  keep the scratch directory (logs, stores, layouts) for inspection
+#
+# Needs root (mount, setpriv, /proc/sys/vm/drop_caches), /dev/fuse, docker-registry,
+# skopeo, python3 (scripts/install-deps.sh installs them).
+set -euo pipefail
+export LC_ALL=C # decimal points in date/awk output
+umask 022       # the layouts must be readable by nobody (skopeo)
+
+ROUNDS=${ROUNDS:-5}
+BIG_MIB=${BIG_MIB:-200}
+LAYERS=${LAYERS:-200}
+COLD=${COLD:-1}
+REG_CACHE=${REG_CACHE:-inmemory}
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+PULL_TARGET=0.9
+PUSH_TARGET=0.8
+REG_USER=docker-registry
+SK_USER=nobody
+SK_TIMEOUT=900s # skopeo --command-timeout: generous, the machine may be busy
+
+die() {
+    echo "bench-registry: error: $*" >&2
+    exit 1
+}
+log() { echo "== $*" >&2; }
+note() { echo "   $*" >&2; }
+
+for v in ROUNDS BIG_MIB LAYERS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[[ $COLD == 0 || $COLD == 1 ]] || die "COLD must be 0 or 1 (got '$COLD')"
+[[ $REG_CACHE == inmemory || $REG_CACHE == none ]] || die "REG_CACHE must be inmemory or none"
+[[ $EUID -eq 0 ]] || die "must run as root (mounting, setpriv, dropping caches)"
+[[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
+if ((COLD)); then
+    [[ -w /proc/sys/vm/drop_caches ]] || die "/proc/sys/vm/drop_caches is not writable (COLD=0 skips cold pulls)"
+fi
+[[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR is not a directory"
+[[ $BENCH_DIR != *[[:space:]]* ]] || die "BENCH_DIR must not contain whitespace"
+extra_args=()
+if [[ -n ${REGFS_ARGS:-} ]]; then
+    read -r -a extra_args <<<"$REGFS_ARGS"
+fi
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
+    bash "$ROOT/scripts/install-deps.sh" >&2
+fi
+for cmd in docker-registry skopeo python3 setpriv sync mountpoint; do
+    command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/install-deps.sh installs it)"
+done
+id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
+id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
+
+if [[ -n ${REGFS_BIN:-} ]]; then
+    REGFS=$REGFS_BIN
+    [[ -x $REGFS ]] || die "REGFS_BIN=$REGFS is not executable"
+else
+    log "building regfs (cargo build --release)"
+    cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
+    REGFS=${CARGO_TARGET_DIR:-$ROOT/target}/release/regfs
+    [[ -x $REGFS ]] || die "build finished but $REGFS is missing"
+fi
+
+# ---------------------------------------------------------------------------------
+# Scratch directory, processes and cleanup.
+
+SCRATCH=
+RFS_PID=  # regfs mount daemon
+CHILD=    # the skopeo (or other) child being waited for
+TOOK=     # seconds of the last push or pull
+declare -A REG_PID=() PORT=() STORE=()
+
+alive() { # pid: running and not a zombie
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st && ${st%% *} != Z ]]
+}
+
+is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/mounts; }
+
+# stop_pid PID SECONDS: SIGTERM, then SIGKILL after SECONDS; reaps it.
+stop_pid() {
+    local pid=$1 grace=$2 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        echo "bench-registry: pid $pid ignored SIGTERM for $grace s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? name
+    trap - EXIT INT TERM
+    set +e
+    if [[ -n $CHILD ]]; then
+        stop_pid "$CHILD" 5
+        CHILD=
+    fi
+    for name in "${!REG_PID[@]}"; do
+        stop_pid "${REG_PID[$name]}" 10
+        unset "REG_PID[$name]"
+    done
+    if [[ -n $RFS_PID ]]; then
+        stop_pid "$RFS_PID" 15 # SIGTERM makes regfs unmount
+        RFS_PID=
+    fi
+    if [[ -n $SCRATCH && -d $SCRATCH ]]; then
+        if is_mounted "$SCRATCH/mnt-regfs"; then
+            umount "$SCRATCH/mnt-regfs" 2>/dev/null || umount -l "$SCRATCH/mnt-regfs"
+        fi
+        if [[ ${KEEP_SCRATCH:-0} == 1 ]]; then
+            echo "bench-registry: kept $SCRATCH (logs, stores, layouts)" >&2
+        else
+            # --one-file-system: never reach through a mount that somehow survived.
+            rm -rf --one-file-system "$SCRATCH"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench-registry: interrupted; cleaning up" >&2; exit 130' INT
+trap 'echo "bench-registry: terminated; cleaning up" >&2; exit 143' TERM
+
+# run_child OUT CMD...: runs CMD in the background (stdin /dev/null, stdout and stderr to
+# the file OUT) and waits for it, so that INT/TERM reach the traps at once and cleanup can
+# stop CMD by its pid. Returns CMD's status. (The redirections are CMD's alone: the
+# shell's own stderr stays the terminal for the traps' messages.)
+run_child() {
+    local rc=0 out=$1
+    shift
+    "$@" </dev/null >"$out" 2>&1 &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
+SCRATCH=$(mktemp -d "$BENCH_DIR/regfs-bench-registry.XXXXXX")
+chmod 755 "$SCRATCH" # the registry's user and skopeo's user traverse it
+read -r fs_dev fs_type fs_mnt < <(df -PT "$SCRATCH" | awk 'NR == 2 { print $1, $2, $7 }')
+case $fs_type in
+tmpfs | ramfs | devtmpfs)
+    die "$SCRATCH is on $fs_type; cold pulls would be meaningless. Set BENCH_DIR to a disk" ;;
+esac
+fs_opts=$(awk -v m="$fs_mnt" '$2 == m { o = $4 } END { print o }' /proc/mounts)
+log "scratch dir $SCRATCH: $fs_type on $fs_dev (mounted at $fs_mnt, $fs_opts)"
+
+started=$(date +%s.%N)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------
+# Images: one layout per round, each with its own variant of big and many.
+
+declare -A BYTES=() DIGEST=() NLAYERS=()
+log "generating $ROUNDS variants of big ($BIG_MIB MiB) and many ($LAYERS layers)"
+for ((r = 1; r <= ROUNDS; r++)); do
+    oci=$SCRATCH/oci/r$r
+    run_child "$SCRATCH/images-r$r.json" python3 "$ROOT/scripts/oci-images.py" "$oci" \
+        --big-mib "$BIG_MIB" --many-layers "$LAYERS" --seed "bench-registry-r$r" --json ||
+        { cat "$SCRATCH/images-r$r.json" >&2; die "oci-images.py failed for round $r"; }
+    # name, digest, bytes (every blob + the manifest), layer count
+    while read -r name digest bytes nl; do
+        DIGEST[$name/$r]=$digest
+        BYTES[$name/$r]=$bytes
+        NLAYERS[$name/$r]=$nl
+    done < <(python3 -c '
+import json, sys
+for e in json.load(open(sys.argv[1]))["images"]:
+    print(e["name"], e["digest"], e["bytes"] + e["size"], len(e["layers"]))
+' "$SCRATCH/images-r$r.json")
+    [[ -n ${DIGEST[big/$r]:-} && -n ${DIGEST[many/$r]:-} ]] || die "round $r: images missing from the layout"
+done
+# Every variant must be new: no blob shared between rounds or images.
+python3 - "$SCRATCH"/images-r*.json <<'EOF' || die "image variants share blobs; pushes would skip them"
+import json, sys
+seen = {}
+for path in sys.argv[1:]:
+    for e in json.load(open(path))["images"]:
+        for b in e["blobs"] + [e["digest"]]:
+            if b in seen:
+                sys.exit(f"{b} in {seen[b]} and {path}:{e['name']}")
+            seen[b] = f"{path}:{e['name']}"
+EOF
+note "big: ${NLAYERS[big/1]} layers, ${BYTES[big/1]} bytes; many: ${NLAYERS[many/1]} layers, ${BYTES[many/1]} bytes (per variant)"
+
+# ---------------------------------------------------------------------------------
+# Stores, regfs, registries, skopeo's private world.
+
+STORE[plain]=$SCRATCH/store-plain
+STORE[regfs]=$SCRATCH/mnt-regfs
+mkdir -p "$SCRATCH/store-plain" "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" "$SCRATCH/state"
+chown "$REG_USER:$REG_USER" "$SCRATCH/store-plain" "$SCRATCH/backing-regfs"
+
+log "mounting regfs: $SCRATCH/backing-regfs at $SCRATCH/mnt-regfs"
+"$REGFS" mount "${extra_args[@]}" --state-dir "$SCRATCH/state" \
+    "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" >>"$SCRATCH/regfs.log" 2>&1 &
+RFS_PID=$!
+for ((i = 0; i < 150; i++)); do
+    is_mounted "$SCRATCH/mnt-regfs" && break
+    alive "$RFS_PID" || { cat "$SCRATCH/regfs.log" >&2; die "regfs exited before mounting"; }
+    sleep 0.1
+done
+is_mounted "$SCRATCH/mnt-regfs" || { cat "$SCRATCH/regfs.log" >&2; die "regfs did not mount within 15 s"; }
+if grep -q 'kernel read passthrough: on' "$SCRATCH/regfs.log"; then
+    passthrough=on
+else
+    passthrough="NOT reported on"
+    note "WARNING: regfs did not report 'kernel read passthrough: on' (kernel $(uname -r)):"
+    sed 's/^/     /' "$SCRATCH/regfs.log" >&2
+fi
+note "regfs pid $RFS_PID, kernel read passthrough: $passthrough"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+http_status() { # URL: the HTTP status code, 000 when nothing answers
+    curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 5 "$1" || true
+}
+
+# start_registry NAME: docker-registry on STORE[NAME], as REG_USER, on a free port.
+start_registry() {
+    local name=$1 attempt port cfg logf=$SCRATCH/registry-$1.log i cache=
+    if [[ $REG_CACHE == inmemory ]]; then
+        cache=$'  cache:\n    blobdescriptor: inmemory\n'
+    fi
+    for ((attempt = 0; attempt < 4; attempt++)); do
+        port=$(free_port)
+        cfg=$SCRATCH/registry-$name.yml
+        cat >"$cfg" <<EOF
+version: 0.1
+log:
+  level: warn
+  formatter: text
+  fields:
+    service: registry
+storage:
+${cache}  filesystem:
+    rootdirectory: ${STORE[$name]}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:$port
+  secret: regfs-bench-not-a-secret
+EOF
+        chmod 644 "$cfg"
+        setpriv --reuid="$REG_USER" --regid="$REG_USER" --clear-groups \
+            docker-registry serve "$cfg" </dev/null >>"$logf" 2>&1 &
+        REG_PID[$name]=$!
+        for ((i = 0; i < 150; i++)); do
+            if [[ $(http_status "http://127.0.0.1:$port/v2/") == 200 ]]; then
+                PORT[$name]=$port
+                note "registry $name: pid ${REG_PID[$name]} on 127.0.0.1:$port, rootdirectory ${STORE[$name]}"
+                return 0
+            fi
+            alive "${REG_PID[$name]}" || break
+            sleep 0.1
+        done
+        stop_pid "${REG_PID[$name]}" 5
+        unset "REG_PID[$name]"
+        grep -q 'address already in use' "$logf" || break
+    done
+    cat "$logf" >&2
+    die "docker-registry ($name) did not start"
+}
+log "starting the registries as $REG_USER"
+start_registry plain
+start_registry regfs
+
+SK=$SCRATCH/skopeo
+mkdir -p "$SK/home/.config" "$SK/home/.local/share" "$SK/home/.cache" "$SK/tmp" "$SK/run" "$SCRATCH/pulls"
+echo 'unqualified-search-registries = []' >"$SK/registries.conf"
+chmod 700 "$SK/run"
+chown -R "$SK_USER" "$SK" "$SCRATCH/pulls"
+# skopeo as nobody, with a private HOME (its blob-info cache lands there).
+sk() {
+    setpriv --reuid="$SK_USER" --regid="$(id -g "$SK_USER")" --clear-groups \
+        env -i PATH="$PATH" HOME="$SK/home" TMPDIR="$SK/tmp" XDG_RUNTIME_DIR="$SK/run" \
+        XDG_CONFIG_HOME="$SK/home/.config" XDG_DATA_HOME="$SK/home/.local/share" \
+        XDG_CACHE_HOME="$SK/home/.cache" REGISTRY_AUTH_FILE="$SK/home/auth.json" \
+        CONTAINERS_REGISTRIES_CONF="$SK/registries.conf" NO_PROXY='*' \
+        skopeo --insecure-policy --command-timeout "$SK_TIMEOUT" --tmpdir "$SK/tmp" "$@"
+}
+
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+# secs T0 T1
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.6f", b / 1048576 / s }'; }
+
+# push TARGET IMAGE ROUND: sets TOOK to the seconds taken. Dies unless skopeo copied
+# every layer and skipped none. (No $(...) around push and pull: skopeo must be a child
+# of the main shell, for the traps and cleanup.)
+push() {
+    local t=$1 img=$2 r=$3 out=$SCRATCH/push.out t0 t1 copied skipped
+    cat "$SCRATCH/oci/r$r"/blobs/sha256/* >/dev/null # the source, from the page cache
+    sync
+    t0=$(date +%s.%N)
+    run_child "$out" sk copy --preserve-digests --dest-tls-verify=false --dest-no-creds \
+        "oci:$SCRATCH/oci/r$r:$img" "docker://127.0.0.1:${PORT[$t]}/bench/$img:r$r" ||
+        { cat "$out" >&2; die "push of $img r$r to $t failed"; }
+    t1=$(date +%s.%N)
+    copied=$(grep -c '^Copying blob' "$out" || true)
+    skipped=$(grep -ci 'skipped' "$out" || true)
+    if ((skipped > 0 || copied != NLAYERS[$img/$r])); then
+        cat "$out" >&2
+        die "push of $img r$r to $t: $copied of ${NLAYERS[$img/$r]} layers copied, $skipped skipped"
+    fi
+    TOOK=$(secs "$t0" "$t1")
+}
+
+# pull TARGET IMAGE ROUND warm|cold: sets TOOK to the seconds taken; checks and removes the copy.
+pull() {
+    local t=$1 img=$2 r=$3 temp=$4 dest=$SCRATCH/pulls/$1-$2-r$3-$4 out=$SCRATCH/pull.out
+    local t0 t1 got nfiles
+    sync
+    [[ $temp == cold ]] && drop_caches
+    t0=$(date +%s.%N)
+    run_child "$out" sk copy --src-tls-verify=false --src-no-creds \
+        "docker://127.0.0.1:${PORT[$t]}/bench/$img:r$r" "dir:$dest" ||
+        { cat "$out" >&2; die "pull of $img r$r from $t failed"; }
+    t1=$(date +%s.%N)
+    got=sha256:$(sha256sum "$dest/manifest.json" | cut -d' ' -f1)
+    [[ $got == "${DIGEST[$img/$r]}" ]] || die "pull of $img r$r from $t: manifest $got, pushed ${DIGEST[$img/$r]}"
+    # dir: holds manifest.json, version and one file per blob (layers + config).
+    nfiles=$(find "$dest" -maxdepth 1 -type f | wc -l)
+    ((nfiles == NLAYERS[$img/$r] + 3)) || die "pull of $img r$r from $t: $nfiles files in $dest"
+    rm -rf "$dest"
+    TOOK=$(secs "$t0" "$t1")
+}
+
+# ---------------------------------------------------------------------------------
+# Rounds.
+
+CASES=("push big" "pull big, warm")
+((COLD)) && CASES+=("pull big, cold")
+CASES+=("push many" "pull many, warm")
+((COLD)) && CASES+=("pull many, cold")
+declare -A SAMPLES=() # "case|target" -> space-separated MiB/s
+declare -A SECS=()    # "case|target" -> space-separated seconds
+record() { # CASE TARGET SECONDS BYTES
+    SECS[$1|$2]+="$3 "
+    SAMPLES[$1|$2]+="$(mibs "$4" "$3") "
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+    order=(plain regfs)
+    ((r % 2)) || order=(regfs plain)
+    log "round $r/$ROUNDS (${order[0]} first; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    for img in big many; do
+        b=${BYTES[$img/$r]}
+        line="$img:"
+        for t in "${order[@]}"; do
+            push "$t" "$img" "$r"
+            record "push $img" "$t" "$TOOK" "$b"
+            line+=" push $t ${TOOK}s"
+        done
+        temps=(warm)
+        ((COLD)) && temps+=(cold)
+        for temp in "${temps[@]}"; do
+            for t in "${order[@]}"; do
+                pull "$t" "$img" "$r" "$temp"
+                record "pull $img, $temp" "$t" "$TOOK" "$b"
+                line+=", pull-$temp $t ${TOOK}s"
+            done
+        done
+        note "$line"
+    done
+done
+
+# ---------------------------------------------------------------------------------
+# Report.
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# What the registries logged at level error. "blob unknown" answers to skopeo's HEAD
+# requests before each upload are expected (they show the blobs were new); others are not.
+reg_unknown() { grep 'level=error' "$SCRATCH/registry-$1.log" | grep -c 'err.code="blob unknown"' || true; }
+reg_errors() { grep 'level=error' "$SCRATCH/registry-$1.log" | grep -vc 'err.code="blob unknown"' || true; }
+# MiB/s with enough digits for the many-layers image's small figures.
+fmt_mibs() { awk -v v="$1" 'BEGIN { printf (v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : v >= 1 ? "%.2f" : "%.4f"), v }'; }
+rfs_errors() { grep -c -E '\bERROR\b' "$SCRATCH/regfs.log" || true; }
+
+ended=$(date +%s.%N)
+elapsed=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", b - a }')
+echo
+echo "regfs registry benchmark: docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $NF }') on a regfs mount vs. on a plain directory"
+echo "images: big = $BIG_MIB MiB in ${NLAYERS[big/1]} layers (${BYTES[big/1]} bytes), many = ${NLAYERS[many/1]} layers (${BYTES[many/1]} bytes);"
+echo "  a fresh variant (--seed) of each per round, so every push uploads every blob; median of $ROUNDS rounds"
+echo "skopeo $(skopeo --version | awk '{ print $3 }') as $SK_USER; registries as $REG_USER (cache: $REG_CACHE); regfs passthrough $passthrough${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
+echo "scratch on $fs_type ($fs_dev at $fs_mnt, $fs_opts), kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  (the machine is shared and noisy: other work skews single runs; compare ratios, not absolutes)"
+echo "warm pull: right after the push (data in the page cache); cold pull: after sync + drop_caches"
+echo
+fmt='%-18s | %11s | %11s | %6s | %7s | %s\n'
+# shellcheck disable=SC2059
+printf "$fmt" "case" "plain MiB/s" "regfs MiB/s" "ratio" "target" "result"
+# shellcheck disable=SC2059
+printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
+secs_lines=()
+for c in "${CASES[@]}"; do
+    # shellcheck disable=SC2086 # the samples are space-separated numbers
+    p=$(median ${SAMPLES[$c|plain]})
+    # shellcheck disable=SC2086
+    g=$(median ${SAMPLES[$c|regfs]})
+    # shellcheck disable=SC2086
+    ps=$(median ${SECS[$c|plain]})
+    # shellcheck disable=SC2086
+    gs=$(median ${SECS[$c|regfs]})
+    if [[ $c == push* ]]; then target=$PUSH_TARGET; else target=$PULL_TARGET; fi
+    ratio=$(awk -v p="$p" -v g="$g" 'BEGIN { printf "%.2f", g / p }')
+    result=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t ? "PASS" : "BELOW") }')
+    # shellcheck disable=SC2059
+    printf "$fmt" "$c" "$(fmt_mibs "$p")" "$(fmt_mibs "$g")" "$ratio" ">= $target" "$result"
+    secs_lines+=("$(printf '%-18s   plain %7.2f s   regfs %7.2f s' "$c" "$ps" "$gs")")
+done
+echo
+echo "median seconds per run:"
+printf '  %s\n' "${secs_lines[@]}"
+echo
+echo "registry log, level=error: 'blob unknown' answers to skopeo's HEAD before each upload (expected:"
+echo "  they show the blobs were new) plain $(reg_unknown plain), regfs $(reg_unknown regfs); other errors: plain $(reg_errors plain), regfs $(reg_errors regfs)"
+echo "regfs daemon log: $(rfs_errors) ERROR lines"
+echo "total time ${elapsed} s"
