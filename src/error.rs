@@ -71,7 +71,9 @@ impl FsError {
             FsError::SpecialFile { .. } => libc::EPERM,
             FsError::OtherDevice { .. } => libc::EXDEV,
             FsError::NotSupported { .. } => libc::EPERM,
-            FsError::NoXattr => libc::EOPNOTSUPP,
+            // ENOSYS: the kernel stops asking for extended attributes and tells callers
+            // EOPNOTSUPP.
+            FsError::NoXattr => libc::ENOSYS,
             FsError::Stale { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
             FsError::Internal { .. } => libc::EIO,

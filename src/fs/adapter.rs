@@ -125,8 +125,8 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
     }
 }
 
-/// Attributes for `.` and `..` in readdirplus: the kernel does not link them, so only
-/// the inode number and type matter.
+/// Attributes for `.` and `..` in readdirplus (the kernel does not link them, so only the
+/// inode number and type matter), and, with node 0, a negative lookup entry.
 fn dot_attr(ino: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -174,6 +174,11 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.call("lookup", parent.0, || self.fs.lookup(parent.0, name)) {
             Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            // A negative entry the kernel may cache: the registry stats many paths that
+            // do not exist (yet), and every creation goes through this mount anyway.
+            Err(e) if e == Errno::from_i32(libc::ENOENT) => {
+                reply.entry(&self.ttl, &dot_attr(0), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -386,9 +391,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: writes reach the backing file as they come.
+        // Nothing is buffered here: writes reach the backing file as they come. ENOSYS
+        // tells the kernel so, and it stops sending a FLUSH on every close.
         self.fs.stats().record("flush", None);
-        reply.ok();
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn release(
