@@ -220,31 +220,33 @@ impl StorageFs {
     }
 
     /// Checks what an O_PATH handle found in the store is, and refuses what we never serve.
-    fn admit_found(&self, st: &Stat, path: &str) -> FsResult<Kind> {
+    fn admit_found(&self, st: &Stat, path: impl Fn() -> String) -> FsResult<Kind> {
         if st.st_dev != self.root_dev {
-            return Err(FsError::OtherDevice { path: path.into() });
+            return Err(FsError::OtherDevice { path: path() });
         }
         match rfs::FileType::from_raw_mode(st.st_mode) {
             rfs::FileType::RegularFile => Ok(Kind::File),
             rfs::FileType::Directory => Ok(Kind::Directory),
-            rfs::FileType::Symlink => Err(FsError::Symlink { path: path.into() }),
-            _ => Err(FsError::SpecialFile { path: path.into() }),
+            rfs::FileType::Symlink => Err(FsError::Symlink { path: path() }),
+            _ => Err(FsError::SpecialFile { path: path() }),
         }
     }
 
     /// Resolves `name` in `parent` and counts one kernel reference to it.
     pub(super) fn lookup_in(&self, parent: &Arc<Inode>, name: &OsStr) -> FsResult<Entry> {
         check_name(name)?;
-        let path = parent.child_path(name);
+        // The path is for error messages only: built when one is needed (this is the
+        // hottest path of a directory walk).
+        let path = || parent.child_path(name);
         let fd = rfs::openat(
             &*self.fd_of(parent)?,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| FsError::backing("lookup", &path, e))?;
-        let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", &path, e))?;
-        let kind = self.admit_found(&st, &path)?;
+        .map_err(|e| FsError::backing("lookup", path(), e))?;
+        let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", path(), e))?;
+        let kind = self.admit_found(&st, path)?;
         let key = InodeKey {
             dev: st.st_dev,
             ino: st.st_ino,
