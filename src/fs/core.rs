@@ -233,7 +233,14 @@ impl StorageFs {
     }
 
     /// Resolves `name` in `parent` and counts one kernel reference to it.
-    pub(super) fn lookup_in(&self, parent: &Arc<Inode>, name: &OsStr) -> FsResult<Entry> {
+    /// `keep_fd`: keep the new inode's descriptor open (a lookup is usually followed by
+    /// an open; an entry of a directory listing usually is not).
+    pub(super) fn lookup_in(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        keep_fd: bool,
+    ) -> FsResult<Entry> {
         check_name(name)?;
         // The path is for error messages only: built when one is needed (this is the
         // hottest path of a directory walk).
@@ -251,7 +258,7 @@ impl StorageFs {
             dev: st.st_dev,
             ino: st.st_ino,
         };
-        let inode = self.inodes.remember(parent, name, key, kind, fd);
+        let inode = self.inodes.remember(parent, name, key, kind, fd, keep_fd);
         Ok(Entry {
             attr: file_attr(inode.id, &st),
         })
@@ -259,7 +266,7 @@ impl StorageFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let parent = self.inode(parent)?;
-        self.lookup_in(&parent, name)
+        self.lookup_in(&parent, name, true)
     }
 
     pub fn forget(&self, id: u64, nlookup: u64) {
@@ -333,7 +340,7 @@ impl StorageFs {
         .map_err(|e| FsError::backing("open", &path, e))?;
         self.give_to_caller(&parent, fd.as_fd(), caller, &path)?;
         drop(fd);
-        self.lookup_in(&parent, name)
+        self.lookup_in(&parent, name, true)
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {

@@ -89,15 +89,23 @@ pub struct InodeFd {
 }
 
 impl InodeFd {
-    /// With a handle the descriptor may be closed when unused; without, it is pinned.
-    pub fn new(fd: OwnedFd, handle: Option<FileHandle>, cache: &Arc<FdCache>) -> Arc<InodeFd> {
+    /// With a handle the descriptor may be closed when unused (and is not kept at all
+    /// unless `keep`); without one it is pinned.
+    pub fn new(
+        fd: OwnedFd,
+        handle: Option<FileHandle>,
+        cache: &Arc<FdCache>,
+        keep: bool,
+    ) -> Arc<InodeFd> {
+        let cached = (keep || handle.is_none()).then(|| Arc::new(fd));
+        let tracked = handle.is_some() && cached.is_some();
         let this = Arc::new(InodeFd {
             handle,
-            cached: Mutex::new(Some(Arc::new(fd))),
+            cached: Mutex::new(cached),
             last_used: AtomicU64::new(cache.tick()),
             cache: cache.clone(),
         });
-        if this.handle.is_some() {
+        if tracked {
             cache.track(&this);
         }
         this

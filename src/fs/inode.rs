@@ -140,7 +140,7 @@ impl InodeTable {
             key: root_key,
             kind: Kind::Directory,
             // The root is pinned: it is the parent of everything.
-            fd: InodeFd::new(root_fd, None, &fds),
+            fd: InodeFd::new(root_fd, None, &fds, true),
             place: Mutex::new(Place {
                 parent: None,
                 name: OsString::new(),
@@ -192,7 +192,8 @@ impl InodeTable {
     }
 
     /// Records one kernel lookup of `key` found as `name` in `parent`. Takes ownership of
-    /// `fd`; it is dropped when the inode was already known.
+    /// `fd`; it is dropped when the inode was already known, or when `keep_fd` is false
+    /// and the inode can be reopened from its file handle.
     pub fn remember(
         &self,
         parent: &Arc<Inode>,
@@ -200,6 +201,7 @@ impl InodeTable {
         key: InodeKey,
         kind: Kind,
         fd: OwnedFd,
+        keep_fd: bool,
     ) -> Arc<Inode> {
         let handle = if self.use_handles {
             FileHandle::of(fd.as_fd()).ok()
@@ -229,7 +231,7 @@ impl InodeTable {
             id,
             key,
             kind,
-            fd: InodeFd::new(fd, handle, &self.fds),
+            fd: InodeFd::new(fd, handle, &self.fds, keep_fd),
             place: Mutex::new(Place {
                 parent: Some(parent.clone()),
                 name: name.to_owned(),

@@ -203,7 +203,9 @@ impl StorageFs {
             dev: st.st_dev,
             ino: st.st_ino,
         };
-        let inode = self.inodes.remember(&parent, name, key, Kind::File, opath);
+        let inode = self
+            .inodes
+            .remember(&parent, name, key, Kind::File, opath, true);
         let writer = wants_write(flags)
             .then(|| change.register_writer(WriterClass::of_path(&path), path.clone()));
         drop(change);
