@@ -5,7 +5,7 @@
 //! live if a root reaches it through index children or referrers (`subject`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -52,24 +52,32 @@ impl Loaded {
     }
 }
 
-/// Reads and parses manifests once, whichever repository asks first.
+/// Reads and parses manifests.
 pub struct Manifests<'a> {
     store: &'a Store,
     keep_unknown: bool,
-    cache: RwLock<HashMap<Digest, Arc<Loaded>>>,
 }
+
+/// The manifests one repository's marking has loaded: each is read once per repository,
+/// and the memory goes with the repository (a store-wide cache of a million-blob store
+/// would hold every manifest at once).
+type Loaded1 = HashMap<Digest, Arc<Loaded>>;
 
 impl<'a> Manifests<'a> {
     pub fn new(store: &'a Store, keep_unknown: bool) -> Self {
         Manifests {
             store,
             keep_unknown,
-            cache: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn load(&self, repo: &RepoName, d: &Digest) -> Result<Arc<Loaded>, GcError> {
-        if let Some(l) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(d) {
+    pub fn load(
+        &self,
+        cache: &mut Loaded1,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Arc<Loaded>, GcError> {
+        if let Some(l) = cache.get(d) {
             return Ok(l.clone());
         }
         let loaded = match self.store.read(&paths::blob_data(d), MAX_MANIFEST_SIZE) {
@@ -100,10 +108,7 @@ impl<'a> Manifests<'a> {
             }
         };
         let loaded = Arc::new(loaded);
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*d, loaded.clone());
+        cache.insert(*d, loaded.clone());
         Ok(loaded)
     }
 }
@@ -111,7 +116,8 @@ impl<'a> Manifests<'a> {
 /// What marking one repository found.
 #[derive(Debug, Default)]
 pub struct RepoMark {
-    pub marked: HashSet<Digest>,
+    /// Every digest this repository keeps (sorted, no duplicates).
+    pub marked: Vec<Digest>,
     /// Revisions no root reaches (`--delete-untagged` only).
     pub unreachable: Vec<Digest>,
     pub manifests: usize,
@@ -123,6 +129,7 @@ pub struct RepoMark {
 fn mark_from(
     stop: &(dyn Fn() -> bool + Sync),
     manifests: &Manifests<'_>,
+    cache: &mut Loaded1,
     repo: &RepoName,
     roots: impl IntoIterator<Item = Digest>,
     referrers: Option<&HashMap<Digest, Vec<Digest>>>,
@@ -138,8 +145,8 @@ fn mark_from(
         if reached.len().is_multiple_of(64) && stop() {
             return Err(GcError::Interrupted);
         }
-        out.marked.insert(d);
-        let loaded = manifests.load(repo, &d)?;
+        out.marked.push(d);
+        let loaded = manifests.load(cache, repo, &d)?;
         if let Loaded::Missing = *loaded {
             out.warnings.push(Warning::new(
                 paths::blob_data(&d),
@@ -152,6 +159,8 @@ fn mark_from(
             stack.extend(refs.iter().copied());
         }
     }
+    out.marked.sort_unstable();
+    out.marked.dedup();
     Ok(reached)
 }
 
@@ -164,7 +173,15 @@ pub fn mark_all_revisions(
     let mut out = RepoMark::default();
     let roots: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
     out.manifests = roots.len();
-    mark_from(stop, manifests, &scan.name, roots, None, &mut out)?;
+    mark_from(
+        stop,
+        manifests,
+        &mut HashMap::new(),
+        &scan.name,
+        roots,
+        None,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -179,9 +196,10 @@ pub fn mark_tagged(
     let present: Vec<Digest> = scan.revisions.iter().flat_map(|r| r.manifests()).collect();
     out.manifests = present.len();
     // Every revision is read, to learn which ones refer to which (subject).
+    let mut cache = HashMap::new();
     let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
     for d in &present {
-        if let Some(subject) = manifests.load(&scan.name, d)?.subject() {
+        if let Some(subject) = manifests.load(&mut cache, &scan.name, d)?.subject() {
             referrers.entry(subject).or_default().push(*d);
         }
     }
@@ -195,6 +213,7 @@ pub fn mark_tagged(
     let reached = mark_from(
         stop,
         manifests,
+        &mut cache,
         &scan.name,
         roots,
         Some(&referrers),

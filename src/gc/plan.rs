@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
@@ -24,13 +25,13 @@ pub enum Action {
         dir: PathBuf,
         tag_entries: Vec<PathBuf>,
     },
-    /// An unmarked blob: the `_layers` links naming it first (so none dangles if the run
-    /// stops here), then its directory.
+    /// An unmarked blob: the `_layers` links naming it (in these repositories) first, so
+    /// none dangles if the run stops here, then its directory. Paths are derived, not
+    /// stored: a million-blob store plans hundreds of thousands of these.
     DeleteBlob {
         digest: Digest,
-        dir: PathBuf,
         bytes: u64,
-        layer_links: Vec<PathBuf>,
+        link_repos: Vec<Arc<RepoName>>,
     },
     /// A `_layers` link whose blob was already gone before the run.
     RemoveLayerLink {
@@ -55,13 +56,36 @@ impl Action {
             Action::RemoveRevision {
                 dir, tag_entries, ..
             } => tag_entries.iter().cloned().chain([dir.clone()]).collect(),
-            Action::DeleteBlob {
-                dir, layer_links, ..
-            } => layer_links.iter().cloned().chain([dir.clone()]).collect(),
+            Action::DeleteBlob { .. } => self
+                .layer_links()
+                .into_iter()
+                .chain(self.blob_dir())
+                .collect(),
             Action::RemoveLayerLink { dir }
             | Action::RemoveEmptyDir { dir }
             | Action::RemoveUpload { dir, .. } => vec![dir.clone()],
             Action::RemoveTempFile { path } => vec![path.clone()],
+        }
+    }
+
+    /// The blob directory a `DeleteBlob` removes.
+    pub fn blob_dir(&self) -> Option<PathBuf> {
+        match self {
+            Action::DeleteBlob { digest, .. } => Some(paths::blob_dir(digest)),
+            _ => None,
+        }
+    }
+
+    /// The `_layers` link directories a `DeleteBlob` removes first.
+    pub fn layer_links(&self) -> Vec<PathBuf> {
+        match self {
+            Action::DeleteBlob {
+                digest, link_repos, ..
+            } => link_repos
+                .iter()
+                .map(|r| paths::layer_link_dir_named(r, &digest.hex()))
+                .collect(),
+            _ => vec![],
         }
     }
 
@@ -73,11 +97,11 @@ impl Action {
                 c.tag_index_entries_removed += tag_entries.len() as u64;
             }
             Action::DeleteBlob {
-                bytes, layer_links, ..
+                bytes, link_repos, ..
             } => {
                 c.blobs_deleted += 1;
                 c.bytes_freed += bytes;
-                c.layer_links_removed += layer_links.len() as u64;
+                c.layer_links_removed += link_repos.len() as u64;
             }
             Action::RemoveLayerLink { .. } => c.layer_links_removed += 1,
             Action::RemoveEmptyDir { .. } => c.dirs_removed += 1,
@@ -153,14 +177,16 @@ pub fn build(
         }
     }
 
-    // 2. Unmarked blobs, each with the `_layers` links that name it.
-    let mut links: HashMap<Digest, Vec<PathBuf>> = HashMap::new();
+    // 2. Unmarked blobs, each with the `_layers` links that name it. Only links of
+    //    blobs that go (or are already gone) are gathered: most links stay.
+    let present: HashSet<&Digest> = blobs.blobs.iter().collect();
+    let mut links: HashMap<Digest, Vec<Arc<RepoName>>> = HashMap::new();
     for scan in scans {
+        let repo = Arc::new(scan.name.clone());
         for d in &scan.layers {
-            links
-                .entry(*d)
-                .or_default()
-                .push(paths::layer_link_dir_named(&scan.name, &d.hex()));
+            if !marked.contains(d) || !present.contains(d) {
+                links.entry(*d).or_default().push(repo.clone());
+            }
         }
     }
     let mut doomed: Vec<Digest> = blobs
@@ -184,22 +210,26 @@ pub fn build(
     let mut per_prefix: HashMap<String, usize> = HashMap::new();
     for (d, bytes) in doomed.iter().zip(sizes) {
         *per_prefix.entry(d.prefix()).or_default() += 1;
-        let layer_links = links.remove(d).unwrap_or_default();
-        removed_dirs.extend(layer_links.iter().cloned());
+        let link_repos = links.remove(d).unwrap_or_default();
+        for r in &link_repos {
+            removed_dirs.insert(paths::layer_link_dir_named(r, &d.hex()));
+        }
         actions.push(Action::DeleteBlob {
             digest: *d,
-            dir: paths::blob_dir(d),
             bytes,
-            layer_links,
+            link_repos,
         });
     }
 
     // 3. Layer links whose blob was gone before this run.
-    let present: HashSet<&Digest> = blobs.blobs.iter().collect();
     let mut dangling: Vec<PathBuf> = links
         .into_iter()
         .filter(|(d, _)| !present.contains(d))
-        .flat_map(|(_, dirs)| dirs)
+        .flat_map(|(d, repos)| {
+            repos
+                .into_iter()
+                .map(move |r| paths::layer_link_dir_named(&r, &d.hex()))
+        })
         .collect();
     dangling.sort();
     for dir in dangling {

@@ -66,18 +66,18 @@ fn run(action: &Action, deleter: &dyn Deleter) -> Result<Counts, GcError> {
                 c.manifests_removed += 1;
             }
         }
-        Action::DeleteBlob {
-            dir, layer_links, ..
-        } => {
-            for l in layer_links {
-                if remove(deleter, l)?.dirs > 0 {
+        Action::DeleteBlob { .. } => {
+            for l in action.layer_links() {
+                if remove(deleter, &l)?.dirs > 0 {
                     c.layer_links_removed += 1;
                 }
             }
-            let r = remove(deleter, dir)?;
-            if r.dirs > 0 {
-                c.blobs_deleted += 1;
-                c.bytes_freed += r.bytes;
+            if let Some(dir) = action.blob_dir() {
+                let r = remove(deleter, &dir)?;
+                if r.dirs > 0 {
+                    c.blobs_deleted += 1;
+                    c.bytes_freed += r.bytes;
+                }
             }
         }
         Action::RemoveLayerLink { dir } => {
