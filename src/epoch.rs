@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// What an open write handle holds, which decides how an epoch treats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +60,6 @@ pub struct CloseReport {
     pub gave_up: bool,
 }
 
-/// A snapshot of the gate for status reports.
-#[derive(Debug, Clone)]
-pub struct GateStatus {
-    pub closed: bool,
-    pub closed_since: Option<SystemTime>,
-    pub open_writers: usize,
-}
-
 /// Identifies a registered write handle; returned to the gate on release.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct WriterToken(u64);
@@ -83,7 +75,6 @@ struct Writer {
 #[derive(Debug, Default)]
 struct State {
     closed: bool,
-    closed_since: Option<SystemTime>,
     next_id: u64,
     writers: HashMap<u64, Writer>,
     /// Namespace/attribute changes admitted and not yet finished.
@@ -124,15 +115,6 @@ impl WriteGate {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    pub fn status(&self) -> GateStatus {
-        let st = self.lock();
-        GateStatus {
-            closed: st.closed,
-            closed_since: st.closed_since,
-            open_writers: st.writers.len(),
-        }
     }
 
     /// Admits one namespace or attribute change (create, mkdir, unlink, rmdir, rename,
@@ -223,7 +205,6 @@ impl WriteGate {
         let mut st = self.lock();
         if !st.closed {
             st.closed = true;
-            st.closed_since = Some(SystemTime::now());
             self.closed.store(true, Ordering::Release);
         }
         st.draining = true;
@@ -281,7 +262,6 @@ impl WriteGate {
         let mut st = self.lock();
         let was = st.closed;
         st.closed = false;
-        st.closed_since = None;
         self.closed.store(false, Ordering::Release);
         was
     }

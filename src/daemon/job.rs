@@ -69,10 +69,6 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn is_finished(&self) -> bool {
-        self.outcome != JobOutcome::Running
-    }
-
     /// One line for logs and listings.
     pub fn summary(&self) -> String {
         let r = self.report.as_ref();

@@ -485,9 +485,4 @@ impl StorageFs {
         }
         Ok(())
     }
-
-    /// Is the gate closed? Reads stay allowed either way.
-    pub fn read_only(&self) -> bool {
-        self.gate.is_closed()
-    }
 }

@@ -32,10 +32,6 @@ impl<T> HandleTable<T> {
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
         t.1.remove(&fh)
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).1.len()
-    }
 }
 
 impl<T> Default for HandleTable<T> {

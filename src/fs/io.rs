@@ -282,9 +282,4 @@ impl StorageFs {
         }
         Ok(())
     }
-
-    /// How many file handles are open: for tests and status.
-    pub fn open_files(&self) -> usize {
-        self.files.len()
-    }
 }

@@ -1,7 +1,7 @@
 //! Repository and tag names as found on disk, validated before they become paths.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use thiserror::Error;
 
@@ -99,11 +99,6 @@ impl fmt::Debug for TagName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }
-}
-
-/// Shows a relative store path for reports.
-pub fn shown(p: &Path) -> String {
-    p.display().to_string()
 }
 
 #[cfg(test)]

@@ -49,11 +49,6 @@ pub fn revision_dir(repo: &RepoName, d: &Digest) -> PathBuf {
     revisions_dir(repo).join(d.hex())
 }
 
-/// A revision directory named by a string that may not be a valid digest (for reports).
-pub fn revision_dir_named(repo: &RepoName, name: &str) -> PathBuf {
-    revisions_dir(repo).join(name)
-}
-
 pub fn tags_dir(repo: &RepoName) -> PathBuf {
     manifests_dir(repo).join("tags")
 }
