@@ -67,23 +67,13 @@ fn wait_exit(d: &mut Daemon) -> (i32, String) {
     }
 }
 
-fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    common::clean_stale_mounts();
-    let dir = common::tempdir();
-    let storage = dir.path().join("storage");
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&storage).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    (dir, storage, mnt)
-}
-
 #[test]
 fn sigterm_and_sigint_unmount_and_exit_zero() {
     if !common::fuse_available() {
         return;
     }
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let (_dir, storage, mnt) = dirs();
+        let (_dir, storage, mnt) = common::daemon::dirs();
         fs::write(storage.join("f"), b"x").unwrap();
         let mut d = start(&storage, &mnt);
         assert_eq!(fs::read(mnt.join("f")).unwrap(), b"x");
@@ -103,7 +93,7 @@ fn umount_from_outside_ends_the_daemon_cleanly() {
     if !common::fuse_available() {
         return;
     }
-    let (_dir, storage, mnt) = dirs();
+    let (_dir, storage, mnt) = common::daemon::dirs();
     let mut d = start(&storage, &mnt);
     let st = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(st.success());
@@ -116,7 +106,7 @@ fn a_stale_mount_left_by_a_killed_daemon_is_recovered() {
     if !common::fuse_available() {
         return;
     }
-    let (_dir, storage, mnt) = dirs();
+    let (_dir, storage, mnt) = common::daemon::dirs();
     fs::write(storage.join("f"), b"x").unwrap();
     let mut first = start(&storage, &mnt);
     first.child.kill().unwrap();
@@ -148,7 +138,7 @@ fn bad_paths_are_refused_naming_the_path() {
     if !common::fuse_available() {
         return;
     }
-    let (dir, storage, mnt) = dirs();
+    let (dir, storage, mnt) = common::daemon::dirs();
     let missing = dir.path().join("missing");
     let file = dir.path().join("file");
     fs::write(&file, b"").unwrap();
@@ -210,7 +200,7 @@ fn mounting_over_the_storage_directory_itself_serves_what_is_underneath() {
     if !common::fuse_available() {
         return;
     }
-    let (_dir, storage, _mnt) = dirs();
+    let (_dir, storage, _mnt) = common::daemon::dirs();
     fs::write(storage.join("under"), b"beneath").unwrap();
     let d = start(&storage, &storage);
     assert_eq!(fs::read(storage.join("under")).unwrap(), b"beneath");

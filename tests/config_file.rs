@@ -58,12 +58,7 @@ fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
     if !common::fuse_available() {
         return;
     }
-    common::clean_stale_mounts();
-    let dir = common::tempdir();
-    let storage = dir.path().join("storage");
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&storage).unwrap();
-    fs::create_dir(&mnt).unwrap();
+    let (dir, storage, mnt) = common::daemon::dirs();
     let file = dir.path().join("regfs.toml");
     let write = |duration: &str, untagged: bool| {
         fs::write(

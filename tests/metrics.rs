@@ -55,11 +55,7 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     if !common::fuse_available() {
         return;
     }
-    common::clean_stale_mounts();
-    let dir = common::tempdir();
-    let storage = dir.path().join("storage");
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (dir, storage, mnt) = common::daemon::dirs();
     let s = StoreBuilder::new(&storage);
     let garbage: Vec<_> = (0..3)
         .map(|i| s.blob(format!("garbage {i}").as_bytes()))

@@ -128,11 +128,13 @@ impl StorageFs {
 
     pub fn open(&self, id: u64, flags: i32, make: Option<BackingFactory<'_>>) -> FsResult<Opened> {
         let inode = self.inode(id)?;
-        let path = inode.path();
+        // Every pull opens files: the path (a walk up the parents) is built only for
+        // writers, which the gate names, and for errors.
         if inode.kind == Kind::Directory {
-            return Err(FsError::backing("open", &path, Errno::ISDIR));
+            return Err(FsError::backing("open", inode.path(), Errno::ISDIR));
         }
         let writer = if wants_write(flags) {
+            let path = inode.path();
             let class = WriterClass::of_path(&path);
             Some(
                 self.gate
@@ -148,7 +150,7 @@ impl StorageFs {
                 if let Some(t) = &writer {
                     self.gate.release_writer(t);
                 }
-                return Err(FsError::backing("open", &path, e));
+                return Err(FsError::backing("open", inode.path(), e));
             }
         };
         Ok(self.finish_open(inode, fd, writer, make))

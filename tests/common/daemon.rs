@@ -101,3 +101,15 @@ impl Daemon {
         }
     }
 }
+
+/// A fresh temporary directory with empty `storage` and `mnt` directories, after
+/// cleaning dead mounts of earlier runs.
+pub fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    crate::common::clean_stale_mounts();
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("storage");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&storage).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    (dir, storage, mnt)
+}
