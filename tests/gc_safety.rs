@@ -224,20 +224,39 @@ fn nested_repositories_and_underscore_directories() {
 #[test]
 fn stale_uploads_temp_files_and_empty_directories_are_cleaned_and_nothing_outside_v2_is_touched() {
     let dir = common::tempdir();
-    let (s, tagged, ..) = basic(dir.path());
+    let (s, tagged, _, kept_layer, _) = basic(dir.path());
     let old = s.upload("team/app", "old-upload", Some(200));
     let fresh = s.upload("team/app", "fresh-upload", Some(1));
     let undated = s.upload("team/app", "undated", None);
-    // Registry 3.1 leaves link temp files when it dies mid-write.
-    let tmp = s.repo("team/app/_manifests/tags/latest/current/link.5f0c.tmp");
-    fs::write(&tmp, b"sha256:").unwrap();
+    // Registry 3.1 leaves link temp files when it dies mid-write: next to any link.
     let old_time = std::time::SystemTime::now() - std::time::Duration::from_secs(200 * 3600);
-    fs::File::options()
-        .write(true)
-        .open(&tmp)
-        .unwrap()
-        .set_modified(old_time)
-        .unwrap();
+    let stale_temp = |rel: String| {
+        let path = s.repo(&rel);
+        fs::write(&path, b"sha256:").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old_time)
+            .unwrap();
+        path
+    };
+    let temps = [
+        stale_temp("team/app/_manifests/tags/latest/current/link.5f0c.tmp".into()),
+        stale_temp(format!(
+            "team/app/_manifests/tags/latest/index/sha256/{}/link.77aa.tmp",
+            tagged.hex()
+        )),
+        stale_temp(format!(
+            "team/app/_manifests/revisions/sha256/{}/link.1b2c.tmp",
+            tagged.hex()
+        )),
+        stale_temp(format!(
+            "team/app/_layers/sha256/{}/link.9e9e.tmp",
+            kept_layer.hex()
+        )),
+    ];
+    let tmp = temps[0].clone();
     // A manifest deleted through the API leaves an empty revision directory.
     let gone = s.blob(b"deleted manifest");
     let gone_rev = s
@@ -255,6 +274,9 @@ fn stale_uploads_temp_files_and_empty_directories_are_cleaned_and_nothing_outsid
         undated.exists(),
         "no startedat: the directory's mtime (now) decides"
     );
+    for t in &temps {
+        assert!(!t.exists(), "{} is left: {r}", t.display());
+    }
     assert!(!tmp.exists());
     assert!(!gone_rev.exists());
     assert!(!s.has_blob(&gone), "its blob is unreferenced");
@@ -262,7 +284,7 @@ fn stale_uploads_temp_files_and_empty_directories_are_cleaned_and_nothing_outsid
     assert!(dir.path().join("operator-notes.tmp").exists());
     assert!(dir.path().join("docker/other/_uploads/x").exists());
     assert_eq!(r.counts.uploads_removed, 1);
-    assert_eq!(r.counts.temp_files_removed, 1);
+    assert_eq!(r.counts.temp_files_removed, temps.len() as u64);
 
     // With a zero age every upload goes.
     collect(
@@ -302,4 +324,30 @@ fn empty_fan_out_directories_go_and_the_dry_run_plan_names_them() {
     assert!(planned.iter().any(|x| x.ends_with(&garbage.hex())));
     collect(dir.path(), &Options::default()).unwrap();
     assert_eq!(prefix.exists(), !alone);
+}
+
+#[test]
+fn a_special_file_where_a_link_belongs_is_a_damaged_link_and_never_blocks_the_run() {
+    let dir = common::tempdir();
+    let (s, _, old, only_old, _) = basic(dir.path());
+    let link = s.revision_link_path("team/app", &old);
+    fs::remove_file(&link).unwrap();
+    // Opening a FIFO for reading waits for a writer: the collector must not.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &link,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let r = collect(dir.path(), &Options::default()).unwrap();
+    assert!(s.has_blob(&old) && s.has_blob(&only_old), "{r}");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.path.ends_with(&format!("{}/link", old.hex()))),
+        "the warning names the file: {:?}",
+        r.warnings
+    );
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::error::GcError;
 use super::report::Warning;
 use super::scan::{LinkState, RepoScan};
+use crate::layout::store::ReadError;
 use crate::layout::{Digest, RepoName, Store, paths};
 use crate::manifest::{self, MAX_MANIFEST_SIZE};
 
@@ -53,8 +54,10 @@ impl Loaded {
 }
 
 /// Reads and parses manifests.
-pub struct Manifests<'a> {
-    store: &'a Store,
+pub struct Manifests {
+    /// The blobs root (`None`: the store has no blobs): paths below it are three
+    /// components long, where paths from the store's root are eight.
+    blobs: Option<Store>,
     keep_unknown: bool,
 }
 
@@ -63,12 +66,23 @@ pub struct Manifests<'a> {
 /// would hold every manifest at once).
 type Loaded1 = HashMap<Digest, Arc<Loaded>>;
 
-impl<'a> Manifests<'a> {
-    pub fn new(store: &'a Store, keep_unknown: bool) -> Self {
-        Manifests {
-            store,
+impl Manifests {
+    pub fn new(store: &Store, keep_unknown: bool) -> Result<Self, GcError> {
+        let root = paths::blobs_root();
+        let blobs = store.sub(&root).map_err(|e| GcError::store(&root, e))?;
+        Ok(Manifests {
+            blobs,
             keep_unknown,
-        }
+        })
+    }
+
+    fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, ReadError> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(None);
+        };
+        let data = paths::blob_data(d);
+        let below = data.strip_prefix(paths::blobs_root()).unwrap_or(&data);
+        blobs.read(below, MAX_MANIFEST_SIZE)
     }
 
     pub fn load(
@@ -80,7 +94,7 @@ impl<'a> Manifests<'a> {
         if let Some(l) = cache.get(d) {
             return Ok(l.clone());
         }
-        let loaded = match self.store.read(&paths::blob_data(d), MAX_MANIFEST_SIZE) {
+        let loaded = match self.read(d) {
             Ok(None) => Loaded::Missing,
             Ok(Some(bytes)) => match manifest::parse(&bytes, d) {
                 Ok(m) => Loaded::Parsed(m),
@@ -128,7 +142,7 @@ pub struct RepoMark {
 /// `referrers` is given, manifests whose subject is reached.
 fn mark_from(
     stop: &(dyn Fn() -> bool + Sync),
-    manifests: &Manifests<'_>,
+    manifests: &Manifests,
     cache: &mut Loaded1,
     repo: &RepoName,
     roots: impl IntoIterator<Item = Digest>,
@@ -167,7 +181,7 @@ fn mark_from(
 /// Default mode: every revision is a root.
 pub fn mark_all_revisions(
     stop: &(dyn Fn() -> bool + Sync),
-    manifests: &Manifests<'_>,
+    manifests: &Manifests,
     scan: &RepoScan,
 ) -> Result<RepoMark, GcError> {
     let mut out = RepoMark::default();
@@ -189,7 +203,7 @@ pub fn mark_all_revisions(
 /// history); reachable through index children and referrers.
 pub fn mark_tagged(
     stop: &(dyn Fn() -> bool + Sync),
-    manifests: &Manifests<'_>,
+    manifests: &Manifests,
     scan: &RepoScan,
 ) -> Result<RepoMark, GcError> {
     let mut out = RepoMark::default();
@@ -231,7 +245,7 @@ pub fn mark_tagged(
 
 /// Marks every repository in parallel; stops early when `stop` says so.
 pub fn mark_repositories(
-    manifests: &Manifests<'_>,
+    manifests: &Manifests,
     scans: &[RepoScan],
     delete_untagged: bool,
     stop: &(dyn Fn() -> bool + Sync),

@@ -149,7 +149,7 @@ fn mark_in_pool(
     let Some(scans) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
         return interrupted(report);
     };
-    let manifests = mark::Manifests::new(store, opts.keep_unknown);
+    let manifests = mark::Manifests::new(store, opts.keep_unknown)?;
     let marks = mark::mark_repositories(&manifests, &scans, opts.delete_untagged, &stop, &|| {
         control.advance()
     })?;

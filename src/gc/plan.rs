@@ -196,15 +196,18 @@ pub fn build(
         .copied()
         .collect();
     doomed.sort();
+    // Sizes are read below the blobs root: three components per path instead of eight.
+    let root = paths::blobs_root();
+    let blob_store = store.sub(&root).ok().flatten();
     let sizes: Vec<u64> = doomed
         .par_iter()
         .map(|d| {
-            store
-                .stat(&paths::blob_data(d))
-                .ok()
-                .flatten()
-                .map(|st| st.st_size.max(0) as u64)
-                .unwrap_or(0)
+            let data = paths::blob_data(d);
+            let below = data.strip_prefix(&root).unwrap_or(&data);
+            blob_store
+                .as_ref()
+                .and_then(|b| b.stat(below).ok().flatten())
+                .map_or(0, |st| st.st_size.max(0) as u64)
         })
         .collect();
     let mut per_prefix: HashMap<String, usize> = HashMap::new();

@@ -83,7 +83,9 @@ fn mtime_of(st: &rustix::fs::Stat) -> SystemTime {
 }
 
 fn list(store: &Store, rel: &Path) -> Result<Option<Vec<crate::layout::Entry>>, GcError> {
-    store.list(rel).map_err(|e| GcError::store(rel, e))
+    store
+        .list(rel)
+        .map_err(|e| GcError::store(&store.shown(rel), e))
 }
 
 /// Finds every repository: any directory holding `_manifests` (or only `_layers` or
@@ -142,16 +144,38 @@ pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
     Ok(found)
 }
 
-/// Reads a link file; a read error is a damaged link, never a silent skip.
-fn read_link(store: &Store, rel: &Path) -> LinkState {
-    match store.read(rel, 4096) {
-        Ok(None) => LinkState::Missing,
-        Ok(Some(bytes)) => match parse_link(&bytes) {
+fn link_state(read: Option<Result<Vec<u8>, crate::layout::store::ReadError>>) -> LinkState {
+    match read {
+        None => LinkState::Missing,
+        Some(Ok(bytes)) => match parse_link(&bytes) {
             Ok(d) => LinkState::Ok(d),
             Err(e) => LinkState::Damaged(e.to_string()),
         },
-        Err(e) => LinkState::Damaged(e.to_string()),
+        Some(Err(e)) => LinkState::Damaged(e.to_string()),
     }
+}
+
+/// Opens the directory `rel` as a store of its own, so that the many small reads below
+/// it resolve two or three components instead of ten.
+fn sub(store: &Store, rel: &Path) -> Result<Option<Store>, GcError> {
+    store.sub(rel).map_err(|e| GcError::store(rel, e))
+}
+
+/// Lists `dir` (relative to `store`) and reads its link file; notes leftover temp files.
+/// `None` if the directory does not exist. A read error is a damaged link, never a skip.
+fn link_dir(
+    store: &Store,
+    dir: &Path,
+    temp: &mut Vec<TempFile>,
+) -> Result<Option<(Vec<crate::layout::Entry>, LinkState)>, GcError> {
+    let listed = store
+        .list_reading(dir, LINK, 4096)
+        .map_err(|e| GcError::store(&store.shown(dir), e))?;
+    let Some(listed) = listed else {
+        return Ok(None);
+    };
+    collect_temp(store, dir, &listed.entries, temp);
+    Ok(Some((listed.entries, link_state(listed.file))))
 }
 
 fn collect_temp(
@@ -165,7 +189,7 @@ fn collect_temp(
             let path = dir.join(&e.name);
             if let Ok(Some(st)) = store.stat(&path) {
                 out.push(TempFile {
-                    path,
+                    path: store.shown(&path),
                     mtime: mtime_of(&st),
                 });
             }
@@ -174,29 +198,28 @@ fn collect_temp(
 }
 
 fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
-    let dir = paths::revisions_dir(repo);
-    let Some(entries) = list(store, &dir)? else {
+    let Some(revs) = sub(store, &paths::revisions_dir(repo))? else {
+        return Ok(());
+    };
+    let here = Path::new("");
+    let Some(entries) = list(&revs, here)? else {
         return Ok(());
     };
     for e in entries {
-        let path = dir.join(&e.name);
+        let rel = Path::new(&e.name);
         let digest = e.name_str().and_then(|s| Digest::from_hex(s).ok());
         let (EntryKind::Dir, Some(dir_digest)) = (e.kind, digest) else {
             return Err(GcError::NotUnderstood {
-                path: path.display().to_string(),
+                path: revs.shown(rel).display().to_string(),
                 what: "not a revision directory named by a digest".into(),
             });
         };
-        let inner = list(store, &path)?.unwrap_or_default();
-        collect_temp(store, &path, &inner, &mut scan.temp_files);
-        let link = if inner.iter().any(|i| i.name == LINK) {
-            read_link(store, &path.join(LINK))
-        } else {
-            LinkState::Missing
-        };
+        let (inner, link) =
+            link_dir(&revs, rel, &mut scan.temp_files)?.unwrap_or((Vec::new(), LinkState::Missing));
+        let link_path = || revs.shown(&rel.join(LINK));
         if let LinkState::Damaged(why) = &link {
             scan.warnings.push(Warning::new(
-                path.join(LINK),
+                link_path(),
                 format!("damaged revision link ({why}); keeping the manifest its directory names"),
             ));
         }
@@ -204,7 +227,7 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result
             && *d != dir_digest
         {
             scan.warnings.push(Warning::new(
-                path.join(LINK),
+                link_path(),
                 format!("revision link names {d}, not its directory; keeping both"),
             ));
         }
@@ -218,41 +241,49 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result
 }
 
 fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
-    let dir = paths::tags_dir(repo);
     // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
-    let Some(entries) = list(store, &dir)? else {
+    let Some(tags) = sub(store, &paths::tags_dir(repo))? else {
         return Ok(());
     };
+    let Some(entries) = list(&tags, Path::new(""))? else {
+        return Ok(());
+    };
+    // The layout names the parts of a tag directory; here they are taken relative to it.
+    let tags_dir = paths::tags_dir(repo);
     for e in entries {
-        let path = dir.join(&e.name);
         let name = e.name_str().and_then(|s| TagName::new(s).ok());
         let (EntryKind::Dir, Some(name)) = (e.kind, name) else {
             return Err(GcError::NotUnderstood {
-                path: path.display().to_string(),
+                path: tags.shown(Path::new(&e.name)).display().to_string(),
                 what: "not a tag directory".into(),
             });
         };
-        let current_dir = path.join("current");
-        if let Some(inner) = list(store, &current_dir)? {
-            collect_temp(store, &current_dir, &inner, &mut scan.temp_files);
-        }
-        let current = read_link(store, &paths::tag_current_link(repo, &name));
-        let index_dir = paths::tag_index_dir(repo, &name);
+        let below = |p: PathBuf| -> PathBuf {
+            p.strip_prefix(&tags_dir)
+                .map(Path::to_path_buf)
+                .unwrap_or(p)
+        };
+        let current_link = below(paths::tag_current_link(repo, &name));
+        let current_dir = current_link.parent().unwrap_or(Path::new("")).to_path_buf();
+        let current = link_dir(&tags, &current_dir, &mut scan.temp_files)?
+            .map_or(LinkState::Missing, |(_, l)| l);
+        let index_dir = below(paths::tag_index_dir(repo, &name));
         let mut index = Vec::new();
-        for ie in list(store, &index_dir)?.unwrap_or_default() {
-            match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
-                Some(d) if ie.kind == EntryKind::Dir => {
-                    index.push(d);
-                    let entry_dir = index_dir.join(&ie.name);
-                    if let Some(inner) = list(store, &entry_dir)? {
-                        collect_temp(store, &entry_dir, &inner, &mut scan.temp_files);
+        if let Some(idx) = sub(&tags, &index_dir)? {
+            for ie in list(&idx, Path::new(""))?.unwrap_or_default() {
+                match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
+                    Some(d) if ie.kind == EntryKind::Dir => {
+                        index.push(d);
+                        if let Some(inner) = list(&idx, Path::new(&ie.name))? {
+                            collect_temp(&idx, Path::new(&ie.name), &inner, &mut scan.temp_files);
+                        }
                     }
-                }
-                _ => {
-                    return Err(GcError::NotUnderstood {
-                        path: index_dir.join(&ie.name).display().to_string(),
-                        what: "not a tag index entry named by a digest".into(),
-                    });
+                    _ => {
+                        return Err(GcError::NotUnderstood {
+                            path: idx.shown(Path::new(&ie.name)).display().to_string(),
+                            what: "not a tag index entry named by a digest".into(),
+                        });
+                    }
                 }
             }
         }
@@ -282,21 +313,23 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
 }
 
 fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
-    let dir = paths::layers_dir(repo);
-    let Some(entries) = list(store, &dir)? else {
+    let Some(layers) = sub(store, &paths::layers_dir(repo))? else {
+        return Ok(());
+    };
+    let Some(entries) = list(&layers, Path::new(""))? else {
         return Ok(());
     };
     for e in entries {
+        let rel = Path::new(&e.name);
         match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
             Some(d) if e.kind == EntryKind::Dir => {
-                let path = dir.join(&e.name);
-                if let Some(inner) = list(store, &path)? {
-                    collect_temp(store, &path, &inner, &mut scan.temp_files);
+                if let Some(inner) = list(&layers, rel)? {
+                    collect_temp(&layers, rel, &inner, &mut scan.temp_files);
                 }
                 scan.layers.push(d);
             }
             _ => scan.warnings.push(Warning::new(
-                dir.join(&e.name),
+                layers.shown(rel),
                 "not a layer link directory named by a digest; left alone".into(),
             )),
         }

@@ -51,11 +51,23 @@ pub enum ReadError {
     },
 }
 
-/// A store's root, opened once.
+/// A store's root, opened once; or a directory below it ([`Store::sub`]), whose paths
+/// are short (the kernel walks fewer components per open) and whose error messages still
+/// name paths from the top store's root.
 #[derive(Debug)]
 pub struct Store {
     root: OwnedFd,
     path: PathBuf,
+    /// Where this store's root lies below the top store's root (empty for the top).
+    prefix: PathBuf,
+}
+
+/// A directory's entries and, when it held it, one file of it read whole.
+#[derive(Debug)]
+pub struct Listed {
+    pub entries: Vec<Entry>,
+    /// `None` when the directory has no entry of that name.
+    pub file: Option<Result<Vec<u8>, ReadError>>,
 }
 
 fn kind_of(t: FileType) -> Option<EntryKind> {
@@ -84,6 +96,7 @@ impl Store {
         Ok(Store {
             root,
             path: path.to_path_buf(),
+            prefix: PathBuf::new(),
         })
     }
 
@@ -92,7 +105,27 @@ impl Store {
         Store {
             root,
             path: path.to_path_buf(),
+            prefix: PathBuf::new(),
         }
+    }
+
+    /// The directory `rel` as a store of its own; `None` if it does not exist. Opened
+    /// beneath this store's root like every path, so it cannot lead out of it either.
+    pub fn sub(&self, rel: &Path) -> io::Result<Option<Store>> {
+        match self.open_at(rel, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(root) => Ok(Some(Store {
+                root,
+                path: self.path.join(rel),
+                prefix: self.prefix.join(rel),
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `rel` as named from the top store's root, for messages.
+    pub fn shown(&self, rel: &Path) -> PathBuf {
+        self.prefix.join(rel)
     }
 
     pub fn path(&self) -> &Path {
@@ -121,84 +154,53 @@ impl Store {
 
     /// Lists a directory; `None` if it does not exist.
     pub fn list(&self, rel: &Path) -> io::Result<Option<Vec<Entry>>> {
-        let fd = match self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(mut dir) = self.open_dir(rel)? else {
+            return Ok(None);
         };
-        let mut dir = Dir::new(fd)?;
-        let mut out = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let name = OsStr::from_bytes(name).to_os_string();
-            let kind = match kind_of(entry.file_type()) {
-                Some(k) => k,
-                // Some filesystems do not report types in listings.
-                None => {
-                    let st =
-                        rfs::statat(dir.fd()?, name.as_os_str(), rfs::AtFlags::SYMLINK_NOFOLLOW)?;
-                    kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(EntryKind::Other)
-                }
-            };
-            out.push(Entry { name, kind });
+        entries(&mut dir).map(Some)
+    }
+
+    /// Lists directory `rel` and reads its file `file` (at most `limit` bytes) through
+    /// the same handle when it is listed: one open of the directory serves both.
+    pub fn list_reading(&self, rel: &Path, file: &str, limit: usize) -> io::Result<Option<Listed>> {
+        let Some(mut dir) = self.open_dir(rel)? else {
+            return Ok(None);
+        };
+        let entries = entries(&mut dir)?;
+        let file = if entries.iter().any(|e| e.name == file) {
+            let shown = self.shown(&rel.join(file));
+            let opened = rfs::openat2(dir.fd()?, file, read_flags(), Mode::empty(), resolve());
+            Some(match opened {
+                Ok(fd) => read_whole(fd, &shown, limit),
+                Err(e) => Err(ReadError::Io {
+                    path: shown.display().to_string(),
+                    source: e.into(),
+                }),
+            })
+        } else {
+            None
+        };
+        Ok(Some(Listed { entries, file }))
+    }
+
+    fn open_dir(&self, rel: &Path) -> io::Result<Option<Dir>> {
+        match self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => Ok(Some(Dir::new(fd)?)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(Some(out))
     }
 
     /// Reads a small file whole; `None` if it does not exist. Refuses files over `limit`.
     pub fn read(&self, rel: &Path, limit: usize) -> Result<Option<Vec<u8>>, ReadError> {
-        let shown = || rel.display().to_string();
-        let fd = match self.open_at(rel, OFlags::RDONLY) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(source) => {
-                return Err(ReadError::Io {
-                    path: shown(),
-                    source,
-                });
-            }
-        };
-        let st = rfs::fstat(&fd).map_err(|e| ReadError::Io {
-            path: shown(),
-            source: e.into(),
-        })?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(ReadError::Io {
-                path: shown(),
-                source: io::Error::from(Errno::ISDIR),
-            });
+        match self.open_at(rel, read_flags()) {
+            Ok(fd) => read_whole(fd, &self.shown(rel), limit).map(Some),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(source) => Err(ReadError::Io {
+                path: self.shown(rel).display().to_string(),
+                source,
+            }),
         }
-        if st.st_size as u64 > limit as u64 {
-            return Err(ReadError::TooLarge {
-                path: shown(),
-                size: st.st_size as u64,
-                limit,
-            });
-        }
-        // The size is known: read exactly that much (one read, usually). Store files
-        // are written once, and links are not rewritten while the store is collected.
-        let mut buf = vec![0u8; st.st_size as usize];
-        let mut file = File::from(fd);
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(ReadError::Io {
-                        path: shown(),
-                        source,
-                    });
-                }
-            }
-        }
-        buf.truncate(filled);
-        Ok(Some(buf))
     }
 
     /// Stats a path without following links; `None` if it does not exist.
@@ -209,4 +211,67 @@ impl Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Opening a file to read: never blocks (a FIFO planted in the store would hang the
+/// open), never becomes a controlling terminal.
+fn read_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+/// Every entry of an open directory but `.` and `..`.
+fn entries(dir: &mut Dir) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name).to_os_string();
+        let kind = match kind_of(entry.file_type()) {
+            Some(k) => k,
+            // Some filesystems do not report types in listings.
+            None => {
+                let st = rfs::statat(dir.fd()?, name.as_os_str(), rfs::AtFlags::SYMLINK_NOFOLLOW)?;
+                kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(EntryKind::Other)
+            }
+        };
+        out.push(Entry { name, kind });
+    }
+    Ok(out)
+}
+
+/// Reads an opened regular file whole; `shown` names it in errors.
+fn read_whole(fd: OwnedFd, shown: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
+    let err = |source: io::Error| ReadError::Io {
+        path: shown.display().to_string(),
+        source,
+    };
+    let st = rfs::fstat(&fd).map_err(|e| err(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(err(io::Error::from(Errno::ISDIR)));
+    }
+    if st.st_size as u64 > limit as u64 {
+        return Err(ReadError::TooLarge {
+            path: shown.display().to_string(),
+            size: st.st_size as u64,
+            limit,
+        });
+    }
+    // The size is known: read exactly that much (one read, usually). Store files
+    // are written once, and links are not rewritten while the store is collected.
+    let mut buf = vec![0u8; st.st_size as usize];
+    let mut file = File::from(fd);
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
