@@ -33,6 +33,13 @@
 #   GARBAGE_FRACTION gen-store.py --garbage-fraction (default 0.2)
 #   BENCH_DIR        where the scratch directory goes (default /var/tmp; it holds three
 #                    copies of the store: about 3 x 1.1 GB and 3 x 280k inodes at 50k blobs)
+#   BENCH_FS         dir (default): the scratch directory is on BENCH_DIR's filesystem as
+#                    mounted; ext4-image: on a fresh ext4 filesystem made in an image file
+#                    in BENCH_DIR and loop-mounted with nodiscard. Deleting is most of both
+#                    collectors' work, and a filesystem mounted with online `discard`
+#                    (as this VM's root is) waits for the disk on every freed block; the
+#                    image shows the collectors' own costs on a filesystem mounted as
+#                    Debian mounts one by default (TRIM left to fstrim.timer).
 #   KEEP_SCRATCH=1   keep the scratch directory (copies, logs, blob lists) for inspection
 #
 # Slow on purpose: every run makes two fresh copies of the store. With the defaults on a
@@ -67,6 +74,8 @@ done
 ((BLOBS >= 10)) || die "BLOBS must be at least 10"
 [[ $GARBAGE_FRACTION =~ ^(0(\.[0-9]+)?|\.[0-9]+)$ ]] || die "GARBAGE_FRACTION must be in [0, 1) (got '$GARBAGE_FRACTION')"
 [[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR is not a directory"
+BENCH_FS=${BENCH_FS:-dir}
+[[ $BENCH_FS == dir || $BENCH_FS == ext4-image ]] || die "BENCH_FS must be dir or ext4-image (got '$BENCH_FS')"
 [[ $BENCH_DIR != *[[:space:]:#\'\"]* ]] || die "BENCH_DIR must not contain whitespace, ':', '#' or quotes"
 command -v python3 >/dev/null || die "python3 is needed (scripts/gen-store.py)"
 REGISTRY=$(command -v "$REGISTRY_BIN") ||
@@ -91,10 +100,18 @@ fi
 # Scratch directory and cleanup.
 
 SCRATCH=
+IMAGE= IMAGE_MNT=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    if [[ -n $IMAGE_MNT ]]; then
+        if [[ ${KEEP_SCRATCH:-0} == 1 ]]; then
+            echo "bench-gc: image $IMAGE left mounted at $IMAGE_MNT" >&2
+        else
+            umount "$IMAGE_MNT" && rmdir "$IMAGE_MNT" && rm -f "$IMAGE"
+        fi
+    fi
     if [[ -n $SCRATCH && -d $SCRATCH ]]; then
         if [[ ${KEEP_SCRATCH:-0} == 1 ]]; then
             echo "bench-gc: scratch directory kept: $SCRATCH" >&2
@@ -108,14 +125,26 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-SCRATCH=$(mktemp -d "$BENCH_DIR/regfs-gc-bench.XXXXXX")
+if [[ $BENCH_FS == ext4-image ]]; then
+    IMAGE=$(mktemp "$BENCH_DIR/regfs-gc-bench.XXXXXX.img")
+    # Room for three copies of the store: per blob and copy 64 KiB and 7 inodes (it uses
+    # about 22 KiB and 5.6), plus spare.
+    truncate -s $((BLOBS * 3 * 64 * 1024 + (1 << 30))) "$IMAGE"
+    mkfs.ext4 -q -F -N $((BLOBS * 3 * 7 + 100000)) "$IMAGE" || die "mkfs.ext4 $IMAGE failed"
+    IMAGE_MNT=$(mktemp -d "$BENCH_DIR/regfs-gc-bench.XXXXXX.mnt")
+    mount -o loop,nodiscard "$IMAGE" "$IMAGE_MNT" || die "cannot loop-mount $IMAGE (root needed)"
+    SCRATCH=$(mktemp -d "$IMAGE_MNT/scratch.XXXXXX")
+else
+    SCRATCH=$(mktemp -d "$BENCH_DIR/regfs-gc-bench.XXXXXX")
+fi
 PRISTINE=$SCRATCH/pristine
 C1=$SCRATCH/copy-registry
 C2=$SCRATCH/copy-regfs
 LOGS=$SCRATCH/logs
 mkdir -p "$LOGS"
 read -r fs_dev fs_type < <(df -PT "$SCRATCH" | awk 'NR == 2 { print $1, $2 }')
-log "scratch dir $SCRATCH ($fs_type on $fs_dev)"
+fs_opts=$(findmnt -n -o OPTIONS --target "$SCRATCH" || echo unknown)
+log "scratch dir $SCRATCH ($fs_type on $fs_dev, mounted $fs_opts)"
 
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
@@ -295,7 +324,8 @@ done
 
 echo
 echo "regfs gc benchmark: $BLOBS blobs ($(expected default) garbage, seed $SEED), median of $RUNS runs, warm cache"
-echo "$(nproc) CPUs, scratch on $fs_type ($fs_dev), kernel $(uname -r); registry: $("$REGISTRY" --version 2>&1 | head -n 1)"
+echo "$(nproc) CPUs, scratch on $fs_type ($fs_dev, mounted $fs_opts), kernel $(uname -r)"
+echo "registry: $("$REGISTRY" --version 2>&1 | head -n 1)"
 echo "store generated in $gen_s s"
 echo
 fmt='%-16s | %24s | %14s | %20s | %13s | %s\n'
