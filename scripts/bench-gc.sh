@@ -40,6 +40,10 @@
 #                    (as this VM's root is) waits for the disk on every freed block; the
 #                    image shows the collectors' own costs on a filesystem mounted as
 #                    Debian mounts one by default (TRIM left to fstrim.timer).
+#   FLOOR            1 (default): after the first run of each mode, delete the paths regfs's
+#                    plan names from two more fresh copies with scripts/delete-floor.py (bare
+#                    unlink/rmdir, 1 and 16 threads) and print that time: the floor under any
+#                    sweep of those paths on this filesystem. 0 skips it.
 #   KEEP_SCRATCH=1   keep the scratch directory (copies, logs, blob lists) for inspection
 #
 # Slow on purpose: every run makes two fresh copies of the store. With the defaults on a
@@ -55,6 +59,7 @@ BLOBS=${BLOBS:-50000}
 RUNS=${RUNS:-3}
 SEED=${SEED:-1}
 GARBAGE_FRACTION=${GARBAGE_FRACTION:-0.2}
+FLOOR=${FLOOR:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 REGISTRY_BIN=${REGISTRY_BIN:-docker-registry}
 MODES=(default delete-untagged)
@@ -72,6 +77,7 @@ for v in BLOBS RUNS SEED; do
 done
 ((RUNS >= 1)) || die "RUNS must be at least 1"
 ((BLOBS >= 10)) || die "BLOBS must be at least 10"
+[[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
 [[ $GARBAGE_FRACTION =~ ^(0(\.[0-9]+)?|\.[0-9]+)$ ]] || die "GARBAGE_FRACTION must be in [0, 1) (got '$GARBAGE_FRACTION')"
 [[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR is not a directory"
 BENCH_FS=${BENCH_FS:-dir}
@@ -140,6 +146,7 @@ fi
 PRISTINE=$SCRATCH/pristine
 C1=$SCRATCH/copy-registry
 C2=$SCRATCH/copy-regfs
+C3=$SCRATCH/copy-floor
 LOGS=$SCRATCH/logs
 mkdir -p "$LOGS"
 read -r fs_dev fs_type < <(df -PT "$SCRATCH" | awk 'NR == 2 { print $1, $2 }')
@@ -197,7 +204,27 @@ note "expected deletions: default ${EXPECT_REG[default]}, registry 2.8 --delete-
 
 SERIOUS=0
 SERIOUS_FILES=()
-declare -A ROW_REG=() ROW_REGFS=() ROW_SAME=()
+declare -A ROW_REG=() ROW_REGFS=() ROW_SAME=() ROW_MARK=() ROW_SWEEP=() ROW_FLOOR=()
+
+# JSON field FIELD of regfs's report FILE.
+field() {
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# floor_run MODE THREADS: bare deletion of what regfs's plan names, on a fresh copy;
+# prints seconds.
+floor_run() {
+    local mode=$1 threads=$2 flags=() plan=$LOGS/floor-plan-$1.json
+    [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
+    rm -rf --one-file-system "$C3"
+    cp -a "$PRISTINE" "$C3"
+    "$REGFS" gc --offline "$C3" "${flags[@]}" --dry-run --json --list >"$plan" ||
+        die "regfs gc --dry-run --list on $C3 failed"
+    sync
+    find "$C3" >/dev/null
+    python3 "$ROOT/scripts/delete-floor.py" "$C3" "$plan" --threads "$threads" ||
+        die "delete-floor.py failed on $C3"
+}
 
 # run_registry MODE: times the registry's collector on C1; sets RUN_S and REG_SUMMARY.
 run_registry() {
@@ -239,7 +266,7 @@ run_regfs() {
 }
 
 for mode in "${MODES[@]}"; do
-    reg_times=() regfs_times=() outcomes=()
+    reg_times=() regfs_times=() outcomes=() mark_times=() sweep_times=()
     log "mode $mode: $RUNS runs"
     for ((r = 1; r <= RUNS; r++)); do
         rm -rf --one-file-system "$C1" "$C2"
@@ -265,6 +292,8 @@ for mode in "${MODES[@]}"; do
         done
         reg_times+=("$reg_s")
         regfs_times+=("$regfs_s")
+        mark_times+=("$(field "$LOGS/regfs-$mode-$r.json" mark_seconds)")
+        sweep_times+=("$(field "$LOGS/regfs-$mode-$r.json" sweep_seconds)")
 
         list_blobs "$C1" >"$SCRATCH/blobs-registry"
         list_blobs "$C2" >"$SCRATCH/blobs-regfs"
@@ -309,6 +338,15 @@ for mode in "${MODES[@]}"; do
             fi
         fi
     done
+    if [[ $FLOOR == 1 ]]; then
+        f1=$(floor_run "$mode" 1)
+        f16=$(floor_run "$mode" 16)
+        note "bare deletion of regfs's planned paths: $f1 s with 1 thread, $f16 s with 16"
+        ROW_FLOOR[$mode]=$(printf '%s\n' "$f1" "$f16" | sort -g | head -n 1)
+        rm -rf --one-file-system "$C3"
+    fi
+    ROW_MARK[$mode]=$(median "${mark_times[@]}")
+    ROW_SWEEP[$mode]=$(median "${sweep_times[@]}")
     ROW_REG[$mode]=$(median "${reg_times[@]}")
     ROW_REGFS[$mode]=$(median "${regfs_times[@]}")
     if [[ $(printf '%s\n' "${outcomes[@]}" | sort -u | wc -l) == 1 ]]; then
@@ -317,7 +355,7 @@ for mode in "${MODES[@]}"; do
         ROW_SAME[$mode]="varies between runs: $(printf '%s; ' "${outcomes[@]}")"
     fi
 done
-[[ ${KEEP_SCRATCH:-0} == 1 ]] || rm -rf --one-file-system "$C1" "$C2"
+[[ ${KEEP_SCRATCH:-0} == 1 ]] || rm -rf --one-file-system "$C1" "$C2" "$C3"
 
 # ---------------------------------------------------------------------------------
 # Report.
@@ -341,6 +379,21 @@ for mode in "${MODES[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt" "$mode" "$peer" "$ours" "$speedup" ">= ${TARGET[$mode]}x $verdict" "${ROW_SAME[$mode]}"
 done
+echo
+fmt2='%-16s | %13s | %14s | %26s | %s\n'
+# shellcheck disable=SC2059
+printf "$fmt2" "mode" "regfs mark s" "regfs sweep s" "bare deletion, same paths s" "best speedup any sweep allows (peer/floor)"
+# shellcheck disable=SC2059
+printf "$fmt2" "----------------" "-------------" "--------------" "--------------------------" "------------------------------------------"
+for mode in "${MODES[@]}"; do
+    floor=${ROW_FLOOR[$mode]:-}
+    bound=n/a
+    [[ -n $floor ]] && bound=$(awk -v p="${ROW_REG[$mode]}" -v f="$floor" 'BEGIN { if (f < 0.001) f = 0.001; printf "%.1fx", p / f }')
+    # shellcheck disable=SC2059
+    printf "$fmt2" "$mode" "${ROW_MARK[$mode]}" "${ROW_SWEEP[$mode]}" "${floor:-not measured}" "$bound"
+done
+echo "(medians; \"bare deletion\" is the fastest of 1 and 16 threads of plain unlink/rmdir over the"
+echo "paths regfs's plan names, on a fresh copy: the filesystem's own cost, which no collector avoids)"
 echo
 echo "expected deletions (gen-store.py): default ${EXPECT_REG[default]}; --delete-untagged: registry 2.8" \
     "${EXPECT_REG[delete-untagged]}, index/referrer-aware $EXPECT_AWARE"
