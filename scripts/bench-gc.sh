@@ -41,9 +41,9 @@
 #                    image shows the collectors' own costs on a filesystem mounted as
 #                    Debian mounts one by default (TRIM left to fstrim.timer).
 #   FLOOR            1 (default): after the first run of each mode, delete the paths regfs's
-#                    plan names from two more fresh copies with scripts/delete-floor.py (bare
-#                    unlink/rmdir, 1 and 16 threads) and print that time: the floor under any
-#                    sweep of those paths on this filesystem. 0 skips it.
+#                    plan names from two more fresh copies with scripts/delete-floor.py (GNU
+#                    rm -rf, 1 and 16 processes) and print that time: what the filesystem
+#                    takes to delete those paths with the standard tool. 0 skips it.
 #   KEEP_SCRATCH=1   keep the scratch directory (copies, logs, blob lists) for inspection
 #
 # Slow on purpose: every run makes two fresh copies of the store. With the defaults on a
@@ -222,7 +222,7 @@ floor_run() {
         die "regfs gc --dry-run --list on $C3 failed"
     sync
     find "$C3" >/dev/null
-    python3 "$ROOT/scripts/delete-floor.py" "$C3" "$plan" --threads "$threads" ||
+    python3 "$ROOT/scripts/delete-floor.py" "$C3" "$plan" --processes "$threads" ||
         die "delete-floor.py failed on $C3"
 }
 
@@ -341,7 +341,7 @@ for mode in "${MODES[@]}"; do
     if [[ $FLOOR == 1 ]]; then
         f1=$(floor_run "$mode" 1)
         f16=$(floor_run "$mode" 16)
-        note "bare deletion of regfs's planned paths: $f1 s with 1 thread, $f16 s with 16"
+        note "rm -rf of regfs's planned paths: $f1 s with 1 process, $f16 s with 16"
         ROW_FLOOR[$mode]=$(printf '%s\n' "$f1" "$f16" | sort -g | head -n 1)
         rm -rf --one-file-system "$C3"
     fi
@@ -382,7 +382,7 @@ done
 echo
 fmt2='%-16s | %13s | %14s | %26s | %s\n'
 # shellcheck disable=SC2059
-printf "$fmt2" "mode" "regfs mark s" "regfs sweep s" "bare deletion, same paths s" "best speedup any sweep allows (peer/floor)"
+printf "$fmt2" "mode" "regfs mark s" "regfs sweep s" "rm -rf of the same paths s" "peer / rm -rf"
 # shellcheck disable=SC2059
 printf "$fmt2" "----------------" "-------------" "--------------" "--------------------------" "------------------------------------------"
 for mode in "${MODES[@]}"; do
@@ -392,8 +392,9 @@ for mode in "${MODES[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt2" "$mode" "${ROW_MARK[$mode]}" "${ROW_SWEEP[$mode]}" "${floor:-not measured}" "$bound"
 done
-echo "(medians; \"bare deletion\" is the fastest of 1 and 16 threads of plain unlink/rmdir over the"
-echo "paths regfs's plan names, on a fresh copy: the filesystem's own cost, which no collector avoids)"
+echo "(medians; \"rm -rf\" is the faster of 1 and 16 GNU rm processes deleting the paths regfs's plan"
+echo "names, on a fresh copy: the filesystem's cost of those deletions with the standard tool; a"
+echo "collector that deletes the same paths is bound by about peer / rm -rf however fast it marks)"
 echo
 echo "expected deletions (gen-store.py): default ${EXPECT_REG[default]}; --delete-untagged: registry 2.8" \
     "${EXPECT_REG[delete-untagged]}, index/referrer-aware $EXPECT_AWARE"
