@@ -205,6 +205,7 @@ note "expected deletions: default ${EXPECT_REG[default]}, registry 2.8 --delete-
 SERIOUS=0
 SERIOUS_FILES=()
 declare -A ROW_REG=() ROW_REGFS=() ROW_SAME=() ROW_MARK=() ROW_SWEEP=() ROW_FLOOR=()
+declare -A ROW_REG_DRY=() ROW_REGFS_DRY=()
 
 # JSON field FIELD of regfs's report FILE.
 field() {
@@ -226,10 +227,12 @@ floor_run() {
         die "delete-floor.py failed on $C3"
 }
 
-# run_registry MODE: times the registry's collector on C1; sets RUN_S and REG_SUMMARY.
+# run_registry MODE RUN [dry]: times the registry's collector on C1 (with --dry-run when
+# the third argument is "dry"); sets RUN_S and REG_SUMMARY.
 run_registry() {
-    local mode=$1 out=$LOGS/registry-$1-$2.log flags=() t0 t1 rc=0
+    local mode=$1 out=$LOGS/registry-$1-$2${3:+-$3}.log flags=() t0 t1 rc=0
     [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
+    [[ ${3:-} == dry ]] && flags+=(--dry-run)
     find "$C1" >/dev/null
     t0=$EPOCHREALTIME
     "$REGISTRY" garbage-collect "${flags[@]}" "$C1/config.yml" >"$out" 2>&1 || rc=$?
@@ -247,10 +250,12 @@ run_registry() {
     fi
 }
 
-# run_regfs MODE RUN: times `regfs gc --offline` on C2; sets RUN_S.
+# run_regfs MODE RUN [dry]: times `regfs gc --offline` on C2 (with --dry-run when the
+# third argument is "dry"); sets RUN_S.
 run_regfs() {
-    local mode=$1 out=$LOGS/regfs-$1-$2.json err=$LOGS/regfs-$1-$2.err flags=() t0 t1 rc=0
+    local mode=$1 out=$LOGS/regfs-$1-$2${3:+-$3}.json err=$LOGS/regfs-$1-$2${3:+-$3}.err flags=() t0 t1 rc=0
     [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
+    [[ ${3:-} == dry ]] && flags+=(--dry-run)
     find "$C2" >/dev/null
     t0=$EPOCHREALTIME
     "$REGFS" gc --offline "$C2" "${flags[@]}" --json >"$out" 2>"$err" || rc=$?
@@ -267,6 +272,7 @@ run_regfs() {
 
 for mode in "${MODES[@]}"; do
     reg_times=() regfs_times=() outcomes=() mark_times=() sweep_times=()
+    reg_dry_times=() regfs_dry_times=()
     log "mode $mode: $RUNS runs"
     for ((r = 1; r <= RUNS; r++)); do
         rm -rf --one-file-system "$C1" "$C2"
@@ -281,6 +287,16 @@ for mode in "${MODES[@]}"; do
 
         order=(registry regfs)
         ((r % 2)) || order=(regfs registry)
+        # Dry runs first (they delete nothing): marking alone, side by side.
+        for who in "${order[@]}"; do
+            if [[ $who == registry ]]; then
+                run_registry "$mode" "$r" dry
+                reg_dry_times+=("$RUN_S")
+            else
+                run_regfs "$mode" "$r" dry
+                regfs_dry_times+=("$RUN_S")
+            fi
+        done
         for who in "${order[@]}"; do
             if [[ $who == registry ]]; then
                 run_registry "$mode" "$r"
@@ -345,6 +361,8 @@ for mode in "${MODES[@]}"; do
         ROW_FLOOR[$mode]=$(printf '%s\n' "$f1" "$f16" | sort -g | head -n 1)
         rm -rf --one-file-system "$C3"
     fi
+    ROW_REG_DRY[$mode]=$(median "${reg_dry_times[@]}")
+    ROW_REGFS_DRY[$mode]=$(median "${regfs_dry_times[@]}")
     ROW_MARK[$mode]=$(median "${mark_times[@]}")
     ROW_SWEEP[$mode]=$(median "${sweep_times[@]}")
     ROW_REG[$mode]=$(median "${reg_times[@]}")
@@ -380,21 +398,23 @@ for mode in "${MODES[@]}"; do
     printf "$fmt" "$mode" "$peer" "$ours" "$speedup" ">= ${TARGET[$mode]}x $verdict" "${ROW_SAME[$mode]}"
 done
 echo
-fmt2='%-16s | %13s | %14s | %26s | %s\n'
+fmt2='%-16s | %9s | %9s | %9s | %12s | %13s | %13s | %s\n'
 # shellcheck disable=SC2059
-printf "$fmt2" "mode" "regfs mark s" "regfs sweep s" "rm -rf of the same paths s" "peer / rm -rf"
+printf "$fmt2" "mode" "peer dry" "regfs dry" "dry ratio" "regfs mark" "regfs sweep" "rm -rf same" "peer / rm -rf"
 # shellcheck disable=SC2059
-printf "$fmt2" "----------------" "-------------" "--------------" "--------------------------" "------------------------------------------"
+printf "$fmt2" "----------------" "---------" "---------" "---------" "------------" "-------------" "-------------" "-------------"
 for mode in "${MODES[@]}"; do
     floor=${ROW_FLOOR[$mode]:-}
     bound=n/a
     [[ -n $floor ]] && bound=$(awk -v p="${ROW_REG[$mode]}" -v f="$floor" 'BEGIN { if (f < 0.001) f = 0.001; printf "%.1fx", p / f }')
+    dry_ratio=$(awk -v p="${ROW_REG_DRY[$mode]}" -v o="${ROW_REGFS_DRY[$mode]}" 'BEGIN { if (o < 0.001) o = 0.001; printf "%.1fx", p / o }')
     # shellcheck disable=SC2059
-    printf "$fmt2" "$mode" "${ROW_MARK[$mode]}" "${ROW_SWEEP[$mode]}" "${floor:-not measured}" "$bound"
+    printf "$fmt2" "$mode" "${ROW_REG_DRY[$mode]}" "${ROW_REGFS_DRY[$mode]}" "$dry_ratio" \
+        "${ROW_MARK[$mode]}" "${ROW_SWEEP[$mode]}" "${floor:-n/a}" "$bound"
 done
-echo "(medians; \"rm -rf\" is the faster of 1 and 16 GNU rm processes deleting the paths regfs's plan"
-echo "names, on a fresh copy: the filesystem's cost of those deletions with the standard tool; a"
-echo "collector that deletes the same paths is bound by about peer / rm -rf however fast it marks)"
+echo "(seconds, medians. Dry runs mark and plan, deleting nothing. \"rm -rf same\" is the faster of"
+echo "1 and 16 GNU rm processes deleting the paths regfs's plan names, on a fresh copy: what the"
+echo "filesystem takes for those deletions; no collector deleting them can beat peer / rm -rf by much)"
 echo
 echo "expected deletions (gen-store.py): default ${EXPECT_REG[default]}; --delete-untagged: registry 2.8" \
     "${EXPECT_REG[delete-untagged]}, index/referrer-aware $EXPECT_AWARE"
