@@ -20,13 +20,14 @@
 //! Prerequisites: root, /dev/fuse, python3, docker-registry, skopeo. Under CI=true a
 //! missing one fails the test; elsewhere the test says why and returns.
 //! `REGFS_E2E_KEEP=1` keeps each test's directory (store, registry and daemon logs).
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -36,6 +37,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use common::describe_output;
+use common::prereq::Needs;
+use common::store::well_formed_link;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -68,47 +72,18 @@ const PREFIX: &str = "regfs-e2e-";
 // ---------------------------------------------------------------------------------------
 // Prerequisites
 
-fn on_path(exe: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            fs::metadata(dir.join(exe)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py")
 }
 
 /// Whether everything is here. Under CI=true a missing prerequisite is a failure.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("not running as root".to_string());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse is missing".to_string());
-    }
-    for exe in ["python3", "docker-registry", "skopeo"] {
-        if !on_path(exe) {
-            missing.push(format!("{exe} is not on PATH (apt-get install -y {exe})"));
-        }
-    }
-    if !script().is_file() {
-        missing.push(format!("{} is missing", script().display()));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo: {}",
-        missing.join("; ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
-    false
+    Needs::new()
+        .root()
+        .dev_fuse()
+        .registry_tools()
+        .file(&script())
+        .met("the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo")
 }
 
 /// Detaches mounts left by an earlier, killed run of this file: FUSE mounts under
@@ -209,15 +184,6 @@ fn run(mut cmd: Command, timeout: Duration) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -342,15 +308,6 @@ fn short(digest: &str) -> &str {
     &hex(digest)[..12]
 }
 
-/// `sha256:` and exactly 64 lowercase hex characters, nothing else.
-fn well_formed_link(content: &[u8]) -> bool {
-    content.len() == 71
-        && content.starts_with(b"sha256:")
-        && content[7..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-}
-
 /// Every regular file under `dir` (symbolic links are not followed).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -401,7 +358,11 @@ fn generate_images(oci: &Path) -> BTreeMap<String, Image> {
     let mut cmd = Command::new("python3");
     cmd.arg(script()).arg(oci).args(["--sample", "--json"]);
     let out = run(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "oci-images.py: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "oci-images.py: {}",
+        describe_output(&out)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("oci-images.py --json");
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -495,7 +456,7 @@ impl Ctx {
         assert!(
             out.status.success(),
             "push {image} to {dest}: {}",
-            describe(&out)
+            describe_output(&out)
         );
         let (repo, reference) = dest
             .split_once('@')
@@ -589,7 +550,7 @@ impl Ctx {
     fn status(&self) -> Result<Value, String> {
         let out = self.regfs(&["status", "--json"]);
         if !out.status.success() {
-            return Err(format!("regfs status: {}", describe(&out)));
+            return Err(format!("regfs status: {}", describe_output(&out)));
         }
         serde_json::from_slice(&out.stdout).map_err(|e| format!("regfs status --json: {e}"))
     }
@@ -604,7 +565,11 @@ impl Ctx {
 
     fn jobs(&self) -> Vec<Value> {
         let out = self.regfs(&["jobs", "--json"]);
-        assert!(out.status.success(), "regfs jobs: {}", describe(&out));
+        assert!(
+            out.status.success(),
+            "regfs jobs: {}",
+            describe_output(&out)
+        );
         serde_json::from_slice::<Value>(&out.stdout)
             .expect("regfs jobs --json")
             .as_array()
@@ -1231,7 +1196,7 @@ fn scenario(mode: Mode) {
         assert!(
             !out.status.success(),
             "{tag} push of {image} to {dest} during the epoch succeeded: {}",
-            describe(&out)
+            describe_output(&out)
         );
         let err = text(&out.stderr);
         assert!(
