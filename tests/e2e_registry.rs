@@ -76,16 +76,6 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py")
 }
 
-/// Whether everything is here. Under CI=true a missing prerequisite is a failure.
-fn prerequisites() -> bool {
-    Needs::new()
-        .root()
-        .dev_fuse()
-        .registry_tools()
-        .file(&script())
-        .met("the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo")
-}
-
 /// Detaches mounts left by an earlier, killed run of this file: FUSE mounts under
 /// [`PREFIX`] whose daemon is gone (the mount answers ENOTCONN). Live mounts (a concurrent
 /// run) are left alone.
@@ -809,7 +799,10 @@ fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (Regi
 }
 
 fn setup(mode: Mode) -> Option<World> {
-    if !prerequisites() {
+    let needs = Needs::registry_tests(&script()).dev_fuse();
+    if !needs.met(
+        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
+    ) {
         return None;
     }
     clean_stale_mounts();

@@ -39,16 +39,6 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry-fixture.py")
 }
 
-/// Whether everything these tests need is here. Under CI=true a missing prerequisite is a
-/// failure; elsewhere the test prints why it skips.
-fn prerequisites() -> bool {
-    Needs::new()
-        .registry_tools()
-        .root()
-        .file(&script())
-        .met("the registry differential tests need python3, docker-registry, skopeo and root")
-}
-
 /// A store built by the real registry and skopeo, and what fixture.json says of it.
 struct Fixture {
     dir: PathBuf,
@@ -98,7 +88,9 @@ extern "C" fn remove_fixture() {
 /// Builds the fixture once per test binary (removed at exit). `None`: skip the test.
 fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
-    if !prerequisites() {
+    let needs = Needs::registry_tests(&script());
+    if !needs.met("the registry differential tests need python3, docker-registry, skopeo and root")
+    {
         return None;
     }
     let fx = FIXTURE.get_or_init(|| {

@@ -42,10 +42,13 @@ impl Needs {
         self
     }
 
-    /// What the registry tests run: the real registry, skopeo, and python3 for the
-    /// scripts that drive them.
-    pub fn registry_tools(self) -> Self {
-        self.on_path(&["python3", "docker-registry", "skopeo"])
+    /// What the registry tests need: root, the real registry, skopeo, and python3 with
+    /// the `script` that drives them.
+    pub fn registry_tests(script: &Path) -> Self {
+        Self::new()
+            .root()
+            .on_path(&["python3", "docker-registry", "skopeo"])
+            .file(script)
     }
 
     pub fn file(mut self, path: &Path) -> Self {
