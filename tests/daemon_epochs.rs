@@ -33,10 +33,7 @@ struct Env {
 
 /// Fresh directories; `None` when FUSE is unavailable outside CI.
 fn env() -> Option<Env> {
-    if !common::fuse_available() {
-        return None;
-    }
-    let (dir, storage, mnt) = common::daemon::dirs();
+    let (dir, storage, mnt) = common::daemon::fuse_dirs()?;
     Some(Env {
         storage,
         mnt,

@@ -114,6 +114,11 @@ pub fn serving(mnt: &Path) -> bool {
     crate::common::mount_at_fuse(mnt).is_some() && rustix::fs::statfs(mnt).is_ok()
 }
 
+/// [`dirs`] for a test that mounts; `None` when FUSE is unavailable outside CI.
+pub fn fuse_dirs() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    crate::common::fuse_available().then(dirs)
+}
+
 /// A fresh temporary directory with empty `storage` and `mnt` directories, after
 /// cleaning dead mounts of earlier runs.
 pub fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
