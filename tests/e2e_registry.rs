@@ -553,6 +553,20 @@ impl Ctx {
             .flatten()
     }
 
+    /// Runs `f`, asserting that job `job` held the store read-only just before and just
+    /// after it (so that `what` certainly ran during the epoch).
+    fn while_read_only<T>(&self, job: u64, what: &str, f: impl FnOnce() -> T) -> T {
+        let before = self.read_only_job();
+        let r = f();
+        let after = self.read_only_job();
+        assert_eq!(
+            (before, after),
+            (Some(job), Some(job)),
+            "{what} happened while job {job} held the store read-only"
+        );
+        r
+    }
+
     fn jobs(&self) -> Vec<Value> {
         let out = self.regfs(&["jobs", "--json"]);
         assert!(
@@ -1178,14 +1192,9 @@ fn scenario(mode: Mode) {
     let erofs_before = ctx.erofs_lines();
     let mut refused = Vec::new();
     for (image, dest) in [("late", "team/app/web:late"), ("base", "library/base:2")] {
-        let before = ctx.read_only_job();
-        let out = ctx.push(image, dest);
-        let after = ctx.read_only_job();
-        assert_eq!(
-            (before, after),
-            (Some(job_id), Some(job_id)),
-            "{tag} the push of {dest} happened while job {job_id} held the store read-only"
-        );
+        let out = ctx.while_read_only(job_id, &format!("{tag} the push of {dest}"), || {
+            ctx.push(image, dest)
+        });
         assert!(
             !out.status.success(),
             "{tag} push of {image} to {dest} during the epoch succeeded: {}",
@@ -1207,14 +1216,9 @@ fn scenario(mode: Mode) {
 
     // Pulls while read-only.
     for (reference, image) in &loop_pulls {
-        let before = ctx.read_only_job();
-        let r = ctx.pull(reference, image);
-        let after = ctx.read_only_job();
-        assert_eq!(
-            (before, after),
-            (Some(job_id), Some(job_id)),
-            "{tag} the pull of {reference} happened during the epoch"
-        );
+        let r = ctx.while_read_only(job_id, &format!("{tag} the pull of {reference}"), || {
+            ctx.pull(reference, image)
+        });
         if let Err(e) = r {
             panic!("{tag} pull during the epoch failed: {e}");
         }

@@ -441,6 +441,15 @@ fn short(set: &BTreeSet<String>) -> Vec<&str> {
     set.iter().map(|d| &d[..19.min(d.len())]).collect()
 }
 
+/// How long a test took after the shared fixture was built (which the first test waits
+/// for), to see where the time goes.
+fn report_time(test: &str, t0: Instant) {
+    eprintln!(
+        "{test}: {:.2} s (after the fixture)",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 
@@ -605,10 +614,7 @@ fn default_mode_deletes_exactly_what_the_registry_deletes() {
         "upload_bytes_freed vs the size of every file of the upload directory"
     );
     assert_eq!(blob_dirs(&c), after_b);
-    eprintln!(
-        "default_mode_deletes_exactly_what_the_registry_deletes: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("default_mode_deletes_exactly_what_the_registry_deletes", t0);
 }
 
 #[test]
@@ -722,10 +728,7 @@ fn dry_run_predicts_the_real_run() {
             mismatches.join("\n  ")
         );
     }
-    eprintln!(
-        "dry_run_predicts_the_real_run: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("dry_run_predicts_the_real_run", t0);
 }
 
 #[test]
@@ -855,10 +858,7 @@ fn delete_untagged_keeps_tagged_images_whole() {
          (children of the multi-arch index, referrers); regfs kept them",
         peer_deleted.intersection(&needed).count()
     );
-    eprintln!(
-        "delete_untagged_keeps_tagged_images_whole: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("delete_untagged_keeps_tagged_images_whole", t0);
 }
 
 #[test]
