@@ -90,10 +90,9 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
 
 #[test]
 fn umount_from_outside_ends_the_daemon_cleanly() {
-    if !common::fuse_available() {
+    let Some((_dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (_dir, storage, mnt) = common::daemon::dirs();
+    };
     let mut d = start(&storage, &mnt);
     let st = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(st.success());
@@ -103,10 +102,9 @@ fn umount_from_outside_ends_the_daemon_cleanly() {
 
 #[test]
 fn a_stale_mount_left_by_a_killed_daemon_is_recovered() {
-    if !common::fuse_available() {
+    let Some((_dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (_dir, storage, mnt) = common::daemon::dirs();
+    };
     fs::write(storage.join("f"), b"x").unwrap();
     let mut first = start(&storage, &mnt);
     first.child.kill().unwrap();
@@ -135,10 +133,9 @@ fn run_err(args: &[&Path]) -> (i32, String) {
 
 #[test]
 fn bad_paths_are_refused_naming_the_path() {
-    if !common::fuse_available() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (dir, storage, mnt) = common::daemon::dirs();
+    };
     let missing = dir.path().join("missing");
     let file = dir.path().join("file");
     fs::write(&file, b"").unwrap();
@@ -197,10 +194,9 @@ fn a_non_root_user_is_told_to_run_as_root() {
 
 #[test]
 fn mounting_over_the_storage_directory_itself_serves_what_is_underneath() {
-    if !common::fuse_available() {
+    let Some((_dir, storage, _mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (_dir, storage, _mnt) = common::daemon::dirs();
+    };
     fs::write(storage.join("under"), b"beneath").unwrap();
     let d = start(&storage, &storage);
     assert_eq!(fs::read(storage.join("under")).unwrap(), b"beneath");

@@ -55,10 +55,9 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
-    if !common::fuse_available() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (dir, storage, mnt) = common::daemon::dirs();
+    };
     let file = dir.path().join("regfs.toml");
     let write = |duration: &str, untagged: bool| {
         fs::write(

@@ -291,6 +291,16 @@ fn clip(s: &str, max: usize) -> String {
     format!("{}... ({} bytes in all)", &s[..cut], s.len())
 }
 
+/// open(O_WRONLY|O_CREAT, 0666) without O_TRUNC: how the registry opens what it writes.
+fn open_no_trunc(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(path)
+}
+
 impl Op {
     fn name(&self) -> String {
         clip(&format!("{self:?}"), 200)
@@ -308,12 +318,7 @@ impl Op {
                 Ok(describe(&fs::metadata(p(d))?))
             }
             Op::RewriteInPlace(f, data) => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o666)
-                    .open(p(f))?;
+                let mut file = open_no_trunc(&p(f))?;
                 file.set_len(0)?;
                 file.write_all(data.as_bytes())?;
                 file.sync_all()?;
@@ -322,12 +327,7 @@ impl Op {
                 Ok(describe(&md))
             }
             Op::WriteNoTrunc(f, data) => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o666)
-                    .open(p(f))?;
+                let mut file = open_no_trunc(&p(f))?;
                 file.write_all(data.as_bytes())?;
                 drop(file);
                 Ok(summarize(&fs::read(p(f))?))
@@ -374,24 +374,14 @@ impl Op {
                 Ok(describe(&md))
             }
             Op::AppendBySeekEnd(f, data) => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o666)
-                    .open(p(f))?;
+                let mut file = open_no_trunc(&p(f))?;
                 let end = file.seek(SeekFrom::End(0))?;
                 file.write_all(data.as_bytes())?;
                 let pos = file.stream_position()?;
                 Ok(format!("end={end} pos={pos}"))
             }
             Op::Pwrite(f, off, data) => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o666)
-                    .open(p(f))?;
+                let file = open_no_trunc(&p(f))?;
                 let n = file.write_at(data.as_bytes(), *off)?;
                 Ok(format!("wrote={n} {}", describe(&file.metadata()?)))
             }

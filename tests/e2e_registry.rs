@@ -20,13 +20,14 @@
 //! Prerequisites: root, /dev/fuse, python3, docker-registry, skopeo. Under CI=true a
 //! missing one fails the test; elsewhere the test says why and returns.
 //! `REGFS_E2E_KEEP=1` keeps each test's directory (store, registry and daemon logs).
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -36,6 +37,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use common::describe_output;
+use common::prereq::Needs;
+use common::store::well_formed_link;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -68,47 +72,8 @@ const PREFIX: &str = "regfs-e2e-";
 // ---------------------------------------------------------------------------------------
 // Prerequisites
 
-fn on_path(exe: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            fs::metadata(dir.join(exe)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py")
-}
-
-/// Whether everything is here. Under CI=true a missing prerequisite is a failure.
-fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("not running as root".to_string());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse is missing".to_string());
-    }
-    for exe in ["python3", "docker-registry", "skopeo"] {
-        if !on_path(exe) {
-            missing.push(format!("{exe} is not on PATH (apt-get install -y {exe})"));
-        }
-    }
-    if !script().is_file() {
-        missing.push(format!("{} is missing", script().display()));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo: {}",
-        missing.join("; ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
-    false
 }
 
 /// Detaches mounts left by an earlier, killed run of this file: FUSE mounts under
@@ -209,15 +174,6 @@ fn run(mut cmd: Command, timeout: Duration) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -342,15 +298,6 @@ fn short(digest: &str) -> &str {
     &hex(digest)[..12]
 }
 
-/// `sha256:` and exactly 64 lowercase hex characters, nothing else.
-fn well_formed_link(content: &[u8]) -> bool {
-    content.len() == 71
-        && content.starts_with(b"sha256:")
-        && content[7..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-}
-
 /// Every regular file under `dir` (symbolic links are not followed).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -401,7 +348,11 @@ fn generate_images(oci: &Path) -> BTreeMap<String, Image> {
     let mut cmd = Command::new("python3");
     cmd.arg(script()).arg(oci).args(["--sample", "--json"]);
     let out = run(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "oci-images.py: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "oci-images.py: {}",
+        describe_output(&out)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("oci-images.py --json");
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -495,7 +446,7 @@ impl Ctx {
         assert!(
             out.status.success(),
             "push {image} to {dest}: {}",
-            describe(&out)
+            describe_output(&out)
         );
         let (repo, reference) = dest
             .split_once('@')
@@ -589,7 +540,7 @@ impl Ctx {
     fn status(&self) -> Result<Value, String> {
         let out = self.regfs(&["status", "--json"]);
         if !out.status.success() {
-            return Err(format!("regfs status: {}", describe(&out)));
+            return Err(format!("regfs status: {}", describe_output(&out)));
         }
         serde_json::from_slice(&out.stdout).map_err(|e| format!("regfs status --json: {e}"))
     }
@@ -602,9 +553,27 @@ impl Ctx {
             .flatten()
     }
 
+    /// Runs `f`, asserting that job `job` held the store read-only just before and just
+    /// after it (so that `what` certainly ran during the epoch).
+    fn while_read_only<T>(&self, job: u64, what: &str, f: impl FnOnce() -> T) -> T {
+        let before = self.read_only_job();
+        let r = f();
+        let after = self.read_only_job();
+        assert_eq!(
+            (before, after),
+            (Some(job), Some(job)),
+            "{what} happened while job {job} held the store read-only"
+        );
+        r
+    }
+
     fn jobs(&self) -> Vec<Value> {
         let out = self.regfs(&["jobs", "--json"]);
-        assert!(out.status.success(), "regfs jobs: {}", describe(&out));
+        assert!(
+            out.status.success(),
+            "regfs jobs: {}",
+            describe_output(&out)
+        );
         serde_json::from_slice::<Value>(&out.stdout)
             .expect("regfs jobs --json")
             .as_array()
@@ -844,7 +813,10 @@ fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (Regi
 }
 
 fn setup(mode: Mode) -> Option<World> {
-    if !prerequisites() {
+    let needs = Needs::registry_tests(&script()).dev_fuse();
+    if !needs.met(
+        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
+    ) {
         return None;
     }
     clean_stale_mounts();
@@ -1220,18 +1192,13 @@ fn scenario(mode: Mode) {
     let erofs_before = ctx.erofs_lines();
     let mut refused = Vec::new();
     for (image, dest) in [("late", "team/app/web:late"), ("base", "library/base:2")] {
-        let before = ctx.read_only_job();
-        let out = ctx.push(image, dest);
-        let after = ctx.read_only_job();
-        assert_eq!(
-            (before, after),
-            (Some(job_id), Some(job_id)),
-            "{tag} the push of {dest} happened while job {job_id} held the store read-only"
-        );
+        let out = ctx.while_read_only(job_id, &format!("{tag} the push of {dest}"), || {
+            ctx.push(image, dest)
+        });
         assert!(
             !out.status.success(),
             "{tag} push of {image} to {dest} during the epoch succeeded: {}",
-            describe(&out)
+            describe_output(&out)
         );
         let err = text(&out.stderr);
         assert!(
@@ -1249,14 +1216,9 @@ fn scenario(mode: Mode) {
 
     // Pulls while read-only.
     for (reference, image) in &loop_pulls {
-        let before = ctx.read_only_job();
-        let r = ctx.pull(reference, image);
-        let after = ctx.read_only_job();
-        assert_eq!(
-            (before, after),
-            (Some(job_id), Some(job_id)),
-            "{tag} the pull of {reference} happened during the epoch"
-        );
+        let r = ctx.while_read_only(job_id, &format!("{tag} the pull of {reference}"), || {
+            ctx.pull(reference, image)
+        });
         if let Err(e) = r {
             panic!("{tag} pull during the epoch failed: {e}");
         }

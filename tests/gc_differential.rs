@@ -12,6 +12,7 @@
 //!
 //! Prerequisites: python3, docker-registry, skopeo, root. Under CI=true a missing one fails
 //! the test; elsewhere the test says why and returns.
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -23,10 +24,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::describe_output;
+use common::prereq::Needs;
+use common::store::well_formed_link;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const PREFIX: &str = "regfs-test-";
 const V2: &str = "docker/registry/v2";
 
 // ---------------------------------------------------------------------------------------
@@ -34,43 +37,6 @@ const V2: &str = "docker/registry/v2";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry-fixture.py")
-}
-
-fn on_path(exe: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            fs::metadata(dir.join(exe)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
-/// Whether everything these tests need is here. Under CI=true a missing prerequisite is a
-/// failure; elsewhere the test prints why it skips.
-fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    for exe in ["python3", "docker-registry", "skopeo"] {
-        if !on_path(exe) {
-            missing.push(format!("{exe} is not on PATH"));
-        }
-    }
-    if !rustix::process::geteuid().is_root() {
-        missing.push("not running as root".to_string());
-    }
-    if !script().is_file() {
-        missing.push(format!("{} is missing", script().display()));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "the registry differential tests need python3, docker-registry, skopeo and root: {}",
-        missing.join("; ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
-    false
 }
 
 /// A store built by the real registry and skopeo, and what fixture.json says of it.
@@ -122,11 +88,13 @@ extern "C" fn remove_fixture() {
 /// Builds the fixture once per test binary (removed at exit). `None`: skip the test.
 fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
-    if !prerequisites() {
+    let needs = Needs::registry_tests(&script());
+    if !needs.met("the registry differential tests need python3, docker-registry, skopeo and root")
+    {
         return None;
     }
     let fx = FIXTURE.get_or_init(|| {
-        let dir = tempdir().keep();
+        let dir = common::tempdir().keep();
         FIXTURE_DIR.set(dir.clone()).expect("fixture built once");
         // SAFETY: registers a plain function that only removes the directory at exit.
         unsafe { libc::atexit(remove_fixture) };
@@ -159,17 +127,10 @@ fn fixture() -> Option<&'static Fixture> {
     }
 }
 
-fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix(PREFIX)
-        .tempdir()
-        .expect("temporary directory")
-}
-
 /// A private working directory for one test, with a copy of fixture.json (pull-all reads
 /// it from there and keeps its skopeo state there).
 fn workdir(fx: &Fixture) -> TempDir {
-    let dir = tempdir();
+    let dir = common::tempdir();
     fs::copy(fx.dir.join("fixture.json"), dir.path().join("fixture.json"))
         .expect("copy fixture.json");
     dir
@@ -185,19 +146,10 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `cp -a` the fixture's store to `dest` (which must not exist).
 fn copy_store(fx: &Fixture, dest: &Path) {
     let out = run(Command::new("cp").arg("-a").arg(fx.store()).arg(dest));
-    assert!(out.status.success(), "cp -a: {}", describe(&out));
+    assert!(out.status.success(), "cp -a: {}", describe_output(&out));
 }
 
 /// `regfs gc --offline STORE ARGS`: its output, and its JSON report when it printed one.
@@ -222,8 +174,12 @@ fn regfs_gc_ok(store: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let (out, report) = regfs_gc(store, &all);
-    assert!(out.status.success(), "regfs gc failed: {}", describe(&out));
-    let report = report.unwrap_or_else(|| panic!("no JSON report: {}", describe(&out)));
+    assert!(
+        out.status.success(),
+        "regfs gc failed: {}",
+        describe_output(&out)
+    );
+    let report = report.unwrap_or_else(|| panic!("no JSON report: {}", describe_output(&out)));
     assert_eq!(report["outcome"], "done", "report: {report:#}");
     assert_eq!(
         report["warnings"].as_array().map(Vec::len),
@@ -275,7 +231,7 @@ fn peer_gc(fx: &Fixture, store: &Path, work: &Path, args: &[&str]) {
     assert!(
         out.status.success(),
         "docker-registry garbage-collect failed: {}",
-        describe(&out)
+        describe_output(&out)
     );
 }
 
@@ -453,14 +409,6 @@ fn links(store: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn well_formed_link(content: &[u8]) -> bool {
-    content.len() == 71
-        && content.starts_with(b"sha256:")
-        && content[7..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-}
-
 /// Existing `_layers` links (store-relative) of these blobs, in any repository.
 fn layer_links_of(fx: &Fixture, store: &Path, digests: &BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -491,6 +439,15 @@ fn image_blobs(e: &Value) -> BTreeSet<String> {
 
 fn short(set: &BTreeSet<String>) -> Vec<&str> {
     set.iter().map(|d| &d[..19.min(d.len())]).collect()
+}
+
+/// How long a test took after the shared fixture was built (which the first test waits
+/// for), to see where the time goes.
+fn report_time(test: &str, t0: Instant) {
+    eprintln!(
+        "{test}: {:.2} s (after the fixture)",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -657,10 +614,7 @@ fn default_mode_deletes_exactly_what_the_registry_deletes() {
         "upload_bytes_freed vs the size of every file of the upload directory"
     );
     assert_eq!(blob_dirs(&c), after_b);
-    eprintln!(
-        "default_mode_deletes_exactly_what_the_registry_deletes: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("default_mode_deletes_exactly_what_the_registry_deletes", t0);
 }
 
 #[test]
@@ -774,10 +728,7 @@ fn dry_run_predicts_the_real_run() {
             mismatches.join("\n  ")
         );
     }
-    eprintln!(
-        "dry_run_predicts_the_real_run: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("dry_run_predicts_the_real_run", t0);
 }
 
 #[test]
@@ -862,7 +813,7 @@ fn delete_untagged_keeps_tagged_images_whole() {
         assert!(
             out.status.success(),
             "pull-all --expect delete-untagged after regfs gc --delete-untagged: {}",
-            describe(&out)
+            describe_output(&out)
         );
     }
 
@@ -907,10 +858,7 @@ fn delete_untagged_keeps_tagged_images_whole() {
          (children of the multi-arch index, referrers); regfs kept them",
         peer_deleted.intersection(&needed).count()
     );
-    eprintln!(
-        "delete_untagged_keeps_tagged_images_whole: {:.2} s (after the fixture)",
-        t0.elapsed().as_secs_f64()
-    );
+    report_time("delete_untagged_keeps_tagged_images_whole", t0);
 }
 
 #[test]
@@ -933,7 +881,7 @@ fn a_regfs_daemon_or_another_collector_holding_the_store_is_refused() {
             out.status.code(),
             Some(1),
             "regfs gc {args:?} on a locked store: {}",
-            describe(&out)
+            describe_output(&out)
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

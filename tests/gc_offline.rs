@@ -1,11 +1,22 @@
 //! `regfs gc --offline` as an operator runs it.
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use common::store::StoreBuilder;
 
 const BIN: &str = env!("CARGO_BIN_EXE_regfs");
+
+/// `regfs gc --offline FLAGS STORE`.
+fn gc_offline(flags: &[&str], store: &Path) -> Output {
+    Command::new(BIN)
+        .args(["gc", "--offline"])
+        .args(flags)
+        .arg(store)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn offline_collection_is_refused_while_a_daemon_serves_the_store() {
@@ -16,11 +27,7 @@ fn offline_collection_is_refused_while_a_daemon_serves_the_store() {
     }) else {
         return;
     };
-    let out = Command::new(BIN)
-        .args(["gc", "--offline"])
-        .arg(&m.storage)
-        .output()
-        .unwrap();
+    let out = gc_offline(&[], &m.storage);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -29,11 +36,7 @@ fn offline_collection_is_refused_while_a_daemon_serves_the_store() {
         "{err}"
     );
     // Pointing it at the mount point instead is refused too.
-    let out = Command::new(BIN)
-        .args(["gc", "--offline"])
-        .arg(&m.mnt)
-        .output()
-        .unwrap();
+    let out = gc_offline(&[], &m.mnt);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a FUSE mount"));
     assert_eq!(
@@ -50,11 +53,7 @@ fn offline_collection_prints_a_summary_and_json() {
     let s = StoreBuilder::new(dir.path());
     let b = s.blob(b"garbage");
     s.layer_link("r", &b);
-    let out = Command::new(BIN)
-        .args(["gc", "--offline", "--dry-run"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = gc_offline(&["--dry-run"], dir.path());
     assert!(
         out.status.success(),
         "{}",
@@ -63,11 +62,7 @@ fn offline_collection_prints_a_summary_and_json() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("would delete 1 blobs"), "{text}");
     assert!(s.has_blob(&b));
-    let out = Command::new(BIN)
-        .args(["gc", "--offline", "--json", "--list"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = gc_offline(&["--json", "--list"], dir.path());
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["blobs_deleted"], 1);
@@ -80,10 +75,7 @@ fn offline_collection_prints_a_summary_and_json() {
 
 #[test]
 fn a_missing_store_is_named_in_the_error() {
-    let out = Command::new(BIN)
-        .args(["gc", "--offline", "/nonexistent/store"])
-        .output()
-        .unwrap();
+    let out = gc_offline(&[], Path::new("/nonexistent/store"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/store"));
 }

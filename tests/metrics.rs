@@ -52,10 +52,9 @@ fn scrape(port: u16) -> HashMap<String, f64> {
 
 #[test]
 fn metrics_report_fuse_operations_and_gc_runs() {
-    if !common::fuse_available() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
-    }
-    let (dir, storage, mnt) = common::daemon::dirs();
+    };
     let s = StoreBuilder::new(&storage);
     let garbage: Vec<_> = (0..3)
         .map(|i| s.blob(format!("garbage {i}").as_bytes()))

@@ -23,6 +23,16 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Guards a `regfs mount` child started some other way (with other pipes or
+    /// environment), mounting at `mnt`.
+    pub fn adopt(child: Child, mnt: &Path, state: &Path) -> Daemon {
+        Daemon {
+            child,
+            mnt: mnt.to_path_buf(),
+            state: state.to_path_buf(),
+        }
+    }
+
     /// Starts `regfs mount ARGS... --state-dir STATE` and waits until MNT answers.
     pub fn start(mnt: &Path, state: &Path, args: &[&str]) -> Daemon {
         let child = Command::new(BIN)
@@ -33,13 +43,9 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut d = Daemon {
-            child,
-            mnt: mnt.to_path_buf(),
-            state: state.to_path_buf(),
-        };
+        let mut d = Daemon::adopt(child, mnt, state);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::common::mount_at_fuse(mnt).is_none() || rustix::fs::statfs(mnt).is_err() {
+        while !serving(mnt) {
             if let Some(status) = d.child.try_wait().unwrap() {
                 let mut err = String::new();
                 std::io::Read::read_to_string(&mut d.child.stderr.take().unwrap(), &mut err)
@@ -57,9 +63,10 @@ impl Daemon {
         d
     }
 
-    pub fn signal(&self, sig: i32) {
+    /// Sends `sig` to the daemon; whether kill(2) succeeded.
+    pub fn signal(&self, sig: i32) -> bool {
         // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        unsafe { libc::kill(self.child.id() as i32, sig) == 0 }
     }
 
     /// Runs `regfs ARGS... --state-dir STATE`: (exit code, stdout, stderr).
@@ -100,6 +107,16 @@ impl Daemon {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether a FUSE mount is at `mnt` and answers.
+pub fn serving(mnt: &Path) -> bool {
+    crate::common::mount_at_fuse(mnt).is_some() && rustix::fs::statfs(mnt).is_ok()
+}
+
+/// [`dirs`] for a test that mounts; `None` when FUSE is unavailable outside CI.
+pub fn fuse_dirs() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    crate::common::fuse_available().then(dirs)
 }
 
 /// A fresh temporary directory with empty `storage` and `mnt` directories, after

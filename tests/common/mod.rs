@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod prereq;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -23,17 +24,10 @@ pub const PREFIX: &str = "regfs-test-";
 /// Whether this machine can run FUSE tests. Under CI=true a missing prerequisite is a
 /// failure, never a skip; elsewhere the test says why it skipped.
 pub fn fuse_available() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let dev = Path::new("/dev/fuse").exists();
-    if root && dev {
-        return true;
-    }
-    let why = format!("FUSE tests need root and /dev/fuse (root: {root}, /dev/fuse: {dev})");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
-    false
+    prereq::Needs::new()
+        .root()
+        .dev_fuse()
+        .met("FUSE tests need root and /dev/fuse")
 }
 
 /// Lazily unmounts every dead FUSE mount left by an earlier, killed test run.
@@ -143,6 +137,17 @@ pub fn errno(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> i32 {
             .raw_os_error()
             .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
     }
+}
+
+/// A finished process, for failure messages: its status, stdout and stderr.
+pub fn describe_output(out: &std::process::Output) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    format!(
+        "{}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
 }
 
 /// The FUSE mount at `path`, if one is there.

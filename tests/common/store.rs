@@ -209,3 +209,13 @@ pub fn plan(root: &Path, opts: &regfs::gc::Options) -> regfs::gc::Plan {
         Err(_) => panic!("mark interrupted"),
     }
 }
+
+/// A link file as the registry writes it: `sha256:` and exactly 64 lowercase hex
+/// characters, nothing else (no newline).
+pub fn well_formed_link(content: &[u8]) -> bool {
+    content.len() == 71
+        && content.starts_with(b"sha256:")
+        && content[7..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
