@@ -15,7 +15,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 
 use super::attr::{check_name, file_attr};
 use super::handles::HandleTable;
-use super::inode::{Inode, InodeKey, InodeTable, Kind};
+use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::io::OpenFile;
 use super::readdir::OpenDir;
 use crate::epoch::{ChangeGuard, WriteGate};
@@ -85,6 +85,13 @@ fn default_fd_budget() -> usize {
     (limit.min(1 << 22) / 2) as usize
 }
 
+fn key_of(st: &Stat) -> InodeKey {
+    InodeKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    }
+}
+
 fn is_setgid_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_ISGID != 0
 }
@@ -118,12 +125,8 @@ impl StorageFs {
             Mode::empty(),
         )
         .map_err(|e| FsError::backing("open", "/proc/self/fd", e))?;
-        let key = InodeKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        };
         Ok(StorageFs {
-            inodes: InodeTable::new(fd, mount_fd, key, fd_budget)
+            inodes: InodeTable::new(fd, mount_fd, Found::new(&st, Kind::Directory), fd_budget)
                 .map_err(|e| FsError::backing("open store", &shown, e))?,
             files: HandleTable::new(),
             dirs: HandleTable::new(),
@@ -253,15 +256,27 @@ impl StorageFs {
         )
         .map_err(|e| FsError::backing("lookup", path(), e))?;
         let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", path(), e))?;
-        let kind = self.admit_found(&st, path)?;
-        let key = InodeKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        };
-        let inode = self.inodes.remember(parent, name, key, kind, fd, keep_fd);
+        let found = Found::new(&st, self.admit_found(&st, path)?);
+        let inode = self.inodes.remember(parent, name, found, fd, keep_fd);
         Ok(Entry {
             attr: file_attr(inode.id, &st),
         })
+    }
+
+    /// As [`lookup_in`](Self::lookup_in) for an entry of a directory listing: one
+    /// fstatat, nothing opened (the inode is opened by name on first use, if ever).
+    pub(super) fn lookup_listed(&self, parent: &Arc<Inode>, name: &OsStr) -> FsResult<Entry> {
+        check_name(name)?;
+        let path = || parent.child_path(name);
+        let st = rfs::statat(&*self.fd_of(parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| FsError::backing("lookup", path(), e))?;
+        let found = Found::new(&st, self.admit_found(&st, path)?);
+        match self.inodes.remember_listed(parent, name, found) {
+            Some(inode) => Ok(Entry {
+                attr: file_attr(inode.id, &st),
+            }),
+            None => self.lookup_in(parent, name, false),
+        }
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
@@ -382,6 +397,26 @@ impl StorageFs {
         let _change = self.admit_change(&path)?;
         let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;
+        let moved = key_of(&moved);
+        // With EXCHANGE the target moves the other way.
+        let swapped = if flags.contains(rfs::RenameFlags::EXCHANGE) {
+            rfs::statat(
+                &*self.fd_of(&new_parent)?,
+                new_name,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map(|st| key_of(&st))
+            .ok()
+        } else {
+            None
+        };
+        // A rename changes the file's ctime: a listed inode not opened yet would then be
+        // refused at first use, so open it now, while its name still finds it.
+        for key in std::iter::once(moved).chain(swapped) {
+            if let Some(inode) = self.inodes.id_of(key).and_then(|id| self.inodes.get(id)) {
+                let _ = inode.fd();
+            }
+        }
         rfs::renameat_with(
             &*self.fd_of(&parent)?,
             name,
@@ -390,11 +425,10 @@ impl StorageFs {
             flags,
         )
         .map_err(|e| FsError::backing("rename", &path, e))?;
-        let key = InodeKey {
-            dev: moved.st_dev,
-            ino: moved.st_ino,
-        };
-        self.inodes.moved(key, &new_parent, new_name);
+        self.inodes.moved(moved, &new_parent, new_name);
+        if let Some(key) = swapped {
+            self.inodes.moved(key, &parent, name);
+        }
         Ok(())
     }
 

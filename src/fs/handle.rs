@@ -4,11 +4,13 @@
 //! descriptors are closed when there are more than the budget. So a registry walking
 //! millions of files never runs the daemon out of descriptors. On a filesystem without
 //! file handles every inode keeps its descriptor (bounded only by the kernel forgetting).
+//! An inode met in a directory listing has neither until first use ("unresolved"): the
+//! inode table reopens it by name then (see `inode.rs`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A kernel file handle: identifies one file (inode and generation) on its filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -80,9 +82,10 @@ impl FileHandle {
 }
 
 /// An inode's way back to its file: a descriptor (cached or pinned) and maybe a handle.
+/// Neither, for an inode not resolved yet; once resolved, it never goes back.
 #[derive(Debug)]
 pub struct InodeFd {
-    handle: Option<FileHandle>,
+    handle: OnceLock<FileHandle>,
     cached: Mutex<Option<Arc<OwnedFd>>>,
     last_used: AtomicU64,
     cache: Arc<FdCache>,
@@ -97,44 +100,102 @@ impl InodeFd {
         cache: &Arc<FdCache>,
         keep: bool,
     ) -> Arc<InodeFd> {
-        let cached = (keep || handle.is_none()).then(|| Arc::new(fd));
-        let tracked = handle.is_some() && cached.is_some();
-        let this = Arc::new(InodeFd {
-            handle,
-            cached: Mutex::new(cached),
-            last_used: AtomicU64::new(cache.tick()),
-            cache: cache.clone(),
-        });
-        if tracked {
-            cache.track(&this);
-        }
+        let this = InodeFd::unresolved(cache);
+        this.install(fd, handle, keep);
         this
     }
 
-    pub fn handle(&self) -> Option<&FileHandle> {
-        self.handle.as_ref()
+    /// No descriptor and no handle yet: the inode is reopened by name on first use.
+    pub fn unresolved(cache: &Arc<FdCache>) -> Arc<InodeFd> {
+        Arc::new(InodeFd {
+            handle: OnceLock::new(),
+            cached: Mutex::new(None),
+            last_used: AtomicU64::new(cache.tick()),
+            cache: cache.clone(),
+        })
     }
 
-    /// An O_PATH descriptor of the file, reopened from the handle if it was closed.
-    pub fn get(self: &Arc<Self>) -> io::Result<Arc<OwnedFd>> {
+    pub fn handle(&self) -> Option<&FileHandle> {
+        self.handle.get()
+    }
+
+    /// The handle of `fd` when the filesystem gives them (else the fd gets pinned).
+    pub fn handle_of(&self, fd: &OwnedFd) -> Option<FileHandle> {
+        use std::os::fd::AsFd;
+        if self.cache.use_handles {
+            FileHandle::of(fd.as_fd()).ok()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the file was ever opened (it has a handle or a pinned descriptor).
+    pub fn is_resolved(&self) -> bool {
+        self.handle.get().is_some()
+            || self
+                .cached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// Resolves an unresolved inode with `fd` (already checked to be its file), or
+    /// just returns the descriptor when another thread resolved it first. `handle`:
+    /// the file's handle, when the filesystem gives them.
+    pub fn install(
+        self: &Arc<Self>,
+        fd: OwnedFd,
+        handle: Option<FileHandle>,
+        keep: bool,
+    ) -> Arc<OwnedFd> {
+        let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = slot.as_ref() {
+            return fd.clone();
+        }
+        let fd = Arc::new(fd);
+        if self.handle.get().is_some() {
+            // Resolved before, its descriptor since closed: cache this one if wanted.
+            if keep {
+                *slot = Some(fd.clone());
+            }
+        } else if let Some(h) = handle {
+            let _ = self.handle.set(h);
+            if keep {
+                *slot = Some(fd.clone());
+            }
+        } else {
+            // No handle: the descriptor is the only way back, so it is pinned.
+            *slot = Some(fd.clone());
+            return fd;
+        }
+        let tracked = slot.is_some();
+        drop(slot);
+        if tracked {
+            self.cache.track(self);
+        }
+        fd
+    }
+
+    /// An O_PATH descriptor of the file, reopened from the handle if it was closed;
+    /// `None` while the inode is unresolved.
+    pub fn get(self: &Arc<Self>) -> io::Result<Option<Arc<OwnedFd>>> {
         self.last_used.store(self.cache.tick(), Ordering::Relaxed);
         let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = slot.as_ref() {
-            return Ok(fd.clone());
+            return Ok(Some(fd.clone()));
         }
-        let handle = self
-            .handle
-            .as_ref()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let Some(handle) = self.handle.get() else {
+            return Ok(None);
+        };
         let fd = Arc::new(handle.open(self.cache.mount_fd(), libc::O_PATH)?);
         *slot = Some(fd.clone());
         drop(slot);
         self.cache.track(self);
-        Ok(fd)
+        Ok(Some(fd))
     }
 
     fn evict(&self) -> bool {
-        if self.handle.is_none() {
+        if self.handle.get().is_none() {
             return false;
         }
         self.cached
@@ -147,7 +208,9 @@ impl InodeFd {
 
 impl Drop for InodeFd {
     fn drop(&mut self) {
-        if self.handle.is_some() && self.cached.get_mut().map(|s| s.is_some()).unwrap_or(false) {
+        if self.handle.get().is_some()
+            && self.cached.get_mut().map(|s| s.is_some()).unwrap_or(false)
+        {
             self.cache.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -157,6 +220,8 @@ impl Drop for InodeFd {
 #[derive(Debug)]
 pub struct FdCache {
     mount_fd: OwnedFd,
+    /// The filesystem gives file handles (checked once, on the store's root).
+    use_handles: bool,
     budget: usize,
     open: AtomicUsize,
     clock: AtomicU64,
@@ -165,9 +230,10 @@ pub struct FdCache {
 
 impl FdCache {
     /// `mount_fd`: any descriptor on the store's filesystem (the root's).
-    pub fn new(mount_fd: OwnedFd, budget: usize) -> Arc<FdCache> {
+    pub fn new(mount_fd: OwnedFd, use_handles: bool, budget: usize) -> Arc<FdCache> {
         Arc::new(FdCache {
             mount_fd,
+            use_handles,
             budget: budget.max(64),
             open: AtomicUsize::new(0),
             clock: AtomicU64::new(0),

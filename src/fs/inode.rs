@@ -2,6 +2,11 @@
 //! with the kernel's lookup count. Node ids are handed out from a counter and never
 //! reused, so a recycled backing inode number can never alias a node the kernel still
 //! holds (our O_PATH handle pins the backing inode anyway).
+//!
+//! An inode answered in a directory listing (readdirplus) is kept by name only: parent,
+//! name and what one fstatat saw. It is opened on first use, and only if the file under
+//! that name is still the one listed (see [`Inode::fd`]). A walk that only stats the
+//! listed files never pays for opening them.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -11,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use fuser::BackingId;
+use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
 use super::handle::{FdCache, FileHandle, InodeFd};
 
@@ -28,6 +34,34 @@ pub enum Kind {
     Directory,
 }
 
+/// What identifies a file found in the store, from one stat. The change time tells a
+/// listed file from a newer one that reuses its inode number (unlink, then create):
+/// that can only happen with a change of ctime, which also changes on any write or
+/// rename, so a by-name inode whose file changed is refused rather than guessed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub key: InodeKey,
+    pub kind: Kind,
+    ctime: (i64, u64),
+}
+
+impl Found {
+    pub fn new(st: &Stat, kind: Kind) -> Found {
+        Found {
+            key: InodeKey {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            },
+            kind,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+fn stale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESTALE)
+}
+
 /// Where an inode was last seen: its parent and its name there. Used to name paths in
 /// logs and to classify writers; the handle, not the path, is what operations use.
 #[derive(Debug)]
@@ -41,6 +75,8 @@ pub struct Inode {
     pub id: u64,
     pub key: InodeKey,
     pub kind: Kind,
+    /// As first found: what an unresolved inode must still be when it is opened.
+    found: Found,
     fd: Arc<InodeFd>,
     place: Mutex<Place>,
     /// Kernel passthrough: one backing id per inode, shared by its read-only opens and
@@ -49,9 +85,40 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// An O_PATH descriptor of this inode (reopened from its file handle if needed).
+    /// An O_PATH descriptor of this inode (reopened from its file handle if needed, or
+    /// by name if it was never opened).
     pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
-        self.fd.get()
+        match self.fd.get()? {
+            Some(fd) => Ok(fd),
+            None => self.resolve(),
+        }
+    }
+
+    /// Opens an inode known by name only: one component from its parent, never
+    /// following a link, and only if the file found is the one listed (device, inode
+    /// number, type, ctime). Otherwise ESTALE: the file under this node is gone, and the
+    /// kernel answers ESTALE on open or stat by looking the name up again.
+    fn resolve(&self) -> io::Result<Arc<OwnedFd>> {
+        let (parent, name) = self.parent_and_name();
+        let parent = parent.ok_or_else(stale)?;
+        let dir = parent.fd()?;
+        let fd = match rfs::openat(
+            &*dir,
+            &name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Err(stale()),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rfs::fstat(&fd)?;
+        if kind_of(&st).map(|k| Found::new(&st, k)) != Some(self.found) {
+            tracing::debug!(path = %self.path(), "listed file changed before first use");
+            return Err(stale());
+        }
+        let handle = self.fd.handle_of(&fd);
+        Ok(self.fd.install(fd, handle, true))
     }
 
     /// Path relative to the store root, `/`-separated, for logs and classification.
@@ -101,6 +168,37 @@ impl Inode {
     }
 }
 
+fn kind_of(st: &Stat) -> Option<Kind> {
+    match rfs::FileType::from_raw_mode(st.st_mode) {
+        rfs::FileType::RegularFile => Some(Kind::File),
+        rfs::FileType::Directory => Some(Kind::Directory),
+        _ => None,
+    }
+}
+
+/// Whether a known inode is the file just found under its key.
+enum Same {
+    Yes,
+    No,
+    /// Only a comparison of file handles can tell.
+    NeedsHandle,
+}
+
+fn same_file(inode: &Inode, found: &Found) -> Same {
+    if inode.id == ROOT_ID {
+        return Same::Yes;
+    }
+    if inode.fd.handle().is_some() {
+        return Same::NeedsHandle;
+    }
+    // A pinned descriptor keeps its inode number from being reused.
+    if inode.fd.is_resolved() || inode.found == *found {
+        Same::Yes
+    } else {
+        Same::No
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     inode: Arc<Inode>,
@@ -130,15 +228,16 @@ impl InodeTable {
     pub fn new(
         root_fd: OwnedFd,
         mount_fd: OwnedFd,
-        root_key: InodeKey,
+        root: Found,
         fd_budget: usize,
     ) -> io::Result<Self> {
         let use_handles = FileHandle::of(root_fd.as_fd()).is_ok();
-        let fds = FdCache::new(mount_fd, fd_budget);
+        let fds = FdCache::new(mount_fd, use_handles, fd_budget);
         let root = Arc::new(Inode {
             id: ROOT_ID,
-            key: root_key,
+            key: root.key,
             kind: Kind::Directory,
+            found: root,
             // The root is pinned: it is the parent of everything.
             fd: InodeFd::new(root_fd, None, &fds, true),
             place: Mutex::new(Place {
@@ -151,7 +250,7 @@ impl InodeTable {
             next_id: ROOT_ID + 1,
             ..Tables::default()
         };
-        tables.by_key.insert(root_key, ROOT_ID);
+        tables.by_key.insert(root.key, ROOT_ID);
         // The root is never forgotten: its count starts at one and stays above zero.
         tables.by_id.insert(
             ROOT_ID,
@@ -191,15 +290,14 @@ impl InodeTable {
         t.by_key.get(&key).copied()
     }
 
-    /// Records one kernel lookup of `key` found as `name` in `parent`. Takes ownership of
-    /// `fd`; it is dropped when the inode was already known, or when `keep_fd` is false
-    /// and the inode can be reopened from its file handle.
+    /// Records one kernel lookup of the file `found` as `name` in `parent`, opened as
+    /// `fd`. Takes ownership of `fd`; it is dropped when the inode was already open, or
+    /// when `keep_fd` is false and the inode can be reopened from its file handle.
     pub fn remember(
         &self,
         parent: &Arc<Inode>,
         name: &OsStr,
-        key: InodeKey,
-        kind: Kind,
+        found: Found,
         fd: OwnedFd,
         keep_fd: bool,
     ) -> Arc<Inode> {
@@ -209,36 +307,85 @@ impl InodeTable {
             None
         };
         let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&id) = t.by_key.get(&key) {
+        if let Some(&id) = t.by_key.get(&found.key) {
             let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
             // The same inode number with another handle is a new file that reuses the
             // number of one deleted while the kernel still holds it: a new node.
-            let same =
-                handle.is_none() || entry.inode.fd.handle() == handle.as_ref() || id == ROOT_ID;
+            let same = match same_file(&entry.inode, &found) {
+                Same::Yes => true,
+                Same::No => false,
+                Same::NeedsHandle => handle.is_none() || entry.inode.fd.handle() == handle.as_ref(),
+            };
             if same {
                 entry.nlookup += 1;
                 let inode = entry.inode.clone();
                 drop(t);
                 if inode.id != ROOT_ID {
                     inode.set_place(parent.clone(), name);
+                    // A listed inode opened by this lookup: resolved now (no-op if it was).
+                    inode.fd.install(fd, handle, keep_fd);
                 }
                 return inode;
             }
         }
+        let fd = InodeFd::new(fd, handle, &self.fds, keep_fd);
+        Self::insert(&mut t, parent, name, found, fd)
+    }
+
+    /// Records one kernel lookup of the file `found` as `name` in `parent`, from a
+    /// directory listing: nothing is opened (the inode is resolved on first use).
+    /// `None` when the key belongs to an inode kept by file handle: only a lookup that
+    /// opens the file can tell whether it is the same one.
+    pub fn remember_listed(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        found: Found,
+    ) -> Option<Arc<Inode>> {
+        let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = t.by_key.get(&found.key) {
+            let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
+            match same_file(&entry.inode, &found) {
+                Same::NeedsHandle => return None,
+                Same::No => {}
+                Same::Yes => {
+                    entry.nlookup += 1;
+                    let inode = entry.inode.clone();
+                    drop(t);
+                    if inode.id != ROOT_ID {
+                        inode.set_place(parent.clone(), name);
+                    }
+                    return Some(inode);
+                }
+            }
+        }
+        let fd = InodeFd::unresolved(&self.fds);
+        Some(Self::insert(&mut t, parent, name, found, fd))
+    }
+
+    /// A new node for `found`, with one kernel reference.
+    fn insert(
+        t: &mut Tables,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        found: Found,
+        fd: Arc<InodeFd>,
+    ) -> Arc<Inode> {
         let id = t.next_id;
         t.next_id += 1;
         let inode = Arc::new(Inode {
             id,
-            key,
-            kind,
-            fd: InodeFd::new(fd, handle, &self.fds, keep_fd),
+            key: found.key,
+            kind: found.kind,
+            found,
+            fd,
             place: Mutex::new(Place {
                 parent: Some(parent.clone()),
                 name: name.to_owned(),
             }),
             backing: Mutex::new(Weak::new()),
         });
-        t.by_key.insert(key, id);
+        t.by_key.insert(found.key, id);
         t.by_id.insert(
             id,
             Entry {

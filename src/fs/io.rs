@@ -14,7 +14,7 @@ use rustix::io::Errno;
 
 use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
-use super::inode::{Inode, InodeKey, Kind};
+use super::inode::{Found, Inode, Kind};
 use crate::epoch::{WriterClass, WriterToken};
 use crate::error::{FsError, FsResult};
 
@@ -201,13 +201,8 @@ impl StorageFs {
         let opath = self
             .reopen(fd.as_fd(), OFlags::PATH)
             .map_err(|e| FsError::backing("open", &path, e))?;
-        let key = InodeKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        };
-        let inode = self
-            .inodes
-            .remember(&parent, name, key, Kind::File, opath, true);
+        let found = Found::new(&st, Kind::File);
+        let inode = self.inodes.remember(&parent, name, found, opath, true);
         let writer = wants_write(flags)
             .then(|| change.register_writer(WriterClass::of_path(&path), path.clone()));
         drop(change);

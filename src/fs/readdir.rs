@@ -152,7 +152,7 @@ impl StorageFs {
             let dots = name == "." || name == "..";
             let mut looked_up = None;
             let (ino, kind, attr) = if plus && !dots {
-                match self.lookup_in(&dir.inode, name, false) {
+                match self.lookup_listed(&dir.inode, name) {
                     Ok(entry) => {
                         looked_up = Some(entry.attr.ino.0);
                         (entry.attr.ino.0, entry.attr.kind, Some(entry.attr))
