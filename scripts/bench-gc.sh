@@ -65,12 +65,10 @@ REGISTRY_BIN=${REGISTRY_BIN:-docker-registry}
 MODES=(default delete-untagged)
 declare -A TARGET=([default]=10 [delete-untagged]=20)
 
-die() {
-    echo "bench-gc: error: $*" >&2
-    exit 1
-}
-log() { echo "== $*" >&2; }
-note() { echo "   $*" >&2; }
+BENCH_NAME=bench-gc
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
 for v in BLOBS RUNS SEED; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
@@ -87,18 +85,9 @@ command -v python3 >/dev/null || die "python3 is needed (scripts/gen-store.py)"
 REGISTRY=$(command -v "$REGISTRY_BIN") ||
     die "$REGISTRY_BIN not found; install it with 'apt-get install -y docker-registry' or set REGISTRY_BIN"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GEN=$ROOT/scripts/gen-store.py
 [[ -f $GEN ]] || die "$GEN is missing"
-if [[ -n ${REGFS_BIN:-} ]]; then
-    REGFS=$REGFS_BIN
-    [[ -x $REGFS ]] || die "REGFS_BIN=$REGFS is not executable"
-else
-    log "building regfs (cargo build --release)"
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-    REGFS=${CARGO_TARGET_DIR:-$ROOT/target}/release/regfs
-    [[ -x $REGFS ]] || die "build finished but $REGFS is missing"
-fi
+find_regfs
 # Fail before generating anything if this regfs has no offline collector.
 "$REGFS" gc --help >/dev/null 2>&1 || die "'$REGFS gc --help' fails: this regfs has no gc command"
 
@@ -106,7 +95,7 @@ fi
 # Scratch directory and cleanup.
 
 SCRATCH=
-IMAGE= IMAGE_MNT=
+IMAGE="" IMAGE_MNT=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -153,10 +142,8 @@ read -r fs_dev fs_type < <(df -PT "$SCRATCH" | awk 'NR == 2 { print $1, $2 }')
 fs_opts=$(findmnt -n -o OPTIONS --target "$SCRATCH" || echo unknown)
 log "scratch dir $SCRATCH ($fs_type on $fs_dev, mounted $fs_opts)"
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+# A median printed to three decimals (report fields come with many more).
+median3() { printf '%.3f\n' "$(median "$@")"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 
 # Sorted names of the blob directories (64-hex digests) left in store DIR.
@@ -361,12 +348,12 @@ for mode in "${MODES[@]}"; do
         ROW_FLOOR[$mode]=$(printf '%s\n' "$f1" "$f16" | sort -g | head -n 1)
         rm -rf --one-file-system "$C3"
     fi
-    ROW_REG_DRY[$mode]=$(median "${reg_dry_times[@]}")
-    ROW_REGFS_DRY[$mode]=$(median "${regfs_dry_times[@]}")
-    ROW_MARK[$mode]=$(median "${mark_times[@]}")
-    ROW_SWEEP[$mode]=$(median "${sweep_times[@]}")
-    ROW_REG[$mode]=$(median "${reg_times[@]}")
-    ROW_REGFS[$mode]=$(median "${regfs_times[@]}")
+    ROW_REG_DRY[$mode]=$(median3 "${reg_dry_times[@]}")
+    ROW_REGFS_DRY[$mode]=$(median3 "${regfs_dry_times[@]}")
+    ROW_MARK[$mode]=$(median3 "${mark_times[@]}")
+    ROW_SWEEP[$mode]=$(median3 "${sweep_times[@]}")
+    ROW_REG[$mode]=$(median3 "${reg_times[@]}")
+    ROW_REGFS[$mode]=$(median3 "${regfs_times[@]}")
     if [[ $(printf '%s\n' "${outcomes[@]}" | sort -u | wc -l) == 1 ]]; then
         ROW_SAME[$mode]=${outcomes[0]}
     else

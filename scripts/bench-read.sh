@@ -39,12 +39,10 @@ BLOB_TARGET=0.95
 WARM_PASSES=${WARM_PASSES:-3}
 META_TARGET=0.5
 
-die() {
-    echo "bench-read: error: $*" >&2
-    exit 1
-}
-log() { echo "== $*" >&2; }
-note() { echo "   $*" >&2; }
+BENCH_NAME=bench-read
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
 for v in ROUNDS SIZE_MB FILES WARM_PASSES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -59,16 +57,7 @@ if [[ -n ${REGFS_ARGS:-} ]]; then
     read -r -a extra_args <<<"$REGFS_ARGS"
 fi
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [[ -n ${REGFS_BIN:-} ]]; then
-    REGFS=$REGFS_BIN
-    [[ -x $REGFS ]] || die "REGFS_BIN=$REGFS is not executable"
-else
-    log "building regfs (cargo build --release)"
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-    REGFS=${CARGO_TARGET_DIR:-$ROOT/target}/release/regfs
-    [[ -x $REGFS ]] || die "build finished but $REGFS is missing"
-fi
+find_regfs
 
 # ---------------------------------------------------------------------------------
 # Scratch directory, mounts and cleanup.
@@ -76,13 +65,7 @@ fi
 SCRATCH=
 declare -A DAEMON_PID=() # mount name -> daemon pid
 
-alive() { # pid: running and not a zombie
-    local st
-    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $st && ${st%% *} != Z ]]
-}
 
-is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/mounts; }
 
 # Stops the daemon of mount NAME by its pid (SIGTERM makes it unmount), then makes
 # sure nothing is left mounted there.
@@ -161,10 +144,6 @@ start_mount() {
     die "regfs ($name) did not mount $mnt within 10 s"
 }
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 # ---------------------------------------------------------------------------------
 # Measurements.
@@ -195,10 +174,6 @@ walk() {
     awk -v a="$t0" -v b="$t1" -v e="$nerr" 'BEGIN { printf "%.3f %d\n", b - a, e }'
 }
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 ROWS=()  # "label|unit|native|regfs|ratio|target|errors"
 FAILED=0 # walks that met errors

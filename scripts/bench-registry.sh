@@ -68,12 +68,10 @@ REG_USER=docker-registry
 SK_USER=nobody
 SK_TIMEOUT=900s # skopeo --command-timeout: generous, the machine may be busy
 
-die() {
-    echo "bench-registry: error: $*" >&2
-    exit 1
-}
-log() { echo "== $*" >&2; }
-note() { echo "   $*" >&2; }
+BENCH_NAME=bench-registry
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
 for v in ROUNDS BIG_MIB LAYERS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -92,7 +90,6 @@ if [[ -n ${REGFS_ARGS:-} ]]; then
     read -r -a extra_args <<<"$REGFS_ARGS"
 fi
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
     bash "$ROOT/scripts/install-deps.sh" >&2
 fi
@@ -102,15 +99,7 @@ done
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
 
-if [[ -n ${REGFS_BIN:-} ]]; then
-    REGFS=$REGFS_BIN
-    [[ -x $REGFS ]] || die "REGFS_BIN=$REGFS is not executable"
-else
-    log "building regfs (cargo build --release)"
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-    REGFS=${CARGO_TARGET_DIR:-$ROOT/target}/release/regfs
-    [[ -x $REGFS ]] || die "build finished but $REGFS is missing"
-fi
+find_regfs
 
 # ---------------------------------------------------------------------------------
 # Scratch directory, processes and cleanup.
@@ -121,13 +110,7 @@ CHILD=    # the skopeo (or other) child being waited for
 TOOK=     # seconds of the last push or pull
 declare -A REG_PID=() PORT=() STORE=()
 
-alive() { # pid: running and not a zombie
-    local st
-    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $st && ${st%% *} != Z ]]
-}
 
-is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/mounts; }
 
 # stop_pid PID SECONDS: SIGTERM, then SIGKILL after SECONDS; reaps it.
 stop_pid() {
@@ -342,10 +325,6 @@ sk() {
         skopeo --insecure-policy --command-timeout "$SK_TIMEOUT" --tmpdir "$SK/tmp" "$@"
 }
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 # secs T0 T1
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
@@ -434,10 +413,6 @@ done
 # ---------------------------------------------------------------------------------
 # Report.
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 # What the registries logged at level error. "blob unknown" answers to skopeo's HEAD
 # requests before each upload are expected (they show the blobs were new); others are not.
 reg_unknown() { grep 'level=error' "$SCRATCH/registry-$1.log" | grep -c 'err.code="blob unknown"' || true; }
