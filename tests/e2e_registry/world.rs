@@ -1,0 +1,278 @@
+//! One test's world: a regfs daemon mounting a fresh store, Debian's docker-registry
+//! serving it as its own user, and skopeo's private directory tree.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::prereq::Needs;
+use crate::ctx::{Ctx, Mode, generate_images};
+use crate::support::{
+    Daemon, Registry, clean_stale_mounts, free_port, http, registry_user, run, script, user,
+};
+use crate::{BIN, DRAIN_TIMEOUT, PREFIX};
+
+/// The processes of one scenario. Fields drop in order: the registry stops first (it has
+/// files open on the mount), then the daemon (which unmounts), then the directory goes.
+pub struct World {
+    pub registry: Option<Registry>,
+    pub daemon: Option<Daemon>,
+    pub ctx: Arc<Ctx>,
+    pub daemon_pid: u32,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        drop(self.registry.take());
+        drop(self.daemon.take());
+        // REGFS_E2E_KEEP=1 keeps the directory (logs, store) for inspection.
+        if let Some(d) = self.dir.take()
+            && std::env::var_os("REGFS_E2E_KEEP").is_some()
+        {
+            let _ = d.keep();
+        }
+    }
+}
+
+pub fn mkdir_owned(path: &Path, ids: (u32, u32), mode: u32) {
+    fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(ids.0), Some(ids.1)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn start_daemon(store: &Path, mnt: &Path, state: &Path, log: &Path, mode: Mode) -> Daemon {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("mount")
+        .arg(store)
+        .arg(mnt)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--drain-timeout", DRAIN_TIMEOUT]);
+    if mode == Mode::DeleteUntagged {
+        cmd.arg("--delete-untagged");
+    }
+    let logf = File::create(log).unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("regfs mount");
+    let mut d = Daemon {
+        child,
+        mnt: mnt.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Mounted, answering, and its control socket up.
+    loop {
+        let mounted = regfs::mount::mount_at(mnt).is_some_and(|m| m.fstype.starts_with("fuse"))
+            && rustix::fs::statfs(mnt).is_ok();
+        if mounted {
+            let mut c = Command::new(BIN);
+            c.args(["status", "--json"])
+                .arg(mnt)
+                .arg("--state-dir")
+                .arg(state);
+            if run(c, Duration::from_secs(10)).status.success() {
+                return d;
+            }
+        }
+        if let Ok(Some(st)) = d.child.try_wait() {
+            panic!(
+                "regfs mount exited with {st}: {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regfs did not mount and answer within 15 s: {}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn registry_config(mnt: &Path, port: u16) -> String {
+    format!(
+        "\
+version: 0.1
+log:
+  level: info
+  formatter: text
+  fields:
+    service: registry
+storage:
+  filesystem:
+    rootdirectory: {}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+    readonly:
+      enabled: false
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:{port}
+  secret: regfs-e2e-not-a-secret
+",
+        mnt.display()
+    )
+}
+
+/// Starts the registry as `ids` on a free port; retries if the port was taken meanwhile.
+pub fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (Registry, u16) {
+    for attempt in 0..4 {
+        let port = free_port();
+        let config = root.join(format!("registry-{port}.yml"));
+        fs::write(&config, registry_config(mnt, port)).unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+        let logf = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .uid(ids.0)
+            .gid(ids.1)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("docker-registry serve");
+        let mut reg = Registry { child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if matches!(http(port, "GET", "/v2/", None), Ok((200, _))) {
+                return (reg, port);
+            }
+            if let Ok(Some(st)) = reg.child.try_wait() {
+                let logtext = fs::read_to_string(log).unwrap_or_default();
+                if logtext.contains("address already in use") && attempt < 3 {
+                    break;
+                }
+                panic!("docker-registry exited with {st}:\n{logtext}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on 127.0.0.1:{port} within 15 s:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("no free port for docker-registry");
+}
+
+pub fn setup(mode: Mode) -> Option<World> {
+    let needs = Needs::registry_tests(&script()).dev_fuse();
+    if !needs.met(
+        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
+    ) {
+        return None;
+    }
+    clean_stale_mounts();
+    let reg_ids = registry_user();
+    let sk_ids = user("nobody").unwrap_or((65534, 65534));
+    let dir = tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir()
+        .expect("temporary directory");
+    let root = dir.path().to_path_buf();
+    if std::env::var_os("REGFS_E2E_KEEP").is_some() {
+        eprintln!("[{mode:?}] REGFS_E2E_KEEP: keeping {}", root.display());
+    }
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    let store = root.join("store");
+    let mnt = root.join("mnt");
+    let state = root.join("state");
+    let oci = root.join("oci");
+    // The registry owns its store (the mount shows the store's owner and modes).
+    mkdir_owned(&store, reg_ids, 0o755);
+    fs::create_dir(&mnt).unwrap();
+
+    let t0 = Instant::now();
+    let images = generate_images(&oci);
+    eprintln!(
+        "[{mode:?}] {} images generated in {:.2} s",
+        images.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // skopeo's private world, owned by the user it runs as.
+    let sk = root.join("skopeo");
+    let home = sk.join("home");
+    for d in [
+        sk.clone(),
+        home.clone(),
+        sk.join("tmp"),
+        sk.join("pulls"),
+        home.join(".config"),
+        home.join(".local/share"),
+        home.join(".cache"),
+    ] {
+        mkdir_owned(&d, sk_ids, 0o755);
+    }
+    mkdir_owned(&home.join("run"), sk_ids, 0o700);
+    let regconf = sk.join("registries.conf");
+    fs::write(&regconf, "unqualified-search-registries = []\n").unwrap();
+    fs::set_permissions(&regconf, fs::Permissions::from_mode(0o644)).unwrap();
+    let p = |p: &Path| p.display().to_string();
+    let skopeo_env = vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".into(), p(&home)),
+        ("TMPDIR".into(), p(&sk.join("tmp"))),
+        ("XDG_CONFIG_HOME".into(), p(&home.join(".config"))),
+        ("XDG_DATA_HOME".into(), p(&home.join(".local/share"))),
+        ("XDG_CACHE_HOME".into(), p(&home.join(".cache"))),
+        ("XDG_RUNTIME_DIR".into(), p(&home.join("run"))),
+        ("CONTAINERS_REGISTRIES_CONF".into(), p(&regconf)),
+        ("REGISTRY_AUTH_FILE".into(), p(&home.join("auth.json"))),
+        ("NO_PROXY".into(), "*".into()),
+        ("no_proxy".into(), "*".into()),
+    ];
+
+    let daemon_log = root.join("regfs.log");
+    let registry_log = root.join("registry.log");
+    let daemon = start_daemon(&store, &mnt, &state, &daemon_log, mode);
+    let daemon_pid = daemon.child.id();
+    let (registry, port) = start_registry(&root, &mnt, &registry_log, reg_ids);
+    eprintln!(
+        "[{mode:?}] regfs pid {daemon_pid}, docker-registry pid {} (uid {}) on 127.0.0.1:{port}",
+        registry.child.id(),
+        reg_ids.0
+    );
+    let ctx = Ctx {
+        store,
+        mnt,
+        state,
+        oci,
+        pulls: sk.join("pulls"),
+        skopeo_tmp: sk.join("tmp"),
+        skopeo_env,
+        skopeo_ids: sk_ids,
+        port,
+        images,
+        registry_log,
+        daemon_log,
+        counter: AtomicU64::new(0),
+    };
+    Some(World {
+        registry: Some(registry),
+        daemon: Some(daemon),
+        ctx: Arc::new(ctx),
+        daemon_pid,
+        dir: Some(dir),
+    })
+}
