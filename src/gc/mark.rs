@@ -80,9 +80,7 @@ impl Manifests {
         let Some(blobs) = &self.blobs else {
             return Ok(None);
         };
-        let data = paths::blob_data(d);
-        let below = data.strip_prefix(paths::blobs_root()).unwrap_or(&data);
-        blobs.read(below, MAX_MANIFEST_SIZE)
+        blobs.read(&paths::blob_data_in_blobs_root(d), MAX_MANIFEST_SIZE)
     }
 
     pub fn load(

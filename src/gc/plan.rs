@@ -202,11 +202,9 @@ pub fn build(
     let sizes: Vec<u64> = doomed
         .par_iter()
         .map(|d| {
-            let data = paths::blob_data(d);
-            let below = data.strip_prefix(&root).unwrap_or(&data);
             blob_store
                 .as_ref()
-                .and_then(|b| b.stat(below).ok().flatten())
+                .and_then(|b| b.stat(&paths::blob_data_in_blobs_root(d)).ok().flatten())
                 .map_or(0, |st| st.st_size.max(0) as u64)
         })
         .collect();

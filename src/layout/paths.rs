@@ -22,11 +22,20 @@ pub fn blob_prefix_dir(prefix: &str) -> PathBuf {
 }
 
 pub fn blob_dir(d: &Digest) -> PathBuf {
-    blobs_root().join(d.prefix()).join(d.hex())
+    blobs_root().join(blob_dir_in_blobs_root(d))
 }
 
 pub fn blob_data(d: &Digest) -> PathBuf {
-    blob_dir(d).join("data")
+    blobs_root().join(blob_data_in_blobs_root(d))
+}
+
+fn blob_dir_in_blobs_root(d: &Digest) -> PathBuf {
+    PathBuf::from(d.prefix()).join(d.hex())
+}
+
+/// A blob's data file relative to [`blobs_root`], for reads through a handle on it.
+pub fn blob_data_in_blobs_root(d: &Digest) -> PathBuf {
+    blob_dir_in_blobs_root(d).join("data")
 }
 
 pub fn repositories_root() -> PathBuf {
@@ -96,4 +105,24 @@ pub fn is_temp_file(name: &str) -> bool {
 /// Whether `rel` lies inside `docker/registry/v2/` (a guard for every deletion).
 pub fn is_inside_v2(rel: &Path) -> bool {
     rel.starts_with(V2) && rel != Path::new(V2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_paths_from_the_root_and_from_the_blobs_root_agree() {
+        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
+        let want = format!(
+            "docker/registry/v2/blobs/sha256/ab/{}/data",
+            "ab".repeat(32)
+        );
+        assert_eq!(blob_data(&d), PathBuf::from(&want));
+        assert_eq!(
+            blobs_root().join(blob_data_in_blobs_root(&d)),
+            PathBuf::from(want)
+        );
+        assert_eq!(blob_data(&d).parent(), Some(blob_dir(&d).as_path()));
+    }
 }
