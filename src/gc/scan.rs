@@ -161,6 +161,17 @@ fn sub(store: &Store, rel: &Path) -> Result<Option<Store>, GcError> {
     store.sub(rel).map_err(|e| GcError::store(rel, e))
 }
 
+/// The directory `rel` as a store of its own, with its entries; `None` if it is missing.
+fn sub_listed(
+    store: &Store,
+    rel: &Path,
+) -> Result<Option<(Store, Vec<crate::layout::Entry>)>, GcError> {
+    let Some(dir) = sub(store, rel)? else {
+        return Ok(None);
+    };
+    Ok(list(&dir, Path::new(""))?.map(|entries| (dir, entries)))
+}
+
 /// Lists `dir` (relative to `store`) and reads its link file; notes leftover temp files.
 /// `None` if the directory does not exist. A read error is a damaged link, never a skip.
 fn link_dir(
@@ -198,11 +209,7 @@ fn collect_temp(
 }
 
 fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
-    let Some(revs) = sub(store, &paths::revisions_dir(repo))? else {
-        return Ok(());
-    };
-    let here = Path::new("");
-    let Some(entries) = list(&revs, here)? else {
+    let Some((revs, entries)) = sub_listed(store, &paths::revisions_dir(repo))? else {
         return Ok(());
     };
     for e in entries {
@@ -242,14 +249,9 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result
 
 fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
     // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
-    let Some(tags) = sub(store, &paths::tags_dir(repo))? else {
+    let Some((tags, entries)) = sub_listed(store, &paths::tags_dir(repo))? else {
         return Ok(());
     };
-    let Some(entries) = list(&tags, Path::new(""))? else {
-        return Ok(());
-    };
-    // The layout names the parts of a tag directory; here they are taken relative to it.
-    let tags_dir = paths::tags_dir(repo);
     for e in entries {
         let name = e.name_str().and_then(|s| TagName::new(s).ok());
         let (EntryKind::Dir, Some(name)) = (e.kind, name) else {
@@ -258,19 +260,12 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
                 what: "not a tag directory".into(),
             });
         };
-        let below = |p: PathBuf| -> PathBuf {
-            p.strip_prefix(&tags_dir)
-                .map(Path::to_path_buf)
-                .unwrap_or(p)
-        };
-        let current_link = below(paths::tag_current_link(repo, &name));
-        let current_dir = current_link.parent().unwrap_or(Path::new("")).to_path_buf();
-        let current = link_dir(&tags, &current_dir, &mut scan.temp_files)?
+        let tag = Path::new(name.as_str());
+        let current = link_dir(&tags, &tag.join(paths::TAG_CURRENT), &mut scan.temp_files)?
             .map_or(LinkState::Missing, |(_, l)| l);
-        let index_dir = below(paths::tag_index_dir(repo, &name));
         let mut index = Vec::new();
-        if let Some(idx) = sub(&tags, &index_dir)? {
-            for ie in list(&idx, Path::new(""))?.unwrap_or_default() {
+        if let Some((idx, index_entries)) = sub_listed(&tags, &tag.join(paths::TAG_INDEX))? {
+            for ie in index_entries {
                 match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
                     Some(d) if ie.kind == EntryKind::Dir => {
                         index.push(d);
@@ -287,21 +282,19 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
                 }
             }
         }
-        match &current {
-            LinkState::Ok(_) => {}
-            LinkState::Missing | LinkState::Damaged(_) => {
-                let why = match &current {
-                    LinkState::Damaged(w) => w.clone(),
-                    _ => "missing".into(),
-                };
-                scan.warnings.push(Warning::new(
-                    paths::tag_current_link(repo, &name),
-                    format!(
-                        "tag link {why}; keeping all {} manifests of the tag's history",
-                        index.len()
-                    ),
-                ));
-            }
+        let damage = match &current {
+            LinkState::Ok(_) => None,
+            LinkState::Damaged(why) => Some(why.as_str()),
+            LinkState::Missing => Some("missing"),
+        };
+        if let Some(why) = damage {
+            scan.warnings.push(Warning::new(
+                paths::tag_current_link(repo, &name),
+                format!(
+                    "tag link {why}; keeping all {} manifests of the tag's history",
+                    index.len()
+                ),
+            ));
         }
         scan.tags.push(Tag {
             name,
@@ -313,10 +306,7 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
 }
 
 fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
-    let Some(layers) = sub(store, &paths::layers_dir(repo))? else {
-        return Ok(());
-    };
-    let Some(entries) = list(&layers, Path::new(""))? else {
+    let Some((layers, entries)) = sub_listed(store, &paths::layers_dir(repo))? else {
         return Ok(());
     };
     for e in entries {

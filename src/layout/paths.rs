@@ -66,12 +66,17 @@ pub fn tag_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
     tags_dir(repo).join(tag.as_str())
 }
 
+/// Inside a tag's directory: the directory holding the link to what it names now.
+pub const TAG_CURRENT: &str = "current";
+/// Inside a tag's directory: one directory per manifest it ever named.
+pub const TAG_INDEX: &str = "index/sha256";
+
 pub fn tag_current_link(repo: &RepoName, tag: &TagName) -> PathBuf {
-    tag_dir(repo, tag).join("current/link")
+    tag_dir(repo, tag).join(TAG_CURRENT).join(LINK)
 }
 
 pub fn tag_index_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
-    tag_dir(repo, tag).join("index/sha256")
+    tag_dir(repo, tag).join(TAG_INDEX)
 }
 
 pub fn tag_index_entry(repo: &RepoName, tag: &TagName, d: &Digest) -> PathBuf {
