@@ -74,19 +74,10 @@ declare -A DAEMON_PID=() # mount name -> daemon pid
 # Stops the daemon of mount NAME by its pid (SIGTERM makes it unmount), then makes
 # sure nothing is left mounted there.
 stop_mount() {
-    local name=$1 mnt=$SCRATCH/mnt-$1 pid i
+    local name=$1 mnt=$SCRATCH/mnt-$1 pid
     pid=${DAEMON_PID[$name]:-}
     if [[ -n $pid ]]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            echo "bench-read: regfs ($name, pid $pid) ignored SIGTERM for 10 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
+        stop_pid "$pid" 10
         unset "DAEMON_PID[$name]"
     fi
     if is_mounted "$mnt"; then

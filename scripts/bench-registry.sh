@@ -112,21 +112,6 @@ declare -A REG_PID=() PORT=() STORE=()
 
 
 
-# stop_pid PID SECONDS: SIGTERM, then SIGKILL after SECONDS; reaps it.
-stop_pid() {
-    local pid=$1 grace=$2 i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        echo "bench-registry: pid $pid ignored SIGTERM for $grace s; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     local rc=$? name
     trap - EXIT INT TERM

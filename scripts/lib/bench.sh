@@ -22,6 +22,21 @@ alive() { # pid: running and not a zombie
     [[ -n $st && ${st%% *} != Z ]]
 }
 
+# stop_pid PID GRACE: SIGTERM, up to GRACE seconds to go, then SIGKILL; reaps it.
+stop_pid() {
+    local pid=$1 grace=$2 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        echo "$BENCH_NAME: pid $pid ignored SIGTERM for $grace s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
 is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/mounts; }
 
 # Cold-cache runs: write back, then drop the page, dentry and inode caches (root only).
