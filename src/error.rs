@@ -43,6 +43,15 @@ pub enum FsError {
     /// A handle used for what it was not opened for.
     #[error("handle {fh} is not open for {what}")]
     BadHandle { fh: u64, what: &'static str },
+    /// A link file write naming a blob whose data does not exist (or a revision link to a
+    /// manifest whose references lack data): a registry cache still listing a blob GC
+    /// deleted. Refused so that the push fails instead of succeeding broken.
+    #[error("{link}: link to {digest} refused: blob {missing} has no data")]
+    DanglingLink {
+        link: String,
+        digest: crate::layout::Digest,
+        missing: crate::layout::Digest,
+    },
     /// A bug or an unexpected state: answered with EIO and logged with the path.
     #[error("internal error at {path}: {detail}")]
     Internal { path: String, detail: String },
@@ -77,6 +86,10 @@ impl FsError {
             FsError::Stale { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
             FsError::Internal { .. } => libc::EIO,
+            // EIO: the registry's driver passes it on and answers 500, so the client's
+            // push fails. ENOENT would be read as "this path is missing" (a 404-style
+            // answer for what is a refused write); the daemon's log names link and blob.
+            FsError::DanglingLink { .. } => libc::EIO,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Manifest {
     pub children: Vec<Digest>,
     /// The manifest this one refers to (signatures, SBOMs, attestations).
     pub subject: Option<Digest>,
+    /// Those of `blobs` that are foreign layers (descriptors with `urls`): clients may
+    /// fetch them elsewhere, so the store need not hold them.
+    pub foreign: Vec<Digest>,
 }
 
 #[derive(Debug, Error)]
@@ -71,6 +74,8 @@ pub enum ManifestError {
 #[derive(Debug, Deserialize)]
 struct Descriptor {
     digest: String,
+    /// Any JSON: a malformed `urls` must not make a manifest unreadable to the collector.
+    urls: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +114,14 @@ fn digests(
         .flatten()
         .map(|d| digest(field, &d.digest))
         .collect()
+}
+
+/// A descriptor with a non-empty `urls` list names a layer clients may fetch elsewhere.
+fn is_foreign(d: &Descriptor) -> bool {
+    d.urls
+        .as_ref()
+        .and_then(|u| u.as_array())
+        .is_some_and(|u| !u.is_empty())
 }
 
 fn kind_of(raw: &Raw) -> Result<Kind, ManifestError> {
@@ -168,6 +181,7 @@ pub fn parse_unverified(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         .transpose()?;
     let mut blobs = Vec::new();
     let mut children = Vec::new();
+    let mut foreign = Vec::new();
     match kind {
         Kind::DockerV2 | Kind::OciManifest => {
             let config = raw
@@ -176,6 +190,9 @@ pub fn parse_unverified(bytes: &[u8]) -> Result<Manifest, ManifestError> {
                 .ok_or(ManifestError::UnknownShape("image manifest without config"))?;
             blobs.push(digest("config", &config.digest)?);
             blobs.extend(digests("layers", &raw.layers)?);
+            for l in raw.layers.iter().flatten().filter(|l| is_foreign(l)) {
+                foreign.push(digest("layers", &l.digest)?);
+            }
         }
         Kind::DockerList | Kind::OciIndex => {
             children = digests("manifests", &raw.manifests)?;
@@ -194,6 +211,7 @@ pub fn parse_unverified(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         blobs,
         children,
         subject,
+        foreign,
     })
 }
 
@@ -247,6 +265,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.kind, Kind::DockerV2);
         assert_eq!(m.blobs, vec![dg(1), dg(2), dg(3)]);
+        assert_eq!(m.foreign, vec![dg(3)]);
         assert!(m.children.is_empty() && m.subject.is_none());
     }
 

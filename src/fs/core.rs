@@ -75,6 +75,8 @@ pub struct StorageFs {
     /// Read requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_reads: AtomicU64,
     stats: crate::metrics::FuseStats,
+    /// Refuses link writes naming blobs without data.
+    pub(super) links: super::links::LinkCheck,
 }
 
 /// Half the soft open-file limit: room for open files and directories besides.
@@ -125,6 +127,12 @@ impl StorageFs {
             Mode::empty(),
         )
         .map_err(|e| FsError::backing("open", "/proc/self/fd", e))?;
+        let check_fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::backing("open store", &shown, e))?;
         Ok(StorageFs {
             inodes: InodeTable::new(fd, mount_fd, Found::new(&st, Kind::Directory), fd_budget)
                 .map_err(|e| FsError::backing("open store", &shown, e))?,
@@ -138,6 +146,7 @@ impl StorageFs {
             notifier: OnceLock::new(),
             daemon_reads: AtomicU64::new(0),
             stats: crate::metrics::FuseStats::default(),
+            links: super::links::LinkCheck::new(check_fd, root),
         })
     }
 
@@ -395,6 +404,7 @@ impl StorageFs {
                 what: "this rename flag",
             })?;
         let _change = self.admit_change(&path)?;
+        self.admit_link_rename(&parent, name, &new_parent, new_name)?;
         let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;
         let moved = key_of(&moved);

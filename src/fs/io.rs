@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
+use super::links::CurrentLink;
 use crate::epoch::{WriterClass, WriterToken};
 use crate::error::{FsError, FsResult};
 
@@ -27,6 +28,8 @@ pub struct OpenFile {
     pub(super) inode: Arc<Inode>,
     pub(super) fd: OwnedFd,
     pub(super) writer: Option<WriterToken>,
+    /// A write-capable handle on a tag's current link: its writes are checked.
+    pub(super) current_link: Option<CurrentLink>,
     /// Keeps the inode's passthrough backing id alive until this handle is released.
     pub(super) _backing: Option<Arc<BackingId>>,
 }
@@ -97,6 +100,7 @@ impl StorageFs {
         inode: Arc<Inode>,
         fd: OwnedFd,
         writer: Option<WriterToken>,
+        current_link: Option<CurrentLink>,
         make: Option<BackingFactory<'_>>,
     ) -> Opened {
         let backing = if writer.is_none() {
@@ -113,6 +117,7 @@ impl StorageFs {
             inode,
             fd,
             writer,
+            current_link,
             _backing: backing.clone(),
         });
         Opened {
@@ -133,8 +138,10 @@ impl StorageFs {
         if inode.kind == Kind::Directory {
             return Err(FsError::backing("open", inode.path(), Errno::ISDIR));
         }
+        let mut current_link = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
+            current_link = self.admit_link_open(&path, || self.fd_of(&inode).ok())?;
             let class = WriterClass::of_path(&path);
             Some(
                 self.gate
@@ -153,7 +160,7 @@ impl StorageFs {
                 return Err(FsError::backing("open", inode.path(), e));
             }
         };
-        Ok(self.finish_open(inode, fd, writer, make))
+        Ok(self.finish_open(inode, fd, writer, current_link, make))
     }
 
     /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
@@ -170,6 +177,16 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let change = self.admit_change(&path)?;
+        // Checked before anything is created, so a refused link leaves no empty file.
+        let current_link = if wants_write(flags) {
+            let parent_fd = self.fd_of(&parent)?;
+            self.admit_link_open(&path, || {
+                let how = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                rfs::openat(&*parent_fd, name, how, Mode::empty()).ok()
+            })?
+        } else {
+            None
+        };
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
         let (fd, created) = match rfs::openat(
@@ -209,7 +226,10 @@ impl StorageFs {
         let entry = Entry {
             attr: file_attr(inode.id, &st),
         };
-        Ok((entry, self.finish_open(inode, fd, writer, make)))
+        Ok((
+            entry,
+            self.finish_open(inode, fd, writer, current_link, make),
+        ))
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -246,6 +266,9 @@ impl StorageFs {
             .gate
             .admit_write(token)
             .map_err(|_| Self::ro(&file.inode.path()))?;
+        if let Some(current) = &file.current_link {
+            self.admit_link_write(&file.inode.path(), current, file.fd.as_fd(), offset, data)?;
+        }
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {

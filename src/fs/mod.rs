@@ -7,6 +7,7 @@ mod handle;
 mod handles;
 mod inode;
 mod io;
+mod links;
 mod readdir;
 mod reclaim;
 mod remove;

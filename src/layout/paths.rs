@@ -107,6 +107,58 @@ pub fn is_temp_file(name: &str) -> bool {
     name.ends_with(".tmp")
 }
 
+/// What a link file is, told by its path: the registry writes each kind at a fixed place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRole {
+    /// `_manifests/revisions/sha256/<hex>/link`: the repository holds manifest `<hex>`.
+    Revision(Digest),
+    /// `_layers/sha256/<hex>/link`: the repository may serve blob `<hex>`.
+    Layer(Digest),
+    /// `_manifests/tags/<tag>/index/sha256/<hex>/link`: the tag once named `<hex>`.
+    TagIndex(Digest),
+    /// `_manifests/tags/<tag>/current/link`: the digest is only in the file's content.
+    TagCurrent,
+}
+
+impl LinkRole {
+    /// The digest the path names (none for a tag's current link).
+    pub fn digest(&self) -> Option<Digest> {
+        match self {
+            LinkRole::Revision(d) | LinkRole::Layer(d) | LinkRole::TagIndex(d) => Some(*d),
+            LinkRole::TagCurrent => None,
+        }
+    }
+}
+
+/// Classifies a path relative to the store root as one of the registry's link files, or
+/// `None` for anything else (blob data, uploads, names the registry never writes).
+pub fn link_role(rel: &str) -> Option<LinkRole> {
+    let inner = rel
+        .strip_prefix(V2)?
+        .strip_prefix("/repositories/")?
+        .strip_suffix(LINK)?
+        .strip_suffix('/')?;
+    let parts: Vec<&str> = inner.split('/').collect();
+    // Repository components never start with `_`: the first one that does ends the name.
+    let at = parts.iter().position(|c| c.starts_with('_'))?;
+    RepoName::new(&parts[..at].join("/")).ok()?;
+    let hex = |h: &str| Digest::from_hex(h).ok();
+    let index: Vec<&str> = TAG_INDEX.split('/').collect();
+    match &parts[at..] {
+        ["_layers", "sha256", h] => hex(h).map(LinkRole::Layer),
+        ["_manifests", "revisions", "sha256", h] => hex(h).map(LinkRole::Revision),
+        ["_manifests", "tags", tag, rest @ ..] => {
+            TagName::new(tag).ok()?;
+            match rest {
+                [c] if *c == TAG_CURRENT => Some(LinkRole::TagCurrent),
+                [i, s, h] if [*i, *s] == index[..] => hex(h).map(LinkRole::TagIndex),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Whether `rel` lies inside `docker/registry/v2/` (a guard for every deletion).
 pub fn is_inside_v2(rel: &Path) -> bool {
     rel.starts_with(V2) && rel != Path::new(V2)
@@ -115,6 +167,49 @@ pub fn is_inside_v2(rel: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_roles_are_told_by_the_paths_the_registry_writes() {
+        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
+        let repo = RepoName::new("team/app").unwrap();
+        let tag = TagName::new("v1.0").unwrap();
+        let role = |p: PathBuf| link_role(p.to_str().unwrap());
+        assert_eq!(
+            role(revision_dir(&repo, &d).join(LINK)),
+            Some(LinkRole::Revision(d))
+        );
+        assert_eq!(
+            role(layer_link_dir_named(&repo, &d.hex()).join(LINK)),
+            Some(LinkRole::Layer(d))
+        );
+        assert_eq!(
+            role(tag_index_entry(&repo, &tag, &d).join(LINK)),
+            Some(LinkRole::TagIndex(d))
+        );
+        assert_eq!(
+            role(tag_current_link(&repo, &tag)),
+            Some(LinkRole::TagCurrent)
+        );
+        assert_eq!(LinkRole::TagCurrent.digest(), None);
+        assert_eq!(LinkRole::Layer(d).digest(), Some(d));
+        // Not links: blob data, uploads, temp files, bad digests, names no repository has.
+        for p in [
+            blob_data(&d).display().to_string(),
+            upload_dir(&repo, "u1").join("data").display().to_string(),
+            format!("{}.1234.tmp", revision_dir(&repo, &d).join(LINK).display()),
+            format!(
+                "{V2}/repositories/a/_layers/sha256/{}/link",
+                "AB".repeat(32)
+            ),
+            format!("{V2}/repositories/_layers/sha256/{}/link", d.hex()),
+            format!("{V2}/repositories/a/_manifests/tags/t/index/sha256/x/link"),
+            format!("{V2}/repositories/a/_manifests/tags/t/other/link"),
+            format!("{V2}/repositories/a/_uploads/u/link"),
+            format!("{V2}/blobs/sha256/ab/{}/link", d.hex()),
+        ] {
+            assert_eq!(link_role(&p), None, "{p}");
+        }
+    }
 
     #[test]
     fn blob_paths_from_the_root_and_from_the_blobs_root_agree() {
