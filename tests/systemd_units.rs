@@ -321,6 +321,34 @@ fn the_unit_runs_the_daemon_in_the_host_mount_namespace() {
     }
 }
 
+/// The registry's in-memory blob-descriptor cache outlives a GC run (a push after it
+/// succeeds and cannot be pulled): the drop-in turns it off through the registry's own
+/// environment override, in its [Service] section, and says why.
+#[test]
+fn the_drop_in_turns_off_the_registrys_blob_descriptor_cache() {
+    let text = read(&scripts().join("docker-registry.service.d/regfs.conf"));
+    let service = text
+        .split_once("[Service]")
+        .expect("the drop-in has a [Service] section")
+        .1;
+    assert_eq!(
+        values(&settings(service), "Environment"),
+        ["REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR=none"],
+        "the drop-in's Environment="
+    );
+    for why in [
+        "blobdescriptor: inmemory",
+        "cannot",
+        "be pulled",
+        "regfs status",
+    ] {
+        assert!(
+            text.contains(why),
+            "the drop-in's comment should explain the setting (mention `{why}`)"
+        );
+    }
+}
+
 /// Every key of the configuration format, from the sample in src/config.rs's doc comment:
 /// (section, key), section "" for the top level.
 fn format_keys() -> Vec<(String, String)> {
