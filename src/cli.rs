@@ -239,6 +239,15 @@ pub struct MountArgs {
     /// Allow --metrics-listen on an address other machines can reach.
     #[arg(long, help_heading = "Metrics")]
     pub metrics_allow_remote: bool,
+
+    /// The registry's configuration (e.g. /etc/docker/registry/config.yml): regfs checks
+    /// its blob-descriptor cache and clears a redis cache of what GC deletes.
+    #[arg(long, value_name = "FILE", help_heading = "Registry")]
+    pub registry_config: Option<PathBuf>,
+
+    /// Let GC delete even when the registry's cache is one regfs cannot make safe.
+    #[arg(long, help_heading = "Registry")]
+    pub allow_unsafe_cache: bool,
 }
 
 impl MountArgs {
@@ -262,6 +271,8 @@ impl MountArgs {
             state_dir: None,
             metrics_listen: None,
             metrics_allow_remote: false,
+            registry_config: None,
+            allow_unsafe_cache: false,
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
         settings.clone(),
     )
     .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    daemon.check_cache("start");
     control::spawn(daemon.clone(), &state_dir)
         .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
     scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;

@@ -22,6 +22,10 @@
 //! [metrics]
 //! listen = "127.0.0.1:9469"
 //! allow_remote = false
+//!
+//! [registry]
+//! config = "/etc/docker/registry/config.yml"
+//! allow_unsafe_cache = false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +77,16 @@ pub struct FileConfig {
     pub gc: GcSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub registry: RegistrySection,
+}
+
+/// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    pub config: Option<PathBuf>,
+    pub allow_unsafe_cache: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,6 +268,14 @@ pub fn resolve(
             ),
             10.0,
         )?,
+        registry: crate::registry::RegistrySettings {
+            config: args
+                .registry_config
+                .clone()
+                .or_else(|| file.registry.config.clone()),
+            allow_unsafe_cache: args.allow_unsafe_cache
+                || file.registry.allow_unsafe_cache.unwrap_or(false),
+        },
     };
     let allow_remote = args.metrics_allow_remote || file.metrics.allow_remote.unwrap_or(false);
     let metrics = n

@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod mount;
 pub mod offline;
 pub mod progress;
+pub mod registry;

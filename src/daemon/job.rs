@@ -63,6 +63,9 @@ pub struct Job {
     pub drain_seconds: f64,
     #[serde(default)]
     pub cut_writers: Vec<CutWriter>,
+    /// What became of the registry's cache entries for the deleted blobs (redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_cache: Option<String>,
     /// The collector's report (counts, bytes, warnings), when it got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,

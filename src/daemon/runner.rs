@@ -39,8 +39,60 @@ fn phase_name(p: Phase) -> String {
     }
 }
 
+/// Before an epoch: a registry cache regfs cannot make safe would keep listing what the
+/// run deletes, so the run deletes nothing unless the operator allowed it. A dry run
+/// deletes nothing anyway.
+fn cache_refusal(daemon: &Daemon, job: &Job, settings: &Settings) -> Option<String> {
+    let verdict = daemon.check_cache("before a GC run")?;
+    if verdict.safe || settings.dry_run {
+        return None;
+    }
+    if settings.registry.allow_unsafe_cache {
+        tracing::warn!(job = job.id, detail = %verdict.detail,
+            "registry cache unsafe; running anyway (allow_unsafe_cache): pushes of deleted blobs will fail until the registry restarts");
+        return None;
+    }
+    Some(format!(
+        "registry cache unsafe, nothing deleted: {} (set [registry] allow_unsafe_cache = true to collect anyway)",
+        verdict.detail
+    ))
+}
+
+/// After a real sweep, still inside the epoch (so no push can read a stale entry): the
+/// registry's redis cache forgets every blob the plan deleted.
+fn forget_deleted(job: &mut Job, settings: &Settings, deleted: &[crate::layout::Digest]) {
+    match crate::registry::cache::forget(&settings.registry, deleted) {
+        None => {}
+        Some(Ok(said)) => {
+            tracing::info!(job = job.id, "{said}");
+            job.registry_cache = Some(said);
+        }
+        Some(Err(e)) => {
+            tracing::error!(job = job.id, error = %e,
+                "registry cache keys of deleted blobs NOT removed: pushes of them fail until they expire or the registry restarts");
+            job.registry_cache = Some(format!("keys not removed: {e}"));
+        }
+    }
+}
+
+/// The blobs a plan deletes.
+fn blobs_of(plan: &gc::Plan) -> Vec<crate::layout::Digest> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            gc::plan::Action::DeleteBlob { digest, .. } => Some(*digest),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The epoch itself; fills in `job`.
 fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settings) {
+    if let Some(refusal) = cache_refusal(daemon, job, settings) {
+        job.outcome = JobOutcome::Failed;
+        job.error = Some(refusal);
+        return;
+    }
     let gate = daemon.fs.gate().clone();
     let start = Instant::now();
     control.set_state(State::Closing);
@@ -90,7 +142,13 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
             }
             Ok(Ok(marked)) => {
                 control.set_state(State::Sweeping);
-                match gc::sweep(marked, daemon.fs.as_ref(), control) {
+                let deleted = (!settings.dry_run).then(|| blobs_of(&marked.plan));
+                let swept = gc::sweep(marked, daemon.fs.as_ref(), control);
+                // Whatever the sweep's outcome: some blobs may be gone.
+                if let Some(deleted) = deleted {
+                    forget_deleted(job, settings, &deleted);
+                }
+                match swept {
                     Err(e) => {
                         job.outcome = JobOutcome::Failed;
                         job.error = Some(e.to_string());

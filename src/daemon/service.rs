@@ -16,6 +16,7 @@ use super::status::{Progress, State, Status};
 use crate::fs::StorageFs;
 use crate::gc::{self, Outcome, Phase};
 use crate::layout::Store;
+use crate::registry::CacheStatus;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TriggerError {
@@ -137,7 +138,12 @@ pub struct Daemon {
     gc_stats: Mutex<crate::metrics::GcStats>,
     inner: Mutex<Inner>,
     pub(super) changed: Condvar,
+    /// The last verdict on the registry's blob-descriptor cache.
+    cache: Mutex<Option<CacheStatus>>,
 }
+
+/// How long a verdict on the registry's cache is shown before `status` checks again.
+const CACHE_RECHECK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 impl Daemon {
     /// Sets the service up; records a run a dead predecessor left behind as interrupted.
@@ -178,7 +184,42 @@ impl Daemon {
             gc_stats: Mutex::new(gc_stats),
             inner: Mutex::new(inner),
             changed: Condvar::new(),
+            cache: Mutex::new(None),
         }))
+    }
+
+    /// Checks the registry's blob-descriptor cache now; logs the verdict when it changes
+    /// (`when` says why it was checked).
+    pub fn check_cache(&self, when: &str) -> Option<CacheStatus> {
+        let now = crate::registry::cache::assess(&self.settings().registry);
+        let mut last = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let changed =
+            last.as_ref().map(|c| (c.safe, &c.detail)) != now.as_ref().map(|c| (c.safe, &c.detail));
+        match &now {
+            Some(c) if changed && c.safe => {
+                tracing::info!(config = %c.config, cache = %c.cache, pids = ?c.registry_pids, when, "registry cache: {}", c.detail)
+            }
+            Some(c) if changed => {
+                tracing::warn!(config = %c.config, cache = %c.cache, pids = ?c.registry_pids, when,
+                    "registry cache UNSAFE: {}", c.detail)
+            }
+            None if last.is_none() && when == "start" => tracing::info!(
+                "registry configuration not given ([registry] config, --registry-config): \
+                 the registry's blob-descriptor cache is not checked"
+            ),
+            _ => {}
+        }
+        last.clone_from(&now);
+        now
+    }
+
+    /// The verdict for `status`: checked again when older than a few seconds.
+    fn cache_status(&self) -> Option<CacheStatus> {
+        let last = self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match last {
+            Some(c) if Utc::now() - c.checked_at < CACHE_RECHECK => Some(c),
+            _ => self.check_cache("status"),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -245,6 +286,7 @@ impl Daemon {
             read_only_seconds: 0.0,
             drain_seconds: 0.0,
             cut_writers: vec![],
+            registry_cache: None,
             report: None,
         };
         self.history
@@ -379,10 +421,12 @@ impl Daemon {
             next_run: None,
             settings: settings.job_settings(),
             last_job: inner.last.clone(),
+            registry_cache: None,
         };
         drop(inner);
         Status {
             next_run: self.next_run(),
+            registry_cache: self.cache_status(),
             ..status
         }
     }

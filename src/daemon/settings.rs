@@ -57,6 +57,8 @@ pub struct Settings {
     pub keep_unknown: bool,
     /// How long an epoch lets in-place writers finish.
     pub drain_timeout: Duration,
+    /// The registry served, whose blob-descriptor cache a run must not leave stale.
+    pub registry: crate::registry::RegistrySettings,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             upload_max_age: gc::DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
             drain_timeout: Duration::from_secs(10),
+            registry: Default::default(),
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct Status {
     pub next_run: Option<DateTime<Utc>>,
     pub settings: JobSettings,
     pub last_job: Option<Job>,
+    /// The registry's blob-descriptor cache, when regfs knows the registry's config.
+    #[serde(default)]
+    pub registry_cache: Option<crate::registry::CacheStatus>,
 }
 
 fn utc(t: &DateTime<Utc>) -> String {
@@ -77,6 +80,17 @@ impl fmt::Display for Status {
         match &self.last_job {
             Some(j) => writeln!(f, "  last run     {}", j.summary())?,
             None => writeln!(f, "  last run     none")?,
+        }
+        match &self.registry_cache {
+            Some(c) if c.safe => {
+                writeln!(f, "  registry     cache {}: safe; {}", c.cache, c.detail)?
+            }
+            Some(c) => writeln!(
+                f,
+                "  registry     cache {}: UNSAFE, GC deletes nothing unless allow_unsafe_cache; {}",
+                c.cache, c.detail
+            )?,
+            None => writeln!(f, "  registry     cache not checked (no [registry] config)")?,
         }
         Ok(())
     }
