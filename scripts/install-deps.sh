@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what regfs's demo and tests use and the machine lacks:
-# fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount).
+# fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount),
+# redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth).
 # Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 declare -A wanted=(
@@ -11,6 +12,9 @@ declare -A wanted=(
   [skopeo]=skopeo
   [python3]=python3
   [systemd-analyze]=systemd
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
+  [htpasswd]=apache2-utils
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

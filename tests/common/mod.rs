@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod prereq;
+pub mod redis;
 pub mod store;
 
 use std::path::{Path, PathBuf};
