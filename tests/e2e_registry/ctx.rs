@@ -14,7 +14,10 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::describe_output;
-use crate::support::{ACCEPT, file_digest, hex, hex_of, http, run, script, short, text, walk};
+use crate::support::{
+    ACCEPT, REGISTRY_PASSWORD, REGISTRY_USER, file_digest, hex, hex_of, http, run, script, short,
+    text, walk,
+};
 use crate::{BIN, EROFS_TEXT, V2};
 
 // ---------------------------------------------------------------------------------------
@@ -118,6 +121,7 @@ impl Ctx {
 
     /// skopeo copy oci:LAYOUT:IMAGE docker://127.0.0.1:PORT/DEST (a tag or `@digest`).
     pub fn push(&self, image: &str, dest: &str) -> Output {
+        let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
         let src = format!("oci:{}:{image}", self.oci.display());
         let dst = format!("docker://127.0.0.1:{}/{dest}", self.port);
         let mut args = vec![
@@ -125,7 +129,8 @@ impl Ctx {
             "--quiet",
             "--preserve-digests",
             "--dest-tls-verify=false",
-            "--dest-no-creds",
+            "--dest-creds",
+            &creds,
         ];
         if self.image(image).kind == "index" {
             args.push("--all");
@@ -174,6 +179,7 @@ impl Ctx {
         let img = self.image(image);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dest = self.pulls.join(format!("{n}-{image}"));
+        let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
         let src = format!("docker://127.0.0.1:{}/{reference}", self.port);
         let dst = format!("dir:{}", dest.display());
         let mut args = vec![
@@ -181,7 +187,8 @@ impl Ctx {
             "--quiet",
             "--preserve-digests",
             "--src-tls-verify=false",
-            "--src-no-creds",
+            "--src-creds",
+            &creds,
         ];
         if img.kind == "index" {
             args.push("--all");

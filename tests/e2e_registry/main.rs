@@ -20,6 +20,7 @@
 //! Prerequisites: root, /dev/fuse, python3, docker-registry, skopeo. Under CI=true a
 //! missing one fails the test; elsewhere the test says why and returns.
 //! `REGFS_E2E_KEEP=1` keeps each test's directory (store, registry and daemon logs).
+mod cache;
 #[path = "../common/mod.rs"]
 mod common;
 mod ctx;

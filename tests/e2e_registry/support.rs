@@ -173,6 +173,38 @@ impl Drop for Daemon {
 // ---------------------------------------------------------------------------------------
 // HTTP (HTTP/1.0, so the registry answers without chunking and closes)
 
+/// The registry's htpasswd user (Debian's default config.yml has htpasswd auth).
+pub const REGISTRY_USER: &str = "regfs-e2e";
+pub const REGISTRY_PASSWORD: &str = "regfs-e2e-password";
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_of_basic_credentials() {
+    assert_eq!(
+        base64(b"Aladdin:open sesame"),
+        "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+    );
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"abc"), "YWJj");
+}
+
 pub fn http(
     port: u16,
     method: &str,
@@ -181,7 +213,10 @@ pub fn http(
 ) -> Result<(u16, Vec<u8>), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    let creds = base64(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}").as_bytes());
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {creds}\r\n"
+    );
     if let Some(a) = accept {
         req += &format!("Accept: {a}\r\n");
     }

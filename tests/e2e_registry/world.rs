@@ -4,17 +4,20 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::describe_output;
 use crate::common::prereq::Needs;
+use crate::common::redis::RedisServer;
 use crate::ctx::{Ctx, Mode, generate_images};
 use crate::support::{
-    Daemon, Registry, clean_stale_mounts, free_port, http, registry_user, run, script, user,
+    Daemon, REGISTRY_PASSWORD, REGISTRY_USER, Registry, clean_stale_mounts, free_port, http,
+    registry_user, run, script, user,
 };
 use crate::{BIN, DRAIN_TIMEOUT, PREFIX};
 
@@ -23,6 +26,8 @@ use crate::{BIN, DRAIN_TIMEOUT, PREFIX};
 pub struct World {
     pub registry: Option<Registry>,
     pub daemon: Option<Daemon>,
+    /// The registry's redis ([`Cache::Redis`]), stopped after the registry.
+    pub redis: Option<RedisServer>,
     pub ctx: Arc<Ctx>,
     pub daemon_pid: u32,
     pub dir: Option<tempfile::TempDir>,
@@ -32,6 +37,7 @@ impl Drop for World {
     fn drop(&mut self) {
         drop(self.registry.take());
         drop(self.daemon.take());
+        drop(self.redis.take());
         // REGFS_E2E_KEEP=1 keeps the directory (logs, store) for inspection.
         if let Some(d) = self.dir.take()
             && std::env::var_os("REGFS_E2E_KEEP").is_some()
@@ -47,14 +53,22 @@ pub fn mkdir_owned(path: &Path, ids: (u32, u32), mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-pub fn start_daemon(store: &Path, mnt: &Path, state: &Path, log: &Path, mode: Mode) -> Daemon {
+pub fn start_daemon(
+    store: &Path,
+    mnt: &Path,
+    state: &Path,
+    log: &Path,
+    mode: Mode,
+    extra: &[std::ffi::OsString],
+) -> Daemon {
     let mut cmd = Command::new(BIN);
     cmd.arg("mount")
         .arg(store)
         .arg(mnt)
         .arg("--state-dir")
         .arg(state)
-        .args(["--drain-timeout", DRAIN_TIMEOUT]);
+        .args(["--drain-timeout", DRAIN_TIMEOUT])
+        .args(extra);
     if mode == Mode::DeleteUntagged {
         cmd.arg("--delete-untagged");
     }
@@ -99,42 +113,99 @@ pub fn start_daemon(store: &Path, mnt: &Path, state: &Path, log: &Path, mode: Mo
     }
 }
 
-pub fn registry_config(mnt: &Path, port: u16) -> String {
-    format!(
-        "\
-version: 0.1
-log:
-  level: info
-  formatter: text
-  fields:
-    service: registry
-storage:
-  filesystem:
-    rootdirectory: {}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-    readonly:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: 127.0.0.1:{port}
-  secret: regfs-e2e-not-a-secret
-",
-        mnt.display()
-    )
+/// How a test runs the registry's blob-descriptor cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Debian's default config.yml (`inmemory`), started with the environment the
+    /// shipped drop-in gives it (which turns the cache off).
+    DropIn,
+    /// Debian's default config.yml without the drop-in: the in-memory cache in force.
+    InMemory,
+    /// `storage.cache.blobdescriptor: redis` at a redis-server the test starts, as a later
+    /// drop-in setting the variable to `redis` runs it.
+    Redis,
 }
 
-/// Starts the registry as `ids` on a free port; retries if the port was taken meanwhile.
-pub fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (Registry, u16) {
+/// Debian's default registry configuration, as the docker-registry package installs it.
+pub const DEBIAN_CONFIG: &str = "/etc/docker/registry/config.yml";
+const CACHE_ENV: &str = "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR";
+
+/// The `Environment=` settings of the shipped docker-registry drop-in.
+pub fn drop_in_environment() -> Vec<(String, String)> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-registry.service.d/regfs.conf");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Debian's config.yml, changed only where a test must: the storage is the mount, the
+/// address a free loopback port, the htpasswd file the test's own (the default names a
+/// directory, so every request would be refused), and for [`Cache::Redis`] the cache.
+pub fn registry_config(mnt: &Path, port: u16, htpasswd: &Path, redis: Option<&str>) -> String {
+    let text = fs::read_to_string(DEBIAN_CONFIG).unwrap_or_else(|e| {
+        panic!("{DEBIAN_CONFIG} (installed by the docker-registry package): {e}")
+    });
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&text).expect("Debian's config.yml");
+    assert_eq!(
+        v["storage"]["cache"]["blobdescriptor"].as_str(),
+        Some("inmemory"),
+        "{DEBIAN_CONFIG}: the Debian default this test is about"
+    );
+    v["storage"]["filesystem"]["rootdirectory"] = mnt.display().to_string().into();
+    v["http"]["addr"] = format!("127.0.0.1:{port}").into();
+    v["auth"]["htpasswd"]["path"] = htpasswd.display().to_string().into();
+    if let Some(addr) = redis {
+        v["storage"]["cache"]["blobdescriptor"] = "redis".into();
+        v["redis"]["addr"] = addr.into();
+    }
+    serde_yaml::to_string(&v).unwrap()
+}
+
+/// The registry's htpasswd file (bcrypt, as the registry requires), readable by it.
+pub fn write_htpasswd(path: &Path) {
+    let mut cmd = Command::new("htpasswd");
+    cmd.args(["-nbB", REGISTRY_USER, REGISTRY_PASSWORD]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "htpasswd: {}", describe_output(&out));
+    fs::write(path, &out.stdout).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// What the registry is started with.
+pub struct RegistrySetup {
+    /// Its config.yml (regfs is given the same path with --registry-config).
+    pub config: PathBuf,
+    pub mnt: PathBuf,
+    pub htpasswd: PathBuf,
+    pub redis: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl RegistrySetup {
+    pub fn write(&self, port: u16) {
+        let text = registry_config(&self.mnt, port, &self.htpasswd, self.redis.as_deref());
+        fs::write(&self.config, text).unwrap();
+        fs::set_permissions(&self.config, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// Starts the registry as `ids` on `port` (its config written there already); retries
+/// on another port if that one was taken meanwhile.
+pub fn start_registry(
+    setup: &RegistrySetup,
+    mut port: u16,
+    log: &Path,
+    ids: (u32, u32),
+) -> (Registry, u16) {
     for attempt in 0..4 {
-        let port = free_port();
-        let config = root.join(format!("registry-{port}.yml"));
-        fs::write(&config, registry_config(mnt, port)).unwrap();
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+        if attempt > 0 {
+            port = free_port();
+            setup.write(port);
+        }
         let logf = OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,7 +213,9 @@ pub fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (
             .unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
-            .arg(&config)
+            .arg(&setup.config)
+            .env_remove(CACHE_ENV)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .uid(ids.0)
             .gid(ids.1)
             .current_dir("/")
@@ -176,7 +249,16 @@ pub fn start_registry(root: &Path, mnt: &Path, log: &Path, ids: (u32, u32)) -> (
 }
 
 pub fn setup(mode: Mode) -> Option<World> {
-    let needs = Needs::registry_tests(&script()).dev_fuse();
+    setup_with(mode, Cache::DropIn)
+}
+
+pub fn setup_with(mode: Mode, cache: Cache) -> Option<World> {
+    let mut needs = Needs::registry_tests(&script())
+        .dev_fuse()
+        .on_path(&["htpasswd"]);
+    if cache == Cache::Redis {
+        needs = needs.on_path(&["redis-server", "redis-cli"]);
+    }
     if !needs.met(
         "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
     ) {
@@ -245,9 +327,31 @@ pub fn setup(mode: Mode) -> Option<World> {
 
     let daemon_log = root.join("regfs.log");
     let registry_log = root.join("registry.log");
-    let daemon = start_daemon(&store, &mnt, &state, &daemon_log, mode);
+    let redis = (cache == Cache::Redis).then(|| RedisServer::start(&root.join("redis")));
+    let htpasswd = root.join("htpasswd");
+    write_htpasswd(&htpasswd);
+    let reg_setup = RegistrySetup {
+        config: root.join("registry.yml"),
+        mnt: mnt.clone(),
+        htpasswd,
+        redis: redis.as_ref().map(|r| r.addr()),
+        env: match cache {
+            Cache::DropIn => drop_in_environment(),
+            Cache::InMemory => vec![],
+            Cache::Redis => vec![(CACHE_ENV.into(), "redis".into())],
+        },
+    };
+    let port = free_port();
+    reg_setup.write(port);
+    let mut extra: Vec<std::ffi::OsString> =
+        vec!["--registry-config".into(), reg_setup.config.clone().into()];
+    if cache == Cache::InMemory {
+        // To show the filesystem's own refusal, GC must run despite the unsafe cache.
+        extra.push("--allow-unsafe-cache".into());
+    }
+    let daemon = start_daemon(&store, &mnt, &state, &daemon_log, mode, &extra);
     let daemon_pid = daemon.child.id();
-    let (registry, port) = start_registry(&root, &mnt, &registry_log, reg_ids);
+    let (registry, port) = start_registry(&reg_setup, port, &registry_log, reg_ids);
     eprintln!(
         "[{mode:?}] regfs pid {daemon_pid}, docker-registry pid {} (uid {}) on 127.0.0.1:{port}",
         registry.child.id(),
@@ -271,6 +375,7 @@ pub fn setup(mode: Mode) -> Option<World> {
     Some(World {
         registry: Some(registry),
         daemon: Some(daemon),
+        redis,
         ctx: Arc::new(ctx),
         daemon_pid,
         dir: Some(dir),
