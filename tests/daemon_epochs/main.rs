@@ -2,6 +2,7 @@
 //! process, SIGUSR1/SIGUSR2/SIGTERM, `regfs gc`, `regfs gc stop`, `regfs status` and
 //! `regfs jobs`. Each test has its own store, mount point and state directory, and a guard
 //! that kills the daemon and detaches the mount whatever happens.
+mod cache;
 #[path = "../common/mod.rs"]
 mod common;
 mod daemon;
