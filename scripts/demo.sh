@@ -106,6 +106,21 @@ step "Build regfs (cargo build --release)"
 cargo build --release --quiet
 note "$REGFS"
 
+# The registry configuration first: regfs reads its cache setting.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$WORK/registry.yml" <<EOF
+version: 0.1
+log: {level: info, formatter: text}
+storage:
+  cache: {blobdescriptor: inmemory}   # Debian's default; off through the drop-in's variable
+  filesystem: {rootdirectory: $MNT}
+  delete: {enabled: true}
+  maintenance: {uploadpurging: {enabled: false}}
+  redirect: {disable: true}
+http: {addr: 127.0.0.1:$PORT, secret: regfs-demo}
+EOF
+chmod 644 "$WORK/registry.yml"
+
 step "Mount a demo store: regfs mount STORE MNT (the registry will see MNT)"
 mkdir -p "$STORE" "$MNT" "$SK"/{home,tmp,pulls}
 chown "$REG_USER:$REG_USER" "$STORE"        # the registry owns its store
@@ -113,6 +128,7 @@ install -d -m 700 -o nobody "$SK/run"
 chown -R nobody "$SK"
 echo 'unqualified-search-registries = []' > "$SK/registries.conf"
 "$REGFS" mount "$STORE" "$MNT" --state-dir "$STATE" --delete-untagged --drain-timeout 30 \
+  --registry-config "$WORK/registry.yml" \
   2> "$WORK/regfs.log" &
 RFS_PID=$!
 for _ in $(seq 200); do mountpoint -q "$MNT" && regfs status "$MNT" --state-dir "$STATE" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -122,19 +138,9 @@ note "regfs pid $RFS_PID: $STORE served at $MNT" \
      "signatures of tagged images stay), --drain-timeout 30 s; log: $WORK/regfs.log"
 
 step "Start docker-registry on the mount, as user $REG_USER"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/registry.yml" <<EOF
-version: 0.1
-log: {level: info, formatter: text}
-storage:
-  filesystem: {rootdirectory: $MNT}
-  delete: {enabled: true}
-  maintenance: {uploadpurging: {enabled: false}}
-  redirect: {disable: true}
-http: {addr: 127.0.0.1:$PORT, secret: regfs-demo}
-EOF
-chmod 644 "$WORK/registry.yml"
-setpriv --reuid="$REG_USER" --regid="$REG_USER" --clear-groups \
+# As the shipped systemd drop-in runs it: the in-memory blob-descriptor cache off.
+REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR=none \
+  setpriv --reuid="$REG_USER" --regid="$REG_USER" --clear-groups \
   docker-registry serve "$WORK/registry.yml" > "$WORK/registry.log" 2>&1 &
 REG_PID=$!
 for _ in $(seq 200); do [ "$(api GET /v2/ 2>/dev/null)" = 200 ] && break; sleep 0.05; done
