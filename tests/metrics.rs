@@ -127,3 +127,105 @@ fn a_non_loopback_metrics_address_is_refused_unless_allowed() {
         "{err}"
     );
 }
+
+/// The daemon's thread count, from /proc.
+fn threads_of(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: in /proc/PID/status")
+}
+
+/// Raises this test process's open-file limit so it can hold many connections.
+fn raise_own_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want.min(hard)),
+            maximum: cur.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(0)
+}
+
+/// GET /metrics with a deadline; the body's samples, or why not.
+fn scrape_within(port: u16, limit: std::time::Duration) -> Result<HashMap<String, f64>, String> {
+    let started = std::time::Instant::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read after {:?}: {e}", started.elapsed()))?;
+    if started.elapsed() > limit {
+        return Err(format!("answered after {:?}", started.elapsed()));
+    }
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_string());
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect())
+}
+
+#[test]
+fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &mnt,
+        &dir.path().join("state"),
+        &[
+            storage.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let pid = d.child.id();
+    scrape(port);
+    let before = threads_of(pid);
+    const IDLE: usize = 2000;
+    assert!(raise_own_nofile(IDLE as u64 + 200) > IDLE as u64 + 100);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Connections that never send a request, all held open.
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok())
+        .collect();
+    assert!(idle.len() > IDLE / 2, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = threads_of(pid);
+    assert!(
+        during <= before + 2,
+        "{} idle connections took the daemon from {before} to {during} threads",
+        idle.len()
+    );
+    // A scraper is answered at once while they are held, and the daemon holds no more
+    // than a bounded number of them.
+    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    assert!(
+        m["regfs_open_fds"] < 1000.0,
+        "the daemon holds {} descriptors with {} idle connections",
+        m["regfs_open_fds"],
+        idle.len()
+    );
+    assert!(m["regfs_fd_limit"] >= 1024.0, "{m:?}");
+    assert!(m["regfs_fd_budget"] >= 64.0 && m["regfs_fd_budget"] <= m["regfs_fd_limit"]);
+    drop(idle);
+    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    assert!(m["regfs_open_fds"] < 1000.0);
+    assert!(threads_of(pid) <= before + 2);
+}
