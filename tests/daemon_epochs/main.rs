@@ -8,4 +8,5 @@ mod daemon;
 mod fixture;
 mod history;
 mod runs;
+mod state;
 mod triggers;
