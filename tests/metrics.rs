@@ -229,3 +229,75 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     assert!(m["regfs_open_fds"] < 1000.0);
     assert!(threads_of(pid) <= before + 2);
 }
+
+/// The soft and hard "Max open files" of a process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_the_budget_reported_in_status_and_metrics() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let state = dir.path().join("state");
+    let port = free_port();
+    // Started with a low soft limit, as a shell with the usual 1024 would.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(common::daemon::BIN)
+        .arg("mount")
+        .args([&storage, &mnt])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon::adopt(child, &mnt, &state);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !(common::daemon::serving(&mnt) && state.join("control.sock").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (soft, hard) = nofile_of(d.child.id());
+    assert!(hard > 256, "this test needs a hard limit above 256");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+
+    let st = d.status();
+    let fds = &st["descriptors"];
+    assert_eq!(fds["limit"], soft, "{st:#}");
+    assert_eq!(fds["hard_limit"], hard, "{st:#}");
+    let budget = soft.min(1 << 22) / 2;
+    assert_eq!(fds["budget"], budget, "half the limit: {st:#}");
+    let open = fds["open"].as_u64().unwrap();
+    assert!(open > 3 && open < soft, "{st:#}");
+    assert!(fds["inode_fds"].as_u64().unwrap() <= budget);
+    let (code, text, err) = d.regfs(&["status", mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "of limit {soft} (hard {hard}); inode budget {budget}"
+        )),
+        "{text}"
+    );
+
+    let m = scrape(port);
+    assert_eq!(m["regfs_fd_limit"], soft as f64);
+    assert_eq!(m["regfs_fd_budget"], budget as f64);
+    assert!(m["regfs_open_fds"] > 3.0, "{m:?}");
+    assert!(m.contains_key("regfs_inode_fds"), "{m:?}");
+}
