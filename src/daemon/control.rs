@@ -168,7 +168,13 @@ pub fn request(state_dir: &Path, req: &Request) -> Result<Response, String> {
 /// The default state directory of a mount point: /run/regfs/<escaped path>, escaped as
 /// systemd does (`/srv/registry` becomes `srv-registry`).
 pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    // A mount point whose daemon died cannot be resolved (ENOTCONN): its parent can.
+    let canonical = std::fs::canonicalize(mountpoint)
+        .or_else(|e| match (mountpoint.parent(), mountpoint.file_name()) {
+            (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)?.join(name)),
+            _ => Err(e),
+        })
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
     let s = canonical.to_string_lossy();
     let trimmed = s.trim_matches('/');
     let mut out = String::new();

@@ -231,3 +231,61 @@ impl StateDir {
         self.fd.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn fresh() -> (tempfile::TempDir, StateDir) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::prepare(&t.path().join("state")).unwrap();
+        (t, dir)
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused_with_its_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o757)).unwrap();
+        let e = StateDir::prepare(&p).unwrap_err().to_string();
+        assert!(e.contains("0757") && e.contains(&p.display().to_string()), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::prepare(&p).unwrap();
+    }
+
+    #[test]
+    fn symlinks_fifos_and_hard_links_are_refused_naming_the_file() {
+        let (t, dir) = fresh();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"v").unwrap();
+        symlink(&victim, dir.path().join("jobs.jsonl")).unwrap();
+        let e = dir
+            .open("jobs.jsonl", OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.jsonl: is a symbolic link"), "{e}");
+        rustix::fs::mkfifoat(dir.as_fd(), "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        let e = dir.open("fifo", OFlags::RDONLY).unwrap_err().to_string();
+        assert!(e.contains("fifo: not a regular file"), "{e}");
+        std::fs::hard_link(&victim, dir.path().join("linked")).unwrap();
+        let e = dir.open("linked", OFlags::RDONLY).unwrap_err().to_string();
+        assert!(e.contains("hard links"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"v");
+    }
+
+    #[test]
+    fn replace_puts_a_file_where_a_symlink_was_without_following_it() {
+        let (t, dir) = fresh();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"v").unwrap();
+        symlink(&victim, dir.path().join("running.json")).unwrap();
+        symlink(&victim, dir.path().join("running.json.tmp")).unwrap();
+        dir.replace("running.json", b"{}", true).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"v");
+        let m = std::fs::symlink_metadata(dir.path().join("running.json")).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.permissions().mode() & 0o777, FILE_MODE);
+    }
+}

@@ -232,12 +232,33 @@ fn symlinks_planted_in_a_root_state_directory_are_never_followed() {
 #[test]
 fn a_state_directory_the_daemon_creates_has_explicit_modes() {
     let Some(mut e) = env() else { return };
-    // Missing parents too: they are created 0755, the state directory 0700.
+    // Missing parents too: they are created 0755, the state directory 0700, even when
+    // the daemon starts with umask 0 (as the mount sets it anyway).
     e.state = e._dir.path().join("run-regfs/mine");
     let b = StoreBuilder::new(&e.storage);
     b.blob(b"garbage");
-    let d = Daemon::start(&e, &[]);
-    assert_eq!(d.gc_wait()["outcome"], "done");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("umask 0 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .arg("mount")
+        .args([&e.storage, &e.mnt])
+        .arg("--state-dir")
+        .arg(&e.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = crate::common::daemon::Daemon::adopt(child, &e.mnt, &e.state);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(crate::common::daemon::serving(&e.mnt) && e.state.join("control.sock").exists()) {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mnt = e.mnt.display().to_string();
+    let (code, out, err) = d.regfs(&["gc", &mnt, "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(e.state.parent().unwrap()), 0o755);
     assert_eq!(mode(&e.state), 0o700);
