@@ -69,7 +69,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     )
     .map_err(|e| format!("signal handler: {e}"))?;
     tracing::info!(storage = %cfg.storage.display(), mountpoint = %mountpoint.display(),
-        threads = cfg.threads, nofile = limit, state_dir = %state_dir.display(),
+        threads = cfg.threads, nofile = limit, fd_budget = daemon.fs().fd_budget(), state_dir = %state_dir.display(),
         schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
         duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
     crate::daemon::notify::ready(&format!("serving {}; GC idle", mountpoint.display()));
