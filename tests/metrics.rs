@@ -208,6 +208,10 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     assert!(idle.len() > IDLE / 2, "only {} connections", idle.len());
     std::thread::sleep(std::time::Duration::from_millis(500));
     let during = threads_of(pid);
+    println!(
+        "{} idle connections: daemon threads {before} before, {during} while held",
+        idle.len()
+    );
     assert!(
         during <= before + 2,
         "{} idle connections took the daemon from {before} to {during} threads",

@@ -250,7 +250,10 @@ mod tests {
         std::fs::create_dir(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o757)).unwrap();
         let e = StateDir::prepare(&p).unwrap_err().to_string();
-        assert!(e.contains("0757") && e.contains(&p.display().to_string()), "{e}");
+        assert!(
+            e.contains("0757") && e.contains(&p.display().to_string()),
+            "{e}"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         StateDir::prepare(&p).unwrap();
     }
@@ -262,7 +265,10 @@ mod tests {
         std::fs::write(&victim, b"v").unwrap();
         symlink(&victim, dir.path().join("jobs.jsonl")).unwrap();
         let e = dir
-            .open("jobs.jsonl", OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)
+            .open(
+                "jobs.jsonl",
+                OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("jobs.jsonl: is a symbolic link"), "{e}");
