@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cli::{GcAction, GcArgs, JobsArgs, MountArgs, StatusArgs, state_dir_for};
 use crate::daemon::control::{self, Request};
 use crate::daemon::job::JobOutcome;
+use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, scheduler, signals};
 use crate::epoch::WriteGate;
 use crate::{mount, offline};
@@ -21,10 +22,13 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     let cfg = &opts.mount;
     let settings = opts.settings.clone();
     let limit = mount::raise_nofile_limit();
+    // Checked (or created) before mounting: a state directory another user could change
+    // is refused before anything else happens.
+    let state_dir = state_dir_for(&opts.state_dir, &cfg.mountpoint);
+    let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
     let gate = Arc::new(WriteGate::new());
     let mut mounted = mount::mount(cfg, gate).map_err(|e| e.to_string())?;
     let mountpoint = mounted.mountpoint.clone();
-    let state_dir = state_dir_for(&opts.state_dir, &mountpoint);
     let store = mounted
         .store()
         .map_err(|e| format!("storage directory: {e}"))?;
@@ -33,12 +37,11 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
         store,
         &mounted.storage,
         &mountpoint,
-        &state_dir,
+        state,
         settings.clone(),
-    )
-    .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    );
     daemon.check_cache("start");
-    control::spawn(daemon.clone(), &state_dir)
+    control::spawn(daemon.clone())
         .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
     scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
     if let Some(m) = &opts.metrics {
@@ -67,7 +70,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     )
     .map_err(|e| format!("signal handler: {e}"))?;
     tracing::info!(storage = %cfg.storage.display(), mountpoint = %mountpoint.display(),
-        threads = cfg.threads, nofile = limit, state_dir = %state_dir.display(),
+        threads = cfg.threads, nofile = limit, fd_budget = daemon.fs().fd_budget(), state_dir = %state_dir.display(),
         schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
         duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
     crate::daemon::notify::ready(&format!("serving {}; GC idle", mountpoint.display()));
@@ -244,10 +247,13 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
 
 pub fn jobs(args: &JobsArgs) -> Result<(), String> {
     let dir = state_dir_for(&args.state_dir, &args.mountpoint);
-    let history = crate::daemon::history::History::new(&dir);
-    let mut jobs = history
-        .jobs()
-        .map_err(|e| format!("job history in {}: {e}", dir.display()))?;
+    let mut jobs = match crate::daemon::history::History::open(&dir) {
+        Ok(history) => history.jobs(),
+        // No state directory yet: no daemon ever ran a job here.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("job history in {}: {e}", dir.display()))?;
     if let Some(n) = args.limit {
         let skip = jobs.len().saturating_sub(n);
         jobs.drain(..skip);

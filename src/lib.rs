@@ -15,6 +15,7 @@ pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod metrics_http;
 pub mod mount;
 pub mod offline;
 pub mod progress;

@@ -218,6 +218,36 @@ impl GcStats {
     }
 }
 
+fn render_descriptors(d: &crate::daemon::status::Descriptors, out: &mut String) {
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {v}");
+    };
+    gauge(
+        "regfs_fd_limit",
+        "The daemon's open-file limit (soft, raised to the hard one at start).",
+        d.limit,
+    );
+    gauge(
+        "regfs_fd_budget",
+        "Inode descriptors the daemon keeps open at most.",
+        d.budget,
+    );
+    gauge(
+        "regfs_inode_fds",
+        "Inode descriptors the daemon holds now.",
+        d.inode_fds,
+    );
+    if let Some(open) = d.open {
+        gauge(
+            "regfs_open_fds",
+            "Descriptors open in the daemon now.",
+            open,
+        );
+    }
+}
+
 /// The whole exposition.
 pub fn render(daemon: &Daemon) -> String {
     let mut out = String::new();
@@ -242,35 +272,31 @@ pub fn render(daemon: &Daemon) -> String {
     );
     let _ = writeln!(out, "# TYPE regfs_store_read_only gauge");
     let _ = writeln!(out, "regfs_store_read_only {}", status.read_only as u8);
+    if let Some(d) = &status.descriptors {
+        render_descriptors(d, &mut out);
+    }
     daemon.fs().stats().render(&mut out);
     out
 }
 
-/// Serves `/metrics` on `addr` in a background thread.
+/// Serves `/metrics` on `addr` in a background thread (connections bounded, see
+/// [`crate::metrics_http`]).
 pub fn serve(daemon: Arc<Daemon>, addr: SocketAddr) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| format!("metrics on {addr}: not an IP listener"))?;
-    std::thread::Builder::new()
-        .name("regfs-metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let resp = if req.method() == &tiny_http::Method::Get && req.url() == "/metrics" {
-                    let header = tiny_http::Header::from_bytes(
-                        &b"Content-Type"[..],
-                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                    )
-                    .expect("static header");
-                    tiny_http::Response::from_string(render(&daemon)).with_header(header)
-                } else {
-                    tiny_http::Response::from_string("not found; try /metrics\n")
-                        .with_status_code(404)
-                };
-                let _ = req.respond(resp);
+    use crate::metrics_http::{Response, serve};
+    serve(addr, move |req| {
+        if req.method == "GET" && req.path == "/metrics" {
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: render(&daemon).into_bytes(),
             }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(bound)
+        } else {
+            Response {
+                status: 404,
+                content_type: "text/plain; charset=utf-8",
+                body: b"not found; try /metrics\n".to_vec(),
+            }
+        }
+    })
+    .map_err(|e| format!("metrics on {addr}: {e}"))
 }

@@ -127,3 +127,181 @@ fn a_non_loopback_metrics_address_is_refused_unless_allowed() {
         "{err}"
     );
 }
+
+/// The daemon's thread count, from /proc.
+fn threads_of(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: in /proc/PID/status")
+}
+
+/// Raises this test process's open-file limit so it can hold many connections.
+fn raise_own_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want.min(hard)),
+            maximum: cur.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(0)
+}
+
+/// GET /metrics with a deadline; the body's samples, or why not.
+fn scrape_within(port: u16, limit: std::time::Duration) -> Result<HashMap<String, f64>, String> {
+    let started = std::time::Instant::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read after {:?}: {e}", started.elapsed()))?;
+    if started.elapsed() > limit {
+        return Err(format!("answered after {:?}", started.elapsed()));
+    }
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_string());
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect())
+}
+
+#[test]
+fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &mnt,
+        &dir.path().join("state"),
+        &[
+            storage.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let pid = d.child.id();
+    scrape(port);
+    let before = threads_of(pid);
+    const IDLE: usize = 2000;
+    assert!(raise_own_nofile(IDLE as u64 + 200) > IDLE as u64 + 100);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Connections that never send a request, all held open.
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok())
+        .collect();
+    assert!(idle.len() > IDLE / 2, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = threads_of(pid);
+    println!(
+        "{} idle connections: daemon threads {before} before, {during} while held",
+        idle.len()
+    );
+    assert!(
+        during <= before + 2,
+        "{} idle connections took the daemon from {before} to {during} threads",
+        idle.len()
+    );
+    // A scraper is answered at once while they are held, and the daemon holds no more
+    // than a bounded number of them.
+    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    assert!(
+        m["regfs_open_fds"] < 1000.0,
+        "the daemon holds {} descriptors with {} idle connections",
+        m["regfs_open_fds"],
+        idle.len()
+    );
+    assert!(m["regfs_fd_limit"] >= 1024.0, "{m:?}");
+    assert!(m["regfs_fd_budget"] >= 64.0 && m["regfs_fd_budget"] <= m["regfs_fd_limit"]);
+    drop(idle);
+    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    assert!(m["regfs_open_fds"] < 1000.0);
+    assert!(threads_of(pid) <= before + 2);
+}
+
+/// The soft and hard "Max open files" of a process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_the_budget_reported_in_status_and_metrics() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let state = dir.path().join("state");
+    let port = free_port();
+    // Started with a low soft limit, as a shell with the usual 1024 would.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(common::daemon::BIN)
+        .arg("mount")
+        .args([&storage, &mnt])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon::adopt(child, &mnt, &state);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !(common::daemon::serving(&mnt) && state.join("control.sock").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (soft, hard) = nofile_of(d.child.id());
+    assert!(hard > 256, "this test needs a hard limit above 256");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+
+    let st = d.status();
+    let fds = &st["descriptors"];
+    assert_eq!(fds["limit"], soft, "{st:#}");
+    assert_eq!(fds["hard_limit"], hard, "{st:#}");
+    let budget = soft.min(1 << 22) / 2;
+    assert_eq!(fds["budget"], budget, "half the limit: {st:#}");
+    let open = fds["open"].as_u64().unwrap();
+    assert!(open > 3 && open < soft, "{st:#}");
+    assert!(fds["inode_fds"].as_u64().unwrap() <= budget);
+    let (code, text, err) = d.regfs(&["status", mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "of limit {soft} (hard {hard}); inode budget {budget}"
+        )),
+        "{text}"
+    );
+
+    let m = scrape(port);
+    assert_eq!(m["regfs_fd_limit"], soft as f64);
+    assert_eq!(m["regfs_fd_budget"], budget as f64);
+    assert!(m["regfs_open_fds"] > 3.0, "{m:?}");
+    assert!(m.contains_key("regfs_inode_fds"), "{m:?}");
+}

@@ -1,9 +1,9 @@
 //! The control socket: `regfs gc`, `regfs gc stop` and `regfs status` talk to the daemon
 //! over a Unix socket in the state directory, one JSON request and one JSON answer per
-//! connection. Only root can connect (mode 0600).
+//! connection. Only root can connect: the socket is 0600 inside the 0700 state directory,
+//! and it appears under its name only once it has that mode.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Job, Trigger};
 use super::service::Daemon;
+use super::state_dir::{FILE_MODE, StateDir};
 use super::status::Status;
 
 pub const SOCKET: &str = "control.sock";
@@ -102,12 +103,29 @@ fn serve_one(daemon: &Arc<Daemon>, stream: UnixStream) -> io::Result<()> {
     (&stream).write_all(&out)
 }
 
+/// The name the socket is bound under before it has its mode.
+const SOCKET_UNREADY: &str = "control.sock.new";
+
+/// Binds the socket in the state directory: under a temporary name (through the
+/// directory's descriptor, so the directory's path cannot be swapped meanwhile), set to
+/// 0600, then renamed into place. The process umask is 0 (the mount needs that), and
+/// changing it around bind would race with FUSE requests creating files, so the mode is
+/// set before the socket is reachable under its name; the 0700 directory keeps everyone
+/// but root out even of the temporary name.
+fn bind(dir: &StateDir) -> io::Result<UnixListener> {
+    dir.remove(SOCKET_UNREADY)?;
+    let listener = UnixListener::bind(dir.fd_path(SOCKET_UNREADY))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.shown(SOCKET_UNREADY))))?;
+    dir.chmod(SOCKET_UNREADY, FILE_MODE)?;
+    dir.rename(SOCKET_UNREADY, SOCKET)?;
+    Ok(listener)
+}
+
 /// Listens on `<state_dir>/control.sock` in a background thread.
-pub fn spawn(daemon: Arc<Daemon>, state_dir: &Path) -> io::Result<PathBuf> {
-    let path = state_dir.join(SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+pub fn spawn(daemon: Arc<Daemon>) -> io::Result<PathBuf> {
+    let dir = daemon.state_dir().clone();
+    let path = dir.path().join(SOCKET);
+    let listener = bind(&dir)?;
     std::thread::Builder::new()
         .name("regfs-control".into())
         .spawn(move || {
@@ -150,7 +168,13 @@ pub fn request(state_dir: &Path, req: &Request) -> Result<Response, String> {
 /// The default state directory of a mount point: /run/regfs/<escaped path>, escaped as
 /// systemd does (`/srv/registry` becomes `srv-registry`).
 pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    // A mount point whose daemon died cannot be resolved (ENOTCONN): its parent can.
+    let canonical = std::fs::canonicalize(mountpoint)
+        .or_else(|e| match (mountpoint.parent(), mountpoint.file_name()) {
+            (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)?.join(name)),
+            _ => Err(e),
+        })
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
     let s = canonical.to_string_lossy();
     let trimmed = s.trim_matches('/');
     let mut out = String::new();

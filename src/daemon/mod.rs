@@ -14,3 +14,4 @@ pub mod control;
 pub mod notify;
 pub mod scheduler;
 pub mod signals;
+pub mod state_dir;

@@ -181,11 +181,24 @@ pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Setti
         delete_untagged = job.settings.delete_untagged, dry_run = job.settings.dry_run, "GC job started");
     let running = std::sync::atomic::AtomicBool::new(true);
     let result = std::thread::scope(|scope| {
-        // A heartbeat on the running-job record, so a daemon killed mid-run is recorded
-        // as interrupted at (about) the moment it died.
+        // A heartbeat rewrites the running-job record with the run's progress, so a
+        // daemon killed mid-run is recorded as interrupted at (about) the moment it died,
+        // with what it had deleted and how long the store was read-only by then.
         scope.spawn(|| {
+            let mut failing = false;
             while running.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = daemon.history.heartbeat();
+                if let Some(snapshot) = daemon.running_snapshot() {
+                    match daemon.history.heartbeat(&snapshot) {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::error!(job = snapshot.id, error = %e,
+                                "cannot update the running-job record; if the daemon dies now, \
+                                 the history will not say what this run deleted");
+                        }
+                        Err(_) => {}
+                        Ok(()) => failing = false,
+                    }
+                }
                 std::thread::sleep(HEARTBEAT);
             }
         });

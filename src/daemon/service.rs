@@ -12,9 +12,10 @@ use thiserror::Error;
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::settings::{GcDuration, Settings};
-use super::status::{Progress, State, Status};
+use super::state_dir::StateDir;
+use super::status::{Descriptors, Progress, State, Status};
 use crate::fs::StorageFs;
-use crate::gc::{self, Outcome, Phase};
+use crate::gc::{self, Counts, Outcome, Phase};
 use crate::layout::Store;
 use crate::registry::CacheStatus;
 
@@ -40,6 +41,8 @@ pub struct RunControl {
     phase: AtomicU8,
     done: AtomicU64,
     total: AtomicU64,
+    /// What the sweep has deleted so far.
+    swept: Mutex<Counts>,
 }
 
 impl RunControl {
@@ -110,6 +113,13 @@ impl gc::Control for RunControl {
     fn advance(&self) {
         self.done.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn swept(&self, unit: &Counts) {
+        gc::sweep::add(
+            &mut self.swept.lock().unwrap_or_else(|e| e.into_inner()),
+            unit,
+        );
+    }
 }
 
 struct Running {
@@ -133,6 +143,7 @@ pub struct Daemon {
     pub(super) store: Store,
     mountpoint: PathBuf,
     storage: PathBuf,
+    state_dir: Arc<StateDir>,
     pub(super) history: History,
     settings: RwLock<Settings>,
     gc_stats: Mutex<crate::metrics::GcStats>,
@@ -147,24 +158,32 @@ const CACHE_RECHECK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 impl Daemon {
     /// Sets the service up; records a run a dead predecessor left behind as interrupted.
+    /// A history that cannot be read or written is logged and GC still runs (freeing
+    /// space matters more than the record of it).
     pub fn new(
         fs: Arc<StorageFs>,
         store: Store,
         storage: &Path,
         mountpoint: &Path,
-        state_dir: &Path,
+        state_dir: Arc<StateDir>,
         settings: Settings,
-    ) -> std::io::Result<Arc<Daemon>> {
-        std::fs::create_dir_all(state_dir)?;
-        let history = History::new(state_dir);
-        if let Some(job) = history.recover_interrupted()? {
-            tracing::warn!(
+    ) -> Arc<Daemon> {
+        let history = History::new(state_dir.clone());
+        match history.recover_interrupted() {
+            Ok(Some(job)) => tracing::warn!(
                 job = job.id,
-                "GC job {} was interrupted when the daemon stopped; recorded as interrupted",
-                job.id
-            );
+                "GC job {} was interrupted when the daemon stopped; recorded as interrupted: {}",
+                job.id,
+                job.summary()
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e,
+                "cannot record the run a stopped daemon left behind in the history"),
         }
-        let jobs = history.jobs()?;
+        let jobs = history.jobs().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the job history; starting without it");
+            vec![]
+        });
         let mut gc_stats = crate::metrics::GcStats::default();
         for j in &jobs {
             gc_stats.add(j);
@@ -174,18 +193,19 @@ impl Daemon {
             last: jobs.last().cloned(),
             ..Inner::default()
         };
-        Ok(Arc::new(Daemon {
+        Arc::new(Daemon {
             fs,
             store,
             mountpoint: mountpoint.to_path_buf(),
             storage: storage.to_path_buf(),
+            state_dir,
             history,
             settings: RwLock::new(settings),
             gc_stats: Mutex::new(gc_stats),
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
-        }))
+        })
     }
 
     /// Checks the registry's blob-descriptor cache now; logs the verdict when it changes
@@ -289,9 +309,12 @@ impl Daemon {
             registry_cache: None,
             report: None,
         };
-        self.history
-            .mark_running(&job)
-            .map_err(|e| TriggerError::State(e.to_string()))?;
+        // A state directory that cannot take the record (full, say) must not stop GC from
+        // freeing space: the run goes on, unrecorded if the daemon dies.
+        if let Err(e) = self.history.mark_running(&job) {
+            tracing::error!(job = job.id, error = %e,
+                "cannot record the running job in the state directory; running it anyway");
+        }
         inner.next_id += 1;
         let control = Arc::new(RunControl::default());
         control.set_limit(settings.time_limit());
@@ -348,6 +371,26 @@ impl Daemon {
         &self.fs
     }
 
+    pub fn state_dir(&self) -> &Arc<StateDir> {
+        &self.state_dir
+    }
+
+    /// The running job as its record should say now: what the sweep deleted so far and
+    /// how long the store has been read-only.
+    pub(super) fn running_snapshot(&self) -> Option<Job> {
+        let inner = self.lock();
+        let r = inner.running.as_ref()?;
+        let mut job = r.job.clone();
+        if let Some(since) = r.read_only_since {
+            job.read_only_seconds = (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0;
+        }
+        if r.control.state() == State::Sweeping {
+            let counts = r.control.swept.lock().unwrap_or_else(|e| e.into_inner());
+            job.report = serde_json::to_value(&*counts).ok();
+        }
+        Some(job)
+    }
+
     /// Records a finished run and frees the slot for the next one.
     pub(super) fn finish(&self, job: Job) {
         self.gc_stats
@@ -355,7 +398,8 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .add(&job);
         if let Err(e) = self.history.append(&job) {
-            tracing::error!(job = job.id, error = %e, "cannot append the job to the history");
+            tracing::error!(job = job.id, error = %e,
+                "cannot write the job to the history; it did: {}", job.summary());
         }
         if let Err(e) = self.history.clear_running() {
             tracing::error!(error = %e, "cannot clear the running-job record");
@@ -422,12 +466,29 @@ impl Daemon {
             settings: settings.job_settings(),
             last_job: inner.last.clone(),
             registry_cache: None,
+            descriptors: None,
         };
         drop(inner);
         Status {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
+            descriptors: Some(self.descriptors()),
             ..status
+        }
+    }
+
+    /// The open-file limit, the inode descriptor budget and what is open now.
+    pub fn descriptors(&self) -> Descriptors {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let (inode_fds, _) = self.fs.inode_fds();
+        Descriptors {
+            limit: limit.current.unwrap_or(u64::MAX),
+            hard_limit: limit.maximum.unwrap_or(u64::MAX),
+            budget: self.fs.fd_budget() as u64,
+            inode_fds: inode_fds as u64,
+            open: std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count() as u64)
+                .ok(),
         }
     }
 }

@@ -24,6 +24,20 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// The daemon's descriptors: what the system allows and how they are budgeted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Descriptors {
+    /// The soft open-file limit (raised to the hard one at start).
+    pub limit: u64,
+    pub hard_limit: u64,
+    /// Inode descriptors kept open at most (half the limit unless configured).
+    pub budget: u64,
+    /// Inode descriptors open now.
+    pub inode_fds: u64,
+    /// Descriptors open now in the whole daemon.
+    pub open: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub mountpoint: String,
@@ -42,6 +56,8 @@ pub struct Status {
     /// The registry's blob-descriptor cache, when regfs knows the registry's config.
     #[serde(default)]
     pub registry_cache: Option<crate::registry::CacheStatus>,
+    #[serde(default)]
+    pub descriptors: Option<Descriptors>,
 }
 
 fn utc(t: &DateTime<Utc>) -> String {
@@ -77,6 +93,14 @@ impl fmt::Display for Status {
             "  settings     duration {}, delete-untagged {}, dry-run {}, upload-max-age {}, drain-timeout {}",
             s.duration, s.delete_untagged, s.dry_run, s.upload_max_age, s.drain_timeout
         )?;
+        if let Some(d) = &self.descriptors {
+            let open = d.open.map_or_else(|| "?".into(), |n| n.to_string());
+            writeln!(
+                f,
+                "  descriptors  {open} open of limit {} (hard {}); inode budget {} ({} in use)",
+                d.limit, d.hard_limit, d.budget, d.inode_fds
+            )?;
+        }
         match &self.last_job {
             Some(j) => writeln!(f, "  last run     {}", j.summary())?,
             None => writeln!(f, "  last run     none")?,

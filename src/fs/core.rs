@@ -207,6 +207,11 @@ impl StorageFs {
     }
 
     /// Inode descriptors open now, and whether inodes are kept by file handle.
+    /// Inode descriptors kept open at most (with file handles).
+    pub fn fd_budget(&self) -> usize {
+        self.inodes.fd_budget()
+    }
+
     pub fn inode_fds(&self) -> (usize, bool) {
         (self.inodes.open_fds(), self.inodes.uses_handles())
     }

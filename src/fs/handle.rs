@@ -250,6 +250,11 @@ impl FdCache {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// How many cached descriptors may be held before the oldest are closed.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     /// Cached descriptors held now.
     pub fn open_count(&self) -> usize {
         self.open.load(Ordering::Relaxed)

@@ -271,6 +271,11 @@ impl InodeTable {
         self.use_handles
     }
 
+    /// Inode descriptors kept open at most (when inodes are kept by file handle).
+    pub fn fd_budget(&self) -> usize {
+        self.fds.budget()
+    }
+
     /// Inode descriptors open now.
     pub fn open_fds(&self) -> usize {
         self.fds.open_count()

@@ -75,6 +75,9 @@ pub trait Control: Sync {
     fn phase(&self, _phase: Phase, _total: u64) {}
     /// One unit of the current phase is done.
     fn advance(&self) {}
+    /// A sweep unit is done and deleted `unit` (so a record of the run can say what
+    /// went, even if the process dies before the report).
+    fn swept(&self, _unit: &Counts) {}
 }
 
 /// A control that never interrupts and reports nothing.
@@ -198,8 +201,12 @@ pub fn sweep(
     let start = Instant::now();
     control.phase(Phase::Sweep, plan.actions.len() as u64);
     let stop = || control.interrupted().is_some();
-    let (done, stopped) =
-        io_pool().install(|| sweep::execute(&plan, deleter, &stop, &|| control.advance()))?;
+    let (done, stopped) = io_pool().install(|| {
+        sweep::execute(&plan, deleter, &stop, &|unit| {
+            control.swept(unit);
+            control.advance()
+        })
+    })?;
     report.counts = done;
     if stopped {
         report.outcome = control.interrupted().unwrap_or(Outcome::Stopped);

@@ -111,7 +111,8 @@ fn run(action: &Action, deleter: &dyn Deleter) -> Result<Counts, GcError> {
     Ok(c)
 }
 
-fn add(total: &mut Counts, c: &Counts) {
+/// Adds `c` to `total`.
+pub fn add(total: &mut Counts, c: &Counts) {
     total.manifests_removed += c.manifests_removed;
     total.tag_index_entries_removed += c.tag_index_entries_removed;
     total.blobs_deleted += c.blobs_deleted;
@@ -136,7 +137,7 @@ pub fn execute(
     plan: &Plan,
     deleter: &dyn Deleter,
     stop: &(dyn Fn() -> bool + Sync),
-    progress: &(dyn Fn() + Sync),
+    progress: &(dyn Fn(&Counts) + Sync),
 ) -> Result<(Counts, bool), GcError> {
     let total = Mutex::new(Counts::default());
     let mut stopped = false;
@@ -156,7 +157,7 @@ pub fn execute(
                 }
                 let c = run(a, deleter)?;
                 add(&mut total.lock().unwrap_or_else(|e| e.into_inner()), &c);
-                progress();
+                progress(&c);
                 Ok(true)
             })
             .collect();

@@ -8,5 +8,7 @@ mod common;
 mod daemon;
 mod fixture;
 mod history;
+mod interrupted;
 mod runs;
+mod state;
 mod triggers;
