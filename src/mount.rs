@@ -80,6 +80,16 @@ pub enum MountError {
         source: io::Error,
     },
     #[error(
+        "storage directory {path} is on a FUSE filesystem ({fstype} mounted at {mounted_at}, source {fs_source}): regfs serves only a directory on a local filesystem; give the backing directory (for a regfs mount, its source) instead"
+    )]
+    StorageOnFuse {
+        path: String,
+        fstype: String,
+        mounted_at: String,
+        /// The mount's source: for a regfs mount, the directory it serves.
+        fs_source: String,
+    },
+    #[error(
         "mount point {mountpoint} is inside the storage directory {storage}: the daemon would serve its own mount"
     )]
     MountpointInsideStorage {
@@ -183,6 +193,40 @@ pub fn recover_stale(mountpoint: &Path) -> Result<bool, MountError> {
     }
 }
 
+/// `f_type` of a FUSE filesystem in statfs(2).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Refuses a STORAGE on a FUSE filesystem: another regfs daemon's mount (which would
+/// stay writable while this daemon sweeps beneath it) or any other FUSE filesystem,
+/// whose own daemon regfs cannot close for writes. statfs names the filesystem that
+/// really holds STORAGE, a subdirectory of a mount included.
+fn refuse_fuse_storage(storage: &Path) -> Result<(), MountError> {
+    let st = rustix::fs::statfs(storage).map_err(|e| MountError::Io {
+        path: storage.display().to_string(),
+        source: e.into(),
+    })?;
+    if st.f_type as i64 != FUSE_SUPER_MAGIC {
+        return Ok(());
+    }
+    // The innermost mount holding STORAGE, for the message.
+    let holder = mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| storage.starts_with(&m.mountpoint))
+        // The last of the longest: the topmost mount there.
+        .max_by_key(|m| m.mountpoint.as_os_str().len());
+    let (fstype, mounted_at, fs_source) = match holder {
+        Some(m) => (m.fstype, m.mountpoint.display().to_string(), m.source),
+        None => ("fuse".into(), "?".into(), "?".into()),
+    };
+    Err(MountError::StorageOnFuse {
+        path: storage.display().to_string(),
+        fstype,
+        mounted_at,
+        fs_source,
+    })
+}
+
 /// Everything that can be checked before mounting, with errors that say what to do.
 /// Returns the canonical (storage, mountpoint).
 pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
@@ -205,6 +249,9 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             });
         }
     }
+    // First, so that a STORAGE that is also the mount point is not stat'ed through a dead
+    // mount (ENOTCONN).
+    recover_stale(&cfg.mountpoint)?;
     let storage = match fs::metadata(&cfg.storage) {
         Ok(m) if m.is_dir() => fs::canonicalize(&cfg.storage).map_err(|e| MountError::Io {
             path: cfg.storage.display().to_string(),
@@ -221,7 +268,6 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             });
         }
     };
-    recover_stale(&cfg.mountpoint)?;
     let mountpoint = match fs::metadata(&cfg.mountpoint) {
         Ok(m) if m.is_dir() => fs::canonicalize(&cfg.mountpoint).map_err(|e| MountError::Io {
             path: cfg.mountpoint.display().to_string(),
@@ -248,6 +294,7 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             fstype: m.fstype,
         });
     }
+    refuse_fuse_storage(&storage)?;
     if mountpoint != storage && mountpoint.starts_with(&storage) {
         return Err(MountError::MountpointInsideStorage {
             storage,
