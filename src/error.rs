@@ -43,6 +43,9 @@ pub enum FsError {
     /// A handle used for what it was not opened for.
     #[error("handle {fh} is not open for {what}")]
     BadHandle { fh: u64, what: &'static str },
+    /// A user the mount does not serve (see `fs::access`).
+    #[error("uid {uid} may not use this mount")]
+    NotAllowed { uid: u32 },
     /// A bug or an unexpected state: answered with EIO and logged with the path.
     #[error("internal error at {path}: {detail}")]
     Internal { path: String, detail: String },
@@ -76,6 +79,9 @@ impl FsError {
             FsError::NoXattr => libc::ENOSYS,
             FsError::Stale { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
+            // EACCES, as a kernel permission check would answer: the request is
+            // well-formed, the caller is not allowed.
+            FsError::NotAllowed { .. } => libc::EACCES,
             FsError::Internal { .. } => libc::EIO,
         }
     }

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::epoch::WriteGate;
 use crate::error::FsError;
+use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
 
 /// Everything `regfs mount` needs to serve a store.
@@ -34,6 +35,8 @@ pub struct MountConfig {
     pub max_inodes: usize,
     /// Inode descriptors kept open at most (with file handles); 0: half the open-file limit.
     pub fd_budget: usize,
+    /// Who may use the mount besides root and the storage directory's owner.
+    pub users: MountUsers,
 }
 
 impl MountConfig {
@@ -410,7 +413,16 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         tracing::warn!(storage = %storage.display(),
             "this filesystem gives no file handles: every remembered inode keeps a descriptor open");
     }
-    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough);
+    // The owner as it is now: a later chown of STORAGE takes effect at the next start.
+    let owner = rustix::fs::fstat(&lock)
+        .map_err(|e| MountError::Io {
+            path: storage.display().to_string(),
+            source: e.into(),
+        })?
+        .st_uid;
+    let callers = Callers::new(&cfg.users, owner);
+    tracing::info!(storage = %storage.display(), "the mount serves {}", callers.describe());
+    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough, callers);
     let session =
         Session::new(adapter, &mountpoint, &session_config(cfg, &storage)).map_err(|e| {
             MountError::Mount {

@@ -1,5 +1,6 @@
 //! The passthrough filesystem: inodes, handles, the core operations and the FUSE adapter.
 
+pub mod access;
 pub mod adapter;
 mod attr;
 mod core;
