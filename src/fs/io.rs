@@ -15,8 +15,10 @@ use rustix::io::Errno;
 use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
-use crate::epoch::{WriterClass, WriterToken};
+use super::link_undo::LinkUndo;
+use crate::epoch::{CutRepair, WriterClass, WriterToken};
 use crate::error::{FsError, FsResult};
+use crate::layout::paths::is_link_file;
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -27,6 +29,8 @@ pub struct OpenFile {
     pub(super) inode: Arc<Inode>,
     pub(super) fd: OwnedFd,
     pub(super) writer: Option<WriterToken>,
+    /// A write handle on a link file: its bytes from before, put back if it is cut.
+    pub(super) undo: Option<Arc<LinkUndo>>,
     /// Keeps the inode's passthrough backing id alive until this handle is released.
     pub(super) _backing: Option<Arc<BackingId>>,
 }
@@ -92,11 +96,33 @@ impl StorageFs {
         }
     }
 
+    /// The undo record of a write handle on a link file (its own read-write descriptor).
+    fn link_undo(
+        &self,
+        inode: &Arc<Inode>,
+        fd: BorrowedFd<'_>,
+        path: &str,
+        created: bool,
+    ) -> FsResult<Arc<LinkUndo>> {
+        let own = self
+            .reopen(fd, OFlags::RDWR | OFlags::NOCTTY)
+            .map_err(|e| FsError::backing("open", path, e))?;
+        let notifier = self.notifier.get().cloned();
+        Ok(LinkUndo::new(
+            path.into(),
+            inode.clone(),
+            own,
+            created,
+            notifier,
+        ))
+    }
+
     fn finish_open(
         &self,
         inode: Arc<Inode>,
         fd: OwnedFd,
         writer: Option<WriterToken>,
+        undo: Option<Arc<LinkUndo>>,
         make: Option<BackingFactory<'_>>,
     ) -> Opened {
         let backing = if writer.is_none() {
@@ -113,6 +139,7 @@ impl StorageFs {
             inode,
             fd,
             writer,
+            undo,
             _backing: backing.clone(),
         });
         Opened {
@@ -133,27 +160,52 @@ impl StorageFs {
         if inode.kind == Kind::Directory {
             return Err(FsError::backing("open", inode.path(), Errno::ISDIR));
         }
+        let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
             let class = WriterClass::of_path(&path);
+            if is_link_file(&path) {
+                undo = Some(self.link_undo(&inode, self.fd_of(&inode)?.as_fd(), &path, false)?);
+            }
+            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
             Some(
                 self.gate
-                    .register_writer(class, path.clone())
+                    .register_writer(class, path.clone(), repair)
                     .map_err(|_| Self::ro(&path))?,
             )
         } else {
             None
         };
-        let fd = match self.reopen(self.fd_of(&inode)?.as_fd(), backing_flags(flags)) {
-            Ok(fd) => fd,
+        // A link's O_TRUNC is done below, after its bytes are kept.
+        let mut oflags = backing_flags(flags);
+        if undo.is_some() {
+            oflags.remove(OFlags::TRUNC);
+        }
+        let opened = self
+            .reopen(self.fd_of(&inode)?.as_fd(), oflags)
+            .map_err(|e| FsError::backing("open", inode.path(), e))
+            .and_then(|fd| {
+                if let (Some(u), Some(t)) = (&undo, &writer)
+                    && flags & libc::O_TRUNC != 0
+                {
+                    let _write = self
+                        .gate
+                        .admit_write(t)
+                        .map_err(|_| Self::ro(&inode.path()))?;
+                    u.truncate()
+                        .map_err(|e| FsError::backing("truncate", inode.path(), e))?;
+                }
+                Ok(fd)
+            });
+        match opened {
+            Ok(fd) => Ok(self.finish_open(inode, fd, writer, undo, make)),
             Err(e) => {
                 if let Some(t) = &writer {
                     self.gate.release_writer(t);
                 }
-                return Err(FsError::backing("open", inode.path(), e));
+                Err(e)
             }
-        };
-        Ok(self.finish_open(inode, fd, writer, make))
+        }
     }
 
     /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
@@ -170,6 +222,7 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let change = self.admit_change(&path)?;
+        let link = wants_write(flags) && is_link_file(&path);
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
         let (fd, created) = match rfs::openat(
@@ -180,13 +233,13 @@ impl StorageFs {
         ) {
             Ok(fd) => (fd, true),
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                let fd = rfs::openat(
-                    &*self.fd_of(&parent)?,
-                    name,
-                    base | OFlags::NONBLOCK,
-                    Mode::empty(),
-                )
-                .map_err(|e| FsError::backing("open", &path, e))?;
+                // A link's O_TRUNC is done below, after its bytes are kept.
+                let mut existing = base | OFlags::NONBLOCK;
+                if link {
+                    existing.remove(OFlags::TRUNC);
+                }
+                let fd = rfs::openat(&*self.fd_of(&parent)?, name, existing, Mode::empty())
+                    .map_err(|e| FsError::backing("open", &path, e))?;
                 (fd, false)
             }
             Err(e) => return Err(FsError::backing("create", &path, e)),
@@ -203,13 +256,25 @@ impl StorageFs {
             .map_err(|e| FsError::backing("open", &path, e))?;
         let found = Found::new(&st, Kind::File);
         let inode = self.inodes.remember(&parent, name, found, opath, true);
-        let writer = wants_write(flags)
-            .then(|| change.register_writer(WriterClass::of_path(&path), path.clone()));
+        let undo = if link {
+            let u = self.link_undo(&inode, fd.as_fd(), &path, created)?;
+            if !created && flags & libc::O_TRUNC != 0 {
+                u.truncate()
+                    .map_err(|e| FsError::backing("truncate", &path, e))?;
+            }
+            Some(u)
+        } else {
+            None
+        };
+        let writer = wants_write(flags).then(|| {
+            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
+            change.register_writer(WriterClass::of_path(&path), path.clone(), repair)
+        });
         drop(change);
         let entry = Entry {
             attr: file_attr(inode.id, &st),
         };
-        Ok((entry, self.finish_open(inode, fd, writer, make)))
+        Ok((entry, self.finish_open(inode, fd, writer, undo, make)))
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -246,6 +311,9 @@ impl StorageFs {
             .gate
             .admit_write(token)
             .map_err(|_| Self::ro(&file.inode.path()))?;
+        if let Some(u) = &file.undo {
+            u.keep_before_change();
+        }
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {

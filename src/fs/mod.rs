@@ -8,6 +8,7 @@ mod handle;
 mod handles;
 mod inode;
 mod io;
+mod link_undo;
 mod readdir;
 mod reclaim;
 mod remove;

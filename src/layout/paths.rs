@@ -102,6 +102,23 @@ pub fn upload_dir(repo: &RepoName, id: &str) -> PathBuf {
 /// The file name every link file has.
 pub const LINK: &str = "link";
 
+/// Whether a store-relative path (`/`-separated) names a link file: a file called `link`
+/// inside a repository (revisions, tags' current and index entries, `_layers`), never
+/// under `_uploads`. Its content is `sha256:` and 64 hex (see `digest::parse_link`).
+pub fn is_link_file(rel: &str) -> bool {
+    let Some(inside) = rel
+        .strip_prefix(V2)
+        .and_then(|r| r.strip_prefix("/repositories/"))
+    else {
+        return false;
+    };
+    let mut parts: Vec<&str> = inside.split('/').collect();
+    parts.pop() == Some(LINK)
+        && parts.len() >= 2
+        && !parts.contains(&"_uploads")
+        && parts.iter().any(|p| *p == "_manifests" || *p == "_layers")
+}
+
 /// Whether a file name is a leftover of registry 3.1+'s write-to-temp-and-rename.
 pub fn is_temp_file(name: &str) -> bool {
     name.ends_with(".tmp")
@@ -115,6 +132,32 @@ pub fn is_inside_v2(rel: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_files_are_told_from_other_files() {
+        let r = RepoName::new("team/app").unwrap();
+        let t = TagName::new("v1").unwrap();
+        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        for link in [
+            s(revision_dir(&r, &d).join(LINK)),
+            s(tag_current_link(&r, &t)),
+            s(tag_index_entry(&r, &t, &d).join(LINK)),
+            s(layer_link_dir_named(&r, &d.hex()).join(LINK)),
+        ] {
+            assert!(is_link_file(&link), "{link}");
+        }
+        for other in [
+            s(blob_data(&d)),
+            s(upload_dir(&r, "u1").join(LINK)),
+            s(upload_dir(&r, "u1").join("startedat")),
+            format!("{V2}/repositories/link"),
+            "repo/_manifests/tags/t/current/link".to_string(),
+            s(tag_current_link(&r, &t)) + ".tmp",
+        ] {
+            assert!(!is_link_file(&other), "{other}");
+        }
+    }
 
     #[test]
     fn blob_paths_from_the_root_and_from_the_blobs_root_agree() {
