@@ -4,7 +4,11 @@
 //! registry's user: Debian's `docker-registry`) are served; every request of another uid
 //! that reaches the daemon is refused with EACCES. Options widen it.
 
+use std::collections::HashSet;
 use std::ffi::CString;
+use std::sync::Mutex;
+
+use crate::error::FsError;
 
 /// Who may use the mount besides root and the storage directory's owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +77,58 @@ impl Callers {
             out.push_str(&format!(", and {}", others.join(", ")));
         }
         out
+    }
+}
+
+/// Operations on an open handle: served to whoever holds it, since an allowed caller
+/// opened it (and the kernel sends some of them, release among them, without the
+/// caller's credentials).
+const ON_OPEN_HANDLE: [&str; 8] = [
+    "read",
+    "write",
+    "fsync",
+    "release",
+    "readdir",
+    "readdirplus",
+    "fsyncdir",
+    "releasedir",
+];
+
+/// The check the FUSE adapter makes on every request.
+#[derive(Debug)]
+pub struct MountAccess {
+    callers: Callers,
+    warned: Mutex<HashSet<u32>>,
+}
+
+impl MountAccess {
+    pub fn new(callers: Callers) -> MountAccess {
+        MountAccess {
+            callers,
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether operation `op` of `uid` is served.
+    pub fn check(&self, op: &str, uid: u32) -> Result<(), FsError> {
+        if self.callers.admits(uid) || ON_OPEN_HANDLE.contains(&op) {
+            return Ok(());
+        }
+        self.warn_once(uid);
+        Err(FsError::NotAllowed { uid })
+    }
+
+    /// One warning per refused uid (a bounded number of them), so an operator whose
+    /// registry runs as another user than the storage owner sees why; the rest are
+    /// counted in the metrics (errno 13) and logged at debug.
+    fn warn_once(&self, uid: u32) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() < 64 && warned.insert(uid) {
+            tracing::warn!(
+                uid,
+                "refused a request of a user this mount does not serve (root and the storage owner only by default; see --allow-user)"
+            );
+        }
     }
 }
 

@@ -2,21 +2,21 @@
 //! into a reply. Errors become errno here, through [`FsError::errno`] only; a panic in
 //! the core answers EIO for that one request and the mount stays up.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::Timestamps;
 
-use super::access::Callers;
+use super::access::{Callers, MountAccess};
+use super::attr::{dot_attr, timespec};
 use super::core::{Caller, SetAttr, StorageFs};
 use super::io::Opened;
 use crate::error::{FsError, FsResult};
@@ -30,23 +30,8 @@ pub struct FuseAdapter {
     ttl: Duration,
     want_passthrough: bool,
     /// Who may use the mount; checked in [`call`](Self::call) only.
-    callers: Callers,
-    warned: Mutex<HashSet<u32>>,
+    access: MountAccess,
 }
-
-/// Operations on an open handle: served to whoever holds it, since an allowed caller
-/// opened it (and the kernel sends some of them, release among them, without the
-/// caller's credentials).
-const ON_OPEN_HANDLE: [&str; 8] = [
-    "read",
-    "write",
-    "fsync",
-    "release",
-    "readdir",
-    "readdirplus",
-    "fsyncdir",
-    "releasedir",
-];
 
 impl FuseAdapter {
     pub fn new(
@@ -59,8 +44,7 @@ impl FuseAdapter {
             fs,
             ttl,
             want_passthrough,
-            callers,
-            warned: Mutex::new(HashSet::new()),
+            access: MountAccess::new(callers),
         }
     }
 
@@ -85,7 +69,9 @@ impl FuseAdapter {
         ino: u64,
         f: impl FnOnce() -> FsResult<T>,
     ) -> Result<T, Errno> {
-        let result = if self.callers.admits(uid) || ON_OPEN_HANDLE.contains(&op) {
+        let result = if let Err(refused) = self.access.check(op, uid) {
+            Err(refused)
+        } else {
             catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
                 let detail = panic
                     .downcast_ref::<&str>()
@@ -97,9 +83,6 @@ impl FuseAdapter {
                     detail,
                 })
             })
-        } else {
-            self.warn_refused_once(uid);
-            Err(FsError::NotAllowed { uid })
         };
         self.fs
             .stats()
@@ -135,18 +118,6 @@ impl FuseAdapter {
         r.expect_err("refused")
     }
 
-    /// One warning per refused uid (a bounded number of them), so an operator whose
-    /// registry runs as another user than the storage owner sees why; the rest at debug.
-    fn warn_refused_once(&self, uid: u32) {
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-        if warned.len() < 64 && warned.insert(uid) {
-            tracing::warn!(
-                uid,
-                "refused a request of a user this mount does not serve (root and the storage owner only by default; see --allow-user)"
-            );
-        }
-    }
-
     fn caller(req: &Request) -> Caller {
         Caller {
             uid: req.uid(),
@@ -160,48 +131,6 @@ impl FuseAdapter {
         } else {
             FopenFlags::empty()
         }
-    }
-}
-
-fn timespec(t: Option<TimeOrNow>) -> Timespec {
-    match t {
-        None => Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: d.subsec_nanos() as _,
-            }
-        }
-    }
-}
-
-/// Attributes for `.` and `..` in readdirplus (the kernel does not link them, so only the
-/// inode number and type matter), and, with node 0, a negative lookup entry.
-fn dot_attr(ino: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::Directory,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
     }
 }
 
@@ -646,6 +575,7 @@ impl Filesystem for FuseAdapter {
 mod tests {
     use super::*;
     use crate::epoch::WriteGate;
+    use fuser::FileType;
 
     #[test]
     fn a_panic_in_the_core_answers_eio_for_that_request_only() {
