@@ -232,3 +232,23 @@ fn a_storage_on_another_daemons_mount_is_refused_naming_it() {
         );
     }
 }
+
+#[test]
+fn an_unknown_allowed_user_is_refused_at_start_naming_it() {
+    let Some((_dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let out = Command::new(BIN)
+        .arg("mount")
+        .args([&storage, &mnt])
+        .args(["--allow-user", "no-such-user-regfs"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--allow-user") && err.contains("no-such-user-regfs"),
+        "{err}"
+    );
+    assert!(common::mount_at_fuse(&mnt).is_none());
+}
