@@ -52,7 +52,8 @@ fn read(dir: &tempfile::TempDir, rel: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
-    // Truncated only; truncated and partly written; opened with O_TRUNC.
+    // Truncated only; truncated and partly written; opened with O_TRUNC; created with
+    // O_TRUNC over the existing link.
     for (how, partial) in [("ftruncate", None), ("partial", Some(&LINK_B[..20]))] {
         let (dir, fs) = store();
         let id = walk(&fs, &format!("{TAGS}/t/current/link"));
@@ -85,6 +86,24 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
     fs.gate().close_for_writes(DRAIN);
     assert_eq!(read(&dir, "t/current/link").unwrap(), LINK_A, "O_TRUNC");
     fs.release(fh).unwrap();
+
+    // O_CREAT | O_TRUNC on the existing link (the kernel's create of a name it has not
+    // looked up).
+    let (dir, fs) = store();
+    let parent = walk(&fs, &format!("{TAGS}/t/current"));
+    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+    let root = Caller { uid: 0, gid: 0 };
+    let (_, opened) = fs
+        .create(parent, OsStr::new("link"), 0o644, flags, root, None)
+        .unwrap();
+    assert_eq!(read(&dir, "t/current/link").unwrap(), b"", "create O_TRUNC");
+    fs.gate().close_for_writes(DRAIN);
+    assert_eq!(
+        read(&dir, "t/current/link").unwrap(),
+        LINK_A,
+        "create O_TRUNC"
+    );
+    fs.release(opened.fh).unwrap();
 }
 
 #[test]
