@@ -196,6 +196,15 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS", help_heading = "Write gate")]
     pub drain_timeout: Option<f64>,
 
+    /// Also serve this user (a name or a numeric uid; repeatable). By default only root
+    /// and the owner of STORAGE may use the mount; other users' requests get EACCES.
+    #[arg(long, value_name = "NAME|UID", help_heading = "Access")]
+    pub allow_user: Vec<String>,
+
+    /// Serve every local user (the kernel's permission checks still apply).
+    #[arg(long, help_heading = "Access")]
+    pub allow_all_users: bool,
+
     /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with
     /// seconds first, or @hourly/@daily/@weekly/@monthly.
     #[arg(long, value_name = "CRON", help_heading = "Garbage collection")]
@@ -262,6 +271,8 @@ impl MountArgs {
             no_passthrough: false,
             max_inodes: None,
             drain_timeout: None,
+            allow_user: Vec::new(),
+            allow_all_users: false,
             gc_schedule: None,
             gc_duration: None,
             delete_untagged: false,

@@ -10,6 +10,8 @@
 //! passthrough = true
 //! max_inodes = 0           # 0: automatic
 //! drain_timeout = 10       # seconds
+//! allow_users = ["gitlab-registry", 1001]   # besides root and the storage owner
+//! allow_all_users = false
 //!
 //! [gc]
 //! schedule = "0 3 * * SAT" # UTC
@@ -37,6 +39,7 @@ use thiserror::Error;
 use crate::cli::MountArgs;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::settings::{GcDuration, Settings};
+use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
 
 #[derive(Debug, Error)]
@@ -73,6 +76,8 @@ pub struct FileConfig {
     pub passthrough: Option<bool>,
     pub max_inodes: Option<usize>,
     pub drain_timeout: Option<f64>,
+    pub allow_users: Option<Vec<UserRef>>,
+    pub allow_all_users: Option<bool>,
     #[serde(default)]
     pub gc: GcSection,
     #[serde(default)]
@@ -87,6 +92,14 @@ pub struct FileConfig {
 pub struct RegistrySection {
     pub config: Option<PathBuf>,
     pub allow_unsafe_cache: Option<bool>,
+}
+
+/// A user in `allow_users`: a name or a numeric uid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UserRef {
+    Uid(u32),
+    Name(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +187,32 @@ fn seconds(v: Option<(f64, String, String)>, default: f64) -> Result<Duration, C
     }
 }
 
+/// Who may use the mount: `--allow-user` flags replace the file's `allow_users`; names
+/// are looked up now, so an unknown one is refused at start.
+fn mount_users(
+    args: &MountArgs,
+    file: &FileConfig,
+    origin: &str,
+) -> Result<MountUsers, ConfigError> {
+    let (specs, o, k): (Vec<String>, &str, &str) = if !args.allow_user.is_empty() {
+        (args.allow_user.clone(), "command line", "--allow-user")
+    } else {
+        let specs = file.allow_users.iter().flatten().map(|u| match u {
+            UserRef::Uid(uid) => uid.to_string(),
+            UserRef::Name(name) => name.clone(),
+        });
+        (specs.collect(), origin, "allow_users")
+    };
+    let uids = specs
+        .iter()
+        .map(|s| resolve_user(s).map_err(|e| bad(o.into(), k.into(), e)))
+        .collect::<Result<_, _>>()?;
+    Ok(MountUsers {
+        all: args.allow_all_users || file.allow_all_users.unwrap_or(false),
+        uids,
+    })
+}
+
 /// Resolves the options: a flag wins over the file, the file over the default.
 pub fn resolve(
     args: &MountArgs,
@@ -220,6 +259,7 @@ pub fn resolve(
         passthrough: !args.no_passthrough && file.passthrough.unwrap_or(true),
         max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
         fd_budget: 0,
+        users: mount_users(args, file, origin)?,
     };
     let gc = &file.gc;
     let schedule = n
@@ -361,6 +401,28 @@ listen = "127.0.0.1:9469"
         assert_eq!(o.settings.upload_max_age, Duration::from_secs(48 * 3600));
         assert_eq!(o.settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(o.metrics.unwrap().listen.port(), 9469);
+        assert_eq!(o.mount.users, MountUsers::default());
+    }
+
+    #[test]
+    fn allowed_users_are_names_or_uids_and_an_unknown_name_is_refused() {
+        let o = parse(
+            "storage = \"/a\"\nmountpoint = \"/b\"\nallow_users = [\"root\", 1001, \"1002\"]\n",
+        )
+        .unwrap();
+        assert_eq!(o.mount.users.uids, vec![0, 1001, 1002]);
+        assert!(!o.mount.users.all);
+        let o = parse("storage = \"/a\"\nmountpoint = \"/b\"\nallow_all_users = true\n").unwrap();
+        assert!(o.mount.users.all);
+        let e = parse(
+            "storage = \"/a\"\nmountpoint = \"/b\"\nallow_users = [\"no-such-user-regfs\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("allow_users") && e.contains("no-such-user-regfs"),
+            "{e}"
+        );
     }
 
     #[test]

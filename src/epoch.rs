@@ -4,12 +4,14 @@
 //! write-capable opens and every namespace or attribute change answer EROFS. Handles that
 //! were already open for writing are treated by what they hold: uploads are cut at once
 //! (the client retries them and nothing committed is lost); any other writer (a link file
-//! or manifest being rewritten in place) may finish within the drain timeout, so an epoch
-//! never leaves a truncated link file behind.
+//! or manifest being rewritten in place) may finish within the drain timeout. A writer
+//! still open after it is cut; one that carries a [`CutRepair`] (a link file) is then put
+//! back as it was before its write, so an epoch never leaves a truncated link behind.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What an open write handle holds, which decides how an epoch treats it.
@@ -45,6 +47,15 @@ pub enum CutReason {
 pub struct CutWriter {
     pub path: String,
     pub reason: CutReason,
+    /// What the writer's repair did, if it had one and anything needed doing.
+    pub repaired: Option<String>,
+}
+
+/// Undoes what a writer cut by the drain timeout left half done. Called once, after the
+/// writer's last admitted write has ended and before the close returns (so before a
+/// collector reads the store); says what it did, or `None` if nothing was needed.
+pub trait CutRepair: Send + Sync + fmt::Debug {
+    fn repair(&self) -> Option<String>;
 }
 
 /// What closing the gate took.
@@ -70,6 +81,7 @@ struct Writer {
     path: String,
     cut: bool,
     in_flight: u32,
+    repair: Option<Arc<dyn CutRepair>>,
 }
 
 #[derive(Debug, Default)]
@@ -128,20 +140,27 @@ impl WriteGate {
         Ok(ChangeGuard { gate: self })
     }
 
-    /// Registers a new write-capable handle.
+    /// Registers a new write-capable handle; `repair` undoes its half-done write if the
+    /// drain timeout cuts it.
     pub fn register_writer(
         &self,
         class: WriterClass,
         path: String,
+        repair: Option<Arc<dyn CutRepair>>,
     ) -> Result<WriterToken, Refused> {
         let mut st = self.lock();
         if st.closed {
             return Err(Refused);
         }
-        Ok(Self::add_writer(&mut st, class, path))
+        Ok(Self::add_writer(&mut st, class, path, repair))
     }
 
-    fn add_writer(st: &mut State, class: WriterClass, path: String) -> WriterToken {
+    fn add_writer(
+        st: &mut State,
+        class: WriterClass,
+        path: String,
+        repair: Option<Arc<dyn CutRepair>>,
+    ) -> WriterToken {
         st.next_id += 1;
         let id = st.next_id;
         st.writers.insert(
@@ -151,6 +170,7 @@ impl WriteGate {
                 path,
                 cut: false,
                 in_flight: 0,
+                repair,
             },
         );
         WriterToken(id)
@@ -202,6 +222,8 @@ impl WriteGate {
         let start = Instant::now();
         let deadline = start + drain_timeout;
         let mut report = CloseReport::default();
+        // Repairs of writers cut here: (index in report.cut, writer id, repair).
+        let mut repairs: Vec<(usize, u64, Arc<dyn CutRepair>)> = Vec::new();
         let mut st = self.lock();
         if !st.closed {
             st.closed = true;
@@ -218,6 +240,7 @@ impl WriteGate {
                     report.cut.push(CutWriter {
                         path: w.path.clone(),
                         reason: CutReason::Upload,
+                        repaired: None,
                     });
                 }
             }
@@ -231,11 +254,15 @@ impl WriteGate {
             }
             let now = Instant::now();
             if draining && now >= deadline {
-                for w in st.writers.values_mut().filter(|w| !w.cut) {
+                for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
                     w.cut = true;
+                    if let Some(r) = &w.repair {
+                        repairs.push((report.cut.len(), id, r.clone()));
+                    }
                     report.cut.push(CutWriter {
                         path: w.path.clone(),
                         reason: CutReason::DrainTimeout,
+                        repaired: None,
                     });
                 }
                 continue;
@@ -252,6 +279,19 @@ impl WriteGate {
         }
         st.draining = false;
         report.drained = std::mem::take(&mut st.drained);
+        // A cut writer cannot write again, and (unless the close gave up) none is still
+        // writing: its file is stable now. One still writing is left alone.
+        repairs.retain(|(i, id, _)| {
+            let busy = st.writers.get(id).is_some_and(|w| w.in_flight > 0);
+            if busy {
+                tracing::warn!(path = %report.cut[*i].path, "cut writer still writing; not repaired");
+            }
+            !busy
+        });
+        drop(st);
+        for (i, _, r) in repairs {
+            report.cut[i].repaired = r.repair();
+        }
         report.waited = start.elapsed();
         report
     }
@@ -277,8 +317,13 @@ impl ChangeGuard<'_> {
     /// Registers the write handle a create opens. The create was admitted before any
     /// close began, so the handle is registered even if the gate has closed since; the
     /// close then treats it like every handle open at close time.
-    pub fn register_writer(&self, class: WriterClass, path: String) -> WriterToken {
-        WriteGate::add_writer(&mut self.gate.lock(), class, path)
+    pub fn register_writer(
+        &self,
+        class: WriterClass,
+        path: String,
+        repair: Option<Arc<dyn CutRepair>>,
+    ) -> WriterToken {
+        WriteGate::add_writer(&mut self.gate.lock(), class, path, repair)
     }
 }
 
@@ -337,7 +382,7 @@ mod tests {
         assert!(report.cut.is_empty());
         assert!(gate.admit_change().is_err());
         assert!(
-            gate.register_writer(WriterClass::InPlace, "l".into())
+            gate.register_writer(WriterClass::InPlace, "l".into(), None)
                 .is_err()
         );
         assert!(gate.reopen_for_writes());
@@ -348,7 +393,7 @@ mod tests {
     fn uploads_are_cut_at_once_and_stay_cut_after_reopen() {
         let gate = WriteGate::new();
         let up = gate
-            .register_writer(WriterClass::Upload, "r/_uploads/u/data".into())
+            .register_writer(WriterClass::Upload, "r/_uploads/u/data".into(), None)
             .unwrap();
         let report = gate.close_for_writes(Duration::from_secs(5));
         assert!(report.waited < Duration::from_secs(1));
@@ -363,7 +408,7 @@ mod tests {
     fn in_place_writer_drains_before_close_returns() {
         let gate = Arc::new(WriteGate::new());
         let tok = gate
-            .register_writer(WriterClass::InPlace, "link".into())
+            .register_writer(WriterClass::InPlace, "link".into(), None)
             .unwrap();
         let g2 = gate.clone();
         let writer = thread::spawn(move || {
@@ -387,12 +432,50 @@ mod tests {
     fn in_place_writer_is_cut_after_the_drain_timeout() {
         let gate = WriteGate::new();
         let tok = gate
-            .register_writer(WriterClass::InPlace, "link".into())
+            .register_writer(WriterClass::InPlace, "link".into(), None)
             .unwrap();
         let report = gate.close_for_writes(Duration::from_millis(50));
         assert_eq!(report.cut.len(), 1);
         assert_eq!(report.cut[0].reason, CutReason::DrainTimeout);
         assert!(gate.admit_write(&tok).is_err());
+    }
+
+    #[derive(Debug, Default)]
+    struct CountRepairs(std::sync::atomic::AtomicU32);
+
+    impl CutRepair for CountRepairs {
+        fn repair(&self) -> Option<String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Some("repaired".into())
+        }
+    }
+
+    #[test]
+    fn a_writer_cut_by_the_drain_timeout_is_repaired_once_after_its_write_ends() {
+        let gate = Arc::new(WriteGate::new());
+        let repair = Arc::new(CountRepairs::default());
+        let tok = gate
+            .register_writer(WriterClass::InPlace, "link".into(), Some(repair.clone()))
+            .unwrap();
+        let drained = gate
+            .register_writer(WriterClass::InPlace, "other".into(), Some(repair.clone()))
+            .unwrap();
+        gate.release_writer(&drained);
+        // A write in flight across the deadline: the repair waits for it.
+        let write = gate.admit_write(&tok).unwrap();
+        let g2 = gate.clone();
+        let t = thread::spawn(move || g2.close_for_writes(Duration::from_millis(50)));
+        thread::sleep(Duration::from_millis(150));
+        assert_eq!(repair.0.load(Ordering::SeqCst), 0, "not while writing");
+        drop(write);
+        let report = t.join().unwrap();
+        assert_eq!(repair.0.load(Ordering::SeqCst), 1);
+        assert_eq!(report.cut.len(), 1);
+        assert_eq!(report.cut[0].repaired.as_deref(), Some("repaired"));
+        // Cut before, not again.
+        gate.reopen_for_writes();
+        gate.close_for_writes(Duration::from_millis(10));
+        assert_eq!(repair.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]

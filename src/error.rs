@@ -52,6 +52,9 @@ pub enum FsError {
         digest: crate::layout::Digest,
         missing: crate::layout::Digest,
     },
+    /// A user the mount does not serve (see `fs::access`).
+    #[error("uid {uid} may not use this mount")]
+    NotAllowed { uid: u32 },
     /// A bug or an unexpected state: answered with EIO and logged with the path.
     #[error("internal error at {path}: {detail}")]
     Internal { path: String, detail: String },
@@ -85,6 +88,9 @@ impl FsError {
             FsError::NoXattr => libc::ENOSYS,
             FsError::Stale { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
+            // EACCES, as a kernel permission check would answer: the request is
+            // well-formed, the caller is not allowed.
+            FsError::NotAllowed { .. } => libc::EACCES,
             FsError::Internal { .. } => libc::EIO,
             // EIO: the registry's driver passes it on and answers 500, so the client's
             // push fails. ENOENT would be read as "this path is missing" (a 404-style

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::epoch::WriteGate;
 use crate::error::FsError;
+use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
 
 /// Everything `regfs mount` needs to serve a store.
@@ -34,6 +35,8 @@ pub struct MountConfig {
     pub max_inodes: usize,
     /// Inode descriptors kept open at most (with file handles); 0: half the open-file limit.
     pub fd_budget: usize,
+    /// Who may use the mount besides root and the storage directory's owner.
+    pub users: MountUsers,
 }
 
 impl MountConfig {
@@ -78,6 +81,16 @@ pub enum MountError {
         path: String,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "storage directory {path} is on a FUSE filesystem ({fstype} mounted at {mounted_at}, source {fs_source}): regfs serves only a directory on a local filesystem; give the backing directory (for a regfs mount, its source) instead"
+    )]
+    StorageOnFuse {
+        path: String,
+        fstype: String,
+        mounted_at: String,
+        /// The mount's source: for a regfs mount, the directory it serves.
+        fs_source: String,
     },
     #[error(
         "mount point {mountpoint} is inside the storage directory {storage}: the daemon would serve its own mount"
@@ -183,6 +196,40 @@ pub fn recover_stale(mountpoint: &Path) -> Result<bool, MountError> {
     }
 }
 
+/// `f_type` of a FUSE filesystem in statfs(2).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Refuses a STORAGE on a FUSE filesystem: another regfs daemon's mount (which would
+/// stay writable while this daemon sweeps beneath it) or any other FUSE filesystem,
+/// whose own daemon regfs cannot close for writes. statfs names the filesystem that
+/// really holds STORAGE, a subdirectory of a mount included.
+fn refuse_fuse_storage(storage: &Path) -> Result<(), MountError> {
+    let st = rustix::fs::statfs(storage).map_err(|e| MountError::Io {
+        path: storage.display().to_string(),
+        source: e.into(),
+    })?;
+    if st.f_type as i64 != FUSE_SUPER_MAGIC {
+        return Ok(());
+    }
+    // The innermost mount holding STORAGE, for the message.
+    let holder = mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| storage.starts_with(&m.mountpoint))
+        // The last of the longest: the topmost mount there.
+        .max_by_key(|m| m.mountpoint.as_os_str().len());
+    let (fstype, mounted_at, fs_source) = match holder {
+        Some(m) => (m.fstype, m.mountpoint.display().to_string(), m.source),
+        None => ("fuse".into(), "?".into(), "?".into()),
+    };
+    Err(MountError::StorageOnFuse {
+        path: storage.display().to_string(),
+        fstype,
+        mounted_at,
+        fs_source,
+    })
+}
+
 /// Everything that can be checked before mounting, with errors that say what to do.
 /// Returns the canonical (storage, mountpoint).
 pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
@@ -205,6 +252,9 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             });
         }
     }
+    // First, so that a STORAGE that is also the mount point is not stat'ed through a dead
+    // mount (ENOTCONN).
+    recover_stale(&cfg.mountpoint)?;
     let storage = match fs::metadata(&cfg.storage) {
         Ok(m) if m.is_dir() => fs::canonicalize(&cfg.storage).map_err(|e| MountError::Io {
             path: cfg.storage.display().to_string(),
@@ -221,7 +271,6 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             });
         }
     };
-    recover_stale(&cfg.mountpoint)?;
     let mountpoint = match fs::metadata(&cfg.mountpoint) {
         Ok(m) if m.is_dir() => fs::canonicalize(&cfg.mountpoint).map_err(|e| MountError::Io {
             path: cfg.mountpoint.display().to_string(),
@@ -248,6 +297,7 @@ pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
             fstype: m.fstype,
         });
     }
+    refuse_fuse_storage(&storage)?;
     if mountpoint != storage && mountpoint.starts_with(&storage) {
         return Err(MountError::MountpointInsideStorage {
             storage,
@@ -363,7 +413,16 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         tracing::warn!(storage = %storage.display(),
             "this filesystem gives no file handles: every remembered inode keeps a descriptor open");
     }
-    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough);
+    // The owner as it is now: a later chown of STORAGE takes effect at the next start.
+    let owner = rustix::fs::fstat(&lock)
+        .map_err(|e| MountError::Io {
+            path: storage.display().to_string(),
+            source: e.into(),
+        })?
+        .st_uid;
+    let callers = Callers::new(&cfg.users, owner);
+    tracing::info!(storage = %storage.display(), "the mount serves {}", callers.describe());
+    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough, callers);
     let session =
         Session::new(adapter, &mountpoint, &session_config(cfg, &storage)).map_err(|e| {
             MountError::Mount {

@@ -205,3 +205,50 @@ fn mounting_over_the_storage_directory_itself_serves_what_is_underneath() {
     // After unmounting, what was written through the mount is in the real directory.
     assert_eq!(fs::read(storage.join("new")).unwrap(), b"n");
 }
+
+#[test]
+fn a_storage_on_another_daemons_mount_is_refused_naming_it() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    fs::create_dir(storage.join("sub")).unwrap();
+    let _first = start(&storage, &mnt);
+    let second = dir.path().join("second");
+    fs::create_dir(&second).unwrap();
+    // The first daemon's mount point itself, and a directory inside it.
+    for over in [mnt.clone(), mnt.join("sub")] {
+        let (code, err) = run_err(&[&over, &second]);
+        assert_eq!(code, 1, "{}: {err}", over.display());
+        assert!(
+            err.contains("FUSE filesystem")
+                && err.contains(&*over.to_string_lossy())
+                && err.contains(&format!("source {}", storage.display())),
+            "{err}"
+        );
+        assert!(
+            common::mount_at_fuse(&second).is_none(),
+            "no second mount over {}",
+            over.display()
+        );
+    }
+}
+
+#[test]
+fn an_unknown_allowed_user_is_refused_at_start_naming_it() {
+    let Some((_dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let out = Command::new(BIN)
+        .arg("mount")
+        .args([&storage, &mnt])
+        .args(["--allow-user", "no-such-user-regfs"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--allow-user") && err.contains("no-such-user-regfs"),
+        "{err}"
+    );
+    assert!(common::mount_at_fuse(&mnt).is_none());
+}

@@ -108,7 +108,8 @@ fn names_that_walk_out_of_a_directory_are_rejected_by_the_core() {
 
 #[test]
 fn another_user_creates_and_reads_files_as_on_a_plain_filesystem() {
-    let Some(m) = common::mount_fresh() else {
+    // nobody is not the storage owner: allowed explicitly (as --allow-user nobody).
+    let Some(m) = common::mount_configured(|_| {}, |c| c.users.uids.push(65534)) else {
         return;
     };
     let shared = m.mnt.join("shared");

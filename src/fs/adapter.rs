@@ -5,16 +5,18 @@
 use std::ffi::OsStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::Timestamps;
 
+use super::access::{Callers, MountAccess};
+use super::attr::{dot_attr, timespec};
 use super::core::{Caller, SetAttr, StorageFs};
 use super::io::Opened;
 use crate::error::{FsError, FsResult};
@@ -27,35 +29,61 @@ pub struct FuseAdapter {
     /// change goes through this mount, and the daemon's own deletions invalidate.
     ttl: Duration,
     want_passthrough: bool,
+    /// Who may use the mount; checked in [`call`](Self::call) only.
+    access: MountAccess,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<StorageFs>, ttl: Duration, want_passthrough: bool) -> Self {
+    pub fn new(
+        fs: Arc<StorageFs>,
+        ttl: Duration,
+        want_passthrough: bool,
+        callers: Callers,
+    ) -> Self {
         FuseAdapter {
             fs,
             ttl,
             want_passthrough,
+            access: MountAccess::new(callers),
         }
     }
 
-    /// Runs one core operation: panics become EIO, errors are logged with the path.
+    /// Runs one core operation for the caller of `req`: callers the mount does not serve
+    /// are refused here, the one place that checks (operations on a handle are served to
+    /// whoever holds it: an allowed caller opened it). Panics become EIO, errors are
+    /// logged with the path.
     fn call<T>(
         &self,
         op: &'static str,
+        req: &Request,
         ino: u64,
         f: impl FnOnce() -> FsResult<T>,
     ) -> Result<T, Errno> {
-        let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-            let detail = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            Err(FsError::Internal {
-                path: self.fs.path_of(ino),
-                detail,
+        self.call_as(op, req.uid(), ino, f)
+    }
+
+    fn call_as<T>(
+        &self,
+        op: &'static str,
+        uid: u32,
+        ino: u64,
+        f: impl FnOnce() -> FsResult<T>,
+    ) -> Result<T, Errno> {
+        let result = if let Err(refused) = self.access.check(op, uid) {
+            Err(refused)
+        } else {
+            catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                Err(FsError::Internal {
+                    path: self.fs.path_of(ino),
+                    detail,
+                })
             })
-        });
+        };
         self.fs
             .stats()
             .record(op, result.as_ref().err().map(FsError::errno));
@@ -73,19 +101,20 @@ impl FuseAdapter {
     fn reply_empty(
         &self,
         op: &'static str,
+        req: &Request,
         ino: u64,
         reply: ReplyEmpty,
         f: impl FnOnce() -> FsResult<()>,
     ) {
-        match self.call(op, ino, f) {
+        match self.call(op, req, ino, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     /// Answers a refused operation with its error (counted and logged like any other).
-    fn refuse(&self, op: &'static str, ino: u64, why: FsError) -> Errno {
-        let r: Result<(), Errno> = self.call(op, ino, || Err(why));
+    fn refuse(&self, op: &'static str, req: &Request, ino: u64, why: FsError) -> Errno {
+        let r: Result<(), Errno> = self.call(op, req, ino, || Err(why));
         r.expect_err("refused")
     }
 
@@ -102,48 +131,6 @@ impl FuseAdapter {
         } else {
             FopenFlags::empty()
         }
-    }
-}
-
-fn timespec(t: Option<TimeOrNow>) -> Timespec {
-    match t {
-        None => Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: d.subsec_nanos() as _,
-            }
-        }
-    }
-}
-
-/// Attributes for `.` and `..` in readdirplus (the kernel does not link them, so only the
-/// inode number and type matter), and, with node 0, a negative lookup entry.
-fn dot_attr(ino: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::Directory,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
     }
 }
 
@@ -171,8 +158,8 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.call("lookup", parent.0, || self.fs.lookup(parent.0, name)) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.call("lookup", req, parent.0, || self.fs.lookup(parent.0, name)) {
             Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
             // A negative entry the kernel may cache: the registry stats many paths that
             // do not exist (yet), and every creation goes through this mount anyway.
@@ -188,8 +175,8 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.call("getattr", ino.0, || self.fs.getattr(ino.0)) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.call("getattr", req, ino.0, || self.fs.getattr(ino.0)) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -197,7 +184,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -225,7 +212,7 @@ impl Filesystem for FuseAdapter {
             times,
             fh: fh.map(|f| f.0),
         };
-        match self.call("setattr", ino.0, || self.fs.setattr(ino.0, change)) {
+        match self.call("setattr", req, ino.0, || self.fs.setattr(ino.0, change)) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -238,7 +225,7 @@ impl Filesystem for FuseAdapter {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         _name: &OsStr,
         _mode: u32,
@@ -248,6 +235,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply.error(self.refuse(
             "mknod",
+            req,
             parent.0,
             FsError::NotSupported {
                 what: "a device node",
@@ -264,7 +252,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.call("mkdir", parent.0, || {
+        match self.call("mkdir", req, parent.0, || {
             self.fs.mkdir(parent.0, name, mode, Self::caller(req))
         }) {
             Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
@@ -272,17 +260,21 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty("unlink", parent.0, reply, || self.fs.unlink(parent.0, name));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.reply_empty("unlink", req, parent.0, reply, || {
+            self.fs.unlink(parent.0, name)
+        });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty("rmdir", parent.0, reply, || self.fs.rmdir(parent.0, name));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.reply_empty("rmdir", req, parent.0, reply, || {
+            self.fs.rmdir(parent.0, name)
+        });
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         _link_name: &OsStr,
         _target: &std::path::Path,
@@ -290,6 +282,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply.error(self.refuse(
             "symlink",
+            req,
             parent.0,
             FsError::NotSupported {
                 what: "a symbolic link",
@@ -299,7 +292,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -307,7 +300,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.call("rename", parent.0, || {
+        match self.call("rename", req, parent.0, || {
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits())
         }) {
@@ -318,7 +311,7 @@ impl Filesystem for FuseAdapter {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _newparent: INodeNo,
         _newname: &OsStr,
@@ -326,6 +319,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply.error(self.refuse(
             "link",
+            req,
             ino.0,
             FsError::NotSupported {
                 what: "a hard link",
@@ -333,9 +327,11 @@ impl Filesystem for FuseAdapter {
         ));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let make = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
-        let r = self.call("open", ino.0, || self.fs.open(ino.0, flags.0, Some(&make)));
+        let r = self.call("open", req, ino.0, || {
+            self.fs.open(ino.0, flags.0, Some(&make))
+        });
         match r {
             Ok(opened) => {
                 let fl = Self::open_flags(&opened);
@@ -350,7 +346,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -359,7 +355,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.call("read", ino.0, || self.fs.read(fh.0, offset, size)) {
+        match self.call("read", req, ino.0, || self.fs.read(fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -367,7 +363,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -377,7 +373,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.call("write", ino.0, || self.fs.write(fh.0, offset, data)) {
+        match self.call("write", req, ino.0, || self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -399,7 +395,7 @@ impl Filesystem for FuseAdapter {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -407,22 +403,22 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("release", ino.0, reply, || self.fs.release(fh.0));
+        self.reply_empty("release", req, ino.0, reply, || self.fs.release(fh.0));
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsync", ino.0, reply, || self.fs.fsync(fh.0, datasync));
+        self.reply_empty("fsync", req, ino.0, reply, || self.fs.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.call("opendir", ino.0, || self.fs.opendir(ino.0)) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("opendir", req, ino.0, || self.fs.opendir(ino.0)) {
             // The kernel may keep listings across opens: every change goes through
             // this mount (which updates them) or is the daemon's own (which invalidates).
             Ok(fh) => reply.opened(
@@ -435,13 +431,13 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.call("readdir", ino.0, || {
+        let r = self.call("readdir", req, ino.0, || {
             self.fs.readdir(fh.0, offset, false, &mut |item| {
                 reply.add(INodeNo(item.ino), item.offset, item.kind, item.name)
             })
@@ -454,14 +450,14 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let r = self.call("readdirplus", ino.0, || {
+        let r = self.call("readdirplus", req, ino.0, || {
             self.fs.readdir(fh.0, offset, true, &mut |item| {
                 let attr = item.attr.unwrap_or_else(|| dot_attr(item.ino));
                 reply.add(
@@ -482,30 +478,30 @@ impl Filesystem for FuseAdapter {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("releasedir", ino.0, reply, || self.fs.releasedir(fh.0));
+        self.reply_empty("releasedir", req, ino.0, reply, || self.fs.releasedir(fh.0));
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsyncdir", ino.0, reply, || {
+        self.reply_empty("fsyncdir", req, ino.0, reply, || {
             self.fs.fsyncdir(fh.0, datasync)
         });
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.call("statfs", ino.0, || self.fs.statfs()) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.call("statfs", req, ino.0, || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -515,7 +511,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
@@ -523,23 +519,23 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse("setxattr", ino.0, FsError::NoXattr));
+        reply.error(self.refuse("setxattr", req, ino.0, FsError::NoXattr));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(self.refuse("getxattr", ino.0, FsError::NoXattr));
+    fn getxattr(&self, req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(self.refuse("getxattr", req, ino.0, FsError::NoXattr));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(self.refuse("listxattr", ino.0, FsError::NoXattr));
+    fn listxattr(&self, req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(self.refuse("listxattr", req, ino.0, FsError::NoXattr));
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse("removexattr", ino.0, FsError::NoXattr));
+    fn removexattr(&self, req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.refuse("removexattr", req, ino.0, FsError::NoXattr));
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.reply_empty("access", ino.0, reply, || {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.reply_empty("access", req, ino.0, reply, || {
             self.fs.access(ino.0, mask.bits())
         });
     }
@@ -555,7 +551,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let make = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
-        let r = self.call("create", parent.0, || {
+        let r = self.call("create", req, parent.0, || {
             self.fs
                 .create(parent.0, name, mode, flags, Self::caller(req), Some(&make))
         });
@@ -579,18 +575,34 @@ impl Filesystem for FuseAdapter {
 mod tests {
     use super::*;
     use crate::epoch::WriteGate;
+    use fuser::FileType;
 
     #[test]
     fn a_panic_in_the_core_answers_eio_for_that_request_only() {
         let dir = tempfile::tempdir().unwrap();
         let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
-        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false);
-        let r: Result<(), Errno> = adapter.call("test", 1, || panic!("bug in a handler"));
+        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, Callers::everyone());
+        let r: Result<(), Errno> = adapter.call_as("test", 0, 1, || panic!("bug in a handler"));
         assert_eq!(r.unwrap_err(), Errno::from_i32(libc::EIO));
         // The next request is served normally.
         let attr = adapter
-            .call("getattr", 1, || adapter.fs.getattr(1))
+            .call_as("getattr", 0, 1, || adapter.fs.getattr(1))
             .unwrap();
         assert_eq!(attr.kind, FileType::Directory);
+    }
+
+    #[test]
+    fn requests_of_users_the_mount_does_not_serve_answer_eacces() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
+        let owner = 998;
+        let callers = Callers::new(&crate::fs::access::MountUsers::default(), owner);
+        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, callers);
+        let getattr = |uid| adapter.call_as("getattr", uid, 1, || adapter.fs.getattr(1));
+        assert_eq!(getattr(65534).unwrap_err(), Errno::from_i32(libc::EACCES));
+        assert!(getattr(0).is_ok() && getattr(owner).is_ok());
+        // A handle an allowed caller opened serves whoever holds it.
+        let r = adapter.call_as("release", 65534, 1, || Ok(()));
+        assert!(r.is_ok());
     }
 }

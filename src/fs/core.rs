@@ -467,6 +467,9 @@ impl StorageFs {
                     .gate
                     .admit_write(token)
                     .map_err(|_| FsError::ReadOnlyEpoch { path: path.clone() })?;
+                if let Some(u) = &file.undo {
+                    u.keep_before_change();
+                }
                 rfs::ftruncate(&file.fd, size)
                     .map_err(|e| FsError::backing("truncate", &path, e))?;
                 return self.getattr(id);

@@ -145,7 +145,7 @@ impl Inode {
         out
     }
 
-    fn parent_and_name(&self) -> (Option<Arc<Inode>>, OsString) {
+    pub(super) fn parent_and_name(&self) -> (Option<Arc<Inode>>, OsString) {
         let place = self.place.lock().unwrap_or_else(|e| e.into_inner());
         (place.parent.clone(), place.name.clone())
     }

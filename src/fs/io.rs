@@ -15,9 +15,10 @@ use rustix::io::Errno;
 use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
-use super::links::CurrentLink;
-use crate::epoch::{WriterClass, WriterToken};
+use super::link_undo::LinkUndo;
+use crate::epoch::{CutRepair, WriterClass, WriterToken};
 use crate::error::{FsError, FsResult};
+use crate::layout::paths::LinkRole;
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -28,8 +29,8 @@ pub struct OpenFile {
     pub(super) inode: Arc<Inode>,
     pub(super) fd: OwnedFd,
     pub(super) writer: Option<WriterToken>,
-    /// A write-capable handle on a tag's current link: its writes are checked.
-    pub(super) current_link: Option<CurrentLink>,
+    /// A write handle on a link file: its bytes from before, put back if it is cut.
+    pub(super) undo: Option<Arc<LinkUndo>>,
     /// Keeps the inode's passthrough backing id alive until this handle is released.
     pub(super) _backing: Option<Arc<BackingId>>,
 }
@@ -95,12 +96,35 @@ impl StorageFs {
         }
     }
 
+    /// The undo record of a write handle on a link file (its own read-write descriptor).
+    fn link_undo(
+        &self,
+        inode: &Arc<Inode>,
+        fd: BorrowedFd<'_>,
+        path: &str,
+        role: LinkRole,
+        created: bool,
+    ) -> FsResult<Arc<LinkUndo>> {
+        let own = self
+            .reopen(fd, OFlags::RDWR | OFlags::NOCTTY)
+            .map_err(|e| FsError::backing("open", path, e))?;
+        let notifier = self.notifier.get().cloned();
+        Ok(LinkUndo::new(
+            path.into(),
+            role,
+            inode.clone(),
+            own,
+            created,
+            notifier,
+        ))
+    }
+
     fn finish_open(
         &self,
         inode: Arc<Inode>,
         fd: OwnedFd,
         writer: Option<WriterToken>,
-        current_link: Option<CurrentLink>,
+        undo: Option<Arc<LinkUndo>>,
         make: Option<BackingFactory<'_>>,
     ) -> Opened {
         let backing = if writer.is_none() {
@@ -117,7 +141,7 @@ impl StorageFs {
             inode,
             fd,
             writer,
-            current_link,
+            undo,
             _backing: backing.clone(),
         });
         Opened {
@@ -138,29 +162,53 @@ impl StorageFs {
         if inode.kind == Kind::Directory {
             return Err(FsError::backing("open", inode.path(), Errno::ISDIR));
         }
-        let mut current_link = None;
+        let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
-            current_link = self.admit_link_open(&path, || self.fd_of(&inode).ok())?;
             let class = WriterClass::of_path(&path);
+            if let Some(role) = self.links.admit_path(&path)? {
+                let fd = self.fd_of(&inode)?;
+                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, role, false)?);
+            }
+            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
             Some(
                 self.gate
-                    .register_writer(class, path.clone())
+                    .register_writer(class, path.clone(), repair)
                     .map_err(|_| Self::ro(&path))?,
             )
         } else {
             None
         };
-        let fd = match self.reopen(self.fd_of(&inode)?.as_fd(), backing_flags(flags)) {
-            Ok(fd) => fd,
+        // A link's O_TRUNC is done below, after its bytes are kept.
+        let mut oflags = backing_flags(flags);
+        if undo.is_some() {
+            oflags.remove(OFlags::TRUNC);
+        }
+        let opened = self
+            .reopen(self.fd_of(&inode)?.as_fd(), oflags)
+            .map_err(|e| FsError::backing("open", inode.path(), e))
+            .and_then(|fd| {
+                if let (Some(u), Some(t)) = (&undo, &writer)
+                    && flags & libc::O_TRUNC != 0
+                {
+                    let _write = self
+                        .gate
+                        .admit_write(t)
+                        .map_err(|_| Self::ro(&inode.path()))?;
+                    u.truncate()
+                        .map_err(|e| FsError::backing("truncate", inode.path(), e))?;
+                }
+                Ok(fd)
+            });
+        match opened {
+            Ok(fd) => Ok(self.finish_open(inode, fd, writer, undo, make)),
             Err(e) => {
                 if let Some(t) = &writer {
                     self.gate.release_writer(t);
                 }
-                return Err(FsError::backing("open", inode.path(), e));
+                Err(e)
             }
-        };
-        Ok(self.finish_open(inode, fd, writer, current_link, make))
+        }
     }
 
     /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
@@ -178,12 +226,8 @@ impl StorageFs {
         let path = parent.child_path(name);
         let change = self.admit_change(&path)?;
         // Checked before anything is created, so a refused link leaves no empty file.
-        let current_link = if wants_write(flags) {
-            let parent_fd = self.fd_of(&parent)?;
-            self.admit_link_open(&path, || {
-                let how = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                rfs::openat(&*parent_fd, name, how, Mode::empty()).ok()
-            })?
+        let role = if wants_write(flags) {
+            self.links.admit_path(&path)?
         } else {
             None
         };
@@ -197,13 +241,13 @@ impl StorageFs {
         ) {
             Ok(fd) => (fd, true),
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                let fd = rfs::openat(
-                    &*self.fd_of(&parent)?,
-                    name,
-                    base | OFlags::NONBLOCK,
-                    Mode::empty(),
-                )
-                .map_err(|e| FsError::backing("open", &path, e))?;
+                // A link's O_TRUNC is done below, after its bytes are kept.
+                let mut existing = base | OFlags::NONBLOCK;
+                if role.is_some() {
+                    existing.remove(OFlags::TRUNC);
+                }
+                let fd = rfs::openat(&*self.fd_of(&parent)?, name, existing, Mode::empty())
+                    .map_err(|e| FsError::backing("open", &path, e))?;
                 (fd, false)
             }
             Err(e) => return Err(FsError::backing("create", &path, e)),
@@ -220,16 +264,25 @@ impl StorageFs {
             .map_err(|e| FsError::backing("open", &path, e))?;
         let found = Found::new(&st, Kind::File);
         let inode = self.inodes.remember(&parent, name, found, opath, true);
-        let writer = wants_write(flags)
-            .then(|| change.register_writer(WriterClass::of_path(&path), path.clone()));
+        let undo = if let Some(role) = role {
+            let u = self.link_undo(&inode, fd.as_fd(), &path, role, created)?;
+            if !created && flags & libc::O_TRUNC != 0 {
+                u.truncate()
+                    .map_err(|e| FsError::backing("truncate", &path, e))?;
+            }
+            Some(u)
+        } else {
+            None
+        };
+        let writer = wants_write(flags).then(|| {
+            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
+            change.register_writer(WriterClass::of_path(&path), path.clone(), repair)
+        });
         drop(change);
         let entry = Entry {
             attr: file_attr(inode.id, &st),
         };
-        Ok((
-            entry,
-            self.finish_open(inode, fd, writer, current_link, make),
-        ))
+        Ok((entry, self.finish_open(inode, fd, writer, undo, make)))
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -266,8 +319,16 @@ impl StorageFs {
             .gate
             .admit_write(token)
             .map_err(|_| Self::ro(&file.inode.path()))?;
-        if let Some(current) = &file.current_link {
-            self.admit_link_write(&file.inode.path(), current, file.fd.as_fd(), offset, data)?;
+        if let Some(u) = &file.undo {
+            u.keep_before_change();
+            // A tag's current link names its digest in the bytes written.
+            if offset == 0
+                && u.role == LinkRole::TagCurrent
+                && let Err(refused) = self.links.admit_content(&u.path, data)
+            {
+                u.undo_refused_write();
+                return Err(refused);
+            }
         }
         let mut done = 0;
         while done < data.len() {

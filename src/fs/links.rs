@@ -27,14 +27,6 @@ pub(super) struct LinkCheck {
     store: Store,
 }
 
-/// What a write-capable handle on a tag's current link keeps: its bytes from before the
-/// open, put back if a write naming a missing blob is refused after the registry
-/// truncated the file.
-#[derive(Debug)]
-pub(super) struct CurrentLink {
-    pub(super) before: Vec<u8>,
-}
-
 impl LinkCheck {
     pub(super) fn new(root: OwnedFd, shown: &Path) -> Self {
         LinkCheck {
@@ -136,45 +128,6 @@ fn read_small(fs: &StorageFs, fd: BorrowedFd<'_>) -> Vec<u8> {
 }
 
 impl StorageFs {
-    /// Before a write-capable open or create of `rel`: refuses a dangling link; for a
-    /// tag's current link, keeps its bytes (`opath` gives an O_PATH handle on the file
-    /// when it exists; asked for only then).
-    pub(super) fn admit_link_open<F: AsFd>(
-        &self,
-        rel: &str,
-        opath: impl FnOnce() -> Option<F>,
-    ) -> FsResult<Option<CurrentLink>> {
-        match self.links.admit_path(rel)? {
-            Some(LinkRole::TagCurrent) => Ok(Some(CurrentLink {
-                before: opath()
-                    .map(|fd| read_small(self, fd.as_fd()))
-                    .unwrap_or_default(),
-            })),
-            _ => Ok(None),
-        }
-    }
-
-    /// A write at `offset` on a handle of a tag's current link. On refusal the link's
-    /// earlier bytes are put back (the registry truncated it first).
-    pub(super) fn admit_link_write(
-        &self,
-        rel: &str,
-        current: &CurrentLink,
-        fd: BorrowedFd<'_>,
-        offset: u64,
-        data: &[u8],
-    ) -> FsResult<()> {
-        if offset != 0 {
-            return Ok(());
-        }
-        let refused = self.links.admit_content(rel, data);
-        if refused.is_err() && !current.before.is_empty() {
-            let _ = rustix::io::pwrite(fd, &current.before, 0);
-            let _ = rustix::fs::ftruncate(fd, current.before.len() as u64);
-        }
-        refused
-    }
-
     /// A rename of `name` in `parent` onto `new_name` in `new_parent` (registry 3.x writes
     /// `<link>.<uuid>.tmp` and renames it over the link).
     pub(super) fn admit_link_rename(

@@ -1,5 +1,6 @@
 //! The passthrough filesystem: inodes, handles, the core operations and the FUSE adapter.
 
+pub mod access;
 pub mod adapter;
 mod attr;
 mod core;
@@ -7,6 +8,7 @@ mod handle;
 mod handles;
 mod inode;
 mod io;
+mod link_undo;
 mod links;
 mod readdir;
 mod reclaim;

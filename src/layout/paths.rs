@@ -212,6 +212,32 @@ mod tests {
     }
 
     #[test]
+    fn link_files_are_told_from_other_files() {
+        let r = RepoName::new("team/app").unwrap();
+        let t = TagName::new("v1").unwrap();
+        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        for link in [
+            s(revision_dir(&r, &d).join(LINK)),
+            s(tag_current_link(&r, &t)),
+            s(tag_index_entry(&r, &t, &d).join(LINK)),
+            s(layer_link_dir_named(&r, &d.hex()).join(LINK)),
+        ] {
+            assert!(link_role(&link).is_some(), "{link}");
+        }
+        for other in [
+            s(blob_data(&d)),
+            s(upload_dir(&r, "u1").join(LINK)),
+            s(upload_dir(&r, "u1").join("startedat")),
+            format!("{V2}/repositories/link"),
+            "repo/_manifests/tags/t/current/link".to_string(),
+            s(tag_current_link(&r, &t)) + ".tmp",
+        ] {
+            assert!(link_role(&other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
     fn blob_paths_from_the_root_and_from_the_blobs_root_agree() {
         let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
         let want = format!(

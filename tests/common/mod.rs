@@ -83,6 +83,7 @@ pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
         passthrough: true,
         max_inodes: 0,
         fd_budget: 0,
+        users: Default::default(),
     }
 }
 

@@ -1,0 +1,219 @@
+//! A link file whose writer a GC epoch cuts is put back as it was. The registry (2.8)
+//! rewrites a link in place: open, ftruncate(0), write 71 bytes, close. A writer still
+//! open when the drain timeout runs out can no longer write, so without this the link
+//! would stay empty (or partial): the registry would fail on it and the collector would
+//! have to guess. Each write handle on a link keeps the link's bytes from just before its
+//! first change (at most [`KEPT`] bytes, one small read) and, if cut, puts them back.
+//!
+//! What the repair does, by what the file holds when the writer is cut:
+//! - a valid link: nothing (the writer finished its write; a new link stands);
+//! - anything else, and the file existed before: the bytes from before, exactly;
+//! - anything else, and the writer created the file: the file is removed (it never held
+//!   a link, and an empty link would only make the registry fail on it).
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+
+use fuser::{INodeNo, Notifier};
+use rustix::fs::{self as rfs, AtFlags};
+use rustix::io::Errno;
+
+use super::inode::{Inode, InodeKey};
+use crate::epoch::CutRepair;
+use crate::layout::parse_link;
+use crate::layout::paths::LinkRole;
+
+/// Bytes kept from before a write: a link is 71; a damaged one up to this is kept too.
+const KEPT: usize = 4096;
+
+#[derive(Debug)]
+enum Before {
+    /// The file's content just before the handle's first change.
+    Bytes(Vec<u8>),
+    /// The handle created the file.
+    Absent,
+    /// Not kept (too large, or unreadable): the repair leaves the file alone.
+    NotKept(String),
+}
+
+/// The undo record of one write handle on a link file.
+#[derive(Debug)]
+pub(super) struct LinkUndo {
+    pub(super) path: String,
+    /// Which link: a tag's current link has its writes' content checked too.
+    pub(super) role: LinkRole,
+    inode: Arc<Inode>,
+    /// Our own read-write descriptor of the file, whatever the client opened it with
+    /// (write-only, append): to read the old bytes and to put them back.
+    fd: OwnedFd,
+    before: OnceLock<Before>,
+    notifier: Option<Notifier>,
+}
+
+fn read_small(fd: &OwnedFd) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; KEPT + 1];
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+impl LinkUndo {
+    /// `fd`: a read-write descriptor of the file; `created`: the handle created it.
+    pub(super) fn new(
+        path: String,
+        role: LinkRole,
+        inode: Arc<Inode>,
+        fd: OwnedFd,
+        created: bool,
+        notifier: Option<Notifier>,
+    ) -> Arc<LinkUndo> {
+        let before = OnceLock::new();
+        if created {
+            let _ = before.set(Before::Absent);
+        }
+        Arc::new(LinkUndo {
+            path,
+            role,
+            inode,
+            fd,
+            before,
+            notifier,
+        })
+    }
+
+    /// Keeps the file's bytes, once, before the handle's first change (truncate, write).
+    pub(super) fn keep_before_change(&self) {
+        self.before.get_or_init(|| match read_small(&self.fd) {
+            Ok(b) if b.len() > KEPT => Before::NotKept(format!("it held more than {KEPT} bytes")),
+            Ok(b) => Before::Bytes(b),
+            Err(e) => Before::NotKept(format!("reading it failed: {e}")),
+        });
+    }
+
+    /// Truncates the file to zero after keeping its bytes (an open with O_TRUNC).
+    pub(super) fn truncate(&self) -> rustix::io::Result<()> {
+        self.keep_before_change();
+        rfs::ftruncate(&self.fd, 0)
+    }
+
+    fn put_back(&self, bytes: &[u8]) -> rustix::io::Result<()> {
+        rfs::ftruncate(&self.fd, 0)?;
+        let mut done = 0;
+        while done < bytes.len() {
+            match rustix::io::pwrite(&self.fd, &bytes[done..], done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        rfs::fdatasync(&self.fd)?;
+        // The kernel cached the truncated size: drop its attributes and pages.
+        if let Some(n) = &self.notifier {
+            let _ = n.inval_inode(INodeNo(self.inode.id), 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Removes the file if its name still names it.
+    fn remove(&self) -> std::io::Result<bool> {
+        let (Some(parent), name) = self.inode.parent_and_name() else {
+            return Ok(false);
+        };
+        let dir = parent.fd()?;
+        let st = match rfs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        if key != self.inode.key {
+            return Ok(false);
+        }
+        rfs::unlinkat(&*dir, &name, AtFlags::empty())?;
+        self.tell_kernel_removed(parent.id, &name);
+        Ok(true)
+    }
+
+    fn tell_kernel_removed(&self, parent: u64, name: &OsStr) {
+        if let Some(n) = &self.notifier {
+            let r = n.delete(INodeNo(parent), INodeNo(self.inode.id), name);
+            let listing = n.inval_inode(INodeNo(parent), 0, 0);
+            if let Err(e) = r.and(listing) {
+                tracing::debug!(error = %e, "kernel cache invalidation after a removal failed");
+            }
+        }
+    }
+
+    fn repair_now(&self) -> Result<Option<String>, String> {
+        // Never changed by this handle: nothing to undo.
+        let Some(before) = self.before.get() else {
+            return Ok(None);
+        };
+        let now = read_small(&self.fd).map_err(|e| format!("reading it failed: {e}"))?;
+        if parse_link(&now).is_ok() {
+            return Ok(None);
+        }
+        match before {
+            Before::Bytes(b) if *b == now => Ok(None),
+            Before::Bytes(b) => {
+                self.put_back(b)
+                    .map_err(|e| format!("putting it back failed: {e}"))?;
+                Ok(Some(format!(
+                    "put back the {} bytes it held before the write",
+                    b.len()
+                )))
+            }
+            Before::Absent => match self.remove() {
+                Ok(true) => Ok(Some(
+                    "removed: created by the cut writer, it never held a link".into(),
+                )),
+                Ok(false) => Ok(None),
+                Err(e) => Err(format!("removing it failed: {e}")),
+            },
+            Before::NotKept(why) => Err(format!("not repaired: {why}")),
+        }
+    }
+}
+
+impl LinkUndo {
+    /// After a write refused for naming a blob without data: the registry truncated the
+    /// link first, so it gets its old bytes back (or, if this handle created it, goes).
+    pub(super) fn undo_refused_write(&self) {
+        let done = match self.before.get() {
+            Some(Before::Bytes(b)) => self.put_back(b).map_err(|e| e.to_string()),
+            Some(Before::Absent) => self.remove().map(|_| ()).map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            tracing::error!(path = %self.path, error = %e, "could not undo a refused link write");
+        }
+    }
+}
+
+impl CutRepair for LinkUndo {
+    fn repair(&self) -> Option<String> {
+        match self.repair_now() {
+            Ok(Some(done)) => {
+                tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {done}");
+                Some(done)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(path = %self.path, "link file of a writer cut by the GC epoch left as it is: {e}");
+                Some(e)
+            }
+        }
+    }
+}
