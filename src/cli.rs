@@ -126,6 +126,15 @@ pub struct GcArgs {
     )]
     pub keep_unknown: bool,
 
+    /// Go on past a manifest whose blob is missing, keeping every blob its repository
+    /// links and every revision, instead of stopping the run.
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
+    pub allow_missing_manifests: bool,
+
     /// Print the report as JSON on standard output.
     #[arg(long, help_heading = "Output")]
     pub json: bool,
@@ -154,6 +163,7 @@ impl GcArgs {
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
+            allow_missing_manifests: self.allow_missing_manifests,
         }
     }
 }
@@ -227,6 +237,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Garbage collection")]
     pub keep_unknown: bool,
 
+    /// Go on past a manifest whose blob is missing (keeping every blob and revision of
+    /// its repository) instead of failing the run.
+    #[arg(long, help_heading = "Garbage collection")]
+    pub allow_missing_manifests: bool,
+
     /// Status, job history and the control socket [default: /run/regfs/<escaped MOUNTPOINT>].
     #[arg(long, value_name = "DIR", help_heading = "Garbage collection")]
     pub state_dir: Option<PathBuf>,
@@ -259,6 +274,7 @@ impl MountArgs {
             dry_run: false,
             upload_max_age: None,
             keep_unknown: false,
+            allow_missing_manifests: false,
             state_dir: None,
             metrics_listen: None,
             metrics_allow_remote: false,

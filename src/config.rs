@@ -18,6 +18,7 @@
 //! dry_run = false
 //! upload_max_age = "168h"
 //! keep_unknown = false
+//! allow_missing_manifests = false
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9469"
@@ -84,6 +85,7 @@ pub struct GcSection {
     pub dry_run: Option<bool>,
     pub upload_max_age: Option<String>,
     pub keep_unknown: Option<bool>,
+    pub allow_missing_manifests: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +247,8 @@ pub fn resolve(
         dry_run: args.dry_run || gc.dry_run.unwrap_or(false),
         upload_max_age,
         keep_unknown: args.keep_unknown || gc.keep_unknown.unwrap_or(false),
+        allow_missing_manifests: args.allow_missing_manifests
+            || gc.allow_missing_manifests.unwrap_or(false),
         drain_timeout: seconds(
             n.pick(
                 args.drain_timeout,

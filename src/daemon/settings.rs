@@ -55,6 +55,7 @@ pub struct Settings {
     pub dry_run: bool,
     pub upload_max_age: Duration,
     pub keep_unknown: bool,
+    pub allow_missing_manifests: bool,
     /// How long an epoch lets in-place writers finish.
     pub drain_timeout: Duration,
 }
@@ -68,6 +69,7 @@ impl Default for Settings {
             dry_run: false,
             upload_max_age: gc::DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
+            allow_missing_manifests: false,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -80,6 +82,7 @@ impl Settings {
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
+            allow_missing_manifests: self.allow_missing_manifests,
         }
     }
 
