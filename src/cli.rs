@@ -66,6 +66,15 @@ pub struct JobsArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+/// A number of seconds, refused quoting the value as typed (f64 alone takes `nan`, `inf`
+/// and negative numbers).
+fn seconds(typed: &str) -> Result<f64, String> {
+    match typed.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{typed:?} is not a number of seconds")),
+    }
+}
+
 /// Where a command finds a daemon's state: --state-dir, or the default for the mount point.
 pub fn state_dir_for(explicit: &Option<PathBuf>, mountpoint: &std::path::Path) -> PathBuf {
     explicit
@@ -188,7 +197,7 @@ pub struct MountArgs {
     /// Seconds the kernel may cache entries, attributes and listings [default: 60].
     /// Every change goes through the mount, so long is safe unless something else
     /// writes STORAGE directly.
-    #[arg(long, value_name = "SECONDS", help_heading = "Performance")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Performance")]
     pub attr_timeout: Option<f64>,
 
     /// Do not ask the kernel for read passthrough (reads then go through the daemon).
@@ -203,7 +212,7 @@ pub struct MountArgs {
 
     /// Seconds a GC epoch waits for in-place writers (link files, manifests) to finish
     /// before it refuses their writes too [default: 10].
-    #[arg(long, value_name = "SECONDS", help_heading = "Write gate")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Write gate")]
     pub drain_timeout: Option<f64>,
 
     /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with

@@ -17,4 +17,5 @@ pub mod manifest;
 pub mod metrics;
 pub mod mount;
 pub mod offline;
+pub mod output;
 pub mod progress;

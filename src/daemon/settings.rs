@@ -26,11 +26,9 @@ impl FromStr for GcDuration {
             "never" => Ok(GcDuration::Never),
             other => match humantime::parse_duration(other) {
                 Ok(d) if !d.is_zero() => Ok(GcDuration::Limit(d)),
-                Ok(_) => Err(format!(
-                    "--gc-duration {other:?}: a time limit must be more than zero"
-                )),
+                Ok(_) => Err(format!("{other:?}: a time limit must be more than zero")),
                 Err(e) => Err(format!(
-                    "--gc-duration {other:?}: {e}; expected until-done, never, or a time limit such as 30m"
+                    "{other:?}: {e}; expected until-done, never, or a time limit such as 30m"
                 )),
             },
         }
