@@ -167,9 +167,14 @@ pub struct MetricsSection {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = read_config(path)?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
+        FileConfig::parse(&read_config(path)?, &path.display().to_string())
+    }
+
+    /// Parses the text of a configuration file named `shown` (no checks of values yet:
+    /// [`resolve`] does those).
+    pub fn parse(text: &str, shown: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_string(),
             message: e.to_string().trim_end().to_string(),
         })
     }
