@@ -146,3 +146,51 @@ fn commands_that_ask_the_daemon_report_a_closed_or_full_stdout() {
         }
     }
 }
+
+#[test]
+fn a_closed_or_full_stderr_is_no_panic_either() {
+    let dir = common::tempdir();
+    let b = StoreBuilder::new(dir.path());
+    let garbage = b.blob(b"garbage");
+    b.layer_link("r", &garbage);
+    for sink in [Sink::ClosedPipe, Sink::Full] {
+        // The log line of the run and the error both fail to be written.
+        let out = Command::new(BIN)
+            .args(["gc", "--offline", &s(dir.path())])
+            .stdout(sink.stdio())
+            .stderr(sink.stdio())
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(1), "{sink:?}");
+    }
+    assert!(!b.has_blob(&garbage));
+}
+
+#[test]
+fn a_daemon_whose_stderr_is_closed_keeps_serving_and_collecting() {
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let b = StoreBuilder::new(&storage);
+    let garbage = b.blob(b"garbage");
+    b.layer_link("r", &garbage);
+    let state = dir.path().join("state");
+    // As under a journal that went away: every log line fails to be written.
+    let child = Command::new(BIN)
+        .args(["mount", &s(&storage), &s(&mnt), "--state-dir", &s(&state)])
+        .stderr(Sink::ClosedPipe.stdio())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon::adopt(child, &mnt, &state);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !state.join("control.sock").exists() {
+        assert!(d.child.try_wait().unwrap().is_none(), "the daemon died");
+        assert!(std::time::Instant::now() < deadline, "no control socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, out, err) = d.regfs(&["gc", &s(&mnt), "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!b.has_blob(&garbage));
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon died");
+    assert!(common::daemon::serving(&mnt));
+}
