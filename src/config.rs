@@ -399,6 +399,7 @@ schedule = "0 3 * * SAT"
 duration = "30m"
 delete_untagged = true
 upload_max_age = "48h"
+allow_missing_manifests = true
 [metrics]
 listen = "127.0.0.1:9469"
 "#,
@@ -411,6 +412,7 @@ listen = "127.0.0.1:9469"
             GcDuration::Limit(Duration::from_secs(1800))
         );
         assert!(o.settings.delete_untagged);
+        assert!(o.settings.gc_options().allow_missing_manifests);
         assert_eq!(o.settings.upload_max_age, Duration::from_secs(48 * 3600));
         assert_eq!(o.settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(o.metrics.unwrap().listen.port(), 9469);
