@@ -20,3 +20,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# The fuzz targets from their seed corpus, FUZZ_SECONDS (default 20) each.
+bash scripts/fuzz.sh

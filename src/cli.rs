@@ -66,6 +66,15 @@ pub struct JobsArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+/// A number of seconds, refused quoting the value as typed (f64 alone takes `nan`, `inf`
+/// and negative numbers).
+fn seconds(typed: &str) -> Result<f64, String> {
+    match typed.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{typed:?} is not a number of seconds")),
+    }
+}
+
 /// Where a command finds a daemon's state: --state-dir, or the default for the mount point.
 pub fn state_dir_for(explicit: &Option<PathBuf>, mountpoint: &std::path::Path) -> PathBuf {
     explicit
@@ -126,6 +135,15 @@ pub struct GcArgs {
     )]
     pub keep_unknown: bool,
 
+    /// Go on past a manifest whose blob is missing, keeping every blob its repository
+    /// links and every revision, instead of stopping the run.
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
+    pub allow_missing_manifests: bool,
+
     /// Print the report as JSON on standard output.
     #[arg(long, help_heading = "Output")]
     pub json: bool,
@@ -154,6 +172,7 @@ impl GcArgs {
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
+            allow_missing_manifests: self.allow_missing_manifests,
         }
     }
 }
@@ -178,7 +197,7 @@ pub struct MountArgs {
     /// Seconds the kernel may cache entries, attributes and listings [default: 60].
     /// Every change goes through the mount, so long is safe unless something else
     /// writes STORAGE directly.
-    #[arg(long, value_name = "SECONDS", help_heading = "Performance")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Performance")]
     pub attr_timeout: Option<f64>,
 
     /// Do not ask the kernel for read passthrough (reads then go through the daemon).
@@ -193,7 +212,7 @@ pub struct MountArgs {
 
     /// Seconds a GC epoch waits for in-place writers (link files, manifests) to finish
     /// before it refuses their writes too [default: 10].
-    #[arg(long, value_name = "SECONDS", help_heading = "Write gate")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Write gate")]
     pub drain_timeout: Option<f64>,
 
     /// Also serve this user (a name or a numeric uid; repeatable). By default only root
@@ -235,6 +254,11 @@ pub struct MountArgs {
     /// Keep every blob a manifest of unknown kind names instead of failing the run.
     #[arg(long, help_heading = "Garbage collection")]
     pub keep_unknown: bool,
+
+    /// Go on past a manifest whose blob is missing (keeping every blob and revision of
+    /// its repository) instead of failing the run.
+    #[arg(long, help_heading = "Garbage collection")]
+    pub allow_missing_manifests: bool,
 
     /// Status, job history and the control socket [default: /run/regfs/<escaped MOUNTPOINT>].
     #[arg(long, value_name = "DIR", help_heading = "Garbage collection")]
@@ -279,6 +303,7 @@ impl MountArgs {
             dry_run: false,
             upload_max_age: None,
             keep_unknown: false,
+            allow_missing_manifests: false,
             state_dir: None,
             metrics_listen: None,
             metrics_allow_remote: false,

@@ -11,7 +11,7 @@ use crate::daemon::job::JobOutcome;
 use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, scheduler, signals};
 use crate::epoch::WriteGate;
-use crate::{mount, offline};
+use crate::{mount, offline, output};
 
 /// After an unmount request, how long the request loop may take to end before the
 /// process exits anyway (a lazily detached mount keeps serving its open files).
@@ -86,7 +86,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
 
 pub fn config_check(file: &Path) -> Result<(), String> {
     let o = crate::config::check(file).map_err(|e| e.to_string())?;
-    println!(
+    output::println(&format!(
         "{}: ok (serves {} at {}; GC schedule {}, duration {})",
         file.display(),
         o.mount.storage.display(),
@@ -96,26 +96,24 @@ pub fn config_check(file: &Path) -> Result<(), String> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |s| s.to_string()),
         o.settings.duration
-    );
-    Ok(())
+    ))
 }
 
 pub fn completions(shell: clap_complete::Shell) -> Result<(), String> {
     use clap::CommandFactory;
-    clap_complete::generate(
-        shell,
-        &mut crate::cli::Cli::command(),
-        "regfs",
-        &mut std::io::stdout(),
-    );
-    Ok(())
+    // clap_complete panics when its writer fails: generate in memory, then write.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut crate::cli::Cli::command(), "regfs", &mut script);
+    output::write_all(&script)
 }
 
 pub fn man() -> Result<(), String> {
     use clap::CommandFactory;
+    let mut page = Vec::new();
     clap_mangen::Man::new(crate::cli::Cli::command())
-        .render(&mut std::io::stdout())
-        .map_err(|e| e.to_string())
+        .render(&mut page)
+        .map_err(|e| e.to_string())?;
+    output::write_all(&page)
 }
 
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
@@ -123,15 +121,23 @@ fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
     let result = offline::run(path, &args.options(), args.list, &progress);
     progress.finish();
     let outcome = result.map_err(|e| e.to_string())?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())?
-        );
+    // What was deleted is on record (the log) before anything is printed: standard
+    // output may be a closed pipe or a full disk.
+    let r = &outcome.report;
+    tracing::info!(storage = %r.storage, outcome = ?r.outcome, dry_run = r.dry_run,
+        blobs_deleted = r.counts.blobs_deleted, bytes_freed = r.counts.bytes_freed,
+        manifests_removed = r.counts.manifests_removed, "GC run finished");
+    let text = if args.json {
+        serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())? + "\n"
     } else {
-        print!("{}", outcome.report);
-    }
-    Ok(())
+        outcome.report.to_string()
+    };
+    output::print(&text).map_err(|e| {
+        format!(
+            "the run finished ({} blobs deleted, {} bytes freed) but its report was not printed: {e}",
+            r.counts.blobs_deleted, r.counts.bytes_freed
+        )
+    })
 }
 
 fn ask(state_dir: &Path, req: &Request) -> Result<control::Response, String> {
@@ -173,17 +179,17 @@ fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
         thread::sleep(Duration::from_millis(200));
     };
     bar.finish();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&job).map_err(|e| e.to_string())?
-        );
+    let text = if json {
+        serde_json::to_string_pretty(&job).map_err(|e| e.to_string())? + "\n"
     } else {
-        println!("{}", job.summary());
+        let mut t = job.summary() + "\n";
         if let Some(e) = &job.error {
-            println!("  error: {e}");
+            t += &format!("  error: {e}\n");
         }
-    }
+        t
+    };
+    // The daemon has recorded the job in its history already.
+    output::print(&text)?;
     match job.outcome {
         JobOutcome::Failed | JobOutcome::Interrupted => {
             Err(format!("GC job {id} {:?}", job.outcome).to_lowercase())
@@ -200,11 +206,10 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
     {
         let dir = state_dir_for(state_dir, mountpoint);
         let resp = ask(&dir, &Request::Stop)?;
-        println!(
+        return output::println(&format!(
             "stopping GC job {}; the store reopens for writes once the blob in hand is done",
             resp.job_id.unwrap_or(0)
-        );
-        return Ok(());
+        ));
     }
     let path = args
         .path
@@ -216,15 +221,15 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
     let dir = state_dir_for(&args.state_dir, path);
     let resp = ask(&dir, &Request::Gc)?;
     let id = resp.job_id.ok_or("no job id in the answer")?;
+    let started = |e: String| format!("GC job {id} started, but {e}");
     if !args.json {
-        println!("started GC job {id}");
+        output::println(&format!("started GC job {id}")).map_err(started)?;
     }
     if args.wait {
         wait_for(&dir, id, args.json)
+    } else if args.json {
+        output::println(&format!("{{\"job_id\": {id}}}")).map_err(started)
     } else {
-        if args.json {
-            println!("{{\"job_id\": {id}}}");
-        }
         Ok(())
     }
 }
@@ -235,14 +240,10 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
         .status
         .ok_or("no status in the answer")?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
-        );
+        output::println(&serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?)
     } else {
-        print!("{status}");
+        output::print(&status.to_string())
     }
-    Ok(())
 }
 
 pub fn jobs(args: &JobsArgs) -> Result<(), String> {
@@ -259,28 +260,25 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
         jobs.drain(..skip);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?
-        );
-        return Ok(());
+        return output::println(&serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
     }
+    let mut text = String::new();
     if jobs.is_empty() {
-        println!("no GC runs recorded in {}", dir.display());
+        text += &format!("no GC runs recorded in {}\n", dir.display());
     }
     for j in &jobs {
         let ended = j
             .ended_at
             .map(|t| t.format("%H:%M:%S").to_string())
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{}  until {ended} UTC  {}",
+        text += &format!(
+            "{}  until {ended} UTC  {}\n",
             j.started_at.format("%Y-%m-%d %H:%M:%S"),
             j.summary()
         );
         if let Some(e) = &j.error {
-            println!("    error: {e}");
+            text += &format!("    error: {e}\n");
         }
     }
-    Ok(())
+    output::print(&text)
 }

@@ -20,6 +20,7 @@
 //! dry_run = false
 //! upload_max_age = "168h"
 //! keep_unknown = false
+//! allow_missing_manifests = false
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9469"
@@ -61,8 +62,78 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("configuration file {path}: {what}, not a regular file")]
+    NotAFile { path: String, what: &'static str },
+    #[error("configuration file {path}: larger than {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
     #[error("{0}")]
     Missing(String),
+}
+
+/// A configuration file is a few hundred bytes; anything near this is not one.
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// What a file that is not a regular file is, for the error.
+fn kind_of(ft: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() || ft.is_block_device() {
+        Some("a device")
+    } else {
+        Some("a special file")
+    }
+}
+
+/// Reads a configuration file: a regular file (symbolic links to one are followed: the
+/// path is the operator's choice) of at most [`MAX_CONFIG_SIZE`] bytes. Opened without
+/// blocking and checked on the open descriptor, so a FIFO or device put there between
+/// the check and the open is refused too, never read.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = || path.display().to_string();
+    let io_err = |source| ConfigError::Read {
+        path: shown(),
+        source,
+    };
+    let refuse = |ft| {
+        kind_of(ft).map(|what| ConfigError::NotAFile {
+            path: shown(),
+            what,
+        })
+    };
+    if let Some(e) = refuse(std::fs::metadata(path).map_err(io_err)?.file_type()) {
+        return Err(e);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err)?;
+    if let Some(e) = refuse(file.metadata().map_err(io_err)?.file_type()) {
+        return Err(e);
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(ConfigError::TooLarge {
+            path: shown(),
+            limit: MAX_CONFIG_SIZE,
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+        path: shown(),
+        message: "not UTF-8 text".into(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +182,7 @@ pub struct GcSection {
     pub dry_run: Option<bool>,
     pub upload_max_age: Option<String>,
     pub keep_unknown: Option<bool>,
+    pub allow_missing_manifests: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,13 +194,14 @@ pub struct MetricsSection {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: shown,
+        FileConfig::parse(&read_config(path)?, &path.display().to_string())
+    }
+
+    /// Parses the text of a configuration file named `shown` (no checks of values yet:
+    /// [`resolve`] does those).
+    pub fn parse(text: &str, shown: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_string(),
             message: e.to_string().trim_end().to_string(),
         })
     }
@@ -299,6 +372,8 @@ pub fn resolve(
         dry_run: args.dry_run || gc.dry_run.unwrap_or(false),
         upload_max_age,
         keep_unknown: args.keep_unknown || gc.keep_unknown.unwrap_or(false),
+        allow_missing_manifests: args.allow_missing_manifests
+            || gc.allow_missing_manifests.unwrap_or(false),
         drain_timeout: seconds(
             n.pick(
                 args.drain_timeout,
@@ -386,6 +461,7 @@ schedule = "0 3 * * SAT"
 duration = "30m"
 delete_untagged = true
 upload_max_age = "48h"
+allow_missing_manifests = true
 [metrics]
 listen = "127.0.0.1:9469"
 "#,
@@ -398,6 +474,7 @@ listen = "127.0.0.1:9469"
             GcDuration::Limit(Duration::from_secs(1800))
         );
         assert!(o.settings.delete_untagged);
+        assert!(o.settings.gc_options().allow_missing_manifests);
         assert_eq!(o.settings.upload_max_age, Duration::from_secs(48 * 3600));
         assert_eq!(o.settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(o.metrics.unwrap().listen.port(), 9469);

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod mount;
 pub mod offline;
+pub mod output;
 pub mod progress;
 pub mod registry;

@@ -1,12 +1,27 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use regfs::cli::{Cli, Command, ConfigAction};
-use regfs::{commands, logging};
+use regfs::{commands, logging, output};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors go to standard error; clap ignores a failure to write them.
+        Err(e) if e.use_stderr() || std::io::stdout().is_terminal() => e.exit(),
+        // --help and --version into a pipe or a file: a failed write is an error.
+        Err(e) => {
+            return match output::print(&e.render().to_string()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => {
+                    output::error(&msg);
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     logging::init(cli.verbose);
     let result = match &cli.command {
         Command::Mount(args) => commands::mount(args),
@@ -20,7 +35,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("regfs: error: {e}");
+            output::error(&e);
             ExitCode::FAILURE
         }
     }

@@ -109,3 +109,131 @@ fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
     assert_eq!(d.status()["settings"]["duration"], "until-done");
     assert!(common::mount_at_fuse(&mnt).is_some(), "still serving");
 }
+
+/// Runs `regfs ARGS...`, killing it after 10 s so a command that blocks fails the test
+/// instead of hanging the suite: (exit code, stderr).
+fn run_bounded(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("regfs {args:?} still running after 10 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn only_a_regular_file_of_reasonable_size_is_read_as_configuration() {
+    let dir = common::tempdir();
+    let fifo = dir.path().join("fifo.toml");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let big = dir.path().join("big.toml");
+    let mut text = "storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n".to_string();
+    text += &"# padding\n".repeat(200_000);
+    fs::write(&big, text).unwrap();
+    let zero = std::path::Path::new("/dev/zero");
+    for (file, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (zero, "a device"),
+        (dir.path(), "a directory"),
+        (big.as_path(), "larger than 1048576 bytes"),
+    ] {
+        for args in [
+            vec!["config".as_ref(), "check".as_ref(), file.as_os_str()],
+            vec!["mount".as_ref(), "--config".as_ref(), file.as_os_str()],
+        ] {
+            let (code, err) = run_bounded(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(
+                err.contains(&*file.to_string_lossy()) && err.contains(what),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // A symbolic link to a regular file is a regular file.
+    let good = dir.path().join("good.toml");
+    fs::write(&good, "storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n").unwrap();
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let (code, err) = run_bounded(&["config".as_ref(), "check".as_ref(), link.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_bad_value_is_quoted_as_typed_and_a_schedule_as_written() {
+    for (schedule, field) in [
+        ("61 * * * *", "minute"),
+        ("0 3 32 * *", "day of month"),
+        ("0 3 * * MON-FOO", "day of week"),
+    ] {
+        let (code, msg) = check(&format!(
+            "storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n[gc]\nschedule = \"{schedule}\"\n"
+        ));
+        assert_eq!(code, 1, "{msg}");
+        assert!(
+            msg.contains("gc.schedule")
+                && msg.contains(&format!("\"{schedule}\""))
+                && msg.contains(field),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains(&format!("0 {schedule}")),
+            "internal form: {msg}"
+        );
+        let (code, err) = run_bounded(&[
+            "mount".as_ref(),
+            "/nonexistent-a".as_ref(),
+            "/nonexistent-b".as_ref(),
+            "--gc-schedule".as_ref(),
+            schedule.as_ref(),
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("--gc-schedule") && err.contains(&format!("\"{schedule}\"")),
+            "{err}"
+        );
+        assert!(
+            !err.contains(&format!("0 {schedule}")),
+            "internal form: {err}"
+        );
+    }
+    // A duration in the file is blamed on the file's key, not on a flag.
+    let (code, msg) =
+        check("storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n[gc]\nduration = \"soon\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        msg.contains("gc.duration") && msg.contains("\"soon\"") && !msg.contains("--gc-duration"),
+        "{msg}"
+    );
+    // Seconds are quoted as typed ("nan" was shown as NaN).
+    let (code, err) = run_bounded(&[
+        "mount".as_ref(),
+        "/nonexistent-a".as_ref(),
+        "/nonexistent-b".as_ref(),
+        "--attr-timeout".as_ref(),
+        "nan".as_ref(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"nan\""), "{err}");
+}

@@ -79,3 +79,34 @@ fn a_missing_store_is_named_in_the_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/store"));
 }
+
+#[test]
+fn a_missing_manifest_fails_the_run_unless_allowed_on_the_command_line() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let layer = s.blob(b"layer");
+    let (m, _) = s.image("team/app", &[layer], "x");
+    s.tag("team/app", "latest", &m);
+    let garbage = s.blob(b"garbage");
+    std::fs::remove_file(s.blob_dir(&m).join("data")).unwrap();
+    let out = gc_offline(&[], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("team/app")
+            && err.contains(&m.to_string())
+            && err.contains("--allow-missing-manifests"),
+        "{err}"
+    );
+    assert!(
+        s.has_blob(&garbage) && s.has_blob(&layer),
+        "nothing deleted"
+    );
+    let out = gc_offline(&["--allow-missing-manifests"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.has_blob(&garbage) && s.has_blob(&layer));
+}

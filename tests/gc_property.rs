@@ -263,3 +263,138 @@ proptest! {
         prop_assert_eq!(again.counts.blobs_deleted + again.counts.manifests_removed, 0);
     }
 }
+
+/// Damage done to a generated store after it is built.
+#[derive(Debug, Clone)]
+enum Damage {
+    /// The manifest's `data` file is gone (its blob directory stays).
+    MissingData(usize),
+    /// A directory where the item's revision link belongs.
+    RevisionLinkIsDir(usize),
+    /// A FIFO where the item's revision link belongs (opening it for reading would block).
+    RevisionLinkIsFifo(usize),
+    /// A FIFO where a tag's `current/link` belongs.
+    TagLinkIsFifo(usize),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (0usize..64).prop_map(Damage::MissingData),
+        (0usize..64).prop_map(Damage::RevisionLinkIsDir),
+        (0usize..64).prop_map(Damage::RevisionLinkIsFifo),
+        (0usize..64).prop_map(Damage::TagLinkIsFifo),
+    ]
+}
+
+fn fifo(path: &std::path::Path) {
+    let _ = fs::remove_file(path);
+    let _ = fs::remove_dir_all(path);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+}
+
+/// Applies `damage`; the items whose manifest data it removed.
+fn apply(s: &StoreBuilder, spec: &Spec, b: &Built, damage: &[Damage]) -> Vec<usize> {
+    let n = spec.items.len();
+    let link_of = |i: usize| s.revision_link_path(REPOS[repo_of(&spec.items, i)], &b.manifest[i]);
+    let mut lost = Vec::new();
+    for d in damage {
+        match *d {
+            Damage::MissingData(i) => {
+                let _ = fs::remove_file(s.blob_dir(&b.manifest[i % n]).join("data"));
+                lost.push(i % n);
+            }
+            Damage::RevisionLinkIsDir(i) => {
+                let link = link_of(i % n);
+                let _ = fs::remove_file(&link);
+                fs::create_dir_all(link.join("inside")).unwrap();
+            }
+            Damage::RevisionLinkIsFifo(i) => fifo(&link_of(i % n)),
+            Damage::TagLinkIsFifo(t) if !spec.tags.is_empty() => {
+                let (item, tag) = spec.tags[t % spec.tags.len()];
+                let repo = s.repo(REPOS[repo_of(&spec.items, item)]);
+                fifo(&repo.join(format!("_manifests/tags/t{tag}/current/link")));
+            }
+            Damage::TagLinkIsFifo(_) => {}
+        }
+    }
+    lost
+}
+
+/// Whether the model still has item `i` as a revision (its link was not deleted).
+fn is_revision(spec: &Spec, b: &Built, i: usize) -> bool {
+    let key = |j: usize| (repo_of(&spec.items, j), b.manifest[j]);
+    !spec.deleted.iter().any(|d| key(*d) == key(i))
+}
+
+/// Runs the collector in a thread: a run that blocks (on a FIFO) fails the test
+/// instead of hanging the suite.
+fn collect_bounded(
+    root: &std::path::Path,
+    opts: &Options,
+) -> Result<regfs::gc::Report, regfs::gc::GcError> {
+    let (root, opts) = (root.to_path_buf(), opts.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(collect(&root, &opts));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run blocked on the damaged store")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        rng_seed: if std::env::var("CI").as_deref() == Ok("true") {
+            proptest::test_runner::RngSeed::Fixed(0xda_3a9e)
+        } else {
+            proptest::test_runner::RngSeed::Random
+        },
+        ..ProptestConfig::default()
+    })]
+
+    /// The README's table: a missing manifest stops the run with nothing deleted (unless
+    /// allowed); damaged links keep what they might name; nothing reachable ever goes.
+    #[test]
+    fn damaged_stores_never_lose_a_reachable_blob(
+        spec in spec(),
+        damage in prop::collection::vec(damage(), 1..4),
+        delete_untagged in any::<bool>(),
+        allow_missing_manifests in any::<bool>(),
+    ) {
+        let dir = common::tempdir();
+        let s = StoreBuilder::new(dir.path());
+        let built = build(&s, &spec);
+        let keep = must_keep(&spec, &built, delete_untagged);
+        let lost = apply(&s, &spec, &built, &damage);
+        let opts = Options { delete_untagged, allow_missing_manifests, ..Options::default() };
+        let existing = blob_set(&s, &built.all_blobs);
+        let before = s.listing();
+
+        let result = collect_bounded(dir.path(), &opts);
+        let must_refuse = !allow_missing_manifests
+            && lost.iter().any(|i| is_revision(&spec, &built, *i));
+        match &result {
+            Err(e) => {
+                prop_assert!(
+                    matches!(e, regfs::gc::GcError::ManifestMissing { .. }) && !allow_missing_manifests,
+                    "unexpected refusal: {}", e
+                );
+                prop_assert_eq!(&s.listing(), &before, "a refused run deletes nothing");
+            }
+            Ok(r) => prop_assert!(!must_refuse, "a missing manifest did not stop the run: {}", r),
+        }
+        let remaining = blob_set(&s, &built.all_blobs);
+        for d in keep.iter().filter(|d| existing.contains(d)) {
+            prop_assert!(remaining.contains(d), "reachable blob {} was deleted ({:?})", d, result);
+        }
+    }
+}

@@ -298,19 +298,76 @@ fn stale_uploads_temp_files_and_empty_directories_are_cleaned_and_nothing_outsid
     assert!(!fresh.exists() && !undated.exists());
 }
 
+/// Only the manifest's `data` goes (its blob directory stays, as after a disk error).
+fn lose_manifest_data(s: &StoreBuilder, d: &Digest) {
+    fs::remove_file(s.blob_dir(d).join("data")).unwrap();
+}
+
 #[test]
-fn a_missing_manifest_blob_is_reported_not_fatal() {
+fn a_missing_manifest_stops_the_run_before_anything_is_deleted() {
+    // Tagged or not, in either mode: its layers are unknown, so nothing may go.
+    for (which, opts) in [
+        ("tagged", Options::default()),
+        ("tagged", untagged()),
+        ("untagged", Options::default()),
+        ("untagged", untagged()),
+    ] {
+        let dir = common::tempdir();
+        let (s, tagged, old, _, _) = basic(dir.path());
+        s.blob(b"unlinked garbage");
+        let lost = if which == "tagged" { tagged } else { old };
+        lose_manifest_data(&s, &lost);
+        let before = s.listing();
+        let err = collect(dir.path(), &opts).unwrap_err();
+        match &err {
+            GcError::ManifestMissing { repo, digest, .. } => {
+                assert_eq!(repo.as_str(), "team/app");
+                assert_eq!(*digest, lost, "{which}");
+            }
+            other => panic!("{which}: unexpected error {other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("team/app") && msg.contains(&lost.to_string()) && msg.contains("missing"),
+            "{msg}"
+        );
+        assert_eq!(s.listing(), before, "{which}: nothing deleted");
+    }
+}
+
+#[test]
+fn allow_missing_manifests_goes_on_keeping_everything_the_repository_links() {
     let dir = common::tempdir();
-    let (s, tagged, old, _, garbage) = basic(dir.path());
-    fs::remove_dir_all(s.blob_dir(&old)).unwrap();
-    let r = collect(dir.path(), &Options::default()).unwrap();
+    let (s, tagged, old, only_old, linked_garbage) = basic(dir.path());
+    let unlinked = s.blob(b"unlinked garbage");
+    let other_tagged = s.image("other/app", &[], "other").0;
+    s.tag("other/app", "v1", &other_tagged);
+    let other_garbage = s.blob(b"garbage of another repository");
+    s.layer_link("other/app", &other_garbage);
+    lose_manifest_data(&s, &tagged);
+    let opts = Options {
+        delete_untagged: true,
+        allow_missing_manifests: true,
+        ..Options::default()
+    };
+    let r = collect(dir.path(), &opts).unwrap();
     assert!(
-        r.warnings.iter().any(|w| w.message.contains("missing")),
+        r.warnings
+            .iter()
+            .any(|w| w.message.contains("missing") && w.message.contains(&tagged.to_string())),
         "{:?}",
         r.warnings
     );
-    assert!(!s.has_blob(&garbage));
-    assert!(s.has_blob(&tagged));
+    // The repository with the missing manifest keeps every blob it links and every
+    // revision, even untagged ones.
+    for d in [old, only_old, linked_garbage] {
+        assert!(s.has_blob(&d), "{r}");
+    }
+    assert!(s.blob_dir(&tagged).exists());
+    assert_eq!(r.counts.manifests_removed, 0, "{r}");
+    // Elsewhere the run goes on as usual.
+    assert!(!s.has_blob(&unlinked) && !s.has_blob(&other_garbage), "{r}");
+    assert!(s.has_blob(&other_tagged));
 }
 
 #[test]

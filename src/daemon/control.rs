@@ -3,7 +3,7 @@
 //! connection. Only root can connect: the socket is 0600 inside the 0700 state directory,
 //! and it appears under its name only once it has that mode.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,14 +87,29 @@ fn answer(daemon: &Arc<Daemon>, req: Request) -> Response {
     }
 }
 
+/// A request is one short JSON line; a longer one is refused, not buffered.
+pub const MAX_REQUEST_SIZE: usize = 4096;
+
+/// Parses one request line as received (with or without its newline): the control
+/// protocol's whole grammar, kept apart from the socket so it can be fuzzed.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST_SIZE {
+        return Err(format!("bad request: longer than {MAX_REQUEST_SIZE} bytes"));
+    }
+    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+}
+
 fn serve_one(daemon: &Arc<Daemon>, stream: UnixStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let resp = match serde_json::from_str::<Request>(&line) {
+    let mut line = Vec::new();
+    // One byte over the limit is enough to refuse it.
+    BufReader::new(&stream)
+        .take(MAX_REQUEST_SIZE as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    let resp = match parse_request(&line) {
         Ok(req) => answer(daemon, req),
         Err(e) => Response {
-            error: Some(format!("bad request: {e}")),
+            error: Some(e),
             ..Response::default()
         },
     };
@@ -195,6 +210,27 @@ pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_errors() {
+        assert!(matches!(
+            parse_request(b"{\"cmd\":\"job\",\"id\":7}\n"),
+            Ok(Request::Job { id: 7 })
+        ));
+        assert!(matches!(
+            parse_request(b"{\"cmd\":\"gc\"}"),
+            Ok(Request::Gc)
+        ));
+        for bad in [&b""[..], b"{", b"{\"cmd\":\"rm\"}", b"\xff"] {
+            assert!(parse_request(bad).unwrap_err().starts_with("bad request"));
+        }
+        let long = format!("{{\"cmd\":\"gc\"{}}}", " ".repeat(MAX_REQUEST_SIZE));
+        assert!(
+            parse_request(long.as_bytes())
+                .unwrap_err()
+                .contains("longer")
+        );
+    }
 
     #[test]
     fn state_directories_are_named_like_systemd_units() {

@@ -85,6 +85,40 @@ fn day_of_week_names(field: &str) -> Result<String, String> {
     Ok(names.join(","))
 }
 
+/// The fields of the six- or seven-field form, with what each accepts.
+const FIELDS: [(&str, &str); 7] = [
+    ("seconds", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day of week", "0-7 or SUN-SAT"),
+    ("year", "1970-2099"),
+];
+
+/// Names the first field of `normalized` the cron crate refuses on its own, quoting it
+/// as the operator typed it (`typed`: their fields; the 5-field form lacks seconds).
+fn which_field_is_wrong(normalized: &str, typed: &[&str]) -> String {
+    let fields: Vec<&str> = normalized.split_whitespace().collect();
+    let offset = fields.len().saturating_sub(typed.len());
+    for (i, field) in fields.iter().enumerate() {
+        let probe: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        if cron::Schedule::from_str(&probe.join(" ")).is_err() {
+            let (name, range) = FIELDS[i.min(FIELDS.len() - 1)];
+            let as_typed = i
+                .checked_sub(offset)
+                .and_then(|t| typed.get(t))
+                .unwrap_or(field);
+            return format!(
+                "{name} {as_typed:?} is not valid: expected {range}, *, a list a,b, a range a-b or a step */n"
+            );
+        }
+    }
+    "not a valid schedule (minute hour day-of-month month day-of-week)".into()
+}
+
 impl FromStr for Schedule {
     type Err = ScheduleError;
 
@@ -95,6 +129,7 @@ impl FromStr for Schedule {
         };
         let trimmed = expr.trim();
         const SHORTHANDS: [&str; 5] = ["@hourly", "@daily", "@weekly", "@monthly", "@yearly"];
+        let typed: Vec<&str> = trimmed.split_whitespace().collect();
         let normalized = if trimmed.starts_with('@') {
             if !SHORTHANDS.contains(&trimmed) {
                 return Err(err(format!(
@@ -121,7 +156,10 @@ impl FromStr for Schedule {
             fields[5] = day_of_week_names(&fields[5]).map_err(err)?;
             fields.join(" ")
         };
-        let inner = cron::Schedule::from_str(&normalized).map_err(|e| err(e.to_string()))?;
+        // The cron crate's message quotes the normalized six-field form, not what the
+        // operator wrote: say which of their fields is wrong instead.
+        let inner = cron::Schedule::from_str(&normalized)
+            .map_err(|_| err(which_field_is_wrong(&normalized, &typed)))?;
         if inner.after(&Utc::now()).next().is_none() {
             return Err(err("never fires".into()));
         }
@@ -219,14 +257,20 @@ mod tests {
     fn invalid_expressions_say_what_is_wrong() {
         for (bad, hint) in [
             ("* * *", "3 fields"),
-            ("61 * * * *", ""),
+            ("61 * * * *", "minute \"61\""),
+            ("0 3 32 * *", "day of month \"32\""),
+            ("0 3 * 13 *", "month \"13\""),
+            ("*/0 * * * *", "minute"),
+            ("0 3 * * MON-FOO", "day of week"),
             ("0 3 * * 8", "day of week"),
             ("0 3 * * 5-2", "backwards"),
             ("@fortnightly", "unknown shorthand"),
             ("0 0 0 30 2 * *", "never fires"),
         ] {
             let e = bad.parse::<Schedule>().unwrap_err();
-            assert!(e.to_string().contains(bad), "{e}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+            // Never the internal six-field form.
+            assert!(!e.to_string().contains(&format!("0 {bad}")), "{e}");
             assert!(e.to_string().contains(hint), "{bad}: {e}");
         }
     }

@@ -26,11 +26,9 @@ impl FromStr for GcDuration {
             "never" => Ok(GcDuration::Never),
             other => match humantime::parse_duration(other) {
                 Ok(d) if !d.is_zero() => Ok(GcDuration::Limit(d)),
-                Ok(_) => Err(format!(
-                    "--gc-duration {other:?}: a time limit must be more than zero"
-                )),
+                Ok(_) => Err(format!("{other:?}: a time limit must be more than zero")),
                 Err(e) => Err(format!(
-                    "--gc-duration {other:?}: {e}; expected until-done, never, or a time limit such as 30m"
+                    "{other:?}: {e}; expected until-done, never, or a time limit such as 30m"
                 )),
             },
         }
@@ -55,6 +53,7 @@ pub struct Settings {
     pub dry_run: bool,
     pub upload_max_age: Duration,
     pub keep_unknown: bool,
+    pub allow_missing_manifests: bool,
     /// How long an epoch lets in-place writers finish.
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
@@ -70,6 +69,7 @@ impl Default for Settings {
             dry_run: false,
             upload_max_age: gc::DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
+            allow_missing_manifests: false,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
         }
@@ -83,6 +83,7 @@ impl Settings {
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
+            allow_missing_manifests: self.allow_missing_manifests,
         }
     }
 

@@ -32,6 +32,14 @@ pub enum GcError {
         #[source]
         source: ReadError,
     },
+    #[error(
+        "repository {repo}: manifest {digest} is missing from the store ({path} does not exist); cannot know which blobs it names, so nothing was deleted (use --allow-missing-manifests to keep every blob the repository links and go on)"
+    )]
+    ManifestMissing {
+        repo: RepoName,
+        digest: Digest,
+        path: String,
+    },
     #[error("{path}: {what}; cannot prove what it references, so nothing was deleted")]
     NotUnderstood { path: String, what: String },
     /// Stopped or out of time while marking (never reported as a failure).

@@ -59,6 +59,8 @@ pub struct Manifests {
     /// components long, where paths from the store's root are eight.
     blobs: Option<Store>,
     keep_unknown: bool,
+    /// Go on past a manifest whose blob is missing (keeping all its repository links).
+    allow_missing: bool,
 }
 
 /// The manifests one repository's marking has loaded: each is read once per repository,
@@ -67,12 +69,13 @@ pub struct Manifests {
 type Loaded1 = HashMap<Digest, Arc<Loaded>>;
 
 impl Manifests {
-    pub fn new(store: &Store, keep_unknown: bool) -> Result<Self, GcError> {
+    pub fn new(store: &Store, keep_unknown: bool, allow_missing: bool) -> Result<Self, GcError> {
         let root = paths::blobs_root();
         let blobs = store.sub(&root).map_err(|e| GcError::store(&root, e))?;
         Ok(Manifests {
             blobs,
             keep_unknown,
+            allow_missing,
         })
     }
 
@@ -142,7 +145,7 @@ fn mark_from(
     stop: &(dyn Fn() -> bool + Sync),
     manifests: &Manifests,
     cache: &mut Loaded1,
-    repo: &RepoName,
+    scan: &RepoScan,
     roots: impl IntoIterator<Item = Digest>,
     referrers: Option<&HashMap<Digest, Vec<Digest>>>,
     out: &mut RepoMark,
@@ -158,12 +161,9 @@ fn mark_from(
             return Err(GcError::Interrupted);
         }
         out.marked.push(d);
-        let loaded = manifests.load(cache, repo, &d)?;
+        let loaded = manifests.load(cache, &scan.name, &d)?;
         if let Loaded::Missing = *loaded {
-            out.warnings.push(Warning::new(
-                paths::blob_data(&d),
-                format!("manifest {d} of repository {repo} is missing from the store"),
-            ));
+            missing_manifest(manifests, scan, d, &mut stack, out)?;
         }
         out.marked.extend(loaded.blobs().iter().copied());
         stack.extend(loaded.children().iter().copied());
@@ -174,6 +174,41 @@ fn mark_from(
     out.marked.sort_unstable();
     out.marked.dedup();
     Ok(reached)
+}
+
+/// A manifest whose blob is missing names blobs nobody can know: the run stops, unless
+/// `--allow-missing-manifests`, where it keeps everything the manifest could have named
+/// (the registry only accepts a manifest whose blobs its repository links, and whose
+/// children are manifests of the same repository): every `_layers` link and every
+/// revision of the repository.
+fn missing_manifest(
+    manifests: &Manifests,
+    scan: &RepoScan,
+    d: Digest,
+    stack: &mut Vec<Digest>,
+    out: &mut RepoMark,
+) -> Result<(), GcError> {
+    if !manifests.allow_missing {
+        return Err(missing_error(scan, d));
+    }
+    out.warnings.push(Warning::new(
+        paths::blob_data(&d),
+        format!(
+            "manifest {d} of repository {} is missing from the store; kept every blob the repository links and every revision",
+            scan.name
+        ),
+    ));
+    out.marked.extend(scan.layers.iter().copied());
+    stack.extend(scan.revisions.iter().flat_map(|r| r.manifests()));
+    Ok(())
+}
+
+fn missing_error(scan: &RepoScan, d: Digest) -> GcError {
+    GcError::ManifestMissing {
+        repo: scan.name.clone(),
+        digest: d,
+        path: paths::blob_data(&d).display().to_string(),
+    }
 }
 
 /// Default mode: every revision is a root.
@@ -189,7 +224,7 @@ pub fn mark_all_revisions(
         stop,
         manifests,
         &mut HashMap::new(),
-        &scan.name,
+        scan,
         roots,
         None,
         &mut out,
@@ -210,12 +245,21 @@ pub fn mark_tagged(
     // Every revision is read, to learn which ones refer to which (subject).
     let mut cache = HashMap::new();
     let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    let mut roots = Vec::new();
     for d in &present {
-        if let Some(subject) = manifests.load(&mut cache, &scan.name, d)?.subject() {
+        let loaded = manifests.load(&mut cache, &scan.name, d)?;
+        if let Some(subject) = loaded.subject() {
             referrers.entry(subject).or_default().push(*d);
         }
+        // An untagged revision whose blob is missing may have been a referrer of what
+        // is kept (its subject is unknown): stop, or mark through it as a root.
+        if let Loaded::Missing = *loaded {
+            if !manifests.allow_missing {
+                return Err(missing_error(scan, *d));
+            }
+            roots.push(*d);
+        }
     }
-    let mut roots = Vec::new();
     for tag in &scan.tags {
         match &tag.current {
             LinkState::Ok(d) => roots.push(*d),
@@ -226,7 +270,7 @@ pub fn mark_tagged(
         stop,
         manifests,
         &mut cache,
-        &scan.name,
+        scan,
         roots,
         Some(&referrers),
         &mut out,

@@ -1,7 +1,8 @@
 //! The collector: scan the store, mark what is live, plan, sweep, report.
 //!
-//! It never deletes what it cannot prove unreferenced: an unreadable manifest, one that
-//! does not match its digest, or one of an unknown kind stops the run before the sweep.
+//! It never deletes what it cannot prove unreferenced: an unreadable or missing manifest,
+//! one that does not match its digest, or one of an unknown kind stops the run before the
+//! sweep.
 
 pub mod error;
 pub mod mark;
@@ -52,6 +53,9 @@ pub struct Options {
     pub upload_max_age: Duration,
     /// Keep every blob an unknown manifest names instead of stopping the run.
     pub keep_unknown: bool,
+    /// Go on past a manifest whose blob is missing, keeping every blob and revision of
+    /// its repository, instead of stopping the run.
+    pub allow_missing_manifests: bool,
 }
 
 impl Default for Options {
@@ -61,6 +65,7 @@ impl Default for Options {
             dry_run: false,
             upload_max_age: DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
+            allow_missing_manifests: false,
         }
     }
 }
@@ -152,7 +157,7 @@ fn mark_in_pool(
     let Some(scans) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
         return interrupted(report);
     };
-    let manifests = mark::Manifests::new(store, opts.keep_unknown)?;
+    let manifests = mark::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
     let marks = mark::mark_repositories(&manifests, &scans, opts.delete_untagged, &stop, &|| {
         control.advance()
     })?;

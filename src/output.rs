@@ -1,0 +1,36 @@
+//! What commands print on standard output. `println!` panics (exit 101) when standard
+//! output is a closed pipe (`regfs jobs | head -1`) or a full disk (`> /dev/full`);
+//! here that is an error the command reports and exits non-zero on.
+//!
+//! SIGPIPE stays ignored, as the Rust runtime sets it: a write to a closed pipe returns
+//! EPIPE to whoever wrote, so a client that goes away from the control socket or the
+//! metrics endpoint never kills the daemon, and the CLI reports the closed pipe like
+//! any other output error.
+
+use std::io::{self, Write};
+
+/// Writes `text` whole to standard output and flushes it.
+pub fn print(text: &str) -> Result<(), String> {
+    write_all(text.as_bytes())
+}
+
+/// [`print`] with a newline.
+pub fn println(text: &str) -> Result<(), String> {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    print(&line)
+}
+
+/// Bytes (a completion script, a manual page) to standard output.
+pub fn write_all(bytes: &[u8]) -> Result<(), String> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing to standard output: {e}"))
+}
+
+/// An error message on standard error; if even that fails there is nobody to tell.
+pub fn error(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "regfs: error: {message}");
+}
