@@ -215,8 +215,10 @@ fn a_user_opening_ten_thousand_files_spends_none_of_the_daemons_descriptors() {
         eacces_all,
         "every one of nobody's 10,000 opens is refused with EACCES (failures*1000 + errno)"
     );
+    // Other tests of this binary mount and open files in the same process at the same
+    // time: a margin of 100 tells "none" from the 10,000 an unrefused burst would hold.
     assert!(
-        open_fds() <= before + 8,
+        open_fds() <= before + 100,
         "daemon descriptors grew from {before} to {}",
         open_fds()
     );
