@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 
 use common::daemon::Daemon;
 use common::store::StoreBuilder;
@@ -15,6 +16,19 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A daemon serving `storage` at `mnt` with metrics on a free loopback port.
+fn start_with_metrics(dir: &Path, storage: &Path, mnt: &Path) -> (Daemon, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        storage.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+        "--metrics-listen",
+        &listen,
+    ];
+    (Daemon::start(mnt, &dir.join("state"), &args), port)
 }
 
 /// GET /metrics; the samples by `name{labels}`.
@@ -59,18 +73,7 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     let garbage: Vec<_> = (0..3)
         .map(|i| s.blob(format!("garbage {i}").as_bytes()))
         .collect();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = Daemon::start(
-        &mnt,
-        &dir.path().join("state"),
-        &[
-            storage.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-            "--metrics-listen",
-            &listen,
-        ],
-    );
+    let (d, port) = start_with_metrics(dir.path(), &storage, &mnt);
     let before = scrape(port);
     assert_eq!(before["regfs_gc_state{state=\"idle\"}"], 1.0);
     assert_eq!(before["regfs_store_read_only"], 0.0);
@@ -183,18 +186,7 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
         return;
     };
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = Daemon::start(
-        &mnt,
-        &dir.path().join("state"),
-        &[
-            storage.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-            "--metrics-listen",
-            &listen,
-        ],
-    );
+    let (d, port) = start_with_metrics(dir.path(), &storage, &mnt);
     let pid = d.child.id();
     scrape(port);
     let before = threads_of(pid);
