@@ -87,6 +87,9 @@ pub enum Role {
     TempFile,
     /// Not part of the layout.
     Unknown,
+    /// Not part of the layout, but below (or named) `_uploads`: the write gate has
+    /// always treated such files as an upload's, wherever they are.
+    UnknownUpload,
 }
 
 impl Role {
@@ -100,6 +103,9 @@ impl Role {
         use Role::*;
         if !plain_component(name) {
             return Unknown;
+        }
+        if self == UnknownUpload {
+            return UnknownUpload;
         }
         let hex = |make: fn(Digest) -> Role| Digest::from_hex(name).map_or(Unknown, make);
         match (self, name) {
@@ -137,6 +143,7 @@ impl Role {
             (Uploads, _) => Upload,
             (Upload | UploadEntry, _) => UploadEntry,
             (_, _) if self.holds_temp_files() && is_temp_file(name) => TempFile,
+            (_, UPLOADS) => UnknownUpload,
             _ => Unknown,
         }
     }
@@ -183,6 +190,14 @@ impl Role {
     /// `_uploads`, an upload's directory or anything in it: nothing the collector
     /// reads, and nothing a pull depends on.
     pub fn is_upload(self) -> bool {
-        matches!(self, Role::Uploads | Role::Upload | Role::UploadEntry)
+        use Role::*;
+        matches!(self, Uploads | Upload | UploadEntry | UnknownUpload)
+    }
+
+    /// Whether the node is part of the registry's layout (what [`classify`] knows).
+    ///
+    /// [`classify`]: super::spec::classify
+    pub fn is_known(self) -> bool {
+        !matches!(self, Role::Unknown | Role::UnknownUpload)
     }
 }
