@@ -177,6 +177,12 @@ proptest! {
     }
 
     #[test]
+    fn any_text_is_classified_without_panic_and_as_walked(rel in "\\PC{0,80}") {
+        let want = classify(&rel).map_or(Role::Unknown, |k| k.role());
+        prop_assert_eq!(walked(&rel), want, "{:?}", rel);
+    }
+
+    #[test]
     fn near_misses_of_a_digest_are_refused(k in kind(), at in any::<prop::sample::Index>()) {
         let path = path_for(&k);
         let rel = path.to_str().unwrap();
