@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// What an open write handle holds, which decides how an epoch treats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriterClass {
-    /// A file under an `_uploads` directory: refused at once when the gate closes.
+    /// A file of an upload in progress: refused at once when the gate closes.
     Upload,
     /// Anything else (link files, manifests written in place): may drain.
     InPlace,
@@ -26,7 +26,12 @@ pub enum WriterClass {
 impl WriterClass {
     /// Classifies a path relative to the store root.
     pub fn of_path(path: &str) -> Self {
-        if path.split('/').any(|c| c == "_uploads") {
+        Self::of_role(crate::layout::Role::of_path(path))
+    }
+
+    /// Classifies a node by its role in the layout (an inode's, computed at lookup).
+    pub fn of_role(role: crate::layout::Role) -> Self {
+        if role.is_upload() {
             WriterClass::Upload
         } else {
             WriterClass::InPlace

@@ -199,6 +199,11 @@ impl StorageFs {
             .unwrap_or_else(|| format!("?{id}"))
     }
 
+    /// What node `id` is in the registry's layout (computed when it was looked up).
+    pub fn role_of(&self, id: u64) -> Option<crate::layout::Role> {
+        self.inodes.get(id).map(|i| i.role())
+    }
+
     /// An O_PATH descriptor of `inode` (reopened from its file handle if it was closed).
     pub(super) fn fd_of(&self, inode: &Inode) -> FsResult<Arc<OwnedFd>> {
         inode

@@ -13,12 +13,14 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use fuser::BackingId;
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
 use super::handle::{FdCache, FileHandle, InodeFd};
+use crate::layout::Role;
 
 pub const ROOT_ID: u64 = 1;
 
@@ -62,12 +64,38 @@ fn stale() -> io::Error {
     io::Error::from_raw_os_error(libc::ESTALE)
 }
 
-/// Where an inode was last seen: its parent and its name there. Used to name paths in
-/// logs and to classify writers; the handle, not the path, is what operations use.
+/// Where an inode was last seen: its parent and its name there, and what that makes it
+/// in the registry's layout. Used to name paths in logs and to classify writers; the
+/// handle, not the path, is what operations use.
 #[derive(Debug)]
 struct Place {
     parent: Option<Arc<Inode>>,
     name: OsString,
+    role: Placed,
+}
+
+/// A role as computed from the parent's role and the name, and the count of directory
+/// moves it was computed at: a directory moved since may have changed it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Placed {
+    role: Role,
+    moves_seen: u64,
+}
+
+/// How many directories changed place: a role computed before the last one may be
+/// stale (a file below a moved directory is elsewhere in the layout now). The registry
+/// renames files only, so this almost never moves and roles are computed once.
+#[derive(Debug, Default)]
+struct DirMoves(AtomicU64);
+
+impl DirMoves {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn one_more(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +107,8 @@ pub struct Inode {
     found: Found,
     fd: Arc<InodeFd>,
     place: Mutex<Place>,
+    /// The table's count of directory moves.
+    dir_moves: Arc<DirMoves>,
     /// Kernel passthrough: one backing id per inode, shared by its read-only opens and
     /// dropped with the last of them.
     pub backing: Mutex<Weak<BackingId>>,
@@ -145,6 +175,45 @@ impl Inode {
         out
     }
 
+    /// What this node is in the registry's layout, from its parent's role and its name
+    /// when it was looked up (recomputed only after a directory moved).
+    pub fn role(&self) -> Role {
+        let now = self.dir_moves.now();
+        let (parent, name) = {
+            let place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+            if place.role.moves_seen == now {
+                return place.role.role;
+            }
+            (place.parent.clone(), place.name.clone())
+        };
+        let role = match &parent {
+            Some(p) => p.role().child(&name),
+            None => Role::StoreRoot,
+        };
+        let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        let unmoved = place.name == name
+            && match (&place.parent, &parent) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+        if unmoved && place.role.moves_seen < now {
+            place.role = Placed {
+                role,
+                moves_seen: now,
+            };
+        }
+        role
+    }
+
+    /// The role of `name` in the directory `parent`.
+    pub(super) fn placed_child(parent: &Inode, name: &OsStr) -> Placed {
+        let moves_seen = parent.dir_moves.now();
+        Placed {
+            role: parent.role().child(name),
+            moves_seen,
+        }
+    }
+
     pub(super) fn parent_and_name(&self) -> (Option<Arc<Inode>>, OsString) {
         let place = self.place.lock().unwrap_or_else(|e| e.into_inner());
         (place.parent.clone(), place.name.clone())
@@ -161,10 +230,25 @@ impl Inode {
         }
     }
 
-    fn set_place(&self, parent: Arc<Inode>, name: &OsStr) {
+    /// Records where the node was found now. A directory found elsewhere than before
+    /// takes its subtree with it: the roles below it are recomputed on next use.
+    fn set_place(&self, parent: &Arc<Inode>, name: &OsStr, role: Placed) {
         let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
-        place.parent = Some(parent);
+        place.role = role;
+        let same = place.name == name
+            && place
+                .parent
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, parent));
+        if same {
+            return;
+        }
+        place.parent = Some(parent.clone());
         place.name = name.to_owned();
+        drop(place);
+        if self.kind == Kind::Directory {
+            self.dir_moves.one_more();
+        }
     }
 }
 
@@ -219,6 +303,7 @@ pub struct InodeTable {
     fds: Arc<FdCache>,
     /// The store's filesystem gives file handles: descriptors can be closed when unused.
     use_handles: bool,
+    dir_moves: Arc<DirMoves>,
 }
 
 impl InodeTable {
@@ -233,6 +318,7 @@ impl InodeTable {
     ) -> io::Result<Self> {
         let use_handles = FileHandle::of(root_fd.as_fd()).is_ok();
         let fds = FdCache::new(mount_fd, use_handles, fd_budget);
+        let dir_moves = Arc::new(DirMoves::default());
         let root = Arc::new(Inode {
             id: ROOT_ID,
             key: root.key,
@@ -243,7 +329,12 @@ impl InodeTable {
             place: Mutex::new(Place {
                 parent: None,
                 name: OsString::new(),
+                role: Placed {
+                    role: Role::StoreRoot,
+                    moves_seen: 0,
+                },
             }),
+            dir_moves: dir_moves.clone(),
             backing: Mutex::new(Weak::new()),
         });
         let mut tables = Tables {
@@ -263,6 +354,7 @@ impl InodeTable {
             tables: RwLock::new(tables),
             fds,
             use_handles,
+            dir_moves,
         })
     }
 
@@ -311,6 +403,7 @@ impl InodeTable {
         } else {
             None
         };
+        let role = Inode::placed_child(parent, name);
         let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&id) = t.by_key.get(&found.key) {
             let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
@@ -326,7 +419,7 @@ impl InodeTable {
                 let inode = entry.inode.clone();
                 drop(t);
                 if inode.id != ROOT_ID {
-                    inode.set_place(parent.clone(), name);
+                    inode.set_place(parent, name, role);
                     // A listed inode opened by this lookup: resolved now (no-op if it was).
                     inode.fd.install(fd, handle, keep_fd);
                 }
@@ -334,7 +427,7 @@ impl InodeTable {
             }
         }
         let fd = InodeFd::new(fd, handle, &self.fds, keep_fd);
-        Self::insert(&mut t, parent, name, found, fd)
+        self.insert(&mut t, parent, name, found, fd, role)
     }
 
     /// Records one kernel lookup of the file `found` as `name` in `parent`, from a
@@ -347,6 +440,7 @@ impl InodeTable {
         name: &OsStr,
         found: Found,
     ) -> Option<Arc<Inode>> {
+        let role = Inode::placed_child(parent, name);
         let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&id) = t.by_key.get(&found.key) {
             let entry = t.by_id.get_mut(&id).expect("by_key and by_id agree");
@@ -358,23 +452,25 @@ impl InodeTable {
                     let inode = entry.inode.clone();
                     drop(t);
                     if inode.id != ROOT_ID {
-                        inode.set_place(parent.clone(), name);
+                        inode.set_place(parent, name, role);
                     }
                     return Some(inode);
                 }
             }
         }
         let fd = InodeFd::unresolved(&self.fds);
-        Some(Self::insert(&mut t, parent, name, found, fd))
+        Some(self.insert(&mut t, parent, name, found, fd, role))
     }
 
     /// A new node for `found`, with one kernel reference.
     fn insert(
+        &self,
         t: &mut Tables,
         parent: &Arc<Inode>,
         name: &OsStr,
         found: Found,
         fd: Arc<InodeFd>,
+        role: Placed,
     ) -> Arc<Inode> {
         let id = t.next_id;
         t.next_id += 1;
@@ -387,7 +483,9 @@ impl InodeTable {
             place: Mutex::new(Place {
                 parent: Some(parent.clone()),
                 name: name.to_owned(),
+                role,
             }),
+            dir_moves: self.dir_moves.clone(),
             backing: Mutex::new(Weak::new()),
         });
         t.by_key.insert(found.key, id);
@@ -406,7 +504,8 @@ impl InodeTable {
         if let Some(inode) = self.id_of(key).and_then(|id| self.get(id))
             && inode.id != ROOT_ID
         {
-            inode.set_place(new_parent.clone(), new_name);
+            let role = Inode::placed_child(new_parent, new_name);
+            inode.set_place(new_parent, new_name, role);
         }
     }
 

@@ -165,8 +165,8 @@ impl StorageFs {
         let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
-            let class = WriterClass::of_path(&path);
-            if let Some(role) = self.links.admit_path(&path)? {
+            let class = WriterClass::of_role(inode.role());
+            if let Some(role) = self.links.admit(inode.role(), &path)? {
                 let fd = self.fd_of(&inode)?;
                 undo = Some(self.link_undo(&inode, fd.as_fd(), &path, role, false)?);
             }
@@ -227,7 +227,7 @@ impl StorageFs {
         let change = self.admit_change(&path)?;
         // Checked before anything is created, so a refused link leaves no empty file.
         let role = if wants_write(flags) {
-            self.links.admit_path(&path)?
+            self.links.admit(parent.role().child(name), &path)?
         } else {
             None
         };
@@ -276,7 +276,7 @@ impl StorageFs {
         };
         let writer = wants_write(flags).then(|| {
             let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
-            change.register_writer(WriterClass::of_path(&path), path.clone(), repair)
+            change.register_writer(WriterClass::of_role(inode.role()), path.clone(), repair)
         });
         drop(change);
         let entry = Entry {

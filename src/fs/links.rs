@@ -15,7 +15,7 @@ use super::core::StorageFs;
 use super::inode::Inode;
 use crate::error::{FsError, FsResult};
 use crate::layout::paths::{self, LinkRole};
-use crate::layout::{Digest, Store, parse_link};
+use crate::layout::{Digest, Role, Store, parse_link};
 use crate::manifest;
 
 /// A link is at most this long (71 bytes); one more tells a longer file apart.
@@ -34,11 +34,11 @@ impl LinkCheck {
         }
     }
 
-    /// A file at `rel` (from the store root) about to be opened for writing, created or
-    /// renamed onto. Refuses a link whose path names a blob without data; returns the
-    /// link's role, if it is one.
-    pub(super) fn admit_path(&self, rel: &str) -> FsResult<Option<LinkRole>> {
-        let Some(role) = paths::link_role(rel) else {
+    /// A file of role `role`, at `rel` (from the store root, for messages), about to be
+    /// opened for writing, created or renamed onto. Refuses a link whose path names a
+    /// blob without data; returns the link's role, if it is one.
+    pub(super) fn admit(&self, role: Role, rel: &str) -> FsResult<Option<LinkRole>> {
+        let Some(role) = role.link() else {
             return Ok(None);
         };
         if let Some(d) = role.digest() {
@@ -137,11 +137,12 @@ impl StorageFs {
         new_parent: &Inode,
         new_name: &std::ffi::OsStr,
     ) -> FsResult<()> {
-        if new_name != paths::LINK {
+        let role = new_parent.role().child(new_name);
+        if role.link().is_none() {
             return Ok(());
         }
         let rel = new_parent.child_path(new_name);
-        if self.links.admit_path(&rel)? != Some(LinkRole::TagCurrent) {
+        if self.links.admit(role, &rel)? != Some(LinkRole::TagCurrent) {
             return Ok(());
         }
         let Ok(src) = rustix::fs::openat(

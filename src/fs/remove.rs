@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use super::core::StorageFs;
 use super::inode::InodeKey;
 use crate::error::{FsError, FsResult};
+use crate::layout::paths;
 
 /// What a removal deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +114,7 @@ fn remove_blob_shaped(
     ) else {
         return false;
     };
-    for file in ["data", "link"] {
+    for file in paths::SINGLE_FILES {
         let Ok(fst) = rfs::statat(&dir, file, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };

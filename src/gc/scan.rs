@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::error::GcError;
 use super::report::Warning;
 use crate::layout::paths::{self, LINK};
-use crate::layout::{Digest, EntryKind, RepoName, Store, TagName, parse_link};
+use crate::layout::{Digest, EntryKind, RepoName, Role, Store, TagName, parse_link};
 
 /// What a link file held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +102,7 @@ pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
         // `_manifests` makes a repository; `_layers` or `_uploads` alone (blobs pushed,
         // no manifest yet) make one with no roots, whose links and uploads still need care.
         if let Some(name) = &name
-            && entries
-                .iter()
-                .any(|e| e.name == "_manifests" || e.name == "_layers" || e.name == "_uploads")
+            && entries.iter().any(|e| paths::marks_repository(&e.name))
         {
             found.push(name.clone());
         }
@@ -364,7 +362,7 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(
             continue;
         }
         let started_file = store
-            .read(&path.join("startedat"), 256)
+            .read(&paths::upload_started_at(&path), 256)
             .ok()
             .flatten()
             .and_then(|b| String::from_utf8(b).ok())
@@ -422,12 +420,11 @@ fn scan_prefix(
     p: &crate::layout::Entry,
 ) -> Result<PrefixScan, GcError> {
     let name = p.name_str().unwrap_or_default().to_string();
-    let valid = p.kind == EntryKind::Dir
-        && name.len() == 2
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    if !valid {
+    let fan_out = match Role::BlobsSha256.child_named(&name) {
+        Role::BlobFanOut(b) if p.kind == EntryKind::Dir => Some(b),
+        _ => None,
+    };
+    let Some(fan_out) = fan_out else {
         return Ok(PrefixScan {
             blobs: vec![],
             prefix: None,
@@ -436,14 +433,17 @@ fn scan_prefix(
                 "not a blob fan-out directory; left alone".into(),
             )],
         });
-    }
+    };
     let dir = paths::blob_prefix_dir(&name);
     let entries = list(store, &dir)?.unwrap_or_default();
     let mut blobs = Vec::with_capacity(entries.len());
     let mut warnings = Vec::new();
     for e in &entries {
-        match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
-            Some(d) if e.kind == EntryKind::Dir && d.prefix() == name => blobs.push(d),
+        let role = e
+            .name_str()
+            .map(|s| Role::BlobFanOut(fan_out).child_named(s));
+        match role {
+            Some(Role::BlobDir(d)) if e.kind == EntryKind::Dir => blobs.push(d),
             _ => warnings.push(Warning::new(
                 dir.join(&e.name),
                 "not a blob directory named by its digest; left alone".into(),

@@ -37,7 +37,7 @@ fn guarded(rel: &Path) -> Result<(), GcError> {
     } else {
         Err(GcError::NotUnderstood {
             path: rel.display().to_string(),
-            what: "a deletion outside docker/registry/v2 (refused)".into(),
+            what: format!("a deletion outside {} (refused)", paths::V2),
         })
     }
 }

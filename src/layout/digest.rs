@@ -82,7 +82,26 @@ impl Digest {
 
     /// The two-character fan-out directory of this digest under `blobs/sha256/`.
     pub fn prefix(&self) -> String {
-        self.hex()[..2].to_string()
+        fan_out_name(self.fan_out())
+    }
+
+    /// The fan-out directory as the byte it names: the digest's first byte.
+    pub fn fan_out(&self) -> u8 {
+        self.0[0]
+    }
+}
+
+/// The name of the fan-out directory for first byte `b`: two lowercase hex characters.
+pub fn fan_out_name(b: u8) -> String {
+    format!("{b:02x}")
+}
+
+/// The byte a fan-out directory's name stands for; `None` unless it is exactly two
+/// lowercase hex characters.
+pub fn parse_fan_out(name: &str) -> Option<u8> {
+    match name.as_bytes() {
+        [hi, lo] => Some(hex_val(*hi)? << 4 | hex_val(*lo)?),
+        _ => None,
     }
 }
 

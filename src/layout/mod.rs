@@ -4,8 +4,15 @@
 pub mod digest;
 pub mod names;
 pub mod paths;
+pub mod role;
+pub mod spec;
 pub mod store;
 
 pub use digest::{Digest, DigestError, LinkError, parse_link};
-pub use names::{NameError, RepoName, TagName};
+pub use names::{Component, NameError, RepoName, TagName};
+pub use role::Role;
+pub use spec::{PathKind, classify, classify_path, path_for};
 pub use store::{Entry, EntryKind, ReadError, Store};
+
+#[cfg(test)]
+mod spec_tests;

@@ -12,7 +12,9 @@ pub struct NameError {
     pub name: String,
 }
 
-fn plain_component(c: &str) -> bool {
+/// One path component that cannot lead anywhere else: not empty, `.` or `..`, no `/`
+/// and no NUL.
+pub fn plain_component(c: &str) -> bool {
     !c.is_empty() && c != "." && c != ".." && !c.contains('/') && !c.contains('\0')
 }
 
@@ -96,6 +98,34 @@ impl fmt::Display for TagName {
 }
 
 impl fmt::Debug for TagName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// One plain path component of a name the registry chooses (an upload id, a file inside
+/// an upload, a temp file's name), validated before it becomes a path.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Component(String);
+
+impl Component {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        if plain_component(name) {
+            Ok(Component(name.to_string()))
+        } else {
+            Err(NameError {
+                what: "path component",
+                name: name.into(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Component {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }

@@ -6,6 +6,37 @@ use std::path::{Path, PathBuf};
 use super::digest::Digest;
 use super::names::{RepoName, TagName};
 
+/// Names of the directories and files the registry writes, one constant each. Only the
+/// layout spells them; everything else asks for a path or a role.
+pub const DOCKER: &str = "docker";
+pub const REGISTRY: &str = "registry";
+pub const V2_DIR: &str = "v2";
+pub const BLOBS: &str = "blobs";
+pub const REPOSITORIES: &str = "repositories";
+/// The digest algorithm's directory (`blobs/sha256`, `revisions/sha256`, ...).
+pub const SHA256: &str = "sha256";
+pub const MANIFESTS: &str = "_manifests";
+pub const REVISIONS: &str = "revisions";
+pub const TAGS: &str = "tags";
+/// Inside a tag's directory: the directory holding the link to what it names now.
+pub const TAG_CURRENT: &str = "current";
+/// Inside a tag's directory: the directory of every manifest it ever named.
+pub const INDEX: &str = "index";
+/// Inside a tag's directory: one directory per manifest it ever named.
+pub const TAG_INDEX: &str = "index/sha256";
+pub const LAYERS: &str = "_layers";
+pub const UPLOADS: &str = "_uploads";
+/// The file name every blob's content has.
+pub const DATA: &str = "data";
+/// The file name every link file has.
+pub const LINK: &str = "link";
+/// Inside an upload's directory: when it started (RFC 3339).
+pub const STARTED_AT: &str = "startedat";
+/// What registry 3.1+ appends to a file it writes before renaming it into place.
+pub const TEMP_SUFFIX: &str = ".tmp";
+/// The one file a blob directory or a link directory holds, whichever it is.
+pub const SINGLE_FILES: [&str; 2] = [DATA, LINK];
+
 /// Everything the registry stores lives below this; nothing else is ever touched.
 pub const V2: &str = "docker/registry/v2";
 
@@ -14,7 +45,7 @@ pub fn v2() -> PathBuf {
 }
 
 pub fn blobs_root() -> PathBuf {
-    v2().join("blobs/sha256")
+    v2().join(BLOBS).join(SHA256)
 }
 
 pub fn blob_prefix_dir(prefix: &str) -> PathBuf {
@@ -35,11 +66,11 @@ fn blob_dir_in_blobs_root(d: &Digest) -> PathBuf {
 
 /// A blob's data file relative to [`blobs_root`], for reads through a handle on it.
 pub fn blob_data_in_blobs_root(d: &Digest) -> PathBuf {
-    blob_dir_in_blobs_root(d).join("data")
+    blob_dir_in_blobs_root(d).join(DATA)
 }
 
 pub fn repositories_root() -> PathBuf {
-    v2().join("repositories")
+    v2().join(REPOSITORIES)
 }
 
 pub fn repo_dir(repo: &RepoName) -> PathBuf {
@@ -47,11 +78,11 @@ pub fn repo_dir(repo: &RepoName) -> PathBuf {
 }
 
 pub fn manifests_dir(repo: &RepoName) -> PathBuf {
-    repo_dir(repo).join("_manifests")
+    repo_dir(repo).join(MANIFESTS)
 }
 
 pub fn revisions_dir(repo: &RepoName) -> PathBuf {
-    manifests_dir(repo).join("revisions/sha256")
+    manifests_dir(repo).join(REVISIONS).join(SHA256)
 }
 
 pub fn revision_dir(repo: &RepoName, d: &Digest) -> PathBuf {
@@ -59,24 +90,19 @@ pub fn revision_dir(repo: &RepoName, d: &Digest) -> PathBuf {
 }
 
 pub fn tags_dir(repo: &RepoName) -> PathBuf {
-    manifests_dir(repo).join("tags")
+    manifests_dir(repo).join(TAGS)
 }
 
 pub fn tag_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
     tags_dir(repo).join(tag.as_str())
 }
 
-/// Inside a tag's directory: the directory holding the link to what it names now.
-pub const TAG_CURRENT: &str = "current";
-/// Inside a tag's directory: one directory per manifest it ever named.
-pub const TAG_INDEX: &str = "index/sha256";
-
 pub fn tag_current_link(repo: &RepoName, tag: &TagName) -> PathBuf {
     tag_dir(repo, tag).join(TAG_CURRENT).join(LINK)
 }
 
 pub fn tag_index_dir(repo: &RepoName, tag: &TagName) -> PathBuf {
-    tag_dir(repo, tag).join(TAG_INDEX)
+    tag_dir(repo, tag).join(INDEX).join(SHA256)
 }
 
 pub fn tag_index_entry(repo: &RepoName, tag: &TagName, d: &Digest) -> PathBuf {
@@ -84,7 +110,7 @@ pub fn tag_index_entry(repo: &RepoName, tag: &TagName, d: &Digest) -> PathBuf {
 }
 
 pub fn layers_dir(repo: &RepoName) -> PathBuf {
-    repo_dir(repo).join("_layers/sha256")
+    repo_dir(repo).join(LAYERS).join(SHA256)
 }
 
 pub fn layer_link_dir_named(repo: &RepoName, name: &str) -> PathBuf {
@@ -92,19 +118,27 @@ pub fn layer_link_dir_named(repo: &RepoName, name: &str) -> PathBuf {
 }
 
 pub fn uploads_dir(repo: &RepoName) -> PathBuf {
-    repo_dir(repo).join("_uploads")
+    repo_dir(repo).join(UPLOADS)
 }
 
 pub fn upload_dir(repo: &RepoName, id: &str) -> PathBuf {
     uploads_dir(repo).join(id)
 }
 
-/// The file name every link file has.
-pub const LINK: &str = "link";
+/// An upload's `startedat` file, given the upload's directory.
+pub fn upload_started_at(upload_dir: &Path) -> PathBuf {
+    upload_dir.join(STARTED_AT)
+}
+
+/// Whether an entry of a repository directory makes it a repository: `_manifests`, or
+/// `_layers` / `_uploads` alone (blobs pushed, no manifest yet).
+pub fn marks_repository(name: &std::ffi::OsStr) -> bool {
+    name == MANIFESTS || name == LAYERS || name == UPLOADS
+}
 
 /// Whether a file name is a leftover of registry 3.1+'s write-to-temp-and-rename.
 pub fn is_temp_file(name: &str) -> bool {
-    name.ends_with(".tmp")
+    name.ends_with(TEMP_SUFFIX)
 }
 
 /// What a link file is, told by its path: the registry writes each kind at a fixed place.
@@ -133,30 +167,7 @@ impl LinkRole {
 /// Classifies a path relative to the store root as one of the registry's link files, or
 /// `None` for anything else (blob data, uploads, names the registry never writes).
 pub fn link_role(rel: &str) -> Option<LinkRole> {
-    let inner = rel
-        .strip_prefix(V2)?
-        .strip_prefix("/repositories/")?
-        .strip_suffix(LINK)?
-        .strip_suffix('/')?;
-    let parts: Vec<&str> = inner.split('/').collect();
-    // Repository components never start with `_`: the first one that does ends the name.
-    let at = parts.iter().position(|c| c.starts_with('_'))?;
-    RepoName::new(&parts[..at].join("/")).ok()?;
-    let hex = |h: &str| Digest::from_hex(h).ok();
-    let index: Vec<&str> = TAG_INDEX.split('/').collect();
-    match &parts[at..] {
-        ["_layers", "sha256", h] => hex(h).map(LinkRole::Layer),
-        ["_manifests", "revisions", "sha256", h] => hex(h).map(LinkRole::Revision),
-        ["_manifests", "tags", tag, rest @ ..] => {
-            TagName::new(tag).ok()?;
-            match rest {
-                [c] if *c == TAG_CURRENT => Some(LinkRole::TagCurrent),
-                [i, s, h] if [*i, *s] == index[..] => hex(h).map(LinkRole::TagIndex),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    super::spec::classify(rel)?.role().link()
 }
 
 /// Whether `rel` lies inside `docker/registry/v2/` (a guard for every deletion).
