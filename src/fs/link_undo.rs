@@ -20,9 +20,9 @@ use rustix::fs::{self as rfs, AtFlags};
 use rustix::io::Errno;
 
 use super::inode::{Inode, InodeKey};
-use crate::epoch::CutRepair;
 use crate::layout::parse_link;
 use crate::layout::paths::LinkRole;
+use crate::policy::WriteUndo;
 
 /// Bytes kept from before a write: a link is 71; a damaged one up to this is kept too.
 const KEPT: usize = 4096;
@@ -187,10 +187,10 @@ impl LinkUndo {
     }
 }
 
-impl LinkUndo {
+impl WriteUndo for LinkUndo {
     /// After a write refused for naming a blob without data: the registry truncated the
     /// link first, so it gets its old bytes back (or, if this handle created it, goes).
-    pub(super) fn undo_refused_write(&self) {
+    fn undo_refused_write(&self) {
         let done = match self.before.get() {
             Some(Before::Bytes(b)) => self.put_back(b).map_err(|e| e.to_string()),
             Some(Before::Absent) => self.remove().map(|_| ()).map_err(|e| e.to_string()),
@@ -200,10 +200,8 @@ impl LinkUndo {
             tracing::error!(path = %self.path, error = %e, "could not undo a refused link write");
         }
     }
-}
 
-impl CutRepair for LinkUndo {
-    fn repair(&self) -> Option<String> {
+    fn repair_cut(&self) -> Option<String> {
         match self.repair_now() {
             Ok(Some(done)) => {
                 tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {done}");
