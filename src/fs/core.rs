@@ -19,7 +19,9 @@ use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::io::OpenFile;
 use super::readdir::OpenDir;
 use crate::error::{FsError, FsResult};
+use crate::layout::Store;
 use crate::policy::gate::WriteGate;
+use crate::policy::links::LinkRefusal;
 use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write};
 
 /// What a successful lookup or create hands to the kernel.
@@ -82,8 +84,6 @@ pub struct StorageFs {
     /// Write requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_writes: AtomicU64,
     stats: crate::metrics::FuseStats,
-    /// Refuses link writes naming blobs without data.
-    pub(super) links: super::links::LinkCheck,
 }
 
 /// Half the soft open-file limit: room for open files and directories besides.
@@ -108,14 +108,18 @@ fn is_setgid_dir(st: &Stat) -> bool {
 impl StorageFs {
     /// Opens the store at `root`. The root handle is taken now, so a mount placed over
     /// the same directory later still reaches the real directory underneath.
-    /// Its policy is the write gate `gate`, which the caller closes and reopens.
+    /// Its policy: link writes naming blobs without data refused
+    /// ([`LinkRefusal`]), over the write gate `gate`, which the caller closes and reopens.
     pub fn new(root: &Path, gate: Arc<WriteGate>) -> FsResult<Self> {
         Self::with_fd_budget(root, gate, default_fd_budget())
     }
 
     /// As [`new`](Self::new), keeping at most `fd_budget` inode descriptors open.
     pub fn with_fd_budget(root: &Path, gate: Arc<WriteGate>, fd_budget: usize) -> FsResult<Self> {
-        let mut fs = Self::open_store(root, gate.clone(), fd_budget)?;
+        let store = Store::open(root)
+            .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
+        let policy = Arc::new(LinkRefusal::new(store, gate.as_ref().clone()));
+        let mut fs = Self::open_store(root, policy, fd_budget)?;
         fs.epoch_gate = Some(gate);
         Ok(fs)
     }
@@ -146,12 +150,6 @@ impl StorageFs {
             Mode::empty(),
         )
         .map_err(|e| FsError::backing("open", "/proc/self/fd", e))?;
-        let check_fd = rfs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| FsError::backing("open store", &shown, e))?;
         Ok(StorageFs {
             inodes: InodeTable::new(fd, mount_fd, Found::new(&st, Kind::Directory), fd_budget)
                 .map_err(|e| FsError::backing("open store", &shown, e))?,
@@ -167,7 +165,6 @@ impl StorageFs {
             daemon_reads: AtomicU64::new(0),
             daemon_writes: AtomicU64::new(0),
             stats: crate::metrics::FuseStats::default(),
-            links: super::links::LinkCheck::new(check_fd, root),
         })
     }
 
@@ -456,7 +453,6 @@ impl StorageFs {
             from: &path,
             to: &to,
         })?;
-        self.admit_link_rename(&parent, name, &new_parent, new_name)?;
         let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;
         let moved = key_of(&moved);

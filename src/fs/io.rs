@@ -19,7 +19,6 @@ use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
 use super::link_undo::LinkUndo;
 use crate::error::{FsError, FsResult};
-use crate::layout::paths::LinkRole;
 use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
@@ -121,7 +120,6 @@ impl StorageFs {
         inode: &Arc<Inode>,
         fd: BorrowedFd<'_>,
         path: &str,
-        role: LinkRole,
         created: bool,
     ) -> FsResult<Arc<LinkUndo>> {
         let own = self
@@ -130,7 +128,6 @@ impl StorageFs {
         let notifier = self.notifier.get().cloned();
         Ok(LinkUndo::new(
             path.into(),
-            role,
             inode.clone(),
             own,
             created,
@@ -187,11 +184,11 @@ impl StorageFs {
         let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
-            if let Some(role) = self.links.admit_path(&path)? {
-                let fd = self.fd_of(&inode)?;
-                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, role, false)?);
-            }
             let role = write_role(&path);
+            if let WriteRole::Link(_) = role {
+                let fd = self.fd_of(&inode)?;
+                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, false)?);
+            }
             let lease = self.policy.admit_writer(Writer {
                 path: &path,
                 role,
@@ -233,16 +230,13 @@ impl StorageFs {
         let parent = self.inode(parent)?;
         check_name(name)?;
         let path = parent.child_path(name);
+        // Asked before anything is created, so a refused create leaves no empty file.
         let change = self.admit_change(Change::Create {
             path: &path,
             writes: wants_write(flags),
         })?;
-        // Checked before anything is created, so a refused link leaves no empty file.
-        let role = if wants_write(flags) {
-            self.links.admit_path(&path)?
-        } else {
-            None
-        };
+        let role = wants_write(flags).then(|| write_role(&path));
+        let is_link = matches!(role, Some(WriteRole::Link(_)));
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
         let (fd, created) = match rfs::openat(
@@ -255,7 +249,7 @@ impl StorageFs {
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
                 // A link's O_TRUNC is done below, after its bytes are kept.
                 let mut existing = base | OFlags::NONBLOCK;
-                if role.is_some() {
+                if is_link {
                     existing.remove(OFlags::TRUNC);
                 }
                 let fd = rfs::openat(&*self.fd_of(&parent)?, name, existing, Mode::empty())
@@ -276,8 +270,8 @@ impl StorageFs {
             .map_err(|e| FsError::backing("open", &path, e))?;
         let found = Found::new(&st, Kind::File);
         let inode = self.inodes.remember(&parent, name, found, opath, true);
-        let undo = if let Some(role) = role {
-            let u = self.link_undo(&inode, fd.as_fd(), &path, role, created)?;
+        let undo = if is_link {
+            let u = self.link_undo(&inode, fd.as_fd(), &path, created)?;
             if !created && flags & libc::O_TRUNC != 0 {
                 u.truncate()
                     .map_err(|e| FsError::backing("truncate", &path, e))?;
@@ -286,8 +280,7 @@ impl StorageFs {
         } else {
             None
         };
-        let writer = wants_write(flags).then(|| {
-            let role = write_role(&path);
+        let writer = role.map(|role| {
             let lease = change.admit_writer(Writer {
                 path: &path,
                 role,
@@ -336,14 +329,6 @@ impl StorageFs {
         let _write = lease.admit_write(&Write::Bytes { offset, data })?;
         if let Some(u) = &file.undo {
             u.keep_before_change();
-            // A tag's current link names its digest in the bytes written.
-            if offset == 0
-                && u.role == LinkRole::TagCurrent
-                && let Err(refused) = self.links.admit_content(&u.path, data)
-            {
-                u.undo_refused_write();
-                return Err(refused);
-            }
         }
         let mut done = 0;
         while done < data.len() {

@@ -21,7 +21,6 @@ use rustix::io::Errno;
 
 use super::inode::{Inode, InodeKey};
 use crate::layout::parse_link;
-use crate::layout::paths::LinkRole;
 use crate::policy::WriteUndo;
 
 /// Bytes kept from before a write: a link is 71; a damaged one up to this is kept too.
@@ -41,8 +40,6 @@ enum Before {
 #[derive(Debug)]
 pub(super) struct LinkUndo {
     pub(super) path: String,
-    /// Which link: a tag's current link has its writes' content checked too.
-    pub(super) role: LinkRole,
     inode: Arc<Inode>,
     /// Our own read-write descriptor of the file, whatever the client opened it with
     /// (write-only, append): to read the old bytes and to put them back.
@@ -70,7 +67,6 @@ impl LinkUndo {
     /// `fd`: a read-write descriptor of the file; `created`: the handle created it.
     pub(super) fn new(
         path: String,
-        role: LinkRole,
         inode: Arc<Inode>,
         fd: OwnedFd,
         created: bool,
@@ -82,7 +78,6 @@ impl LinkUndo {
         }
         Arc::new(LinkUndo {
             path,
-            role,
             inode,
             fd,
             before,

@@ -9,7 +9,6 @@ mod handles;
 mod inode;
 mod io;
 mod link_undo;
-mod links;
 mod readdir;
 mod reclaim;
 mod remove;

@@ -20,6 +20,7 @@
 //! its passthrough, a policy may wrap another one and refuse more.
 
 pub mod gate;
+pub mod links;
 
 use std::ffi::OsStr;
 use std::fmt;
