@@ -227,3 +227,83 @@ impl HeldWriter for CheckedWriter {
         Ok(lease)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::gate::WriteGate;
+    use std::time::Duration;
+
+    const HEX: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const REPO: &str = "docker/registry/v2/repositories/app";
+
+    fn layered() -> (tempfile::TempDir, WriteGate, LinkRefusal<WriteGate>) {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = WriteGate::new();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, gate.clone(), LinkRefusal::new(store, gate))
+    }
+
+    fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+        r.unwrap_err().errno()
+    }
+
+    #[test]
+    fn a_link_to_a_blob_without_data_is_refused_after_the_inner_policy_is_asked() {
+        let (dir, gate, policy) = layered();
+        let layer = format!("{REPO}/_layers/sha256/{HEX}/link");
+        let writer = Writer {
+            path: &layer,
+            role: WriteRole::of_path(&layer),
+            undo: None,
+        };
+        assert_eq!(errno(policy.admit_writer(writer.clone())), libc::EIO);
+        let create = Change::Create {
+            path: &layer,
+            writes: true,
+        };
+        assert_eq!(errno(policy.admit_change(&create)), libc::EIO);
+        // A closed gate answers first.
+        gate.close_for_writes(Duration::from_millis(10));
+        assert_eq!(errno(policy.admit_writer(writer.clone())), libc::EROFS);
+        gate.reopen_for_writes();
+        // With the blob's data there, the same link goes through.
+        let blob = dir
+            .path()
+            .join(paths::blob_data(&Digest::from_hex(HEX).unwrap()));
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, b"x").unwrap();
+        assert!(policy.admit_writer(writer).is_ok());
+        assert!(policy.admit_change(&create).is_ok());
+    }
+
+    #[test]
+    fn a_tag_link_is_checked_by_the_bytes_written_or_renamed_onto_it() {
+        let (dir, _gate, policy) = layered();
+        let current = format!("{REPO}/_manifests/tags/t/current/link");
+        let tmp = format!("{current}.1.tmp");
+        let dangling = format!("sha256:{HEX}");
+        std::fs::create_dir_all(dir.path().join(&current).parent().unwrap()).unwrap();
+        std::fs::write(dir.path().join(&tmp), &dangling).unwrap();
+        let rename = Change::Rename {
+            from: &tmp,
+            to: &current,
+        };
+        assert_eq!(errno(policy.admit_change(&rename)), libc::EIO);
+        let writer = Writer {
+            path: &current,
+            role: WriteRole::of_path(&current),
+            undo: None,
+        };
+        let lease = policy.admit_writer(writer).unwrap();
+        let at = |offset| Write::Bytes {
+            offset,
+            data: dangling.as_bytes(),
+        };
+        assert_eq!(errno(lease.admit_write(&at(0))), libc::EIO);
+        // Not a link's start, or not a link at all: let through.
+        assert!(lease.admit_write(&at(3)).is_ok());
+        std::fs::write(dir.path().join(&tmp), b"not a link").unwrap();
+        assert!(policy.admit_change(&rename).is_ok());
+    }
+}
