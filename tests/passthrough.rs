@@ -1,5 +1,6 @@
-//! Reads of read-only opens bypass the daemon (kernel passthrough); handles that can
-//! write never do, so the write gate sees every write.
+//! Reads of read-only opens bypass the daemon (kernel passthrough), and so do writes of
+//! an upload's data; other handles that can write never do, so the write gate sees every
+//! write it decides on.
 mod common;
 
 use std::fs::{self, File, OpenOptions};
