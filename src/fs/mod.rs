@@ -1,4 +1,6 @@
 //! The passthrough filesystem: inodes, handles, the core operations and the FUSE adapter.
+//! It is the mechanism only: whether a change, a writer or a name may go ahead is asked of
+//! a [`crate::policy::StorePolicy`].
 
 pub mod access;
 pub mod adapter;
