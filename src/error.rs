@@ -22,6 +22,9 @@ pub enum FsError {
     /// A name that could walk out of its directory (`.`, `..`, a `/`), or an empty one.
     #[error("invalid name {name:?}")]
     InvalidName { name: String },
+    /// A name the store's policy does not show (it answers as a missing one).
+    #[error("{path}: not shown by the store's policy")]
+    Hidden { path: String },
     /// A symbolic link found in the store: never followed, never served.
     #[error("{path}: symbolic links are not served")]
     Symlink { path: String },
@@ -79,6 +82,7 @@ impl FsError {
             FsError::Backing { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FsError::ReadOnlyEpoch { .. } => libc::EROFS,
             FsError::InvalidName { .. } => libc::EINVAL,
+            FsError::Hidden { .. } => libc::ENOENT,
             FsError::Symlink { .. } => libc::ELOOP,
             FsError::SpecialFile { .. } => libc::EPERM,
             FsError::OtherDevice { .. } => libc::EXDEV,

@@ -19,5 +19,6 @@ pub mod metrics_http;
 pub mod mount;
 pub mod offline;
 pub mod output;
+pub mod policy;
 pub mod progress;
 pub mod registry;

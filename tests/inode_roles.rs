@@ -9,9 +9,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use regfs::epoch::{WriteGate, WriterClass};
+use regfs::epoch::WriteGate;
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::{Digest, Role, classify_path, paths};
+use regfs::policy::WriteRole;
 
 const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
 
@@ -75,8 +76,9 @@ fn looked_up_inodes_carry_the_role_of_their_path() {
     );
     assert_eq!(link, Role::RevisionLink(digest()));
     let upload = role_at(&fs, &format!("{repo}/_uploads/u1/data"));
-    assert_eq!(WriterClass::of_role(upload), WriterClass::Upload);
-    assert_eq!(WriterClass::of_role(link), WriterClass::InPlace);
+    assert_eq!(upload, Role::UploadData);
+    assert_eq!(WriteRole::of_role(upload), WriteRole::UploadData);
+    assert!(matches!(WriteRole::of_role(link), WriteRole::Link(_)));
     assert_eq!(fs.role_of(1), Some(Role::StoreRoot));
 }
 
@@ -126,7 +128,7 @@ fn a_renamed_file_takes_the_role_of_its_new_place() {
     let fan_out = walk(&fs, "docker/registry/v2/blobs/sha256/a3");
     let caller = Caller { uid: 0, gid: 0 };
     let blob = fs.mkdir(fan_out, OsStr::new(HEX), 0o755, caller).unwrap();
-    assert_eq!(fs.role_of(data), Some(Role::UploadEntry));
+    assert_eq!(fs.role_of(data), Some(Role::UploadData));
     // The upload's commit: its data renamed into blobs/.
     fs.rename(
         upload,
@@ -138,8 +140,8 @@ fn a_renamed_file_takes_the_role_of_its_new_place() {
     .unwrap();
     assert_eq!(fs.role_of(data), Some(Role::BlobData(digest())));
     assert_eq!(
-        WriterClass::of_role(fs.role_of(data).unwrap()),
-        WriterClass::InPlace
+        WriteRole::of_role(fs.role_of(data).unwrap()),
+        WriteRole::Other
     );
 }
 
@@ -166,7 +168,7 @@ fn everything_below_a_moved_directory_takes_the_role_of_its_new_place() {
     // And into another repository's `_uploads`: an upload again.
     fs.rename(team, OsStr::new("u1"), other_uploads, OsStr::new("u1"), 0)
         .unwrap();
-    assert_eq!(fs.role_of(data), Some(Role::UploadEntry));
+    assert_eq!(fs.role_of(data), Some(Role::UploadData));
     // A repository renamed to a name no repository has: its links are no links.
     let repos = walk(&fs, v2);
     fs.rename(repos, OsStr::new("team"), repos, OsStr::new("_team"), 0)

@@ -18,8 +18,11 @@ use super::handles::HandleTable;
 use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::io::OpenFile;
 use super::readdir::OpenDir;
-use crate::epoch::{ChangeGuard, WriteGate};
 use crate::error::{FsError, FsResult};
+use crate::layout::Store;
+use crate::policy::gate::WriteGate;
+use crate::policy::links::LinkRefusal;
+use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write};
 
 /// What a successful lookup or create hands to the kernel.
 #[derive(Debug, Clone)]
@@ -63,7 +66,11 @@ pub struct StorageFs {
     pub(super) inodes: InodeTable,
     pub(super) files: HandleTable<OpenFile>,
     pub(super) dirs: HandleTable<OpenDir>,
-    pub(super) gate: Arc<WriteGate>,
+    /// Decides what may change, write and be seen; the core only carries it out.
+    pub(super) policy: Arc<dyn StorePolicy>,
+    /// The gate the policy was built over by [`new`](Self::new), for whoever owns the
+    /// epochs (the daemon closes and reopens it); the core never asks it directly.
+    epoch_gate: Option<Arc<WriteGate>>,
     /// /proc/self/fd, to reopen O_PATH handles with real access modes.
     pub(super) proc_fd: OwnedFd,
     pub(super) root_dev: u64,
@@ -74,9 +81,9 @@ pub struct StorageFs {
     pub(super) notifier: OnceLock<Notifier>,
     /// Read requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_reads: AtomicU64,
+    /// Write requests served by the daemon (not by kernel passthrough).
+    pub(super) daemon_writes: AtomicU64,
     stats: crate::metrics::FuseStats,
-    /// Refuses link writes naming blobs without data.
-    pub(super) links: super::links::LinkCheck,
 }
 
 /// Half the soft open-file limit: room for open files and directories besides.
@@ -101,12 +108,28 @@ fn is_setgid_dir(st: &Stat) -> bool {
 impl StorageFs {
     /// Opens the store at `root`. The root handle is taken now, so a mount placed over
     /// the same directory later still reaches the real directory underneath.
+    /// Its policy: link writes naming blobs without data refused
+    /// ([`LinkRefusal`]), over the write gate `gate`, which the caller closes and reopens.
     pub fn new(root: &Path, gate: Arc<WriteGate>) -> FsResult<Self> {
         Self::with_fd_budget(root, gate, default_fd_budget())
     }
 
     /// As [`new`](Self::new), keeping at most `fd_budget` inode descriptors open.
     pub fn with_fd_budget(root: &Path, gate: Arc<WriteGate>, fd_budget: usize) -> FsResult<Self> {
+        let store = Store::open(root)
+            .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
+        let policy = Arc::new(LinkRefusal::new(store, gate.as_ref().clone()));
+        let mut fs = Self::open_store(root, policy, fd_budget)?;
+        fs.epoch_gate = Some(gate);
+        Ok(fs)
+    }
+
+    /// Opens the store at `root` with any policy (tests, policies other than the gate).
+    pub fn with_policy(root: &Path, policy: Arc<dyn StorePolicy>) -> FsResult<Self> {
+        Self::open_store(root, policy, default_fd_budget())
+    }
+
+    fn open_store(root: &Path, policy: Arc<dyn StorePolicy>, fd_budget: usize) -> FsResult<Self> {
         let shown = root.display().to_string();
         let fd = rfs::open(
             root,
@@ -127,31 +150,33 @@ impl StorageFs {
             Mode::empty(),
         )
         .map_err(|e| FsError::backing("open", "/proc/self/fd", e))?;
-        let check_fd = rfs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| FsError::backing("open store", &shown, e))?;
         Ok(StorageFs {
             inodes: InodeTable::new(fd, mount_fd, Found::new(&st, Kind::Directory), fd_budget)
                 .map_err(|e| FsError::backing("open store", &shown, e))?,
             files: HandleTable::new(),
             dirs: HandleTable::new(),
-            gate,
+            policy,
+            epoch_gate: None,
             proc_fd,
             root_dev: st.st_dev,
             passthrough: AtomicBool::new(false),
             passthrough_granted: AtomicBool::new(false),
             notifier: OnceLock::new(),
             daemon_reads: AtomicU64::new(0),
+            daemon_writes: AtomicU64::new(0),
             stats: crate::metrics::FuseStats::default(),
-            links: super::links::LinkCheck::new(check_fd, root),
         })
     }
 
+    /// The write gate this filesystem was opened over by [`new`](Self::new): its owner
+    /// (the daemon's epoch, tests) closes and reopens the store through it.
+    ///
+    /// # Panics
+    /// If it was opened by [`with_policy`](Self::with_policy), which has no gate.
     pub fn gate(&self) -> &Arc<WriteGate> {
-        &self.gate
+        self.epoch_gate
+            .as_ref()
+            .expect("StorageFs::gate on a filesystem opened without a write gate")
     }
 
     /// Lets the core tell the kernel about changes it makes itself (the sweep).
@@ -173,6 +198,12 @@ impl StorageFs {
     /// reach it.
     pub fn daemon_reads(&self) -> u64 {
         self.daemon_reads.load(Ordering::Relaxed)
+    }
+
+    /// Write requests the daemon served itself; writes of upload data through kernel
+    /// passthrough never reach it.
+    pub fn daemon_writes(&self) -> u64 {
+        self.daemon_writes.load(Ordering::Relaxed)
     }
 
     /// FUSE requests served and failed, for metrics.
@@ -221,12 +252,19 @@ impl StorageFs {
         (self.inodes.open_fds(), self.inodes.uses_handles())
     }
 
-    pub(super) fn admit_change(&self, path: &str) -> FsResult<ChangeGuard<'_>> {
-        self.gate
-            .admit_change()
-            .map_err(|_| FsError::ReadOnlyEpoch {
-                path: path.to_owned(),
-            })
+    /// Asks the policy for a namespace or attribute change; held while it runs.
+    pub(super) fn admit_change(&self, change: Change<'_>) -> FsResult<ChangeLease> {
+        self.policy.admit_change(&change)
+    }
+
+    /// Asks the policy whether `name` in `parent` is shown; a hidden name is missing.
+    pub(super) fn admit_name(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
+        let path = || parent.child_path(name);
+        if self.policy.is_visible(&Name::new(name, &path)) {
+            Ok(())
+        } else {
+            Err(FsError::Hidden { path: path() })
+        }
     }
 
     /// Reopens an O_PATH handle with real flags through /proc/self/fd. The handle names
@@ -264,6 +302,7 @@ impl StorageFs {
         keep_fd: bool,
     ) -> FsResult<Entry> {
         check_name(name)?;
+        self.admit_name(parent, name)?;
         // The path is for error messages only: built when one is needed (this is the
         // hottest path of a directory walk).
         let path = || parent.child_path(name);
@@ -286,6 +325,7 @@ impl StorageFs {
     /// fstatat, nothing opened (the inode is opened by name on first use, if ever).
     pub(super) fn lookup_listed(&self, parent: &Arc<Inode>, name: &OsStr) -> FsResult<Entry> {
         check_name(name)?;
+        self.admit_name(parent, name)?;
         let path = || parent.child_path(name);
         let st = rfs::statat(&*self.fd_of(parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("lookup", path(), e))?;
@@ -358,7 +398,7 @@ impl StorageFs {
         let parent = self.inode(parent)?;
         check_name(name)?;
         let path = parent.child_path(name);
-        let _change = self.admit_change(&path)?;
+        let _change = self.admit_change(Change::Mkdir { path: &path })?;
         rfs::mkdirat(
             &*self.fd_of(&parent)?,
             name,
@@ -389,7 +429,7 @@ impl StorageFs {
         let parent = self.inode(parent)?;
         check_name(name)?;
         let path = parent.child_path(name);
-        let _change = self.admit_change(&path)?;
+        let _change = self.admit_change(Change::Remove { path: &path })?;
         rfs::unlinkat(&*self.fd_of(&parent)?, name, flags)
             .map_err(|e| FsError::backing(op, &path, e))
     }
@@ -413,8 +453,11 @@ impl StorageFs {
             .ok_or(FsError::NotSupported {
                 what: "this rename flag",
             })?;
-        let _change = self.admit_change(&path)?;
-        self.admit_link_rename(&parent, name, &new_parent, new_name)?;
+        let to = new_parent.child_path(new_name);
+        let _change = self.admit_change(Change::Rename {
+            from: &path,
+            to: &to,
+        })?;
         let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;
         let moved = key_of(&moved);
@@ -467,11 +510,8 @@ impl StorageFs {
                 what: "handle",
                 id: fh,
             })?;
-            if let Some(token) = &file.writer {
-                let _write = self
-                    .gate
-                    .admit_write(token)
-                    .map_err(|_| FsError::ReadOnlyEpoch { path: path.clone() })?;
+            if let Some(lease) = &file.writer {
+                let _write = lease.admit_write(&Write::Truncate { size })?;
                 if let Some(u) = &file.undo {
                     u.keep_before_change();
                 }
@@ -480,7 +520,7 @@ impl StorageFs {
                 return self.getattr(id);
             }
         }
-        let _change = self.admit_change(&path)?;
+        let _change = self.admit_change(Change::SetAttr { path: &path })?;
         if let Some(size) = change.size {
             let fd = self
                 .reopen(self.fd_of(&inode)?.as_fd(), OFlags::WRONLY | OFlags::NOCTTY)
@@ -531,14 +571,14 @@ impl StorageFs {
         })
     }
 
-    /// access(2): existence and, during an epoch, no write access. Permission bits are
-    /// checked by the kernel (default_permissions).
+    /// access(2): existence, and write access as the policy allows it (none during a GC
+    /// epoch). Permission bits are checked by the kernel (default_permissions).
     pub fn access(&self, id: u64, mask: i32) -> FsResult<()> {
         let inode = self.inode(id)?;
         rfs::fstat(&*self.fd_of(&inode)?)
             .map_err(|e| FsError::backing("access", inode.path(), e))?;
-        if mask & libc::W_OK != 0 && self.gate.is_closed() {
-            return Err(FsError::ReadOnlyEpoch { path: inode.path() });
+        if mask & libc::W_OK != 0 {
+            self.policy.check_write_access(&inode.path())?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Opening, reading and writing files. Read-only opens go through kernel passthrough
-//! when the kernel grants it; write-capable opens never do (passthrough writes would
-//! never reach the gate) and use direct I/O so every write is seen here.
+//! when the kernel grants it, and so do writers of an upload's data file (no policy
+//! needs to see those writes: a push is judged at its commit). Other write-capable opens
+//! never do (passthrough writes would never reach the policy) and use direct I/O so
+//! every write is seen here.
 
 use std::ffi::OsStr;
 use std::io;
@@ -16,9 +18,8 @@ use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
 use super::link_undo::LinkUndo;
-use crate::epoch::{CutRepair, WriterClass, WriterToken};
 use crate::error::{FsError, FsResult};
-use crate::layout::paths::LinkRole;
+use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -28,7 +29,8 @@ pub type BackingFactory<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId
 pub struct OpenFile {
     pub(super) inode: Arc<Inode>,
     pub(super) fd: OwnedFd,
-    pub(super) writer: Option<WriterToken>,
+    /// The policy's lease of a write-capable handle; dropped (released) with the handle.
+    pub(super) writer: Option<WriterLease>,
     /// A write handle on a link file: its bytes from before, put back if it is cut.
     pub(super) undo: Option<Arc<LinkUndo>>,
     /// Keeps the inode's passthrough backing id alive until this handle is released.
@@ -60,12 +62,22 @@ fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
-impl StorageFs {
-    fn ro(path: &str) -> FsError {
-        FsError::ReadOnlyEpoch { path: path.into() }
-    }
+/// Whether a writer with this role is served by kernel write passthrough: its writes
+/// then never reach the daemon, so no policy may need to see them.
+fn writes_by_passthrough(role: WriteRole) -> bool {
+    role == WriteRole::UploadData
+}
 
-    /// The passthrough backing id for a read-only open, shared per inode.
+/// A writer admitted by the policy, and what it is.
+struct Admitted {
+    lease: WriterLease,
+    role: WriteRole,
+}
+
+impl StorageFs {
+    /// The passthrough backing id of an open, shared per inode. The kernel opens its
+    /// own backing file per handle with that handle's flags, so one id serves readers
+    /// and writers alike.
     fn backing_for(
         &self,
         inode: &Inode,
@@ -102,7 +114,6 @@ impl StorageFs {
         inode: &Arc<Inode>,
         fd: BorrowedFd<'_>,
         path: &str,
-        role: LinkRole,
         created: bool,
     ) -> FsResult<Arc<LinkUndo>> {
         let own = self
@@ -111,7 +122,6 @@ impl StorageFs {
         let notifier = self.notifier.get().cloned();
         Ok(LinkUndo::new(
             path.into(),
-            role,
             inode.clone(),
             own,
             created,
@@ -123,24 +133,27 @@ impl StorageFs {
         &self,
         inode: Arc<Inode>,
         fd: OwnedFd,
-        writer: Option<WriterToken>,
+        writer: Option<Admitted>,
         undo: Option<Arc<LinkUndo>>,
         make: Option<BackingFactory<'_>>,
     ) -> Opened {
-        let backing = if writer.is_none() {
+        let by_kernel = writer
+            .as_ref()
+            .is_none_or(|w| writes_by_passthrough(w.role));
+        let backing = if by_kernel {
             self.backing_for(&inode, fd.as_fd(), make)
         } else {
             None
         };
-        // Direct I/O for writers (so the gate sees every write) and, once passthrough is
-        // in use, for read-only opens that did not get it: the kernel refuses to mix
-        // cached and passthrough opens of one inode.
+        // Direct I/O for writers the daemon serves (so the policy sees every write)
+        // and, once passthrough is in use, for opens that did not get it: the kernel
+        // refuses to mix cached and passthrough opens of one inode.
         let direct_io =
-            writer.is_some() || (backing.is_none() && make.is_some() && self.passthrough_ever());
+            backing.is_none() && (writer.is_some() || (make.is_some() && self.passthrough_ever()));
         let fh = self.files.insert(OpenFile {
             inode,
             fd,
-            writer,
+            writer: writer.map(|w| w.lease),
             undo,
             _backing: backing.clone(),
         });
@@ -165,17 +178,17 @@ impl StorageFs {
         let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
-            let class = WriterClass::of_role(inode.role());
-            if let Some(role) = self.links.admit(inode.role(), &path)? {
+            let role = WriteRole::of_role(inode.role());
+            if let WriteRole::Link(_) = role {
                 let fd = self.fd_of(&inode)?;
-                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, role, false)?);
+                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, false)?);
             }
-            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
-            Some(
-                self.gate
-                    .register_writer(class, path.clone(), repair)
-                    .map_err(|_| Self::ro(&path))?,
-            )
+            let lease = self.policy.admit_writer(Writer {
+                path: &path,
+                role,
+                undo: undo.clone().map(|u| u as Arc<dyn WriteUndo>),
+            })?;
+            Some(Admitted { lease, role })
         } else {
             None
         };
@@ -184,31 +197,18 @@ impl StorageFs {
         if undo.is_some() {
             oflags.remove(OFlags::TRUNC);
         }
-        let opened = self
+        // On an error the writer's lease drops here, which releases it.
+        let fd = self
             .reopen(self.fd_of(&inode)?.as_fd(), oflags)
-            .map_err(|e| FsError::backing("open", inode.path(), e))
-            .and_then(|fd| {
-                if let (Some(u), Some(t)) = (&undo, &writer)
-                    && flags & libc::O_TRUNC != 0
-                {
-                    let _write = self
-                        .gate
-                        .admit_write(t)
-                        .map_err(|_| Self::ro(&inode.path()))?;
-                    u.truncate()
-                        .map_err(|e| FsError::backing("truncate", inode.path(), e))?;
-                }
-                Ok(fd)
-            });
-        match opened {
-            Ok(fd) => Ok(self.finish_open(inode, fd, writer, undo, make)),
-            Err(e) => {
-                if let Some(t) = &writer {
-                    self.gate.release_writer(t);
-                }
-                Err(e)
-            }
+            .map_err(|e| FsError::backing("open", inode.path(), e))?;
+        if let (Some(u), Some(w)) = (&undo, &writer)
+            && flags & libc::O_TRUNC != 0
+        {
+            let _write = w.lease.admit_write(&Write::Truncate { size: 0 })?;
+            u.truncate()
+                .map_err(|e| FsError::backing("truncate", inode.path(), e))?;
         }
+        Ok(self.finish_open(inode, fd, writer, undo, make))
     }
 
     /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
@@ -224,13 +224,13 @@ impl StorageFs {
         let parent = self.inode(parent)?;
         check_name(name)?;
         let path = parent.child_path(name);
-        let change = self.admit_change(&path)?;
-        // Checked before anything is created, so a refused link leaves no empty file.
-        let role = if wants_write(flags) {
-            self.links.admit(parent.role().child(name), &path)?
-        } else {
-            None
-        };
+        // Asked before anything is created, so a refused create leaves no empty file.
+        let change = self.admit_change(Change::Create {
+            path: &path,
+            writes: wants_write(flags),
+        })?;
+        let role = wants_write(flags).then(|| WriteRole::of_role(parent.role().child(name)));
+        let is_link = matches!(role, Some(WriteRole::Link(_)));
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
         let (fd, created) = match rfs::openat(
@@ -243,7 +243,7 @@ impl StorageFs {
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
                 // A link's O_TRUNC is done below, after its bytes are kept.
                 let mut existing = base | OFlags::NONBLOCK;
-                if role.is_some() {
+                if is_link {
                     existing.remove(OFlags::TRUNC);
                 }
                 let fd = rfs::openat(&*self.fd_of(&parent)?, name, existing, Mode::empty())
@@ -264,8 +264,8 @@ impl StorageFs {
             .map_err(|e| FsError::backing("open", &path, e))?;
         let found = Found::new(&st, Kind::File);
         let inode = self.inodes.remember(&parent, name, found, opath, true);
-        let undo = if let Some(role) = role {
-            let u = self.link_undo(&inode, fd.as_fd(), &path, role, created)?;
+        let undo = if is_link {
+            let u = self.link_undo(&inode, fd.as_fd(), &path, created)?;
             if !created && flags & libc::O_TRUNC != 0 {
                 u.truncate()
                     .map_err(|e| FsError::backing("truncate", &path, e))?;
@@ -274,9 +274,13 @@ impl StorageFs {
         } else {
             None
         };
-        let writer = wants_write(flags).then(|| {
-            let repair = undo.clone().map(|u| u as Arc<dyn CutRepair>);
-            change.register_writer(WriterClass::of_role(inode.role()), path.clone(), repair)
+        let writer = role.map(|role| {
+            let lease = change.admit_writer(Writer {
+                path: &path,
+                role,
+                undo: undo.clone().map(|u| u as Arc<dyn WriteUndo>),
+            });
+            Admitted { lease, role }
         });
         drop(change);
         let entry = Entry {
@@ -311,24 +315,14 @@ impl StorageFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file(fh)?;
-        let token = file.writer.as_ref().ok_or(FsError::BadHandle {
+        self.daemon_writes.fetch_add(1, Ordering::Relaxed);
+        let lease = file.writer.as_ref().ok_or(FsError::BadHandle {
             fh,
             what: "writing",
         })?;
-        let _write = self
-            .gate
-            .admit_write(token)
-            .map_err(|_| Self::ro(&file.inode.path()))?;
+        let _write = lease.admit_write(&Write::Bytes { offset, data })?;
         if let Some(u) = &file.undo {
             u.keep_before_change();
-            // A tag's current link names its digest in the bytes written.
-            if offset == 0
-                && u.role == LinkRole::TagCurrent
-                && let Err(refused) = self.links.admit_content(&u.path, data)
-            {
-                u.undo_refused_write();
-                return Err(refused);
-            }
         }
         let mut done = 0;
         while done < data.len() {
@@ -353,14 +347,13 @@ impl StorageFs {
         r.map_err(|e| FsError::backing("fsync", file.inode.path(), e))
     }
 
+    /// Forgets a handle; its writer lease (if any) is released when the last request
+    /// still using the handle ends.
     pub fn release(&self, fh: u64) -> FsResult<()> {
-        let file = self.files.remove(fh).ok_or(FsError::Stale {
+        self.files.remove(fh).ok_or(FsError::Stale {
             what: "handle",
             id: fh,
         })?;
-        if let Some(t) = &file.writer {
-            self.gate.release_writer(t);
-        }
         Ok(())
     }
 }

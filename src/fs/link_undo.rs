@@ -20,9 +20,8 @@ use rustix::fs::{self as rfs, AtFlags};
 use rustix::io::Errno;
 
 use super::inode::{Inode, InodeKey};
-use crate::epoch::CutRepair;
 use crate::layout::parse_link;
-use crate::layout::paths::LinkRole;
+use crate::policy::WriteUndo;
 
 /// Bytes kept from before a write: a link is 71; a damaged one up to this is kept too.
 const KEPT: usize = 4096;
@@ -41,8 +40,6 @@ enum Before {
 #[derive(Debug)]
 pub(super) struct LinkUndo {
     pub(super) path: String,
-    /// Which link: a tag's current link has its writes' content checked too.
-    pub(super) role: LinkRole,
     inode: Arc<Inode>,
     /// Our own read-write descriptor of the file, whatever the client opened it with
     /// (write-only, append): to read the old bytes and to put them back.
@@ -70,7 +67,6 @@ impl LinkUndo {
     /// `fd`: a read-write descriptor of the file; `created`: the handle created it.
     pub(super) fn new(
         path: String,
-        role: LinkRole,
         inode: Arc<Inode>,
         fd: OwnedFd,
         created: bool,
@@ -82,7 +78,6 @@ impl LinkUndo {
         }
         Arc::new(LinkUndo {
             path,
-            role,
             inode,
             fd,
             before,
@@ -187,10 +182,10 @@ impl LinkUndo {
     }
 }
 
-impl LinkUndo {
+impl WriteUndo for LinkUndo {
     /// After a write refused for naming a blob without data: the registry truncated the
     /// link first, so it gets its old bytes back (or, if this handle created it, goes).
-    pub(super) fn undo_refused_write(&self) {
+    fn undo_refused_write(&self) {
         let done = match self.before.get() {
             Some(Before::Bytes(b)) => self.put_back(b).map_err(|e| e.to_string()),
             Some(Before::Absent) => self.remove().map(|_| ()).map_err(|e| e.to_string()),
@@ -200,10 +195,8 @@ impl LinkUndo {
             tracing::error!(path = %self.path, error = %e, "could not undo a refused link write");
         }
     }
-}
 
-impl CutRepair for LinkUndo {
-    fn repair(&self) -> Option<String> {
+    fn repair_cut(&self) -> Option<String> {
         match self.repair_now() {
             Ok(Some(done)) => {
                 tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {done}");

@@ -1,4 +1,6 @@
 //! The passthrough filesystem: inodes, handles, the core operations and the FUSE adapter.
+//! It is the mechanism only: whether a change, a writer or a name may go ahead is asked of
+//! a [`crate::policy::StorePolicy`].
 
 pub mod access;
 pub mod adapter;
@@ -9,7 +11,6 @@ mod handles;
 mod inode;
 mod io;
 mod link_undo;
-mod links;
 mod readdir;
 mod reclaim;
 mod remove;

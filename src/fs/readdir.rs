@@ -109,7 +109,8 @@ impl StorageFs {
 
     /// Lists entries from `offset` into `sink` until it reports full (returns true).
     /// With `plus`, each entry but `.` and `..` is looked up (one kernel reference each);
-    /// an entry that cannot be looked up (gone meanwhile, or refused) is left out.
+    /// an entry that cannot be looked up (gone meanwhile, or refused) is left out, as is
+    /// one the policy hides.
     pub fn readdir(
         &self,
         fh: u64,
@@ -150,6 +151,11 @@ impl StorageFs {
             };
             let name = OsStr::from_bytes(item.name.as_bytes());
             let dots = name == "." || name == "..";
+            // A name the policy hides is left out (with `plus`, its lookup refuses it).
+            if !plus && !dots && self.admit_name(&dir.inode, name).is_err() {
+                st.position = item.offset;
+                continue;
+            }
             let mut looked_up = None;
             let (ino, kind, attr) = if plus && !dots {
                 match self.lookup_listed(&dir.inode, name) {

@@ -81,7 +81,9 @@ pub enum Role {
     Uploads,
     /// `<repo>/_uploads/<id>`
     Upload,
-    /// Anything below an upload's directory (`data`, `startedat`, `hashstates/...`).
+    /// `<repo>/_uploads/<id>/data`: the bytes of a blob being pushed.
+    UploadData,
+    /// Anything else below an upload's directory (`startedat`, `hashstates/...`).
     UploadEntry,
     /// `<name>.tmp` in a blob or link directory: registry 3.1+ writes there first.
     TempFile,
@@ -141,7 +143,8 @@ impl Role {
             (LayersSha256, _) => hex(LayerDir),
             (LayerDir(d), LINK) => LayerLink(d),
             (Uploads, _) => Upload,
-            (Upload | UploadEntry, _) => UploadEntry,
+            (Upload, DATA) => UploadData,
+            (Upload | UploadEntry | UploadData, _) => UploadEntry,
             (_, _) if self.holds_temp_files() && is_temp_file(name) => TempFile,
             (_, UPLOADS) => UnknownUpload,
             _ => Unknown,
@@ -191,7 +194,10 @@ impl Role {
     /// reads, and nothing a pull depends on.
     pub fn is_upload(self) -> bool {
         use Role::*;
-        matches!(self, Uploads | Upload | UploadEntry | UnknownUpload)
+        matches!(
+            self,
+            Uploads | Upload | UploadData | UploadEntry | UnknownUpload
+        )
     }
 
     /// Whether the node is part of the registry's layout (what [`classify`] knows).

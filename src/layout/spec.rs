@@ -170,6 +170,9 @@ impl PathKind {
             K::LayerLink { digest, .. } => Role::LayerLink(*digest),
             K::Uploads(_) => Role::Uploads,
             K::Upload { .. } => Role::Upload,
+            K::UploadEntry { rest, .. } if rest.len() == 1 && rest[0].as_str() == DATA => {
+                Role::UploadData
+            }
             K::UploadEntry { .. } => Role::UploadEntry,
             K::TempFile { .. } => Role::TempFile,
         }

@@ -1,0 +1,567 @@
+//! The write gate: closes the store for writes during a GC epoch and opens it again.
+//!
+//! One [`StorePolicy`]. While the gate is closed, new write-capable opens and every
+//! namespace or attribute change answer EROFS. Handles that were already open for
+//! writing are treated by what they hold: an upload's data file is not the gate's
+//! concern at all (nothing the collector reads depends on it, and with kernel write
+//! passthrough its writes never reach the daemon): it keeps being written, and the push
+//! fails at its commit, whose rename into `blobs/` and link writes the gate refuses. Other
+//! files of an upload are cut at once (the client retries and nothing committed is
+//! lost); any other writer (a link file or manifest rewritten in place) may finish within
+//! the drain timeout. A writer still open after it is cut; one that carries a
+//! [`WriteUndo`] (a link file) is then put back as it was before its write, so an epoch
+//! never leaves a truncated link behind.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{
+    Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
+    WriteUndo, Writer, WriterLease,
+};
+use crate::error::{FsError, FsResult};
+
+/// How an epoch treats an open write handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Treatment {
+    /// A file of an upload (not its data): refused at once when the gate closes.
+    CutAtOnce,
+    /// Anything else (link files, manifests written in place): may drain.
+    Drain,
+}
+
+/// Why a writer lost the right to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// A file of an upload in progress (not its data) open when the gate closed.
+    Upload,
+    /// An in-place writer still open when the drain timeout ran out.
+    DrainTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutWriter {
+    pub path: String,
+    pub reason: CutReason,
+    /// What the writer's repair did, if it had one and anything needed doing.
+    pub repaired: Option<String>,
+}
+
+/// What closing the gate took.
+#[derive(Debug, Clone, Default)]
+pub struct CloseReport {
+    /// How long `close_for_writes` waited for writers to finish.
+    pub waited: Duration,
+    /// In-place writers that finished and were released during the drain.
+    pub drained: Vec<String>,
+    /// Writers whose writes are refused from now on.
+    pub cut: Vec<CutWriter>,
+    /// The close stopped waiting for writers on request; some may still be open.
+    pub gave_up: bool,
+}
+
+#[derive(Debug)]
+struct OpenWriter {
+    treatment: Treatment,
+    path: String,
+    cut: bool,
+    in_flight: u32,
+    undo: Option<Arc<dyn WriteUndo>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    closed: bool,
+    next_id: u64,
+    writers: HashMap<u64, OpenWriter>,
+    /// Namespace/attribute changes admitted and not yet finished.
+    changes_in_flight: u32,
+    /// Paths of in-place writers released while a close was draining.
+    drained: Vec<String>,
+    draining: bool,
+}
+
+impl State {
+    fn busy(&self) -> bool {
+        self.changes_in_flight > 0 || self.writers.values().any(|w| w.in_flight > 0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Mirrors `State::closed` for lock-free status reads.
+    closed: AtomicBool,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that
+        // matters more than losing the gate, so recover the guard.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a write handle; `None` for one the gate leaves alone (upload data).
+    fn add_writer(self: &Arc<Self>, st: &mut State, writer: Writer<'_>) -> WriterLease {
+        let treatment = match writer.role {
+            WriteRole::UploadData => return WriterLease::free(),
+            WriteRole::UploadOther => Treatment::CutAtOnce,
+            WriteRole::Link(_) | WriteRole::Other => Treatment::Drain,
+        };
+        st.next_id += 1;
+        let id = st.next_id;
+        st.writers.insert(
+            id,
+            OpenWriter {
+                treatment,
+                path: writer.path.to_owned(),
+                cut: false,
+                in_flight: 0,
+                undo: writer.undo,
+            },
+        );
+        WriterLease::held(GateWriter {
+            shared: self.clone(),
+            id,
+            path: writer.path.to_owned(),
+        })
+    }
+}
+
+/// The write gate; clones share one gate.
+#[derive(Debug, Default, Clone)]
+pub struct WriteGate {
+    shared: Arc<Shared>,
+}
+
+fn refused(path: &str) -> FsError {
+    FsError::ReadOnlyEpoch {
+        path: path.to_owned(),
+    }
+}
+
+impl WriteGate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the store for writes. Returns when nothing is writing any more: uploads'
+    /// other files cut, other writers released or cut after `drain_timeout`, in-flight
+    /// changes finished. Upload data writers are neither waited for nor cut.
+    pub fn close_for_writes(&self, drain_timeout: Duration) -> CloseReport {
+        self.close_for_writes_unless(drain_timeout, &|| false)
+    }
+
+    /// As [`close_for_writes`](Self::close_for_writes), but stops waiting for writers
+    /// (within 100 ms) once `give_up` says so; the store stays closed and the report's
+    /// `gave_up` is set. For a run stopped or out of time while it drains.
+    pub fn close_for_writes_unless(
+        &self,
+        drain_timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> CloseReport {
+        const POLL: Duration = Duration::from_millis(100);
+        let start = Instant::now();
+        let deadline = start + drain_timeout;
+        let mut report = CloseReport::default();
+        // Undos of writers cut here: (index in report.cut, writer id, undo).
+        let mut repairs: Vec<(usize, u64, Arc<dyn WriteUndo>)> = Vec::new();
+        let mut st = self.lock();
+        if !st.closed {
+            st.closed = true;
+            self.shared.closed.store(true, Ordering::Release);
+        }
+        st.draining = true;
+        st.drained.clear();
+        loop {
+            // Every pass, since a create admitted just before the close may still
+            // register its handle.
+            for w in st.writers.values_mut() {
+                if w.treatment == Treatment::CutAtOnce && !w.cut {
+                    w.cut = true;
+                    report.cut.push(CutWriter {
+                        path: w.path.clone(),
+                        reason: CutReason::Upload,
+                        repaired: None,
+                    });
+                }
+            }
+            let draining = st.writers.values().any(|w| !w.cut);
+            if !draining && !st.busy() {
+                break;
+            }
+            if draining && give_up() {
+                report.gave_up = true;
+                break;
+            }
+            let now = Instant::now();
+            if draining && now >= deadline {
+                for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
+                    w.cut = true;
+                    if let Some(r) = &w.undo {
+                        repairs.push((report.cut.len(), id, r.clone()));
+                    }
+                    report.cut.push(CutWriter {
+                        path: w.path.clone(),
+                        reason: CutReason::DrainTimeout,
+                        repaired: None,
+                    });
+                }
+                continue;
+            }
+            // Past the deadline only in-flight requests remain; they end quickly.
+            let wait = deadline
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), POLL);
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.draining = false;
+        report.drained = std::mem::take(&mut st.drained);
+        // A cut writer cannot write again, and (unless the close gave up) none is still
+        // writing: its file is stable now. One still writing is left alone.
+        repairs.retain(|(i, id, _)| {
+            let busy = st.writers.get(id).is_some_and(|w| w.in_flight > 0);
+            if busy {
+                tracing::warn!(path = %report.cut[*i].path, "cut writer still writing; not repaired");
+            }
+            !busy
+        });
+        drop(st);
+        for (i, _, r) in repairs {
+            report.cut[i].repaired = r.repair_cut();
+        }
+        report.waited = start.elapsed();
+        report
+    }
+
+    /// Ends the epoch. Handles cut during it stay cut: a writer that missed a write must
+    /// not carry on as if it had not. Returns whether the gate was closed.
+    pub fn reopen_for_writes(&self) -> bool {
+        let mut st = self.lock();
+        let was = st.closed;
+        st.closed = false;
+        self.shared.closed.store(false, Ordering::Release);
+        was
+    }
+}
+
+impl StorePolicy for WriteGate {
+    fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(refused(change.path()));
+        }
+        st.changes_in_flight += 1;
+        Ok(ChangeLease::held(GateChange {
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(refused(writer.path));
+        }
+        Ok(self.shared.add_writer(&mut st, writer))
+    }
+
+    /// The gate hides nothing.
+    fn is_visible(&self, _name: &Name<'_>) -> bool {
+        true
+    }
+
+    fn check_write_access(&self, path: &str) -> FsResult<()> {
+        if self.is_closed() {
+            return Err(refused(path));
+        }
+        Ok(())
+    }
+}
+
+/// A namespace change in flight; closing the gate waits for it.
+#[derive(Debug)]
+struct GateChange {
+    shared: Arc<Shared>,
+}
+
+impl HeldChange for GateChange {
+    /// The create was admitted before any close began, so its handle is registered even
+    /// if the gate has closed since; the close then treats it like every handle open at
+    /// close time.
+    fn admit_writer(&self, writer: Writer<'_>) -> WriterLease {
+        let mut st = self.shared.lock();
+        self.shared.add_writer(&mut st, writer)
+    }
+}
+
+impl Drop for GateChange {
+    fn drop(&mut self) {
+        self.shared.lock().changes_in_flight -= 1;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// An open write handle the gate tracks; released when dropped.
+#[derive(Debug)]
+struct GateWriter {
+    shared: Arc<Shared>,
+    id: u64,
+    path: String,
+}
+
+impl HeldWriter for GateWriter {
+    fn admit_write(&self, _write: &Write<'_>) -> FsResult<WriteLease> {
+        let mut st = self.shared.lock();
+        match st.writers.get_mut(&self.id) {
+            Some(w) if !w.cut => {
+                w.in_flight += 1;
+                Ok(WriteLease::held(GateWrite {
+                    shared: self.shared.clone(),
+                    id: self.id,
+                }))
+            }
+            _ => Err(refused(&self.path)),
+        }
+    }
+}
+
+impl Drop for GateWriter {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if let Some(w) = st.writers.remove(&self.id)
+            && st.draining
+            && !w.cut
+        {
+            st.drained.push(w.path);
+        }
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// A write in flight on a handle; closing the gate waits for it.
+#[derive(Debug)]
+struct GateWrite {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for GateWrite {
+    fn drop(&mut self) {
+        if let Some(w) = self.shared.lock().writers.get_mut(&self.id) {
+            w.in_flight -= 1;
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+    use std::thread;
+
+    const LINK: &str = "docker/registry/v2/repositories/a/_manifests/tags/t/current/link";
+
+    fn writer(path: &str) -> Writer<'_> {
+        Writer {
+            path,
+            role: WriteRole::of_path(path),
+            undo: None,
+        }
+    }
+
+    fn write() -> Write<'static> {
+        Write::Bytes {
+            offset: 0,
+            data: b"x",
+        }
+    }
+
+    fn is_erofs<T: std::fmt::Debug>(r: FsResult<T>) -> bool {
+        r.is_err_and(|e| e.errno() == libc::EROFS)
+    }
+
+    #[test]
+    fn closed_gate_refuses_changes_new_writers_and_write_access() {
+        let gate = WriteGate::new();
+        let policy: &dyn StorePolicy = &gate;
+        let mkdir = Change::Mkdir { path: "d" };
+        drop(policy.admit_change(&mkdir).unwrap());
+        let report = gate.close_for_writes(Duration::from_secs(1));
+        assert!(report.cut.is_empty());
+        assert!(is_erofs(policy.admit_change(&mkdir)));
+        assert!(is_erofs(policy.admit_writer(writer(LINK))));
+        assert!(is_erofs(policy.admit_writer(writer(
+            "docker/registry/v2/repositories/r/_uploads/u/data"
+        ))));
+        assert!(is_erofs(policy.check_write_access("blob")));
+        let name = || "blob".to_string();
+        assert!(policy.is_visible(&Name::new("blob".as_ref(), &name)));
+        assert!(gate.reopen_for_writes());
+        assert!(policy.admit_change(&mkdir).is_ok());
+        assert!(policy.check_write_access("blob").is_ok());
+    }
+
+    #[test]
+    fn upload_files_other_than_data_are_cut_at_once_and_stay_cut_after_reopen() {
+        let gate = WriteGate::new();
+        let up = gate
+            .admit_writer(writer(
+                "docker/registry/v2/repositories/r/_uploads/u/startedat",
+            ))
+            .unwrap();
+        let report = gate.close_for_writes(Duration::from_secs(5));
+        assert!(report.waited < Duration::from_secs(1));
+        assert_eq!(report.cut.len(), 1);
+        assert_eq!(report.cut[0].reason, CutReason::Upload);
+        assert!(is_erofs(up.admit_write(&write())));
+        gate.reopen_for_writes();
+        assert!(is_erofs(up.admit_write(&write())));
+    }
+
+    #[test]
+    fn an_upload_data_writer_is_neither_waited_for_nor_cut() {
+        let gate = WriteGate::new();
+        let data = gate
+            .admit_writer(writer("docker/registry/v2/repositories/r/_uploads/u/data"))
+            .unwrap();
+        let in_flight = data.admit_write(&write()).unwrap();
+        let report = gate.close_for_writes(Duration::from_secs(5));
+        assert!(report.waited < Duration::from_secs(1), "{report:?}");
+        assert!(
+            report.cut.is_empty() && report.drained.is_empty(),
+            "{report:?}"
+        );
+        drop(in_flight);
+        // Its writes go on during the epoch (with kernel passthrough they never reach
+        // the daemon anyway); the upload's commit is what the gate refuses.
+        assert!(data.admit_write(&write()).is_ok());
+        let commit = Change::Rename {
+            from: "docker/registry/v2/repositories/r/_uploads/u/data",
+            to: "blobs/sha256/ab/abcd/data",
+        };
+        assert!(is_erofs(gate.admit_change(&commit)));
+    }
+
+    #[test]
+    fn a_create_admitted_before_the_close_registers_its_writer_after_it() {
+        let gate = Arc::new(WriteGate::new());
+        let change = gate
+            .admit_change(&Change::Create {
+                path: LINK,
+                writes: true,
+            })
+            .unwrap();
+        let g2 = gate.clone();
+        let closer = thread::spawn(move || g2.close_for_writes(Duration::from_millis(50)));
+        thread::sleep(Duration::from_millis(30));
+        // The close waits for the change; the create's handle joins the writers it cuts.
+        let lease = change.admit_writer(writer(LINK));
+        drop(change);
+        let report = closer.join().unwrap();
+        assert_eq!(report.cut.len(), 1, "{report:?}");
+        assert!(is_erofs(lease.admit_write(&write())));
+    }
+
+    #[test]
+    fn in_place_writer_drains_before_close_returns() {
+        let gate = Arc::new(WriteGate::new());
+        let lease = gate.admit_writer(writer(LINK)).unwrap();
+        let writer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            // Still allowed to write while the close drains; released when dropped.
+            lease.admit_write(&write()).is_ok()
+        });
+        let report = gate.close_for_writes(Duration::from_secs(5));
+        assert!(
+            writer.join().unwrap(),
+            "drain must let the in-place writer finish"
+        );
+        assert_eq!(report.drained, vec![LINK.to_string()]);
+        assert!(report.cut.is_empty());
+        assert!(report.waited >= Duration::from_millis(90));
+    }
+
+    #[test]
+    fn in_place_writer_is_cut_after_the_drain_timeout() {
+        let gate = WriteGate::new();
+        let lease = gate.admit_writer(writer("manifest")).unwrap();
+        let report = gate.close_for_writes(Duration::from_millis(50));
+        assert_eq!(report.cut.len(), 1);
+        assert_eq!(report.cut[0].reason, CutReason::DrainTimeout);
+        assert!(is_erofs(lease.admit_write(&write())));
+    }
+
+    #[derive(Debug, Default)]
+    struct CountRepairs(AtomicU32);
+
+    impl WriteUndo for CountRepairs {
+        fn repair_cut(&self) -> Option<String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Some("repaired".into())
+        }
+        fn undo_refused_write(&self) {}
+    }
+
+    #[test]
+    fn a_writer_cut_by_the_drain_timeout_is_repaired_once_after_its_write_ends() {
+        let gate = Arc::new(WriteGate::new());
+        let repair = Arc::new(CountRepairs::default());
+        let with_undo = |path| Writer {
+            undo: Some(repair.clone() as Arc<dyn WriteUndo>),
+            ..writer(path)
+        };
+        let lease = gate.admit_writer(with_undo(LINK)).unwrap();
+        drop(gate.admit_writer(with_undo("other")).unwrap());
+        // A write in flight across the deadline: the repair waits for it.
+        let write = lease.admit_write(&write()).unwrap();
+        let g2 = gate.clone();
+        let t = thread::spawn(move || g2.close_for_writes(Duration::from_millis(50)));
+        thread::sleep(Duration::from_millis(150));
+        assert_eq!(repair.0.load(Ordering::SeqCst), 0, "not while writing");
+        drop(write);
+        let report = t.join().unwrap();
+        assert_eq!(repair.0.load(Ordering::SeqCst), 1);
+        assert_eq!(report.cut.len(), 1);
+        assert_eq!(report.cut[0].repaired.as_deref(), Some("repaired"));
+        // Cut before, not again.
+        gate.reopen_for_writes();
+        gate.close_for_writes(Duration::from_millis(10));
+        assert_eq!(repair.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn close_waits_for_changes_in_flight() {
+        let gate = Arc::new(WriteGate::new());
+        let g2 = gate.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = thread::spawn(move || {
+            let lease = g2.admit_change(&Change::Remove { path: "x" }).unwrap();
+            tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(100));
+            drop(lease);
+        });
+        rx.recv().unwrap();
+        let report = gate.close_for_writes(Duration::from_secs(5));
+        t.join().unwrap();
+        assert!(report.waited >= Duration::from_millis(90));
+    }
+}

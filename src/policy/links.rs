@@ -1,0 +1,309 @@
+//! Link files that would name a blob whose data is gone are refused: a policy layered
+//! over another one (the gate), as virtiofsd's read-only layer wraps its passthrough.
+//!
+//! A registry with a blob-descriptor cache (`inmemory`, `redis`) may still believe a blob
+//! exists after GC deleted it: a push then skips the upload and writes links to nothing,
+//! and reports success for an image that cannot be pulled. Refusing the link write makes
+//! the registry answer 500, so the push fails loudly instead. Only write-capable opens,
+//! creates and renames onto a link file pay for the check; reads never do.
+//!
+//! The layer asks the policy it wraps first (a closed gate answers EROFS before a link
+//! is looked at), then checks; what it refuses it refuses whatever the inner one said.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{
+    Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
+    WriteUndo, Writer, WriterLease,
+};
+use crate::error::{FsError, FsResult};
+use crate::layout::paths::{self, LinkRole};
+use crate::layout::{Digest, Store, parse_link};
+use crate::manifest;
+
+/// A link is at most this long (71 bytes); one more tells a longer file apart.
+const LINK_READ_LIMIT: usize = 72;
+
+/// Refuses link writes naming blobs without data, over the policy `P`.
+#[derive(Debug)]
+pub struct LinkRefusal<P> {
+    check: Arc<LinkCheck>,
+    inner: P,
+}
+
+impl<P: StorePolicy> LinkRefusal<P> {
+    /// `store`: the backing store, opened before anything was mounted over it.
+    pub fn new(store: Store, inner: P) -> Self {
+        LinkRefusal {
+            check: Arc::new(LinkCheck { store }),
+            inner,
+        }
+    }
+}
+
+impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
+    fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
+        let lease = self.inner.admit_change(change)?;
+        match *change {
+            // Checked before anything is created, so a refused link leaves no empty file.
+            Change::Create { path, writes: true } => {
+                self.check.admit_path(path)?;
+            }
+            // Registry 3.x writes `<link>.<uuid>.tmp` and renames it over the link.
+            Change::Rename { from, to } => self.check.admit_rename(from, to)?,
+            _ => {}
+        }
+        Ok(ChangeLease::held(CheckedChange {
+            check: self.check.clone(),
+            inner: lease,
+        }))
+    }
+
+    fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
+        let lease = self.inner.admit_writer(writer.clone())?;
+        self.check.admit_path(writer.path)?;
+        Ok(self.check.wrap(&writer, lease))
+    }
+
+    fn is_visible(&self, name: &Name<'_>) -> bool {
+        self.inner.is_visible(name)
+    }
+
+    fn check_write_access(&self, path: &str) -> FsResult<()> {
+        self.inner.check_write_access(path)
+    }
+}
+
+/// Checks links against the blobs in the backing store.
+#[derive(Debug)]
+struct LinkCheck {
+    store: Store,
+}
+
+impl LinkCheck {
+    /// A file at `rel` (from the store root) about to be opened for writing, created or
+    /// renamed onto. Refuses a link whose path names a blob without data.
+    fn admit_path(&self, rel: &str) -> FsResult<()> {
+        if let Some(role) = paths::link_role(rel)
+            && let Some(d) = role.digest()
+        {
+            self.check(rel, role, &d)?;
+        }
+        Ok(())
+    }
+
+    /// A rename of `from` onto `to`: a link named by its path is checked as a write to
+    /// it; a tag's current link by the digest `from` holds.
+    fn admit_rename(&self, from: &str, to: &str) -> FsResult<()> {
+        if !to.ends_with(paths::LINK) {
+            return Ok(());
+        }
+        self.admit_path(to)?;
+        if paths::link_role(to) != Some(LinkRole::TagCurrent) {
+            return Ok(());
+        }
+        // Whatever cannot be read as a link is let through: only a proven missing blob
+        // is refused.
+        match self.store.read(Path::new(from), LINK_READ_LIMIT) {
+            Ok(Some(bytes)) => self.admit_content(to, &bytes),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes about to land in the tag current link `rel`. Anything that is not a
+    /// well-formed link is let through.
+    fn admit_content(&self, rel: &str, bytes: &[u8]) -> FsResult<()> {
+        match parse_link(bytes) {
+            Ok(d) => self.check(rel, LinkRole::TagCurrent, &d),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn check(&self, rel: &str, role: LinkRole, d: &Digest) -> FsResult<()> {
+        if !self.has_data(d) {
+            return Err(refuse(rel, d, d));
+        }
+        if let LinkRole::Revision(_) = role {
+            self.check_references(rel, d)?;
+        }
+        Ok(())
+    }
+
+    /// Whether blob `d` has its data file. Anything but "not there" counts as there: only
+    /// a blob proven missing is refused.
+    fn has_data(&self, d: &Digest) -> bool {
+        match self.store.stat(&paths::blob_data(d)) {
+            Ok(None) => false,
+            Ok(Some(st)) => rustix::fs::FileType::from_raw_mode(st.st_mode).is_file(),
+            Err(_) => true,
+        }
+    }
+
+    /// A revision link: the manifest's own references must have their data too. A second
+    /// image sharing a collected layer gets its (new) manifest written while its layer
+    /// upload was skipped on a stale cache: only this check sees that. Foreign layers
+    /// (with `urls`) need not be stored; a manifest regfs cannot read or parse is let
+    /// through (the collector deals with it and nothing is proven missing).
+    fn check_references(&self, rel: &str, d: &Digest) -> FsResult<()> {
+        let bytes = match self
+            .store
+            .read(&paths::blob_data(d), manifest::MAX_MANIFEST_SIZE)
+        {
+            Ok(Some(b)) => b,
+            _ => return Ok(()),
+        };
+        let Ok(m) = manifest::parse(&bytes, d) else {
+            return Ok(());
+        };
+        let needed = m.blobs.iter().filter(|b| !m.foreign.contains(b));
+        match needed.chain(&m.children).find(|r| !self.has_data(r)) {
+            Some(missing) => Err(refuse(rel, d, missing)),
+            None => Ok(()),
+        }
+    }
+
+    /// The writer's lease, checking its writes too when it writes a tag's current link
+    /// (whose digest is only in the bytes written).
+    fn wrap(self: &Arc<Self>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
+        if writer.role != WriteRole::Link(LinkRole::TagCurrent) {
+            return inner;
+        }
+        WriterLease::held(CheckedWriter {
+            check: self.clone(),
+            path: writer.path.to_owned(),
+            undo: writer.undo.clone(),
+            inner,
+        })
+    }
+}
+
+fn refuse(link: &str, digest: &Digest, missing: &Digest) -> FsError {
+    tracing::error!(link, %digest, %missing,
+        "refused a link naming a blob without data: the registry's blob cache still lists a deleted blob, this push fails");
+    FsError::DanglingLink {
+        link: link.to_owned(),
+        digest: *digest,
+        missing: *missing,
+    }
+}
+
+/// A change the layer admitted; a create's writer gets the layer's lease too.
+#[derive(Debug)]
+struct CheckedChange {
+    check: Arc<LinkCheck>,
+    inner: ChangeLease,
+}
+
+impl HeldChange for CheckedChange {
+    fn admit_writer(&self, writer: Writer<'_>) -> WriterLease {
+        let inner = self.inner.admit_writer(writer.clone());
+        self.check.wrap(&writer, inner)
+    }
+}
+
+/// A writer of a tag's current link: each write at its start is checked.
+#[derive(Debug)]
+struct CheckedWriter {
+    check: Arc<LinkCheck>,
+    path: String,
+    undo: Option<Arc<dyn WriteUndo>>,
+    inner: WriterLease,
+}
+
+impl HeldWriter for CheckedWriter {
+    fn admit_write(&self, write: &Write<'_>) -> FsResult<WriteLease> {
+        let lease = self.inner.admit_write(write)?;
+        if let Write::Bytes { offset: 0, data } = write
+            && let Err(refused) = self.check.admit_content(&self.path, data)
+        {
+            // The registry truncated the link first: it gets its old bytes back (or, if
+            // this handle created it, goes).
+            if let Some(u) = &self.undo {
+                u.undo_refused_write();
+            }
+            return Err(refused);
+        }
+        Ok(lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::gate::WriteGate;
+    use std::time::Duration;
+
+    const HEX: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const REPO: &str = "docker/registry/v2/repositories/app";
+
+    fn layered() -> (tempfile::TempDir, WriteGate, LinkRefusal<WriteGate>) {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = WriteGate::new();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, gate.clone(), LinkRefusal::new(store, gate))
+    }
+
+    fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+        r.unwrap_err().errno()
+    }
+
+    #[test]
+    fn a_link_to_a_blob_without_data_is_refused_after_the_inner_policy_is_asked() {
+        let (dir, gate, policy) = layered();
+        let layer = format!("{REPO}/_layers/sha256/{HEX}/link");
+        let writer = Writer {
+            path: &layer,
+            role: WriteRole::of_path(&layer),
+            undo: None,
+        };
+        assert_eq!(errno(policy.admit_writer(writer.clone())), libc::EIO);
+        let create = Change::Create {
+            path: &layer,
+            writes: true,
+        };
+        assert_eq!(errno(policy.admit_change(&create)), libc::EIO);
+        // A closed gate answers first.
+        gate.close_for_writes(Duration::from_millis(10));
+        assert_eq!(errno(policy.admit_writer(writer.clone())), libc::EROFS);
+        gate.reopen_for_writes();
+        // With the blob's data there, the same link goes through.
+        let blob = dir
+            .path()
+            .join(paths::blob_data(&Digest::from_hex(HEX).unwrap()));
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, b"x").unwrap();
+        assert!(policy.admit_writer(writer).is_ok());
+        assert!(policy.admit_change(&create).is_ok());
+    }
+
+    #[test]
+    fn a_tag_link_is_checked_by_the_bytes_written_or_renamed_onto_it() {
+        let (dir, _gate, policy) = layered();
+        let current = format!("{REPO}/_manifests/tags/t/current/link");
+        let tmp = format!("{current}.1.tmp");
+        let dangling = format!("sha256:{HEX}");
+        std::fs::create_dir_all(dir.path().join(&current).parent().unwrap()).unwrap();
+        std::fs::write(dir.path().join(&tmp), &dangling).unwrap();
+        let rename = Change::Rename {
+            from: &tmp,
+            to: &current,
+        };
+        assert_eq!(errno(policy.admit_change(&rename)), libc::EIO);
+        let writer = Writer {
+            path: &current,
+            role: WriteRole::of_path(&current),
+            undo: None,
+        };
+        let lease = policy.admit_writer(writer).unwrap();
+        let at = |offset| Write::Bytes {
+            offset,
+            data: dangling.as_bytes(),
+        };
+        assert_eq!(errno(lease.admit_write(&at(0))), libc::EIO);
+        // Not a link's start, or not a link at all: let through.
+        assert!(lease.admit_write(&at(3)).is_ok());
+        std::fs::write(dir.path().join(&tmp), b"not a link").unwrap();
+        assert!(policy.admit_change(&rename).is_ok());
+    }
+}
