@@ -2,8 +2,6 @@
 //! passes reads and writes through to the real directory and can close the store for
 //! writes (a GC epoch) while it collects garbage.
 
-pub mod cli;
-pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod epoch;
