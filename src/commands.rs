@@ -34,6 +34,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     let store = mounted
         .store()
         .map_err(|e| format!("storage directory: {e}"))?;
+    let gc_stats = Arc::new(std::sync::Mutex::new(regfs::metrics::GcStats::default()));
     let daemon = Daemon::new(
         mounted.fs.clone(),
         store,
@@ -41,13 +42,14 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
         &mountpoint,
         state,
         settings.clone(),
+        vec![gc_stats.clone()],
     );
     daemon.check_cache("start");
     control::spawn(daemon.clone())
         .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
     scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
     if let Some(m) = &opts.metrics {
-        let bound = regfs::metrics::serve(daemon.clone(), m.listen)?;
+        let bound = regfs::metrics::serve(daemon.clone(), gc_stats.clone(), m.listen)?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
     let mut unmounter = mounted.unmounter();

@@ -9,7 +9,7 @@ pub mod service;
 pub mod settings;
 pub mod status;
 
-pub use service::{Daemon, TriggerError};
+pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
 pub mod scheduler;

@@ -31,6 +31,12 @@ pub enum TriggerError {
     State(String),
 }
 
+/// Told of every job in the history at start and of each run as it ends (metrics
+/// count them). The daemon knows nothing of what observes it.
+pub trait JobObserver: Send + Sync {
+    fn job_ended(&self, job: &Job);
+}
+
 /// What the current run's workers check and report; also the collector's [`gc::Control`].
 #[derive(Debug, Default)]
 pub struct RunControl {
@@ -146,7 +152,7 @@ pub struct Daemon {
     state_dir: Arc<StateDir>,
     pub(super) history: History,
     settings: RwLock<Settings>,
-    gc_stats: Mutex<crate::metrics::GcStats>,
+    observers: Vec<Arc<dyn JobObserver>>,
     inner: Mutex<Inner>,
     pub(super) changed: Condvar,
     /// The last verdict on the registry's blob-descriptor cache.
@@ -167,6 +173,7 @@ impl Daemon {
         mountpoint: &Path,
         state_dir: Arc<StateDir>,
         settings: Settings,
+        observers: Vec<Arc<dyn JobObserver>>,
     ) -> Arc<Daemon> {
         let history = History::new(state_dir.clone());
         match history.recover_interrupted() {
@@ -184,9 +191,8 @@ impl Daemon {
             tracing::error!(error = %e, "cannot read the job history; starting without it");
             vec![]
         });
-        let mut gc_stats = crate::metrics::GcStats::default();
         for j in &jobs {
-            gc_stats.add(j);
+            observers.iter().for_each(|o| o.job_ended(j));
         }
         let inner = Inner {
             next_id: jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
@@ -201,7 +207,7 @@ impl Daemon {
             state_dir,
             history,
             settings: RwLock::new(settings),
-            gc_stats: Mutex::new(gc_stats),
+            observers,
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
@@ -362,11 +368,6 @@ impl Daemon {
         }
     }
 
-    /// The accumulated GC figures, for metrics.
-    pub fn gc_stats<R>(&self, f: impl FnOnce(&crate::metrics::GcStats) -> R) -> R {
-        f(&self.gc_stats.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
     pub fn fs(&self) -> &Arc<StorageFs> {
         &self.fs
     }
@@ -393,10 +394,7 @@ impl Daemon {
 
     /// Records a finished run and frees the slot for the next one.
     pub(super) fn finish(&self, job: Job) {
-        self.gc_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(&job);
+        self.observers.iter().for_each(|o| o.job_ended(&job));
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e,
                 "cannot write the job to the history; it did: {}", job.summary());

@@ -74,7 +74,7 @@ pub struct StorageFs {
     pub(super) notifier: OnceLock<Notifier>,
     /// Read requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_reads: AtomicU64,
-    stats: crate::metrics::FuseStats,
+    stats: super::stats::FuseStats,
     /// Refuses link writes naming blobs without data.
     pub(super) links: super::links::LinkCheck,
 }
@@ -145,7 +145,7 @@ impl StorageFs {
             passthrough_granted: AtomicBool::new(false),
             notifier: OnceLock::new(),
             daemon_reads: AtomicU64::new(0),
-            stats: crate::metrics::FuseStats::default(),
+            stats: super::stats::FuseStats::default(),
             links: super::links::LinkCheck::new(check_fd, root),
         })
     }
@@ -176,7 +176,7 @@ impl StorageFs {
     }
 
     /// FUSE requests served and failed, for metrics.
-    pub fn stats(&self) -> &crate::metrics::FuseStats {
+    pub fn stats(&self) -> &super::stats::FuseStats {
         &self.stats
     }
 

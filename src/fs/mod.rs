@@ -13,6 +13,7 @@ mod links;
 mod readdir;
 mod reclaim;
 mod remove;
+pub mod stats;
 
 pub use self::core::{Caller, Entry, FsStats, SetAttr, StorageFs};
 pub use adapter::FuseAdapter;
