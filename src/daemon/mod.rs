@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod job;
+pub mod run_control;
 pub mod runner;
 pub mod schedule;
 pub mod service;
