@@ -2,90 +2,39 @@
 //! it turns the parsed flags into the library's settings and calls the library.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::cli::{GcAction, GcArgs, JobsArgs, MountArgs, StatusArgs, state_dir_for};
 use regfs::daemon::control::{self, Request};
 use regfs::daemon::job::JobOutcome;
-use regfs::daemon::state_dir::StateDir;
-use regfs::daemon::{Daemon, scheduler, signals};
-use regfs::epoch::WriteGate;
-use regfs::{mount, offline, output};
+use regfs::runtime::{Reload, Runtime, Start};
+use regfs::{offline, output};
 
-/// After an unmount request, how long the request loop may take to end before the
-/// process exits anyway (a lazily detached mount keeps serving its open files).
+/// After the unmount, how long the request loop may take to end before the daemon
+/// exits anyway (a lazily detached mount keeps serving its open files).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// `regfs mount`: serves until a signal or an unmount, then shuts down in order.
 pub fn mount(args: &MountArgs) -> Result<(), String> {
     let flags = args.flags();
-    let opts = regfs::config::load(&flags).map_err(|e| e.to_string())?;
-    let cfg = &opts.mount;
-    let settings = opts.settings.clone();
-    let limit = mount::raise_nofile_limit();
-    // Checked (or created) before mounting: a state directory another user could change
-    // is refused before anything else happens.
-    let state_dir = state_dir_for(&opts.state_dir, &cfg.mountpoint);
-    let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
-    let gate = Arc::new(WriteGate::new());
-    let mut mounted = mount::mount(cfg, gate).map_err(|e| e.to_string())?;
-    let mountpoint = mounted.mountpoint.clone();
-    let store = mounted
-        .store()
-        .map_err(|e| format!("storage directory: {e}"))?;
-    let gc_stats = Arc::new(std::sync::Mutex::new(regfs::metrics::GcStats::default()));
-    let daemon = Daemon::new(
-        mounted.fs.clone(),
-        store,
-        &mounted.storage,
-        &mountpoint,
-        state,
-        settings.clone(),
-        vec![gc_stats.clone()],
-    );
-    daemon.check_cache("start");
-    control::spawn(daemon.clone())
-        .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
-    scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
-    if let Some(m) = &opts.metrics {
-        let bound = regfs::metrics::serve(daemon.clone(), gc_stats.clone(), m.listen)?;
-        tracing::info!(%bound, "metrics at http://{bound}/metrics");
-    }
-    let mut unmounter = mounted.unmounter();
+    let options = regfs::config::load(&flags).map_err(|e| e.to_string())?;
+    let state_dir = state_dir_for(&options.state_dir, &options.mount.mountpoint);
     // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
-    let reload_flags = flags.clone();
-    signals::spawn(
-        daemon.clone(),
-        move || {
-            regfs::config::load(&reload_flags)
-                .map(|o| o.settings)
-                .map_err(|e| e.to_string())
-        },
-        move || {
-            regfs::daemon::notify::stopping();
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!(error = %e, "unmount failed");
-            }
-            thread::sleep(EXIT_GRACE);
-            tracing::warn!("request loop still running after unmount; exiting");
-            std::process::exit(0);
-        },
-    )
-    .map_err(|e| format!("signal handler: {e}"))?;
-    tracing::info!(storage = %cfg.storage.display(), mountpoint = %mountpoint.display(),
-        threads = cfg.threads, nofile = limit, fd_budget = daemon.fs().fd_budget(), state_dir = %state_dir.display(),
-        schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
-        duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
-    regfs::daemon::notify::ready(&format!("serving {}; GC idle", mountpoint.display()));
-    mounted
-        .run()
-        .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
-    // Unmounted from outside during a run: end it safely before exiting.
-    regfs::daemon::notify::stopping();
-    daemon.shutdown();
-    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
-    Ok(())
+    let reload: Reload = Box::new(move || {
+        regfs::config::load(&flags)
+            .map(|o| o.settings)
+            .map_err(|e| e.to_string())
+    });
+    let runtime = Runtime::start(Start {
+        options,
+        state_dir,
+        signals: Some(reload),
+        on_stage: None,
+        grace: EXIT_GRACE,
+    })?;
+    runtime.wait();
+    runtime.shutdown()
 }
 
 pub fn config_check(file: &Path) -> Result<(), String> {

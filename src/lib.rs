@@ -19,3 +19,5 @@ pub mod offline;
 pub mod output;
 pub mod progress;
 pub mod registry;
+pub mod runtime;
+pub mod worker;

@@ -197,7 +197,7 @@ pub fn serve(
     daemon: Arc<Daemon>,
     gc: Arc<Mutex<GcStats>>,
     addr: SocketAddr,
-) -> Result<SocketAddr, String> {
+) -> Result<crate::metrics_http::Server, String> {
     use crate::metrics_http::{Response, serve};
     serve(addr, move |req| {
         if req.method == "GET" && req.path == "/metrics" {

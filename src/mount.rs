@@ -17,6 +17,7 @@ use crate::epoch::WriteGate;
 use crate::error::FsError;
 use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
+use crate::worker::Worker;
 
 /// Everything `regfs mount` needs to serve a store.
 #[derive(Debug, Clone)]
@@ -368,13 +369,15 @@ impl Unmounter {
     }
 }
 
-/// A mounted store, not yet serving: call [`Mounted::run`] (foreground) or
-/// [`Mounted::spawn`] (background, for tests).
+/// A mounted store, not yet serving: call [`Mounted::serve`] (the daemon, which owns
+/// the session's thread) or [`Mounted::spawn`] (a guard that unmounts on drop, for tests).
 pub struct Mounted {
     pub fs: Arc<StorageFs>,
     pub storage: PathBuf,
     pub mountpoint: PathBuf,
     session: Session<FuseAdapter>,
+    /// Keeps the inode table bounded while the mount serves.
+    reclaimer: Worker,
     /// The store's lock: no offline collector or second daemon while this one serves.
     lock: OwnedFd,
 }
@@ -435,15 +438,17 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         .current
         .unwrap_or(u64::MAX);
     let high = cfg.inode_high_mark(nofile, file_handles);
-    crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
-        path: "reclaimer thread".into(),
-        source: e,
-    })?;
+    let reclaimer =
+        crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
+            path: "reclaimer thread".into(),
+            source: e,
+        })?;
     Ok(Mounted {
         fs,
         storage,
         mountpoint,
         session,
+        reclaimer,
         lock,
     })
 }
@@ -463,14 +468,6 @@ pub fn unmount_path(mountpoint: &Path) -> io::Result<()> {
 }
 
 impl Mounted {
-    /// Something that unmounts this mount from another thread (signal handling).
-    pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter {
-            session: self.session.unmount_callable(),
-            mountpoint: self.mountpoint.clone(),
-        }
-    }
-
     /// The store for the collector to read, on the directory handle taken before the
     /// mount (the mount may hide the directory).
     pub fn store(&self) -> io::Result<crate::layout::Store> {
@@ -480,9 +477,29 @@ impl Mounted {
         ))
     }
 
-    /// Serves requests in this thread until the filesystem is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
+    /// Serves requests on a thread of its own until unmounted; `ended` is called on that
+    /// thread when the session ends (unmounted from outside, say).
+    pub fn serve(mut self, ended: impl FnOnce() + Send + 'static) -> io::Result<Serving> {
+        let unmounter = Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        };
+        let session = self.session;
+        let thread = std::thread::Builder::new()
+            .name("regfs-fuse".into())
+            .spawn(move || {
+                let result = session.run();
+                ended();
+                result
+            })?;
+        Ok(Serving {
+            fs: self.fs,
+            mountpoint: self.mountpoint,
+            unmounter,
+            thread,
+            reclaimer: self.reclaimer,
+            _lock: self.lock,
+        })
     }
 
     /// Serves requests in the background; the returned guard unmounts on drop.
@@ -494,8 +511,62 @@ impl Mounted {
             fs,
             mountpoint,
             session: Some(session),
+            reclaimer: Some(self.reclaimer),
             _lock: self.lock,
         })
+    }
+}
+
+/// A mount being served by its session's thread, owned by the daemon's runtime.
+pub struct Serving {
+    pub fs: Arc<StorageFs>,
+    pub mountpoint: PathBuf,
+    unmounter: Unmounter,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    reclaimer: Worker,
+    _lock: OwnedFd,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl Serving {
+    /// Whether the session has ended (the mount is gone).
+    pub fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Unmounts (lazily if busy), unless the session has ended already: the path may
+    /// then hold something else.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        if self.ended() {
+            return Ok(());
+        }
+        self.unmounter.unmount()
+    }
+
+    /// Waits up to `grace` for the session's threads to end, then stops the reclaimer.
+    /// A lazily detached mount keeps serving the files still open on it: then the
+    /// session is left to the process's exit, with a warning.
+    pub fn join(self, grace: Duration) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + grace;
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reclaimer.stop();
+        if !self.thread.is_finished() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(),
+                "the request loop is still serving files open on the detached mount; leaving it to the exit");
+            return Ok(());
+        }
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the FUSE session's thread panicked"))?
     }
 }
 
@@ -505,6 +576,7 @@ pub struct MountGuard {
     pub fs: Arc<StorageFs>,
     pub mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    reclaimer: Option<Worker>,
     _lock: OwnedFd,
 }
 
@@ -527,10 +599,14 @@ impl MountGuard {
         };
         // The session's own unmount first (so it does not try again when dropped), then
         // a lazy detach if the mount was busy.
-        match session.umount_and_join() {
+        let unmounted = match session.umount_and_join() {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => unmount_path(&self.mountpoint),
             other => other,
+        };
+        if let Some(reclaimer) = self.reclaimer.take() {
+            reclaimer.stop();
         }
+        unmounted
     }
 }
 
