@@ -64,7 +64,7 @@ impl RunControl {
     }
 
     /// What the sweep has deleted so far.
-    pub fn swept(&self) -> Counts {
+    pub fn swept_so_far(&self) -> Counts {
         self.swept.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
