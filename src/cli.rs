@@ -1,9 +1,11 @@
-//! Command line: clap derive, one subcommand per job.
+//! Command line: clap derive, one subcommand per job. Part of the binary only: the
+//! library never sees clap; [`MountArgs::flags`] hands it its own settings.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use regfs::config::MountFlags;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +81,7 @@ fn seconds(typed: &str) -> Result<f64, String> {
 pub fn state_dir_for(explicit: &Option<PathBuf>, mountpoint: &std::path::Path) -> PathBuf {
     explicit
         .clone()
-        .unwrap_or_else(|| crate::daemon::control::default_state_dir(mountpoint))
+        .unwrap_or_else(|| regfs::daemon::control::default_state_dir(mountpoint))
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +168,8 @@ pub enum GcAction {
 }
 
 impl GcArgs {
-    pub fn options(&self) -> crate::gc::Options {
-        crate::gc::Options {
+    pub fn options(&self) -> regfs::gc::Options {
+        regfs::gc::Options {
             delete_untagged: self.delete_untagged,
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
@@ -284,31 +286,31 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
-    /// No flags but a configuration file (what `regfs config check` resolves).
-    pub fn empty_with_config(path: &std::path::Path) -> Self {
-        MountArgs {
-            storage: None,
-            mountpoint: None,
-            config: Some(path.to_path_buf()),
-            threads: None,
-            attr_timeout: None,
-            no_passthrough: false,
-            max_inodes: None,
-            drain_timeout: None,
-            allow_user: Vec::new(),
-            allow_all_users: false,
-            gc_schedule: None,
-            gc_duration: None,
-            delete_untagged: false,
-            dry_run: false,
-            upload_max_age: None,
-            keep_unknown: false,
-            allow_missing_manifests: false,
-            state_dir: None,
-            metrics_listen: None,
-            metrics_allow_remote: false,
-            registry_config: None,
-            allow_unsafe_cache: false,
+    /// The library's view of these flags (it never sees clap).
+    pub fn flags(&self) -> MountFlags {
+        MountFlags {
+            storage: self.storage.clone(),
+            mountpoint: self.mountpoint.clone(),
+            config: self.config.clone(),
+            threads: self.threads,
+            attr_timeout: self.attr_timeout,
+            no_passthrough: self.no_passthrough,
+            max_inodes: self.max_inodes,
+            drain_timeout: self.drain_timeout,
+            allow_user: self.allow_user.clone(),
+            allow_all_users: self.allow_all_users,
+            gc_schedule: self.gc_schedule.clone(),
+            gc_duration: self.gc_duration.clone(),
+            delete_untagged: self.delete_untagged,
+            dry_run: self.dry_run,
+            upload_max_age: self.upload_max_age,
+            keep_unknown: self.keep_unknown,
+            allow_missing_manifests: self.allow_missing_manifests,
+            state_dir: self.state_dir.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            metrics_allow_remote: self.metrics_allow_remote,
+            registry_config: self.registry_config.clone(),
+            allow_unsafe_cache: self.allow_unsafe_cache,
         }
     }
 }

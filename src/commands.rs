@@ -1,91 +1,44 @@
-//! What each subcommand does; `main` only parses and dispatches.
+//! What each subcommand does; `main` only parses and dispatches. Part of the binary:
+//! it turns the parsed flags into the library's settings and calls the library.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::cli::{GcAction, GcArgs, JobsArgs, MountArgs, StatusArgs, state_dir_for};
-use crate::daemon::control::{self, Request};
-use crate::daemon::job::JobOutcome;
-use crate::daemon::state_dir::StateDir;
-use crate::daemon::{Daemon, scheduler, signals};
-use crate::epoch::WriteGate;
-use crate::{mount, offline, output};
+use regfs::daemon::control::{self, Request};
+use regfs::daemon::job::JobOutcome;
+use regfs::runtime::{Reload, Runtime, Start};
+use regfs::{offline, output};
 
-/// After an unmount request, how long the request loop may take to end before the
-/// process exits anyway (a lazily detached mount keeps serving its open files).
+/// After the unmount, how long the request loop may take to end before the daemon
+/// exits anyway (a lazily detached mount keeps serving its open files).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// `regfs mount`: serves until a signal or an unmount, then shuts down in order.
 pub fn mount(args: &MountArgs) -> Result<(), String> {
-    let opts = crate::config::load(args).map_err(|e| e.to_string())?;
-    let cfg = &opts.mount;
-    let settings = opts.settings.clone();
-    let limit = mount::raise_nofile_limit();
-    // Checked (or created) before mounting: a state directory another user could change
-    // is refused before anything else happens.
-    let state_dir = state_dir_for(&opts.state_dir, &cfg.mountpoint);
-    let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
-    let gate = Arc::new(WriteGate::new());
-    let mut mounted = mount::mount(cfg, gate).map_err(|e| e.to_string())?;
-    let mountpoint = mounted.mountpoint.clone();
-    let store = mounted
-        .store()
-        .map_err(|e| format!("storage directory: {e}"))?;
-    let daemon = Daemon::new(
-        mounted.fs.clone(),
-        store,
-        &mounted.storage,
-        &mountpoint,
-        state,
-        settings.clone(),
-    );
-    daemon.check_cache("start");
-    control::spawn(daemon.clone())
-        .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?;
-    scheduler::spawn(daemon.clone()).map_err(|e| e.to_string())?;
-    if let Some(m) = &opts.metrics {
-        let bound = crate::metrics::serve(daemon.clone(), m.listen)?;
-        tracing::info!(%bound, "metrics at http://{bound}/metrics");
-    }
-    let mut unmounter = mounted.unmounter();
+    let flags = args.flags();
+    let options = regfs::config::load(&flags).map_err(|e| e.to_string())?;
+    let state_dir = state_dir_for(&options.state_dir, &options.mount.mountpoint);
     // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
-    let reload_args = args.clone();
-    signals::spawn(
-        daemon.clone(),
-        move || {
-            crate::config::load(&reload_args)
-                .map(|o| o.settings)
-                .map_err(|e| e.to_string())
-        },
-        move || {
-            crate::daemon::notify::stopping();
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!(error = %e, "unmount failed");
-            }
-            thread::sleep(EXIT_GRACE);
-            tracing::warn!("request loop still running after unmount; exiting");
-            std::process::exit(0);
-        },
-    )
-    .map_err(|e| format!("signal handler: {e}"))?;
-    tracing::info!(storage = %cfg.storage.display(), mountpoint = %mountpoint.display(),
-        threads = cfg.threads, nofile = limit, fd_budget = daemon.fs().fd_budget(), state_dir = %state_dir.display(),
-        schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
-        duration = %settings.duration, next_run = ?daemon.next_run(), "serving");
-    crate::daemon::notify::ready(&format!("serving {}; GC idle", mountpoint.display()));
-    mounted
-        .run()
-        .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
-    // Unmounted from outside during a run: end it safely before exiting.
-    crate::daemon::notify::stopping();
-    daemon.shutdown();
-    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
-    Ok(())
+    let reload: Reload = Box::new(move || {
+        regfs::config::load(&flags)
+            .map(|o| o.settings)
+            .map_err(|e| e.to_string())
+    });
+    let runtime = Runtime::start(Start {
+        options,
+        state_dir,
+        signals: Some(reload),
+        on_stage: None,
+        grace: EXIT_GRACE,
+    })?;
+    runtime.wait();
+    runtime.shutdown()
 }
 
 pub fn config_check(file: &Path) -> Result<(), String> {
-    let o = crate::config::check(file).map_err(|e| e.to_string())?;
+    let o = regfs::config::check(file).map_err(|e| e.to_string())?;
     output::println(&format!(
         "{}: ok (serves {} at {}; GC schedule {}, duration {})",
         file.display(),
@@ -117,7 +70,7 @@ pub fn man() -> Result<(), String> {
 }
 
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
-    let progress = crate::progress::TerminalProgress::new();
+    let progress = regfs::progress::TerminalProgress::new();
     let result = offline::run(path, &args.options(), args.list, &progress);
     progress.finish();
     let outcome = result.map_err(|e| e.to_string())?;
@@ -151,7 +104,7 @@ fn ask(state_dir: &Path, req: &Request) -> Result<control::Response, String> {
 
 /// Follows job `id` until it ends; Err if it failed.
 fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
-    let bar = crate::progress::TerminalProgress::new();
+    let bar = regfs::progress::TerminalProgress::new();
     let mut phase = String::new();
     let job = loop {
         let status = ask(state_dir, &Request::Status)?
@@ -162,11 +115,11 @@ fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
                 if p.phase != phase {
                     phase = p.phase.clone();
                     let ph = if phase == "sweep" {
-                        crate::gc::Phase::Sweep
+                        regfs::gc::Phase::Sweep
                     } else {
-                        crate::gc::Phase::Mark
+                        regfs::gc::Phase::Mark
                     };
-                    crate::gc::Control::phase(&bar, ph, p.total);
+                    regfs::gc::Control::phase(&bar, ph, p.total);
                 }
                 bar.set_position(p.done);
             }
@@ -248,7 +201,7 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
 
 pub fn jobs(args: &JobsArgs) -> Result<(), String> {
     let dir = state_dir_for(&args.state_dir, &args.mountpoint);
-    let mut jobs = match crate::daemon::history::History::open(&dir) {
+    let mut jobs = match regfs::daemon::history::History::open(&dir) {
         Ok(history) => history.jobs(),
         // No state directory yet: no daemon ever ran a job here.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),

@@ -37,7 +37,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cli::MountArgs;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::settings::{GcDuration, Settings};
 use crate::fs::access::{MountUsers, resolve_user};
@@ -207,6 +206,46 @@ impl FileConfig {
     }
 }
 
+/// The options of `regfs mount` as given on its command line, each `None` (or false,
+/// or empty) when not given. The binary fills it from its flags; [`resolve`] lays it
+/// over the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct MountFlags {
+    pub storage: Option<PathBuf>,
+    pub mountpoint: Option<PathBuf>,
+    /// The configuration file, if any.
+    pub config: Option<PathBuf>,
+    pub threads: Option<u16>,
+    pub attr_timeout: Option<f64>,
+    pub no_passthrough: bool,
+    pub max_inodes: Option<usize>,
+    pub drain_timeout: Option<f64>,
+    pub allow_user: Vec<String>,
+    pub allow_all_users: bool,
+    pub gc_schedule: Option<String>,
+    pub gc_duration: Option<String>,
+    pub delete_untagged: bool,
+    pub dry_run: bool,
+    pub upload_max_age: Option<Duration>,
+    pub keep_unknown: bool,
+    pub allow_missing_manifests: bool,
+    pub state_dir: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub metrics_allow_remote: bool,
+    pub registry_config: Option<PathBuf>,
+    pub allow_unsafe_cache: bool,
+}
+
+impl MountFlags {
+    /// No flags but a configuration file (what `regfs config check` resolves).
+    pub fn with_config(path: &Path) -> Self {
+        MountFlags {
+            config: Some(path.to_path_buf()),
+            ..MountFlags::default()
+        }
+    }
+}
+
 /// Where metrics are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
@@ -263,7 +302,7 @@ fn seconds(v: Option<(f64, String, String)>, default: f64) -> Result<Duration, C
 /// Who may use the mount: `--allow-user` flags replace the file's `allow_users`; names
 /// are looked up now, so an unknown one is refused at start.
 fn mount_users(
-    args: &MountArgs,
+    args: &MountFlags,
     file: &FileConfig,
     origin: &str,
 ) -> Result<MountUsers, ConfigError> {
@@ -288,7 +327,7 @@ fn mount_users(
 
 /// Resolves the options: a flag wins over the file, the file over the default.
 pub fn resolve(
-    args: &MountArgs,
+    args: &MountFlags,
     file: &FileConfig,
     origin: &str,
 ) -> Result<MountOptions, ConfigError> {
@@ -416,7 +455,7 @@ pub fn resolve(
 }
 
 /// Loads the file named by `--config` (if any) and resolves the options.
-pub fn load(args: &MountArgs) -> Result<MountOptions, ConfigError> {
+pub fn load(args: &MountFlags) -> Result<MountOptions, ConfigError> {
     match &args.config {
         Some(path) => resolve(args, &FileConfig::load(path)?, &path.display().to_string()),
         None => resolve(args, &FileConfig::default(), "command line"),
@@ -426,7 +465,7 @@ pub fn load(args: &MountArgs) -> Result<MountOptions, ConfigError> {
 /// `regfs config check FILE`: everything `regfs mount --config FILE` would refuse.
 pub fn check(path: &Path) -> Result<MountOptions, ConfigError> {
     let file = FileConfig::load(path)?;
-    let args = MountArgs::empty_with_config(path);
+    let args = MountFlags::with_config(path);
     resolve(&args, &file, &path.display().to_string())
 }
 
@@ -440,7 +479,7 @@ mod tests {
             message: e.to_string(),
         })?;
         resolve(
-            &MountArgs::empty_with_config(Path::new("t.toml")),
+            &MountFlags::with_config(Path::new("t.toml")),
             &file,
             "t.toml",
         )

@@ -2,8 +2,6 @@
 //! passes reads and writes through to the real directory and can close the store for
 //! writes (a GC epoch) while it collects garbage.
 
-pub mod cli;
-pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod epoch;
@@ -22,3 +20,5 @@ pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod registry;
+pub mod runtime;
+pub mod worker;

@@ -3,8 +3,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use regfs::cli::{Cli, Command, ConfigAction};
-use regfs::{commands, logging, output};
+use regfs::{logging, output};
+
+use cli::{Cli, Command, ConfigAction};
+
+mod cli;
+mod commands;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -5,108 +5,11 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::daemon::Daemon;
 use crate::daemon::job::{Job, JobOutcome};
 use crate::daemon::status::State;
-
-/// Every FUSE operation the adapter counts, by name.
-pub const FUSE_OPS: &[&str] = &[
-    "lookup",
-    "forget",
-    "getattr",
-    "setattr",
-    "readlink",
-    "mknod",
-    "mkdir",
-    "unlink",
-    "rmdir",
-    "symlink",
-    "rename",
-    "link",
-    "open",
-    "read",
-    "write",
-    "flush",
-    "release",
-    "fsync",
-    "opendir",
-    "readdir",
-    "readdirplus",
-    "releasedir",
-    "fsyncdir",
-    "statfs",
-    "setxattr",
-    "getxattr",
-    "listxattr",
-    "removexattr",
-    "access",
-    "create",
-];
-
-/// FUSE request counters: one atomic per operation; errors by (operation, errno).
-#[derive(Debug)]
-pub struct FuseStats {
-    ops: Vec<AtomicU64>,
-    errors: Mutex<HashMap<(&'static str, i32), u64>>,
-}
-
-impl Default for FuseStats {
-    fn default() -> Self {
-        FuseStats {
-            ops: FUSE_OPS.iter().map(|_| AtomicU64::new(0)).collect(),
-            errors: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl FuseStats {
-    pub fn record(&self, op: &'static str, errno: Option<i32>) {
-        if let Some(i) = FUSE_OPS.iter().position(|o| *o == op) {
-            self.ops[i].fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(e) = errno {
-            *self
-                .errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry((op, e))
-                .or_default() += 1;
-        }
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP regfs_fuse_operations_total FUSE requests served, by operation."
-        );
-        let _ = writeln!(out, "# TYPE regfs_fuse_operations_total counter");
-        for (op, n) in FUSE_OPS.iter().zip(&self.ops) {
-            let _ = writeln!(
-                out,
-                "regfs_fuse_operations_total{{op=\"{op}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP regfs_fuse_errors_total FUSE requests answered with an error, by operation and errno."
-        );
-        let _ = writeln!(out, "# TYPE regfs_fuse_errors_total counter");
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = errors.iter().collect();
-        rows.sort();
-        for ((op, errno), n) in rows {
-            let name = std::io::Error::from_raw_os_error(*errno).kind();
-            let _ = writeln!(
-                out,
-                "regfs_fuse_errors_total{{op=\"{op}\",errno=\"{errno}\",kind=\"{name:?}\"}} {n}"
-            );
-        }
-    }
-}
+use crate::daemon::{Daemon, JobObserver};
 
 /// GC figures accumulated over every run in the history.
 #[derive(Debug, Default)]
@@ -248,10 +151,19 @@ fn render_descriptors(d: &crate::daemon::status::Descriptors, out: &mut String) 
     }
 }
 
+/// The figures of every job the daemon ends (and of those its history held at start).
+impl JobObserver for Mutex<GcStats> {
+    fn job_ended(&self, job: &Job) {
+        self.lock().unwrap_or_else(|e| e.into_inner()).add(job);
+    }
+}
+
 /// The whole exposition.
-pub fn render(daemon: &Daemon) -> String {
+pub fn render(daemon: &Daemon, gc: &Mutex<GcStats>) -> String {
     let mut out = String::new();
-    daemon.gc_stats(|s| s.render(&mut out));
+    gc.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .render(&mut out);
     let status = daemon.status();
     let _ = writeln!(
         out,
@@ -281,14 +193,18 @@ pub fn render(daemon: &Daemon) -> String {
 
 /// Serves `/metrics` on `addr` in a background thread (connections bounded, see
 /// [`crate::metrics_http`]).
-pub fn serve(daemon: Arc<Daemon>, addr: SocketAddr) -> Result<SocketAddr, String> {
+pub fn serve(
+    daemon: Arc<Daemon>,
+    gc: Arc<Mutex<GcStats>>,
+    addr: SocketAddr,
+) -> Result<crate::metrics_http::Server, String> {
     use crate::metrics_http::{Response, serve};
     serve(addr, move |req| {
         if req.method == "GET" && req.path == "/metrics" {
             Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render(&daemon).into_bytes(),
+                body: render(&daemon, &gc).into_bytes(),
             }
         } else {
             Response {

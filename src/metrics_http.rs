@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
+use crate::worker::Worker;
+
 /// Connections open at once, at most.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A connection's whole life: request in, answer out.
@@ -175,7 +177,10 @@ fn accept(listener: &TcpListener, conns: &mut Vec<Conn>) {
     }
 }
 
-/// One round: wait for something to happen (at most a second), then serve it.
+/// The longest wait for something to happen before the server looks whether to stop.
+const ROUND: Duration = Duration::from_millis(200);
+
+/// One round: wait for something to happen (at most [`ROUND`]), then serve it.
 fn turn(listener: &TcpListener, conns: &mut Vec<Conn>, handler: &dyn Fn(&Request) -> Response) {
     let ready: Vec<PollFlags> = {
         let mut fds = Vec::with_capacity(conns.len() + 1);
@@ -188,10 +193,7 @@ fn turn(listener: &TcpListener, conns: &mut Vec<Conn>, handler: &dyn Fn(&Request
             };
             fds.push(PollFd::from_borrowed_fd(c.stream.as_fd(), want));
         }
-        let timeout = Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        };
+        let timeout = Timespec::try_from(ROUND).expect("a short timeout");
         if poll(&mut fds, Some(&timeout)).is_err() {
             return;
         }
@@ -217,23 +219,35 @@ fn turn(listener: &TcpListener, conns: &mut Vec<Conn>, handler: &dyn Fn(&Request
     }
 }
 
+/// The server running; [`Server::stop`] ends it.
+#[derive(Debug)]
+pub struct Server {
+    pub bound: SocketAddr,
+    worker: Worker,
+}
+
+impl Server {
+    /// Stops serving (within one round, [`ROUND`]) and closes every connection.
+    pub fn stop(self) {
+        self.worker.stop();
+    }
+}
+
 /// Listens on `addr` and serves requests with `handler` on one background thread.
 pub fn serve(
     addr: SocketAddr,
     handler: impl Fn(&Request) -> Response + Send + 'static,
-) -> io::Result<SocketAddr> {
+) -> io::Result<Server> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("regfs-metrics".into())
-        .spawn(move || {
-            let mut conns = Vec::new();
-            loop {
-                turn(&listener, &mut conns, &handler);
-            }
-        })?;
-    Ok(bound)
+    let worker = Worker::spawn("regfs-metrics", move |stop| {
+        let mut conns = Vec::new();
+        while !stop.is_set() {
+            turn(&listener, &mut conns, &handler);
+        }
+    })?;
+    Ok(Server { bound, worker })
 }
 
 #[cfg(test)]

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use serde::{Deserialize, Serialize};
 
 use super::job::{Job, Trigger};
 use super::service::Daemon;
 use super::state_dir::{FILE_MODE, StateDir};
 use super::status::Status;
+use crate::worker::Worker;
 
 pub const SOCKET: &str = "control.sock";
 
@@ -136,26 +138,63 @@ fn bind(dir: &StateDir) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How often the listener looks whether it is asked to stop.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The control socket being served; [`ControlSocket::close`] ends it.
+#[derive(Debug)]
+pub struct ControlSocket {
+    path: PathBuf,
+    dir: Arc<StateDir>,
+    worker: Worker,
+}
+
+impl ControlSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops listening (a request being answered is finished first) and removes the
+    /// socket, so no client waits on a daemon that is going away.
+    pub fn close(self) {
+        self.worker.stop();
+        if let Err(e) = self.dir.remove(SOCKET) {
+            tracing::warn!(error = %e, "cannot remove the control socket");
+        }
+    }
+}
+
 /// Listens on `<state_dir>/control.sock` in a background thread.
-pub fn spawn(daemon: Arc<Daemon>) -> io::Result<PathBuf> {
+pub fn spawn(daemon: Arc<Daemon>) -> io::Result<ControlSocket> {
     let dir = daemon.state_dir().clone();
     let path = dir.path().join(SOCKET);
     let listener = bind(&dir)?;
-    std::thread::Builder::new()
-        .name("regfs-control".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve_one(&daemon, s) {
-                            tracing::debug!(error = %e, "control request failed");
-                        }
+    listener.set_nonblocking(true)?;
+    let worker = Worker::spawn("regfs-control", move |stop| {
+        while !stop.is_set() {
+            let mut fds = [PollFd::new(&listener, PollFlags::IN)];
+            let timeout = Timespec::try_from(POLL).expect("a short timeout");
+            if matches!(poll(&mut fds, Some(&timeout)), Ok(0) | Err(_)) {
+                continue;
+            }
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let served = s
+                        .set_nonblocking(false)
+                        .and_then(|()| serve_one(&daemon, s));
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "control request failed");
                     }
-                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    stop.nap(POLL);
                 }
             }
-        })?;
-    Ok(path)
+        }
+    })?;
+    Ok(ControlSocket { path, dir, worker })
 }
 
 /// Sends one request to the daemon whose state directory is `state_dir`.

@@ -3,13 +3,14 @@
 
 pub mod history;
 pub mod job;
+pub mod run_control;
 pub mod runner;
 pub mod schedule;
 pub mod service;
 pub mod settings;
 pub mod status;
 
-pub use service::{Daemon, TriggerError};
+pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
 pub mod scheduler;

@@ -1,17 +1,48 @@
 //! One GC epoch: close the store (drain) → mark → sweep (deleting through the mount, so
 //! the kernel sees it) → reopen. The store is reopened whatever happens, a panic included.
+//! A run works on the parts it is given ([`RunParts`]) and reports to a [`RunHost`]; it
+//! knows nothing of the service that starts it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
+use super::history::History;
 use super::job::{CutWriter, Job, JobOutcome};
-use super::service::{Daemon, RunControl};
+use super::run_control::RunControl;
 use super::settings::Settings;
 use super::status::State;
 use crate::epoch::{CutReason, WriteGate};
+use crate::fs::StorageFs;
 use crate::gc::{self, Control, Outcome, Phase};
+use crate::layout::Store;
+use crate::registry::CacheStatus;
+
+/// Where a run reports, and what it asks, of whoever started it.
+pub trait RunHost: Sync {
+    /// The registry cache's verdict now (`when` says why it is asked).
+    fn cache_verdict(&self, when: &str) -> Option<CacheStatus>;
+    /// The store closed for writes at `t`.
+    fn read_only_since(&self, t: DateTime<Utc>);
+    /// The running job as its record should say now (for the heartbeat).
+    fn snapshot(&self) -> Option<Job>;
+    /// The run ended; `job` says how.
+    fn ended(&self, job: Job);
+}
+
+/// What a run works on.
+pub struct RunParts<'a> {
+    /// Closed for the epoch, reopened at its end.
+    pub gate: &'a WriteGate,
+    /// The collector reads the store here (the directory handle taken before the mount).
+    pub store: &'a Store,
+    /// The sweep deletes through the mount, so the kernel sees it.
+    pub fs: &'a StorageFs,
+    /// The heartbeat rewrites the running-job record here.
+    pub history: &'a History,
+    pub host: &'a dyn RunHost,
+}
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -42,8 +73,8 @@ fn phase_name(p: Phase) -> String {
 /// Before an epoch: a registry cache regfs cannot make safe would keep listing what the
 /// run deletes, so the run deletes nothing unless the operator allowed it. A dry run
 /// deletes nothing anyway.
-fn cache_refusal(daemon: &Daemon, job: &Job, settings: &Settings) -> Option<String> {
-    let verdict = daemon.check_cache("before a GC run")?;
+fn cache_refusal(host: &dyn RunHost, job: &Job, settings: &Settings) -> Option<String> {
+    let verdict = host.cache_verdict("before a GC run")?;
     if verdict.safe || settings.dry_run {
         return None;
     }
@@ -87,17 +118,17 @@ fn blobs_of(plan: &gc::Plan) -> Vec<crate::layout::Digest> {
 }
 
 /// The epoch itself; fills in `job`.
-fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settings) {
-    if let Some(refusal) = cache_refusal(daemon, job, settings) {
+fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
+    if let Some(refusal) = cache_refusal(parts.host, job, settings) {
         job.outcome = JobOutcome::Failed;
         job.error = Some(refusal);
         return;
     }
-    let gate = daemon.fs.gate().clone();
+    let gate = parts.gate;
     let start = Instant::now();
     control.set_state(State::Closing);
     let closed_at = Utc::now();
-    daemon.set_read_only_since(closed_at);
+    parts.host.read_only_since(closed_at);
     tracing::warn!(
         job = job.id,
         "GC epoch open: the store is read-only, pushes are refused until it ends"
@@ -106,7 +137,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
         "GC job {}: store READ-ONLY, pushes refused",
         job.id
     ));
-    let _reopen = Reopen(&gate);
+    let _reopen = Reopen(gate);
     let close =
         gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
     job.drain_seconds = close.waited.as_secs_f64();
@@ -130,7 +161,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
     } else {
         control.set_state(State::Marking);
         let opts = settings.gc_options();
-        match gc::mark(&daemon.store, &opts, control) {
+        match gc::mark(parts.store, &opts, control) {
             Err(e) => {
                 job.outcome = JobOutcome::Failed;
                 job.error = Some(e.to_string());
@@ -143,7 +174,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
             Ok(Ok(marked)) => {
                 control.set_state(State::Sweeping);
                 let deleted = (!settings.dry_run).then(|| blobs_of(&marked.plan));
-                let swept = gc::sweep(marked, daemon.fs.as_ref(), control);
+                let swept = gc::sweep(marked, parts.fs, control);
                 // Whatever the sweep's outcome: some blobs may be gone.
                 if let Some(deleted) = deleted {
                     forget_deleted(job, settings, &deleted);
@@ -175,7 +206,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
 }
 
 /// Runs a job on its own thread and records it.
-pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Settings) {
+pub fn run(parts: &RunParts, mut job: Job, control: &RunControl, settings: &Settings) {
     *control.started_slot() = Some(Instant::now());
     tracing::info!(job = job.id, trigger = ?job.trigger, duration = %job.settings.duration,
         delete_untagged = job.settings.delete_untagged, dry_run = job.settings.dry_run, "GC job started");
@@ -187,8 +218,8 @@ pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Setti
         scope.spawn(|| {
             let mut failing = false;
             while running.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(snapshot) = daemon.running_snapshot() {
-                    match daemon.history.heartbeat(&snapshot) {
+                if let Some(snapshot) = parts.host.snapshot() {
+                    match parts.history.heartbeat(&snapshot) {
                         Err(e) if !failing => {
                             failing = true;
                             tracing::error!(job = snapshot.id, error = %e,
@@ -203,7 +234,7 @@ pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Setti
             }
         });
         let r = catch_unwind(AssertUnwindSafe(|| {
-            epoch(daemon, &mut job, control, settings)
+            epoch(parts, &mut job, control, settings)
         }));
         running.store(false, std::sync::atomic::Ordering::Relaxed);
         r
@@ -227,5 +258,5 @@ pub fn run(daemon: &Daemon, mut job: Job, control: &RunControl, settings: &Setti
         ),
         _ => tracing::info!("GC {}", job.summary()),
     }
-    daemon.finish(job);
+    parts.host.ended(job);
 }

@@ -11,11 +11,11 @@ use super::service::{Daemon, TriggerError};
 /// Longest sleep between checks, so clock changes are noticed.
 const MAX_NAP: Duration = Duration::from_secs(60);
 
-pub fn spawn(daemon: Arc<Daemon>) -> std::io::Result<()> {
+/// Spawns the scheduler; its thread ends once the daemon shuts down.
+pub fn spawn(daemon: Arc<Daemon>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("regfs-schedule".into())
-        .spawn(move || run(&daemon))?;
-    Ok(())
+        .spawn(move || run(&daemon))
 }
 
 fn run(daemon: &Arc<Daemon>) {

@@ -2,20 +2,20 @@
 //! and keeps the history. The FUSE mount serves requests meanwhile.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
+use super::run_control::RunControl;
+use super::runner::{RunHost, RunParts};
 use super::settings::{GcDuration, Settings};
 use super::state_dir::StateDir;
-use super::status::{Descriptors, Progress, State, Status};
+use super::status::{Descriptors, State, Status};
 use crate::fs::StorageFs;
-use crate::gc::{self, Counts, Outcome, Phase};
 use crate::layout::Store;
 use crate::registry::CacheStatus;
 
@@ -31,95 +31,10 @@ pub enum TriggerError {
     State(String),
 }
 
-/// What the current run's workers check and report; also the collector's [`gc::Control`].
-#[derive(Debug, Default)]
-pub struct RunControl {
-    stop: AtomicBool,
-    state: AtomicU8,
-    started: Mutex<Option<Instant>>,
-    limit: Mutex<Option<std::time::Duration>>,
-    phase: AtomicU8,
-    done: AtomicU64,
-    total: AtomicU64,
-    /// What the sweep has deleted so far.
-    swept: Mutex<Counts>,
-}
-
-impl RunControl {
-    pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    pub fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::SeqCst);
-    }
-
-    pub fn state(&self) -> State {
-        match self.state.load(Ordering::SeqCst) {
-            1 => State::Closing,
-            2 => State::Marking,
-            3 => State::Sweeping,
-            _ => State::Idle,
-        }
-    }
-
-    fn progress(&self) -> Progress {
-        Progress {
-            phase: if self.phase.load(Ordering::Relaxed) == 1 {
-                "sweep"
-            } else {
-                "mark"
-            }
-            .into(),
-            done: self.done.load(Ordering::Relaxed),
-            total: self.total.load(Ordering::Relaxed),
-        }
-    }
-
-    /// When the run started (its time limit counts from there).
-    pub fn started_slot(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.started.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_limit(&self, limit: Option<std::time::Duration>) {
-        *self.limit.lock().unwrap_or_else(|e| e.into_inner()) = limit;
-    }
-
-    fn out_of_time(&self) -> bool {
-        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
-        let limit = *self.limit.lock().unwrap_or_else(|e| e.into_inner());
-        matches!((started, limit), (Some(s), Some(l)) if s.elapsed() >= l)
-    }
-}
-
-impl gc::Control for RunControl {
-    fn interrupted(&self) -> Option<Outcome> {
-        if self.stop.load(Ordering::SeqCst) {
-            Some(Outcome::Stopped)
-        } else if self.out_of_time() {
-            Some(Outcome::TimeLimit)
-        } else {
-            None
-        }
-    }
-
-    fn phase(&self, phase: Phase, total: u64) {
-        self.phase
-            .store((phase == Phase::Sweep) as u8, Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
-        self.total.store(total, Ordering::Relaxed);
-    }
-
-    fn advance(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn swept(&self, unit: &Counts) {
-        gc::sweep::add(
-            &mut self.swept.lock().unwrap_or_else(|e| e.into_inner()),
-            unit,
-        );
-    }
+/// Told of every job in the history at start and of each run as it ends (metrics
+/// count them). The daemon knows nothing of what observes it.
+pub trait JobObserver: Send + Sync {
+    fn job_ended(&self, job: &Job);
 }
 
 struct Running {
@@ -134,21 +49,23 @@ struct Inner {
     last: Option<Job>,
     next_id: u64,
     shutting_down: bool,
+    /// The thread of the current (or last) run, joined by the next trigger or shutdown.
+    run_thread: Option<JoinHandle<()>>,
     /// Bumped on reload so the scheduler recomputes its next run.
     generation: u64,
 }
 
 pub struct Daemon {
-    pub(super) fs: Arc<StorageFs>,
-    pub(super) store: Store,
+    fs: Arc<StorageFs>,
+    store: Store,
     mountpoint: PathBuf,
     storage: PathBuf,
     state_dir: Arc<StateDir>,
-    pub(super) history: History,
+    history: History,
     settings: RwLock<Settings>,
-    gc_stats: Mutex<crate::metrics::GcStats>,
+    observers: Vec<Arc<dyn JobObserver>>,
     inner: Mutex<Inner>,
-    pub(super) changed: Condvar,
+    changed: Condvar,
     /// The last verdict on the registry's blob-descriptor cache.
     cache: Mutex<Option<CacheStatus>>,
 }
@@ -167,6 +84,7 @@ impl Daemon {
         mountpoint: &Path,
         state_dir: Arc<StateDir>,
         settings: Settings,
+        observers: Vec<Arc<dyn JobObserver>>,
     ) -> Arc<Daemon> {
         let history = History::new(state_dir.clone());
         match history.recover_interrupted() {
@@ -184,9 +102,8 @@ impl Daemon {
             tracing::error!(error = %e, "cannot read the job history; starting without it");
             vec![]
         });
-        let mut gc_stats = crate::metrics::GcStats::default();
         for j in &jobs {
-            gc_stats.add(j);
+            observers.iter().for_each(|o| o.job_ended(j));
         }
         let inner = Inner {
             next_id: jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
@@ -201,7 +118,7 @@ impl Daemon {
             state_dir,
             history,
             settings: RwLock::new(settings),
-            gc_stats: Mutex::new(gc_stats),
+            observers,
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
@@ -324,13 +241,41 @@ impl Daemon {
             control: control.clone(),
             read_only_since: None,
         });
-        drop(inner);
+        // Spawned under the lock, so that shutdown always finds the thread to join.
         let daemon = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("regfs-gc-{id}"))
-            .spawn(move || super::runner::run(&daemon, job, &control, &settings))
-            .map_err(|e| TriggerError::State(e.to_string()))?;
-        Ok(id)
+            .spawn(move || super::runner::run(&daemon.run_parts(), job, &control, &settings));
+        match spawned {
+            Ok(thread) => {
+                if let Some(last) = inner.run_thread.replace(thread) {
+                    let _ = last.join(); // ended: its run freed the slot
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                inner.running = None;
+                drop(inner);
+                if let Err(e) = self.history.clear_running() {
+                    tracing::error!(error = %e, "cannot clear the running-job record");
+                }
+                Err(TriggerError::State(format!(
+                    "cannot start the run's thread: {e}"
+                )))
+            }
+        }
+    }
+
+    /// What a run is given: the gate, the store and the mount to collect, the history
+    /// for its heartbeat, and this service to report to.
+    fn run_parts(&self) -> RunParts<'_> {
+        RunParts {
+            gate: self.fs.gate(),
+            store: &self.store,
+            fs: &self.fs,
+            history: &self.history,
+            host: self,
+        }
     }
 
     /// Asks the current run to stop safely. Returns its id, if one was running.
@@ -352,19 +297,18 @@ impl Daemon {
         while inner.running.is_some() {
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
+        let thread = inner.run_thread.take();
         drop(inner);
         self.changed.notify_all();
-    }
-
-    pub(super) fn set_read_only_since(&self, t: DateTime<Utc>) {
-        if let Some(r) = &mut self.lock().running {
-            r.read_only_since = Some(t);
+        if let Some(thread) = thread {
+            let _ = thread.join(); // its run has ended: the store is open again
         }
     }
 
-    /// The accumulated GC figures, for metrics.
-    pub fn gc_stats<R>(&self, f: impl FnOnce(&crate::metrics::GcStats) -> R) -> R {
-        f(&self.gc_stats.lock().unwrap_or_else(|e| e.into_inner()))
+    fn set_read_only_since(&self, t: DateTime<Utc>) {
+        if let Some(r) = &mut self.lock().running {
+            r.read_only_since = Some(t);
+        }
     }
 
     pub fn fs(&self) -> &Arc<StorageFs> {
@@ -377,7 +321,7 @@ impl Daemon {
 
     /// The running job as its record should say now: what the sweep deleted so far and
     /// how long the store has been read-only.
-    pub(super) fn running_snapshot(&self) -> Option<Job> {
+    fn running_snapshot(&self) -> Option<Job> {
         let inner = self.lock();
         let r = inner.running.as_ref()?;
         let mut job = r.job.clone();
@@ -385,18 +329,14 @@ impl Daemon {
             job.read_only_seconds = (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0;
         }
         if r.control.state() == State::Sweeping {
-            let counts = r.control.swept.lock().unwrap_or_else(|e| e.into_inner());
-            job.report = serde_json::to_value(&*counts).ok();
+            job.report = serde_json::to_value(r.control.swept_so_far()).ok();
         }
         Some(job)
     }
 
     /// Records a finished run and frees the slot for the next one.
-    pub(super) fn finish(&self, job: Job) {
-        self.gc_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(&job);
+    fn finish(&self, job: Job) {
+        self.observers.iter().for_each(|o| o.job_ended(&job));
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e,
                 "cannot write the job to the history; it did: {}", job.summary());
@@ -490,5 +430,23 @@ impl Daemon {
                 .map(|d| d.count() as u64)
                 .ok(),
         }
+    }
+}
+
+impl RunHost for Daemon {
+    fn cache_verdict(&self, when: &str) -> Option<CacheStatus> {
+        self.check_cache(when)
+    }
+
+    fn read_only_since(&self, t: DateTime<Utc>) {
+        self.set_read_only_since(t);
+    }
+
+    fn snapshot(&self) -> Option<Job> {
+        self.running_snapshot()
+    }
+
+    fn ended(&self, job: Job) {
+        self.finish(job);
     }
 }

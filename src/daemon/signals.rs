@@ -1,24 +1,44 @@
 //! Signals: SIGUSR1 starts a run, SIGUSR2 stops it, SIGHUP reloads the settings, SIGTERM
-//! and SIGINT stop a run safely and then unmount.
+//! and SIGINT ask the daemon's owner to shut down (it stops a run safely, then unmounts).
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::{Handle, Signals};
 
 use super::job::Trigger;
 use super::service::Daemon;
 use super::settings::Settings;
 
-/// Spawns the signal thread. `reload` produces fresh settings on SIGHUP; `shutdown` is
-/// called (once) after a run in progress has stopped, to unmount.
+/// The signal thread; [`SignalThread::stop`] ends it.
+#[derive(Debug)]
+pub struct SignalThread {
+    handle: Handle,
+    thread: JoinHandle<()>,
+}
+
+impl SignalThread {
+    /// Stops handling signals and joins the thread.
+    pub fn stop(self) {
+        self.handle.close();
+        if self.thread.join().is_err() {
+            tracing::error!("the signal thread panicked");
+        }
+    }
+}
+
+/// Spawns the signal thread. `reload` produces fresh settings on SIGHUP; `terminate` is
+/// called with the signal on SIGTERM and SIGINT, and does not wait for the shutdown
+/// (the thread keeps serving signals until it is stopped).
 pub fn spawn(
     daemon: Arc<Daemon>,
     reload: impl Fn() -> Result<Settings, String> + Send + 'static,
-    shutdown: impl FnOnce() + Send + 'static,
-) -> std::io::Result<()> {
+    terminate: impl Fn(i32) + Send + 'static,
+) -> std::io::Result<SignalThread> {
     let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT])?;
-    std::thread::Builder::new()
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
         .name("regfs-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
@@ -43,12 +63,10 @@ pub fn spawn(
                             signal = sig,
                             "stopping: ending any GC run safely, then unmounting"
                         );
-                        daemon.shutdown();
-                        shutdown();
-                        return;
+                        terminate(sig);
                     }
                 }
             }
         })?;
-    Ok(())
+    Ok(SignalThread { handle, thread })
 }

@@ -83,7 +83,7 @@ pub struct StorageFs {
     pub(super) daemon_reads: AtomicU64,
     /// Write requests served by the daemon (not by kernel passthrough).
     pub(super) daemon_writes: AtomicU64,
-    stats: crate::metrics::FuseStats,
+    stats: super::stats::FuseStats,
 }
 
 /// Half the soft open-file limit: room for open files and directories besides.
@@ -164,7 +164,7 @@ impl StorageFs {
             notifier: OnceLock::new(),
             daemon_reads: AtomicU64::new(0),
             daemon_writes: AtomicU64::new(0),
-            stats: crate::metrics::FuseStats::default(),
+            stats: super::stats::FuseStats::default(),
         })
     }
 
@@ -207,7 +207,7 @@ impl StorageFs {
     }
 
     /// FUSE requests served and failed, for metrics.
-    pub fn stats(&self) -> &crate::metrics::FuseStats {
+    pub fn stats(&self) -> &super::stats::FuseStats {
         &self.stats
     }
 

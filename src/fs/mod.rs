@@ -14,6 +14,7 @@ mod link_undo;
 mod readdir;
 mod reclaim;
 mod remove;
+pub mod stats;
 
 pub use self::core::{Caller, Entry, FsStats, SetAttr, StorageFs};
 pub use adapter::FuseAdapter;

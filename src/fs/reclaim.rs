@@ -5,12 +5,12 @@
 //! sent from this thread, never from a request handler, which could deadlock.
 
 use std::sync::{Arc, Weak};
-use std::thread;
 use std::time::Duration;
 
 use fuser::INodeNo;
 
 use super::core::StorageFs;
+use crate::worker::Worker;
 
 /// How often the reclaimer looks at the table size.
 const PERIOD: Duration = Duration::from_millis(200);
@@ -36,25 +36,23 @@ impl StorageFs {
     }
 }
 
-/// Starts the reclaimer: above `high` inodes it trims towards `low`. It ends when the
-/// filesystem is dropped.
-pub fn spawn_reclaimer(fs: &Arc<StorageFs>, high: usize, low: usize) -> std::io::Result<()> {
+/// Starts the reclaimer: above `high` inodes it trims towards `low`. It ends when it is
+/// stopped or the filesystem is dropped.
+pub fn spawn_reclaimer(fs: &Arc<StorageFs>, high: usize, low: usize) -> std::io::Result<Worker> {
     let fs: Weak<StorageFs> = Arc::downgrade(fs);
-    thread::Builder::new()
-        .name("regfs-reclaim".into())
-        .spawn(move || {
-            while let Some(fs) = fs.upgrade() {
-                if fs.inode_count() > high {
-                    let sent = fs.reclaim_inodes(low);
-                    tracing::debug!(
-                        sent,
-                        inodes = fs.inode_count(),
-                        "asked the kernel to drop cached entries"
-                    );
-                }
-                drop(fs);
-                thread::sleep(PERIOD);
+    Worker::spawn("regfs-reclaim", move |stop| {
+        while !stop.is_set() {
+            let Some(fs) = fs.upgrade() else { return };
+            if fs.inode_count() > high {
+                let sent = fs.reclaim_inodes(low);
+                tracing::debug!(
+                    sent,
+                    inodes = fs.inode_count(),
+                    "asked the kernel to drop cached entries"
+                );
             }
-        })?;
-    Ok(())
+            drop(fs);
+            stop.nap(PERIOD);
+        }
+    })
 }

@@ -1,10 +1,9 @@
-//! Mounting: checks before the mount (with errors that name the path and say what to
-//! do), the FUSE session, and an unmount that also works when the mount is busy.
+//! Mounting: the checks before the mount (`checks`), the FUSE session on a thread its
+//! owner joins, and an unmount that also works when the mount is busy.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,11 @@ use crate::epoch::WriteGate;
 use crate::error::FsError;
 use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
+use crate::worker::Worker;
+
+mod checks;
+
+pub use checks::{MountEntry, mount_at, mounts, preflight, recover_stale};
 
 /// Everything `regfs mount` needs to serve a store.
 #[derive(Debug, Clone)]
@@ -117,196 +121,6 @@ pub enum MountError {
     },
 }
 
-/// One entry of /proc/self/mountinfo that matters here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mountpoint: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
-
-/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mounts of this mount namespace, in mount order.
-pub fn mounts() -> io::Result<Vec<MountEntry>> {
-    let text = fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mountpoint = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let source = r.next().unwrap_or("");
-            Some(MountEntry {
-                mountpoint: PathBuf::from(unescape(mountpoint)),
-                fstype: fstype.to_string(),
-                source: unescape(source),
-            })
-        })
-        .collect())
-}
-
-/// The topmost mount at exactly `path`, if any.
-pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mounts()
-        .ok()?
-        .into_iter()
-        .rev()
-        .find(|m| m.mountpoint == path)
-}
-
-fn is_stale(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(libc::ENOTCONN)
-}
-
-/// Lazily unmounts a stale FUSE mount (its daemon died). Returns whether one was there.
-pub fn recover_stale(mountpoint: &Path) -> Result<bool, MountError> {
-    // statfs always reaches the daemon; stat of the root may be answered from cache.
-    match rustix::fs::statfs(mountpoint).map_err(io::Error::from) {
-        Err(e) if is_stale(&e) => {
-            tracing::warn!(mountpoint = %mountpoint.display(),
-                "stale FUSE mount found (Transport endpoint is not connected); unmounting it lazily");
-            unmount(mountpoint, UnmountFlags::DETACH).map_err(|e| MountError::StaleMount {
-                path: mountpoint.display().to_string(),
-                source: e.into(),
-            })?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// `f_type` of a FUSE filesystem in statfs(2).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// Refuses a STORAGE on a FUSE filesystem: another regfs daemon's mount (which would
-/// stay writable while this daemon sweeps beneath it) or any other FUSE filesystem,
-/// whose own daemon regfs cannot close for writes. statfs names the filesystem that
-/// really holds STORAGE, a subdirectory of a mount included.
-fn refuse_fuse_storage(storage: &Path) -> Result<(), MountError> {
-    let st = rustix::fs::statfs(storage).map_err(|e| MountError::Io {
-        path: storage.display().to_string(),
-        source: e.into(),
-    })?;
-    if st.f_type as i64 != FUSE_SUPER_MAGIC {
-        return Ok(());
-    }
-    // The innermost mount holding STORAGE, for the message.
-    let holder = mounts()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| storage.starts_with(&m.mountpoint))
-        // The last of the longest: the topmost mount there.
-        .max_by_key(|m| m.mountpoint.as_os_str().len());
-    let (fstype, mounted_at, fs_source) = match holder {
-        Some(m) => (m.fstype, m.mountpoint.display().to_string(), m.source),
-        None => ("fuse".into(), "?".into(), "?".into()),
-    };
-    Err(MountError::StorageOnFuse {
-        path: storage.display().to_string(),
-        fstype,
-        mounted_at,
-        fs_source,
-    })
-}
-
-/// Everything that can be checked before mounting, with errors that say what to do.
-/// Returns the canonical (storage, mountpoint).
-pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
-    let euid = rustix::process::geteuid().as_raw();
-    if euid != 0 {
-        return Err(MountError::NotRoot(euid));
-    }
-    match fs::metadata("/dev/fuse") {
-        Ok(m) if m.file_type().is_char_device() => {}
-        Ok(_) => {
-            return Err(MountError::NoFuseDevice {
-                path: "/dev/fuse".into(),
-                detail: "not a character device".into(),
-            });
-        }
-        Err(e) => {
-            return Err(MountError::NoFuseDevice {
-                path: "/dev/fuse".into(),
-                detail: e.to_string(),
-            });
-        }
-    }
-    // First, so that a STORAGE that is also the mount point is not stat'ed through a dead
-    // mount (ENOTCONN).
-    recover_stale(&cfg.mountpoint)?;
-    let storage = match fs::metadata(&cfg.storage) {
-        Ok(m) if m.is_dir() => fs::canonicalize(&cfg.storage).map_err(|e| MountError::Io {
-            path: cfg.storage.display().to_string(),
-            source: e,
-        })?,
-        Ok(_) => return Err(MountError::StorageNotDirectory(cfg.storage.clone())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(MountError::StorageMissing(cfg.storage.clone()));
-        }
-        Err(e) => {
-            return Err(MountError::Io {
-                path: cfg.storage.display().to_string(),
-                source: e,
-            });
-        }
-    };
-    let mountpoint = match fs::metadata(&cfg.mountpoint) {
-        Ok(m) if m.is_dir() => fs::canonicalize(&cfg.mountpoint).map_err(|e| MountError::Io {
-            path: cfg.mountpoint.display().to_string(),
-            source: e,
-        })?,
-        Ok(_) => return Err(MountError::MountpointNotDirectory(cfg.mountpoint.clone())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(MountError::MountpointMissing(cfg.mountpoint.clone()));
-        }
-        Err(e) => {
-            return Err(MountError::Io {
-                path: cfg.mountpoint.display().to_string(),
-                source: e,
-            });
-        }
-    };
-    // A store on its own disk is itself a mount point, and regfs may be mounted over the
-    // storage directory itself: only a FUSE mount already there is a conflict.
-    if let Some(m) = mount_at(&mountpoint)
-        && m.fstype.starts_with("fuse")
-    {
-        return Err(MountError::AlreadyMounted {
-            path: mountpoint.display().to_string(),
-            fstype: m.fstype,
-        });
-    }
-    refuse_fuse_storage(&storage)?;
-    if mountpoint != storage && mountpoint.starts_with(&storage) {
-        return Err(MountError::MountpointInsideStorage {
-            storage,
-            mountpoint,
-        });
-    }
-    Ok((storage, mountpoint))
-}
-
 /// Raises the soft open-file limit to the hard one (and the hard one to the kernel's
 /// maximum): the daemon holds one handle per inode the kernel remembers.
 pub fn raise_nofile_limit() -> u64 {
@@ -368,13 +182,15 @@ impl Unmounter {
     }
 }
 
-/// A mounted store, not yet serving: call [`Mounted::run`] (foreground) or
-/// [`Mounted::spawn`] (background, for tests).
+/// A mounted store, not yet serving: call [`Mounted::serve`] (the daemon, which owns
+/// the session's thread) or [`Mounted::spawn`] (a guard that unmounts on drop, for tests).
 pub struct Mounted {
     pub fs: Arc<StorageFs>,
     pub storage: PathBuf,
     pub mountpoint: PathBuf,
     session: Session<FuseAdapter>,
+    /// Keeps the inode table bounded while the mount serves.
+    reclaimer: Worker,
     /// The store's lock: no offline collector or second daemon while this one serves.
     lock: OwnedFd,
 }
@@ -435,15 +251,17 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         .current
         .unwrap_or(u64::MAX);
     let high = cfg.inode_high_mark(nofile, file_handles);
-    crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
-        path: "reclaimer thread".into(),
-        source: e,
-    })?;
+    let reclaimer =
+        crate::fs::spawn_reclaimer(&fs, high, high / 4 * 3).map_err(|e| MountError::Io {
+            path: "reclaimer thread".into(),
+            source: e,
+        })?;
     Ok(Mounted {
         fs,
         storage,
         mountpoint,
         session,
+        reclaimer,
         lock,
     })
 }
@@ -463,14 +281,6 @@ pub fn unmount_path(mountpoint: &Path) -> io::Result<()> {
 }
 
 impl Mounted {
-    /// Something that unmounts this mount from another thread (signal handling).
-    pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter {
-            session: self.session.unmount_callable(),
-            mountpoint: self.mountpoint.clone(),
-        }
-    }
-
     /// The store for the collector to read, on the directory handle taken before the
     /// mount (the mount may hide the directory).
     pub fn store(&self) -> io::Result<crate::layout::Store> {
@@ -480,9 +290,29 @@ impl Mounted {
         ))
     }
 
-    /// Serves requests in this thread until the filesystem is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
+    /// Serves requests on a thread of its own until unmounted; `ended` is called on that
+    /// thread when the session ends (unmounted from outside, say).
+    pub fn serve(mut self, ended: impl FnOnce() + Send + 'static) -> io::Result<Serving> {
+        let unmounter = Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        };
+        let session = self.session;
+        let thread = std::thread::Builder::new()
+            .name("regfs-fuse".into())
+            .spawn(move || {
+                let result = session.run();
+                ended();
+                result
+            })?;
+        Ok(Serving {
+            fs: self.fs,
+            mountpoint: self.mountpoint,
+            unmounter,
+            thread,
+            reclaimer: self.reclaimer,
+            _lock: self.lock,
+        })
     }
 
     /// Serves requests in the background; the returned guard unmounts on drop.
@@ -494,8 +324,62 @@ impl Mounted {
             fs,
             mountpoint,
             session: Some(session),
+            reclaimer: Some(self.reclaimer),
             _lock: self.lock,
         })
+    }
+}
+
+/// A mount being served by its session's thread, owned by the daemon's runtime.
+pub struct Serving {
+    pub fs: Arc<StorageFs>,
+    pub mountpoint: PathBuf,
+    unmounter: Unmounter,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    reclaimer: Worker,
+    _lock: OwnedFd,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl Serving {
+    /// Whether the session has ended (the mount is gone).
+    pub fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Unmounts (lazily if busy), unless the session has ended already: the path may
+    /// then hold something else.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        if self.ended() {
+            return Ok(());
+        }
+        self.unmounter.unmount()
+    }
+
+    /// Waits up to `grace` for the session's threads to end, then stops the reclaimer.
+    /// A lazily detached mount keeps serving the files still open on it: then the
+    /// session is left to the process's exit, with a warning.
+    pub fn join(self, grace: Duration) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + grace;
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reclaimer.stop();
+        if !self.thread.is_finished() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(),
+                "the request loop is still serving files open on the detached mount; leaving it to the exit");
+            return Ok(());
+        }
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the FUSE session's thread panicked"))?
     }
 }
 
@@ -505,6 +389,7 @@ pub struct MountGuard {
     pub fs: Arc<StorageFs>,
     pub mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    reclaimer: Option<Worker>,
     _lock: OwnedFd,
 }
 
@@ -527,10 +412,14 @@ impl MountGuard {
         };
         // The session's own unmount first (so it does not try again when dropped), then
         // a lazy detach if the mount was busy.
-        match session.umount_and_join() {
+        let unmounted = match session.umount_and_join() {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => unmount_path(&self.mountpoint),
             other => other,
+        };
+        if let Some(reclaimer) = self.reclaimer.take() {
+            reclaimer.stop();
         }
+        unmounted
     }
 }
 
@@ -539,17 +428,5 @@ impl Drop for MountGuard {
         if let Err(e) = self.finish() {
             tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape(r"/x\134y"), r"/x\y");
-        assert_eq!(unescape("plain"), "plain");
     }
 }

@@ -1,0 +1,274 @@
+//! The daemon's composition root and the one owner of its lifetime. [`Runtime::start`]
+//! mounts the store, builds the GC service and starts every thread around it (the FUSE
+//! session, the control socket, the scheduler, signals, metrics, the inode reclaimer),
+//! keeping each one's handle. [`Runtime::shutdown`] ends them in an order that never
+//! leaves the store closed or a client waiting: stop a run, reopen, close the control
+//! socket, stop the other threads, unmount, join. No thread exits the process.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::MountOptions;
+use crate::daemon::control::{self, ControlSocket};
+use crate::daemon::signals::{self, SignalThread};
+use crate::daemon::state_dir::StateDir;
+use crate::daemon::{Daemon, notify, scheduler};
+use crate::epoch::WriteGate;
+use crate::metrics::GcStats;
+use crate::metrics_http::Server;
+use crate::mount::{self, Serving};
+
+/// Re-reads the settings on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<crate::daemon::settings::Settings, String> + Send>;
+
+/// Told of each step of the shutdown as it is done (tests record the order).
+pub type StageObserver = Arc<dyn Fn(Stage) + Send + Sync>;
+
+/// Why the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+    /// The mount went away from outside (`umount`).
+    Unmounted,
+    /// Its owner asked ([`Stopper::stop`]).
+    Requested,
+}
+
+/// The steps of a shutdown, in their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// No run is in progress, none can start, and the last one's thread is joined.
+    RunStopped,
+    /// The write gate is open.
+    GateReopened,
+    /// The control socket is closed and removed.
+    ControlClosed,
+    /// The scheduler, signal and metrics threads have ended.
+    ThreadsStopped,
+    /// The mount is gone (unmounted, or detached lazily if busy).
+    Unmounted,
+    /// The session's threads and the reclaimer have ended.
+    Joined,
+}
+
+/// What the runtime starts with.
+pub struct Start {
+    pub options: MountOptions,
+    pub state_dir: PathBuf,
+    /// Handle SIGUSR1, SIGUSR2, SIGHUP (with this reload), SIGTERM and SIGINT. None: no
+    /// signal handling (a test running the daemon in its own process).
+    pub signals: Option<Reload>,
+    pub on_stage: Option<StageObserver>,
+    /// After the unmount, how long the request loop may take to end (a lazily detached
+    /// mount keeps serving the files still open on it).
+    pub grace: Duration,
+}
+
+/// Asks a running daemon to shut down, from any thread.
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<StopReason>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.send(StopReason::Requested);
+    }
+}
+
+/// The threads the runtime owns, each taken when it is stopped.
+#[derive(Default)]
+struct Threads {
+    serving: Option<Serving>,
+    control: Option<ControlSocket>,
+    scheduler: Option<JoinHandle<()>>,
+    signals: Option<SignalThread>,
+    metrics: Option<Server>,
+}
+
+/// A serving daemon: the mount, the GC service and their threads.
+pub struct Runtime {
+    daemon: Arc<Daemon>,
+    mountpoint: PathBuf,
+    threads: Threads,
+    stops: (Sender<StopReason>, Receiver<StopReason>),
+    on_stage: Option<StageObserver>,
+    grace: Duration,
+    result: Result<(), String>,
+}
+
+impl Runtime {
+    /// Mounts and serves; returns once everything is up (the log says "serving").
+    /// Whatever was started before a failure is shut down again.
+    pub fn start(start: Start) -> Result<Runtime, String> {
+        let Start {
+            options,
+            state_dir,
+            signals,
+            on_stage,
+            grace,
+        } = start;
+        let cfg = &options.mount;
+        let settings = options.settings.clone();
+        let nofile = mount::raise_nofile_limit();
+        // Checked (or created) before mounting: a state directory another user could
+        // change is refused before anything else happens.
+        let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
+        let mounted = mount::mount(cfg, Arc::new(WriteGate::new())).map_err(|e| e.to_string())?;
+        let mountpoint = mounted.mountpoint.clone();
+        let store = mounted
+            .store()
+            .map_err(|e| format!("storage directory: {e}"))?;
+        let gc_stats = Arc::new(Mutex::new(GcStats::default()));
+        let daemon = Daemon::new(
+            mounted.fs.clone(),
+            store,
+            &mounted.storage,
+            &mountpoint,
+            state,
+            settings.clone(),
+            vec![gc_stats.clone()],
+        );
+        daemon.check_cache("start");
+        let stops = channel();
+        let ended = stops.0.clone();
+        let serving = mounted
+            .serve(move || {
+                let _ = ended.send(StopReason::Unmounted);
+            })
+            .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+        let mut rt = Runtime {
+            daemon,
+            mountpoint,
+            threads: Threads {
+                serving: Some(serving),
+                ..Threads::default()
+            },
+            stops,
+            on_stage,
+            grace,
+            result: Ok(()),
+        };
+        if let Err(e) = rt.start_threads(&options, &state_dir, gc_stats, signals) {
+            rt.stop_all();
+            return Err(e);
+        }
+        tracing::info!(storage = %cfg.storage.display(), mountpoint = %rt.mountpoint.display(),
+            threads = cfg.threads, nofile, fd_budget = rt.daemon.fs().fd_budget(), state_dir = %state_dir.display(),
+            schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+            duration = %settings.duration, next_run = ?rt.daemon.next_run(), "serving");
+        notify::ready(&format!("serving {}; GC idle", rt.mountpoint.display()));
+        Ok(rt)
+    }
+
+    fn start_threads(
+        &mut self,
+        options: &MountOptions,
+        state_dir: &std::path::Path,
+        gc_stats: Arc<Mutex<GcStats>>,
+        reload: Option<Reload>,
+    ) -> Result<(), String> {
+        let t = &mut self.threads;
+        t.control = Some(
+            control::spawn(self.daemon.clone())
+                .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?,
+        );
+        t.scheduler = Some(scheduler::spawn(self.daemon.clone()).map_err(|e| e.to_string())?);
+        if let Some(m) = &options.metrics {
+            let server = crate::metrics::serve(self.daemon.clone(), gc_stats, m.listen)?;
+            tracing::info!(bound = %server.bound, "metrics at http://{}/metrics", server.bound);
+            t.metrics = Some(server);
+        }
+        if let Some(reload) = reload {
+            let stops = self.stops.0.clone();
+            let terminate = move |sig| {
+                let _ = stops.send(StopReason::Signal(sig));
+            };
+            t.signals = Some(
+                signals::spawn(self.daemon.clone(), reload, terminate)
+                    .map_err(|e| format!("signal handler: {e}"))?,
+            );
+        }
+        Ok(())
+    }
+
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stops.0.clone())
+    }
+
+    /// Blocks until something asks the daemon to stop: a signal, an unmount from
+    /// outside or a [`Stopper`].
+    pub fn wait(&self) -> StopReason {
+        let reason = self.stops.1.recv().unwrap_or(StopReason::Requested);
+        if reason == StopReason::Unmounted {
+            tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; stopping");
+        }
+        reason
+    }
+
+    /// Stops everything in order and joins the threads. Err if the FUSE session ended
+    /// with an error.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        self.stop_all();
+        std::mem::replace(&mut self.result, Ok(()))
+    }
+
+    fn stage(&self, stage: Stage) {
+        tracing::debug!(?stage, "shutdown");
+        if let Some(observe) = &self.on_stage {
+            observe(stage);
+        }
+    }
+
+    /// The shutdown; does nothing the second time.
+    fn stop_all(&mut self) {
+        let Some(mut serving) = self.threads.serving.take() else {
+            return;
+        };
+        notify::stopping();
+        self.daemon.shutdown();
+        self.stage(Stage::RunStopped);
+        // The run reopens the store whatever happens to it; this makes sure of it.
+        self.daemon.fs().gate().reopen_for_writes();
+        self.stage(Stage::GateReopened);
+        if let Some(control) = self.threads.control.take() {
+            control.close();
+        }
+        self.stage(Stage::ControlClosed);
+        if let Some(scheduler) = self.threads.scheduler.take()
+            && scheduler.join().is_err()
+        {
+            tracing::error!("the scheduler thread panicked");
+        }
+        if let Some(signals) = self.threads.signals.take() {
+            signals.stop();
+        }
+        if let Some(metrics) = self.threads.metrics.take() {
+            metrics.stop();
+        }
+        self.stage(Stage::ThreadsStopped);
+        if let Err(e) = serving.unmount() {
+            tracing::error!(error = %e, "unmount failed");
+        }
+        self.stage(Stage::Unmounted);
+        self.result = serving
+            .join(self.grace)
+            .map_err(|e| format!("serving {}: {e}", self.mountpoint.display()));
+        self.stage(Stage::Joined);
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+    }
+}
+
+impl Drop for Runtime {
+    /// A runtime dropped without [`Runtime::shutdown`] (a failing test) still leaves no
+    /// mount and no thread behind.
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

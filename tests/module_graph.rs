@@ -1,0 +1,223 @@
+//! The library's module graph has no cycles: layers depend one way, so a new policy,
+//! layout or trigger is a module added on top, not a thread pulled through old ones.
+//!
+//! It reads `crate::x` and `super::x` references in the sources (comments left out) and
+//! fails on any cycle between the library's top-level modules, or between the daemon's
+//! submodules. The binary's own modules (declared by `src/main.rs`) are left out: nothing
+//! in the library can name them. The library never names clap either.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file without its comments (doc links name modules too, but a comment
+/// is no dependency).
+fn code_of(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ident_at(s: &str) -> String {
+    s.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The modules `prefix` (`crate::` or `super::`) names in `code`: `prefix x::...`,
+/// `prefix x` and each first name inside `prefix {a::.., b}`.
+fn named_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in code.match_indices(prefix) {
+        let before = code[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // `super::super::`, `foo_crate::`
+        }
+        let rest = &code[i + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0usize;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(ident_at(item.trim()));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            out.insert(ident_at(item.trim()));
+        } else {
+            out.insert(ident_at(rest));
+        }
+    }
+    out.retain(|m| !m.is_empty() && m != "self");
+    out
+}
+
+/// `src/x.rs` and `src/x/...` belong to top-level module `x`.
+fn top_module(rel: &Path) -> String {
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The binary's modules: `mod x;` lines of `src/main.rs`.
+fn binary_modules(src: &Path) -> BTreeSet<String> {
+    let main = fs::read_to_string(src.join("main.rs")).expect("src/main.rs");
+    code_of(&main)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod ")?.strip_suffix(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+struct Crate {
+    /// Top-level module -> the top-level modules it names.
+    top: Graph,
+    /// Daemon submodule -> the daemon submodules it names.
+    daemon: Graph,
+    /// Library files whose code names clap.
+    clap: Vec<String>,
+}
+
+fn read_crate() -> Crate {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let binary = binary_modules(&src);
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut c = Crate {
+        top: Graph::new(),
+        daemon: Graph::new(),
+        clap: vec![],
+    };
+    for path in files {
+        let rel = path.strip_prefix(&src).unwrap().to_path_buf();
+        let module = top_module(&rel);
+        if module == "main" || module == "bin" || module == "lib" || binary.contains(&module) {
+            continue;
+        }
+        let code = code_of(&fs::read_to_string(&path).expect("source"));
+        if code.contains("clap::") || code.contains("clap_") {
+            c.clap.push(rel.display().to_string());
+        }
+        let named = named_after(&code, "crate::");
+        let deps = c.top.entry(module.clone()).or_default();
+        deps.extend(named.into_iter().filter(|m| *m != module));
+        if module == "daemon" && rel.components().count() == 2 && !rel.ends_with("mod.rs") {
+            let me = rel.file_stem().unwrap().to_string_lossy().to_string();
+            let deps = c.daemon.entry(me.clone()).or_default();
+            deps.extend(
+                named_after(&code, "super::")
+                    .into_iter()
+                    .filter(|m| *m != me),
+            );
+        }
+    }
+    c
+}
+
+/// A cycle in `g` as the path that closes it, if there is one.
+fn find_cycle(g: &Graph) -> Option<Vec<String>> {
+    fn visit(
+        g: &Graph,
+        n: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == n) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(n.to_string());
+            return Some(cycle);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for d in g.get(n).into_iter().flatten() {
+            if g.contains_key(d)
+                && let Some(c) = visit(g, d, path, done)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    g.keys()
+        .find_map(|n| visit(g, n, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn references_are_read_from_paths_and_groups() {
+    let code = code_of(
+        "use crate::{daemon::Daemon, fs::{A, B}, layout};\nlet x = crate::gc::run(); // crate::cli\nuse super::super::up;",
+    );
+    let named = named_after(&code, "crate::");
+    assert_eq!(
+        named.into_iter().collect::<Vec<_>>(),
+        ["daemon", "fs", "gc", "layout"]
+    );
+    let g: Graph = [("a", "b"), ("b", "c"), ("c", "a")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), BTreeSet::from([v.to_string()])))
+        .collect();
+    assert_eq!(find_cycle(&g).unwrap(), ["a", "b", "c", "a"]);
+}
+
+#[test]
+fn top_level_modules_form_no_cycle() {
+    let c = read_crate();
+    assert!(c.top.contains_key("fs") && c.top.contains_key("daemon"));
+    if let Some(cycle) = find_cycle(&c.top) {
+        panic!(
+            "module cycle: {}\nthe graph: {:#?}",
+            cycle.join(" -> "),
+            c.top
+        );
+    }
+}
+
+#[test]
+fn the_daemon_submodules_form_no_cycle() {
+    let c = read_crate();
+    assert!(c.daemon.contains_key("runner") && c.daemon.contains_key("service"));
+    if let Some(cycle) = find_cycle(&c.daemon) {
+        panic!(
+            "daemon module cycle: {}\nthe graph: {:#?}",
+            cycle.join(" -> "),
+            c.daemon
+        );
+    }
+}
+
+#[test]
+fn the_library_never_sees_clap() {
+    let c = read_crate();
+    assert!(c.clap.is_empty(), "library files naming clap: {:?}", c.clap);
+}
