@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use regfs::epoch::WriteGate;
 use regfs::fs::{Caller, StorageFs};
-use regfs::layout::{Digest, Role, classify_path, paths};
+use regfs::layout::{Digest, Role, classify_path};
 use regfs::policy::WriteRole;
 
 const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
@@ -178,5 +178,5 @@ fn everything_below_a_moved_directory_takes_the_role_of_its_new_place() {
     fs.rename(repos, OsStr::new("_team"), repos, OsStr::new("team"), 0)
         .unwrap();
     assert_eq!(fs.role_of(link), Some(classified(&back)));
-    assert_eq!(paths::link_role(&back).map(|_| ()), Some(()));
+    assert_eq!(regfs::layout::link_role(&back).map(|_| ()), Some(()));
 }

@@ -2,9 +2,10 @@
 //! layout or trigger is a module added on top, not a thread pulled through old ones.
 //!
 //! It reads `crate::x` and `super::x` references in the sources (comments left out) and
-//! fails on any cycle between the library's top-level modules, or between the daemon's
-//! submodules. The binary's own modules (declared by `src/main.rs`) are left out: nothing
-//! in the library can name them. The library never names clap either.
+//! fails on any cycle between the library's top-level modules, or between the submodules
+//! of one module (daemon, fs, gc, layout, policy). The binary's own modules (declared by
+//! `src/main.rs`) are left out: nothing in the library can name them. The library never
+//! names clap either.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -98,8 +99,8 @@ fn binary_modules(src: &Path) -> BTreeSet<String> {
 struct Crate {
     /// Top-level module -> the top-level modules it names.
     top: Graph,
-    /// Daemon submodule -> the daemon submodules it names.
-    daemon: Graph,
+    /// For each module with submodules: submodule -> the sibling submodules it names.
+    inner: BTreeMap<String, Graph>,
     /// Library files whose code names clap.
     clap: Vec<String>,
 }
@@ -111,7 +112,7 @@ fn read_crate() -> Crate {
     sources(&src, &mut files);
     let mut c = Crate {
         top: Graph::new(),
-        daemon: Graph::new(),
+        inner: BTreeMap::new(),
         clap: vec![],
     };
     for path in files {
@@ -127,9 +128,10 @@ fn read_crate() -> Crate {
         let named = named_after(&code, "crate::");
         let deps = c.top.entry(module.clone()).or_default();
         deps.extend(named.into_iter().filter(|m| *m != module));
-        if module == "daemon" && rel.components().count() == 2 && !rel.ends_with("mod.rs") {
+        if rel.components().count() == 2 && !rel.ends_with("mod.rs") {
             let me = rel.file_stem().unwrap().to_string_lossy().to_string();
-            let deps = c.daemon.entry(me.clone()).or_default();
+            let graph = c.inner.entry(module.clone()).or_default();
+            let deps = graph.entry(me.clone()).or_default();
             deps.extend(
                 named_after(&code, "super::")
                     .into_iter()
@@ -204,15 +206,23 @@ fn top_level_modules_form_no_cycle() {
 }
 
 #[test]
-fn the_daemon_submodules_form_no_cycle() {
+fn submodules_form_no_cycle() {
     let c = read_crate();
-    assert!(c.daemon.contains_key("runner") && c.daemon.contains_key("service"));
-    if let Some(cycle) = find_cycle(&c.daemon) {
-        panic!(
-            "daemon module cycle: {}\nthe graph: {:#?}",
-            cycle.join(" -> "),
-            c.daemon
+    for parent in ["daemon", "fs", "gc", "layout", "policy"] {
+        assert!(
+            c.inner.contains_key(parent),
+            "no submodules read for {parent}"
         );
+    }
+    let daemon = &c.inner["daemon"];
+    assert!(daemon.contains_key("runner") && daemon.contains_key("service"));
+    for (parent, graph) in &c.inner {
+        if let Some(cycle) = find_cycle(graph) {
+            panic!(
+                "{parent} module cycle: {}\nthe graph: {graph:#?}",
+                cycle.join(" -> ")
+            );
+        }
     }
 }
 

@@ -18,24 +18,13 @@ use super::attr::{check_name, file_attr};
 use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
 use super::link_undo::LinkUndo;
+use super::open::OpenFile;
 use crate::error::{FsError, FsResult};
 use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
 pub type BackingFactory<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
-
-#[derive(Debug)]
-pub struct OpenFile {
-    pub(super) inode: Arc<Inode>,
-    pub(super) fd: OwnedFd,
-    /// The policy's lease of a write-capable handle; dropped (released) with the handle.
-    pub(super) writer: Option<WriterLease>,
-    /// A write handle on a link file: its bytes from before, put back if it is cut.
-    pub(super) undo: Option<Arc<LinkUndo>>,
-    /// Keeps the inode's passthrough backing id alive until this handle is released.
-    pub(super) _backing: Option<Arc<BackingId>>,
-}
 
 /// What an open hands to the kernel.
 #[derive(Debug)]

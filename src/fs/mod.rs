@@ -11,6 +11,7 @@ mod handles;
 mod inode;
 mod io;
 mod link_undo;
+mod open;
 mod readdir;
 mod reclaim;
 mod remove;

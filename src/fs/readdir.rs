@@ -2,40 +2,17 @@
 //! offsets, so entries added or removed while a directory is listed behave as they do
 //! on the backing directory.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use fuser::{FileAttr, FileType};
 use rustix::fs::{self as rfs, Dir, OFlags};
 
 use super::core::StorageFs;
-use super::inode::Inode;
+use super::open::{OpenDir, Pending, Stream};
 use crate::error::{FsError, FsResult};
-
-#[derive(Debug)]
-struct Pending {
-    name: CString,
-    offset: i64,
-    kind: FileType,
-    ino: u64,
-}
-
-#[derive(Debug)]
-struct Stream {
-    dir: Dir,
-    /// Offset of the last entry handed to the kernel.
-    position: i64,
-    /// An entry read but not sent because the reply was full.
-    pending: Option<Pending>,
-}
-
-#[derive(Debug)]
-pub struct OpenDir {
-    inode: Arc<Inode>,
-    stream: Mutex<Stream>,
-}
 
 /// One directory entry for a readdir reply.
 #[derive(Debug)]

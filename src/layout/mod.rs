@@ -11,7 +11,7 @@ pub mod store;
 pub use digest::{Digest, DigestError, LinkError, parse_link};
 pub use names::{Component, NameError, RepoName, TagName};
 pub use role::Role;
-pub use spec::{PathKind, classify, classify_path, path_for};
+pub use spec::{PathKind, classify, classify_path, link_role, path_for};
 pub use store::{Entry, EntryKind, ReadError, Store};
 
 #[cfg(test)]

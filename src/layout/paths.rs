@@ -164,12 +164,6 @@ impl LinkRole {
     }
 }
 
-/// Classifies a path relative to the store root as one of the registry's link files, or
-/// `None` for anything else (blob data, uploads, names the registry never writes).
-pub fn link_role(rel: &str) -> Option<LinkRole> {
-    super::spec::classify(rel)?.role().link()
-}
-
 /// Whether `rel` lies inside `docker/registry/v2/` (a guard for every deletion).
 pub fn is_inside_v2(rel: &Path) -> bool {
     rel.starts_with(V2) && rel != Path::new(V2)
@@ -178,75 +172,6 @@ pub fn is_inside_v2(rel: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn link_roles_are_told_by_the_paths_the_registry_writes() {
-        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
-        let repo = RepoName::new("team/app").unwrap();
-        let tag = TagName::new("v1.0").unwrap();
-        let role = |p: PathBuf| link_role(p.to_str().unwrap());
-        assert_eq!(
-            role(revision_dir(&repo, &d).join(LINK)),
-            Some(LinkRole::Revision(d))
-        );
-        assert_eq!(
-            role(layer_link_dir_named(&repo, &d.hex()).join(LINK)),
-            Some(LinkRole::Layer(d))
-        );
-        assert_eq!(
-            role(tag_index_entry(&repo, &tag, &d).join(LINK)),
-            Some(LinkRole::TagIndex(d))
-        );
-        assert_eq!(
-            role(tag_current_link(&repo, &tag)),
-            Some(LinkRole::TagCurrent)
-        );
-        assert_eq!(LinkRole::TagCurrent.digest(), None);
-        assert_eq!(LinkRole::Layer(d).digest(), Some(d));
-        // Not links: blob data, uploads, temp files, bad digests, names no repository has.
-        for p in [
-            blob_data(&d).display().to_string(),
-            upload_dir(&repo, "u1").join("data").display().to_string(),
-            format!("{}.1234.tmp", revision_dir(&repo, &d).join(LINK).display()),
-            format!(
-                "{V2}/repositories/a/_layers/sha256/{}/link",
-                "AB".repeat(32)
-            ),
-            format!("{V2}/repositories/_layers/sha256/{}/link", d.hex()),
-            format!("{V2}/repositories/a/_manifests/tags/t/index/sha256/x/link"),
-            format!("{V2}/repositories/a/_manifests/tags/t/other/link"),
-            format!("{V2}/repositories/a/_uploads/u/link"),
-            format!("{V2}/blobs/sha256/ab/{}/link", d.hex()),
-        ] {
-            assert_eq!(link_role(&p), None, "{p}");
-        }
-    }
-
-    #[test]
-    fn link_files_are_told_from_other_files() {
-        let r = RepoName::new("team/app").unwrap();
-        let t = TagName::new("v1").unwrap();
-        let d = Digest::from_hex(&"ab".repeat(32)).unwrap();
-        let s = |p: PathBuf| p.display().to_string();
-        for link in [
-            s(revision_dir(&r, &d).join(LINK)),
-            s(tag_current_link(&r, &t)),
-            s(tag_index_entry(&r, &t, &d).join(LINK)),
-            s(layer_link_dir_named(&r, &d.hex()).join(LINK)),
-        ] {
-            assert!(link_role(&link).is_some(), "{link}");
-        }
-        for other in [
-            s(blob_data(&d)),
-            s(upload_dir(&r, "u1").join(LINK)),
-            s(upload_dir(&r, "u1").join("startedat")),
-            format!("{V2}/repositories/link"),
-            "repo/_manifests/tags/t/current/link".to_string(),
-            s(tag_current_link(&r, &t)) + ".tmp",
-        ] {
-            assert!(link_role(&other).is_none(), "{other}");
-        }
-    }
 
     #[test]
     fn blob_paths_from_the_root_and_from_the_blobs_root_agree() {

@@ -351,3 +351,9 @@ fn classify_tag(repo: RepoName, tag: TagName, rest: &[&str]) -> Option<PathKind>
         _ => None,
     }
 }
+
+/// Classifies a path relative to the store root as one of the registry's link files, or
+/// `None` for anything else (blob data, uploads, names the registry never writes).
+pub fn link_role(rel: &str) -> Option<LinkRole> {
+    classify(rel)?.role().link()
+}

@@ -85,7 +85,7 @@ impl LinkCheck {
     /// A file at `rel` (from the store root) about to be opened for writing, created or
     /// renamed onto. Refuses a link whose path names a blob without data.
     fn admit_path(&self, rel: &str) -> FsResult<()> {
-        if let Some(role) = paths::link_role(rel)
+        if let Some(role) = crate::layout::link_role(rel)
             && let Some(d) = role.digest()
         {
             self.check(rel, role, &d)?;
@@ -100,7 +100,7 @@ impl LinkCheck {
             return Ok(());
         }
         self.admit_path(to)?;
-        if paths::link_role(to) != Some(LinkRole::TagCurrent) {
+        if crate::layout::link_role(to) != Some(LinkRole::TagCurrent) {
             return Ok(());
         }
         // Whatever cannot be read as a link is let through: only a proven missing blob
