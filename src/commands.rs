@@ -166,7 +166,7 @@ fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
                     } else {
                         crate::gc::Phase::Mark
                     };
-                    crate::gc::Control::phase(&bar, ph, p.total);
+                    crate::gc::Progress::phase(&bar, ph, p.total);
                 }
                 bar.set_position(p.done);
             }

@@ -11,7 +11,7 @@ use super::service::{Daemon, RunControl};
 use super::settings::Settings;
 use super::status::State;
 use crate::epoch::{CutReason, WriteGate};
-use crate::gc::{self, Control, Outcome, Phase};
+use crate::gc::{self, Cancel, Outcome, Phase};
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -75,17 +75,6 @@ fn forget_deleted(job: &mut Job, settings: &Settings, deleted: &[crate::layout::
     }
 }
 
-/// The blobs a plan deletes.
-fn blobs_of(plan: &gc::Plan) -> Vec<crate::layout::Digest> {
-    plan.actions
-        .iter()
-        .filter_map(|a| match a {
-            gc::plan::Action::DeleteBlob { digest, .. } => Some(*digest),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The epoch itself; fills in `job`.
 fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settings) {
     if let Some(refusal) = cache_refusal(daemon, job, settings) {
@@ -130,20 +119,21 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
     } else {
         control.set_state(State::Marking);
         let opts = settings.gc_options();
-        match gc::mark(&daemon.store, &opts, control) {
+        match gc::mark(&daemon.store, &opts, control, control) {
             Err(e) => {
                 job.outcome = JobOutcome::Failed;
                 job.error = Some(e.to_string());
             }
-            Ok(Err(report)) => {
+            Ok(gc::Marked::Interrupted(report)) => {
                 job.outcome = outcome_of(report.outcome);
                 job.ended_in = report.ended_in.map(phase_name);
                 job.report = serde_json::to_value(&report).ok();
             }
-            Ok(Ok(marked)) => {
+            Ok(gc::Marked::Planned(planned)) => {
                 control.set_state(State::Sweeping);
-                let deleted = (!settings.dry_run).then(|| blobs_of(&marked.plan));
-                let swept = gc::sweep(marked, daemon.fs.as_ref(), control);
+                let deleted: Option<Vec<_>> =
+                    (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
+                let swept = gc::sweep(planned, daemon.fs.as_ref(), control, control);
                 // Whatever the sweep's outcome: some blobs may be gone.
                 if let Some(deleted) = deleted {
                     forget_deleted(job, settings, &deleted);

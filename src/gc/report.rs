@@ -55,6 +55,21 @@ pub struct Counts {
     pub dirs_removed: u64,
 }
 
+impl Counts {
+    /// Adds `c` to these counts.
+    pub fn add(&mut self, c: &Counts) {
+        self.manifests_removed += c.manifests_removed;
+        self.tag_index_entries_removed += c.tag_index_entries_removed;
+        self.blobs_deleted += c.blobs_deleted;
+        self.bytes_freed += c.bytes_freed;
+        self.layer_links_removed += c.layer_links_removed;
+        self.uploads_removed += c.uploads_removed;
+        self.upload_bytes_freed += c.upload_bytes_freed;
+        self.temp_files_removed += c.temp_files_removed;
+        self.dirs_removed += c.dirs_removed;
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub storage: String,
@@ -73,6 +88,31 @@ pub struct Report {
     pub warnings: Vec<Warning>,
     pub mark_seconds: f64,
     pub sweep_seconds: f64,
+}
+
+impl Report {
+    /// A run's report before it has found anything.
+    pub fn new(storage: &Path, delete_untagged: bool, dry_run: bool) -> Self {
+        Report {
+            storage: storage.display().to_string(),
+            mode: if delete_untagged {
+                "delete-untagged"
+            } else {
+                "default"
+            },
+            dry_run,
+            outcome: Outcome::Done,
+            ended_in: None,
+            repositories: 0,
+            manifests_scanned: 0,
+            blobs_scanned: 0,
+            blobs_marked: 0,
+            counts: Counts::default(),
+            warnings: Vec::new(),
+            mark_seconds: 0.0,
+            sweep_seconds: 0.0,
+        }
+    }
 }
 
 fn bytes(n: u64) -> String {
