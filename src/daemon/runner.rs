@@ -127,7 +127,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
             Ok(gc::Marked::Interrupted(report)) => {
                 job.outcome = outcome_of(report.outcome);
                 job.ended_in = report.ended_in.map(phase_name);
-                job.report = serde_json::to_value(&report).ok();
+                job.report = Some(gc::RunReport::Finished(report));
             }
             Ok(gc::Marked::Planned(planned)) => {
                 control.set_state(State::Sweeping);
@@ -146,7 +146,7 @@ fn epoch(daemon: &Daemon, job: &mut Job, control: &RunControl, settings: &Settin
                     Ok(report) => {
                         job.outcome = outcome_of(report.outcome);
                         job.ended_in = report.ended_in.map(phase_name);
-                        job.report = serde_json::to_value(&report).ok();
+                        job.report = Some(gc::RunReport::Finished(report));
                     }
                 }
             }

@@ -389,7 +389,7 @@ impl Daemon {
         }
         if r.control.state() == State::Sweeping {
             let counts = r.control.swept.lock().unwrap_or_else(|e| e.into_inner());
-            job.report = serde_json::to_value(&*counts).ok();
+            job.report = Some(gc::RunReport::Sweeping(counts.clone()));
         }
         Some(job)
     }

@@ -74,6 +74,15 @@ impl<'i> MarkSet<'i> {
             .sum()
     }
 
+    /// Records the revisions of `repo` that no root reaches (sorted).
+    pub fn set_unreachable(&mut self, repo: RepoName, revisions: Vec<Digest>) {
+        if revisions.is_empty() {
+            self.unreachable.remove(&repo);
+        } else {
+            self.unreachable.insert(repo, revisions);
+        }
+    }
+
     /// Revisions of `repo` that no root reaches.
     pub fn unreachable(&self, repo: &RepoName) -> &[Digest] {
         self.unreachable.get(repo).map_or(&[], |v| v.as_slice())
@@ -290,13 +299,13 @@ pub fn mark_all<'i>(
     let Some(marks) = marks?.into_iter().collect::<Option<Vec<RepoMark>>>() else {
         return Ok(None);
     };
-    let warnings = set.warnings.get_mut().unwrap_or_else(|e| e.into_inner());
     for m in marks {
         set.manifests_scanned += m.manifests;
-        warnings.extend(m.warnings);
-        if !m.unreachable.is_empty() {
-            set.unreachable.insert(m.repo, m.unreachable);
-        }
+        set.warnings
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(m.warnings);
+        set.set_unreachable(m.repo, m.unreachable);
     }
     Ok(Some(set))
 }

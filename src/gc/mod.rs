@@ -21,7 +21,7 @@ pub use error::GcError;
 pub use inventory::Inventory;
 pub use markset::MarkSet;
 pub use plan::{Action, Plan};
-pub use report::{Counts, Outcome, Phase, Report, Warning};
+pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
 pub use sweep::Deleter;
 
 use crate::layout::Store;

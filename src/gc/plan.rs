@@ -291,3 +291,203 @@ fn plan_leftovers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::inventory::{BlobInventory, FanOut, LinkState, Revision, Tag, TempFile, Upload};
+
+    fn d(n: u8) -> Digest {
+        let mut b = [0u8; 32];
+        b[0] = n;
+        b[31] = n;
+        Digest(b)
+    }
+
+    fn repo(name: &str) -> RepoInventory {
+        RepoInventory::new(RepoName::new(name).unwrap())
+    }
+
+    fn fan_outs(blobs: &[Digest]) -> Vec<FanOut> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for b in blobs {
+            *counts.entry(b.prefix()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(prefix, entries)| FanOut { prefix, entries })
+            .collect()
+    }
+
+    fn inventory(repos: Vec<RepoInventory>, blobs: &[Digest]) -> Inventory {
+        Inventory {
+            repositories: repos,
+            blobs: BlobInventory::new(blobs.to_vec(), fan_outs(blobs), vec![]),
+        }
+    }
+
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    fn settings() -> Settings {
+        Settings {
+            upload_max_age: WEEK,
+            now: SystemTime::UNIX_EPOCH + 10 * WEEK,
+        }
+    }
+
+    fn shown(p: &Plan) -> Vec<String> {
+        p.paths().iter().map(|p| p.display().to_string()).collect()
+    }
+
+    #[test]
+    fn an_unmarked_blob_goes_with_every_link_naming_it_links_first() {
+        let mut a = repo("a");
+        a.layers = vec![d(1), d(2)];
+        let mut b = repo("b/c");
+        b.layers = vec![d(2)];
+        let inv = inventory(vec![a, b], &[d(1), d(2)]);
+        let marks = MarkSet::new(&inv.blobs);
+        marks.mark(&d(1));
+        let p = plan(&inv, &marks, &settings());
+        let [
+            Action::DeleteBlob {
+                digest, link_repos, ..
+            },
+            Action::RemoveEmptyFanOut { prefix },
+        ] = p.actions.as_slice()
+        else {
+            panic!("{p:?}");
+        };
+        assert_eq!(*digest, d(2));
+        assert_eq!(prefix, "02");
+        let repos: Vec<&str> = link_repos.iter().map(|r| r.as_str()).collect();
+        assert_eq!(repos, ["a", "b/c"]);
+        let paths = shown(&p);
+        assert!(paths[0].ends_with(&format!("a/_layers/sha256/{}", d(2).hex())));
+        assert!(paths[2].ends_with(&format!("blobs/sha256/02/{}", d(2).hex())));
+        assert_eq!(p.counts().layer_links_removed, 2);
+    }
+
+    #[test]
+    fn a_fan_out_directory_stays_while_one_blob_in_it_is_live() {
+        let mut live = d(7);
+        live.0[31] = 0;
+        let inv = inventory(vec![], &[d(7), live]);
+        let marks = MarkSet::new(&inv.blobs);
+        marks.mark(&live);
+        let p = plan(&inv, &marks, &settings());
+        assert!(
+            matches!(p.actions.as_slice(), [Action::DeleteBlob { .. }]),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_link_to_a_blob_the_store_does_not_hold_is_removed_alone() {
+        let mut a = repo("a");
+        a.layers = vec![d(9)];
+        let inv = inventory(vec![a], &[]);
+        let marks = MarkSet::new(&inv.blobs);
+        // Marking a digest the store does not hold changes nothing.
+        marks.mark(&d(9));
+        let p = plan(&inv, &marks, &settings());
+        assert_eq!(
+            p.actions,
+            [Action::RemoveLayerLink {
+                repo: Arc::new(RepoName::new("a").unwrap()),
+                digest: d(9)
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_revision_goes_with_its_tag_history_and_the_temp_files_inside() {
+        let mut a = repo("a");
+        a.revisions = vec![
+            Revision {
+                dir_digest: d(1),
+                link: LinkState::Ok(d(1)),
+                empty: false,
+            },
+            Revision {
+                dir_digest: d(2),
+                link: LinkState::Ok(d(2)),
+                empty: false,
+            },
+            Revision {
+                dir_digest: d(3),
+                link: LinkState::Missing,
+                empty: true,
+            },
+        ];
+        let tag = |name: &str, index| Tag {
+            name: TagName::new(name).unwrap(),
+            current: LinkState::Ok(d(1)),
+            index,
+        };
+        a.tags = vec![tag("old", vec![d(2)]), tag("latest", vec![d(1), d(2)])];
+        let temp = |path: &str, parent| TempFile {
+            path: PathBuf::from(path),
+            mtime: SystemTime::UNIX_EPOCH,
+            parent,
+        };
+        a.temp_files = vec![
+            temp("in-revision-2", TempParent::Revision(d(2))),
+            temp("in-index-2", TempParent::TagIndex(d(2))),
+            temp("in-revision-1", TempParent::Revision(d(1))),
+            temp("in-current", TempParent::TagCurrent),
+        ];
+        let inv = inventory(vec![a], &[d(1), d(2)]);
+        let mut marks = MarkSet::new(&inv.blobs);
+        marks.mark(&d(1));
+        marks.set_unreachable(RepoName::new("a").unwrap(), vec![d(2)]);
+        let p = plan(&inv, &marks, &settings());
+        let tags: Vec<&str> = match &p.actions[0] {
+            Action::RemoveRevision { digest, tags, .. } if *digest == d(2) => {
+                tags.iter().map(|t| t.as_str()).collect()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tags, ["old", "latest"]);
+        assert!(
+            matches!(&p.actions[1], Action::RemoveEmptyRevision { digest, .. } if *digest == d(3))
+        );
+        let temp_files: Vec<&PathBuf> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveTempFile { path } => Some(path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            temp_files,
+            [
+                &PathBuf::from("in-revision-1"),
+                &PathBuf::from("in-current")
+            ]
+        );
+        let c = p.counts();
+        assert_eq!((c.manifests_removed, c.tag_index_entries_removed), (1, 2));
+    }
+
+    #[test]
+    fn only_uploads_older_than_the_limit_go() {
+        let mut a = repo("a");
+        let upload = |dir: &str, age: Duration| Upload {
+            dir: PathBuf::from(dir),
+            started: settings().now - age,
+            bytes: 5,
+        };
+        a.uploads = vec![upload("old", 2 * WEEK), upload("young", WEEK / 2)];
+        let inv = inventory(vec![a], &[]);
+        let p = plan(&inv, &MarkSet::new(&inv.blobs), &settings());
+        assert_eq!(
+            p.actions,
+            [Action::RemoveUpload {
+                dir: PathBuf::from("old"),
+                bytes: 5
+            }]
+        );
+    }
+}
