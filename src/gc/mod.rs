@@ -151,10 +151,11 @@ fn mark_in_pool(
 fn measure(store: &Store, plan: &mut Plan) {
     use rayon::prelude::*;
     let sizes = scan::BlobSizes::new(store);
-    let mut blobs: Vec<(&crate::layout::Digest, &mut u64)> = plan.blobs_mut().collect();
-    blobs
-        .par_iter_mut()
-        .for_each(|(d, bytes)| **bytes = sizes.of(d));
+    plan.actions.par_iter_mut().for_each(|a| {
+        if let Action::DeleteBlob { digest, bytes, .. } = a {
+            *bytes = sizes.of(digest);
+        }
+    });
 }
 
 /// Carries out a planned run (unless it is a dry run) and completes the report.

@@ -22,15 +22,15 @@ pub enum Action {
     RemoveRevision {
         repo: Arc<RepoName>,
         digest: Digest,
-        tags: Vec<TagName>,
+        tags: Box<[TagName]>,
     },
     /// An unmarked blob: the `_layers` links naming it (in these repositories) first, so
     /// none dangles if the run stops here, then its directory. `bytes` is what its data
-    /// holds, filled in after planning (see [`Plan::blobs_mut`]).
+    /// holds, filled in after planning (planning reads nothing).
     DeleteBlob {
         digest: Digest,
         bytes: u64,
-        link_repos: Vec<Arc<RepoName>>,
+        link_repos: Box<[Arc<RepoName>]>,
     },
     /// A `_layers` link whose blob was already gone before the run.
     RemoveLayerLink {
@@ -136,14 +136,6 @@ impl Plan {
             _ => None,
         })
     }
-
-    /// Each deleted blob with the size its report counts, to be filled in.
-    pub fn blobs_mut(&mut self) -> impl Iterator<Item = (&Digest, &mut u64)> {
-        self.actions.iter_mut().filter_map(|a| match a {
-            Action::DeleteBlob { digest, bytes, .. } => Some((&*digest, bytes)),
-            _ => None,
-        })
-    }
 }
 
 /// What planning needs besides the inventory and the marks.
@@ -223,29 +215,45 @@ fn plan_blobs(
     actions: &mut Vec<Action>,
 ) {
     // Only links of blobs that go (or are already gone) are gathered: most links stay.
-    let mut links: HashMap<Digest, Vec<Arc<RepoName>>> = HashMap::new();
-    for (repo, name) in repos {
-        for d in repo.layers.iter().filter(|d| !marks.is_live(d)) {
-            links.entry(*d).or_default().push(name.clone());
-        }
-    }
+    // Both these and the blobs are sorted by digest, so one pass pairs them.
+    let mut links: Vec<(Digest, &Arc<RepoName>)> = repos
+        .iter()
+        .flat_map(|(repo, name)| {
+            repo.layers
+                .iter()
+                .filter(|d| !marks.is_live(d))
+                .map(move |d| (*d, name))
+        })
+        .collect();
+    links.sort_unstable();
+    let doomed = inventory.blobs.len() - marks.live_count() as usize;
+    actions.reserve(doomed);
+    let mut rest = links.as_slice();
+    let mut dangling: Vec<(Arc<RepoName>, Digest)> = Vec::new();
     let mut per_prefix: HashMap<String, usize> = HashMap::new();
-    for d in inventory.blobs.digests() {
-        if marks.is_live(d) {
-            continue;
-        }
+    for d in inventory
+        .blobs
+        .digests()
+        .iter()
+        .filter(|d| !marks.is_live(d))
+    {
+        // Links before `d` name blobs the store does not hold.
+        let before = rest.partition_point(|(l, _)| l < d);
+        dangling.extend(rest[..before].iter().map(|(l, r)| (Arc::clone(r), *l)));
+        let here = rest[before..].partition_point(|(l, _)| l == d);
+        let link_repos = rest[before..before + here]
+            .iter()
+            .map(|(_, r)| Arc::clone(r))
+            .collect();
+        rest = &rest[before + here..];
         *per_prefix.entry(d.prefix()).or_default() += 1;
         actions.push(Action::DeleteBlob {
             digest: *d,
             bytes: 0,
-            link_repos: links.remove(d).unwrap_or_default(),
+            link_repos,
         });
     }
-    // What is left names blobs the store does not hold.
-    let mut dangling: Vec<(Arc<RepoName>, Digest)> = links
-        .into_iter()
-        .flat_map(|(d, repos)| repos.into_iter().map(move |r| (r, d)))
-        .collect();
+    dangling.extend(rest.iter().map(|(l, r)| (Arc::clone(r), *l)));
     dangling.sort();
     for (repo, digest) in dangling {
         actions.push(Action::RemoveLayerLink { repo, digest });
