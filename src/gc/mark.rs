@@ -1,8 +1,6 @@
-//! Mark: which manifests are live, and every blob they need.
-//!
-//! Default mode, as the registry's own collector: every revision of every repository is
-//! a root. `--delete-untagged`: roots are the manifests tags point at now; a manifest is
-//! live if a root reaches it through index children or referrers (`subject`).
+//! The manifests the mark reads: each one parsed into the blobs and manifests it names,
+//! or found missing, or (under `--keep-unknown`) kept as every digest it mentions. The
+//! walk itself is in [`super::markset`].
 
 use std::collections::HashMap;
 use std::sync::Arc;

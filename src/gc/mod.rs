@@ -1,4 +1,7 @@
-//! The collector: scan the store, mark what is live, plan, sweep, report.
+//! The collector, as stages with a type between each: the scan reads the store into an
+//! [`Inventory`]; the mark walks each repository's roots into a [`MarkSet`]; [`plan::plan`]
+//! (pure) turns both into a [`Plan`] of units; the sweep carries the units out; the
+//! [`Report`] says what happened. [`Cancel`] and [`Progress`] steer and watch a run.
 //!
 //! It never deletes what it cannot prove unreferenced: an unreadable or missing manifest,
 //! one that does not match its digest, or one of an unknown kind stops the run before the
