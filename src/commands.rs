@@ -119,7 +119,7 @@ fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
                     } else {
                         regfs::gc::Phase::Mark
                     };
-                    regfs::gc::Control::phase(&bar, ph, p.total);
+                    regfs::gc::Progress::phase(&bar, ph, p.total);
                 }
                 bar.set_position(p.done);
             }

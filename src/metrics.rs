@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::daemon::job::{Job, JobOutcome};
 use crate::daemon::status::State;
 use crate::daemon::{Daemon, JobObserver};
+use crate::gc::Counts;
 
 /// GC figures accumulated over every run in the history.
 #[derive(Debug, Default)]
@@ -23,13 +24,15 @@ pub struct GcStats {
     last_success: Option<i64>,
 }
 
-const DELETED_KINDS: [(&str, &str); 6] = [
-    ("blobs", "blobs_deleted"),
-    ("manifests", "manifests_removed"),
-    ("layer_links", "layer_links_removed"),
-    ("uploads", "uploads_removed"),
-    ("temp_files", "temp_files_removed"),
-    ("directories", "dirs_removed"),
+/// Each kind of deletion the metrics count, and where a run's report holds it.
+type DeletedCount = fn(&Counts) -> u64;
+const DELETED_KINDS: [(&str, DeletedCount); 6] = [
+    ("blobs", |c| c.blobs_deleted),
+    ("manifests", |c| c.manifests_removed),
+    ("layer_links", |c| c.layer_links_removed),
+    ("uploads", |c| c.uploads_removed),
+    ("temp_files", |c| c.temp_files_removed),
+    ("directories", |c| c.dirs_removed),
 ];
 
 fn lower(v: &dyn std::fmt::Debug) -> String {
@@ -55,12 +58,11 @@ impl GcStats {
             self.duration_count += 1;
         }
         self.read_only_seconds += job.read_only_seconds;
-        if let Some(r) = &job.report {
-            for (kind, field) in DELETED_KINDS {
-                *self.deleted.entry(kind).or_default() +=
-                    r.get(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        if let Some(c) = job.report.as_ref().map(|r| r.counts()) {
+            for (kind, count) in DELETED_KINDS {
+                *self.deleted.entry(kind).or_default() += count(c);
             }
-            self.bytes_freed += r.get("bytes_freed").and_then(|v| v.as_u64()).unwrap_or(0);
+            self.bytes_freed += c.bytes_freed;
         }
         if job.outcome == JobOutcome::Done {
             let t = job.ended_at.unwrap_or(job.started_at).timestamp();

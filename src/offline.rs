@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::epoch::WriteGate;
 use crate::fs::StorageFs;
-use crate::gc::{self, Control, GcError, Options, Report};
+use crate::gc::{self, GcError, Options, Progress, Report, Unattended};
 use crate::layout::Store;
 use crate::lock::{LockError, lock_store};
 
@@ -49,7 +49,7 @@ pub fn run(
     storage: &Path,
     opts: &Options,
     list: bool,
-    control: &dyn Control,
+    progress: &dyn Progress,
 ) -> Result<Outcome, OfflineError> {
     let shown = storage.display().to_string();
     let canonical = std::fs::canonicalize(storage).map_err(|source| OfflineError::Open {
@@ -82,9 +82,10 @@ pub fn run(
     })?;
     lock_store(store.root_fd(), &shown)?;
     let deleter = StorageFs::new(&canonical, Arc::new(WriteGate::new()))?;
-    let marked = match gc::mark(&store, opts, control)? {
-        Ok(m) => m,
-        Err(report) => {
+    // Nothing stops an offline run but the process ending.
+    let planned = match gc::mark(&store, opts, &Unattended, progress)? {
+        gc::Marked::Planned(p) => p,
+        gc::Marked::Interrupted(report) => {
             return Ok(Outcome {
                 report,
                 deleted: None,
@@ -92,13 +93,13 @@ pub fn run(
         }
     };
     let deleted = list.then(|| {
-        marked
+        planned
             .plan
             .paths()
             .iter()
             .map(|p| p.display().to_string())
             .collect()
     });
-    let report = gc::sweep(marked, &deleter, control)?;
+    let report = gc::sweep(planned, &deleter, &Unattended, progress)?;
     Ok(Outcome { report, deleted })
 }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::gc::{Control, Phase};
+use crate::gc::{Phase, Progress};
 
 pub struct TerminalProgress {
     bar: Mutex<Option<ProgressBar>>,
@@ -37,7 +37,7 @@ impl Default for TerminalProgress {
     }
 }
 
-impl Control for TerminalProgress {
+impl Progress for TerminalProgress {
     fn phase(&self, phase: Phase, total: u64) {
         let mut slot = self.bar.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = slot.take() {

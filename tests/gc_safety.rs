@@ -417,3 +417,52 @@ fn a_special_file_where_a_link_belongs_is_a_damaged_link_and_never_blocks_the_ru
         r.warnings
     );
 }
+
+/// A root that appears after the mark (a manifest committed while the run is under way,
+/// as the online barrier will see it) keeps its manifest, config and layers; a late root
+/// whose manifest blob is missing fails the run as the initial mark does.
+#[test]
+fn a_root_marked_late_keeps_everything_it_reaches() {
+    use regfs::gc::{mark::Manifests, markset, plan, scan};
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let kept_layer = s.blob(b"layer of the tagged image");
+    let (tagged, _) = s.image("team/app", &[kept_layer], "tagged");
+    s.tag("team/app", "latest", &tagged);
+    let late_layer = s.blob(b"layer of the image pushed during the run");
+    let (late, late_config) = s.image("team/app", &[late_layer], "late");
+    // Its revision link is not there yet when the store is scanned.
+    fs::remove_dir_all(s.revision_link_path("team/app", &late).parent().unwrap()).unwrap();
+
+    let store = regfs::layout::Store::open(dir.path()).unwrap();
+    let repos = scan::find_repositories(&store).unwrap();
+    let inventory = scan::inventory(&store, repos, &|| false).unwrap().unwrap();
+    let manifests = Manifests::new(&store, false, false).unwrap();
+    let marks = markset::mark_all(&inventory, &manifests, false, &|| false, &|| {})
+        .unwrap()
+        .unwrap();
+    for d in [late, late_config, late_layer] {
+        assert!(!marks.is_live(&d), "{d} is live before its root is marked");
+    }
+    let repo = &inventory.repositories[0];
+    marks.mark_root(&manifests, repo, late).unwrap();
+    for d in [tagged, kept_layer, late, late_config, late_layer] {
+        assert!(
+            marks.is_live(&d),
+            "{d} is not live after its root is marked"
+        );
+    }
+    let settings = plan::Settings {
+        upload_max_age: regfs::gc::DEFAULT_UPLOAD_MAX_AGE,
+        now: std::time::SystemTime::now(),
+    };
+    let p = plan::plan(&inventory, &marks, &settings);
+    assert!(p.blobs().next().is_none(), "{p:?}");
+
+    let missing = Digest::of(b"a manifest whose blob never arrived");
+    let e = marks.mark_root(&manifests, repo, missing).unwrap_err();
+    assert!(
+        matches!(e, GcError::ManifestMissing { digest, .. } if digest == missing),
+        "{e}"
+    );
+}

@@ -68,18 +68,14 @@ pub struct Job {
     pub registry_cache: Option<String>,
     /// The collector's report (counts, bytes, warnings), when it got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<serde_json::Value>,
+    pub report: Option<crate::gc::RunReport>,
 }
 
 impl Job {
     /// One line for logs and listings.
     pub fn summary(&self) -> String {
-        let r = self.report.as_ref();
-        let n = |k: &str| {
-            r.and_then(|r| r.get(k))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
-        };
+        let c = self.report.as_ref().map(|r| r.counts().clone());
+        let c = c.unwrap_or_default();
         let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
         format!(
             "job {} ({}, {}): {}; {} blobs deleted, {} bytes freed, {} manifests removed; read-only {:.1} s",
@@ -87,9 +83,9 @@ impl Job {
             lower(&self.trigger),
             self.settings.duration,
             lower(&self.outcome),
-            n("blobs_deleted"),
-            n("bytes_freed"),
-            n("manifests_removed"),
+            c.blobs_deleted,
+            c.bytes_freed,
+            c.manifests_removed,
             self.read_only_seconds
         )
     }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use super::status::{Progress, State};
 use crate::gc::{self, Counts, Outcome, Phase};
 
-/// What the current run's workers check and report; also the collector's [`gc::Control`].
+/// What the current run's workers check and report; also the collector's [`gc::Cancel`] and
+/// [`gc::Progress`].
 #[derive(Debug, Default)]
 pub struct RunControl {
     stop: AtomicBool,
@@ -75,7 +76,7 @@ impl RunControl {
     }
 }
 
-impl gc::Control for RunControl {
+impl gc::Cancel for RunControl {
     fn interrupted(&self) -> Option<Outcome> {
         if self.stop.load(Ordering::SeqCst) {
             Some(Outcome::Stopped)
@@ -85,7 +86,9 @@ impl gc::Control for RunControl {
             None
         }
     }
+}
 
+impl gc::Progress for RunControl {
     fn phase(&self, phase: Phase, total: u64) {
         self.phase
             .store((phase == Phase::Sweep) as u8, Ordering::Relaxed);
@@ -98,9 +101,9 @@ impl gc::Control for RunControl {
     }
 
     fn swept(&self, unit: &Counts) {
-        gc::sweep::add(
-            &mut self.swept.lock().unwrap_or_else(|e| e.into_inner()),
-            unit,
-        );
+        self.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(unit);
     }
 }

@@ -15,7 +15,7 @@ use super::settings::Settings;
 use super::status::State;
 use crate::epoch::{CutReason, WriteGate};
 use crate::fs::StorageFs;
-use crate::gc::{self, Control, Outcome, Phase};
+use crate::gc::{self, Cancel, Outcome, Phase};
 use crate::layout::Store;
 use crate::registry::CacheStatus;
 
@@ -106,17 +106,6 @@ fn forget_deleted(job: &mut Job, settings: &Settings, deleted: &[crate::layout::
     }
 }
 
-/// The blobs a plan deletes.
-fn blobs_of(plan: &gc::Plan) -> Vec<crate::layout::Digest> {
-    plan.actions
-        .iter()
-        .filter_map(|a| match a {
-            gc::plan::Action::DeleteBlob { digest, .. } => Some(*digest),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The epoch itself; fills in `job`.
 fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     if let Some(refusal) = cache_refusal(parts.host, job, settings) {
@@ -161,20 +150,21 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
     } else {
         control.set_state(State::Marking);
         let opts = settings.gc_options();
-        match gc::mark(parts.store, &opts, control) {
+        match gc::mark(parts.store, &opts, control, control) {
             Err(e) => {
                 job.outcome = JobOutcome::Failed;
                 job.error = Some(e.to_string());
             }
-            Ok(Err(report)) => {
+            Ok(gc::Marked::Interrupted(report)) => {
                 job.outcome = outcome_of(report.outcome);
                 job.ended_in = report.ended_in.map(phase_name);
-                job.report = serde_json::to_value(&report).ok();
+                job.report = Some(gc::RunReport::Finished(report));
             }
-            Ok(Ok(marked)) => {
+            Ok(gc::Marked::Planned(planned)) => {
                 control.set_state(State::Sweeping);
-                let deleted = (!settings.dry_run).then(|| blobs_of(&marked.plan));
-                let swept = gc::sweep(marked, parts.fs, control);
+                let deleted: Option<Vec<_>> =
+                    (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
+                let swept = gc::sweep(planned, parts.fs, control, control);
                 // Whatever the sweep's outcome: some blobs may be gone.
                 if let Some(deleted) = deleted {
                     forget_deleted(job, settings, &deleted);
@@ -187,7 +177,7 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
                     Ok(report) => {
                         job.outcome = outcome_of(report.outcome);
                         job.ended_in = report.ended_in.map(phase_name);
-                        job.report = serde_json::to_value(&report).ok();
+                        job.report = Some(gc::RunReport::Finished(report));
                     }
                 }
             }

@@ -329,7 +329,7 @@ impl Daemon {
             job.read_only_seconds = (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0;
         }
         if r.control.state() == State::Sweeping {
-            job.report = serde_json::to_value(r.control.swept_so_far()).ok();
+            job.report = Some(crate::gc::RunReport::Sweeping(r.control.swept_so_far()));
         }
         Some(job)
     }

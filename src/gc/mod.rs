@@ -1,25 +1,33 @@
-//! The collector: scan the store, mark what is live, plan, sweep, report.
+//! The collector, as stages with a type between each: the scan reads the store into an
+//! [`Inventory`]; the mark walks each repository's roots into a [`MarkSet`]; [`plan::plan`]
+//! (pure) turns both into a [`Plan`] of units; the sweep carries the units out; the
+//! [`Report`] says what happened. [`Cancel`] and [`Progress`] steer and watch a run.
 //!
 //! It never deletes what it cannot prove unreferenced: an unreadable or missing manifest,
 //! one that does not match its digest, or one of an unknown kind stops the run before the
 //! sweep.
 
+pub mod control;
 pub mod error;
+pub mod inventory;
 pub mod mark;
+pub mod markset;
 pub mod plan;
 pub mod report;
 pub mod scan;
 pub mod sweep;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use control::{Cancel, Progress, Unattended};
 pub use error::GcError;
+pub use inventory::Inventory;
+pub use markset::MarkSet;
 pub use plan::{Action, Plan};
-pub use report::{Counts, Outcome, Phase, Report, Warning};
+pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
 pub use sweep::Deleter;
 
-use crate::layout::{Digest, Store};
+use crate::layout::Store;
 
 /// The collector's threads. Reading manifests and deleting directories wait on the disk
 /// far more than they compute, so many more threads than cores pay off (deleting 2,000
@@ -70,151 +78,106 @@ impl Default for Options {
     }
 }
 
-/// Why a run should end early; checked between units of work.
-pub trait Control: Sync {
-    /// `Some(outcome)` to stop now.
-    fn interrupted(&self) -> Option<Outcome> {
-        None
-    }
-    /// A phase begins with `total` units of work.
-    fn phase(&self, _phase: Phase, _total: u64) {}
-    /// One unit of the current phase is done.
-    fn advance(&self) {}
-    /// A sweep unit is done and deleted `unit` (so a record of the run can say what
-    /// went, even if the process dies before the report).
-    fn swept(&self, _unit: &Counts) {}
-}
-
-/// A control that never interrupts and reports nothing.
-pub struct Unattended;
-impl Control for Unattended {}
-
-/// The result of scanning and marking: everything needed to sweep.
-pub struct Marked {
+/// A run marked and planned, ready to sweep.
+pub struct Planned {
     pub plan: Plan,
     pub report: Report,
 }
 
-/// Scans and marks, and builds the plan. Deletes nothing. `Ok(Err(report))` when the
-/// control interrupted the mark phase.
+/// How the stages before the sweep ended.
+pub enum Marked {
+    Planned(Planned),
+    /// Stopped or out of time: nothing was deleted; the report says where it stopped.
+    Interrupted(Report),
+}
+
+/// Scans, marks and plans. Deletes nothing.
 pub fn mark(
     store: &Store,
     opts: &Options,
-    control: &dyn Control,
-) -> Result<Result<Marked, Report>, GcError> {
-    io_pool().install(|| mark_in_pool(store, opts, control))
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
+) -> Result<Marked, GcError> {
+    io_pool().install(|| mark_in_pool(store, opts, cancel, progress))
 }
 
 fn mark_in_pool(
     store: &Store,
     opts: &Options,
-    control: &dyn Control,
-) -> Result<Result<Marked, Report>, GcError> {
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
+) -> Result<Marked, GcError> {
     let start = Instant::now();
-    let mut report = Report {
-        storage: store.path().display().to_string(),
-        mode: if opts.delete_untagged {
-            "delete-untagged"
-        } else {
-            "default"
-        },
-        dry_run: opts.dry_run,
-        outcome: Outcome::Done,
-        ended_in: None,
-        repositories: 0,
-        manifests_scanned: 0,
-        blobs_scanned: 0,
-        blobs_marked: 0,
-        counts: Counts::default(),
-        warnings: Vec::new(),
-        mark_seconds: 0.0,
-        sweep_seconds: 0.0,
-    };
-    let stop = || control.interrupted().is_some();
-    // An interrupted mark phase deletes nothing: the report says where it stopped.
+    let mut report = Report::new(store.path(), opts.delete_untagged, opts.dry_run);
     let interrupted = |mut report: Report| {
-        report.outcome = control.interrupted().unwrap_or(Outcome::Stopped);
+        report.outcome = cancel.interrupted().unwrap_or(Outcome::Stopped);
         report.ended_in = Some(Phase::Mark);
         report.mark_seconds = start.elapsed().as_secs_f64();
-        Ok(Err(report))
+        Ok(Marked::Interrupted(report))
     };
+    let stop = || cancel.interrupted().is_some();
     let repos = scan::find_repositories(store)?;
-    control.phase(Phase::Mark, repos.len() as u64);
+    progress.phase(Phase::Mark, repos.len() as u64);
     report.repositories = repos.len() as u64;
-    let scans: Result<Vec<Option<scan::RepoScan>>, GcError> = {
-        use rayon::prelude::*;
-        repos
-            .par_iter()
-            .map(|r| {
-                if stop() {
-                    Ok(None)
-                } else {
-                    scan::scan_repository(store, r).map(Some)
-                }
-            })
-            .collect()
-    };
-    let Some(scans) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
+    let Some(inventory) = scan::inventory(store, repos, &stop)? else {
         return interrupted(report);
     };
     let manifests = mark::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
-    let marks = mark::mark_repositories(&manifests, &scans, opts.delete_untagged, &stop, &|| {
-        control.advance()
+    let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
+        progress.advance()
     })?;
     let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
-    let blobs = scan::scan_blobs(store)?;
-    let mut marked: HashSet<Digest> = HashSet::new();
-    for m in &marks {
-        marked.extend(m.marked.iter().copied());
-        report.manifests_scanned += m.manifests as u64;
-    }
-    for s in &scans {
-        report.warnings.extend(s.warnings.iter().cloned());
-    }
-    for m in &marks {
-        report.warnings.extend(m.warnings.iter().cloned());
-    }
-    report.warnings.extend(blobs.warnings.iter().cloned());
-    report.blobs_scanned = blobs.blobs.len() as u64;
-    report.blobs_marked = blobs.blobs.iter().filter(|d| marked.contains(d)).count() as u64;
-    let plan = plan::build(
-        store,
-        &scans,
-        &marks,
-        &blobs,
-        &marked,
-        opts.upload_max_age,
-        SystemTime::now(),
-    );
+    let settings = plan::Settings {
+        upload_max_age: opts.upload_max_age,
+        now: SystemTime::now(),
+    };
+    let mut plan = plan::plan(&inventory, &marks, &settings);
+    measure(store, &mut plan);
+    report.manifests_scanned = marks.manifests_scanned();
+    report.warnings = inventory
+        .repositories
+        .iter()
+        .flat_map(|r| r.warnings.iter().cloned())
+        .chain(marks.warnings())
+        .chain(inventory.blobs.warnings.iter().cloned())
+        .collect();
+    report.blobs_scanned = inventory.blobs.len() as u64;
+    report.blobs_marked = marks.live_count();
     report.counts = plan.counts();
     report.mark_seconds = start.elapsed().as_secs_f64();
-    Ok(Ok(Marked { plan, report }))
+    Ok(Marked::Planned(Planned { plan, report }))
 }
 
-/// Carries out a marked plan (unless it is a dry run) and completes the report.
+/// Fills in the size of each blob the plan deletes, for the report.
+fn measure(store: &Store, plan: &mut Plan) {
+    use rayon::prelude::*;
+    let sizes = scan::BlobSizes::new(store);
+    plan.actions.par_iter_mut().for_each(|a| {
+        if let Action::DeleteBlob { digest, bytes, .. } = a {
+            *bytes = sizes.of(digest);
+        }
+    });
+}
+
+/// Carries out a planned run (unless it is a dry run) and completes the report.
 pub fn sweep(
-    marked: Marked,
+    planned: Planned,
     deleter: &dyn Deleter,
-    control: &dyn Control,
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
 ) -> Result<Report, GcError> {
-    let Marked { plan, mut report } = marked;
+    let Planned { plan, mut report } = planned;
     if report.dry_run {
         return Ok(report);
     }
     let start = Instant::now();
-    control.phase(Phase::Sweep, plan.actions.len() as u64);
-    let stop = || control.interrupted().is_some();
-    let (done, stopped) = io_pool().install(|| {
-        sweep::execute(&plan, deleter, &stop, &|unit| {
-            control.swept(unit);
-            control.advance()
-        })
-    })?;
-    report.counts = done;
-    if stopped {
-        report.outcome = control.interrupted().unwrap_or(Outcome::Stopped);
+    progress.phase(Phase::Sweep, plan.actions.len() as u64);
+    let swept = io_pool().install(|| sweep::execute(&plan, deleter, cancel, progress))?;
+    report.counts = swept.counts;
+    if swept.stopped {
+        report.outcome = cancel.interrupted().unwrap_or(Outcome::Stopped);
         report.ended_in = Some(Phase::Sweep);
     }
     report.sweep_seconds = start.elapsed().as_secs_f64();
@@ -226,10 +189,11 @@ pub fn collect(
     store: &Store,
     deleter: &dyn Deleter,
     opts: &Options,
-    control: &dyn Control,
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
 ) -> Result<Report, GcError> {
-    match mark(store, opts, control)? {
-        Ok(marked) => sweep(marked, deleter, control),
-        Err(report) => Ok(report),
+    match mark(store, opts, cancel, progress)? {
+        Marked::Planned(planned) => sweep(planned, deleter, cancel, progress),
+        Marked::Interrupted(report) => Ok(report),
     }
 }

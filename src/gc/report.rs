@@ -4,10 +4,10 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Something the run met and did not understand, with the file it concerns.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Warning {
     pub path: String,
     pub message: String,
@@ -23,7 +23,7 @@ impl Warning {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Marked and swept everything.
@@ -35,14 +35,16 @@ pub enum Outcome {
 }
 
 /// The phase a run was in.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Mark,
     Sweep,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// What a run deleted (or would delete), by kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Counts {
     pub manifests_removed: u64,
     pub tag_index_entries_removed: u64,
@@ -55,10 +57,45 @@ pub struct Counts {
     pub dirs_removed: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Counts {
+    /// Adds `c` to these counts.
+    pub fn add(&mut self, c: &Counts) {
+        self.manifests_removed += c.manifests_removed;
+        self.tag_index_entries_removed += c.tag_index_entries_removed;
+        self.blobs_deleted += c.blobs_deleted;
+        self.bytes_freed += c.bytes_freed;
+        self.layer_links_removed += c.layer_links_removed;
+        self.uploads_removed += c.uploads_removed;
+        self.upload_bytes_freed += c.upload_bytes_freed;
+        self.temp_files_removed += c.temp_files_removed;
+        self.dirs_removed += c.dirs_removed;
+    }
+}
+
+/// Which revisions are roots.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Mode {
+    /// Every revision.
+    #[serde(rename = "default")]
+    Default,
+    /// Tagged manifests only.
+    #[serde(rename = "delete-untagged")]
+    DeleteUntagged,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Default => "default",
+            Mode::DeleteUntagged => "delete-untagged",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub storage: String,
-    pub mode: &'static str,
+    pub mode: Mode,
     pub dry_run: bool,
     pub outcome: Outcome,
     /// Where a stopped or timed-out run was.
@@ -73,6 +110,51 @@ pub struct Report {
     pub warnings: Vec<Warning>,
     pub mark_seconds: f64,
     pub sweep_seconds: f64,
+}
+
+impl Report {
+    /// A run's report before it has found anything.
+    pub fn new(storage: &Path, delete_untagged: bool, dry_run: bool) -> Self {
+        Report {
+            storage: storage.display().to_string(),
+            mode: if delete_untagged {
+                Mode::DeleteUntagged
+            } else {
+                Mode::Default
+            },
+            dry_run,
+            outcome: Outcome::Done,
+            ended_in: None,
+            repositories: 0,
+            manifests_scanned: 0,
+            blobs_scanned: 0,
+            blobs_marked: 0,
+            counts: Counts::default(),
+            warnings: Vec::new(),
+            mark_seconds: 0.0,
+            sweep_seconds: 0.0,
+        }
+    }
+}
+
+/// A job's record of its run: the collector's report once it has one; while sweeping,
+/// what the sweep has deleted so far (so a daemon that dies mid-run leaves a record of
+/// it). Serialized as the one or the other, untagged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunReport {
+    Finished(Report),
+    Sweeping(Counts),
+}
+
+impl RunReport {
+    /// What the run deleted (or, for a dry run, would delete).
+    pub fn counts(&self) -> &Counts {
+        match self {
+            RunReport::Finished(r) => &r.counts,
+            RunReport::Sweeping(c) => c,
+        }
+    }
 }
 
 fn bytes(n: u64) -> String {
@@ -146,5 +228,39 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job record keeps the report's field names (`regfs jobs --json`, the history),
+    /// and a record written while sweeping (counts only) reads back as such.
+    #[test]
+    fn a_run_report_reads_back_from_its_json_either_way() {
+        let mut report = Report::new(Path::new("/srv/registry"), true, false);
+        report.counts.blobs_deleted = 3;
+        report.counts.bytes_freed = 4096;
+        report
+            .warnings
+            .push(Warning::new("x/link", "damaged".into()));
+        let json = serde_json::to_value(RunReport::Finished(report)).unwrap();
+        assert_eq!(json["mode"], "delete-untagged");
+        assert_eq!(json["blobs_deleted"], 3);
+        assert_eq!(json["warnings"][0]["path"], "x/link");
+        let back: RunReport = serde_json::from_value(json).unwrap();
+        assert!(matches!(&back, RunReport::Finished(r) if r.mode == Mode::DeleteUntagged));
+        assert_eq!(back.counts().bytes_freed, 4096);
+
+        let sweeping = Counts {
+            blobs_deleted: 2,
+            ..Counts::default()
+        };
+        let json = serde_json::to_value(RunReport::Sweeping(sweeping.clone())).unwrap();
+        assert_eq!(json["blobs_deleted"], 2);
+        assert!(json.get("storage").is_none());
+        let back: RunReport = serde_json::from_value(json).unwrap();
+        assert!(matches!(&back, RunReport::Sweeping(c) if *c == sweeping));
     }
 }

@@ -8,75 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rayon::prelude::*;
 
 use super::error::GcError;
+use super::inventory::{
+    BlobInventory, FanOut, Inventory, LinkState, RepoInventory, Revision, Tag, TempFile,
+    TempParent, Upload,
+};
 use super::report::Warning;
 use crate::layout::paths::{self, LINK};
 use crate::layout::{Digest, EntryKind, RepoName, Role, Store, TagName, parse_link};
-
-/// What a link file held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkState {
-    Ok(Digest),
-    /// No link file: for a revision, the manifest was deleted through the API.
-    Missing,
-    /// Unreadable, empty or malformed.
-    Damaged(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Revision {
-    /// The digest the revision directory is named by.
-    pub dir_digest: Digest,
-    pub link: LinkState,
-    /// The directory holds nothing at all (a manifest deleted through the API).
-    pub empty: bool,
-}
-
-impl Revision {
-    /// The manifests this revision may stand for. A damaged link falls back on the
-    /// directory name; a link that disagrees with it keeps both.
-    pub fn manifests(&self) -> Vec<Digest> {
-        match &self.link {
-            LinkState::Ok(d) if *d == self.dir_digest => vec![*d],
-            LinkState::Ok(d) => vec![*d, self.dir_digest],
-            LinkState::Damaged(_) => vec![self.dir_digest],
-            LinkState::Missing => vec![],
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Tag {
-    pub name: TagName,
-    pub current: LinkState,
-    /// Every digest the tag ever pointed at.
-    pub index: Vec<Digest>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Upload {
-    pub dir: PathBuf,
-    /// From `startedat`, or the directory's mtime when it is missing or unreadable.
-    pub started: SystemTime,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct TempFile {
-    pub path: PathBuf,
-    pub mtime: SystemTime,
-}
-
-#[derive(Debug, Clone)]
-pub struct RepoScan {
-    pub name: RepoName,
-    pub revisions: Vec<Revision>,
-    pub tags: Vec<Tag>,
-    /// `_layers` link directories by the blob they name.
-    pub layers: Vec<Digest>,
-    pub uploads: Vec<Upload>,
-    pub temp_files: Vec<TempFile>,
-    pub warnings: Vec<Warning>,
-}
 
 fn mtime_of(st: &rustix::fs::Stat) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64)
@@ -175,6 +113,7 @@ fn sub_listed(
 fn link_dir(
     store: &Store,
     dir: &Path,
+    parent: TempParent,
     temp: &mut Vec<TempFile>,
 ) -> Result<Option<(Vec<crate::layout::Entry>, LinkState)>, GcError> {
     let listed = store
@@ -183,7 +122,7 @@ fn link_dir(
     let Some(listed) = listed else {
         return Ok(None);
     };
-    collect_temp(store, dir, &listed.entries, temp);
+    collect_temp(store, dir, &listed.entries, parent, temp);
     Ok(Some((listed.entries, link_state(listed.file))))
 }
 
@@ -191,6 +130,7 @@ fn collect_temp(
     store: &Store,
     dir: &Path,
     entries: &[crate::layout::Entry],
+    parent: TempParent,
     out: &mut Vec<TempFile>,
 ) {
     for e in entries {
@@ -200,13 +140,14 @@ fn collect_temp(
                 out.push(TempFile {
                     path: store.shown(&path),
                     mtime: mtime_of(&st),
+                    parent: parent.clone(),
                 });
             }
         }
     }
 }
 
-fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
     let Some((revs, entries)) = sub_listed(store, &paths::revisions_dir(repo))? else {
         return Ok(());
     };
@@ -219,8 +160,13 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result
                 what: "not a revision directory named by a digest".into(),
             });
         };
-        let (inner, link) =
-            link_dir(&revs, rel, &mut scan.temp_files)?.unwrap_or((Vec::new(), LinkState::Missing));
+        let (inner, link) = link_dir(
+            &revs,
+            rel,
+            TempParent::Revision(dir_digest),
+            &mut scan.temp_files,
+        )?
+        .unwrap_or((Vec::new(), LinkState::Missing));
         let link_path = || revs.shown(&rel.join(LINK));
         if let LinkState::Damaged(why) = &link {
             scan.warnings.push(Warning::new(
@@ -245,7 +191,7 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result
     Ok(())
 }
 
-fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
     // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
     let Some((tags, entries)) = sub_listed(store, &paths::tags_dir(repo))? else {
         return Ok(());
@@ -259,8 +205,13 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
             });
         };
         let tag = Path::new(name.as_str());
-        let current = link_dir(&tags, &tag.join(paths::TAG_CURRENT), &mut scan.temp_files)?
-            .map_or(LinkState::Missing, |(_, l)| l);
+        let current = link_dir(
+            &tags,
+            &tag.join(paths::TAG_CURRENT),
+            TempParent::TagCurrent,
+            &mut scan.temp_files,
+        )?
+        .map_or(LinkState::Missing, |(_, l)| l);
         let mut index = Vec::new();
         if let Some((idx, index_entries)) = sub_listed(&tags, &tag.join(paths::TAG_INDEX))? {
             for ie in index_entries {
@@ -268,7 +219,13 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
                     Some(d) if ie.kind == EntryKind::Dir => {
                         index.push(d);
                         if let Some(inner) = list(&idx, Path::new(&ie.name))? {
-                            collect_temp(&idx, Path::new(&ie.name), &inner, &mut scan.temp_files);
+                            collect_temp(
+                                &idx,
+                                Path::new(&ie.name),
+                                &inner,
+                                TempParent::TagIndex(d),
+                                &mut scan.temp_files,
+                            );
                         }
                     }
                     _ => {
@@ -303,7 +260,7 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), 
     Ok(())
 }
 
-fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
     let Some((layers, entries)) = sub_listed(store, &paths::layers_dir(repo))? else {
         return Ok(());
     };
@@ -312,7 +269,13 @@ fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<()
         match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
             Some(d) if e.kind == EntryKind::Dir => {
                 if let Some(inner) = list(&layers, rel)? {
-                    collect_temp(&layers, rel, &inner, &mut scan.temp_files);
+                    collect_temp(
+                        &layers,
+                        rel,
+                        &inner,
+                        TempParent::LayerLink(d),
+                        &mut scan.temp_files,
+                    );
                 }
                 scan.layers.push(d);
             }
@@ -347,7 +310,7 @@ fn tree_bytes(store: &Store, rel: &Path) -> u64 {
     total
 }
 
-fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(), GcError> {
+fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
     let dir = paths::uploads_dir(repo);
     let Some(entries) = list(store, &dir)? else {
         return Ok(());
@@ -381,53 +344,37 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoScan) -> Result<(
 }
 
 /// Scans one repository.
-pub fn scan_repository(store: &Store, repo: &RepoName) -> Result<RepoScan, GcError> {
-    let mut scan = RepoScan {
-        name: repo.clone(),
-        revisions: Vec::new(),
-        tags: Vec::new(),
-        layers: Vec::new(),
-        uploads: Vec::new(),
-        temp_files: Vec::new(),
-        warnings: Vec::new(),
-    };
+pub fn scan_repository(store: &Store, repo: &RepoName) -> Result<RepoInventory, GcError> {
+    let mut scan = RepoInventory::new(repo.clone());
     scan_revisions(store, repo, &mut scan)?;
     scan_tags(store, repo, &mut scan)?;
     scan_layers(store, repo, &mut scan)?;
     scan_uploads(store, repo, &mut scan)?;
+    scan.layers.shrink_to_fit();
     Ok(scan)
 }
 
-/// Every blob directory in the store, and the entries per fan-out directory.
-#[derive(Debug, Default)]
-pub struct BlobScan {
-    pub blobs: Vec<Digest>,
-    /// Fan-out directories (`blobs/sha256/<xx>`) with how many entries each holds.
-    pub prefixes: Vec<(String, usize)>,
-    pub warnings: Vec<Warning>,
-}
-
 /// One fan-out directory's blobs.
-struct PrefixScan {
+struct FanOutScan {
     blobs: Vec<Digest>,
-    prefix: Option<(String, usize)>,
+    fan_out: Option<FanOut>,
     warnings: Vec<Warning>,
 }
 
-fn scan_prefix(
+fn scan_fan_out(
     store: &Store,
     root: &Path,
     p: &crate::layout::Entry,
-) -> Result<PrefixScan, GcError> {
+) -> Result<FanOutScan, GcError> {
     let name = p.name_str().unwrap_or_default().to_string();
     let fan_out = match Role::BlobsSha256.child_named(&name) {
         Role::BlobFanOut(b) if p.kind == EntryKind::Dir => Some(b),
         _ => None,
     };
     let Some(fan_out) = fan_out else {
-        return Ok(PrefixScan {
+        return Ok(FanOutScan {
             blobs: vec![],
-            prefix: None,
+            fan_out: None,
             warnings: vec![Warning::new(
                 root.join(&p.name),
                 "not a blob fan-out directory; left alone".into(),
@@ -450,28 +397,78 @@ fn scan_prefix(
             )),
         }
     }
-    Ok(PrefixScan {
+    Ok(FanOutScan {
         blobs,
-        prefix: Some((name, entries.len())),
+        fan_out: Some(FanOut {
+            prefix: name,
+            entries: entries.len(),
+        }),
         warnings,
     })
 }
 
 /// Lists every blob directory, one fan-out directory per task.
-pub fn scan_blobs(store: &Store) -> Result<BlobScan, GcError> {
+pub fn scan_blobs(store: &Store) -> Result<BlobInventory, GcError> {
     let root = paths::blobs_root();
     let Some(prefixes) = list(store, &root)? else {
-        return Ok(BlobScan::default());
+        return Ok(BlobInventory::default());
     };
-    let scans: Result<Vec<PrefixScan>, GcError> = prefixes
+    let scans: Result<Vec<FanOutScan>, GcError> = prefixes
         .par_iter()
-        .map(|p| scan_prefix(store, &root, p))
+        .map(|p| scan_fan_out(store, &root, p))
         .collect();
-    let mut out = BlobScan::default();
-    for s in scans? {
-        out.blobs.extend(s.blobs);
-        out.prefixes.extend(s.prefix);
-        out.warnings.extend(s.warnings);
+    let scans = scans?;
+    let mut blobs = Vec::with_capacity(scans.iter().map(|s| s.blobs.len()).sum());
+    let mut fan_outs = Vec::new();
+    let mut warnings = Vec::new();
+    for s in scans {
+        blobs.extend(s.blobs);
+        fan_outs.extend(s.fan_out);
+        warnings.extend(s.warnings);
     }
-    Ok(out)
+    Ok(BlobInventory::new(blobs, fan_outs, warnings))
+}
+
+/// Reads the size of blobs' data, for a report of what deleting them frees; below the
+/// blobs root, so three components per path instead of eight.
+pub struct BlobSizes(Option<Store>);
+
+impl BlobSizes {
+    pub fn new(store: &Store) -> Self {
+        BlobSizes(store.sub(&paths::blobs_root()).ok().flatten())
+    }
+
+    /// 0 when the data cannot be read.
+    pub fn of(&self, d: &Digest) -> u64 {
+        self.0
+            .as_ref()
+            .and_then(|b| b.stat(&paths::blob_data_in_blobs_root(d)).ok().flatten())
+            .map_or(0, |st| st.st_size.max(0) as u64)
+    }
+}
+
+/// The inventory stage: every repository (in parallel), then every blob. `None` when
+/// `stop` said so before the scan was complete.
+pub fn inventory(
+    store: &Store,
+    repos: Vec<RepoName>,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Inventory>, GcError> {
+    let scans: Result<Vec<Option<RepoInventory>>, GcError> = repos
+        .par_iter()
+        .map(|r| {
+            if stop() {
+                Ok(None)
+            } else {
+                scan_repository(store, r).map(Some)
+            }
+        })
+        .collect();
+    let Some(repositories) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    Ok(Some(Inventory {
+        repositories,
+        blobs: scan_blobs(store)?,
+    }))
 }

@@ -2,11 +2,12 @@
 //! revisions, then blobs with their links, then the rest — each unit whole, so a stop
 //! between units leaves no manifest pointing at a deleted blob and no dangling link.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::control::{Cancel, Progress};
 use super::error::GcError;
 use super::plan::{Action, Plan};
 use super::report::Counts;
@@ -50,29 +51,42 @@ fn remove(deleter: &dyn Deleter, rel: &Path) -> Result<Removed, GcError> {
     })
 }
 
+fn remove_empty(deleter: &dyn Deleter, dir: &Path) -> Result<u64, GcError> {
+    guarded(dir)?;
+    let gone = deleter
+        .remove_empty_dir(dir)
+        .map_err(|source| GcError::Delete {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    Ok(gone as u64)
+}
+
+/// Removes each of `dirs`; how many were there.
+fn remove_all(deleter: &dyn Deleter, dirs: &[PathBuf]) -> Result<u64, GcError> {
+    let mut n = 0;
+    for d in dirs {
+        if remove(deleter, d)?.dirs > 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Carries out one unit; returns what it counts for (nothing if it was already gone).
 fn run(action: &Action, deleter: &dyn Deleter) -> Result<Counts, GcError> {
     let mut c = Counts::default();
+    // The unit's own directory comes last: its links or history entries go first.
+    let mut paths = action.paths();
+    let last = paths.pop();
     match action {
-        Action::RemoveRevision {
-            dir, tag_entries, ..
-        } => {
-            for e in tag_entries {
-                if remove(deleter, e)?.dirs > 0 {
-                    c.tag_index_entries_removed += 1;
-                }
-            }
-            if remove(deleter, dir)?.dirs > 0 {
-                c.manifests_removed += 1;
-            }
+        Action::RemoveRevision { .. } => {
+            c.tag_index_entries_removed = remove_all(deleter, &paths)?;
+            c.manifests_removed = remove_all(deleter, last.as_slice())?;
         }
         Action::DeleteBlob { .. } => {
-            for l in action.layer_links() {
-                if remove(deleter, &l)?.dirs > 0 {
-                    c.layer_links_removed += 1;
-                }
-            }
-            if let Some(dir) = action.blob_dir() {
+            c.layer_links_removed = remove_all(deleter, &paths)?;
+            if let Some(dir) = last {
                 let r = remove(deleter, &dir)?;
                 if r.dirs > 0 {
                     c.blobs_deleted += 1;
@@ -80,20 +94,13 @@ fn run(action: &Action, deleter: &dyn Deleter) -> Result<Counts, GcError> {
                 }
             }
         }
-        Action::RemoveLayerLink { dir } => {
-            if remove(deleter, dir)?.dirs > 0 {
-                c.layer_links_removed += 1;
-            }
+        Action::RemoveLayerLink { .. } => {
+            c.layer_links_removed = remove_all(deleter, last.as_slice())?;
         }
-        Action::RemoveEmptyDir { dir } => {
-            guarded(dir)?;
-            let gone = deleter
-                .remove_empty_dir(dir)
-                .map_err(|source| GcError::Delete {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            c.dirs_removed += gone as u64;
+        Action::RemoveEmptyRevision { .. } | Action::RemoveEmptyFanOut { .. } => {
+            if let Some(dir) = last {
+                c.dirs_removed = remove_empty(deleter, &dir)?;
+            }
         }
         Action::RemoveUpload { dir, .. } => {
             let r = remove(deleter, dir)?;
@@ -111,19 +118,6 @@ fn run(action: &Action, deleter: &dyn Deleter) -> Result<Counts, GcError> {
     Ok(c)
 }
 
-/// Adds `c` to `total`.
-pub fn add(total: &mut Counts, c: &Counts) {
-    total.manifests_removed += c.manifests_removed;
-    total.tag_index_entries_removed += c.tag_index_entries_removed;
-    total.blobs_deleted += c.blobs_deleted;
-    total.bytes_freed += c.bytes_freed;
-    total.layer_links_removed += c.layer_links_removed;
-    total.uploads_removed += c.uploads_removed;
-    total.upload_bytes_freed += c.upload_bytes_freed;
-    total.temp_files_removed += c.temp_files_removed;
-    total.dirs_removed += c.dirs_removed;
-}
-
 fn phase_of(a: &Action) -> usize {
     match a {
         Action::RemoveRevision { .. } => 0,
@@ -132,13 +126,21 @@ fn phase_of(a: &Action) -> usize {
     }
 }
 
-/// Carries out `plan`. Returns what was done and whether `stop` cut it short.
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub counts: Counts,
+    /// A stop cut it short.
+    pub stopped: bool,
+}
+
+/// Carries out `plan`, checking `cancel` between units.
 pub fn execute(
     plan: &Plan,
     deleter: &dyn Deleter,
-    stop: &(dyn Fn() -> bool + Sync),
-    progress: &(dyn Fn(&Counts) + Sync),
-) -> Result<(Counts, bool), GcError> {
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
+) -> Result<Swept, GcError> {
     let total = Mutex::new(Counts::default());
     let mut stopped = false;
     for phase in 0..3 {
@@ -152,12 +154,13 @@ pub fn execute(
         let result: Result<Vec<bool>, GcError> = units
             .par_iter()
             .map(|a| {
-                if stop() {
+                if cancel.interrupted().is_some() {
                     return Ok(false);
                 }
                 let c = run(a, deleter)?;
-                add(&mut total.lock().unwrap_or_else(|e| e.into_inner()), &c);
-                progress(&c);
+                total.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
+                progress.swept(&c);
+                progress.advance();
                 Ok(true)
             })
             .collect();
@@ -166,8 +169,8 @@ pub fn execute(
             break;
         }
     }
-    Ok((
-        total.into_inner().unwrap_or_else(|e| e.into_inner()),
+    Ok(Swept {
+        counts: total.into_inner().unwrap_or_else(|e| e.into_inner()),
         stopped,
-    ))
+    })
 }

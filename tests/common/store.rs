@@ -198,15 +198,21 @@ pub fn collect(
     let deleter =
         regfs::fs::StorageFs::new(root, std::sync::Arc::new(regfs::epoch::WriteGate::new()))
             .unwrap();
-    regfs::gc::collect(&store, &deleter, opts, &regfs::gc::Unattended)
+    regfs::gc::collect(
+        &store,
+        &deleter,
+        opts,
+        &regfs::gc::Unattended,
+        &regfs::gc::Unattended,
+    )
 }
 
 /// The plan a dry run makes.
 pub fn plan(root: &Path, opts: &regfs::gc::Options) -> regfs::gc::Plan {
     let store = regfs::layout::Store::open(root).unwrap();
-    match regfs::gc::mark(&store, opts, &regfs::gc::Unattended).unwrap() {
-        Ok(marked) => marked.plan,
-        Err(_) => panic!("mark interrupted"),
+    match regfs::gc::mark(&store, opts, &regfs::gc::Unattended, &regfs::gc::Unattended).unwrap() {
+        regfs::gc::Marked::Planned(planned) => planned.plan,
+        regfs::gc::Marked::Interrupted(_) => panic!("mark interrupted"),
     }
 }
 

@@ -1,0 +1,311 @@
+//! The mark set: which blobs of the inventory are live. One bit per blob the scan found
+//! (a million-blob store marks in 125 KiB); marking a digest the store does not hold is
+//! a no-op, since the plan only ever deletes what the inventory holds. Bits are set
+//! atomically, so repositories mark in parallel and a root that appears late (a link
+//! written during the run) can be marked with [`MarkSet::mark_root`] after the rest.
+//!
+//! Default mode, as the registry's own collector: every revision of every repository is
+//! a root. `--delete-untagged`: roots are the manifests tags point at now; a manifest is
+//! live if a root reaches it through index children or referrers (`subject`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use super::error::GcError;
+use super::inventory::{BlobInventory, Inventory, LinkState, RepoInventory};
+use super::mark::{Loaded, Manifests, RepoManifests};
+use super::report::Warning;
+use crate::layout::{Digest, RepoName, paths};
+
+pub struct MarkSet<'i> {
+    blobs: &'i BlobInventory,
+    bits: Vec<AtomicU64>,
+    /// Revisions no root reaches, by repository (`--delete-untagged` only).
+    unreachable: HashMap<RepoName, Vec<Digest>>,
+    manifests_scanned: u64,
+    warnings: Mutex<Vec<Warning>>,
+}
+
+/// What marking one repository found besides its marks.
+#[derive(Debug)]
+struct RepoMark {
+    repo: RepoName,
+    unreachable: Vec<Digest>,
+    manifests: u64,
+    warnings: Vec<Warning>,
+}
+
+impl<'i> MarkSet<'i> {
+    /// Nothing marked yet.
+    pub fn new(blobs: &'i BlobInventory) -> Self {
+        MarkSet {
+            blobs,
+            bits: (0..blobs.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            unreachable: HashMap::new(),
+            manifests_scanned: 0,
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Marks one digest (a manifest or a blob) live.
+    pub fn mark(&self, d: &Digest) {
+        if let Some(i) = self.blobs.position(d) {
+            self.bits[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// The store holds `d` and it is marked.
+    pub fn is_live(&self, d: &Digest) -> bool {
+        self.blobs
+            .position(d)
+            .is_some_and(|i| self.bits[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
+    }
+
+    /// How many of the store's blobs are marked.
+    pub fn live_count(&self) -> u64 {
+        self.bits
+            .iter()
+            .map(|b| u64::from(b.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+
+    /// Records the revisions of `repo` that no root reaches (sorted).
+    pub fn set_unreachable(&mut self, repo: RepoName, revisions: Vec<Digest>) {
+        if revisions.is_empty() {
+            self.unreachable.remove(&repo);
+        } else {
+            self.unreachable.insert(repo, revisions);
+        }
+    }
+
+    /// Revisions of `repo` that no root reaches.
+    pub fn unreachable(&self, repo: &RepoName) -> &[Digest] {
+        self.unreachable.get(repo).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Revision manifests the mark started from.
+    pub fn manifests_scanned(&self) -> u64 {
+        self.manifests_scanned
+    }
+
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks manifest `d` of `repo`, a root that appeared after the initial mark, and
+    /// everything it reaches (its blobs, its children). Fails as the initial mark does on
+    /// a manifest it cannot read or understand.
+    pub fn mark_root(
+        &self,
+        manifests: &Manifests,
+        repo: &RepoInventory,
+        d: Digest,
+    ) -> Result<(), GcError> {
+        let mut walk = Walk::new(self, manifests, repo);
+        walk.reach(vec![d], None, &|| false)?;
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(walk.warnings);
+        Ok(())
+    }
+}
+
+/// A walk through one repository's manifests, marking what it reaches.
+struct Walk<'a, 'i> {
+    set: &'a MarkSet<'i>,
+    manifests: &'a Manifests,
+    repo: &'a RepoInventory,
+    /// Each manifest is read once per repository, and the memory goes with the
+    /// repository (a store-wide cache would hold every manifest at once).
+    cache: RepoManifests,
+    warnings: Vec<Warning>,
+}
+
+impl<'a, 'i> Walk<'a, 'i> {
+    fn new(set: &'a MarkSet<'i>, manifests: &'a Manifests, repo: &'a RepoInventory) -> Self {
+        Walk {
+            set,
+            manifests,
+            repo,
+            cache: HashMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn load(&mut self, d: &Digest) -> Result<std::sync::Arc<Loaded>, GcError> {
+        self.manifests.load(&mut self.cache, &self.repo.name, d)
+    }
+
+    /// Marks `roots` and everything they reach: their blobs, their children and, when
+    /// `referrers` is given, manifests whose subject is reached. Returns the manifests
+    /// reached.
+    fn reach(
+        &mut self,
+        roots: Vec<Digest>,
+        referrers: Option<&HashMap<Digest, Vec<Digest>>>,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<HashSet<Digest>, GcError> {
+        let mut reached: HashSet<Digest> = HashSet::new();
+        let mut stack = roots;
+        while let Some(d) = stack.pop() {
+            if !reached.insert(d) {
+                continue;
+            }
+            // A stop or time limit lands within a few manifests, even in a huge repository.
+            if reached.len().is_multiple_of(64) && stop() {
+                return Err(GcError::Interrupted);
+            }
+            self.set.mark(&d);
+            let loaded = self.load(&d)?;
+            if let Loaded::Missing = *loaded {
+                self.missing_manifest(d, &mut stack)?;
+            }
+            loaded.blobs().iter().for_each(|b| self.set.mark(b));
+            stack.extend(loaded.children().iter().copied());
+            if let Some(refs) = referrers.and_then(|r| r.get(&d)) {
+                stack.extend(refs.iter().copied());
+            }
+        }
+        Ok(reached)
+    }
+
+    /// A manifest whose blob is missing names blobs nobody can know: the run stops,
+    /// unless `--allow-missing-manifests`, where it keeps everything the manifest could
+    /// have named (the registry only accepts a manifest whose blobs its repository links,
+    /// and whose children are manifests of the same repository): every `_layers` link and
+    /// every revision of the repository.
+    fn missing_manifest(&mut self, d: Digest, stack: &mut Vec<Digest>) -> Result<(), GcError> {
+        if !self.manifests.allow_missing {
+            return Err(missing_error(self.repo, d));
+        }
+        self.warnings.push(Warning::new(
+            paths::blob_data(&d),
+            format!(
+                "manifest {d} of repository {} is missing from the store; kept every blob the repository links and every revision",
+                self.repo.name
+            ),
+        ));
+        self.repo.layers.iter().for_each(|l| self.set.mark(l));
+        stack.extend(self.repo.revision_manifests());
+        Ok(())
+    }
+}
+
+fn missing_error(repo: &RepoInventory, d: Digest) -> GcError {
+    GcError::ManifestMissing {
+        repo: repo.name.clone(),
+        digest: d,
+        path: paths::blob_data(&d).display().to_string(),
+    }
+}
+
+/// Default mode: every revision is a root.
+fn mark_all_revisions(
+    walk: &mut Walk,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<RepoMark, GcError> {
+    let roots: Vec<Digest> = walk.repo.revision_manifests().collect();
+    let manifests = roots.len() as u64;
+    walk.reach(roots, None, stop)?;
+    Ok(RepoMark {
+        repo: walk.repo.name.clone(),
+        unreachable: Vec::new(),
+        manifests,
+        warnings: std::mem::take(&mut walk.warnings),
+    })
+}
+
+/// `--delete-untagged`: roots are what tags point at now (a damaged tag keeps its whole
+/// history); reachable through index children and referrers.
+fn mark_tagged(walk: &mut Walk, stop: &(dyn Fn() -> bool + Sync)) -> Result<RepoMark, GcError> {
+    let present: Vec<Digest> = walk.repo.revision_manifests().collect();
+    // Every revision is read, to learn which ones refer to which (subject).
+    let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    let mut roots = Vec::new();
+    for d in &present {
+        let loaded = walk.load(d)?;
+        if let Some(subject) = loaded.subject() {
+            referrers.entry(subject).or_default().push(*d);
+        }
+        // An untagged revision whose blob is missing may have been a referrer of what
+        // is kept (its subject is unknown): stop, or mark through it as a root.
+        if let Loaded::Missing = *loaded {
+            if !walk.manifests.allow_missing {
+                return Err(missing_error(walk.repo, *d));
+            }
+            roots.push(*d);
+        }
+    }
+    for tag in &walk.repo.tags {
+        match &tag.current {
+            LinkState::Ok(d) => roots.push(*d),
+            LinkState::Missing | LinkState::Damaged(_) => roots.extend(tag.index.iter().copied()),
+        }
+    }
+    let reached = walk.reach(roots, Some(&referrers), stop)?;
+    let manifests = present.len() as u64;
+    let mut unreachable: Vec<Digest> = present
+        .into_iter()
+        .filter(|d| !reached.contains(d))
+        .collect();
+    unreachable.sort();
+    unreachable.dedup();
+    Ok(RepoMark {
+        repo: walk.repo.name.clone(),
+        unreachable,
+        manifests,
+        warnings: std::mem::take(&mut walk.warnings),
+    })
+}
+
+/// Marks every repository of `inventory` in parallel. `None` when `stop` said so first.
+pub fn mark_all<'i>(
+    inventory: &'i Inventory,
+    manifests: &Manifests,
+    delete_untagged: bool,
+    stop: &(dyn Fn() -> bool + Sync),
+    advance: &(dyn Fn() + Sync),
+) -> Result<Option<MarkSet<'i>>, GcError> {
+    let mut set = MarkSet::new(&inventory.blobs);
+    let marks: Result<Vec<Option<RepoMark>>, GcError> = inventory
+        .repositories
+        .par_iter()
+        .map(|repo| {
+            if stop() {
+                return Ok(None);
+            }
+            let mut walk = Walk::new(&set, manifests, repo);
+            let m = if delete_untagged {
+                mark_tagged(&mut walk, stop)
+            } else {
+                mark_all_revisions(&mut walk, stop)
+            };
+            advance();
+            match m {
+                Err(GcError::Interrupted) => Ok(None),
+                other => other.map(Some),
+            }
+        })
+        .collect();
+    let Some(marks) = marks?.into_iter().collect::<Option<Vec<RepoMark>>>() else {
+        return Ok(None);
+    };
+    for m in marks {
+        set.manifests_scanned += m.manifests;
+        set.warnings
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(m.warnings);
+        set.set_unreachable(m.repo, m.unreachable);
+    }
+    Ok(Some(set))
+}
