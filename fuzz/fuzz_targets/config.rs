@@ -6,8 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use regfs::cli::MountArgs;
-use regfs::config::{FileConfig, resolve};
+use regfs::config::{FileConfig, MountFlags, resolve};
 use regfs::daemon::schedule::Schedule;
 use regfs::daemon::settings::GcDuration;
 
@@ -17,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(file) = FileConfig::parse(text, "fuzz.toml") {
         let _ = resolve(
-            &MountArgs::empty_with_config(Path::new("fuzz.toml")),
+            &MountFlags::with_config(Path::new("fuzz.toml")),
             &file,
             "fuzz.toml",
         );
