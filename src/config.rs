@@ -331,6 +331,20 @@ pub fn resolve(
     file: &FileConfig,
     origin: &str,
 ) -> Result<MountOptions, ConfigError> {
+    Ok(MountOptions {
+        mount: resolve_mount(args, file, origin)?,
+        settings: resolve_gc(args, file, origin)?,
+        state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
+        metrics: resolve_metrics(args, file, origin)?,
+    })
+}
+
+/// The mount's own options.
+fn resolve_mount(
+    args: &MountFlags,
+    file: &FileConfig,
+    origin: &str,
+) -> Result<MountConfig, ConfigError> {
     let n = Named { origin };
     let storage = args
         .storage
@@ -355,7 +369,7 @@ pub fn resolve(
         Some((t, ..)) => t,
         None => 8,
     };
-    let mount = MountConfig {
+    Ok(MountConfig {
         storage,
         mountpoint,
         threads: threads as usize,
@@ -372,7 +386,12 @@ pub fn resolve(
         max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
         fd_budget: 0,
         users: mount_users(args, file, origin)?,
-    };
+    })
+}
+
+/// The collector's settings (`[gc]`, `[registry]`).
+fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Settings, ConfigError> {
+    let n = Named { origin };
     let gc = &file.gc;
     let schedule = n
         .pick(
@@ -404,7 +423,7 @@ pub fn resolve(
         })?,
         (None, None) => crate::gc::DEFAULT_UPLOAD_MAX_AGE,
     };
-    let settings = Settings {
+    Ok(Settings {
         schedule,
         duration,
         delete_untagged: args.delete_untagged || gc.delete_untagged.unwrap_or(false),
@@ -430,9 +449,18 @@ pub fn resolve(
             allow_unsafe_cache: args.allow_unsafe_cache
                 || file.registry.allow_unsafe_cache.unwrap_or(false),
         },
-    };
+    })
+}
+
+/// Where metrics are served, if anywhere.
+fn resolve_metrics(
+    args: &MountFlags,
+    file: &FileConfig,
+    origin: &str,
+) -> Result<Option<MetricsConfig>, ConfigError> {
+    let n = Named { origin };
     let allow_remote = args.metrics_allow_remote || file.metrics.allow_remote.unwrap_or(false);
-    let metrics = n
+    n
         .pick(args.metrics_listen.clone(), "--metrics-listen", file.metrics.listen.clone(), "metrics.listen")
         .map(|(l, o, k)| {
             let addr: std::net::SocketAddr = l.parse().map_err(|e| {
@@ -445,13 +473,7 @@ pub fn resolve(
             }
             Ok(MetricsConfig { listen: addr })
         })
-        .transpose()?;
-    Ok(MountOptions {
-        mount,
-        settings,
-        state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
-        metrics,
-    })
+        .transpose()
 }
 
 /// Loads the file named by `--config` (if any) and resolves the options.

@@ -113,11 +113,37 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
         job.error = Some(refusal);
         return;
     }
-    let gate = parts.gate;
     let start = Instant::now();
+    let reopen = close_store(parts, job, control, settings);
+    if let Some(o) = control.interrupted() {
+        job.outcome = outcome_of(o);
+        job.ended_in = Some("mark".into());
+    } else {
+        collect(parts, job, control, settings);
+    }
+    drop(reopen);
+    job.read_only_seconds = start.elapsed().as_secs_f64();
+    tracing::warn!(
+        job = job.id,
+        read_only_seconds = job.read_only_seconds,
+        "GC epoch closed: the store is writable again"
+    );
+    super::notify::status(
+        &format!("idle; last GC job {} {:?}", job.id, job.outcome).to_lowercase(),
+    );
+}
+
+/// Closes the store for writes (drain, then cut) and records what it took; the store
+/// reopens when the returned guard drops, on every path.
+fn close_store<'a>(
+    parts: &RunParts<'a>,
+    job: &mut Job,
+    control: &RunControl,
+    settings: &Settings,
+) -> Reopen<'a> {
+    let gate = parts.gate;
     control.set_state(State::Closing);
-    let closed_at = Utc::now();
-    parts.host.read_only_since(closed_at);
+    parts.host.read_only_since(Utc::now());
     tracing::warn!(
         job = job.id,
         "GC epoch open: the store is read-only, pushes are refused until it ends"
@@ -126,7 +152,7 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
         "GC job {}: store READ-ONLY, pushes refused",
         job.id
     ));
-    let _reopen = Reopen(gate);
+    let reopen = Reopen(gate);
     let close =
         gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
     job.drain_seconds = close.waited.as_secs_f64();
@@ -144,55 +170,40 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
     for c in &job.cut_writers {
         tracing::info!(job = job.id, path = %c.path, reason = %c.reason, "write handle cut by the epoch");
     }
-    if let Some(o) = control.interrupted() {
-        job.outcome = outcome_of(o);
-        job.ended_in = Some("mark".into());
-    } else {
-        control.set_state(State::Marking);
-        let opts = settings.gc_options();
-        match gc::mark(parts.store, &opts, control, control) {
-            Err(e) => {
-                job.outcome = JobOutcome::Failed;
-                job.error = Some(e.to_string());
-            }
-            Ok(gc::Marked::Interrupted(report)) => {
-                job.outcome = outcome_of(report.outcome);
-                job.ended_in = report.ended_in.map(phase_name);
-                job.report = Some(gc::RunReport::Finished(report));
-            }
-            Ok(gc::Marked::Planned(planned)) => {
-                control.set_state(State::Sweeping);
-                let deleted: Option<Vec<_>> =
-                    (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
-                let swept = gc::sweep(planned, parts.fs, control, control);
-                // Whatever the sweep's outcome: some blobs may be gone.
-                if let Some(deleted) = deleted {
-                    forget_deleted(job, settings, &deleted);
-                }
-                match swept {
-                    Err(e) => {
-                        job.outcome = JobOutcome::Failed;
-                        job.error = Some(e.to_string());
-                    }
-                    Ok(report) => {
-                        job.outcome = outcome_of(report.outcome);
-                        job.ended_in = report.ended_in.map(phase_name);
-                        job.report = Some(gc::RunReport::Finished(report));
-                    }
-                }
-            }
-        }
+    reopen
+}
+
+/// Mark, then sweep what the plan names; the job records how it ended.
+fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
+    control.set_state(State::Marking);
+    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+        Err(e) => return record_failure(job, &e),
+        Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
+        Ok(gc::Marked::Planned(planned)) => planned,
+    };
+    control.set_state(State::Sweeping);
+    let deleted: Option<Vec<_>> =
+        (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
+    let swept = gc::sweep(planned, parts.fs, control, control);
+    // Whatever the sweep's outcome: some blobs may be gone.
+    if let Some(deleted) = deleted {
+        forget_deleted(job, settings, &deleted);
     }
-    drop(_reopen);
-    job.read_only_seconds = start.elapsed().as_secs_f64();
-    tracing::warn!(
-        job = job.id,
-        read_only_seconds = job.read_only_seconds,
-        "GC epoch closed: the store is writable again"
-    );
-    super::notify::status(
-        &format!("idle; last GC job {} {:?}", job.id, job.outcome).to_lowercase(),
-    );
+    match swept {
+        Err(e) => record_failure(job, &e),
+        Ok(report) => record_report(job, report),
+    }
+}
+
+fn record_failure(job: &mut Job, e: &dyn std::fmt::Display) {
+    job.outcome = JobOutcome::Failed;
+    job.error = Some(e.to_string());
+}
+
+fn record_report(job: &mut Job, report: gc::Report) {
+    job.outcome = outcome_of(report.outcome);
+    job.ended_in = report.ended_in.map(phase_name);
+    job.report = Some(gc::RunReport::Finished(report));
 }
 
 /// Runs a job on its own thread and records it.
