@@ -128,6 +128,11 @@ pub struct GcArgs {
     #[arg(long, default_value = "168h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection (--offline; a daemon uses its own settings)")]
     pub upload_max_age: Duration,
 
+    /// Unreferenced blobs written less than this long ago stay (their manifest may not be
+    /// pushed yet); 0s turns it off.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection (--offline; a daemon uses its own settings)")]
+    pub min_age: Duration,
+
     /// Keep every blob a manifest of unknown kind names (any `sha256:` digest in it)
     /// instead of stopping the run.
     #[arg(
@@ -175,6 +180,7 @@ impl GcArgs {
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
+            min_age: self.min_age,
         }
     }
 }
@@ -253,6 +259,11 @@ pub struct MountArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
     pub upload_max_age: Option<Duration>,
 
+    /// Unreferenced blobs written less than this long ago stay (their manifest may not be
+    /// pushed yet); 0s turns it off [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
+    pub gc_min_age: Option<Duration>,
+
     /// Keep every blob a manifest of unknown kind names instead of failing the run.
     #[arg(long, help_heading = "Garbage collection")]
     pub keep_unknown: bool,
@@ -304,6 +315,7 @@ impl MountArgs {
             delete_untagged: self.delete_untagged,
             dry_run: self.dry_run,
             upload_max_age: self.upload_max_age,
+            gc_min_age: self.gc_min_age,
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
             state_dir: self.state_dir.clone(),

@@ -19,6 +19,7 @@
 //! delete_untagged = false
 //! dry_run = false
 //! upload_max_age = "168h"
+//! min_age = "1h"
 //! keep_unknown = false
 //! allow_missing_manifests = false
 //!
@@ -180,6 +181,7 @@ pub struct GcSection {
     pub delete_untagged: Option<bool>,
     pub dry_run: Option<bool>,
     pub upload_max_age: Option<String>,
+    pub min_age: Option<String>,
     pub keep_unknown: Option<bool>,
     pub allow_missing_manifests: Option<bool>,
 }
@@ -227,6 +229,7 @@ pub struct MountFlags {
     pub delete_untagged: bool,
     pub dry_run: bool,
     pub upload_max_age: Option<Duration>,
+    pub gc_min_age: Option<Duration>,
     pub keep_unknown: bool,
     pub allow_missing_manifests: bool,
     pub state_dir: Option<PathBuf>,
@@ -423,12 +426,19 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sett
         })?,
         (None, None) => crate::gc::DEFAULT_UPLOAD_MAX_AGE,
     };
+    let min_age = match (args.gc_min_age, &gc.min_age) {
+        (Some(d), _) => d,
+        (None, Some(s)) => humantime::parse_duration(s)
+            .map_err(|e| bad(origin.into(), "gc.min_age".into(), format!("{s:?}: {e}")))?,
+        (None, None) => crate::gc::DEFAULT_MIN_AGE,
+    };
     Ok(Settings {
         schedule,
         duration,
         delete_untagged: args.delete_untagged || gc.delete_untagged.unwrap_or(false),
         dry_run: args.dry_run || gc.dry_run.unwrap_or(false),
         upload_max_age,
+        min_age,
         keep_unknown: args.keep_unknown || gc.keep_unknown.unwrap_or(false),
         allow_missing_manifests: args.allow_missing_manifests
             || gc.allow_missing_manifests.unwrap_or(false),

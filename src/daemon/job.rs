@@ -33,6 +33,9 @@ pub struct JobSettings {
     pub delete_untagged: bool,
     pub dry_run: bool,
     pub upload_max_age: String,
+    /// Absent from records written before the setting existed.
+    #[serde(default)]
+    pub min_age: String,
     pub drain_timeout: String,
 }
 
@@ -87,6 +90,17 @@ impl Job {
             c.bytes_freed,
             c.manifests_removed,
             self.read_only_seconds
-        )
+        ) + &self.young_kept()
+    }
+
+    /// The summary's note of blobs kept for their age, when there were any.
+    fn young_kept(&self) -> String {
+        match &self.report {
+            Some(crate::gc::RunReport::Finished(r)) if r.young_blobs_kept > 0 => format!(
+                "; {} unreferenced blobs younger than {} kept",
+                r.young_blobs_kept, self.settings.min_age
+            ),
+            _ => String::new(),
+        }
     }
 }

@@ -54,6 +54,8 @@ pub struct Settings {
     pub upload_max_age: Duration,
     pub keep_unknown: bool,
     pub allow_missing_manifests: bool,
+    /// Unreferenced blobs younger than this stay.
+    pub min_age: Duration,
     /// How long an epoch lets in-place writers finish.
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
@@ -70,6 +72,7 @@ impl Default for Settings {
             upload_max_age: gc::DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
             allow_missing_manifests: false,
+            min_age: gc::DEFAULT_MIN_AGE,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
         }
@@ -84,6 +87,7 @@ impl Settings {
             upload_max_age: self.upload_max_age,
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
+            min_age: self.min_age,
         }
     }
 
@@ -93,6 +97,7 @@ impl Settings {
             delete_untagged: self.delete_untagged,
             dry_run: self.dry_run,
             upload_max_age: humantime::format_duration(self.upload_max_age).to_string(),
+            min_age: humantime::format_duration(self.min_age).to_string(),
             drain_timeout: humantime::format_duration(self.drain_timeout).to_string(),
         }
     }

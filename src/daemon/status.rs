@@ -90,8 +90,8 @@ impl fmt::Display for Status {
         let s = &self.settings;
         writeln!(
             f,
-            "  settings     duration {}, delete-untagged {}, dry-run {}, upload-max-age {}, drain-timeout {}",
-            s.duration, s.delete_untagged, s.dry_run, s.upload_max_age, s.drain_timeout
+            "  settings     duration {}, delete-untagged {}, dry-run {}, upload-max-age {}, min-age {}, drain-timeout {}",
+            s.duration, s.delete_untagged, s.dry_run, s.upload_max_age, s.min_age, s.drain_timeout
         )?;
         if let Some(d) = &self.descriptors {
             let open = d.open.map_or_else(|| "?".into(), |n| n.to_string());

@@ -27,7 +27,7 @@ pub use plan::{Action, Plan};
 pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
 pub use sweep::Deleter;
 
-use crate::layout::Store;
+use crate::layout::{Digest, Store};
 
 /// The collector's threads. Reading manifests and deleting directories wait on the disk
 /// far more than they compute, so many more threads than cores pay off (deleting 2,000
@@ -64,6 +64,9 @@ pub struct Options {
     /// Go on past a manifest whose blob is missing, keeping every blob and revision of
     /// its repository, instead of stopping the run.
     pub allow_missing_manifests: bool,
+    /// An unmarked blob whose data was written less than this long ago stays: its
+    /// manifest may not be pushed yet. Zero keeps no blob for its age.
+    pub min_age: Duration,
 }
 
 impl Default for Options {
@@ -74,9 +77,14 @@ impl Default for Options {
             upload_max_age: DEFAULT_UPLOAD_MAX_AGE,
             keep_unknown: false,
             allow_missing_manifests: false,
+            min_age: Duration::ZERO,
         }
     }
 }
+
+/// The binary's minimum age of a blob before a run may delete it (zot's gcDelay). The
+/// library's [`Options::default`] uses zero: a caller states the age it wants.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
 
 /// A run marked and planned, ready to sweep.
 pub struct Planned {
@@ -129,9 +137,16 @@ fn mark_in_pool(
     let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
+    let now = SystemTime::now();
+    report.blobs_marked = marks.live_count();
+    let young = scan::young_blobs(store, unmarked(&inventory, &marks), opts.min_age, now);
+    for d in &young.digests {
+        marks.mark(d);
+    }
+    report.young_blobs_kept = young.digests.len() as u64;
     let settings = plan::Settings {
         upload_max_age: opts.upload_max_age,
-        now: SystemTime::now(),
+        now,
     };
     let mut plan = plan::plan(&inventory, &marks, &settings);
     measure(store, &mut plan);
@@ -142,12 +157,22 @@ fn mark_in_pool(
         .flat_map(|r| r.warnings.iter().cloned())
         .chain(marks.warnings())
         .chain(inventory.blobs.warnings.iter().cloned())
+        .chain(young.warnings)
         .collect();
     report.blobs_scanned = inventory.blobs.len() as u64;
-    report.blobs_marked = marks.live_count();
     report.counts = plan.counts();
     report.mark_seconds = start.elapsed().as_secs_f64();
     Ok(Marked::Planned(Planned { plan, report }))
+}
+
+/// The blobs the mark did not reach: the only ones whose age matters.
+fn unmarked<'a>(inventory: &'a Inventory, marks: &'a MarkSet) -> impl Iterator<Item = Digest> + 'a {
+    inventory
+        .blobs
+        .digests()
+        .iter()
+        .filter(|d| !marks.is_live(d))
+        .copied()
 }
 
 /// Fills in the size of each blob the plan deletes, for the report.

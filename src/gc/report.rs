@@ -104,6 +104,9 @@ pub struct Report {
     pub manifests_scanned: u64,
     pub blobs_scanned: u64,
     pub blobs_marked: u64,
+    /// Unmarked blobs kept because they are younger than the minimum age.
+    #[serde(default)]
+    pub young_blobs_kept: u64,
     /// What the run deleted, or with `dry_run` what it would delete.
     #[serde(flatten)]
     pub counts: Counts,
@@ -129,6 +132,7 @@ impl Report {
             manifests_scanned: 0,
             blobs_scanned: 0,
             blobs_marked: 0,
+            young_blobs_kept: 0,
             counts: Counts::default(),
             warnings: Vec::new(),
             mark_seconds: 0.0,
@@ -196,6 +200,13 @@ impl fmt::Display for Report {
             "  scanned   {} repositories, {} manifests, {} blobs ({} marked live)",
             self.repositories, self.manifests_scanned, self.blobs_scanned, self.blobs_marked
         )?;
+        if self.young_blobs_kept > 0 {
+            writeln!(
+                f,
+                "  kept      {} unreferenced blobs younger than the minimum age",
+                self.young_blobs_kept
+            )?;
+        }
         writeln!(
             f,
             "  {verb:<9} {} blobs, freeing {}",

@@ -447,6 +447,64 @@ impl BlobSizes {
     }
 }
 
+/// The blobs found too young to delete, and why any was kept without knowing its age.
+#[derive(Debug, Default)]
+pub struct YoungBlobs {
+    pub digests: Vec<Digest>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Which of `candidates` were written less than `min_age` before `now`: the mtime of the
+/// blob's `data` (the registry renames a finished upload's data into place, which keeps
+/// the time it was written), or of its directory when `data` is missing. A blob whose
+/// age cannot be read is kept, with a warning. One stat per candidate, none when
+/// `min_age` is zero.
+pub fn young_blobs(
+    store: &Store,
+    candidates: impl Iterator<Item = Digest>,
+    min_age: Duration,
+    now: SystemTime,
+) -> YoungBlobs {
+    if min_age.is_zero() {
+        return YoungBlobs::default();
+    }
+    let Ok(Some(blobs)) = store.sub(&paths::blobs_root()) else {
+        return YoungBlobs::default();
+    };
+    let candidates: Vec<Digest> = candidates.collect();
+    let ages: Vec<(Digest, Result<Option<SystemTime>, std::io::Error>)> = candidates
+        .into_par_iter()
+        .map(|d| (d, written_at(&blobs, &d)))
+        .collect();
+    let mut young = YoungBlobs::default();
+    for (d, written) in ages {
+        match written {
+            // Gone since the scan: nothing to keep.
+            Ok(None) => {}
+            Ok(Some(t)) if now.duration_since(t).map_or(true, |age| age < min_age) => {
+                young.digests.push(d)
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                young.digests.push(d);
+                young.warnings.push(Warning::new(
+                    store.shown(&paths::blobs_root().join(paths::blob_dir_in_blobs_root(&d))),
+                    format!("kept: cannot read its age: {e}"),
+                ));
+            }
+        }
+    }
+    young
+}
+
+fn written_at(blobs: &Store, d: &Digest) -> Result<Option<SystemTime>, std::io::Error> {
+    let st = match blobs.stat(&paths::blob_data_in_blobs_root(d))? {
+        Some(st) => Some(st),
+        None => blobs.stat(&paths::blob_dir_in_blobs_root(d))?,
+    };
+    Ok(st.as_ref().map(mtime_of))
+}
+
 /// The inventory stage: every repository (in parallel), then every blob. `None` when
 /// `stop` said so before the scan was complete.
 pub fn inventory(

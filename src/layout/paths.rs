@@ -60,7 +60,7 @@ pub fn blob_data(d: &Digest) -> PathBuf {
     blobs_root().join(blob_data_in_blobs_root(d))
 }
 
-fn blob_dir_in_blobs_root(d: &Digest) -> PathBuf {
+pub fn blob_dir_in_blobs_root(d: &Digest) -> PathBuf {
     PathBuf::from(d.prefix()).join(d.hex())
 }
 
