@@ -100,7 +100,15 @@ fn an_offline_run_whose_report_cannot_be_printed_still_says_what_it_deleted() {
         b.layer_link("r", &garbage);
         let err = assert_clean_failure(
             sink,
-            &["gc", "--offline", "--json", "--list", &s(dir.path())],
+            &[
+                "gc",
+                "--offline",
+                "--min-age",
+                "0s",
+                "--json",
+                "--list",
+                &s(dir.path()),
+            ],
         );
         assert!(!b.has_blob(&garbage), "the run itself went through");
         // The log has the figures first; the error repeats them.
@@ -156,7 +164,7 @@ fn a_closed_or_full_stderr_is_no_panic_either() {
     for sink in [Sink::ClosedPipe, Sink::Full] {
         // The log line of the run and the error both fail to be written.
         let out = Command::new(BIN)
-            .args(["gc", "--offline", &s(dir.path())])
+            .args(["gc", "--offline", "--min-age", "0s", &s(dir.path())])
             .stdout(sink.stdio())
             .stderr(sink.stdio())
             .status()
@@ -178,6 +186,7 @@ fn a_daemon_whose_stderr_is_closed_keeps_serving_and_collecting() {
     // As under a journal that went away: every log line fails to be written.
     let child = Command::new(BIN)
         .args(["mount", &s(&storage), &s(&mnt), "--state-dir", &s(&state)])
+        .args(["--gc-min-age", "0s"])
         .stderr(Sink::ClosedPipe.stdio())
         .spawn()
         .unwrap();

@@ -38,6 +38,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .arg("mount")
             .args(args)
+            .args(fresh_garbage_goes(args))
             .arg("--state-dir")
             .arg(state)
             .stderr(Stdio::piped())
@@ -129,4 +130,14 @@ pub fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::create_dir(&storage).unwrap();
     std::fs::create_dir(&mnt).unwrap();
     (dir, storage, mnt)
+}
+
+/// `--gc-min-age 0s` unless ARGS set a minimum age: tests make garbage and collect it at
+/// once, which the default minimum age (1h) would keep.
+pub fn fresh_garbage_goes(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--gc-min-age") {
+        &[]
+    } else {
+        &["--gc-min-age", "0s"]
+    }
 }

@@ -39,6 +39,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&e.state)
             .args(args)
+            .args(common::daemon::fresh_garbage_goes(args))
             .env("REGFS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

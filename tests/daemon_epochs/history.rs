@@ -32,6 +32,7 @@ fn status_and_history_are_right_and_survive_a_restart() {
         "delete_untagged": true,
         "dry_run": false,
         "upload_max_age": "2h",
+        "min_age": "0s",
         "drain_timeout": "5s",
     });
     let st = d.status();

@@ -68,6 +68,8 @@ pub fn start_daemon(
         .arg("--state-dir")
         .arg(state)
         .args(["--drain-timeout", DRAIN_TIMEOUT])
+        // Fresh garbage goes: the scenarios delete and collect at once.
+        .args(["--gc-min-age", "0s"])
         .args(extra);
     if mode == Mode::DeleteUntagged {
         cmd.arg("--delete-untagged");

@@ -35,6 +35,11 @@ pub fn regfs_gc(store: &Path, args: &[&str]) -> (Output, Option<Value>) {
     let out = run(Command::new(env!("CARGO_BIN_EXE_regfs"))
         .args(["gc", "--offline"])
         .arg(store)
+        .args(if args.contains(&"--min-age") {
+            &[][..]
+        } else {
+            &["--min-age", "0s"][..]
+        })
         .args(args));
     eprintln!(
         "regfs gc --offline {} {} took {:.3} s",
