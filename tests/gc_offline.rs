@@ -8,8 +8,19 @@ use common::store::StoreBuilder;
 
 const BIN: &str = env!("CARGO_BIN_EXE_regfs");
 
-/// `regfs gc --offline FLAGS STORE`.
+/// `regfs gc --offline FLAGS STORE`, with `--min-age 0s` unless FLAGS set one: these
+/// tests collect garbage they have just made.
 fn gc_offline(flags: &[&str], store: &Path) -> Output {
+    let min_age: &[&str] = if flags.contains(&"--min-age") {
+        &[]
+    } else {
+        &["--min-age", "0s"]
+    };
+    gc_offline_as_given(&[min_age, flags].concat(), store)
+}
+
+/// `regfs gc --offline FLAGS STORE` with the binary's defaults.
+fn gc_offline_as_given(flags: &[&str], store: &Path) -> Output {
     Command::new(BIN)
         .args(["gc", "--offline"])
         .args(flags)
@@ -109,4 +120,91 @@ fn a_missing_manifest_fails_the_run_unless_allowed_on_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!s.has_blob(&garbage) && s.has_blob(&layer));
+}
+
+/// Sets the modification time of `blob`'s data to `ago` before now.
+fn age_blob(s: &StoreBuilder, blob: &regfs::layout::Digest, ago: std::time::Duration) {
+    let data = std::fs::File::options()
+        .write(true)
+        .open(s.blob_dir(blob).join("data"))
+        .unwrap();
+    data.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A layer uploaded just before a run, whose manifest is not pushed yet, survives the
+/// default minimum age (1h) with its `_layers` link, and is reported; `0s` collects it.
+#[test]
+fn a_fresh_unreferenced_blob_survives_the_default_minimum_age_and_goes_with_0s() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let fresh = s.blob(b"just uploaded");
+    s.layer_link("r", &fresh);
+    let link = s.repo("r").join("_layers/sha256").join(fresh.hex());
+
+    let v = json_of(&gc_offline_as_given(&["--json"], dir.path()));
+    assert_eq!(v["blobs_deleted"], 0, "{v:#}");
+    assert_eq!(v["young_blobs_kept"], 1, "{v:#}");
+    assert!(s.has_blob(&fresh) && link.exists());
+    let text = String::from_utf8_lossy(&gc_offline_as_given(&[], dir.path()).stdout).into_owned();
+    assert!(
+        text.contains("kept      1 unreferenced blobs younger than the minimum age"),
+        "{text}"
+    );
+
+    let v = json_of(&gc_offline_as_given(
+        &["--min-age", "0s", "--json"],
+        dir.path(),
+    ));
+    assert_eq!(v["blobs_deleted"], 1, "{v:#}");
+    assert_eq!(v["young_blobs_kept"], 0, "{v:#}");
+    assert!(!s.has_blob(&fresh) && !link.exists());
+}
+
+/// Age is the data's modification time: written 2h ago it is past the default 1h and
+/// goes, while a fresh one beside it stays; a referenced blob is never counted as young.
+#[test]
+fn a_blob_written_two_hours_ago_goes_with_the_default_minimum_age() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let (manifest, _) = s.image("r", &[s.blob(b"tagged layer")], "t");
+    s.tag("r", "latest", &manifest);
+    let old = s.blob(b"uploaded long ago");
+    let fresh = s.blob(b"uploaded just now");
+    age_blob(&s, &old, std::time::Duration::from_secs(2 * 3600));
+
+    let v = json_of(&gc_offline_as_given(&["--json"], dir.path()));
+    assert_eq!(v["blobs_deleted"], 1, "{v:#}");
+    assert_eq!(v["young_blobs_kept"], 1, "{v:#}");
+    assert!(!s.has_blob(&old));
+    assert!(s.has_blob(&fresh));
+
+    // A minimum age longer than its age keeps the old one too.
+    let older = s.blob(b"uploaded long ago, again");
+    age_blob(&s, &older, std::time::Duration::from_secs(2 * 3600));
+    let v = json_of(&gc_offline_as_given(
+        &["--min-age", "3h", "--json"],
+        dir.path(),
+    ));
+    assert_eq!(v["blobs_deleted"], 0, "{v:#}");
+    assert_eq!(v["young_blobs_kept"], 2, "{v:#}");
+    assert!(s.has_blob(&older));
+}
+
+#[test]
+fn a_bad_minimum_age_is_refused_naming_it() {
+    let dir = common::tempdir();
+    let out = gc_offline_as_given(&["--min-age", "soon"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--min-age") && err.contains("soon"), "{err}");
 }
