@@ -237,3 +237,57 @@ fn a_bad_value_is_quoted_as_typed_and_a_schedule_as_written() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("\"nan\""), "{err}");
 }
+
+/// `[gc] min_age` in the file: parsed like upload_max_age, in force at mount (an
+/// unreferenced blob younger than it stays, reported), re-read on SIGHUP (0s collects
+/// it), and a bad value is refused quoting it, by `config check` and by SIGHUP alike.
+#[test]
+fn the_files_min_age_keeps_young_blobs_and_sighup_rereads_it() {
+    let (code, msg) = check("storage = \"/a\"\nmountpoint = \"/b\"\n[gc]\nmin_age = \"soon\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        msg.contains("gc.min_age") && msg.contains("\"soon\""),
+        "{msg}"
+    );
+    let Some((dir, storage, mnt)) = common::daemon::fuse_dirs() else {
+        return;
+    };
+    let b = common::store::StoreBuilder::new(&storage);
+    let young = b.blob(b"pushed a moment ago, manifest to follow");
+    b.layer_link("r", &young);
+    let file = dir.path().join("regfs.toml");
+    let write = |min_age: &str| {
+        let (s, m) = (storage.display(), mnt.display());
+        let text =
+            format!("storage = \"{s}\"\nmountpoint = \"{m}\"\n[gc]\nmin_age = \"{min_age}\"\n");
+        fs::write(&file, text).unwrap()
+    };
+    write("30m");
+    let state = dir.path().join("state");
+    let d = Daemon::start_as_given(&mnt, &state, &["--config", file.to_str().unwrap()]);
+    assert_eq!(d.status()["settings"]["min_age"], "30m");
+    let m = mnt.display().to_string();
+    let (code, out, err) = d.regfs(&["gc", &m, "--wait", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["report"]["young_blobs_kept"], 1, "{job:#}");
+    assert_eq!(job["settings"]["min_age"], "30m", "{job:#}");
+    assert!(b.has_blob(&young));
+
+    write("0s");
+    d.signal(libc::SIGHUP);
+    wait_until("the reloaded min_age", || {
+        d.status()["settings"]["min_age"] == "0s"
+    });
+    let (code, out, err) = d.regfs(&["gc", &m, "--wait", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["report"]["blobs_deleted"], 1, "{job:#}");
+    assert!(!b.has_blob(&young));
+
+    // A bad value on SIGHUP keeps the setting in force.
+    write("soon");
+    d.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.status()["settings"]["min_age"], "0s");
+}

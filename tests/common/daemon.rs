@@ -33,12 +33,17 @@ impl Daemon {
         }
     }
 
-    /// Starts `regfs mount ARGS... --state-dir STATE` and waits until MNT answers.
+    /// Starts `regfs mount ARGS... --state-dir STATE` and waits until MNT answers. Fresh
+    /// garbage goes (see [`fresh_garbage_goes`]).
     pub fn start(mnt: &Path, state: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_as_given(mnt, state, &[args, fresh_garbage_goes(args)].concat())
+    }
+
+    /// [`Daemon::start`] with the binary's (or the configuration file's) minimum age.
+    pub fn start_as_given(mnt: &Path, state: &Path, args: &[&str]) -> Daemon {
         let child = Command::new(BIN)
             .arg("mount")
             .args(args)
-            .args(fresh_garbage_goes(args))
             .arg("--state-dir")
             .arg(state)
             .stderr(Stdio::piped())

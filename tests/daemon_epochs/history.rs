@@ -199,3 +199,41 @@ pub fn job_ids(e: &Env) -> Vec<u64> {
         .map(|j| j["id"].as_u64().unwrap())
         .collect()
 }
+
+/// A daemon started with `--gc-min-age 1h` keeps an unreferenced blob uploaded just
+/// before its run (with its `_layers` link), says so in the job's report, in `regfs jobs`
+/// and in `regfs status`, and collects old garbage beside it.
+#[test]
+fn a_daemon_keeps_garbage_younger_than_its_minimum_age_and_reports_it() {
+    let Some(e) = env() else { return };
+    let b = StoreBuilder::new(&e.storage);
+    let young = b.blob(b"layer whose manifest is not pushed yet");
+    b.layer_link("team/web", &young);
+    let old = b.blob(b"garbage from yesterday");
+    std::fs::File::options()
+        .write(true)
+        .open(b.blob_dir(&old).join("data"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400))
+        .unwrap();
+    let d = Daemon::start(&e, &["--gc-min-age", "1h"]);
+    assert_eq!(d.status()["settings"]["min_age"], "1h");
+    let job = d.gc_wait();
+    assert_eq!(job["report"]["young_blobs_kept"], 1, "{job:#}");
+    assert_eq!(job["report"]["blobs_deleted"], 1, "{job:#}");
+    assert!(b.has_blob(&young) && !b.has_blob(&old));
+    let link = b.repo("team/web").join("_layers/sha256").join(young.hex());
+    assert!(link.exists(), "the young blob's _layers link stays");
+    let out = d.cli_ok(&["jobs"], &[]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("1 unreferenced blobs younger than 1h kept"),
+        "{listed}"
+    );
+    let out = d.cli_ok(&["status"], &[]);
+    assert!(
+        text(&out.stdout).contains("min-age 1h"),
+        "{}",
+        text(&out.stdout)
+    );
+}
