@@ -532,6 +532,7 @@ schedule = "0 3 * * SAT"
 duration = "30m"
 delete_untagged = true
 upload_max_age = "48h"
+min_age = "30m"
 allow_missing_manifests = true
 [metrics]
 listen = "127.0.0.1:9469"
@@ -547,6 +548,7 @@ listen = "127.0.0.1:9469"
         assert!(o.settings.delete_untagged);
         assert!(o.settings.gc_options().allow_missing_manifests);
         assert_eq!(o.settings.upload_max_age, Duration::from_secs(48 * 3600));
+        assert_eq!(o.settings.gc_options().min_age, Duration::from_secs(1800));
         assert_eq!(o.settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(o.metrics.unwrap().listen.port(), 9469);
         assert_eq!(o.mount.users, MountUsers::default());
