@@ -9,7 +9,8 @@
 # --delete-untagged) and RUNS runs:
 #   * copies the pristine store twice (cp -a), points the copy of config.yml at copy 1;
 #   * times `docker-registry garbage-collect [--delete-untagged] COPY1/config.yml` and
-#     `regfs gc --offline COPY2 [--delete-untagged] --json`, each after a `find` over its
+#     `regfs gc --offline COPY2 --min-age 0s [--delete-untagged] --json` (the generated
+#     store is fresh: the default minimum age would keep all of it), each after a `find` over its
 #     copy so that both start with a warm cache; which one runs first alternates;
 #   * compares the blob directories left in the two copies (comm), in both directions:
 #       kept only by regfs     regfs deleted less. Expected with --delete-untagged, where
@@ -206,7 +207,7 @@ floor_run() {
     [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
     rm -rf --one-file-system "$C3"
     cp -a "$PRISTINE" "$C3"
-    "$REGFS" gc --offline "$C3" "${flags[@]}" --dry-run --json --list >"$plan" ||
+    "$REGFS" gc --offline "$C3" --min-age 0s "${flags[@]}" --dry-run --json --list >"$plan" ||
         die "regfs gc --dry-run --list on $C3 failed"
     sync
     find "$C3" >/dev/null
@@ -245,7 +246,7 @@ run_regfs() {
     [[ ${3:-} == dry ]] && flags+=(--dry-run)
     find "$C2" >/dev/null
     t0=$EPOCHREALTIME
-    "$REGFS" gc --offline "$C2" "${flags[@]}" --json >"$out" 2>"$err" || rc=$?
+    "$REGFS" gc --offline "$C2" --min-age 0s "${flags[@]}" --json >"$out" 2>"$err" || rc=$?
     t1=$EPOCHREALTIME
     if ((rc != 0)); then
         tail -n 20 "$err" >&2

@@ -127,7 +127,8 @@ chown "$REG_USER:$REG_USER" "$STORE"        # the registry owns its store
 install -d -m 700 -o nobody "$SK/run"
 chown -R nobody "$SK"
 echo 'unqualified-search-registries = []' > "$SK/registries.conf"
-"$REGFS" mount "$STORE" "$MNT" --state-dir "$STATE" --delete-untagged --drain-timeout 30 \
+# --gc-min-age 0s: the demo collects what it deleted a moment ago (default: 1h).
+"$REGFS" mount "$STORE" "$MNT" --state-dir "$STATE" --delete-untagged --drain-timeout 30 --gc-min-age 0s \
   --registry-config "$WORK/registry.yml" \
   2> "$WORK/regfs.log" &
 RFS_PID=$!
