@@ -208,3 +208,23 @@ fn a_bad_minimum_age_is_refused_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--min-age") && err.contains("soon"), "{err}");
 }
+
+/// A blob directory without `data` (an upload being moved into place, or damage) is aged
+/// by the directory's own mtime.
+#[test]
+fn a_blob_directory_without_data_is_aged_by_the_directory() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let b = s.blob(b"data about to vanish");
+    std::fs::remove_file(s.blob_dir(&b).join("data")).unwrap();
+    let v = json_of(&gc_offline_as_given(&["--json"], dir.path()));
+    assert_eq!(v["young_blobs_kept"], 1, "{v:#}");
+    assert!(s.blob_dir(&b).exists());
+    std::fs::File::open(s.blob_dir(&b))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+    let v = json_of(&gc_offline_as_given(&["--json"], dir.path()));
+    assert_eq!(v["young_blobs_kept"], 0, "{v:#}");
+    assert!(!s.blob_dir(&b).exists(), "{v:#}");
+}
