@@ -175,8 +175,7 @@ impl WriteGate {
         let start = Instant::now();
         let deadline = start + drain_timeout;
         let mut report = CloseReport::default();
-        // Undos of writers cut here: (index in report.cut, writer id, undo).
-        let mut repairs: Vec<(usize, u64, Arc<dyn WriteUndo>)> = Vec::new();
+        let mut repairs: Vec<Repair> = Vec::new();
         let mut st = self.lock();
         if !st.closed {
             st.closed = true;
@@ -187,16 +186,7 @@ impl WriteGate {
         loop {
             // Every pass, since a create admitted just before the close may still
             // register its handle.
-            for w in st.writers.values_mut() {
-                if w.treatment == Treatment::CutAtOnce && !w.cut {
-                    w.cut = true;
-                    report.cut.push(CutWriter {
-                        path: w.path.clone(),
-                        reason: CutReason::Upload,
-                        repaired: None,
-                    });
-                }
-            }
+            cut_at_once(&mut st, &mut report);
             let draining = st.writers.values().any(|w| !w.cut);
             if !draining && !st.busy() {
                 break;
@@ -207,17 +197,7 @@ impl WriteGate {
             }
             let now = Instant::now();
             if draining && now >= deadline {
-                for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
-                    w.cut = true;
-                    if let Some(r) = &w.undo {
-                        repairs.push((report.cut.len(), id, r.clone()));
-                    }
-                    report.cut.push(CutWriter {
-                        path: w.path.clone(),
-                        reason: CutReason::DrainTimeout,
-                        repaired: None,
-                    });
-                }
+                cut_after_drain(&mut st, &mut report, &mut repairs);
                 continue;
             }
             // Past the deadline only in-flight requests remain; they end quickly.
@@ -368,6 +348,38 @@ impl Drop for GateWrite {
             w.in_flight -= 1;
         }
         self.shared.changed.notify_all();
+    }
+}
+
+/// The undo of a writer cut by a close: (index in `CloseReport::cut`, writer id, undo).
+type Repair = (usize, u64, Arc<dyn WriteUndo>);
+
+/// Cuts every writer treated as cut-at-once (an upload's other files) not cut yet.
+fn cut_at_once(st: &mut State, report: &mut CloseReport) {
+    for w in st.writers.values_mut() {
+        if w.treatment == Treatment::CutAtOnce && !w.cut {
+            w.cut = true;
+            report.cut.push(CutWriter {
+                path: w.path.clone(),
+                reason: CutReason::Upload,
+                repaired: None,
+            });
+        }
+    }
+}
+
+/// Cuts every writer still open when the drain timeout ran out, keeping their undos.
+fn cut_after_drain(st: &mut State, report: &mut CloseReport, repairs: &mut Vec<Repair>) {
+    for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
+        w.cut = true;
+        if let Some(r) = &w.undo {
+            repairs.push((report.cut.len(), id, r.clone()));
+        }
+        report.cut.push(CutWriter {
+            path: w.path.clone(),
+            reason: CutReason::DrainTimeout,
+            repaired: None,
+        });
     }
 }
 
