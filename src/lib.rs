@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod daemon;
-pub mod epoch;
 pub mod error;
 pub mod fs;
 pub mod gc;

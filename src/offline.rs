@@ -6,11 +6,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::epoch::WriteGate;
 use crate::fs::StorageFs;
 use crate::gc::{self, GcError, Options, Progress, Report, Unattended};
 use crate::layout::Store;
 use crate::lock::{LockError, lock_store};
+use crate::policy::gate::WriteGate;
 
 #[derive(Debug, Error)]
 pub enum OfflineError {

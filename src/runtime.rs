@@ -16,10 +16,10 @@ use crate::daemon::control::{self, ControlSocket};
 use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, notify, scheduler};
-use crate::epoch::WriteGate;
 use crate::metrics::GcStats;
 use crate::metrics_http::Server;
 use crate::mount::{self, Serving};
+use crate::policy::gate::WriteGate;
 
 /// Re-reads the settings on SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<crate::daemon::settings::Settings, String> + Send>;

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use regfs::epoch::WriteGate;
 use regfs::fs::StorageFs;
+use regfs::policy::gate::WriteGate;
 
 #[test]
 fn symlinks_in_the_store_are_never_followed() {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use regfs::epoch::CutReason;
+use regfs::policy::gate::CutReason;
 
 const EROFS: i32 = libc::EROFS;
 

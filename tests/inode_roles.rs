@@ -9,10 +9,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use regfs::epoch::WriteGate;
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::{Digest, Role, classify_path};
 use regfs::policy::WriteRole;
+use regfs::policy::gate::WriteGate;
 
 const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
 

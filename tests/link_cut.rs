@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::store::StoreBuilder;
-use regfs::epoch::{CutReason, WriteGate};
 use regfs::fs::{Caller, SetAttr, StorageFs};
+use regfs::policy::gate::{CutReason, WriteGate};
 
 const LINK_A: &[u8] = b"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const LINK_B: &[u8] = b"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::store::{OCI_INDEX, OCI_MANIFEST, StoreBuilder};
-use regfs::epoch::WriteGate;
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::Digest;
+use regfs::policy::gate::WriteGate;
 use serde_json::json;
 
 const ROOT: u64 = 1;

@@ -10,8 +10,8 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use std::sync::Arc;
 
-use regfs::epoch::WriteGate;
 use regfs::fs::StorageFs;
+use regfs::policy::gate::WriteGate;
 
 /// Node ids of every entry of the root, from one readdirplus (one reference each).
 fn list_root(fs: &StorageFs) -> HashMap<String, u64> {

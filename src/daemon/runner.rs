@@ -13,10 +13,10 @@ use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
 use super::settings::Settings;
 use super::status::State;
-use crate::epoch::{CutReason, WriteGate};
 use crate::fs::StorageFs;
 use crate::gc::{self, Cancel, Outcome, Phase};
 use crate::layout::Store;
+use crate::policy::gate::{CutReason, WriteGate};
 use crate::registry::CacheStatus;
 
 /// Where a run reports, and what it asks, of whoever started it.

@@ -574,7 +574,7 @@ impl Filesystem for FuseAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::WriteGate;
+    use crate::policy::gate::WriteGate;
     use fuser::FileType;
 
     #[test]

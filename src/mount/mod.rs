@@ -12,10 +12,10 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use rustix::mount::{UnmountFlags, unmount};
 use thiserror::Error;
 
-use crate::epoch::WriteGate;
 use crate::error::FsError;
 use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
+use crate::policy::gate::WriteGate;
 use crate::worker::Worker;
 
 mod checks;

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use regfs::epoch::WriteGate;
 use regfs::fs::StorageFs;
 use regfs::mount::{self, MountConfig, MountGuard};
+use regfs::policy::gate::WriteGate;
 use tempfile::TempDir;
 
 /// Prefix of every temporary directory these tests create; stale mounts are found by it.

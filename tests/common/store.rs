@@ -195,9 +195,11 @@ pub fn collect(
     opts: &regfs::gc::Options,
 ) -> Result<regfs::gc::Report, regfs::gc::GcError> {
     let store = regfs::layout::Store::open(root).unwrap();
-    let deleter =
-        regfs::fs::StorageFs::new(root, std::sync::Arc::new(regfs::epoch::WriteGate::new()))
-            .unwrap();
+    let deleter = regfs::fs::StorageFs::new(
+        root,
+        std::sync::Arc::new(regfs::policy::gate::WriteGate::new()),
+    )
+    .unwrap();
     regfs::gc::collect(
         &store,
         &deleter,
