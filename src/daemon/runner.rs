@@ -142,8 +142,11 @@ fn close_store<'a>(
     settings: &Settings,
 ) -> Reopen<'a> {
     let gate = parts.gate;
-    control.set_state(State::Closing);
+    // In this order, so a status that says "closing" is already read-only.
+    gate.refuse_new_writes();
+    let reopen = Reopen(gate);
     parts.host.read_only_since(Utc::now());
+    control.set_state(State::Closing);
     tracing::warn!(
         job = job.id,
         "GC epoch open: the store is read-only, pushes are refused until it ends"
@@ -152,7 +155,6 @@ fn close_store<'a>(
         "GC job {}: store READ-ONLY, pushes refused",
         job.id
     ));
-    let reopen = Reopen(gate);
     let close =
         gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
     job.drain_seconds = close.waited.as_secs_f64();

@@ -156,6 +156,20 @@ impl WriteGate {
         self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Refuses new writes at once, without waiting for writers already open: what a
+    /// status saying "closing" must already be true of. `close_for_writes` then drains.
+    pub fn refuse_new_writes(&self) {
+        let mut st = self.lock();
+        self.close_locked(&mut st);
+    }
+
+    fn close_locked(&self, st: &mut State) {
+        if !st.closed {
+            st.closed = true;
+            self.shared.closed.store(true, Ordering::Release);
+        }
+    }
+
     /// Closes the store for writes. Returns when nothing is writing any more: uploads'
     /// other files cut, other writers released or cut after `drain_timeout`, in-flight
     /// changes finished. Upload data writers are neither waited for nor cut.
@@ -177,10 +191,7 @@ impl WriteGate {
         let mut report = CloseReport::default();
         let mut repairs: Vec<Repair> = Vec::new();
         let mut st = self.lock();
-        if !st.closed {
-            st.closed = true;
-            self.shared.closed.store(true, Ordering::Release);
-        }
+        self.close_locked(&mut st);
         st.draining = true;
         st.drained.clear();
         loop {
