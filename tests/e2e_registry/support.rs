@@ -177,7 +177,7 @@ impl Drop for Daemon {
 pub const REGISTRY_USER: &str = "regfs-e2e";
 pub const REGISTRY_PASSWORD: &str = "regfs-e2e-password";
 
-fn base64(bytes: &[u8]) -> String {
+pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in bytes.chunks(3) {

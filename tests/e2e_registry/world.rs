@@ -255,6 +255,17 @@ pub fn setup(mode: Mode) -> Option<World> {
 }
 
 pub fn setup_with(mode: Mode, cache: Cache) -> Option<World> {
+    setup_custom(mode, cache, &[], |_| {})
+}
+
+/// [`setup_with`], the daemon started with `daemon_args` too, after `prepare` has filled
+/// the backing store (as root: `prepare` hands what it creates to the registry's user).
+pub fn setup_custom(
+    mode: Mode,
+    cache: Cache,
+    daemon_args: &[&str],
+    prepare: impl FnOnce(&Path),
+) -> Option<World> {
     let mut needs = Needs::registry_tests(&script())
         .dev_fuse()
         .on_path(&["htpasswd"]);
@@ -285,6 +296,7 @@ pub fn setup_with(mode: Mode, cache: Cache) -> Option<World> {
     // The registry owns its store (the mount shows the store's owner and modes).
     mkdir_owned(&store, reg_ids, 0o755);
     fs::create_dir(&mnt).unwrap();
+    prepare(&store);
 
     let t0 = Instant::now();
     let images = generate_images(&oci);
@@ -351,6 +363,7 @@ pub fn setup_with(mode: Mode, cache: Cache) -> Option<World> {
         // To show the filesystem's own refusal, GC must run despite the unsafe cache.
         extra.push("--allow-unsafe-cache".into());
     }
+    extra.extend(daemon_args.iter().map(Into::into));
     let daemon = start_daemon(&store, &mnt, &state, &daemon_log, mode, &extra);
     let daemon_pid = daemon.child.id();
     let (registry, port) = start_registry(&reg_setup, port, &registry_log, reg_ids);

@@ -1,0 +1,295 @@
+//! The registry's HTTP API as a client uses it (uploads, manifest puts, deletes, tag
+//! lists), skopeo pushes with retries, the soak's images and the GC mode under test.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::describe_output;
+use crate::ctx::{Ctx, Image};
+use crate::support::{REGISTRY_PASSWORD, REGISTRY_USER, base64, run};
+
+/// The GC mode under test: `SOAK_GC_MODE` (`online`, the default, or `read-only`).
+pub fn gc_mode() -> String {
+    let mode = std::env::var("SOAK_GC_MODE").unwrap_or_else(|_| "online".into());
+    assert!(
+        mode == "online" || mode == "read-only",
+        "SOAK_GC_MODE must be online or read-only, not {mode:?}"
+    );
+    mode
+}
+
+/// The daemon's arguments for that mode.
+pub fn daemon_args() -> Vec<&'static str> {
+    if gc_mode() == "online" {
+        vec!["--gc-mode", "online"]
+    } else {
+        vec![]
+    }
+}
+
+/// An HTTP answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+}
+
+/// One HTTP/1.0 request with a body (the registry answers without chunking and closes).
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let creds = base64(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}").as_bytes());
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {creds}\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("receive: {e}"))?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    })
+}
+
+/// Uploads `bytes` as a blob of `repo` in one request (POST, then PUT with the digest).
+pub fn upload_blob(port: u16, repo: &str, bytes: &[u8]) -> Result<String, String> {
+    let digest = format!("sha256:{}", crate::support::hex_of(&sha256(bytes)));
+    let start = request(
+        port,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        &[],
+    )?;
+    if start.status != 202 {
+        return Err(format!(
+            "POST upload: HTTP {} {}",
+            start.status,
+            start.text()
+        ));
+    }
+    let loc = start.header("Location").ok_or("no Location")?;
+    let path = loc
+        .find("/v2/")
+        .map(|i| &loc[i..])
+        .ok_or_else(|| format!("odd Location {loc}"))?;
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let put = request(
+        port,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        bytes,
+    )?;
+    if put.status != 201 {
+        return Err(format!("PUT upload: HTTP {} {}", put.status, put.text()));
+    }
+    Ok(digest)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// PUT of a manifest's bytes at REPO:REFERENCE: the HTTP answer.
+pub fn put_manifest(
+    port: u16,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> Answer {
+    request(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", media_type)],
+        bytes,
+    )
+    .unwrap_or_else(|e| panic!("PUT manifest {repo}:{reference}: {e}"))
+}
+
+/// DELETE of a manifest by digest: the HTTP status.
+pub fn delete_manifest(port: u16, repo: &str, digest: &str) -> Result<u16, String> {
+    request(
+        port,
+        "DELETE",
+        &format!("/v2/{repo}/manifests/{digest}"),
+        &[],
+        &[],
+    )
+    .map(|a| a.status)
+}
+
+/// HEAD of a blob in a repository: the HTTP status ("does the registry say it exists").
+pub fn head_blob(port: u16, repo: &str, digest: &str) -> u16 {
+    request(
+        port,
+        "HEAD",
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &[],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("HEAD blob {repo}@{digest}: {e}"))
+    .status
+}
+
+/// The tags the registry lists for a repository (none for an unknown one).
+pub fn tags(port: u16, repo: &str) -> Vec<String> {
+    let a = request(port, "GET", &format!("/v2/{repo}/tags/list"), &[], &[])
+        .unwrap_or_else(|e| panic!("tags of {repo}: {e}"));
+    if a.status == 404 {
+        return vec![];
+    }
+    assert_eq!(a.status, 200, "tags of {repo}: {}", a.text());
+    let v: Value = serde_json::from_slice(&a.body).expect("tags/list JSON");
+    v["tags"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `skopeo copy --retry-times RETRIES` of an image of the layout to DEST.
+pub fn push_with_retries(ctx: &Ctx, image: &str, dest: &str, retries: u32) -> Output {
+    let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
+    let src = format!("oci:{}:{image}", ctx.oci.display());
+    let dst = format!("docker://127.0.0.1:{}/{dest}", ctx.port);
+    let retries = retries.to_string();
+    ctx.skopeo(&[
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--retry-times",
+        &retries,
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &src,
+        &dst,
+    ])
+}
+
+/// How many times skopeo said it retried (its warnings: "Failed, retrying in ...").
+pub fn retries_in(out: &Output) -> usize {
+    String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .matches("retrying in")
+        .count()
+}
+
+/// Writes the soak's images (`scripts/soak-images.py`) into the scenario's OCI layout and
+/// returns them.
+pub fn soak_images(oci: &Path, families: u32, variants: u32) -> Vec<Image> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/soak-images.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(oci)
+        .args(["--families", &families.to_string()])
+        .args(["--variants", &variants.to_string(), "--json"]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "soak-images.py: {}",
+        describe_output(&out)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("soak-images.py --json");
+    v["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|e| Image {
+            name: e["name"].as_str().unwrap().to_string(),
+            digest: e["digest"].as_str().unwrap().to_string(),
+            kind: e["kind"].as_str().unwrap().to_string(),
+            blobs: e["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().to_string())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Runs `regfs ARGS... MOUNTPOINT --state-dir STATE` with a time limit.
+pub fn regfs(ctx: &Ctx, args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new(crate::BIN);
+    cmd.args(args)
+        .arg(&ctx.mnt)
+        .arg("--state-dir")
+        .arg(&ctx.state);
+    run(cmd, timeout)
+}
+
+/// One GC run through the daemon, followed to its end: the job record.
+pub fn gc_wait(ctx: &Ctx) -> Result<Value, String> {
+    let out = regfs(ctx, &["gc", "--wait", "--json"], Duration::from_secs(300));
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("regfs gc --wait --json ({e}): {}", describe_output(&out)))
+        .and_then(|job: Value| {
+            if out.status.success() {
+                Ok(job)
+            } else {
+                Err(format!("GC run failed: {job}"))
+            }
+        })
+}
+
+/// The blobs a run deleted, from its job record.
+pub fn blobs_deleted(job: &Value) -> u64 {
+    job["report"]["blobs_deleted"].as_u64().unwrap_or(0)
+}
