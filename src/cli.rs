@@ -255,6 +255,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Garbage collection")]
     pub dry_run: bool,
 
+    /// How a run collects: read-only (pushes refused for the run) or online (pushes go
+    /// on; writes pause for a moment) [default: read-only].
+    #[arg(long, value_name = "MODE", help_heading = "Garbage collection")]
+    pub gc_mode: Option<String>,
+
     /// Uploads (and leftover *.tmp files) older than this are removed by a run [default: 168h].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
     pub upload_max_age: Option<Duration>,
@@ -310,6 +315,7 @@ impl MountArgs {
             drain_timeout: self.drain_timeout,
             allow_user: self.allow_user.clone(),
             allow_all_users: self.allow_all_users,
+            gc_mode: self.gc_mode.clone(),
             gc_schedule: self.gc_schedule.clone(),
             gc_duration: self.gc_duration.clone(),
             delete_untagged: self.delete_untagged,

@@ -176,6 +176,7 @@ pub enum UserRef {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcSection {
+    pub mode: Option<String>,
     pub schedule: Option<String>,
     pub duration: Option<String>,
     pub delete_untagged: Option<bool>,
@@ -224,6 +225,7 @@ pub struct MountFlags {
     pub drain_timeout: Option<f64>,
     pub allow_user: Vec<String>,
     pub allow_all_users: bool,
+    pub gc_mode: Option<String>,
     pub gc_schedule: Option<String>,
     pub gc_duration: Option<String>,
     pub delete_untagged: bool,
@@ -432,7 +434,18 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sett
             .map_err(|e| bad(origin.into(), "gc.min_age".into(), format!("{s:?}: {e}")))?,
         (None, None) => crate::gc::DEFAULT_MIN_AGE,
     };
+    let mode = n
+        .pick(
+            args.gc_mode.clone(),
+            "--gc-mode",
+            gc.mode.clone(),
+            "gc.mode",
+        )
+        .map(|(m, o, k)| m.parse().map_err(|e: String| bad(o, k, e)))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Settings {
+        mode,
         schedule,
         duration,
         delete_untagged: args.delete_untagged || gc.delete_untagged.unwrap_or(false),

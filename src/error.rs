@@ -55,6 +55,10 @@ pub enum FsError {
         digest: crate::layout::Digest,
         missing: crate::layout::Digest,
     },
+    /// A write naming what an online GC run is deleting at this moment: refused until
+    /// the deletion ends, and the client retries (its blob is then uploaded anew).
+    #[error("{path}: refused while GC deletes {unit}")]
+    BeingCollected { path: String, unit: String },
     /// A user the mount does not serve (see `fs::access`).
     #[error("uid {uid} may not use this mount")]
     NotAllowed { uid: u32 },
@@ -100,6 +104,8 @@ impl FsError {
             // push fails. ENOENT would be read as "this path is missing" (a 404-style
             // answer for what is a refused write); the daemon's log names link and blob.
             FsError::DanglingLink { .. } => libc::EIO,
+            // EIO for the same reason: a server error the client retries.
+            FsError::BeingCollected { .. } => libc::EIO,
         }
     }
 

@@ -15,7 +15,13 @@ use crate::gc::Counts;
 /// GC figures accumulated over every run in the history.
 #[derive(Debug, Default)]
 pub struct GcStats {
-    runs: HashMap<(String, String), u64>,
+    /// By mode, trigger and outcome.
+    runs: HashMap<(String, String, String), u64>,
+    pause_sum: f64,
+    pause_count: u64,
+    pause_max: f64,
+    resurrected: u64,
+    refused_writes: u64,
     duration_sum: f64,
     duration_count: u64,
     read_only_seconds: f64,
@@ -51,8 +57,19 @@ impl GcStats {
     pub fn add(&mut self, job: &Job) {
         *self
             .runs
-            .entry((lower(&job.trigger), lower(&job.outcome)))
+            .entry((
+                job.settings.mode.clone(),
+                lower(&job.trigger),
+                lower(&job.outcome),
+            ))
             .or_default() += 1;
+        if job.settings.mode == "online" {
+            self.pause_sum += job.pause_seconds;
+            self.pause_count += 1;
+            self.pause_max = self.pause_max.max(job.pause_seconds);
+            self.resurrected += job.resurrected;
+            self.refused_writes += job.refused_writes;
+        }
         if let Some(end) = job.ended_at {
             self.duration_sum += (end - job.started_at).num_milliseconds().max(0) as f64 / 1000.0;
             self.duration_count += 1;
@@ -75,15 +92,31 @@ impl GcStats {
             out.push_str(&s);
             out.push('\n');
         };
-        w("# HELP regfs_gc_runs_total GC runs, by trigger and outcome.".into());
+        w("# HELP regfs_gc_runs_total GC runs, by mode, trigger and outcome.".into());
         w("# TYPE regfs_gc_runs_total counter".into());
         let mut runs: Vec<_> = self.runs.iter().collect();
         runs.sort();
-        for ((trigger, outcome), n) in runs {
+        for ((mode, trigger, outcome), n) in runs {
             w(format!(
-                "regfs_gc_runs_total{{trigger=\"{trigger}\",outcome=\"{outcome}\"}} {n}"
+                "regfs_gc_runs_total{{mode=\"{mode}\",trigger=\"{trigger}\",outcome=\"{outcome}\"}} {n}"
             ));
         }
+        w("# HELP regfs_gc_pause_seconds How long online runs held writes back.".into());
+        w("# TYPE regfs_gc_pause_seconds summary".into());
+        w(format!("regfs_gc_pause_seconds_sum {}", self.pause_sum));
+        w(format!("regfs_gc_pause_seconds_count {}", self.pause_count));
+        w("# HELP regfs_gc_pause_seconds_max The longest pause of an online run.".into());
+        w("# TYPE regfs_gc_pause_seconds_max gauge".into());
+        w(format!("regfs_gc_pause_seconds_max {}", self.pause_max));
+        w("# HELP regfs_gc_resurrected_total Units online runs were about to delete and a write took back.".into());
+        w("# TYPE regfs_gc_resurrected_total counter".into());
+        w(format!("regfs_gc_resurrected_total {}", self.resurrected));
+        w("# HELP regfs_gc_refused_writes_total Writes online runs refused because they named what was being deleted.".into());
+        w("# TYPE regfs_gc_refused_writes_total counter".into());
+        w(format!(
+            "regfs_gc_refused_writes_total {}",
+            self.refused_writes
+        ));
         w("# HELP regfs_gc_run_duration_seconds How long GC runs took.".into());
         w("# TYPE regfs_gc_run_duration_seconds summary".into());
         w(format!(
@@ -178,6 +211,18 @@ pub fn render(daemon: &Daemon, gc: &Mutex<GcStats>) -> String {
             "regfs_gc_state{{state=\"{}\"}} {}",
             lower(&state),
             (status.state == state) as u8
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP regfs_gc_mode The mode the next GC run uses (1 for the current one)."
+    );
+    let _ = writeln!(out, "# TYPE regfs_gc_mode gauge");
+    for mode in ["read-only", "online"] {
+        let _ = writeln!(
+            out,
+            "regfs_gc_mode{{mode=\"{mode}\"}} {}",
+            (status.mode == mode) as u8
         );
     }
     let _ = writeln!(

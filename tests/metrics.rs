@@ -90,7 +90,7 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     d.wait_for_jobs(1);
     let m = scrape(port);
     assert_eq!(
-        m["regfs_gc_runs_total{trigger=\"signal\",outcome=\"done\"}"],
+        m["regfs_gc_runs_total{mode=\"read-only\",trigger=\"signal\",outcome=\"done\"}"],
         1.0
     );
     assert_eq!(

@@ -85,6 +85,10 @@ impl StorePolicy for Recording {
         self.0.ask(format!("access {path}"));
         Ok(())
     }
+
+    fn note_read(&self, path: &str) {
+        self.0.ask(format!("read {path}"));
+    }
 }
 
 #[derive(Debug)]

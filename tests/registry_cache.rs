@@ -7,12 +7,10 @@ mod common;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use common::prereq::Needs;
 use common::redis::RedisServer;
+use common::registry_process::serve;
 use regfs::layout::Digest;
 use regfs::registry::cache::{self, RegistrySettings};
 use regfs::registry::config::RedisTarget;
@@ -196,40 +194,6 @@ fn each_cache_gets_a_verdict_naming_the_setting() {
     );
 }
 
-/// `docker-registry serve CONFIG`, stopped by pid when dropped.
-struct Registry(Child);
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the child this guard started and has not reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(config: &Path, env: &[(&str, &str)]) -> Registry {
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(config)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry serve");
-    // Its command line and environment are readable once it has exec'd.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = child.id();
-    while !cache::registry_processes(config)
-        .iter()
-        .any(|p| p.pid == pid)
-    {
-        assert!(Instant::now() < deadline, "docker-registry did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
-    Registry(child)
-}
-
 #[test]
 fn a_registry_serving_with_the_in_memory_cache_is_named_by_pid() {
     if !needs(&["docker-registry"]) {
@@ -240,7 +204,7 @@ fn a_registry_serving_with_the_in_memory_cache_is_named_by_pid() {
     let config = write_config(dir.path(), "config.yml", "inmemory", &http);
 
     let reg = serve(&config, &[]);
-    let pid = reg.0.id();
+    let pid = reg.pid();
     let v = cache::assess(&settings(&config)).unwrap();
     assert!(!v.safe, "{v:?}");
     assert_eq!(v.registry_pids, vec![pid]);
@@ -260,6 +224,6 @@ fn a_registry_serving_with_the_in_memory_cache_is_named_by_pid() {
     );
     let v = cache::assess(&settings(&config)).unwrap();
     assert!(v.safe, "{v:?}");
-    assert_eq!(v.registry_pids, vec![reg.0.id()]);
+    assert_eq!(v.registry_pids, vec![reg.pid()]);
     assert!(v.detail.contains("environment"), "{v:?}");
 }

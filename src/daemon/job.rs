@@ -29,6 +29,9 @@ pub enum JobOutcome {
 /// The settings a job ran with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSettings {
+    /// "read-only" or "online" (records from before modes existed were read-only).
+    #[serde(default = "read_only")]
+    pub mode: String,
     pub duration: String,
     pub delete_untagged: bool,
     pub dry_run: bool,
@@ -37,6 +40,10 @@ pub struct JobSettings {
     #[serde(default)]
     pub min_age: String,
     pub drain_timeout: String,
+}
+
+fn read_only() -> String {
+    "read-only".into()
 }
 
 /// A writer the epoch cut when it closed the store.
@@ -64,6 +71,15 @@ pub struct Job {
     pub read_only_seconds: f64,
     /// How long closing waited for writers to finish.
     pub drain_seconds: f64,
+    /// Online runs: how long writes were held back while the mark was fixed.
+    #[serde(default)]
+    pub pause_seconds: f64,
+    /// Online runs: doomed units a write took back during the sweep.
+    #[serde(default)]
+    pub resurrected: u64,
+    /// Online runs: writes refused because they named what the sweep was deleting.
+    #[serde(default)]
+    pub refused_writes: u64,
     #[serde(default)]
     pub cut_writers: Vec<CutWriter>,
     /// What became of the registry's cache entries for the deleted blobs (redis).
@@ -81,9 +97,10 @@ impl Job {
         let c = c.unwrap_or_default();
         let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
         format!(
-            "job {} ({}, {}): {}; {} blobs deleted, {} bytes freed, {} manifests removed; read-only {:.1} s",
+            "job {} ({}, {}, {}): {}; {} blobs deleted, {} bytes freed, {} manifests removed; read-only {:.1} s",
             self.id,
             lower(&self.trigger),
+            self.settings.mode,
             self.settings.duration,
             lower(&self.outcome),
             c.blobs_deleted,

@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use super::history::History;
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
-use super::settings::Settings;
+use super::settings::{GcMode, Settings};
 use super::status::State;
 use crate::fs::StorageFs;
 use crate::gc::{self, Cancel, Outcome, Phase};
 use crate::layout::Store;
 use crate::policy::gate::{CutReason, WriteGate};
+use crate::policy::online::OnlineCollection;
 use crate::registry::CacheStatus;
 
 /// Where a run reports, and what it asks, of whoever started it.
@@ -41,6 +42,8 @@ pub struct RunParts<'a> {
     pub fs: &'a StorageFs,
     /// The heartbeat rewrites the running-job record here.
     pub history: &'a History,
+    /// The filesystem's online layer, for online runs.
+    pub online: &'a OnlineCollection,
     pub host: &'a dyn RunHost,
 }
 
@@ -55,7 +58,7 @@ impl Drop for Reopen<'_> {
     }
 }
 
-fn outcome_of(o: Outcome) -> JobOutcome {
+pub(super) fn outcome_of(o: Outcome) -> JobOutcome {
     match o {
         Outcome::Done => JobOutcome::Done,
         Outcome::Stopped => JobOutcome::Stopped,
@@ -78,6 +81,16 @@ fn cache_refusal(host: &dyn RunHost, job: &Job, settings: &Settings) -> Option<S
     if verdict.safe || settings.dry_run {
         return None;
     }
+    if settings.mode == GcMode::Online {
+        // A cached "exists" answers the client without the filesystem ever seeing the
+        // question: nothing online GC does can take such a blob back in time.
+        let why = format!(
+            "online GC refused: {}; online mode needs the registry's blob-descriptor cache off or in redis (set storage.cache.blobdescriptor, or REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR=none as the shipped drop-in does)",
+            verdict.detail
+        );
+        tracing::error!(job = job.id, "{why}");
+        return Some(why);
+    }
     if settings.registry.allow_unsafe_cache {
         tracing::warn!(job = job.id, detail = %verdict.detail,
             "registry cache unsafe; running anyway (allow_unsafe_cache): pushes of deleted blobs will fail until the registry restarts");
@@ -91,7 +104,11 @@ fn cache_refusal(host: &dyn RunHost, job: &Job, settings: &Settings) -> Option<S
 
 /// After a real sweep, still inside the epoch (so no push can read a stale entry): the
 /// registry's redis cache forgets every blob the plan deleted.
-fn forget_deleted(job: &mut Job, settings: &Settings, deleted: &[crate::layout::Digest]) {
+pub(super) fn forget_deleted(
+    job: &mut Job,
+    settings: &Settings,
+    deleted: &[crate::layout::Digest],
+) {
     match crate::registry::cache::forget(&settings.registry, deleted) {
         None => {}
         Some(Ok(said)) => {
@@ -111,6 +128,10 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
     if let Some(refusal) = cache_refusal(parts.host, job, settings) {
         job.outcome = JobOutcome::Failed;
         job.error = Some(refusal);
+        return;
+    }
+    if settings.mode == GcMode::Online {
+        super::online_epoch::collect(parts, job, control, settings);
         return;
     }
     let start = Instant::now();
@@ -197,12 +218,12 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
     }
 }
 
-fn record_failure(job: &mut Job, e: &dyn std::fmt::Display) {
+pub(super) fn record_failure(job: &mut Job, e: &dyn std::fmt::Display) {
     job.outcome = JobOutcome::Failed;
     job.error = Some(e.to_string());
 }
 
-fn record_report(job: &mut Job, report: gc::Report) {
+pub(super) fn record_report(job: &mut Job, report: gc::Report) {
     job.outcome = outcome_of(report.outcome);
     job.ended_in = report.ended_in.map(phase_name);
     job.report = Some(gc::RunReport::Finished(report));

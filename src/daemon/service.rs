@@ -222,6 +222,9 @@ impl Daemon {
             ended_in: None,
             read_only_seconds: 0.0,
             drain_seconds: 0.0,
+            pause_seconds: 0.0,
+            resurrected: 0,
+            refused_writes: 0,
             cut_writers: vec![],
             registry_cache: None,
             report: None,
@@ -274,6 +277,7 @@ impl Daemon {
             store: &self.store,
             fs: &self.fs,
             history: &self.history,
+            online: self.fs.online(),
             host: self,
         }
     }
@@ -396,6 +400,7 @@ impl Daemon {
             mountpoint: self.mountpoint.display().to_string(),
             storage: self.storage.display().to_string(),
             state,
+            mode: settings.mode.to_string(),
             read_only: read_only_since.is_some(),
             read_only_since,
             banner,

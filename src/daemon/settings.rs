@@ -45,8 +45,41 @@ impl fmt::Display for GcDuration {
     }
 }
 
+/// How a run keeps the store consistent while it collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GcMode {
+    /// Pushes are refused (EROFS) for the whole run.
+    #[default]
+    ReadOnly,
+    /// Pushes go on; writes pause briefly while the mark is fixed (see
+    /// [`crate::policy::online`]).
+    Online,
+}
+
+impl FromStr for GcMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read-only" => Ok(GcMode::ReadOnly),
+            "online" => Ok(GcMode::Online),
+            other => Err(format!("{other:?}: expected read-only or online")),
+        }
+    }
+}
+
+impl fmt::Display for GcMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GcMode::ReadOnly => "read-only",
+            GcMode::Online => "online",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub mode: GcMode,
     pub schedule: Option<Schedule>,
     pub duration: GcDuration,
     pub delete_untagged: bool,
@@ -65,6 +98,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            mode: GcMode::ReadOnly,
             schedule: None,
             duration: GcDuration::UntilDone,
             delete_untagged: false,
@@ -93,6 +127,7 @@ impl Settings {
 
     pub fn job_settings(&self) -> JobSettings {
         JobSettings {
+            mode: self.mode.to_string(),
             duration: self.duration.to_string(),
             delete_untagged: self.delete_untagged,
             dry_run: self.dry_run,
@@ -127,6 +162,9 @@ mod tests {
             Ok(GcDuration::Limit(Duration::from_millis(500)))
         );
         assert!("0m".parse::<GcDuration>().is_err());
+        assert_eq!("online".parse(), Ok(GcMode::Online));
+        assert_eq!("read-only".parse(), Ok(GcMode::ReadOnly));
+        assert!("offline".parse::<GcMode>().unwrap_err().contains("online"));
         assert!(
             "soon"
                 .parse::<GcDuration>()

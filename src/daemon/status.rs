@@ -43,6 +43,9 @@ pub struct Status {
     pub mountpoint: String,
     pub storage: String,
     pub state: State,
+    /// The mode runs use now ("read-only" or "online").
+    #[serde(default)]
+    pub mode: String,
     pub read_only: bool,
     pub read_only_since: Option<DateTime<Utc>>,
     /// Said plainly while the store is read-only.
@@ -71,6 +74,7 @@ impl fmt::Display for Status {
         }
         writeln!(f, "regfs at {} (store {})", self.mountpoint, self.storage)?;
         writeln!(f, "  state        {:?}", self.state)?;
+        writeln!(f, "  mode         {}", self.mode)?;
         match &self.read_only_since {
             Some(t) => writeln!(f, "  read-only    since {}", utc(t))?,
             None => writeln!(f, "  read-only    no (pushes work)")?,

@@ -21,6 +21,7 @@ use crate::error::{FsError, FsResult};
 use crate::layout::Store;
 use crate::policy::gate::WriteGate;
 use crate::policy::links::LinkRefusal;
+use crate::policy::online::{OnlineBarrier, OnlineCollection};
 use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write};
 
 /// What a successful lookup or create hands to the kernel.
@@ -70,6 +71,8 @@ pub struct StorageFs {
     /// The gate the policy was built over by [`new`](Self::new), for whoever owns the
     /// epochs (the daemon closes and reopens it); the core never asks it directly.
     epoch_gate: Option<Arc<WriteGate>>,
+    /// The online collector's layer of that policy, for whoever runs online epochs.
+    online: Option<OnlineCollection>,
     /// /proc/self/fd, to reopen O_PATH handles with real access modes.
     pub(super) proc_fd: OwnedFd,
     pub(super) root_dev: u64,
@@ -117,9 +120,14 @@ impl StorageFs {
     pub fn with_fd_budget(root: &Path, gate: Arc<WriteGate>, fd_budget: usize) -> FsResult<Self> {
         let store = Store::open(root)
             .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
-        let policy = Arc::new(LinkRefusal::new(store, gate.as_ref().clone()));
+        let online_store = Store::open(root)
+            .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
+        let online = OnlineBarrier::new(online_store, gate.as_ref().clone());
+        let collection = online.collection();
+        let policy = Arc::new(LinkRefusal::new(store, online));
         let mut fs = Self::open_store(root, policy, fd_budget)?;
         fs.epoch_gate = Some(gate);
+        fs.online = Some(collection);
         Ok(fs)
     }
 
@@ -156,6 +164,7 @@ impl StorageFs {
             dirs: HandleTable::new(),
             policy,
             epoch_gate: None,
+            online: None,
             proc_fd,
             root_dev: st.st_dev,
             passthrough: AtomicBool::new(false),
@@ -176,6 +185,17 @@ impl StorageFs {
         self.epoch_gate
             .as_ref()
             .expect("StorageFs::gate on a filesystem opened without a write gate")
+    }
+
+    /// The online collector's handle on this filesystem's policy (see
+    /// [`crate::policy::online`]).
+    ///
+    /// # Panics
+    /// If it was opened by [`with_policy`](Self::with_policy).
+    pub fn online(&self) -> &OnlineCollection {
+        self.online
+            .as_ref()
+            .expect("StorageFs::online on a filesystem opened without the online layer")
     }
 
     /// Lets the core tell the kernel about changes it makes itself (the sweep).

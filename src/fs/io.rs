@@ -179,6 +179,10 @@ impl StorageFs {
             })?;
             Some(Admitted { lease, role })
         } else {
+            // Only link files, which a read of a blob or manifest starts with.
+            if inode.role().link().is_some() {
+                self.policy.note_read(&inode.path());
+            }
             None
         };
         // A link's O_TRUNC is done below, after its bytes are kept.

@@ -219,6 +219,23 @@ impl StorageFs {
         }
     }
 
+    /// Tells the kernel to drop its cached entry for `rel` (a name the policy hides
+    /// from now on), so the next lookup asks the daemon.
+    pub fn forget_cached(&self, rel: &Path) -> FsResult<()> {
+        let Some(f) = self.find(rel)? else {
+            return Ok(());
+        };
+        let (Some(notifier), Some(parent_id)) =
+            (self.notifier.get(), self.inodes.id_of(key_of(&f.dir_st)))
+        else {
+            return Ok(());
+        };
+        if let Err(e) = notifier.inval_entry(INodeNo(parent_id), f.name) {
+            tracing::debug!(error = %e, path = %rel.display(), "kernel entry invalidation failed");
+        }
+        Ok(())
+    }
+
     fn tell_kernel_removed(&self, parent: InodeKey, child: InodeKey, name: &OsStr) {
         let (Some(notifier), Some(parent_id)) = (self.notifier.get(), self.inodes.id_of(parent))
         else {

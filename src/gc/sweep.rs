@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::control::{Cancel, Progress};
 use super::error::GcError;
+use super::online::Claims;
 use super::plan::{Action, Plan};
 use super::report::Counts;
 use crate::error::FsError;
@@ -138,26 +139,34 @@ pub struct Swept {
 pub fn execute(
     plan: &Plan,
     deleter: &dyn Deleter,
+    claims: &dyn Claims,
     cancel: &dyn Cancel,
     progress: &dyn Progress,
 ) -> Result<Swept, GcError> {
     let total = Mutex::new(Counts::default());
     let mut stopped = false;
     for phase in 0..3 {
-        let units: Vec<&Action> = plan
+        let units: Vec<(usize, &Action)> = plan
             .actions
             .iter()
-            .filter(|a| phase_of(a) == phase)
+            .enumerate()
+            .filter(|(_, a)| phase_of(a) == phase)
             .collect();
         // Empty fan-out directories only after every blob in them is gone: phase 2 runs
         // after phase 1 has finished.
         let result: Result<Vec<bool>, GcError> = units
             .par_iter()
-            .map(|a| {
+            .map(|&(i, a)| {
                 if cancel.interrupted().is_some() {
                     return Ok(false);
                 }
-                let c = run(a, deleter)?;
+                if !claims.claim(i) {
+                    progress.advance();
+                    return Ok(true);
+                }
+                let c = run(a, deleter);
+                claims.release(i);
+                let c = c?;
                 total.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
                 progress.swept(&c);
                 progress.advance();

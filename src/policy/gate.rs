@@ -81,6 +81,8 @@ struct State {
     /// Paths of in-place writers released while a close was draining.
     drained: Vec<String>,
     draining: bool,
+    /// An online run's pause: new changes and writes wait (they are not refused).
+    paused: bool,
 }
 
 impl State {
@@ -102,6 +104,15 @@ impl Shared {
         // A panic while holding the lock cannot leave State half-updated in a way that
         // matters more than losing the gate, so recover the guard.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock, once no pause holds writes back.
+    fn lock_unpaused(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        while st.paused {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
     }
 
     /// Registers a write handle; `None` for one the gate leaves alone (upload data).
@@ -241,6 +252,34 @@ impl WriteGate {
         report
     }
 
+    /// Pauses writes for an online run: new changes, write-capable opens and writes wait
+    /// (nothing is refused, nothing is cut) and this returns once those in flight have
+    /// finished. `None` if they did not within `timeout` (the pause is then lifted).
+    /// Writes resume when the returned guard drops.
+    pub fn pause_writes(&self, timeout: Duration) -> Option<Paused<'_>> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        st.paused = true;
+        let paused = Paused(self);
+        while st.busy() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "online GC pause: writes still in flight after {timeout:?}; not paused"
+                );
+                drop(st);
+                return None;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Some(paused)
+    }
+
     /// Ends the epoch. Handles cut during it stay cut: a writer that missed a write must
     /// not carry on as if it had not. Returns whether the gate was closed.
     pub fn reopen_for_writes(&self) -> bool {
@@ -254,7 +293,7 @@ impl WriteGate {
 
 impl StorePolicy for WriteGate {
     fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
-        let mut st = self.lock();
+        let mut st = self.shared.lock_unpaused();
         if st.closed {
             return Err(refused(change.path()));
         }
@@ -265,7 +304,7 @@ impl StorePolicy for WriteGate {
     }
 
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
-        let mut st = self.lock();
+        let mut st = self.shared.lock_unpaused();
         if st.closed {
             return Err(refused(writer.path));
         }
@@ -282,6 +321,20 @@ impl StorePolicy for WriteGate {
             return Err(refused(path));
         }
         Ok(())
+    }
+
+    fn note_read(&self, _path: &str) {}
+}
+
+/// Writes held back by [`WriteGate::pause_writes`]; they resume when it drops.
+#[derive(Debug)]
+#[must_use = "writes resume when the pause drops"]
+pub struct Paused<'a>(&'a WriteGate);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.lock().paused = false;
+        self.0.shared.changed.notify_all();
     }
 }
 
@@ -318,7 +371,7 @@ struct GateWriter {
 
 impl HeldWriter for GateWriter {
     fn admit_write(&self, _write: &Write<'_>) -> FsResult<WriteLease> {
-        let mut st = self.shared.lock();
+        let mut st = self.shared.lock_unpaused();
         match st.writers.get_mut(&self.id) {
             Some(w) if !w.cut => {
                 w.in_flight += 1;

@@ -73,6 +73,10 @@ impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
     fn check_write_access(&self, path: &str) -> FsResult<()> {
         self.inner.check_write_access(path)
     }
+
+    fn note_read(&self, path: &str) {
+        self.inner.note_read(path)
+    }
 }
 
 /// Checks links against the blobs in the backing store.

@@ -12,7 +12,8 @@
 //!   keeps until it is released; each write or truncate on it asks the lease
 //!   ([`WriterLease::admit_write`]) for a [`WriteLease`] held while it runs;
 //! - whether a name is shown at all (lookup, listing): [`StorePolicy::is_visible`];
-//! - access(2) asking for write permission: [`StorePolicy::check_write_access`].
+//! - access(2) asking for write permission: [`StorePolicy::check_write_access`];
+//! - a link file opened for reading: [`StorePolicy::note_read`].
 //!
 //! Every lease gives itself back when dropped: no token is returned by hand. The write
 //! gate of GC epochs ([`gate::WriteGate`]) is one policy; the online barrier and a gate
@@ -21,6 +22,7 @@
 
 pub mod gate;
 pub mod links;
+pub mod online;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -166,6 +168,9 @@ pub trait StorePolicy: Send + Sync + fmt::Debug {
     fn is_visible(&self, name: &Name<'_>) -> bool;
     /// access(2) with W_OK on `path`: would a writer be admitted now?
     fn check_write_access(&self, path: &str) -> FsResult<()>;
+    /// A link file (`path`) opened for reading: the registry is about to serve what it
+    /// names. Nothing is refused; a policy may take note.
+    fn note_read(&self, path: &str);
 }
 
 /// What a policy keeps for a change in flight (dropped when the change ends).

@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod prereq;
 pub mod redis;
+pub mod registry_process;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ mod daemon;
 mod fixture;
 mod history;
 mod interrupted;
+mod online;
 mod runs;
 mod state;
 mod triggers;

@@ -1,0 +1,432 @@
+//! Online collection: the policy layer that lets a run mark and sweep while the registry
+//! keeps writing.
+//!
+//! - While the run marks, every write that can make a digest referenced or present is
+//!   recorded (the write barrier): a revision, `_layers` or tag index link (the digest is
+//!   in the path), a tag's current link (in its bytes), a blob directory made or renamed
+//!   into `blobs/`. The run folds them into its mark while writes are paused.
+//! - While it sweeps, the same writes are checked against what the run is deleting
+//!   ([`Doomed`]): a doomed unit they name is taken back (resurrected); one being deleted
+//!   refuses them (EIO: the registry answers 500 and the client retries). A manifest link
+//!   also takes back the manifest's references, recursively for indexes. Doomed blob
+//!   directories are hidden from lookups, and a registry reading a `_layers` or revision
+//!   link (a client asking about that blob or manifest) takes it back too.
+//!
+//! Recording and checking happen under one lock with the phase, so every write is either
+//! recorded before the run takes the barrier or checked against the doomed set after.
+//! Everything lives in memory: a daemon that dies mid-run starts with nothing hidden.
+
+mod doomed;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use doomed::{Claim, Doomed, DoomedUnit};
+
+use super::{
+    Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
+    WriteUndo, Writer, WriterLease,
+};
+use crate::error::{FsError, FsResult};
+use crate::layout::paths::{self, LinkRole};
+use crate::layout::{Digest, PathKind, RepoName, Store, classify, parse_link};
+use crate::manifest;
+
+/// What a write made referenced or present while a run marked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Touched {
+    /// A link naming manifest `digest` in `repo` (revision, tag index or tag current).
+    Manifest { repo: RepoName, digest: Digest },
+    /// A `_layers` link or a blob directory.
+    Blob(Digest),
+}
+
+#[derive(Debug, Default)]
+enum Phase {
+    #[default]
+    Off,
+    Recording(HashSet<Touched>),
+    Sweeping(Doomed),
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Anything but `Off`: lets every request skip the lock between runs.
+    active: AtomicBool,
+    phase: Mutex<Phase>,
+    store: Store,
+    refused: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The run's handle on the layer (clones share it).
+#[derive(Debug, Clone)]
+pub struct OnlineCollection {
+    shared: Arc<Shared>,
+}
+
+impl OnlineCollection {
+    /// From now on, writes are recorded.
+    pub fn start_recording(&self) {
+        *self.shared.lock() = Phase::Recording(HashSet::new());
+        self.shared.refused.store(0, Ordering::Relaxed);
+        self.shared.active.store(true, Ordering::Release);
+    }
+
+    /// What was recorded so far; recording goes on (empty) until [`doom`](Self::doom).
+    pub fn take_touched(&self) -> Vec<Touched> {
+        match &mut *self.shared.lock() {
+            Phase::Recording(set) => std::mem::take(set).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// From now on, writes are checked against `units`. Anything recorded since
+    /// [`take_touched`](Self::take_touched) is taken back at once.
+    pub fn doom(&self, units: Vec<DoomedUnit>) {
+        let late = self.take_touched();
+        let paths: Vec<String> = late
+            .iter()
+            .flat_map(|t| self.shared.guarded_paths(t))
+            .collect();
+        let mut doomed = Doomed::new(units);
+        for p in &paths {
+            doomed.touch(p);
+        }
+        *self.shared.lock() = Phase::Sweeping(doomed);
+    }
+
+    /// The sweep takes unit `i` (the plan's index); false if a write took it back.
+    pub fn claim(&self, i: usize) -> bool {
+        match &mut *self.shared.lock() {
+            Phase::Sweeping(d) => d.claim(i),
+            _ => false,
+        }
+    }
+
+    /// The sweep is done with unit `i`.
+    pub fn release(&self, i: usize) {
+        if let Phase::Sweeping(d) = &mut *self.shared.lock() {
+            d.release(i);
+        }
+    }
+
+    /// Blob directories hidden now (for the kernel's caches to be told).
+    pub fn hidden(&self) -> Vec<String> {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.hidden().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Units taken back by a write during this run's sweep.
+    pub fn resurrected(&self) -> u64 {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.resurrected(),
+            _ => 0,
+        }
+    }
+
+    /// Writes refused because they named what the sweep was deleting.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// The run is over (done, stopped, failed): nothing is recorded, hidden or guarded.
+    pub fn end(&self) {
+        *self.shared.lock() = Phase::Off;
+        self.shared.active.store(false, Ordering::Release);
+    }
+}
+
+/// The layer, over the policy `P` (asked first).
+#[derive(Debug)]
+pub struct OnlineBarrier<P> {
+    shared: Arc<Shared>,
+    inner: P,
+}
+
+impl<P: StorePolicy> OnlineBarrier<P> {
+    /// `store`: the backing store (manifests are read from it), opened before the mount.
+    pub fn new(store: Store, inner: P) -> Self {
+        OnlineBarrier {
+            shared: Arc::new(Shared {
+                active: AtomicBool::new(false),
+                phase: Mutex::new(Phase::Off),
+                store,
+                refused: AtomicU64::new(0),
+            }),
+            inner,
+        }
+    }
+
+    pub fn collection(&self) -> OnlineCollection {
+        OnlineCollection {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What a write at `path` touches, by the path alone.
+fn touched_by_path(path: &str) -> Option<Touched> {
+    match classify(path)? {
+        PathKind::Revision { repo, digest }
+        | PathKind::RevisionLink { repo, digest }
+        | PathKind::TagIndexEntry { repo, digest, .. }
+        | PathKind::TagIndexLink { repo, digest, .. } => Some(Touched::Manifest { repo, digest }),
+        PathKind::LayerDir { digest, .. }
+        | PathKind::LayerLink { digest, .. }
+        | PathKind::BlobDir(digest)
+        | PathKind::BlobData(digest) => Some(Touched::Blob(digest)),
+        _ => None,
+    }
+}
+
+/// The manifest a tag's current link at `path` will name once it holds `bytes`.
+fn touched_by_tag_link(path: &str, bytes: &[u8]) -> Option<Touched> {
+    let Some(PathKind::TagCurrentLink { repo, .. }) = classify(path) else {
+        return None;
+    };
+    parse_link(bytes)
+        .ok()
+        .map(|digest| Touched::Manifest { repo, digest })
+}
+
+/// Manifests are followed this deep (an index of indexes is already unusual).
+const MAX_DEPTH: usize = 8;
+/// A link is at most 71 bytes; one more tells a longer file apart.
+const LINK_READ_LIMIT: usize = 72;
+
+impl Shared {
+    /// The paths a write touching `t` reaches: the blob, and for a manifest its revision
+    /// in the repository and everything it references there.
+    fn guarded_paths(&self, t: &Touched) -> Vec<String> {
+        let mut out = Vec::new();
+        match t {
+            Touched::Blob(d) => out.push(path_string(&paths::blob_dir(d))),
+            Touched::Manifest { repo, digest } => {
+                let mut seen = HashSet::new();
+                self.manifest_paths(repo, *digest, 0, &mut seen, &mut out);
+            }
+        }
+        out
+    }
+
+    fn manifest_paths(
+        &self,
+        repo: &RepoName,
+        d: Digest,
+        depth: usize,
+        seen: &mut HashSet<Digest>,
+        out: &mut Vec<String>,
+    ) {
+        if !seen.insert(d) {
+            return;
+        }
+        out.push(path_string(&paths::blob_dir(&d)));
+        out.push(path_string(&paths::revision_dir(repo, &d)));
+        // What cannot be read or parsed names nothing more; the link check refuses a
+        // manifest whose blob is gone.
+        let Ok(Some(bytes)) = self
+            .store
+            .read(&paths::blob_data(&d), manifest::MAX_MANIFEST_SIZE)
+        else {
+            return;
+        };
+        let Ok(m) = manifest::parse_unverified(&bytes) else {
+            return;
+        };
+        for b in &m.blobs {
+            out.push(path_string(&paths::blob_dir(b)));
+            out.push(path_string(&paths::layer_link_dir_named(repo, &b.hex())));
+        }
+        if depth < MAX_DEPTH {
+            for c in &m.children {
+                self.manifest_paths(repo, *c, depth + 1, seen, out);
+            }
+        }
+    }
+
+    /// A write reaching `path` (and, for a tag's current link, the manifest its bytes
+    /// name): recorded while marking, checked while sweeping.
+    fn guard(&self, path: &str, named: Option<Touched>) -> FsResult<()> {
+        if !self.active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let touched: Vec<Touched> = touched_by_path(path).into_iter().chain(named).collect();
+        if let Phase::Recording(set) = &mut *self.lock() {
+            set.extend(touched);
+            return Ok(());
+        }
+        // Sweeping: manifests are read outside the lock.
+        let guarded: Vec<String> = std::iter::once(path.to_owned())
+            .chain(touched.iter().flat_map(|t| self.guarded_paths(t)))
+            .collect();
+        match &mut *self.lock() {
+            Phase::Recording(set) => set.extend(touched),
+            Phase::Sweeping(doomed) => {
+                for p in &guarded {
+                    if doomed.touch(p) == Claim::BeingDeleted {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(path, deleting = %p,
+                            "write refused: it names what the online GC is deleting right now; the client retries");
+                        return Err(FsError::BeingCollected {
+                            path: path.to_owned(),
+                            unit: p.clone(),
+                        });
+                    }
+                }
+            }
+            Phase::Off => {}
+        }
+        Ok(())
+    }
+
+    /// A link opened for reading while sweeping: someone asks for that blob or manifest
+    /// in that repository, so a doomed one is taken back (one being deleted is not).
+    fn note_read(&self, path: &str) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(t) = touched_by_path(path) else {
+            return;
+        };
+        if !matches!(&*self.lock(), Phase::Sweeping(_)) {
+            return;
+        }
+        let guarded = self.guarded_paths(&t);
+        if let Phase::Sweeping(doomed) = &mut *self.lock() {
+            for p in &guarded {
+                if !doomed.is_being_deleted(p) {
+                    doomed.touch(p);
+                }
+            }
+        }
+    }
+
+    fn is_hidden(&self, name: &Name<'_>) -> bool {
+        // Only blob directories are hidden, and their names are 64 hex digits.
+        if !self.active.load(Ordering::Acquire) || name.name.len() != 64 {
+            return false;
+        }
+        match &*self.lock() {
+            Phase::Sweeping(d) => d.is_hidden(&name.path()),
+            _ => false,
+        }
+    }
+
+    /// A rename onto a tag's current link names what its source holds.
+    fn renamed_content(&self, from: &str, to: &str) -> Option<Touched> {
+        if crate::layout::link_role(to) != Some(LinkRole::TagCurrent) {
+            return None;
+        }
+        match self.store.read(Path::new(from), LINK_READ_LIMIT) {
+            Ok(Some(bytes)) => touched_by_tag_link(to, &bytes),
+            _ => None,
+        }
+    }
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
+    fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
+        let lease = self.inner.admit_change(change)?;
+        match *change {
+            Change::Create { path, .. } | Change::Mkdir { path } | Change::SetAttr { path } => {
+                self.shared.guard(path, None)?
+            }
+            Change::Rename { from, to } => {
+                self.shared.guard(from, None)?;
+                let named = self.shared.renamed_content(from, to);
+                self.shared.guard(to, named)?;
+            }
+            // Removing makes nothing live.
+            Change::Remove { .. } => {}
+        }
+        Ok(ChangeLease::held(GuardedChange {
+            shared: self.shared.clone(),
+            inner: lease,
+        }))
+    }
+
+    fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
+        let lease = self.inner.admit_writer(writer.clone())?;
+        self.shared.guard(writer.path, None)?;
+        Ok(wrap(&self.shared, &writer, lease))
+    }
+
+    fn is_visible(&self, name: &Name<'_>) -> bool {
+        self.inner.is_visible(name) && !self.shared.is_hidden(name)
+    }
+
+    fn check_write_access(&self, path: &str) -> FsResult<()> {
+        self.inner.check_write_access(path)
+    }
+
+    fn note_read(&self, path: &str) {
+        self.inner.note_read(path);
+        self.shared.note_read(path);
+    }
+}
+
+/// A writer of a tag's current link has each write at offset 0 guarded by the manifest
+/// its bytes name; other writers need nothing more.
+fn wrap(shared: &Arc<Shared>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
+    if writer.role != WriteRole::Link(LinkRole::TagCurrent) {
+        return inner;
+    }
+    WriterLease::held(TagLinkWriter {
+        shared: shared.clone(),
+        path: writer.path.to_owned(),
+        undo: writer.undo.clone(),
+        inner,
+    })
+}
+
+#[derive(Debug)]
+struct GuardedChange {
+    shared: Arc<Shared>,
+    inner: ChangeLease,
+}
+
+impl HeldChange for GuardedChange {
+    fn admit_writer(&self, writer: Writer<'_>) -> WriterLease {
+        let inner = self.inner.admit_writer(writer.clone());
+        wrap(&self.shared, &writer, inner)
+    }
+}
+
+#[derive(Debug)]
+struct TagLinkWriter {
+    shared: Arc<Shared>,
+    path: String,
+    undo: Option<Arc<dyn WriteUndo>>,
+    inner: WriterLease,
+}
+
+impl HeldWriter for TagLinkWriter {
+    fn admit_write(&self, write: &Write<'_>) -> FsResult<WriteLease> {
+        let lease = self.inner.admit_write(write)?;
+        if let Write::Bytes { offset: 0, data } = write {
+            let named = touched_by_tag_link(&self.path, data);
+            if let Err(refused) = self.shared.guard(&self.path, named) {
+                // The registry truncated the link first: it gets its old bytes back.
+                if let Some(u) = &self.undo {
+                    u.undo_refused_write();
+                }
+                return Err(refused);
+            }
+        }
+        Ok(lease)
+    }
+}

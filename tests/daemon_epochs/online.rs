@@ -1,0 +1,133 @@
+//! Online mode through a real mount: the store stays writable for the whole run, the
+//! job records its mode and pause, and garbage goes while tagged images stay whole.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use regfs::layout::Digest;
+
+use crate::common::prereq::Needs;
+use crate::common::registry_process::serve;
+use crate::common::store::StoreBuilder;
+use crate::daemon::{Daemon, assert_writable};
+use crate::fixture::{assert_consistent, env};
+
+#[test]
+fn an_online_run_collects_while_every_write_keeps_working() {
+    let Some(e) = env() else { return };
+    let b = StoreBuilder::new(&e.storage);
+    let l1 = b.blob(b"online layer one");
+    let l2 = b.blob(b"online layer two");
+    let (manifest, config) = b.image("library/app", &[l1, l2], "online");
+    b.tag("library/app", "latest", &manifest);
+    let garbage: Vec<Digest> = (0..400)
+        .map(|i| {
+            let d = b.blob(format!("online garbage {i}").as_bytes());
+            b.layer_link("old/app", &d);
+            d
+        })
+        .collect();
+
+    let d = Daemon::start(&e, &["--gc-mode", "online", "--gc-min-age", "0s"]);
+    assert_eq!(d.status()["mode"], "online");
+    let done = AtomicBool::new(false);
+    let writes = AtomicU64::new(0);
+    let seen_read_only = AtomicBool::new(false);
+    let job = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                assert_writable(&e.mnt, &format!("online-{i}"));
+                i += 1;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if d.status()["read_only"] == true {
+                    seen_read_only.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let job = d.gc_wait();
+        done.store(true, Ordering::Relaxed);
+        job
+    });
+    assert!(
+        !seen_read_only.load(Ordering::Relaxed),
+        "status said read-only during an online run"
+    );
+    assert!(writes.load(Ordering::Relaxed) > 0);
+    assert_eq!(job["outcome"], "done", "{job:#}\n{}", d.log());
+    assert_eq!(job["settings"]["mode"], "online", "{job:#}");
+    assert_eq!(job["read_only_seconds"], 0.0, "{job:#}");
+    let pause = job["pause_seconds"].as_f64().expect("pause_seconds");
+    assert!(pause > 0.0, "an online run pauses writes once: {job:#}");
+    assert_eq!(job["report"]["blobs_deleted"], garbage.len(), "{job:#}");
+    for g in &garbage {
+        assert!(!b.has_blob(g), "garbage {g} left");
+    }
+    for live in [&l1, &l2, &manifest, &config] {
+        assert!(b.has_blob(live), "live blob {live} deleted");
+    }
+    assert_consistent(&e.storage);
+    let jobs = d.jobs();
+    assert_eq!(jobs[0]["settings"]["mode"], "online");
+    let metrics_mode = d.status();
+    assert_eq!(metrics_mode["state"], "idle");
+}
+
+#[test]
+fn online_mode_with_the_registrys_in_memory_cache_refuses_to_run() {
+    let Some(e) = env() else { return };
+    if !Needs::new()
+        .on_path(&["docker-registry"])
+        .met("the online cache refusal test runs a real docker-registry")
+    {
+        return;
+    }
+    let b = StoreBuilder::new(&e.storage);
+    let g = b.blob(b"garbage kept by a refused online run");
+    let dir = e._dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            e.mnt.display()
+        ),
+    )
+    .unwrap();
+    let shown = config.to_str().unwrap().to_owned();
+    let d = Daemon::start(
+        &e,
+        &[
+            "--gc-mode",
+            "online",
+            "--gc-min-age",
+            "0s",
+            "--registry-config",
+            &shown,
+            "--allow-unsafe-cache",
+        ],
+    );
+    // Debian's default cache, without the drop-in's override.
+    let registry = serve(&config, &[]);
+    let out = d.cli(&["gc"], &["--wait", "--json"]);
+    drop(registry);
+    assert!(!out.status.success(), "a refused run is a failed job");
+    let job = d.wait_job(1, Duration::from_secs(10));
+    assert_eq!(job["outcome"], "failed", "{job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("online GC refused") && error.contains("inmemory"),
+        "{error}"
+    );
+    assert!(b.has_blob(&g), "a refused run deleted garbage");
+    assert!(d.log().contains("online GC refused"), "{}", d.log());
+}
