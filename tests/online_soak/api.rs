@@ -223,6 +223,25 @@ pub fn push_with_retries(ctx: &Ctx, image: &str, dest: &str, retries: u32) -> Ou
     ])
 }
 
+/// A push as a client that retries does it: `skopeo copy --retry-times RETRIES`, run again
+/// up to RETRIES more times when it fails (skopeo retries "blob unknown" answers itself,
+/// not a plain HTTP 500, which is how the registry reports a link write the sweep
+/// refused). The last output, and the retries (skopeo's and the runs again).
+pub fn push_retrying(ctx: &Ctx, image: &str, dest: &str, retries: u32) -> (Output, usize) {
+    let mut total = 0;
+    let mut attempt = 0;
+    loop {
+        let out = push_with_retries(ctx, image, dest, retries);
+        total += retries_in(&out);
+        if out.status.success() || attempt == retries {
+            return (out, total);
+        }
+        attempt += 1;
+        total += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// How many times skopeo said it retried (its warnings: "Failed, retrying in ...").
 pub fn retries_in(out: &Output) -> usize {
     String::from_utf8_lossy(&out.stderr)
@@ -292,4 +311,12 @@ pub fn gc_wait(ctx: &Ctx) -> Result<Value, String> {
 /// The blobs a run deleted, from its job record.
 pub fn blobs_deleted(job: &Value) -> u64 {
     job["report"]["blobs_deleted"].as_u64().unwrap_or(0)
+}
+
+/// The mode a job ran in (recorded with its settings).
+pub fn job_mode(job: &Value) -> &str {
+    job["settings"]["mode"]
+        .as_str()
+        .or(job["mode"].as_str())
+        .unwrap_or("read-only")
 }
