@@ -107,6 +107,13 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     let online = parts.online;
     online.start_recording();
     let _end = EndOnline(online);
+    // A write admitted just before recording began was not recorded: it must land before
+    // the mark reads the store, or the mark could read a link as it was (a tag still on
+    // the manifest it is moving away from) and the write go unseen. Writes in flight are
+    // waited for (new ones wait a moment and are then recorded).
+    if parts.gate.pause_writes(settings.drain_timeout).is_none() {
+        return record_failure(job, &gc::GcError::NoPause);
+    }
     control.set_state(State::Marking);
     let barrier = PauseBarrier {
         gate: parts.gate,
