@@ -13,7 +13,7 @@ pub mod status;
 pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
-mod online_epoch;
+pub mod online_epoch;
 pub mod scheduler;
 pub mod signals;
 pub mod state_dir;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
@@ -18,16 +18,28 @@ use crate::policy::gate::{Paused, WriteGate};
 use crate::policy::online::{DoomedUnit, OnlineCollection, Touched};
 
 /// The pause: writes held back from [`Barrier::pause`] until [`PauseBarrier::resume`].
-struct PauseBarrier<'a> {
+pub struct PauseBarrier<'a> {
     gate: &'a WriteGate,
     online: &'a OnlineCollection,
-    settings: &'a Settings,
+    /// How long the pause waits for writes in flight.
+    timeout: Duration,
     held: Mutex<Option<(Paused<'a>, Instant)>>,
+}
+
+impl<'a> PauseBarrier<'a> {
+    pub fn new(gate: &'a WriteGate, online: &'a OnlineCollection, timeout: Duration) -> Self {
+        PauseBarrier {
+            gate,
+            online,
+            timeout,
+            held: Mutex::new(None),
+        }
+    }
 }
 
 impl Barrier for PauseBarrier<'_> {
     fn pause(&self) -> Option<Vec<LateRoot>> {
-        let paused = self.gate.pause_writes(self.settings.drain_timeout)?;
+        let paused = self.gate.pause_writes(self.timeout)?;
         let start = Instant::now();
         let roots = self
             .online
@@ -42,7 +54,7 @@ impl Barrier for PauseBarrier<'_> {
 
 impl PauseBarrier<'_> {
     /// Lets writes go on; how long they were held, if they were.
-    fn resume(&self) -> Option<f64> {
+    pub fn resume(&self) -> Option<f64> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
         held.map(|(paused, start)| {
             drop(paused);
@@ -59,7 +71,7 @@ fn late_root(t: Touched) -> LateRoot {
 }
 
 /// The units of `plan` as the filesystem guards them, in the plan's order.
-fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
+pub fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
     plan.actions
         .iter()
         .map(|a| DoomedUnit {
@@ -81,7 +93,7 @@ fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
 }
 
 /// The sweep asks the filesystem for each unit.
-struct OnlineClaims<'a>(&'a OnlineCollection);
+pub struct OnlineClaims<'a>(pub &'a OnlineCollection);
 
 impl Claims for OnlineClaims<'_> {
     fn claim(&self, i: usize) -> bool {
@@ -108,12 +120,7 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     online.start_recording();
     let _end = EndOnline(online);
     control.set_state(State::Marking);
-    let barrier = PauseBarrier {
-        gate: parts.gate,
-        online,
-        settings,
-        held: Mutex::new(None),
-    };
+    let barrier = PauseBarrier::new(parts.gate, online, settings.drain_timeout);
     let marked = gc::mark_online(
         parts.store,
         &settings.gc_options(),
