@@ -176,6 +176,9 @@ fn mark_in_pool(
             return Err(GcError::NoPause);
         };
         report.late_roots = roots.len() as u64;
+        // Opened anew: the blobs directory may have appeared since the mark began.
+        let manifests =
+            mark::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
         late_warnings = online::fold(
             store,
             &inventory,

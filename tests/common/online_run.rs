@@ -60,13 +60,18 @@ impl Default for Core {
     }
 }
 
-/// Where the registry acts during a run. Each hook gets the unit's index and action.
+/// A hook at a unit: its index in the plan and its action.
+pub type UnitHook<'h> = Box<dyn Fn(usize, &Action) + Sync + 'h>;
+/// A hook after a claim: also whether the sweep got the unit.
+pub type ClaimHook<'h> = Box<dyn Fn(usize, &Action, bool) + Sync + 'h>;
+
+/// Where the registry acts during a run.
 #[derive(Default)]
 pub struct Hooks<'h> {
     pub before_pause: Option<Box<dyn Fn() + Sync + 'h>>,
-    pub before_claim: Option<Box<dyn Fn(usize, &Action) + Sync + 'h>>,
-    pub after_claim: Option<Box<dyn Fn(usize, &Action, bool) + Sync + 'h>>,
-    pub after_release: Option<Box<dyn Fn(usize, &Action) + Sync + 'h>>,
+    pub before_claim: Option<UnitHook<'h>>,
+    pub after_claim: Option<ClaimHook<'h>>,
+    pub after_release: Option<UnitHook<'h>>,
     /// The run is stopped once this many units were claimed.
     pub stop_after: Option<usize>,
 }
@@ -153,6 +158,11 @@ fn one_collector_thread() {
 /// One online run over `core` with `opts`, the registry acting through `hooks`. The
 /// sweep runs its units one at a time, in the plan's order (deterministic).
 pub fn run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> OnlineOutcome {
+    try_run(core, opts, hooks).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`run`]; a failed mark is an error.
+pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineOutcome, String> {
     one_collector_thread();
     let online = core.online();
     online.start_recording();
@@ -168,7 +178,7 @@ pub fn run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> OnlineOutcome {
         Err(e) => {
             pause.resume();
             online.end();
-            panic!("online mark failed: {e}");
+            return Err(format!("online mark failed: {e}"));
         }
     };
     online.doom(doomed_units(&planned.plan));
@@ -188,12 +198,12 @@ pub fn run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> OnlineOutcome {
     let resurrected = online.resurrected();
     let refused = online.refused();
     online.end();
-    OnlineOutcome {
+    Ok(OnlineOutcome {
         report,
         resurrected,
         refused,
         hidden_after: online.hidden(),
-    }
+    })
 }
 
 /// Link files in the backing store that are not a well-formed link to a blob with data.
