@@ -14,6 +14,7 @@
 //! allow_all_users = false
 //!
 //! [gc]
+//! mode = "read-only"       # or "online": pushes go on during a run
 //! schedule = "0 3 * * SAT" # UTC
 //! duration = "until-done"  # or "30m", or "never"
 //! delete_untagged = false
