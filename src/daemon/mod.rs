@@ -4,6 +4,7 @@
 pub mod history;
 pub mod job;
 pub mod run_control;
+pub mod run_record;
 pub mod runner;
 pub mod schedule;
 pub mod service;

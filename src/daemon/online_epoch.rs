@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
-use super::runner::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
+use super::run_record::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
 use super::settings::Settings;
 use super::status::State;
 use crate::gc::{self, Action, Barrier, Cancel, Claims, LateRoot, Plan};

@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::run_control::RunControl;
-use super::runner::{RunHost, RunParts};
+use super::run_record::{RunHost, RunParts};
 use super::settings::{GcDuration, Settings};
 use super::state_dir::StateDir;
 use super::status::{Descriptors, State, Status};
