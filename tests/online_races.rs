@@ -303,7 +303,7 @@ fn a_push_during_the_mark_keeps_what_it_links() {
     let out = run(&core, &opts(), &hooks);
     drop(hooks);
     let img = pushed.into_inner().unwrap().expect("the hook ran").unwrap();
-    assert!(out.report.late_roots >= 1, "{:?}", out.report);
+    assert!(out.recorded >= 1 && out.resurrected >= 1, "{out:?}");
     img.assert_whole(&core, "a");
     assert_eq!(img.layers, old.layers);
     // Only the old image's own config and manifest were garbage.
@@ -383,4 +383,43 @@ fn a_pause_holds_new_writes_until_it_ends_and_waits_for_none_in_flight() {
         assert!(waited >= Duration::from_millis(150), "{waited:?}");
     });
     assert!(core.has_data("scratch/f"));
+}
+
+#[test]
+fn an_abandoned_upload_written_to_during_the_mark_or_the_sweep_stays() {
+    let core = Core::new();
+    let b = common::store::StoreBuilder::new(&core.root);
+    let resumed_early = b.upload("a", "resumed-while-marking", Some(200));
+    let resumed_late = b.upload("a", "resumed-while-sweeping", Some(200));
+    let abandoned = b.upload("a", "abandoned", Some(200));
+    let rel = |p: &std::path::Path| p.strip_prefix(&core.root).unwrap().display().to_string();
+    let hooks = Hooks {
+        before_pause: Some(Box::new(|| {
+            core.registry()
+                .put_content(&format!("{}/data", rel(&resumed_early)), b"more")
+                .unwrap();
+        })),
+        before_claim: Some(Box::new(|_, a| {
+            if matches!(a, Action::RemoveUpload { dir, .. } if core.root.join(dir) == resumed_late)
+            {
+                core.registry()
+                    .put_content(&format!("{}/data", rel(&resumed_late)), b"more")
+                    .unwrap();
+            }
+        })),
+        ..Default::default()
+    };
+    let out = run(&core, &opts(), &hooks);
+    drop(hooks);
+    assert!(resumed_early.join("data").is_file(), "{out:?}");
+    assert!(resumed_late.join("data").is_file(), "{out:?}");
+    assert!(
+        !abandoned.exists(),
+        "an upload nobody writes to goes: {out:?}"
+    );
+    assert_eq!(
+        out.report.counts.uploads_removed, 1,
+        "{:?}",
+        out.report.counts
+    );
 }

@@ -4,7 +4,6 @@
 //! is being deleted). Nothing is refused with EROFS at any point.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::job::{Job, JobOutcome};
@@ -12,62 +11,39 @@ use super::run_control::RunControl;
 use super::run_record::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
 use super::settings::Settings;
 use super::status::State;
-use crate::gc::{self, Action, Barrier, Cancel, Claims, LateRoot, Plan};
+use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
-use crate::policy::gate::{Paused, WriteGate};
-use crate::policy::online::{DoomedUnit, OnlineCollection, Touched};
+use crate::policy::gate::WriteGate;
+use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection};
 
-/// The pause: writes held back from [`Barrier::pause`] until [`PauseBarrier::resume`].
-pub struct PauseBarrier<'a> {
-    gate: &'a WriteGate,
-    online: &'a OnlineCollection,
-    /// How long the pause waits for writes in flight.
+/// What the pause did.
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    /// How long writes were held back.
+    pub held: Duration,
+    /// Paths writes had recorded while the run marked.
+    pub recorded: u64,
+}
+
+/// The pause: holds writes back, takes back what the writes recorded during the mark
+/// reach, starts guarding what `plan` deletes, and lets writes go on. `None` if writes
+/// in flight did not finish within `timeout` (nothing is then guarded or deleted).
+pub fn pause_and_install(
+    gate: &WriteGate,
+    online: &OnlineCollection,
+    plan: &Plan,
     timeout: Duration,
-    held: Mutex<Option<(Paused<'a>, Instant)>>,
-}
-
-impl<'a> PauseBarrier<'a> {
-    pub fn new(gate: &'a WriteGate, online: &'a OnlineCollection, timeout: Duration) -> Self {
-        PauseBarrier {
-            gate,
-            online,
-            timeout,
-            held: Mutex::new(None),
-        }
-    }
-}
-
-impl Barrier for PauseBarrier<'_> {
-    fn pause(&self) -> Option<Vec<LateRoot>> {
-        let paused = self.gate.pause_writes(self.timeout)?;
-        let start = Instant::now();
-        let roots = self
-            .online
-            .take_touched()
-            .into_iter()
-            .map(late_root)
-            .collect();
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some((paused, start));
-        Some(roots)
-    }
-}
-
-impl PauseBarrier<'_> {
-    /// Lets writes go on; how long they were held, if they were.
-    pub fn resume(&self) -> Option<f64> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
-        held.map(|(paused, start)| {
-            drop(paused);
-            start.elapsed().as_secs_f64()
-        })
-    }
-}
-
-fn late_root(t: Touched) -> LateRoot {
-    match t {
-        Touched::Manifest { repo, digest } => LateRoot::Manifest { repo, digest },
-        Touched::Blob(d) => LateRoot::Blob(d),
-    }
+) -> Option<Pause> {
+    // Built before the pause: a big plan's units take a while to lay out.
+    let doomed = Doomed::new(doomed_units(plan));
+    let start = Instant::now();
+    let paused = gate.pause_writes(timeout)?;
+    let recorded = online.install(doomed);
+    drop(paused);
+    Some(Pause {
+        held: start.elapsed(),
+        recorded,
+    })
 }
 
 /// The units of `plan` as the filesystem guards them, in the plan's order.
@@ -120,39 +96,30 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     online.start_recording();
     let _end = EndOnline(online);
     control.set_state(State::Marking);
-    let barrier = PauseBarrier::new(parts.gate, online, settings.drain_timeout);
-    let marked = gc::mark_online(
-        parts.store,
-        &settings.gc_options(),
-        control,
-        control,
-        &barrier,
-    );
-    let mut planned = match marked {
-        Err(e) => {
-            job.pause_seconds = barrier.resume().unwrap_or(0.0);
-            return record_failure(job, &e);
-        }
-        Ok(gc::Marked::Interrupted(report)) => {
-            job.pause_seconds = barrier.resume().unwrap_or(0.0);
-            return record_report(job, report);
-        }
+    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+        Err(e) => return record_failure(job, &e),
+        Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
     };
-    if !settings.dry_run {
-        online.doom(doomed_units(&planned.plan));
-    }
-    job.pause_seconds = barrier.resume().unwrap_or(0.0);
-    tracing::info!(
-        job = job.id,
-        pause_ms = job.pause_seconds * 1000.0,
-        late_roots = planned.report.late_roots,
-        "online GC: writes paused while the mark was fixed"
-    );
-    planned.measure(parts.store);
     if settings.dry_run {
         return record_report(job, planned.report);
     }
+    let Some(pause) = pause_and_install(parts.gate, online, &planned.plan, settings.drain_timeout)
+    else {
+        return record_failure(
+            job,
+            &"writes in flight did not finish within the drain timeout, so they could not be paused; nothing was deleted",
+        );
+    };
+    job.pause_seconds = pause.held.as_secs_f64();
+    job.late_writes = pause.recorded;
+    tracing::info!(
+        job = job.id,
+        pause_ms = job.pause_seconds * 1000.0,
+        recorded = pause.recorded,
+        taken_back = online.resurrected(),
+        "online GC: writes paused while what they did during the mark was taken into account"
+    );
     let deleted: Vec<Digest> = planned.plan.blobs().copied().collect();
     // Before anything goes: a registry cache must not answer "exists" for a doomed blob.
     forget_deleted(job, settings, &deleted);
@@ -161,8 +128,8 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
             tracing::debug!(error = %e, dir, "cannot drop a hidden blob from the kernel cache");
         }
     }
-    if control.interrupted().is_some() {
-        job.outcome = outcome_of(control.interrupted().unwrap_or(gc::Outcome::Stopped));
+    if let Some(o) = control.interrupted() {
+        job.outcome = outcome_of(o);
         job.ended_in = Some("mark".into());
         return;
     }

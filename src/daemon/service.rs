@@ -223,6 +223,7 @@ impl Daemon {
             read_only_seconds: 0.0,
             drain_seconds: 0.0,
             pause_seconds: 0.0,
+            late_writes: 0,
             resurrected: 0,
             refused_writes: 0,
             cut_writers: vec![],

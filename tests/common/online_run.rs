@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use regfs::daemon::online_epoch::{OnlineClaims, PauseBarrier, doomed_units};
+use regfs::daemon::online_epoch::{OnlineClaims, pause_and_install};
 use regfs::fs::StorageFs;
-use regfs::gc::{self, Action, Barrier, Cancel, Claims, LateRoot, Outcome, Report, Unattended};
+use regfs::gc::{self, Action, Cancel, Claims, Outcome, Report, Unattended};
 use regfs::layout::Store;
 use regfs::policy::gate::WriteGate;
 use regfs::policy::online::OnlineCollection;
@@ -76,20 +76,6 @@ pub struct Hooks<'h> {
     pub stop_after: Option<usize>,
 }
 
-struct HookedBarrier<'b, 'a, 'h> {
-    inner: &'b PauseBarrier<'a>,
-    hooks: &'b Hooks<'h>,
-}
-
-impl Barrier for HookedBarrier<'_, '_, '_> {
-    fn pause(&self) -> Option<Vec<LateRoot>> {
-        if let Some(h) = &self.hooks.before_pause {
-            h();
-        }
-        self.inner.pause()
-    }
-}
-
 struct HookedClaims<'a, 'h> {
     inner: OnlineClaims<'a>,
     actions: Vec<Action>,
@@ -141,6 +127,8 @@ impl Cancel for StopAfter<'_, '_> {
 #[derive(Debug)]
 pub struct OnlineOutcome {
     pub report: Report,
+    /// Paths written while the run marked.
+    pub recorded: u64,
     pub resurrected: u64,
     pub refused: u64,
     /// Blob directories still hidden when the run ended (must be none).
@@ -166,24 +154,21 @@ pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineO
     one_collector_thread();
     let online = core.online();
     online.start_recording();
-    let pause = PauseBarrier::new(&core.gate, online, Duration::from_secs(10));
-    let barrier = HookedBarrier {
-        inner: &pause,
-        hooks,
-    };
-    let marked = gc::mark_online(&core.store, opts, &Unattended, &Unattended, &barrier);
-    let mut planned = match marked {
+    let marked = gc::mark(&core.store, opts, &Unattended, &Unattended);
+    let planned = match marked {
         Ok(gc::Marked::Planned(p)) => p,
         Ok(gc::Marked::Interrupted(_)) => panic!("an unattended mark was interrupted"),
         Err(e) => {
-            pause.resume();
             online.end();
             return Err(format!("online mark failed: {e}"));
         }
     };
-    online.doom(doomed_units(&planned.plan));
-    pause.resume();
-    planned.measure(&core.store);
+    // Writes after the mark, before the pause: the barrier recorded them.
+    if let Some(h) = &hooks.before_pause {
+        h();
+    }
+    let pause = pause_and_install(&core.gate, online, &planned.plan, Duration::from_secs(10))
+        .expect("nothing in flight to wait for");
     let claims = HookedClaims {
         inner: OnlineClaims(online),
         actions: planned.plan.actions.clone(),
@@ -200,6 +185,7 @@ pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineO
     online.end();
     Ok(OnlineOutcome {
         report,
+        recorded: pause.recorded,
         resurrected,
         refused,
         hidden_after: online.hidden(),
