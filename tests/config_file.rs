@@ -59,18 +59,18 @@ fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
         return;
     };
     let file = dir.path().join("regfs.toml");
-    let write = |duration: &str, untagged: bool| {
+    let write = |duration: &str, untagged: bool, mode: &str| {
         fs::write(
             &file,
             format!(
-                "storage = \"{}\"\nmountpoint = \"{}\"\n[gc]\nduration = \"{duration}\"\ndelete_untagged = {untagged}\nupload_max_age = \"48h\"\n",
+                "storage = \"{}\"\nmountpoint = \"{}\"\n[gc]\nmode = \"{mode}\"\nduration = \"{duration}\"\ndelete_untagged = {untagged}\nupload_max_age = \"48h\"\n",
                 storage.display(),
                 mnt.display()
             ),
         )
         .unwrap()
     };
-    write("never", false);
+    write("never", false, "read-only");
     // The file says never; the flag says a 30-minute limit, and wins.
     let d = Daemon::start(
         &mnt,
@@ -81,6 +81,7 @@ fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
     assert_eq!(st["settings"]["duration"], "30m");
     assert_eq!(st["settings"]["upload_max_age"], "2days");
     assert_eq!(st["settings"]["delete_untagged"], false);
+    assert_eq!(st["mode"], "read-only");
     drop(d);
 
     // Without the flag the file rules: triggers are refused.
@@ -94,14 +95,17 @@ fn mount_reads_the_file_flags_override_it_and_sighup_rereads_it() {
     assert_eq!(code, 1);
     assert!(err.contains("disabled"), "{err}");
     // SIGHUP re-reads the file.
-    write("until-done", true);
+    write("until-done", true, "online");
     d.signal(libc::SIGHUP);
     wait_until("the reloaded settings", || {
         d.status()["settings"]["duration"] == "until-done"
     });
     assert_eq!(d.status()["settings"]["delete_untagged"], true);
-    let (code, out, err) = d.regfs(&["gc", &m, "--wait"]);
+    assert_eq!(d.status()["mode"], "online");
+    let (code, out, err) = d.regfs(&["gc", &m, "--wait", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["settings"]["mode"], "online", "{job:#}");
     // A broken file on SIGHUP keeps the settings in force.
     fs::write(&file, "storage = \n").unwrap();
     d.signal(libc::SIGHUP);

@@ -102,6 +102,10 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     assert_eq!(m["regfs_gc_run_duration_seconds_count"], 1.0);
     assert!(m["regfs_gc_last_success_timestamp_seconds"] > 1.7e9);
     assert_eq!(m["regfs_gc_state{state=\"idle\"}"], 1.0);
+    assert_eq!(m["regfs_gc_mode{mode=\"read-only\"}"], 1.0);
+    assert_eq!(m["regfs_gc_mode{mode=\"online\"}"], 0.0);
+    // Read-only runs do not pause: they close.
+    assert_eq!(m["regfs_gc_pause_seconds_count"], 0.0);
 
     // Anything but /metrics is a 404.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -74,7 +74,11 @@ pub struct Job {
     /// Online runs: how long writes were held back while the mark was fixed.
     #[serde(default)]
     pub pause_seconds: f64,
-    /// Online runs: doomed units a write took back during the sweep.
+    /// Online runs: paths written while the run marked (taken into account at the pause).
+    #[serde(default)]
+    pub late_writes: u64,
+    /// Online runs: units the run was to delete that a write took back (at the pause or
+    /// during the sweep).
     #[serde(default)]
     pub resurrected: u64,
     /// Online runs: writes refused because they named what the sweep was deleting.

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod job;
 pub mod run_control;
+pub mod run_record;
 pub mod runner;
 pub mod schedule;
 pub mod service;
@@ -13,7 +14,7 @@ pub mod status;
 pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
-mod online_epoch;
+pub mod online_epoch;
 pub mod scheduler;
 pub mod signals;
 pub mod state_dir;

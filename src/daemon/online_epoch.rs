@@ -4,62 +4,50 @@
 //! is being deleted). Nothing is refused with EROFS at any point.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
-use super::runner::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
+use super::run_record::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
 use super::settings::Settings;
 use super::status::State;
-use crate::gc::{self, Action, Barrier, Cancel, Claims, LateRoot, Plan};
+use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
-use crate::policy::gate::{Paused, WriteGate};
-use crate::policy::online::{DoomedUnit, OnlineCollection, Touched};
+use crate::policy::gate::WriteGate;
+use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection};
 
-/// The pause: writes held back from [`Barrier::pause`] until [`PauseBarrier::resume`].
-struct PauseBarrier<'a> {
-    gate: &'a WriteGate,
-    online: &'a OnlineCollection,
-    settings: &'a Settings,
-    held: Mutex<Option<(Paused<'a>, Instant)>>,
+/// What the pause did.
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    /// How long writes were held back.
+    pub held: Duration,
+    /// Paths writes had recorded while the run marked.
+    pub recorded: u64,
 }
 
-impl Barrier for PauseBarrier<'_> {
-    fn pause(&self) -> Option<Vec<LateRoot>> {
-        let paused = self.gate.pause_writes(self.settings.drain_timeout)?;
-        let start = Instant::now();
-        let roots = self
-            .online
-            .take_touched()
-            .into_iter()
-            .map(late_root)
-            .collect();
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some((paused, start));
-        Some(roots)
-    }
-}
-
-impl PauseBarrier<'_> {
-    /// Lets writes go on; how long they were held, if they were.
-    fn resume(&self) -> Option<f64> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
-        held.map(|(paused, start)| {
-            drop(paused);
-            start.elapsed().as_secs_f64()
-        })
-    }
-}
-
-fn late_root(t: Touched) -> LateRoot {
-    match t {
-        Touched::Manifest { repo, digest } => LateRoot::Manifest { repo, digest },
-        Touched::Blob(d) => LateRoot::Blob(d),
-    }
+/// The pause: holds writes back, takes back what the writes recorded during the mark
+/// reach, starts guarding what `plan` deletes, and lets writes go on. `None` if writes
+/// in flight did not finish within `timeout` (nothing is then guarded or deleted).
+pub fn pause_and_install(
+    gate: &WriteGate,
+    online: &OnlineCollection,
+    plan: &Plan,
+    timeout: Duration,
+) -> Option<Pause> {
+    // Built before the pause: a big plan's units take a while to lay out.
+    let doomed = Doomed::new(doomed_units(plan));
+    let start = Instant::now();
+    let paused = gate.pause_writes(timeout)?;
+    let recorded = online.install(doomed);
+    drop(paused);
+    Some(Pause {
+        held: start.elapsed(),
+        recorded,
+    })
 }
 
 /// The units of `plan` as the filesystem guards them, in the plan's order.
-fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
+pub fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
     plan.actions
         .iter()
         .map(|a| DoomedUnit {
@@ -81,7 +69,7 @@ fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
 }
 
 /// The sweep asks the filesystem for each unit.
-struct OnlineClaims<'a>(&'a OnlineCollection);
+pub struct OnlineClaims<'a>(pub &'a OnlineCollection);
 
 impl Claims for OnlineClaims<'_> {
     fn claim(&self, i: usize) -> bool {
@@ -115,44 +103,30 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         return record_failure(job, &gc::GcError::NoPause);
     }
     control.set_state(State::Marking);
-    let barrier = PauseBarrier {
-        gate: parts.gate,
-        online,
-        settings,
-        held: Mutex::new(None),
-    };
-    let marked = gc::mark_online(
-        parts.store,
-        &settings.gc_options(),
-        control,
-        control,
-        &barrier,
-    );
-    let mut planned = match marked {
-        Err(e) => {
-            job.pause_seconds = barrier.resume().unwrap_or(0.0);
-            return record_failure(job, &e);
-        }
-        Ok(gc::Marked::Interrupted(report)) => {
-            job.pause_seconds = barrier.resume().unwrap_or(0.0);
-            return record_report(job, report);
-        }
+    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+        Err(e) => return record_failure(job, &e),
+        Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
     };
-    if !settings.dry_run {
-        online.doom(doomed_units(&planned.plan));
-    }
-    job.pause_seconds = barrier.resume().unwrap_or(0.0);
-    tracing::info!(
-        job = job.id,
-        pause_ms = job.pause_seconds * 1000.0,
-        late_roots = planned.report.late_roots,
-        "online GC: writes paused while the mark was fixed"
-    );
-    planned.measure(parts.store);
     if settings.dry_run {
         return record_report(job, planned.report);
     }
+    let Some(pause) = pause_and_install(parts.gate, online, &planned.plan, settings.drain_timeout)
+    else {
+        return record_failure(
+            job,
+            &"writes in flight did not finish within the drain timeout, so they could not be paused; nothing was deleted",
+        );
+    };
+    job.pause_seconds = pause.held.as_secs_f64();
+    job.late_writes = pause.recorded;
+    tracing::info!(
+        job = job.id,
+        pause_ms = job.pause_seconds * 1000.0,
+        recorded = pause.recorded,
+        taken_back = online.resurrected(),
+        "online GC: writes paused while what they did during the mark was taken into account"
+    );
     let deleted: Vec<Digest> = planned.plan.blobs().copied().collect();
     // Before anything goes: a registry cache must not answer "exists" for a doomed blob.
     forget_deleted(job, settings, &deleted);
@@ -161,8 +135,8 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
             tracing::debug!(error = %e, dir, "cannot drop a hidden blob from the kernel cache");
         }
     }
-    if control.interrupted().is_some() {
-        job.outcome = outcome_of(control.interrupted().unwrap_or(gc::Outcome::Stopped));
+    if let Some(o) = control.interrupted() {
+        job.outcome = outcome_of(o);
         job.ended_in = Some("mark".into());
         return;
     }

@@ -1,51 +1,23 @@
-//! One GC epoch: close the store (drain) → mark → sweep (deleting through the mount, so
-//! the kernel sees it) → reopen. The store is reopened whatever happens, a panic included.
+//! One GC epoch. Read-only mode: close the store (drain) → mark → sweep (deleting
+//! through the mount, so the kernel sees it) → reopen; the store is reopened whatever
+//! happens, a panic included. Online mode: see `online_epoch`.
 //! A run works on the parts it is given ([`RunParts`]) and reports to a [`RunHost`]; it
 //! knows nothing of the service that starts it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
-use super::history::History;
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
+use super::run_record::{
+    RunHost, RunParts, forget_deleted, outcome_of, record_failure, record_report,
+};
 use super::settings::{GcMode, Settings};
 use super::status::State;
-use crate::fs::StorageFs;
-use crate::gc::{self, Cancel, Outcome, Phase};
-use crate::layout::Store;
+use crate::gc::{self, Cancel};
 use crate::policy::gate::{CutReason, WriteGate};
-use crate::policy::online::OnlineCollection;
-use crate::registry::CacheStatus;
-
-/// Where a run reports, and what it asks, of whoever started it.
-pub trait RunHost: Sync {
-    /// The registry cache's verdict now (`when` says why it is asked).
-    fn cache_verdict(&self, when: &str) -> Option<CacheStatus>;
-    /// The store closed for writes at `t`.
-    fn read_only_since(&self, t: DateTime<Utc>);
-    /// The running job as its record should say now (for the heartbeat).
-    fn snapshot(&self) -> Option<Job>;
-    /// The run ended; `job` says how.
-    fn ended(&self, job: Job);
-}
-
-/// What a run works on.
-pub struct RunParts<'a> {
-    /// Closed for the epoch, reopened at its end.
-    pub gate: &'a WriteGate,
-    /// The collector reads the store here (the directory handle taken before the mount).
-    pub store: &'a Store,
-    /// The sweep deletes through the mount, so the kernel sees it.
-    pub fs: &'a StorageFs,
-    /// The heartbeat rewrites the running-job record here.
-    pub history: &'a History,
-    /// The filesystem's online layer, for online runs.
-    pub online: &'a OnlineCollection,
-    pub host: &'a dyn RunHost,
-}
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -55,21 +27,6 @@ struct Reopen<'a>(&'a WriteGate);
 impl Drop for Reopen<'_> {
     fn drop(&mut self) {
         self.0.reopen_for_writes();
-    }
-}
-
-pub(super) fn outcome_of(o: Outcome) -> JobOutcome {
-    match o {
-        Outcome::Done => JobOutcome::Done,
-        Outcome::Stopped => JobOutcome::Stopped,
-        Outcome::TimeLimit => JobOutcome::TimeLimit,
-    }
-}
-
-fn phase_name(p: Phase) -> String {
-    match p {
-        Phase::Mark => "mark".into(),
-        Phase::Sweep => "sweep".into(),
     }
 }
 
@@ -100,27 +57,6 @@ fn cache_refusal(host: &dyn RunHost, job: &Job, settings: &Settings) -> Option<S
         "registry cache unsafe, nothing deleted: {} (set [registry] allow_unsafe_cache = true to collect anyway)",
         verdict.detail
     ))
-}
-
-/// After a real sweep, still inside the epoch (so no push can read a stale entry): the
-/// registry's redis cache forgets every blob the plan deleted.
-pub(super) fn forget_deleted(
-    job: &mut Job,
-    settings: &Settings,
-    deleted: &[crate::layout::Digest],
-) {
-    match crate::registry::cache::forget(&settings.registry, deleted) {
-        None => {}
-        Some(Ok(said)) => {
-            tracing::info!(job = job.id, "{said}");
-            job.registry_cache = Some(said);
-        }
-        Some(Err(e)) => {
-            tracing::error!(job = job.id, error = %e,
-                "registry cache keys of deleted blobs NOT removed: pushes of them fail until they expire or the registry restarts");
-            job.registry_cache = Some(format!("keys not removed: {e}"));
-        }
-    }
 }
 
 /// The epoch itself; fills in `job`.
@@ -216,17 +152,6 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
         Err(e) => record_failure(job, &e),
         Ok(report) => record_report(job, report),
     }
-}
-
-pub(super) fn record_failure(job: &mut Job, e: &dyn std::fmt::Display) {
-    job.outcome = JobOutcome::Failed;
-    job.error = Some(e.to_string());
-}
-
-pub(super) fn record_report(job: &mut Job, report: gc::Report) {
-    job.outcome = outcome_of(report.outcome);
-    job.ended_in = report.ended_in.map(phase_name);
-    job.report = Some(gc::RunReport::Finished(report));
 }
 
 /// Runs a job on its own thread and records it.

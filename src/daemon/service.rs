@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::run_control::RunControl;
-use super::runner::{RunHost, RunParts};
+use super::run_record::{RunHost, RunParts};
 use super::settings::{GcDuration, Settings};
 use super::state_dir::StateDir;
 use super::status::{Descriptors, State, Status};
@@ -223,6 +223,7 @@ impl Daemon {
             read_only_seconds: 0.0,
             drain_seconds: 0.0,
             pause_seconds: 0.0,
+            late_writes: 0,
             resurrected: 0,
             refused_writes: 0,
             cut_writers: vec![],

@@ -42,10 +42,6 @@ pub enum GcError {
     },
     #[error("{path}: {what}; cannot prove what it references, so nothing was deleted")]
     NotUnderstood { path: String, what: String },
-    /// An online run could not pause writes (some still in flight after the drain
-    /// timeout).
-    #[error("writes did not pause within the drain timeout; nothing was deleted")]
-    NoPause,
     /// Stopped or out of time while marking (never reported as a failure).
     #[error("interrupted")]
     Interrupted,

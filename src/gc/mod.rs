@@ -12,7 +12,6 @@ pub mod error;
 pub mod inventory;
 pub mod mark;
 pub mod markset;
-pub mod online;
 pub mod plan;
 pub mod report;
 pub mod scan;
@@ -24,10 +23,9 @@ pub use control::{Cancel, Progress, Unattended};
 pub use error::GcError;
 pub use inventory::Inventory;
 pub use markset::MarkSet;
-pub use online::{Barrier, Claims, LateRoot, Unclaimed};
 pub use plan::{Action, Plan};
 pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
-pub use sweep::Deleter;
+pub use sweep::{Claims, Deleter, Unclaimed};
 
 use crate::layout::{Digest, Store};
 
@@ -94,15 +92,6 @@ pub struct Planned {
     pub report: Report,
 }
 
-impl Planned {
-    /// Fills in the size of each blob the plan deletes (an online run does it after its
-    /// pause: it reads a file per blob).
-    pub fn measure(&mut self, store: &Store) {
-        measure(store, &mut self.plan);
-        self.report.counts = self.plan.counts();
-    }
-}
-
 /// How the stages before the sweep ended.
 pub enum Marked {
     Planned(Planned),
@@ -117,21 +106,7 @@ pub fn mark(
     cancel: &dyn Cancel,
     progress: &dyn Progress,
 ) -> Result<Marked, GcError> {
-    io_pool().install(|| mark_in_pool(store, opts, cancel, progress, None))
-}
-
-/// As [`mark`], while the store stays writable: after the mark, `barrier` pauses writes
-/// and says what they made live meanwhile, which is marked before the plan is made. On
-/// `Ok(Marked::Planned)` writes are still paused (the caller lets them go), and the plan's
-/// blob sizes are not filled in yet ([`Planned::measure`]).
-pub fn mark_online(
-    store: &Store,
-    opts: &Options,
-    cancel: &dyn Cancel,
-    progress: &dyn Progress,
-    barrier: &dyn Barrier,
-) -> Result<Marked, GcError> {
-    io_pool().install(|| mark_in_pool(store, opts, cancel, progress, Some(barrier)))
+    io_pool().install(|| mark_in_pool(store, opts, cancel, progress))
 }
 
 fn mark_in_pool(
@@ -139,7 +114,6 @@ fn mark_in_pool(
     opts: &Options,
     cancel: &dyn Cancel,
     progress: &dyn Progress,
-    barrier: Option<&dyn Barrier>,
 ) -> Result<Marked, GcError> {
     let start = Instant::now();
     let mut report = Report::new(store.path(), opts.delete_untagged, opts.dry_run);
@@ -160,7 +134,7 @@ fn mark_in_pool(
     let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
         progress.advance()
     })?;
-    let (Some(mut marks), false) = (marks, stop()) else {
+    let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
     let now = SystemTime::now();
@@ -170,29 +144,12 @@ fn mark_in_pool(
         marks.mark(d);
     }
     report.young_blobs_kept = young.digests.len() as u64;
-    let mut late_warnings = Vec::new();
-    if let Some(barrier) = barrier {
-        let Some(roots) = barrier.pause() else {
-            return Err(GcError::NoPause);
-        };
-        report.late_roots = roots.len() as u64;
-        late_warnings = online::fold(
-            store,
-            &inventory,
-            &manifests,
-            &mut marks,
-            roots,
-            opts.delete_untagged,
-        )?;
-    }
     let settings = plan::Settings {
         upload_max_age: opts.upload_max_age,
         now,
     };
     let mut plan = plan::plan(&inventory, &marks, &settings);
-    if barrier.is_none() {
-        measure(store, &mut plan);
-    }
+    measure(store, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
     report.warnings = inventory
         .repositories
@@ -201,7 +158,6 @@ fn mark_in_pool(
         .chain(marks.warnings())
         .chain(inventory.blobs.warnings.iter().cloned())
         .chain(young.warnings)
-        .chain(late_warnings)
         .collect();
     report.blobs_scanned = inventory.blobs.len() as u64;
     report.counts = plan.counts();

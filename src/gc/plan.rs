@@ -3,7 +3,7 @@
 //! (no I/O): a dry run reports the plan, a real run carries it out, so the two cannot
 //! disagree.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +19,8 @@ use crate::layout::{Digest, RepoName, TagName, paths};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// An unreachable revision: the tag history entries naming it, then its directory.
+    /// Also the history naming a manifest the run deletes whose revision was deleted
+    /// through the API (its directory is then already gone or empty).
     RemoveRevision {
         repo: Arc<RepoName>,
         digest: Digest,
@@ -196,8 +198,29 @@ fn plan_revisions(
         });
     }
     let unreachable: HashSet<&Digest> = unreachable.iter().collect();
+    // Tag history naming a manifest the run deletes whose revision is already gone (a
+    // delete by digest leaves other tags' history): removed, so no link names it after.
+    let mut history: BTreeMap<Digest, Vec<TagName>> = BTreeMap::new();
+    for t in &repo.tags {
+        for d in t
+            .index
+            .iter()
+            .filter(|d| !marks.is_live(d) && !unreachable.contains(d))
+        {
+            history.entry(*d).or_default().push(t.name.clone());
+        }
+    }
+    let history_goes: HashSet<Digest> = history.keys().copied().collect();
+    for (digest, tags) in history {
+        actions.push(Action::RemoveRevision {
+            repo: name.clone(),
+            digest,
+            tags: tags.into(),
+        });
+    }
     for r in &repo.revisions {
-        if r.empty && !unreachable.contains(&r.dir_digest) {
+        if r.empty && !unreachable.contains(&r.dir_digest) && !history_goes.contains(&r.dir_digest)
+        {
             actions.push(Action::RemoveEmptyRevision {
                 repo: name.clone(),
                 digest: r.dir_digest,

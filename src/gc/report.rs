@@ -107,9 +107,6 @@ pub struct Report {
     /// Unmarked blobs kept because they are younger than the minimum age.
     #[serde(default)]
     pub young_blobs_kept: u64,
-    /// Online runs: links and blobs written during the mark, marked at the pause.
-    #[serde(default)]
-    pub late_roots: u64,
     /// What the run deleted, or with `dry_run` what it would delete.
     #[serde(flatten)]
     pub counts: Counts,
@@ -136,7 +133,6 @@ impl Report {
             blobs_scanned: 0,
             blobs_marked: 0,
             young_blobs_kept: 0,
-            late_roots: 0,
             counts: Counts::default(),
             warnings: Vec::new(),
             mark_seconds: 0.0,

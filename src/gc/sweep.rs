@@ -9,7 +9,6 @@ use rayon::prelude::*;
 
 use super::control::{Cancel, Progress};
 use super::error::GcError;
-use super::online::Claims;
 use super::plan::{Action, Plan};
 use super::report::Counts;
 use crate::error::FsError;
@@ -31,6 +30,25 @@ impl Deleter for StorageFs {
     fn remove_empty_dir(&self, rel: &Path) -> Result<bool, FsError> {
         StorageFs::remove_empty_dir(self, rel)
     }
+}
+
+/// Lets the sweep ask, unit by unit (by index in the plan), whether it may still delete.
+pub trait Claims: Sync {
+    /// The sweep is about to carry out unit `i`; false: skip it.
+    fn claim(&self, i: usize) -> bool;
+    /// The sweep is done with unit `i` (whatever came of it).
+    fn release(&self, i: usize);
+}
+
+/// Every unit is the sweep's (read-only runs, offline collection).
+pub struct Unclaimed;
+
+impl Claims for Unclaimed {
+    fn claim(&self, _i: usize) -> bool {
+        true
+    }
+
+    fn release(&self, _i: usize) {}
 }
 
 fn guarded(rel: &Path) -> Result<(), GcError> {

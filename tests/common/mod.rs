@@ -6,9 +6,11 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod online_run;
 pub mod prereq;
 pub mod redis;
 pub mod registry_process;
+pub mod registry_sim;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -28,6 +28,7 @@ fn status_and_history_are_right_and_survive_a_restart() {
     ];
     let mut d = Daemon::start(&e, &flags);
     let expected_settings = serde_json::json!({
+        "mode": "read-only",
         "duration": "until-done",
         "delete_untagged": true,
         "dry_run": false,

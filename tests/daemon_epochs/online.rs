@@ -10,7 +10,7 @@ use crate::common::prereq::Needs;
 use crate::common::registry_process::serve;
 use crate::common::store::StoreBuilder;
 use crate::daemon::{Daemon, assert_writable};
-use crate::fixture::{assert_consistent, env};
+use crate::fixture::{assert_consistent, blob_data, blob_set, env, gen_store};
 
 #[test]
 fn an_online_run_collects_while_every_write_keeps_working() {
@@ -130,4 +130,34 @@ fn online_mode_with_the_registrys_in_memory_cache_refuses_to_run() {
     );
     assert!(b.has_blob(&g), "a refused run deleted garbage");
     assert!(d.log().contains("online GC refused"), "{}", d.log());
+}
+
+#[test]
+fn a_daemon_killed_mid_online_sweep_leaves_nothing_hidden_after_restart() {
+    let Some(e) = env() else { return };
+    gen_store(&e.storage, 12_000, 0.9, 33);
+    let d = Daemon::start(&e, &["--gc-mode", "online", "--gc-min-age", "0s"]);
+    assert_eq!(d.gc(), 1);
+    d.wait_status("sweeping with some done", Duration::from_secs(60), |s| {
+        s["state"] == "sweeping" && s["progress"]["done"].as_u64().unwrap_or(0) >= 200
+    });
+    let mut d = d;
+    d.guard.child.kill().unwrap();
+    d.guard.child.wait().unwrap();
+    drop(d);
+    let left = blob_set(&e.storage);
+
+    let d = Daemon::start(&e, &[]);
+    let jobs = d.jobs();
+    assert_eq!(jobs[0]["outcome"], "interrupted", "{:#}", jobs[0]);
+    assert_eq!(jobs[0]["settings"]["mode"], "online", "{:#}", jobs[0]);
+    // Doomed blobs the sweep had not reached were hidden in the killed daemon's memory
+    // only: through the new mount every one of them is there.
+    for hex in &left {
+        assert!(
+            blob_data(&e.mnt, hex).is_file(),
+            "blob {hex} not visible after restart"
+        );
+    }
+    assert_consistent(&e.storage);
 }

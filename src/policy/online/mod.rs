@@ -1,10 +1,12 @@
 //! Online collection: the policy layer that lets a run mark and sweep while the registry
 //! keeps writing.
 //!
-//! - While the run marks, every write that can make a digest referenced or present is
-//!   recorded (the write barrier): a revision, `_layers` or tag index link (the digest is
-//!   in the path), a tag's current link (in its bytes), a blob directory made or renamed
-//!   into `blobs/`. The run folds them into its mark while writes are paused.
+//! - While the run marks, every write is recorded (the write barrier): its path, and what
+//!   it makes referenced or present: a revision, `_layers` or tag index link (the digest
+//!   is in the path), a tag's current link (in its bytes), a blob directory made or
+//!   renamed into `blobs/`. The run plans from its mark as if nothing had been written,
+//!   then, while writes are paused, takes back every unit the recorded writes reach
+//!   (exactly as a write during the sweep would) and starts checking writes.
 //! - While it sweeps, the same writes are checked against what the run is deleting
 //!   ([`Doomed`]): a doomed unit they name is taken back (resurrected); one being deleted
 //!   refuses them (EIO: the registry answers 500 and the client retries). A manifest link
@@ -43,11 +45,18 @@ pub enum Touched {
     Blob(Digest),
 }
 
+/// What writes did while the run marked.
+#[derive(Debug, Default)]
+struct Recorded {
+    paths: HashSet<String>,
+    touched: HashSet<Touched>,
+}
+
 #[derive(Debug, Default)]
 enum Phase {
     #[default]
     Off,
-    Recording(HashSet<Touched>),
+    Recording(Recorded),
     Sweeping(Doomed),
 }
 
@@ -75,32 +84,40 @@ pub struct OnlineCollection {
 impl OnlineCollection {
     /// From now on, writes are recorded.
     pub fn start_recording(&self) {
-        *self.shared.lock() = Phase::Recording(HashSet::new());
+        *self.shared.lock() = Phase::Recording(Recorded::default());
         self.shared.refused.store(0, Ordering::Relaxed);
         self.shared.active.store(true, Ordering::Release);
     }
 
-    /// What was recorded so far; recording goes on (empty) until [`doom`](Self::doom).
-    pub fn take_touched(&self) -> Vec<Touched> {
-        match &mut *self.shared.lock() {
-            Phase::Recording(set) => std::mem::take(set).into_iter().collect(),
-            _ => Vec::new(),
+    /// Call with writes paused: every unit of `doomed` that a write recorded since
+    /// [`start_recording`](Self::start_recording) reaches is taken back, and from now on
+    /// writes are checked against the rest. Returns how many paths writes had recorded.
+    pub fn install(&self, mut doomed: Doomed) -> u64 {
+        let mut recorded = 0;
+        loop {
+            let mut phase = self.shared.lock();
+            let rec = match &mut *phase {
+                Phase::Recording(rec) if rec.paths.is_empty() && rec.touched.is_empty() => {
+                    *phase = Phase::Sweeping(doomed);
+                    return recorded;
+                }
+                Phase::Recording(rec) => std::mem::take(rec),
+                // Ended meanwhile: nothing to guard.
+                _ => return recorded,
+            };
+            // Manifests are read without the lock; a writer admitted just before the
+            // pause may record more meanwhile, hence the loop.
+            drop(phase);
+            recorded += rec.paths.len() as u64;
+            for p in &rec.paths {
+                doomed.touch(p);
+            }
+            for t in &rec.touched {
+                for p in self.shared.guarded_paths(t) {
+                    doomed.touch(&p);
+                }
+            }
         }
-    }
-
-    /// From now on, writes are checked against `units`. Anything recorded since
-    /// [`take_touched`](Self::take_touched) is taken back at once.
-    pub fn doom(&self, units: Vec<DoomedUnit>) {
-        let late = self.take_touched();
-        let paths: Vec<String> = late
-            .iter()
-            .flat_map(|t| self.shared.guarded_paths(t))
-            .collect();
-        let mut doomed = Doomed::new(units);
-        for p in &paths {
-            doomed.touch(p);
-        }
-        *self.shared.lock() = Phase::Sweeping(doomed);
     }
 
     /// The sweep takes unit `i` (the plan's index); false if a write took it back.
@@ -261,14 +278,18 @@ impl Shared {
             return Ok(());
         }
         let touched: Vec<Touched> = touched_by_path(path).into_iter().chain(named).collect();
-        if let Phase::Recording(set) = &mut *self.lock() {
-            set.extend(touched);
+        if let Phase::Recording(rec) = &mut *self.lock() {
+            rec.paths.insert(path.to_owned());
+            rec.touched.extend(touched);
             return Ok(());
         }
         // Sweeping: manifests are read outside the lock.
         let named: Vec<String> = touched.iter().flat_map(|t| self.guarded_paths(t)).collect();
         match &mut *self.lock() {
-            Phase::Recording(set) => set.extend(touched),
+            Phase::Recording(rec) => {
+                rec.paths.insert(path.to_owned());
+                rec.touched.extend(touched);
+            }
             Phase::Sweeping(doomed) => {
                 // All or nothing: a refused write takes nothing back.
                 if let Some(p) = doomed.refusal(path, &named) {

@@ -1,0 +1,84 @@
+//! What a run is given and how its job record is filled in, shared by the read-only
+//! epoch (`runner`) and the online one (`online_epoch`).
+
+use chrono::{DateTime, Utc};
+
+use super::history::History;
+use super::job::{Job, JobOutcome};
+use super::settings::Settings;
+use crate::fs::StorageFs;
+use crate::gc::{self, Outcome, Phase};
+use crate::layout::Store;
+use crate::policy::gate::WriteGate;
+use crate::policy::online::OnlineCollection;
+use crate::registry::CacheStatus;
+
+/// Where a run reports, and what it asks, of whoever started it.
+pub trait RunHost: Sync {
+    /// The registry cache's verdict now (`when` says why it is asked).
+    fn cache_verdict(&self, when: &str) -> Option<CacheStatus>;
+    /// The store closed for writes at `t`.
+    fn read_only_since(&self, t: DateTime<Utc>);
+    /// The running job as its record should say now (for the heartbeat).
+    fn snapshot(&self) -> Option<Job>;
+    /// The run ended; `job` says how.
+    fn ended(&self, job: Job);
+}
+
+/// What a run works on.
+pub struct RunParts<'a> {
+    /// Closed for the epoch, reopened at its end.
+    pub gate: &'a WriteGate,
+    /// The collector reads the store here (the directory handle taken before the mount).
+    pub store: &'a Store,
+    /// The sweep deletes through the mount, so the kernel sees it.
+    pub fs: &'a StorageFs,
+    /// The heartbeat rewrites the running-job record here.
+    pub history: &'a History,
+    /// The filesystem's online layer, for online runs.
+    pub online: &'a OnlineCollection,
+    pub host: &'a dyn RunHost,
+}
+
+pub fn outcome_of(o: Outcome) -> JobOutcome {
+    match o {
+        Outcome::Done => JobOutcome::Done,
+        Outcome::Stopped => JobOutcome::Stopped,
+        Outcome::TimeLimit => JobOutcome::TimeLimit,
+    }
+}
+
+fn phase_name(p: Phase) -> String {
+    match p {
+        Phase::Mark => "mark".into(),
+        Phase::Sweep => "sweep".into(),
+    }
+}
+
+/// After a real sweep, still inside the epoch (so no push can read a stale entry): the
+/// registry's redis cache forgets every blob the plan deleted.
+pub fn forget_deleted(job: &mut Job, settings: &Settings, deleted: &[crate::layout::Digest]) {
+    match crate::registry::cache::forget(&settings.registry, deleted) {
+        None => {}
+        Some(Ok(said)) => {
+            tracing::info!(job = job.id, "{said}");
+            job.registry_cache = Some(said);
+        }
+        Some(Err(e)) => {
+            tracing::error!(job = job.id, error = %e,
+                "registry cache keys of deleted blobs NOT removed: pushes of them fail until they expire or the registry restarts");
+            job.registry_cache = Some(format!("keys not removed: {e}"));
+        }
+    }
+}
+
+pub fn record_failure(job: &mut Job, e: &dyn std::fmt::Display) {
+    job.outcome = JobOutcome::Failed;
+    job.error = Some(e.to_string());
+}
+
+pub fn record_report(job: &mut Job, report: gc::Report) {
+    job.outcome = outcome_of(report.outcome);
+    job.ended_in = report.ended_in.map(phase_name);
+    job.report = Some(gc::RunReport::Finished(report));
+}
