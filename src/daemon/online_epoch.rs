@@ -100,7 +100,10 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     // the manifest it is moving away from) and the write go unseen. Writes in flight are
     // waited for (new ones wait a moment and are then recorded).
     if parts.gate.pause_writes(settings.drain_timeout).is_none() {
-        return record_failure(job, &gc::GcError::NoPause);
+        return record_failure(
+            job,
+            &"writes in flight when the run began did not finish within the drain timeout; nothing was deleted",
+        );
     }
     control.set_state(State::Marking);
     let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
