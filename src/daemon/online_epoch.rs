@@ -16,6 +16,16 @@ use crate::layout::Digest;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection};
 
+/// Starts recording writes. A write admitted just before was not recorded: it must land
+/// before the mark reads the store, or the mark could read a link as it was (a tag still
+/// on the manifest it moves away from) and the write go unseen. So writes in flight are
+/// waited for (new ones wait a moment, then are recorded); false if they did not finish
+/// within `timeout`. (Found by the soak with the real registry.)
+pub fn start_recording(gate: &WriteGate, online: &OnlineCollection, timeout: Duration) -> bool {
+    online.start_recording();
+    gate.pause_writes(timeout).is_some()
+}
+
 /// What the pause did.
 #[derive(Debug, Clone, Copy)]
 pub struct Pause {
@@ -34,11 +44,13 @@ pub fn pause_and_install(
     plan: &Plan,
     timeout: Duration,
 ) -> Option<Pause> {
-    // Built before the pause: a big plan's units take a while to lay out.
-    let doomed = Doomed::new(doomed_units(plan));
+    // Built, and the writes of the mark applied, before the pause: a big plan's units
+    // take a while to lay out, and many writes take a while to apply.
+    let mut doomed = Doomed::new(doomed_units(plan));
+    let mut recorded = online.absorb(&mut doomed);
     let start = Instant::now();
     let paused = gate.pause_writes(timeout)?;
-    let recorded = online.install(doomed);
+    recorded += online.install(doomed);
     drop(paused);
     Some(Pause {
         held: start.elapsed(),
@@ -93,16 +105,11 @@ impl Drop for EndOnline<'_> {
 /// The online run itself; fills in `job`.
 pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     let online = parts.online;
-    online.start_recording();
     let _end = EndOnline(online);
-    // A write admitted just before recording began was not recorded: it must land before
-    // the mark reads the store, or the mark could read a link as it was (a tag still on
-    // the manifest it is moving away from) and the write go unseen. Writes in flight are
-    // waited for (new ones wait a moment and are then recorded).
-    if parts.gate.pause_writes(settings.drain_timeout).is_none() {
+    if !start_recording(parts.gate, online, settings.drain_timeout) {
         return record_failure(
             job,
-            &"writes in flight when the run began did not finish within the drain timeout; nothing was deleted",
+            &"writes in flight did not finish within the drain timeout; nothing was deleted",
         );
     }
     control.set_state(State::Marking);
