@@ -251,7 +251,8 @@ fn gc_loop(soak: Arc<Soak>) -> thread::JoinHandle<Vec<Value>> {
                     jobs.push(job);
                 }
                 Err(e) => {
-                    soak.error(e);
+                    let found = crate::store_check::naming(&soak.ctx.store, &e);
+                    soak.error(format!("{e}\n  in the store now: {found:?}"));
                     thread::sleep(Duration::from_millis(500));
                 }
             }

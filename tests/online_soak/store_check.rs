@@ -83,3 +83,38 @@ pub fn assert_consistent(store: &Path, when: &str) -> usize {
     );
     links
 }
+
+/// Every path under the repositories whose name is a digest that `text` mentions, with
+/// what a file there holds (for a failure's message: what the store holds of it).
+pub fn naming(store: &Path, text: &str) -> Vec<String> {
+    let hexes: Vec<&str> = text
+        .split("sha256:")
+        .skip(1)
+        .filter_map(|t| t.get(..64))
+        .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    let mut out = Vec::new();
+    let mut stack = vec![store.join(V2).join("repositories")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(store).unwrap_or(&p).display().to_string();
+            if p.is_dir() {
+                if hexes.iter().any(|h| rel.ends_with(h)) {
+                    let inner: Vec<String> = fs::read_dir(&p)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|f| {
+                            let c = fs::read(f.path()).unwrap_or_default();
+                            format!("{} ({} bytes)", f.file_name().to_string_lossy(), c.len())
+                        })
+                        .collect();
+                    out.push(format!("{rel}/ {inner:?}"));
+                }
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
