@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use crate::config::MountOptions;
 use crate::daemon::control::{self, ControlSocket};
+use crate::daemon::overrides::SettingsLayers;
 use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, notify, scheduler};
+use crate::http::Server;
 use crate::metrics::GcStats;
-use crate::metrics_http::Server;
 use crate::mount::{self, Serving};
 use crate::policy::gate::WriteGate;
 
@@ -111,11 +112,16 @@ impl Runtime {
             grace,
         } = start;
         let cfg = &options.mount;
-        let settings = options.settings.clone();
         let nofile = mount::raise_nofile_limit();
         // Checked (or created) before mounting: a state directory another user could
         // change is refused before anything else happens.
         let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
+        // Settings saved through the API lie over the configuration file's.
+        let layers = Arc::new(SettingsLayers::load(
+            state.clone(),
+            options.settings.clone(),
+        )?);
+        let settings = layers.effective();
         let mounted = mount::mount(cfg, Arc::new(WriteGate::new())).map_err(|e| e.to_string())?;
         let mountpoint = mounted.mountpoint.clone();
         let store = mounted
@@ -131,6 +137,7 @@ impl Runtime {
             settings.clone(),
             vec![gc_stats.clone()],
         );
+        daemon.set_overrides(layers.overrides());
         daemon.check_cache("start");
         let stops = channel();
         let ended = stops.0.clone();
@@ -151,7 +158,7 @@ impl Runtime {
             grace,
             result: Ok(()),
         };
-        if let Err(e) = rt.start_threads(&options, &state_dir, gc_stats, signals) {
+        if let Err(e) = rt.start_threads(&options, &state_dir, gc_stats, layers, signals) {
             rt.stop_all();
             return Err(e);
         }
@@ -168,6 +175,7 @@ impl Runtime {
         options: &MountOptions,
         state_dir: &std::path::Path,
         gc_stats: Arc<Mutex<GcStats>>,
+        layers: Arc<SettingsLayers>,
         reload: Option<Reload>,
     ) -> Result<(), String> {
         let t = &mut self.threads;
@@ -177,11 +185,28 @@ impl Runtime {
         );
         t.scheduler = Some(scheduler::spawn(self.daemon.clone()).map_err(|e| e.to_string())?);
         if let Some(m) = &options.metrics {
-            let server = crate::metrics::serve(self.daemon.clone(), gc_stats, m.listen)?;
-            tracing::info!(bound = %server.bound, "metrics at http://{}/metrics", server.bound);
+            let api = crate::api::Api {
+                daemon: self.daemon.clone(),
+                layers: layers.clone(),
+                auth: crate::api::auth::Auth::new(
+                    options.api.htpasswd.clone(),
+                    options.api.token_file.clone(),
+                )?,
+                metrics: gc_stats,
+            };
+            let server = crate::api::serve(api, m.listen, &options.api)?;
+            let scheme = if options.api.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(bound = %server.bound,
+                "GC page at {scheme}://{0}/ (API under /api/v1/, metrics at /metrics)", server.bound);
             t.metrics = Some(server);
         }
         if let Some(reload) = reload {
+            // SIGHUP re-reads the configuration file; the API's overrides stay on top.
+            let reload: Reload = Box::new(move || reload().map(|base| layers.set_base(base)));
             let stops = self.stops.0.clone();
             let terminate = move |sig| {
                 let _ = stops.send(StopReason::Signal(sig));

@@ -13,6 +13,7 @@ pub mod status;
 pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
+pub mod overrides;
 pub mod scheduler;
 pub mod signals;
 pub mod state_dir;
