@@ -82,7 +82,10 @@ function showStatus(st) {
     : "Idle; pushes and pulls work." + (st.last_job ? " Last run: job " + st.last_job.id + ", " + st.last_job.outcome + "." : "");
   const p = st.progress;
   $("progress-box").hidden = !running;
-  if (running && p) {
+  if (running && st.state === "closing") {
+    $("progress").removeAttribute("value");
+    $("progress-text").textContent = "closing the store: in-place writers may finish (drain timeout " + st.current_job.settings.drain_timeout + ")";
+  } else if (running && p) {
     $("progress").max = Math.max(1, p.total);
     $("progress").value = p.done;
     $("progress-text").textContent = p.phase + " " + p.done + " / " + p.total;
@@ -96,7 +99,7 @@ function showStatus(st) {
   $("stop").disabled = !running;
   const o = st.settings_overrides;
   $("overrides").textContent = o
-    ? "Saved here by " + o.set_by + " at " + utc(o.set_at) + ": " + o.fields.join(", ") + " override the configuration file."
+    ? "Saved here by " + o.set_by + " at " + utc(o.set_at) + ": " + o.fields.join(", ") + (o.fields.length === 1 ? " overrides" : " override") + " the configuration file."
     : "These are the configuration file's settings.";
   $("revert").hidden = !o;
   const key = (st.current_job ? st.current_job.id + st.state : "") + "/" + (st.last_job ? st.last_job.id : "");
@@ -254,7 +257,8 @@ function chart(jobs) {
   jobs.forEach((j, i) => {
     const x = L + i * step;
     const bh = (freed[i] / maxF) * h;
-    const bar = el("rect", { x: x + step * 0.15, y: y0 - bh, width: step * 0.7, height: bh, class: "freed" });
+    const bw = Math.min(step * 0.7, 48);
+    const bar = el("rect", { x: x + (step - bw) / 2, y: y0 - bh, width: bw, height: bh, class: "freed" });
     bar.appendChild(el("title", {}, "job " + j.id + ": " + bytes(freed[i]) + " freed"));
     svg.appendChild(bar);
     if (jobs.length <= 30 || i % Math.ceil(jobs.length / 30) === 0) {
