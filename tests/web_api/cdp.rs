@@ -208,11 +208,13 @@ impl Browser {
         self.call("Input.insertText", json!({ "text": text }));
     }
 
-    /// Saves a PNG of the page as it is now.
-    pub fn screenshot(&mut self, path: &Path) {
+    /// Saves a PNG of the whole page as it is now, scaled by `scale`.
+    pub fn screenshot(&mut self, path: &Path, scale: f64) {
+        let height = self.eval("document.documentElement.scrollHeight");
+        let clip = json!({ "x": 0, "y": 0, "width": 1200, "height": height, "scale": scale });
         let shot = self.call(
             "Page.captureScreenshot",
-            json!({ "format": "png", "captureBeyondViewport": true }),
+            json!({ "format": "png", "captureBeyondViewport": true, "clip": clip }),
         );
         let png = base64_decode(shot["data"].as_str().unwrap());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

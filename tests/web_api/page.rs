@@ -42,7 +42,6 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
     assert_eq!(st["read_only"], true, "{st:#}");
     assert_eq!(st["current_job"]["trigger"], "api", "{st:#}");
     b.wait_for("!document.getElementById('stop').disabled", "Stop offered");
-    b.screenshot(&artifacts().join("gc-page-running.png"));
     // The run ends once the writer it waits for is gone: the banner goes.
     drop(held);
     b.wait_for(BANNER_GONE, "the banner gone when the run ends");
@@ -57,6 +56,11 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
     b.click("save-start");
     b.wait_for(BANNER_SHOWN, "the banner for the second run");
     b.wait_for("!document.getElementById('stop').disabled", "Stop offered");
+    b.wait_for(
+        "document.querySelectorAll('#chart rect.freed').length === 1",
+        "the first run charted",
+    );
+    b.screenshot(&artifacts().join("gc-page-running.png"), 0.75);
     b.click("stop");
     b.wait_for(BANNER_GONE, "the banner gone once stopped");
     let st = wait_json(&e, "/api/v1/status", "run 2 recorded", |s| {
@@ -111,5 +115,5 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
         "document.getElementById('overrides').textContent.includes('override')",
         "the page says the settings override the file",
     );
-    b.screenshot(&artifacts().join("gc-page.png"));
+    b.screenshot(&artifacts().join("gc-page.png"), 0.75);
 }
