@@ -15,22 +15,8 @@ fn same_keys(api: &serde_json::Value, cli: &serde_json::Value) {
     assert_eq!(keys(api), keys(cli), "API status and `regfs status --json`");
 }
 
-#[test]
-fn reads_are_open_changes_need_credentials_and_conflicts_are_409() {
-    let Some(e) = env(&[]) else { return };
-    e.garbage(3);
-    let d = e.start(&["--drain-timeout", "30"]);
-
-    let st = e.curl("GET", "/api/v1/status", &[]);
-    assert_eq!(st.status, 200, "{st:?}");
-    assert_eq!(
-        st.header("content-type").as_deref(),
-        Some("application/json")
-    );
-    same_keys(&st.json(), &d.status());
-    assert_eq!(st.json()["state"], "idle");
-
-    // No credentials, wrong ones, an unknown scheme: 401, with a challenge, nothing runs.
+/// No credentials, wrong ones, another site's page: refused, and nothing runs.
+fn refusals_without_valid_credentials(e: &Env) {
     let none = e.curl("POST", "/api/v1/gc", &[]);
     assert_eq!(none.status, 401, "{none:?}");
     assert!(
@@ -70,6 +56,55 @@ fn reads_are_open_changes_need_credentials_and_conflicts_are_409() {
         ],
     );
     assert_eq!(csrf.status, 403, "{csrf:?}");
+}
+
+/// Runs 1 (stopped) and 2 (done) as the history lists them.
+fn history_filters_and_pages(e: &Env, d: &crate::common::daemon::Daemon) {
+    let all = e.curl("GET", "/api/v1/jobs", &[]).json();
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["jobs"][0]["id"], 2);
+    let stopped = e
+        .curl("GET", "/api/v1/jobs?outcome=stopped&trigger=api", &[])
+        .json();
+    assert_eq!(stopped["total"], 1, "{stopped:#}");
+    assert_eq!(stopped["jobs"][0]["id"], 1);
+    let page2 = e.curl("GET", "/api/v1/jobs?limit=1&offset=1", &[]).json();
+    assert_eq!(
+        (page2["total"].clone(), page2["jobs"][0]["id"].clone()),
+        (2.into(), 1.into())
+    );
+    let bad = e.curl("GET", "/api/v1/jobs?outcome=fine", &[]);
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"].as_str().unwrap().contains("outcome"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        e.curl("GET", "/api/v1/jobs/2", &[]).json()["outcome"],
+        "done"
+    );
+    assert_eq!(e.curl("GET", "/api/v1/jobs/99", &[]).status, 404);
+    // `regfs jobs --json` agrees.
+    let cli = d.wait_for_jobs(2);
+    assert_eq!(cli[1]["trigger"], "api");
+}
+
+#[test]
+fn reads_are_open_changes_need_credentials_and_conflicts_are_409() {
+    let Some(e) = env(&[]) else { return };
+    e.garbage(3);
+    let d = e.start(&["--drain-timeout", "30"]);
+
+    let st = e.curl("GET", "/api/v1/status", &[]);
+    assert_eq!(st.status, 200, "{st:?}");
+    assert_eq!(
+        st.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    same_keys(&st.json(), &d.status());
+    assert_eq!(st.json()["state"], "idle");
+
+    refusals_without_valid_credentials(&e);
     assert_eq!(e.curl("GET", "/api/v1/jobs", &[]).json()["total"], 0);
 
     // The admin starts a run; while it runs, another start is a 409 naming it.
@@ -126,35 +161,7 @@ fn reads_are_open_changes_need_credentials_and_conflicts_are_409() {
     assert_eq!(st["last_job"]["report"]["blobs_deleted"], 3, "{st:#}");
     assert!(st["last_job"]["store_used_bytes"].as_u64().unwrap() > 0);
 
-    // The history: filters and paging, newest first; bad parameters named.
-    let all = e.curl("GET", "/api/v1/jobs", &[]).json();
-    assert_eq!(all["total"], 2);
-    assert_eq!(all["jobs"][0]["id"], 2);
-    let stopped = e
-        .curl("GET", "/api/v1/jobs?outcome=stopped&trigger=api", &[])
-        .json();
-    assert_eq!(stopped["total"], 1, "{stopped:#}");
-    assert_eq!(stopped["jobs"][0]["id"], 1);
-    let page2 = e.curl("GET", "/api/v1/jobs?limit=1&offset=1", &[]).json();
-    assert_eq!(
-        (page2["total"].clone(), page2["jobs"][0]["id"].clone()),
-        (2.into(), 1.into())
-    );
-    let bad = e.curl("GET", "/api/v1/jobs?outcome=fine", &[]);
-    assert_eq!(bad.status, 400);
-    assert!(
-        bad.json()["error"].as_str().unwrap().contains("outcome"),
-        "{bad:?}"
-    );
-    assert_eq!(
-        e.curl("GET", "/api/v1/jobs/2", &[]).json()["outcome"],
-        "done"
-    );
-    assert_eq!(e.curl("GET", "/api/v1/jobs/99", &[]).status, 404);
-    // `regfs jobs --json` agrees.
-    let cli = d.wait_for_jobs(2);
-    assert_eq!(cli[1]["trigger"], "api");
-
+    history_filters_and_pages(&e, &d);
     // Methods and paths that do not exist say so, in JSON.
     let m = e.curl("DELETE", "/api/v1/gc", &[]);
     assert_eq!(m.status, 405);

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::cdp::Browser;
-use crate::fixture::{TOKEN, env, hold_writer, wait_json};
+use crate::fixture::{Env, TOKEN, env, hold_writer, wait_json};
 
 fn artifacts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts")
@@ -69,7 +69,13 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
     assert_eq!(st["last_job"]["outcome"], "stopped", "{st:#}");
     drop(held);
 
-    // The history lists both runs, newest first, and the chart has a bar for each.
+    history_lists_both_runs(&mut b);
+    schedule_as_typed_and_save(&mut b, &e);
+    b.screenshot(&artifacts().join("gc-page.png"), 0.75);
+}
+
+/// Run 2 (stopped) above run 1 (done, 3 blobs), and a bar for each in the chart.
+fn history_lists_both_runs(b: &mut Browser) {
     b.wait_for(
         "document.querySelectorAll('#jobs tr').length === 2",
         "two runs in the history",
@@ -88,8 +94,11 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
         b.eval("document.querySelectorAll('#chart rect.freed').length"),
         2
     );
+}
 
-    // The schedule: its next five runs in UTC as it is typed; a bad one is named.
+/// The schedule's next five UTC runs as it is typed, a bad one named; "Save" puts
+/// "Never" and a schedule in force, shown as overriding the file.
+fn schedule_as_typed_and_save(b: &mut Browser, e: &Env) {
     b.type_into("schedule", "0 3 * * SAT");
     b.wait_for(
         "document.querySelectorAll('#next-runs li').length === 5",
@@ -108,12 +117,11 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
     b.type_into("schedule", "0 3 * * SAT");
     b.click("duration-never");
     b.click("save");
-    wait_json(&e, "/api/v1/settings", "saved", |s| {
+    wait_json(e, "/api/v1/settings", "saved", |s| {
         s["settings"]["duration"] == "never" && s["settings"]["schedule"] == "0 3 * * SAT"
     });
     b.wait_for(
         "document.getElementById('overrides').textContent.includes('override')",
         "the page says the settings override the file",
     );
-    b.screenshot(&artifacts().join("gc-page.png"), 0.75);
 }
