@@ -79,6 +79,14 @@ impl Stopper {
     }
 }
 
+/// What the threads besides the mount's are started with.
+struct ThreadParts {
+    gc_stats: Arc<Mutex<GcStats>>,
+    layers: Arc<SettingsLayers>,
+    listener: Option<crate::api::Prepared>,
+    reload: Option<Reload>,
+}
+
 /// The threads the runtime owns, each taken when it is stopped.
 #[derive(Default)]
 struct Threads {
@@ -112,6 +120,11 @@ impl Runtime {
             grace,
         } = start;
         let cfg = &options.mount;
+        // The listener's credentials and certificate are checked before anything else.
+        let listener = match &options.metrics {
+            Some(_) => Some(crate::api::prepare(&options.api)?),
+            None => None,
+        };
         let nofile = mount::raise_nofile_limit();
         // Checked (or created) before mounting: a state directory another user could
         // change is refused before anything else happens.
@@ -158,7 +171,13 @@ impl Runtime {
             grace,
             result: Ok(()),
         };
-        if let Err(e) = rt.start_threads(&options, &state_dir, gc_stats, layers, signals) {
+        let parts = ThreadParts {
+            gc_stats,
+            layers,
+            listener,
+            reload: signals,
+        };
+        if let Err(e) = rt.start_threads(&options, &state_dir, parts) {
             rt.stop_all();
             return Err(e);
         }
@@ -174,32 +193,33 @@ impl Runtime {
         &mut self,
         options: &MountOptions,
         state_dir: &std::path::Path,
-        gc_stats: Arc<Mutex<GcStats>>,
-        layers: Arc<SettingsLayers>,
-        reload: Option<Reload>,
+        parts: ThreadParts,
     ) -> Result<(), String> {
+        let ThreadParts {
+            gc_stats,
+            layers,
+            listener,
+            reload,
+        } = parts;
         let t = &mut self.threads;
         t.control = Some(
             control::spawn(self.daemon.clone())
                 .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?,
         );
         t.scheduler = Some(scheduler::spawn(self.daemon.clone()).map_err(|e| e.to_string())?);
-        if let Some(m) = &options.metrics {
+        if let (Some(m), Some(prepared)) = (&options.metrics, listener) {
             let api = crate::api::Api {
                 daemon: self.daemon.clone(),
                 layers: layers.clone(),
-                auth: crate::api::auth::Auth::new(
-                    options.api.htpasswd.clone(),
-                    options.api.token_file.clone(),
-                )?,
+                auth: prepared.auth,
                 metrics: gc_stats,
             };
-            let server = crate::api::serve(api, m.listen, &options.api)?;
-            let scheme = if options.api.tls.is_some() {
+            let scheme = if prepared.tls.is_some() {
                 "https"
             } else {
                 "http"
             };
+            let server = crate::api::serve(api, m.listen, prepared.tls)?;
             tracing::info!(bound = %server.bound,
                 "GC page at {scheme}://{0}/ (API under /api/v1/, metrics at /metrics)", server.bound);
             t.metrics = Some(server);

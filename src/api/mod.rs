@@ -143,12 +143,29 @@ fn not_allowed(allow: &'static str) -> Response {
     error(405, format!("method not allowed here; allowed: {allow}")).with_header("Allow", allow)
 }
 
+/// The listener's credentials and TLS configuration, read and checked before anything
+/// is mounted: a bad file stops the start.
+pub struct Prepared {
+    pub auth: auth::Auth,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub fn prepare(config: &ApiConfig) -> Result<Prepared, String> {
+    Ok(Prepared {
+        auth: auth::Auth::new(config.htpasswd.clone(), config.token_file.clone())?,
+        tls: match &config.tls {
+            Some((cert, key)) => Some(crate::http::transport::server_config(cert, key)?),
+            None => None,
+        },
+    })
+}
+
 /// Starts the listener on `addr`: metrics, the page and the API, TLS if configured.
-pub fn serve(api: Api, addr: SocketAddr, config: &ApiConfig) -> Result<Server, String> {
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(crate::http::transport::server_config(cert, key)?),
-        None => None,
-    };
+pub fn serve(
+    api: Api,
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Server, String> {
     let api = Arc::new(api);
     crate::http::serve(
         addr,

@@ -54,6 +54,29 @@ fn https_serves_the_api_and_credentials_in_clear_beyond_loopback_are_refused() {
         "{err}"
     );
 
+    // A credentials file regfs cannot use stops the start before anything is mounted.
+    let md5 = e.dir.path().join("htpasswd-md5");
+    std::fs::write(&md5, "admin:$apr1$x$y\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&e.storage)
+        .arg(&e.mnt)
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .arg("--api-htpasswd")
+        .arg(&md5)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("htpasswd-md5 line 1") && err.contains("bcrypt"),
+        "{err}"
+    );
+    assert!(
+        crate::common::mount_at_fuse(&e.mnt).is_none(),
+        "nothing mounted"
+    );
+
     let _d = e.start(&[
         "--api-tls-cert",
         cert.to_str().unwrap(),
