@@ -23,11 +23,13 @@
 //! keep_unknown = false
 //! allow_missing_manifests = false
 //!
-//! [metrics]                # the HTTP listener: metrics, the GC page and the API
+//! # The HTTP listener: metrics, the GC page and its API.
+//! [metrics]
 //! listen = "127.0.0.1:9469"
 //! allow_remote = false
 //!
-//! [api]                    # see crate::api::config
+//! # Who may change settings through the API, and TLS (see crate::api::config).
+//! [api]
 //! htpasswd = "/etc/docker/registry/htpasswd"
 //!
 //! [registry]
