@@ -150,18 +150,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The answer, as JSON like every API error: `{"error": "...", "status": N}`.
     pub fn response(&self) -> Response {
-        match self {
-            Refusal::Malformed(why) => Response::text(400, &format!("bad request: {why}\n")),
-            Refusal::HeadTooLarge => Response::text(431, "request head too large\n"),
-            Refusal::BodyTooLarge => {
-                Response::text(413, &format!("request body larger than {MAX_BODY} bytes\n"))
-            }
-            Refusal::LengthRequired => Response::text(
+        let (status, message) = match self {
+            Refusal::Malformed(why) => (400, format!("bad request: {why}")),
+            Refusal::HeadTooLarge => (431, format!("request head larger than {MAX_HEAD} bytes")),
+            Refusal::BodyTooLarge => (413, format!("request body larger than {MAX_BODY} bytes")),
+            Refusal::LengthRequired => (
                 411,
-                "a request body needs Content-Length (chunked bodies are not accepted)\n",
+                "a request body needs Content-Length (chunked bodies are not accepted)".into(),
             ),
-        }
+        };
+        let body = serde_json::json!({ "error": message, "status": status });
+        Response::new(status, "application/json", format!("{body}\n").into_bytes())
     }
 }
 
@@ -247,6 +248,10 @@ mod tests {
             parse(big.as_bytes()).unwrap().unwrap_err(),
             Refusal::BodyTooLarge
         );
+        let refused = Refusal::BodyTooLarge.response();
+        let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+        assert_eq!((refused.status, body["status"].as_u64()), (413, Some(413)));
+        assert!(body["error"].as_str().unwrap().contains("larger than"));
         let chunked = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             parse(chunked).unwrap().unwrap_err(),

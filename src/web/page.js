@@ -285,11 +285,6 @@ async function poll() {
   }
 }
 
-for (const id of ["auth-user", "auth-password", "auth-token"]) {
-  const k = "regfs-" + id, v = sessionStorage.getItem(k);
-  if (v) $(id).value = v;
-  $(id).addEventListener("change", () => sessionStorage.setItem(k, $(id).value));
-}
 $("schedule").addEventListener("input", () => {
   formDirty = true;
   clearTimeout(previewTimer);
