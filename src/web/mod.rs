@@ -64,6 +64,6 @@ mod tests {
                 assert!(!found, "{} mentions {far}", a.content_type);
             }
         }
-        assert!(PAGE.body.contains("src=\"/page.js\""));
+        assert!(PAGE.body.contains("src=\"page.js\""));
     }
 }

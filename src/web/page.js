@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const api = "/api/v1/";
+// Relative, so the page also works behind a proxy under a path prefix.
+const api = "api/v1/";
 let lastJobsKey = "";
 let formDirty = false;
 let running = false;

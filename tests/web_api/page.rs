@@ -31,7 +31,17 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
         "document.getElementById('duration-until-done').checked",
         "the form shows the daemon's settings",
     );
-    b.click("signin");
+    // Without signing in, a change is refused and the page says why.
+    b.click("save-start");
+    b.wait_for(
+        "document.getElementById('message').textContent.includes('credentials')",
+        "the refusal shown",
+    );
+    b.wait_for(
+        "document.getElementById('signin').open",
+        "the sign-in opened",
+    );
+    assert!(e.curl("GET", "/api/v1/jobs", &[]).json()["total"] == 0);
     b.type_into("auth-token", TOKEN);
 
     // "Save & start": a run starts; the banner says pushes are refused while it runs.
