@@ -290,6 +290,17 @@ fn the_schedule_preview_lists_the_next_five_utc_runs_and_no_credentials_means_no
             .contains("--api-htpasswd"),
         "{off:?}"
     );
+    // The page itself: embedded, and allowed to load nothing from elsewhere.
+    let page = e.curl("GET", "/", &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Save &amp; start"), "{}", page.body);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(e.curl("GET", "/page.js", &[]).status, 200);
     let r = e
         .curl("GET", "/api/v1/schedule?expr=0+3+*+*+SAT", &[])
         .json();
