@@ -135,7 +135,12 @@ fn reads_are_open_changes_need_credentials_and_conflicts_are_409() {
     assert_eq!(e.curl("POST", "/api/v1/gc/stop", &[]).status, 401);
     let stop = e.admin("POST", "/api/v1/gc/stop", None);
     assert_eq!(stop.status, 202, "{stop:?}");
-    let st = wait_json(&e, "/api/v1/status", "idle", |s| s["state"] == "idle");
+    // Recorded once the run has let go of the store (`last_job`), not when it says idle.
+    let st = wait_json(&e, "/api/v1/status", "run 1 recorded", |s| {
+        s["last_job"]["id"] == 1
+    });
+    assert_eq!(st["state"], "idle", "{st:#}");
+    assert_eq!(st["read_only"], false, "{st:#}");
     assert_eq!(st["last_job"]["outcome"], "stopped", "{st:#}");
     drop(held);
     let again = e.admin("POST", "/api/v1/gc/stop", None);
