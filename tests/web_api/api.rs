@@ -236,9 +236,18 @@ fn settings_saved_through_the_api_survive_a_restart_and_override_the_file() {
     );
     assert!(s["next_runs"].as_array().unwrap().is_empty());
 
-    // SIGHUP re-reads the file; the override stays on top.
+    // SIGHUP re-reads the file (its new key is in force); the override stays on top.
+    std::fs::write(
+        &config,
+        "[gc]\nduration = \"until-done\"\ndelete_untagged = true\n",
+    )
+    .unwrap();
     assert!(d.signal(libc::SIGHUP));
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.status()["settings"]["delete_untagged"] != true {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(d.status()["settings"]["duration"], "never");
     drop(d);
 
