@@ -34,11 +34,13 @@ pub fn pause_and_install(
     plan: &Plan,
     timeout: Duration,
 ) -> Option<Pause> {
-    // Built before the pause: a big plan's units take a while to lay out.
-    let doomed = Doomed::new(doomed_units(plan));
+    // Built, and the writes of the mark applied, before the pause: a big plan's units
+    // take a while to lay out, and many writes take a while to apply.
+    let mut doomed = Doomed::new(doomed_units(plan));
+    let mut recorded = online.absorb(&mut doomed);
     let start = Instant::now();
     let paused = gate.pause_writes(timeout)?;
-    let recorded = online.install(doomed);
+    recorded += online.install(doomed);
     drop(paused);
     Some(Pause {
         held: start.elapsed(),

@@ -89,9 +89,20 @@ impl OnlineCollection {
         self.shared.active.store(true, Ordering::Release);
     }
 
-    /// Call with writes paused: every unit of `doomed` that a write recorded since
-    /// [`start_recording`](Self::start_recording) reaches is taken back, and from now on
-    /// writes are checked against the rest. Returns how many paths writes had recorded.
+    /// Takes back every unit of `doomed` that the writes recorded so far reach, and
+    /// forgets them; recording goes on. Returns how many paths they had written. Done
+    /// once before the pause, so the pause only has the last moments' writes to apply.
+    pub fn absorb(&self, doomed: &mut Doomed) -> u64 {
+        let rec = match &mut *self.shared.lock() {
+            Phase::Recording(rec) => std::mem::take(rec),
+            _ => return 0,
+        };
+        self.shared.apply(&rec, doomed)
+    }
+
+    /// Call with writes paused: every unit of `doomed` that a write recorded (and not
+    /// yet absorbed) reaches is taken back, and from now on writes are checked against
+    /// the rest. Returns how many paths those writes had written.
     pub fn install(&self, mut doomed: Doomed) -> u64 {
         let mut recorded = 0;
         loop {
@@ -108,15 +119,7 @@ impl OnlineCollection {
             // Manifests are read without the lock; a writer admitted just before the
             // pause may record more meanwhile, hence the loop.
             drop(phase);
-            recorded += rec.paths.len() as u64;
-            for p in &rec.paths {
-                doomed.touch(p);
-            }
-            for t in &rec.touched {
-                for p in self.shared.guarded_paths(t) {
-                    doomed.touch(&p);
-                }
-            }
+            recorded += self.shared.apply(&rec, &mut doomed);
         }
     }
 
@@ -222,6 +225,19 @@ const MAX_DEPTH: usize = 8;
 const LINK_READ_LIMIT: usize = 72;
 
 impl Shared {
+    /// Takes back what `rec`'s writes reach; how many paths they wrote.
+    fn apply(&self, rec: &Recorded, doomed: &mut Doomed) -> u64 {
+        for p in &rec.paths {
+            doomed.touch(p);
+        }
+        for t in &rec.touched {
+            for p in self.guarded_paths(t) {
+                doomed.touch(&p);
+            }
+        }
+        rec.paths.len() as u64
+    }
+
     /// The paths a write touching `t` reaches: the blob, and for a manifest its revision
     /// in the repository and everything it references there.
     fn guarded_paths(&self, t: &Touched) -> Vec<String> {
