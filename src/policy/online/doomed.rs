@@ -22,7 +22,11 @@ pub struct DoomedUnit {
 enum UnitState {
     Doomed,
     Deleting,
-    /// Taken back or deleted: nothing of it is guarded any more.
+    /// Deleted by this run: a write naming it is refused (it would name what is gone)
+    /// until a write re-creates the unit's main path (a fresh upload, a manifest put
+    /// again), which makes it new.
+    Deleted,
+    /// Taken back, or made new after its deletion: nothing of it is guarded any more.
     Settled,
 }
 
@@ -105,15 +109,54 @@ impl Doomed {
                 self.resurrected += 1;
                 Claim::Free
             }
-            UnitState::Deleting => Claim::BeingDeleted,
+            UnitState::Deleting | UnitState::Deleted => Claim::BeingDeleted,
             UnitState::Settled => Claim::Free,
         }
     }
 
-    /// Whether `path` lies in a unit the sweep is deleting (a read does not take back).
+    /// The deleted unit a write at `own` makes new: one whose main path (its last: the
+    /// blob or revision directory) holds `own`.
+    fn renewed_by(&self, own: &str) -> Option<usize> {
+        let i = self.unit_of(own)?;
+        let main = self.units[i].paths.last()?;
+        let under = own == main
+            || own
+                .strip_prefix(main.as_str())
+                .is_some_and(|r| r.starts_with('/'));
+        (self.state[i] == UnitState::Deleted && under).then_some(i)
+    }
+
+    /// Whether a write at `own` that names `named` must be refused, and for which path:
+    /// one of them lies in a unit being deleted, or in one deleted by this run (other
+    /// than the unit the write itself makes new). Nothing changes: a refused write takes
+    /// nothing back, so a revision is never kept while its manifest's blob goes.
+    pub fn refusal<'a>(&self, own: &'a str, named: &'a [String]) -> Option<&'a str> {
+        let renewed = self.renewed_by(own);
+        std::iter::once(own)
+            .chain(named.iter().map(String::as_str))
+            .find(|p| match self.unit_of(p) {
+                Some(i) if Some(i) == renewed => false,
+                Some(i) => matches!(self.state[i], UnitState::Deleting | UnitState::Deleted),
+                None => false,
+            })
+    }
+
+    /// A write at `own` naming `named` goes ahead (after [`refusal`](Self::refusal)): the
+    /// unit it makes new is new, every doomed unit it reaches is taken back.
+    pub fn take_back(&mut self, own: &str, named: &[String]) {
+        if let Some(i) = self.renewed_by(own) {
+            self.settle(i);
+        }
+        for p in std::iter::once(own).chain(named.iter().map(String::as_str)) {
+            self.touch(p);
+        }
+    }
+
+    /// Whether `path` lies in a unit the sweep is deleting or has deleted (a read does
+    /// not take back).
     pub fn is_being_deleted(&self, path: &str) -> bool {
         self.unit_of(path)
-            .is_some_and(|i| self.state[i] == UnitState::Deleting)
+            .is_some_and(|i| matches!(self.state[i], UnitState::Deleting | UnitState::Deleted))
     }
 
     /// The sweep takes unit `i` for deletion; false if it was taken back.
@@ -131,7 +174,10 @@ impl Doomed {
     /// ordinary again, so a new blob written there is a new blob this run never touches.
     pub fn release(&mut self, i: usize) {
         if self.state.get(i) == Some(&UnitState::Deleting) {
-            self.settle(i);
+            self.state[i] = UnitState::Deleted;
+            if let Some(h) = &self.units[i].hidden {
+                self.hidden.remove(h);
+            }
         }
     }
 
@@ -184,10 +230,52 @@ mod tests {
         );
         assert!(d.is_hidden("v2/blobs/sha256/aa/aa11"));
         d.release(0);
-        assert_eq!(d.touch("v2/blobs/sha256/aa/aa11"), Claim::Free);
         assert!(!d.is_hidden("v2/blobs/sha256/aa/aa11"));
+        // A fresh upload makes the blob directory new...
+        assert_eq!(d.refusal("v2/blobs/sha256/aa/aa11", &[]), None);
+        d.take_back("v2/blobs/sha256/aa/aa11", &[]);
+        assert_eq!(d.touch("v2/blobs/sha256/aa/aa11/data"), Claim::Free);
         assert!(!d.claim(0));
         assert_eq!(d.resurrected(), 0);
+    }
+
+    fn revision(repo: &str, hex: &str) -> DoomedUnit {
+        DoomedUnit {
+            paths: vec![
+                format!("v2/repositories/{repo}/_manifests/tags/t/index/sha256/{hex}"),
+                format!("v2/repositories/{repo}/_manifests/revisions/sha256/{hex}"),
+            ],
+            hidden: None,
+        }
+    }
+
+    #[test]
+    fn a_link_naming_a_deleted_unit_is_refused_and_takes_nothing_back() {
+        // A tag moves onto a manifest whose revision is doomed and whose blob the sweep
+        // deleted already: refused, and the revision is not kept without its blob.
+        let mut d = Doomed::new(vec![blob("bb22"), revision("r", "bb22")]);
+        assert!(d.claim(0));
+        d.release(0);
+        let own = "v2/repositories/r/_manifests/tags/t/index/sha256/bb22/link".to_string();
+        let named = vec![
+            "v2/blobs/sha256/bb/bb22".to_string(),
+            "v2/repositories/r/_manifests/revisions/sha256/bb22".to_string(),
+        ];
+        assert_eq!(d.refusal(&own, &named), Some("v2/blobs/sha256/bb/bb22"));
+        assert!(d.claim(1), "the revision still goes with its blob");
+        d.release(1);
+        // After both went, a tag index entry alone does not make the revision new...
+        assert!(d.refusal(&own, &named).is_some());
+        // ...the revision link written again does, once the blob is new too.
+        let rev = "v2/repositories/r/_manifests/revisions/sha256/bb22/link";
+        assert!(
+            d.refusal(rev, &named).is_some(),
+            "its manifest's blob is gone"
+        );
+        d.take_back("v2/blobs/sha256/bb/bb22", &[]);
+        assert_eq!(d.refusal(rev, &named), None);
+        d.take_back(rev, &named);
+        assert_eq!(d.refusal(&own, &named), None);
     }
 
     #[test]

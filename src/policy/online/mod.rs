@@ -300,26 +300,24 @@ impl Shared {
             return Ok(());
         }
         // Sweeping: manifests are read outside the lock.
-        let guarded: Vec<String> = std::iter::once(path.to_owned())
-            .chain(touched.iter().flat_map(|t| self.guarded_paths(t)))
-            .collect();
+        let named: Vec<String> = touched.iter().flat_map(|t| self.guarded_paths(t)).collect();
         match &mut *self.lock() {
             Phase::Recording(rec) => {
                 rec.paths.insert(path.to_owned());
                 rec.touched.extend(touched);
             }
             Phase::Sweeping(doomed) => {
-                for p in &guarded {
-                    if doomed.touch(p) == Claim::BeingDeleted {
-                        self.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(path, deleting = %p,
-                            "write refused: it names what the online GC is deleting right now; the client retries");
-                        return Err(FsError::BeingCollected {
-                            path: path.to_owned(),
-                            unit: p.clone(),
-                        });
-                    }
+                // All or nothing: a refused write takes nothing back.
+                if let Some(p) = doomed.refusal(path, &named) {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(path, deleting = %p,
+                        "write refused: it names what the online GC is deleting or deleted; the client retries");
+                    return Err(FsError::BeingCollected {
+                        path: path.to_owned(),
+                        unit: p.to_owned(),
+                    });
                 }
+                doomed.take_back(path, &named);
             }
             Phase::Off => {}
         }
@@ -340,8 +338,10 @@ impl Shared {
         }
         let guarded = self.guarded_paths(&t);
         if let Phase::Sweeping(doomed) = &mut *self.lock() {
-            for p in &guarded {
-                if !doomed.is_being_deleted(p) {
+            // All or nothing, as for writes: a revision is never taken back while its
+            // manifest's blob is being deleted or gone.
+            if !guarded.iter().any(|p| doomed.is_being_deleted(p)) {
+                for p in &guarded {
                     doomed.touch(p);
                 }
             }
