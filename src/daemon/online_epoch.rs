@@ -16,6 +16,16 @@ use crate::layout::Digest;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection};
 
+/// Starts recording writes. A write admitted just before was not recorded: it must land
+/// before the mark reads the store, or the mark could read a link as it was (a tag still
+/// on the manifest it moves away from) and the write go unseen. So writes in flight are
+/// waited for (new ones wait a moment, then are recorded); false if they did not finish
+/// within `timeout`. (Found by the soak with the real registry.)
+pub fn start_recording(gate: &WriteGate, online: &OnlineCollection, timeout: Duration) -> bool {
+    online.start_recording();
+    gate.pause_writes(timeout).is_some()
+}
+
 /// What the pause did.
 #[derive(Debug, Clone, Copy)]
 pub struct Pause {
@@ -95,8 +105,13 @@ impl Drop for EndOnline<'_> {
 /// The online run itself; fills in `job`.
 pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     let online = parts.online;
-    online.start_recording();
     let _end = EndOnline(online);
+    if !start_recording(parts.gate, online, settings.drain_timeout) {
+        return record_failure(
+            job,
+            &"writes in flight did not finish within the drain timeout; nothing was deleted",
+        );
+    }
     control.set_state(State::Marking);
     let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
         Err(e) => return record_failure(job, &e),
