@@ -127,16 +127,23 @@ chown "$REG_USER:$REG_USER" "$STORE"        # the registry owns its store
 install -d -m 700 -o nobody "$SK/run"
 chown -R nobody "$SK"
 echo 'unqualified-search-registries = []' > "$SK/registries.conf"
+# The GC page, its API and the metrics on loopback; the token lets the page change things.
+HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PAGE="http://127.0.0.1:$HTTP_PORT/"
+(umask 077; python3 -c 'import secrets; print(secrets.token_hex(16))' > "$WORK/api-token")
 # --gc-min-age 0s: the demo collects what it deleted a moment ago (default: 1h).
 "$REGFS" mount "$STORE" "$MNT" --state-dir "$STATE" --delete-untagged --drain-timeout 30 --gc-min-age 0s \
   --registry-config "$WORK/registry.yml" \
+  --http-listen "127.0.0.1:$HTTP_PORT" --api-token-file "$WORK/api-token" \
   2> "$WORK/regfs.log" &
 RFS_PID=$!
 for _ in $(seq 200); do mountpoint -q "$MNT" && regfs status "$MNT" --state-dir "$STATE" >/dev/null 2>&1 && break; sleep 0.05; done
 mountpoint -q "$MNT" || { cat "$WORK/regfs.log"; die "regfs did not mount"; }
 note "regfs pid $RFS_PID: $STORE served at $MNT" \
      "GC settings: --delete-untagged (untagged manifests go; index children and" \
-     "signatures of tagged images stay), --drain-timeout 30 s; log: $WORK/regfs.log"
+     "signatures of tagged images stay), --drain-timeout 30 s; log: $WORK/regfs.log" \
+     "GC page: $PAGE (API under ${PAGE}api/v1/, metrics at ${PAGE}metrics)" \
+     "  its admin token (sign-in on the page, or curl -H \"Authorization: Bearer ...\"): $(cat "$WORK/api-token")"
 
 step "Start docker-registry on the mount, as user $REG_USER"
 # As the shipped systemd drop-in runs it: the in-memory blob-descriptor cache off.
@@ -216,5 +223,12 @@ show pull "team/app/multi@$(digest multi-signature)" sig --quiet && note "its si
 note "team/app/web@app-v1 (untagged): HTTP $(api GET "/v2/team/app/web/manifests/$(digest app-v1)")" \
      "demo/big@$(echo "$BIG" | cut -c1-19) (deleted): HTTP $(api GET "/v2/demo/big/manifests/$BIG")"
 if show push app-v1 team/app/web:v1; then note "the push refused during the epoch works now"; fi
+
+step "The GC page"
+note "$PAGE shows the run just made (history, bytes freed, store size), the settings and" \
+     "Save & start / Stop; token: $(cat "$WORK/api-token")"
+if [ -t 0 ]; then
+  read -r -p "   Open $PAGE in a browser on this machine; press Enter to stop the demo. " _ || true
+fi
 
 step "Done in $((SECONDS - T0)) s; stopping the registry and regfs, unmounting"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what regfs's demo and tests use and the machine lacks:
 # fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount),
-# redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth).
+# redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth),
+# chromium, curl and openssl (the GC page in a headless browser, its API, TLS).
 # Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 declare -A wanted=(
@@ -15,6 +16,9 @@ declare -A wanted=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [htpasswd]=apache2-utils
+  [chromium]=chromium
+  [curl]=curl
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve STORAGE at MOUNTPOINT in the foreground until unmounted (umount, SIGTERM or SIGINT).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Collect garbage now: through a running daemon (MOUNTPOINT), or --offline on a store.
     Gc(GcArgs),
     /// Show the state of a mount: read-only or not, the current run, the schedule, the last run.
@@ -282,14 +282,47 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", help_heading = "Garbage collection")]
     pub state_dir: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address unless
-    /// --metrics-allow-remote).
-    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    /// Serve the GC page at http://ADDR/, its API under /api/v1/ and Prometheus metrics
+    /// at /metrics (a loopback address unless --http-allow-remote).
+    #[arg(
+        long = "http-listen",
+        visible_alias = "metrics-listen",
+        value_name = "ADDR",
+        help_heading = "HTTP: page, API, metrics"
+    )]
     pub metrics_listen: Option<String>,
 
-    /// Allow --metrics-listen on an address other machines can reach.
-    #[arg(long, help_heading = "Metrics")]
+    /// Allow --http-listen on an address other machines can reach.
+    #[arg(
+        long = "http-allow-remote",
+        visible_alias = "metrics-allow-remote",
+        help_heading = "HTTP: page, API, metrics"
+    )]
     pub metrics_allow_remote: bool,
+
+    /// Users who may change GC settings and start or stop runs through the API: an
+    /// htpasswd file with bcrypt entries (the registry's own, e.g.
+    /// /etc/docker/registry/htpasswd).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP: page, API, metrics")]
+    pub api_htpasswd: Option<PathBuf>,
+
+    /// A file holding a bearer token (first line, 16+ characters, mode 0600) that may
+    /// change settings and start or stop runs through the API.
+    #[arg(long, value_name = "FILE", help_heading = "HTTP: page, API, metrics")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Serve HTTPS with this PEM certificate chain (with --api-tls-key).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP: page, API, metrics")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --api-tls-cert.
+    #[arg(long, value_name = "FILE", help_heading = "HTTP: page, API, metrics")]
+    pub api_tls_key: Option<PathBuf>,
+
+    /// Accept credentials over plain HTTP on a non-loopback address (a TLS proxy in
+    /// front, say).
+    #[arg(long, help_heading = "HTTP: page, API, metrics")]
+    pub api_allow_insecure: bool,
 
     /// The registry's configuration (e.g. /etc/docker/registry/config.yml): regfs checks
     /// its blob-descriptor cache and clears a redis cache of what GC deletes.
@@ -329,6 +362,13 @@ impl MountArgs {
             metrics_allow_remote: self.metrics_allow_remote,
             registry_config: self.registry_config.clone(),
             allow_unsafe_cache: self.allow_unsafe_cache,
+            api: regfs::api::config::ApiFlags {
+                htpasswd: self.api_htpasswd.clone(),
+                token_file: self.api_token_file.clone(),
+                tls_cert: self.api_tls_cert.clone(),
+                tls_key: self.api_tls_key.clone(),
+                allow_insecure: self.api_allow_insecure,
+            },
         }
     }
 }

@@ -24,9 +24,14 @@
 //! keep_unknown = false
 //! allow_missing_manifests = false
 //!
+//! # The HTTP listener: metrics, the GC page and its API.
 //! [metrics]
 //! listen = "127.0.0.1:9469"
 //! allow_remote = false
+//!
+//! # Who may change settings through the API, and TLS (see crate::api::config).
+//! [api]
+//! htpasswd = "/etc/docker/registry/htpasswd"
 //!
 //! [registry]
 //! config = "/etc/docker/registry/config.yml"
@@ -156,6 +161,8 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub registry: RegistrySection,
+    #[serde(default)]
+    pub api: crate::api::config::ApiSection,
 }
 
 /// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
@@ -240,6 +247,8 @@ pub struct MountFlags {
     pub metrics_allow_remote: bool,
     pub registry_config: Option<PathBuf>,
     pub allow_unsafe_cache: bool,
+    /// `[api]`: credentials and TLS of the HTTP listener.
+    pub api: crate::api::config::ApiFlags,
 }
 
 impl MountFlags {
@@ -265,6 +274,7 @@ pub struct MountOptions {
     pub settings: Settings,
     pub state_dir: Option<PathBuf>,
     pub metrics: Option<MetricsConfig>,
+    pub api: crate::api::ApiConfig,
 }
 
 /// Which of a flag and a file key gave a value, for error messages.
@@ -337,11 +347,16 @@ pub fn resolve(
     file: &FileConfig,
     origin: &str,
 ) -> Result<MountOptions, ConfigError> {
+    let metrics = resolve_metrics(args, file, origin)?;
+    let listen = metrics.as_ref().map(|m| m.listen);
+    let api = crate::api::config::resolve(&args.api, &file.api, origin, listen)
+        .map_err(|(o, k, m)| bad(o, k, m))?;
     Ok(MountOptions {
         mount: resolve_mount(args, file, origin)?,
         settings: resolve_gc(args, file, origin)?,
         state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
-        metrics: resolve_metrics(args, file, origin)?,
+        metrics,
+        api,
     })
 }
 
@@ -485,14 +500,14 @@ fn resolve_metrics(
     let n = Named { origin };
     let allow_remote = args.metrics_allow_remote || file.metrics.allow_remote.unwrap_or(false);
     n
-        .pick(args.metrics_listen.clone(), "--metrics-listen", file.metrics.listen.clone(), "metrics.listen")
+        .pick(args.metrics_listen.clone(), "--http-listen (--metrics-listen)", file.metrics.listen.clone(), "metrics.listen")
         .map(|(l, o, k)| {
             let addr: std::net::SocketAddr = l.parse().map_err(|e| {
                 bad(o.clone(), k.clone(), format!("{l:?}: {e}; expected an address such as 127.0.0.1:9469"))
             })?;
             if !addr.ip().is_loopback() && !allow_remote {
                 return Err(bad(o, k, format!(
-                    "{addr} is not a loopback address; set metrics.allow_remote (or --metrics-allow-remote) to serve metrics beyond this machine"
+                    "{addr} is not a loopback address; set metrics.allow_remote (or --http-allow-remote) to serve metrics, the page and the API beyond this machine"
                 )));
             }
             Ok(MetricsConfig { listen: addr })

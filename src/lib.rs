@@ -2,17 +2,18 @@
 //! passes reads and writes through to the real directory and can close the store for
 //! writes (a GC epoch) while it collects garbage.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod gc;
+pub mod http;
 pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
-pub mod metrics_http;
 pub mod mount;
 pub mod offline;
 pub mod output;
@@ -20,4 +21,5 @@ pub mod policy;
 pub mod progress;
 pub mod registry;
 pub mod runtime;
+pub mod web;
 pub mod worker;

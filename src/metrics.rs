@@ -1,11 +1,11 @@
 //! Prometheus metrics: GC runs by trigger and outcome, durations, read-only seconds,
 //! what runs deleted, bytes freed, the current state, the last successful run, and FUSE
-//! operations and errors by kind. Served as text on `--metrics-listen`.
+//! operations and errors by kind. Served as text at `/metrics` on the HTTP listener
+//! (`--http-listen`, see [`crate::api`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::daemon::job::{Job, JobOutcome};
 use crate::daemon::status::State;
@@ -236,30 +236,4 @@ pub fn render(daemon: &Daemon, gc: &Mutex<GcStats>) -> String {
     }
     daemon.fs().stats().render(&mut out);
     out
-}
-
-/// Serves `/metrics` on `addr` in a background thread (connections bounded, see
-/// [`crate::metrics_http`]).
-pub fn serve(
-    daemon: Arc<Daemon>,
-    gc: Arc<Mutex<GcStats>>,
-    addr: SocketAddr,
-) -> Result<crate::metrics_http::Server, String> {
-    use crate::metrics_http::{Response, serve};
-    serve(addr, move |req| {
-        if req.method == "GET" && req.path == "/metrics" {
-            Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render(&daemon, &gc).into_bytes(),
-            }
-        } else {
-            Response {
-                status: 404,
-                content_type: "text/plain; charset=utf-8",
-                body: b"not found; try /metrics\n".to_vec(),
-            }
-        }
-    })
-    .map_err(|e| format!("metrics on {addr}: {e}"))
 }

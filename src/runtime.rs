@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use crate::config::MountOptions;
 use crate::daemon::control::{self, ControlSocket};
+use crate::daemon::overrides::SettingsLayers;
 use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, notify, scheduler};
+use crate::http::Server;
 use crate::metrics::GcStats;
-use crate::metrics_http::Server;
 use crate::mount::{self, Serving};
 use crate::policy::gate::WriteGate;
 
@@ -78,6 +79,14 @@ impl Stopper {
     }
 }
 
+/// What the threads besides the mount's are started with.
+struct ThreadParts {
+    gc_stats: Arc<Mutex<GcStats>>,
+    layers: Arc<SettingsLayers>,
+    listener: Option<crate::api::Prepared>,
+    reload: Option<Reload>,
+}
+
 /// The threads the runtime owns, each taken when it is stopped.
 #[derive(Default)]
 struct Threads {
@@ -111,11 +120,21 @@ impl Runtime {
             grace,
         } = start;
         let cfg = &options.mount;
-        let settings = options.settings.clone();
+        // The listener's credentials and certificate are checked before anything else.
+        let listener = match &options.metrics {
+            Some(_) => Some(crate::api::prepare(&options.api)?),
+            None => None,
+        };
         let nofile = mount::raise_nofile_limit();
         // Checked (or created) before mounting: a state directory another user could
         // change is refused before anything else happens.
         let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
+        // Settings saved through the API lie over the configuration file's.
+        let layers = Arc::new(SettingsLayers::load(
+            state.clone(),
+            options.settings.clone(),
+        )?);
+        let settings = layers.effective();
         let mounted = mount::mount(cfg, Arc::new(WriteGate::new())).map_err(|e| e.to_string())?;
         let mountpoint = mounted.mountpoint.clone();
         let store = mounted
@@ -131,6 +150,7 @@ impl Runtime {
             settings.clone(),
             vec![gc_stats.clone()],
         );
+        daemon.set_overrides(layers.overrides());
         daemon.check_cache("start");
         let stops = channel();
         let ended = stops.0.clone();
@@ -151,7 +171,13 @@ impl Runtime {
             grace,
             result: Ok(()),
         };
-        if let Err(e) = rt.start_threads(&options, &state_dir, gc_stats, signals) {
+        let parts = ThreadParts {
+            gc_stats,
+            layers,
+            listener,
+            reload: signals,
+        };
+        if let Err(e) = rt.start_threads(&options, &state_dir, parts) {
             rt.stop_all();
             return Err(e);
         }
@@ -167,21 +193,40 @@ impl Runtime {
         &mut self,
         options: &MountOptions,
         state_dir: &std::path::Path,
-        gc_stats: Arc<Mutex<GcStats>>,
-        reload: Option<Reload>,
+        parts: ThreadParts,
     ) -> Result<(), String> {
+        let ThreadParts {
+            gc_stats,
+            layers,
+            listener,
+            reload,
+        } = parts;
         let t = &mut self.threads;
         t.control = Some(
             control::spawn(self.daemon.clone())
                 .map_err(|e| format!("control socket in {}: {e}", state_dir.display()))?,
         );
         t.scheduler = Some(scheduler::spawn(self.daemon.clone()).map_err(|e| e.to_string())?);
-        if let Some(m) = &options.metrics {
-            let server = crate::metrics::serve(self.daemon.clone(), gc_stats, m.listen)?;
-            tracing::info!(bound = %server.bound, "metrics at http://{}/metrics", server.bound);
+        if let (Some(m), Some(prepared)) = (&options.metrics, listener) {
+            let api = crate::api::Api {
+                daemon: self.daemon.clone(),
+                layers: layers.clone(),
+                auth: prepared.auth,
+                metrics: gc_stats,
+            };
+            let scheme = if prepared.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let server = crate::api::serve(api, m.listen, prepared.tls)?;
+            tracing::info!(bound = %server.bound,
+                "GC page at {scheme}://{0}/ (API under /api/v1/, metrics at /metrics)", server.bound);
             t.metrics = Some(server);
         }
         if let Some(reload) = reload {
+            // SIGHUP re-reads the configuration file; the API's overrides stay on top.
+            let reload: Reload = Box::new(move || reload().map(|base| layers.set_base(base)));
             let stops = self.stops.0.clone();
             let terminate = move |sig| {
                 let _ = stops.send(StopReason::Signal(sig));

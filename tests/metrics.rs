@@ -107,9 +107,13 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     // Read-only runs do not pause: they close.
     assert_eq!(m["regfs_gc_pause_seconds_count"], 0.0);
 
-    // Anything but /metrics is a 404.
+    // A path the listener does not serve is a 404.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");

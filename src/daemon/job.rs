@@ -10,6 +10,8 @@ pub enum Trigger {
     Schedule,
     Signal,
     Cli,
+    /// The HTTP API or the page ("Save & start").
+    Api,
 }
 
 /// How a job ended.
@@ -92,6 +94,9 @@ pub struct Job {
     /// The collector's report (counts, bytes, warnings), when it got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::gc::RunReport>,
+    /// Bytes in use on the store's filesystem when the run ended (the page's chart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_used_bytes: Option<u64>,
 }
 
 impl Job {

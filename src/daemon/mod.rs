@@ -15,6 +15,7 @@ pub use service::{Daemon, JobObserver, TriggerError};
 pub mod control;
 pub mod notify;
 pub mod online_epoch;
+pub mod overrides;
 pub mod scheduler;
 pub mod signals;
 pub mod state_dir;

@@ -68,6 +68,8 @@ pub struct Daemon {
     changed: Condvar,
     /// The last verdict on the registry's blob-descriptor cache.
     cache: Mutex<Option<CacheStatus>>,
+    /// Settings saved through the HTTP API, for status.
+    overrides: Mutex<Option<super::overrides::Overrides>>,
 }
 
 /// How long a verdict on the registry's cache is shown before `status` checks again.
@@ -122,6 +124,7 @@ impl Daemon {
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
+            overrides: Mutex::new(None),
         })
     }
 
@@ -177,6 +180,17 @@ impl Daemon {
         self.changed.notify_all();
     }
 
+    /// Says which settings were saved through the HTTP API (status shows them).
+    pub fn set_overrides(&self, overrides: Option<super::overrides::Overrides>) {
+        *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = overrides;
+    }
+
+    /// Bytes in use on the store's filesystem.
+    fn store_used_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::fstatvfs(self.store.root_fd()).ok()?;
+        Some(st.f_blocks.saturating_sub(st.f_bfree) * st.f_frsize)
+    }
+
     pub(super) fn generation(&self) -> u64 {
         self.lock().generation
     }
@@ -229,6 +243,7 @@ impl Daemon {
             cut_writers: vec![],
             registry_cache: None,
             report: None,
+            store_used_bytes: None,
         };
         // A state directory that cannot take the record (full, say) must not stop GC from
         // freeing space: the run goes on, unrecorded if the daemon dies.
@@ -340,7 +355,8 @@ impl Daemon {
     }
 
     /// Records a finished run and frees the slot for the next one.
-    fn finish(&self, job: Job) {
+    fn finish(&self, mut job: Job) {
+        job.store_used_bytes = self.store_used_bytes();
         self.observers.iter().for_each(|o| o.job_ended(&job));
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e,
@@ -413,12 +429,18 @@ impl Daemon {
             last_job: inner.last.clone(),
             registry_cache: None,
             descriptors: None,
+            settings_overrides: None,
         };
         drop(inner);
         Status {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
             descriptors: Some(self.descriptors()),
+            settings_overrides: self
+                .overrides
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             ..status
         }
     }

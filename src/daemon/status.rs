@@ -61,6 +61,9 @@ pub struct Status {
     pub registry_cache: Option<crate::registry::CacheStatus>,
     #[serde(default)]
     pub descriptors: Option<Descriptors>,
+    /// Settings saved through the HTTP API: they override the configuration file's.
+    #[serde(default)]
+    pub settings_overrides: Option<super::overrides::Overrides>,
 }
 
 fn utc(t: &DateTime<Utc>) -> String {
@@ -97,6 +100,15 @@ impl fmt::Display for Status {
             "  settings     duration {}, delete-untagged {}, dry-run {}, upload-max-age {}, min-age {}, drain-timeout {}",
             s.duration, s.delete_untagged, s.dry_run, s.upload_max_age, s.min_age, s.drain_timeout
         )?;
+        if let Some(o) = &self.settings_overrides {
+            writeln!(
+                f,
+                "  overrides    {} saved through the HTTP API by {} at {}: they override the configuration file",
+                o.fields.join(", "),
+                o.set_by,
+                utc(&o.set_at)
+            )?;
+        }
         if let Some(d) = &self.descriptors {
             let open = d.open.map_or_else(|| "?".into(), |n| n.to_string());
             writeln!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use regfs::daemon::online_epoch::{OnlineClaims, pause_and_install};
+use regfs::daemon::online_epoch::{OnlineClaims, pause_and_install, start_recording};
 use regfs::fs::StorageFs;
 use regfs::gc::{self, Action, Cancel, Claims, Outcome, Report, Unattended};
 use regfs::layout::Store;
@@ -153,7 +153,7 @@ pub fn run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> OnlineOutcome {
 pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineOutcome, String> {
     one_collector_thread();
     let online = core.online();
-    online.start_recording();
+    assert!(start_recording(&core.gate, online, Duration::from_secs(10)));
     let marked = gc::mark(&core.store, opts, &Unattended, &Unattended);
     let planned = match marked {
         Ok(gc::Marked::Planned(p)) => p,
