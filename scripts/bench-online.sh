@@ -285,7 +285,7 @@ for mode in modes:
         print(f"   run {i + 1}: {bad} of {n} pushes during the run refused;"
               f" {(jobs[i].get('report') or {}).get('blobs_deleted')} blobs deleted")
     what = "pause (writes held)" if mode == "online" else "read-only window (writes refused)"
-    print(f"   {what}: p50 {pct(pause, 50) * 1000:.1f} ms, p99 {pct(pause, 99) * 1000:.1f} ms")
+    print(f"   {what}: p50 {pct(pause, 50) * 1000:.2f} ms, p99 {pct(pause, 99) * 1000:.2f} ms")
     for kind in ("push", "pull"):
         g, i = lat.get((kind, "gc"), []), lat.get((kind, "idle"), [])
         p50g, p99g, p50i, p99i = pct(g, 50), pct(g, 99), pct(i, 50), pct(i, 99)
