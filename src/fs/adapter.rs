@@ -159,8 +159,18 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.call("lookup", req, parent.0, || self.fs.lookup(parent.0, name)) {
-            Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+        // A name the policy hides (a blob an online run is about to delete) may be shown
+        // again any moment (a write takes it back): its absence is not cached.
+        let found = self.call("lookup", req, parent.0, || {
+            match self.fs.lookup(parent.0, name) {
+                Ok(e) => Ok(Some(e)),
+                Err(FsError::Hidden { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match found {
+            Ok(Some(e)) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENOENT)),
             // A negative entry the kernel may cache: the registry stats many paths that
             // do not exist (yet), and every creation goes through this mount anyway.
             Err(e) if e == Errno::from_i32(libc::ENOENT) => {
