@@ -86,8 +86,8 @@ impl StorePolicy for Recording {
         Ok(())
     }
 
-    fn note_read(&self, path: &str) {
-        self.0.ask(format!("read {path}"));
+    fn note_read(&self, path: &dyn Fn() -> String) {
+        self.0.ask(format!("read {}", path()));
     }
 }
 

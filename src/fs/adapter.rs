@@ -159,8 +159,18 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.call("lookup", req, parent.0, || self.fs.lookup(parent.0, name)) {
-            Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+        // A name the policy hides (a blob an online run is about to delete) may be shown
+        // again any moment (a write takes it back): its absence is not cached.
+        let found = self.call("lookup", req, parent.0, || {
+            match self.fs.lookup(parent.0, name) {
+                Ok(e) => Ok(Some(e)),
+                Err(FsError::Hidden { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match found {
+            Ok(Some(e)) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENOENT)),
             // A negative entry the kernel may cache: the registry stats many paths that
             // do not exist (yet), and every creation goes through this mount anyway.
             Err(e) if e == Errno::from_i32(libc::ENOENT) => {
@@ -572,37 +582,5 @@ impl Filesystem for FuseAdapter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::gate::WriteGate;
-    use fuser::FileType;
-
-    #[test]
-    fn a_panic_in_the_core_answers_eio_for_that_request_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
-        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, Callers::everyone());
-        let r: Result<(), Errno> = adapter.call_as("test", 0, 1, || panic!("bug in a handler"));
-        assert_eq!(r.unwrap_err(), Errno::from_i32(libc::EIO));
-        // The next request is served normally.
-        let attr = adapter
-            .call_as("getattr", 0, 1, || adapter.fs.getattr(1))
-            .unwrap();
-        assert_eq!(attr.kind, FileType::Directory);
-    }
-
-    #[test]
-    fn requests_of_users_the_mount_does_not_serve_answer_eacces() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
-        let owner = 998;
-        let callers = Callers::new(&crate::fs::access::MountUsers::default(), owner);
-        let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, callers);
-        let getattr = |uid| adapter.call_as("getattr", uid, 1, || adapter.fs.getattr(1));
-        assert_eq!(getattr(65534).unwrap_err(), Errno::from_i32(libc::EACCES));
-        assert!(getattr(0).is_ok() && getattr(owner).is_ok());
-        // A handle an allowed caller opened serves whoever holds it.
-        let r = adapter.call_as("release", 65534, 1, || Ok(()));
-        assert!(r.is_ok());
-    }
-}
+#[path = "adapter_tests.rs"]
+mod tests;

@@ -181,7 +181,7 @@ impl StorageFs {
         } else {
             // Only link files, which a read of a blob or manifest starts with.
             if inode.role().link().is_some() {
-                self.policy.note_read(&inode.path());
+                self.policy.note_read(&|| inode.path());
             }
             None
         };

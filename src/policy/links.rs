@@ -74,7 +74,7 @@ impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, path: &str) {
+    fn note_read(&self, path: &dyn Fn() -> String) {
         self.inner.note_read(path)
     }
 }

@@ -168,9 +168,10 @@ pub trait StorePolicy: Send + Sync + fmt::Debug {
     fn is_visible(&self, name: &Name<'_>) -> bool;
     /// access(2) with W_OK on `path`: would a writer be admitted now?
     fn check_write_access(&self, path: &str) -> FsResult<()>;
-    /// A link file (`path`) opened for reading: the registry is about to serve what it
-    /// names. Nothing is refused; a policy may take note.
-    fn note_read(&self, path: &str);
+    /// A link file opened for reading: the registry is about to serve what it names.
+    /// Nothing is refused; a policy may take note. `path` builds the file's path (relative
+    /// to the store root) only if a policy asks: every pull opens links.
+    fn note_read(&self, path: &dyn Fn() -> String);
 }
 
 /// What a policy keeps for a change in flight (dropped when the change ends).

@@ -326,16 +326,13 @@ impl Shared {
 
     /// A link opened for reading while sweeping: someone asks for that blob or manifest
     /// in that repository, so a doomed one is taken back (one being deleted is not).
-    fn note_read(&self, path: &str) {
-        if !self.active.load(Ordering::Acquire) {
+    fn note_read(&self, path: &dyn Fn() -> String) {
+        if !self.active.load(Ordering::Acquire) || !matches!(&*self.lock(), Phase::Sweeping(_)) {
             return;
         }
-        let Some(t) = touched_by_path(path) else {
+        let Some(t) = touched_by_path(&path()) else {
             return;
         };
-        if !matches!(&*self.lock(), Phase::Sweeping(_)) {
-            return;
-        }
         let guarded = self.guarded_paths(&t);
         if let Phase::Sweeping(doomed) = &mut *self.lock() {
             // All or nothing, as for writes: a revision is never taken back while its
@@ -410,7 +407,7 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, path: &str) {
+    fn note_read(&self, path: &dyn Fn() -> String) {
         self.inner.note_read(path);
         self.shared.note_read(path);
     }
