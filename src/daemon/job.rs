@@ -72,6 +72,9 @@ pub struct Job {
     /// The collector's report (counts, bytes, warnings), when it got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::gc::RunReport>,
+    /// A cluster run: the collector and how each member closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::epoch::ClusterRun>,
 }
 
 impl Job {

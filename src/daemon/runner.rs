@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
+use super::epoch::{EpochCoordinator, MemberDrain};
 use super::history::History;
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
@@ -42,6 +43,8 @@ pub struct RunParts<'a> {
     /// The heartbeat rewrites the running-job record here.
     pub history: &'a History,
     pub host: &'a dyn RunHost,
+    /// The other nodes serving the store (none for a node alone).
+    pub epoch: &'a dyn EpochCoordinator,
 }
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -115,9 +118,12 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
     }
     let start = Instant::now();
     let reopen = close_store(parts, job, control, settings);
+    let all_closed = control.interrupted().is_none() && cluster_closed(parts, job, control);
     if let Some(o) = control.interrupted() {
         job.outcome = outcome_of(o);
         job.ended_in = Some("mark".into());
+    } else if !all_closed {
+        job.outcome = JobOutcome::Failed;
     } else {
         collect(parts, job, control, settings);
     }
@@ -173,6 +179,30 @@ fn close_store<'a>(
         tracing::info!(job = job.id, path = %c.path, reason = %c.reason, "write handle cut by the epoch");
     }
     reopen
+}
+
+/// Cluster mode: waits until every other member has closed too. False (the job's error
+/// says why) when the run must delete nothing.
+fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
+    let own = MemberDrain {
+        node: String::new(),
+        closed_at: Utc::now(),
+        drain_seconds: job.drain_seconds,
+        cut_writers: job.cut_writers.clone(),
+    };
+    match parts
+        .epoch
+        .acknowledge(own, &|| control.interrupted().is_some())
+    {
+        Ok(run) => {
+            job.cluster = run;
+            true
+        }
+        Err(e) => {
+            job.error = Some(format!("{e}; nothing deleted"));
+            false
+        }
+    }
 }
 
 /// Mark, then sweep what the plan names; the job records how it ended.
@@ -253,6 +283,7 @@ pub fn run(parts: &RunParts, mut job: Job, control: &RunControl, settings: &Sett
     }
     control.set_state(State::Idle);
     job.ended_at = Some(Utc::now());
+    parts.epoch.end(&job);
     match job.outcome {
         JobOutcome::Failed => tracing::error!(
             job = job.id,

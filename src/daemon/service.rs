@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use super::epoch::{Alone, EpochCoordinator};
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::run_control::RunControl;
@@ -27,6 +28,9 @@ pub enum TriggerError {
     Busy(u64),
     #[error("the daemon is shutting down; no run was started")]
     ShuttingDown,
+    /// Another node of the cluster collects, or etcd cannot be asked.
+    #[error("{0}; no run was started")]
+    Cluster(String),
     #[error("cannot record the job in the state directory: {0}")]
     State(String),
 }
@@ -68,6 +72,8 @@ pub struct Daemon {
     changed: Condvar,
     /// The last verdict on the registry's blob-descriptor cache.
     cache: Mutex<Option<CacheStatus>>,
+    /// Shares each epoch with the other nodes serving the store (none: a node alone).
+    coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
 }
 
 /// How long a verdict on the registry's cache is shown before `status` checks again.
@@ -122,7 +128,17 @@ impl Daemon {
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
+            coordinator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes every run share its epoch through `c` (cluster mode); set once, at start.
+    pub fn set_coordinator(&self, c: Arc<dyn EpochCoordinator>) {
+        let _ = self.coordinator.set(c);
+    }
+
+    pub fn coordinator(&self) -> &dyn EpochCoordinator {
+        self.coordinator.get().map_or(&Alone, |c| c.as_ref())
     }
 
     /// Checks the registry's blob-descriptor cache now; logs the verdict when it changes
@@ -211,6 +227,9 @@ impl Daemon {
         if let Some(r) = &inner.running {
             return Err(TriggerError::Busy(r.job.id));
         }
+        self.coordinator()
+            .begin(inner.next_id)
+            .map_err(TriggerError::Cluster)?;
         let job = Job {
             id: inner.next_id,
             trigger,
@@ -225,6 +244,7 @@ impl Daemon {
             cut_writers: vec![],
             registry_cache: None,
             report: None,
+            cluster: None,
         };
         // A state directory that cannot take the record (full, say) must not stop GC from
         // freeing space: the run goes on, unrecorded if the daemon dies.
@@ -243,6 +263,7 @@ impl Daemon {
         });
         // Spawned under the lock, so that shutdown always finds the thread to join.
         let daemon = self.clone();
+        let unstarted = job.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("regfs-gc-{id}"))
             .spawn(move || super::runner::run(&daemon.run_parts(), job, &control, &settings));
@@ -256,6 +277,7 @@ impl Daemon {
             Err(e) => {
                 inner.running = None;
                 drop(inner);
+                self.coordinator().end(&unstarted);
                 if let Err(e) = self.history.clear_running() {
                     tracing::error!(error = %e, "cannot clear the running-job record");
                 }
@@ -275,6 +297,7 @@ impl Daemon {
             fs: &self.fs,
             history: &self.history,
             host: self,
+            epoch: self.coordinator(),
         }
     }
 
@@ -407,12 +430,14 @@ impl Daemon {
             last_job: inner.last.clone(),
             registry_cache: None,
             descriptors: None,
+            cluster: None,
         };
         drop(inner);
         Status {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
             descriptors: Some(self.descriptors()),
+            cluster: self.coordinator().view(),
             ..status
         }
     }
