@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve STORAGE at MOUNTPOINT in the foreground until unmounted (umount, SIGTERM or SIGINT).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Collect garbage now: through a running daemon (MOUNTPOINT), or --offline on a store.
     Gc(GcArgs),
     /// Show the state of a mount: read-only or not, the current run, the schedule, the last run.
@@ -294,6 +294,24 @@ pub struct MountArgs {
     /// Let GC delete even when the registry's cache is one regfs cannot make safe.
     #[arg(long, help_heading = "Registry")]
     pub allow_unsafe_cache: bool,
+
+    /// Cluster mode: etcd's client URLs (http://HOST:PORT, comma-separated). Every node
+    /// serving the same store shares one GC epoch; without this no etcd is needed.
+    #[arg(long, value_name = "URL[,URL...]", help_heading = "Cluster")]
+    pub cluster_endpoints: Option<String>,
+
+    /// This node's name in the cluster, unique [default: hostname:MOUNTPOINT].
+    #[arg(long, value_name = "NAME", help_heading = "Cluster")]
+    pub cluster_node: Option<String>,
+
+    /// How long a node's membership outlives its last word to etcd (whole seconds, at
+    /// least 2s) [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Cluster")]
+    pub cluster_lease_ttl: Option<Duration>,
+
+    /// The etcd key prefix of this cluster [default: /regfs/].
+    #[arg(long, value_name = "PREFIX", help_heading = "Cluster")]
+    pub cluster_prefix: Option<String>,
 }
 
 impl MountArgs {
@@ -323,6 +341,10 @@ impl MountArgs {
             metrics_allow_remote: self.metrics_allow_remote,
             registry_config: self.registry_config.clone(),
             allow_unsafe_cache: self.allow_unsafe_cache,
+            cluster_endpoints: self.cluster_endpoints.clone(),
+            cluster_node: self.cluster_node.clone(),
+            cluster_lease_ttl: self.cluster_lease_ttl,
+            cluster_prefix: self.cluster_prefix.clone(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! passes reads and writes through to the real directory and can close the store for
 //! writes (a GC epoch) while it collects garbage.
 
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod error;
