@@ -361,6 +361,7 @@ pub fn resolve(
 ) -> Result<MountOptions, ConfigError> {
     let mut mount = resolve_mount(args, file, origin)?;
     let cluster = resolve_cluster(args, file, origin, &mount.mountpoint)?;
+    mount.shared_store = cluster.is_some();
     if cluster.is_some() && args.attr_timeout.or(file.attr_timeout).is_none() {
         // Other nodes change the store behind this kernel's back: cache nothing.
         mount.attr_timeout = Duration::ZERO;
@@ -522,6 +523,7 @@ fn resolve_mount(
         max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
         fd_budget: 0,
         users: mount_users(args, file, origin)?,
+        shared_store: false,
     })
 }
 
