@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what regfs's demo and tests use and the machine lacks:
 # fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount),
-# redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth).
+# redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth),
+# etcd (cluster mode's coordination, tests/cluster).
 # Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 declare -A wanted=(
@@ -15,6 +16,7 @@ declare -A wanted=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [htpasswd]=apache2-utils
+  [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

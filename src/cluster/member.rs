@@ -143,11 +143,18 @@ fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
             "cluster: GC epoch on; the store is read-only, pushes are refused until it ends");
     }
     st.state = State::Closed;
-    let report = sh
-        .gate
-        .close_for_writes_unless(sh.drain_timeout, &|| !healthy(sh) || sh.stopping());
+    // Stops waiting for writers if the node must fence, or the epoch ends meanwhile
+    // (its collector died): the next tick decides.
+    let epoch_gone = || {
+        sh.etcd
+            .get(&sh.keys.epoch())
+            .is_ok_and(|kv| kv.is_none_or(|kv| kv.create_revision != epoch))
+    };
+    let report = sh.gate.close_for_writes_unless(sh.drain_timeout, &|| {
+        !healthy(sh) || sh.stopping() || epoch_gone()
+    });
     if report.gave_up {
-        return; // fenced next tick
+        return;
     }
     let ack = MemberDrain {
         node: sh.cfg.node.clone(),

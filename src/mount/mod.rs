@@ -219,7 +219,11 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         path: storage.display().to_string(),
         source: e.into(),
     })?;
-    crate::lock::lock_store(lock.as_fd(), &storage.display().to_string(), cfg.shared_store)?;
+    crate::lock::lock_store(
+        lock.as_fd(),
+        &storage.display().to_string(),
+        cfg.shared_store,
+    )?;
     // The kernel applies the caller's umask before it sends a mode; ours must not again.
     rustix::process::umask(rustix::fs::Mode::empty());
     let fs = Arc::new(if cfg.fd_budget > 0 {

@@ -1,0 +1,257 @@
+//! One epoch for the whole cluster: one trigger closes every node; two triggers give one
+//! run; a schedule on every node gives one run per tick; a node that starts during an
+//! epoch stays closed until it ends.
+
+use std::fs;
+use std::io::Read;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::daemon::BIN;
+use crate::harness::{Etcd, Node, a_blob, a_layer_link, available, blob_set, gen_store};
+
+fn read_through(n: &Node, rel: &std::path::Path) -> Vec<u8> {
+    let mut buf = Vec::new();
+    fs::File::open(n.mnt().join(rel))
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .unwrap_or_else(|e| panic!("{}: reading {}: {e}", n.name, rel.display()));
+    buf
+}
+
+#[test]
+fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 300, 7);
+    // What a single node's run deletes: the same store, collected offline.
+    let single = dir.path().join("single");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&storage)
+            .arg(&single)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new(BIN)
+        .args(["gc", "--offline", "--min-age", "0s"])
+        .arg(&single)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let etcd = Etcd::start(dir.path());
+    // n3 lets an in-place writer finish for 3 s: the epoch lasts that long at least.
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    let n3 = Node::start(dir.path(), &storage, &etcd, "n3", &["--drain-timeout", "3"]);
+    let nodes = [&n1, &n2, &n3];
+    for n in nodes {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    let st = n2.status();
+    assert_eq!(
+        st["cluster"]["members"].as_array().unwrap().len(),
+        3,
+        "{st:#}"
+    );
+    assert!(st["cluster"]["collector"].is_null(), "{st:#}");
+
+    let link = a_layer_link(&storage);
+    let blob = a_blob(&storage);
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(n3.mnt().join(&link))
+        .unwrap();
+    let t0 = Instant::now();
+    let (code, said) = n1.gc();
+    assert_eq!(code, 0, "{said}");
+    for n in nodes {
+        n.wait_writable(false, Duration::from_secs(2));
+        println!("{} closed {:?} after the trigger", n.name, t0.elapsed());
+        assert!(
+            !read_through(n, &blob).is_empty(),
+            "{}: reads work in the epoch",
+            n.name
+        );
+    }
+    println!("all three closed {:?} after the trigger", t0.elapsed());
+    // Still closed while n3 drains its writer.
+    thread::sleep(Duration::from_millis(1500));
+    let st = n2.status();
+    assert_eq!(st["cluster"]["collector"], "n1", "{st:#}");
+    for n in nodes {
+        assert!(!n.writable(), "{} must stay closed while n3 drains", n.name);
+    }
+    let jobs = n1.wait_jobs(1, Duration::from_secs(20));
+    let ended = Instant::now();
+    drop(held);
+    for n in nodes {
+        n.wait_writable(true, Duration::from_secs(2));
+        println!(
+            "{} writable again {:?} after the job was seen ended",
+            n.name,
+            ended.elapsed()
+        );
+    }
+    let job = &jobs[0];
+    assert_eq!(job["outcome"], "done", "{job:#}");
+    assert_eq!(job["cluster"]["collector"], "n1", "{job:#}");
+    let members = job["cluster"]["members"].as_array().unwrap();
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{job:#}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(names.contains(&n), "{n} acknowledged: {job:#}");
+    }
+    let m3 = members.iter().find(|m| m["node"] == "n3").unwrap();
+    assert!(m3["drain_seconds"].as_f64().unwrap() >= 2.9, "{m3:#}");
+    assert_eq!(m3["cut_writers"].as_array().unwrap().len(), 1, "{m3:#}");
+    assert_eq!(
+        blob_set(&storage),
+        blob_set(&single),
+        "the cluster run deletes what one node's run deletes"
+    );
+    assert!(
+        job["report"]["blobs_deleted"].as_u64().unwrap() > 0,
+        "{job:#}"
+    );
+}
+
+#[test]
+fn two_triggers_on_two_nodes_at_once_give_one_run() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 50, 8);
+    let etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    for round in 1..=3 {
+        let (a, b) = thread::scope(|s| {
+            let a = s.spawn(|| n1.gc());
+            let b = s.spawn(|| n2.gc());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let started = [&a, &b].iter().filter(|(code, _)| *code == 0).count();
+        assert_eq!(started, 1, "round {round}: one run starts: {a:?} {b:?}");
+        let (_, refused) = if a.0 == 0 { &b } else { &a };
+        assert!(
+            refused.contains("collects"),
+            "the other says who collects: {refused}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while n1.jobs().len() + n2.jobs().len() < round {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the run did not end"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        for n in [&n1, &n2] {
+            n.wait_writable(true, Duration::from_secs(3));
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        n1.jobs().len() + n2.jobs().len(),
+        3,
+        "one run per pair of triggers"
+    );
+}
+
+#[test]
+fn a_schedule_on_every_node_runs_once_per_tick() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 30, 9);
+    let etcd = Etcd::start(dir.path());
+    let every2s = ["--gc-schedule", "*/2 * * * * *"];
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Node::start(dir.path(), &storage, &etcd, n, &every2s))
+        .collect();
+    thread::sleep(Duration::from_secs(7));
+    let mut ticks = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for n in &nodes {
+        for j in n.jobs() {
+            let t =
+                chrono::DateTime::parse_from_rfc3339(j["started_at"].as_str().unwrap()).unwrap();
+            ticks
+                .entry(t.timestamp() / 2)
+                .or_default()
+                .push(n.name.clone());
+        }
+    }
+    println!("runs per 2 s tick: {ticks:?}");
+    assert!(ticks.len() >= 2, "the schedule ran: {ticks:?}");
+    for (tick, ran) in &ticks {
+        assert_eq!(
+            ran.len(),
+            1,
+            "tick {tick}: one run for the cluster, not one per node: {ticks:?}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_starts_during_an_epoch_stays_closed_until_it_ends() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 50, 10);
+    let etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &["--drain-timeout", "4"]);
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(n2.mnt().join(a_layer_link(&storage)))
+        .unwrap();
+    assert_eq!(n1.gc().0, 0);
+    n1.wait_writable(false, Duration::from_secs(2));
+    let n3 = Node::start(dir.path(), &storage, &etcd, "n3", &[]);
+    assert!(
+        !n3.writable(),
+        "a node starting during an epoch serves no write"
+    );
+    n3.wait_log("acknowledged", Duration::from_secs(3));
+    assert!(!n3.writable());
+    let jobs = n1.wait_jobs(1, Duration::from_secs(20));
+    drop(held);
+    n3.wait_writable(true, Duration::from_secs(2));
+    let names: Vec<&str> = jobs[0]["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"n3"), "{names:?}");
+}

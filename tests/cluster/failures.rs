@@ -1,0 +1,165 @@
+//! Failure is safe and bounded: a collector killed mid-mark, a member killed mid-epoch,
+//! etcd gone.
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Etcd, Node, TTL, a_blob, a_layer_link, available, gen_store};
+
+/// The bound the issue sets on reopening after a death: the lease TTL plus a second.
+fn ttl_plus_1s() -> Duration {
+    TTL + Duration::from_secs(1)
+}
+
+#[test]
+fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    // Large enough that marking takes a while.
+    gen_store(&storage, 20_000, 11);
+    let etcd = Etcd::start(dir.path());
+    let mut n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    let n3 = Node::start(dir.path(), &storage, &etcd, "n3", &[]);
+    for n in [&n1, &n2, &n3] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    assert_eq!(n1.gc().0, 0);
+    n1.wait_log("every member closed; collecting", Duration::from_secs(10));
+    assert_eq!(n1.status()["state"], "marking", "killed mid-mark");
+    n1.kill9();
+    let killed = Instant::now();
+    for n in [&n2, &n3] {
+        assert!(
+            !n.writable(),
+            "{} still closed right after the kill",
+            n.name
+        );
+    }
+    for n in [&n2, &n3] {
+        n.wait_writable(true, ttl_plus_1s());
+        println!(
+            "failover: {} writable {:?} after the collector's kill -9 (TTL {TTL:?})",
+            n.name,
+            killed.elapsed()
+        );
+    }
+    assert!(killed.elapsed() <= ttl_plus_1s());
+    // A later run, from another node, completes.
+    assert_eq!(n2.gc().0, 0);
+    let jobs = n2.wait_jobs(1, Duration::from_secs(60));
+    assert_eq!(jobs[0]["outcome"], "done", "{:#}", jobs[0]);
+    let names: Vec<&str> = jobs[0]["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n2", "n3"], "the dead node is no member any more");
+}
+
+#[test]
+fn a_member_killed_mid_epoch_holds_the_run_only_until_its_lease_expires() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 100, 12);
+    let etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    // n3 would drain its writer for 60 s: the run waits on it until it dies.
+    let mut n3 = Node::start(
+        dir.path(),
+        &storage,
+        &etcd,
+        "n3",
+        &["--drain-timeout", "60"],
+    );
+    for n in [&n1, &n2, &n3] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(n3.mnt().join(a_layer_link(&storage)))
+        .unwrap();
+    assert_eq!(n1.gc().0, 0);
+    n2.wait_log("acknowledged", Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(500));
+    assert!(n1.jobs().is_empty(), "the run waits for n3");
+    n3.kill9();
+    let killed = Instant::now();
+    drop(held);
+    let jobs = n1.wait_jobs(1, TTL + Duration::from_secs(10));
+    let took = killed.elapsed();
+    println!("member kill -9: the run ended {took:?} after it (TTL {TTL:?})");
+    assert!(took <= TTL + Duration::from_secs(3), "{took:?}");
+    assert_eq!(jobs[0]["outcome"], "done", "{:#}", jobs[0]);
+    let names: Vec<&str> = jobs[0]["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n1", "n2"]);
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_back() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 30, 13);
+    let blob = a_blob(&storage);
+    let mut etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    etcd.kill();
+    let lost = Instant::now();
+    for n in [&n1, &n2] {
+        n.wait_writable(false, TTL);
+        println!(
+            "fencing: {} refuses writes {:?} after etcd died (TTL {TTL:?})",
+            n.name,
+            lost.elapsed()
+        );
+        assert!(
+            fs::read(n.mnt().join(&blob)).is_ok(),
+            "{}: pulls keep working",
+            n.name
+        );
+    }
+    assert!(lost.elapsed() < TTL, "fenced before the lease could expire");
+    let (code, said) = n1.gc();
+    assert_ne!(code, 0, "no run without etcd: {said}");
+    thread::sleep(Duration::from_secs(1));
+    for n in [&n1, &n2] {
+        assert!(!n.writable(), "{} stays fenced", n.name);
+    }
+    etcd.run();
+    let back = Instant::now();
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(10));
+        println!(
+            "fencing: {} writable {:?} after etcd came back",
+            n.name,
+            back.elapsed()
+        );
+    }
+}
