@@ -21,7 +21,7 @@ fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();
     // Large enough that marking takes a while.
-    gen_store(&storage, 20_000, 11);
+    gen_store(&storage, 6_000, 11);
     let etcd = Etcd::start(dir.path());
     let mut n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
