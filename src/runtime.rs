@@ -211,6 +211,9 @@ impl Runtime {
         cfg: &crate::cluster::ClusterConfig,
         drain_timeout: Duration,
     ) -> Result<(), String> {
+        if let Err(e) = crate::cluster::history::write_note(self.daemon.state_dir(), cfg) {
+            tracing::warn!(error = %e, "cannot note the cluster in the state directory; `regfs jobs` shows this node's runs only");
+        }
         let daemon = Arc::downgrade(&self.daemon);
         let node = crate::cluster::Node::start(crate::cluster::NodeStart {
             cfg: cfg.clone(),

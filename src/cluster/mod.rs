@@ -6,6 +6,7 @@
 
 pub mod collector;
 pub mod etcd;
+pub mod history;
 pub mod member;
 pub mod records;
 pub mod session;
