@@ -235,8 +235,13 @@ impl Node {
         let probe = self.mnt().join(format!("probe-{}", self.name));
         match fs::File::create(&probe) {
             Ok(_) => {
-                fs::remove_file(&probe).unwrap();
-                true
+                // The gate may close between the two: the probe then stays till next time.
+                match fs::remove_file(&probe) {
+                    Err(e) if e.raw_os_error() != Some(libc::EROFS) => {
+                        panic!("{}: removing {}: {e}", self.name, probe.display())
+                    }
+                    _ => true,
+                }
             }
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => false,
             Err(e) => panic!("{}: creating {}: {e}", self.name, probe.display()),
