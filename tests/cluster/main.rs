@@ -7,3 +7,4 @@ mod common;
 mod epochs;
 mod failures;
 mod harness;
+mod registry;
