@@ -163,3 +163,64 @@ fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_
         );
     }
 }
+
+#[test]
+fn a_collector_that_loses_etcd_deletes_nothing_and_every_node_fences() {
+    if !available() {
+        return;
+    }
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 100, 14);
+    let before = crate::harness::blob_set(&storage);
+    let mut etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    // n2 keeps the epoch in its closing phase: its writer drains for 30 s.
+    let n2 = Node::start(
+        dir.path(),
+        &storage,
+        &etcd,
+        "n2",
+        &["--drain-timeout", "30"],
+    );
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(n2.mnt().join(a_layer_link(&storage)))
+        .unwrap();
+    assert_eq!(n1.gc().0, 0);
+    n1.wait_log("waiting for members to close", Duration::from_secs(5));
+    etcd.kill();
+    let lost = Instant::now();
+    let jobs = n1.wait_jobs(1, TTL + Duration::from_secs(5));
+    println!(
+        "collector without etcd: its run ended {:?} after etcd died",
+        lost.elapsed()
+    );
+    assert!(
+        lost.elapsed() < TTL,
+        "the run ends before the collector's lease can lapse"
+    );
+    assert_eq!(jobs[0]["outcome"], "failed", "{:#}", jobs[0]);
+    assert!(
+        jobs[0]["error"].as_str().unwrap().contains("etcd"),
+        "{:#}",
+        jobs[0]
+    );
+    assert_eq!(
+        crate::harness::blob_set(&storage),
+        before,
+        "nothing deleted"
+    );
+    for n in [&n1, &n2] {
+        n.wait_writable(false, TTL);
+    }
+    drop(held);
+    etcd.run();
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(10));
+    }
+}
