@@ -5,28 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::job::{CutWriter, Job};
-
-/// One member's part in a cluster epoch, as it acknowledged it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberDrain {
-    pub node: String,
-    /// When its gate was closed and drained.
-    pub closed_at: DateTime<Utc>,
-    pub drain_seconds: f64,
-    #[serde(default)]
-    pub cut_writers: Vec<CutWriter>,
-}
-
-/// A run of the whole cluster: who collected, and how each member closed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterRun {
-    /// The epoch's number (the etcd revision that created it), the same on every node.
-    pub epoch: u64,
-    pub collector: String,
-    /// Every member that acknowledged, the collector included.
-    pub members: Vec<MemberDrain>,
-}
+use super::job::Job;
+pub use super::job::{ClusterRun, MemberDrain};
 
 /// A member as `status` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
