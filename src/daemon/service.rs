@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use super::epoch::{Alone, EpochCoordinator};
+use super::epoch::{Alone, ClusterView, EpochCoordinator};
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::run_control::RunControl;
@@ -433,12 +433,16 @@ impl Daemon {
             cluster: None,
         };
         drop(inner);
-        Status {
+        let cluster = self.coordinator().view();
+        let status = Status {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
             descriptors: Some(self.descriptors()),
-            cluster: self.coordinator().view(),
             ..status
+        };
+        match cluster {
+            Some(c) => closed_by_cluster(status, c, self.fs.gate().is_closed()),
+            None => status,
         }
     }
 
@@ -456,6 +460,24 @@ impl Daemon {
                 .ok(),
         }
     }
+}
+
+/// Cluster mode: the gate may be closed with no run here (another node's epoch, or this
+/// node fenced); the status says so.
+fn closed_by_cluster(mut status: Status, c: ClusterView, closed: bool) -> Status {
+    if closed && !status.read_only {
+        let why = match (&c.error, &c.collector) {
+            (Some(_), _) => "this node cannot reach etcd (fenced)".to_string(),
+            (None, Some(n)) => format!("node {n} collects cluster epoch {}", c.epoch.unwrap_or(0)),
+            (None, None) => "joining the cluster".to_string(),
+        };
+        status.read_only = true;
+        status.banner = Some(format!(
+            "STORE IS READ-ONLY: {why}; pushes are refused, pulls work"
+        ));
+    }
+    status.cluster = Some(c);
+    status
 }
 
 impl RunHost for Daemon {

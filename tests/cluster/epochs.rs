@@ -90,6 +90,14 @@ fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
     thread::sleep(Duration::from_millis(1500));
     let st = n2.status();
     assert_eq!(st["cluster"]["collector"], "n1", "{st:#}");
+    assert_eq!(
+        st["read_only"], true,
+        "a member's status says it is closed: {st:#}"
+    );
+    assert!(
+        st["banner"].as_str().unwrap().contains("node n1 collects"),
+        "{st:#}"
+    );
     for n in nodes {
         assert!(!n.writable(), "{} must stay closed while n3 drains", n.name);
     }

@@ -148,6 +148,12 @@ fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_
     assert!(lost.elapsed() < TTL, "fenced before the lease could expire");
     let (code, said) = n1.gc();
     assert_ne!(code, 0, "no run without etcd: {said}");
+    let st = n2.status();
+    assert_eq!(st["read_only"], true, "{st:#}");
+    assert!(
+        st["cluster"]["error"].as_str().unwrap().contains("etcd"),
+        "{st:#}"
+    );
     thread::sleep(Duration::from_secs(1));
     for n in [&n1, &n2] {
         assert!(!n.writable(), "{} stays fenced", n.name);
