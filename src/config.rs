@@ -31,7 +31,8 @@
 //! config = "/etc/docker/registry/config.yml"
 //! allow_unsafe_cache = false
 //!
-//! [cluster]                # several nodes over one shared store (etcd)
+//! # several nodes over one shared store, coordinated through etcd
+//! [cluster]
 //! endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
 //! node = "registry-1"      # default: hostname:mountpoint
 //! lease_ttl = "10s"
