@@ -5,7 +5,7 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Etcd, Node, TTL, a_blob, a_layer_link, available, gen_store};
+use crate::harness::{Etcd, Node, TTL, a_blob, a_layer_link, cluster_test, gen_store};
 
 /// The bound the issue sets on reopening after a death: the lease TTL plus a second.
 fn ttl_plus_1s() -> Duration {
@@ -14,9 +14,9 @@ fn ttl_plus_1s() -> Duration {
 
 #[test]
 fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
-    if !available() {
+    let Some(_one_at_a_time) = cluster_test() else {
         return;
-    }
+    };
     let dir = crate::common::tempdir();
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();
@@ -65,9 +65,9 @@ fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
 
 #[test]
 fn a_member_killed_mid_epoch_holds_the_run_only_until_its_lease_expires() {
-    if !available() {
+    let Some(_one_at_a_time) = cluster_test() else {
         return;
-    }
+    };
     let dir = crate::common::tempdir();
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();
@@ -116,9 +116,9 @@ fn a_member_killed_mid_epoch_holds_the_run_only_until_its_lease_expires() {
 
 #[test]
 fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_back() {
-    if !available() {
+    let Some(_one_at_a_time) = cluster_test() else {
         return;
-    }
+    };
     let dir = crate::common::tempdir();
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();
@@ -172,9 +172,9 @@ fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_
 
 #[test]
 fn a_collector_that_loses_etcd_deletes_nothing_and_every_node_fences() {
-    if !available() {
+    let Some(_one_at_a_time) = cluster_test() else {
         return;
-    }
+    };
     let dir = crate::common::tempdir();
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();

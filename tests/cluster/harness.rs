@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,16 @@ use crate::common::daemon::BIN;
 /// The lease TTL every test node runs with.
 pub const TTL: Duration = Duration::from_secs(2);
 
-/// The prerequisites: FUSE, root and etcd. Under CI=true a missing one fails the test.
-pub fn available() -> bool {
-    common::fuse_available()
+/// The prerequisites (FUSE, root, etcd; under CI=true a missing one fails the test),
+/// then this binary's one-test-at-a-time lock: the tests bound failover times with 2 s
+/// leases, which nine clusters at once on two cores would blur.
+pub fn cluster_test() -> Option<MutexGuard<'static, ()>> {
+    static ONE: Mutex<()> = Mutex::new(());
+    let met = common::fuse_available()
         && common::prereq::Needs::new()
             .on_path(&["etcd", "python3"])
-            .met("cluster tests need etcd (apt-get install -y etcd-server)")
+            .met("cluster tests need etcd (apt-get install -y etcd-server)");
+    met.then(|| ONE.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn free_port() -> u16 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Etcd, Node, available, blob_set};
+use crate::harness::{Etcd, Node, blob_set, cluster_test};
 
 /// `docker-registry serve`, killed by pid on drop.
 struct Registry {
@@ -157,10 +157,12 @@ fn pull(dir: &Path, port: u16, reference: &str) -> String {
 
 #[test]
 fn a_push_through_one_replica_pulls_through_the_other_after_gc() {
-    if !available()
-        || !crate::common::prereq::Needs::new()
-            .on_path(&["docker-registry", "skopeo"])
-            .met("the cluster's registry test needs docker-registry and skopeo")
+    let Some(_one_at_a_time) = cluster_test() else {
+        return;
+    };
+    if !crate::common::prereq::Needs::new()
+        .on_path(&["docker-registry", "skopeo"])
+        .met("the cluster's registry test needs docker-registry and skopeo")
     {
         return;
     }
