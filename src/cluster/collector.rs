@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,11 +20,17 @@ const JOBS_KEPT: usize = 100;
 
 pub struct Collector {
     sh: Arc<Shared>,
+    /// The lease the current epoch was claimed under: a new one (the old lapsed while
+    /// the process was stalled) means the epoch is no longer this node's.
+    claimed_under: AtomicI64,
 }
 
 impl Collector {
     pub fn new(sh: Arc<Shared>) -> Collector {
-        Collector { sh }
+        Collector {
+            sh,
+            claimed_under: AtomicI64::new(0),
+        }
     }
 
     fn healthy(&self) -> bool {
@@ -134,9 +141,11 @@ impl EpochCoordinator for Collector {
         // Under the lock the member agent reads it with, so it never takes this node's
         // own epoch for another's.
         let mut collecting = sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
-        match sh.etcd.create(&sh.keys.epoch(), &value, sh.session.lease()) {
+        let lease = sh.session.lease();
+        match sh.etcd.create(&sh.keys.epoch(), &value, lease) {
             Ok(Some(epoch)) => {
                 *collecting = Some(epoch);
+                self.claimed_under.store(lease, Ordering::SeqCst);
                 tracing::warn!(node = %sh.cfg.node, epoch, job, "cluster: this node collects epoch {epoch}");
                 Ok(())
             }
@@ -192,6 +201,12 @@ impl EpochCoordinator for Collector {
             }
             std::thread::sleep(super::member::POLL / 2);
         }
+    }
+
+    fn still_held(&self) -> bool {
+        self.current().is_some()
+            && self.healthy()
+            && self.sh.session.lease() == self.claimed_under.load(Ordering::SeqCst)
     }
 
     fn end(&self, job: &Job) {

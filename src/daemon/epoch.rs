@@ -43,6 +43,9 @@ pub trait EpochCoordinator: Send + Sync {
         own: MemberDrain,
         give_up: &dyn Fn() -> bool,
     ) -> Result<Option<ClusterRun>, String>;
+    /// Whether this node surely still holds its epoch (checked before every unit the run
+    /// marks or sweeps): a collector stalled past its lease must not go on deleting.
+    fn still_held(&self) -> bool;
     /// The run is over (every path, a panic included): the members reopen.
     fn end(&self, job: &Job);
     /// Whether a scheduled tick at `tick` starts a run on this node (one node per tick).
@@ -64,6 +67,9 @@ impl EpochCoordinator for Alone {
         _give_up: &dyn Fn() -> bool,
     ) -> Result<Option<ClusterRun>, String> {
         Ok(None)
+    }
+    fn still_held(&self) -> bool {
+        true
     }
     fn end(&self, _job: &Job) {}
     fn claim_tick(&self, _tick: DateTime<Utc>) -> bool {

@@ -205,10 +205,32 @@ fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool
     }
 }
 
+/// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
+/// epoch (stalled past its lease, say) stops before the next unit it would delete.
+struct Claimed<'a> {
+    control: &'a RunControl,
+    epoch: &'a dyn EpochCoordinator,
+}
+
+impl gc::Cancel for Claimed<'_> {
+    fn interrupted(&self) -> Option<Outcome> {
+        self.control.interrupted().or_else(|| {
+            (!self.epoch.still_held()).then(|| {
+                self.control.request_stop();
+                Outcome::Stopped
+            })
+        })
+    }
+}
+
 /// Mark, then sweep what the plan names; the job records how it ended.
 fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     control.set_state(State::Marking);
-    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+    let cancel = Claimed {
+        control,
+        epoch: parts.epoch,
+    };
+    let planned = match gc::mark(parts.store, &settings.gc_options(), &cancel, control) {
         Err(e) => return record_failure(job, &e),
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
@@ -216,7 +238,7 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
     control.set_state(State::Sweeping);
     let deleted: Option<Vec<_>> =
         (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
-    let swept = gc::sweep(planned, parts.fs, control, control);
+    let swept = gc::sweep(planned, parts.fs, &cancel, control);
     // Whatever the sweep's outcome: some blobs may be gone.
     if let Some(deleted) = deleted {
         forget_deleted(job, settings, &deleted);

@@ -230,3 +230,41 @@ fn a_collector_that_loses_etcd_deletes_nothing_and_every_node_fences() {
         n.wait_writable(true, Duration::from_secs(10));
     }
 }
+
+#[test]
+fn a_collector_stalled_past_its_lease_deletes_nothing_more_when_it_resumes() {
+    let Some(_one_at_a_time) = cluster_test() else {
+        return;
+    };
+    let dir = crate::common::tempdir();
+    let storage = dir.path().join("store");
+    fs::create_dir(&storage).unwrap();
+    gen_store(&storage, 6_000, 15);
+    let etcd = Etcd::start(dir.path());
+    let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
+    let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    assert_eq!(n1.gc().0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n1.status()["state"] != "sweeping" {
+        assert!(Instant::now() < deadline, "no sweep:\n{}", n1.log());
+        thread::sleep(Duration::from_millis(5));
+    }
+    // A process stalled (SIGSTOP: a pause, swap, a frozen VM) past its lease.
+    assert!(n1.guard.signal(libc::SIGSTOP));
+    n2.wait_writable(true, ttl_plus_1s());
+    let at_resume = crate::harness::blob_set(&storage);
+    assert!(n1.guard.signal(libc::SIGCONT));
+    let jobs = n1.wait_jobs(1, Duration::from_secs(20));
+    let after = crate::harness::blob_set(&storage);
+    // At most the deletions in flight when it froze (two sweep workers) complete.
+    assert!(
+        at_resume.len() - after.len() <= 2,
+        "a collector whose lease lapsed deleted {} more blobs after it resumed: {:#}",
+        at_resume.len() - after.len(),
+        jobs[0]
+    );
+    assert_eq!(jobs[0]["outcome"], "stopped", "{:#}", jobs[0]);
+}

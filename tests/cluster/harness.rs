@@ -143,6 +143,8 @@ impl Node {
             .args(["--gc-min-age", "0s"])
             .args(args)
             .env("REGFS_LOG", "info")
+            // Two sweep workers: at most two deletions in flight when a test freezes one.
+            .env("REGFS_GC_THREADS", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
