@@ -211,7 +211,18 @@ impl EpochCoordinator for Collector {
 
     fn end(&self, job: &Job) {
         let sh = &self.sh;
-        let Some(epoch) = self.current() else {
+        if !self.healthy() {
+            // The run has just reopened the gate; a fenced node stays closed.
+            sh.gate.refuse_new_writes();
+        }
+        // Given up first: the member agent then takes the key, if still there, for a
+        // leftover of this node's and removes it too, never for an epoch lost mid-run.
+        let taken = sh
+            .collecting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(epoch) = taken else {
             return;
         };
         self.record(epoch, job);
@@ -225,7 +236,6 @@ impl EpochCoordinator for Collector {
             }
         }
         let _ = sh.etcd.delete_prefix(&sh.keys.acks(epoch));
-        *sh.collecting.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::warn!(node = %sh.cfg.node, epoch, "cluster: epoch ended; members reopen");
     }
 

@@ -76,10 +76,14 @@ fn tick(sh: &Shared, st: &mut Local) {
         st.acked = None;
     }
     publish(sh, st, lease);
+    // The epoch is read under the lock `begin` claims one under: otherwise this node's
+    // own new epoch, claimed between the read and the lock, would look gone.
+    let claim = sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
     let Ok(epoch) = sh.etcd.get(&sh.keys.epoch()) else {
         return; // a passing failure; a lasting one shows in the session
     };
-    let collecting = *sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
+    let collecting = *claim;
+    drop(claim);
     match epoch {
         Some(kv) if Some(kv.create_revision) == collecting => st.state = State::Collecting,
         Some(kv) if kv.lease == lease => {

@@ -216,6 +216,9 @@ impl gc::Cancel for Claimed<'_> {
     fn interrupted(&self) -> Option<Outcome> {
         self.control.interrupted().or_else(|| {
             (!self.epoch.still_held()).then(|| {
+                tracing::error!(
+                    "cluster: this node no longer surely holds its epoch; stopping before the next unit"
+                );
                 self.control.request_stop();
                 Outcome::Stopped
             })

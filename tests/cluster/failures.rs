@@ -53,7 +53,7 @@ fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
     // A later run, from another node, completes.
     assert_eq!(n2.gc().0, 0);
     let jobs = n2.wait_jobs(1, Duration::from_secs(60));
-    assert_eq!(jobs[0]["outcome"], "done", "{:#}", jobs[0]);
+    assert_eq!(jobs[0]["outcome"], "done", "{:#}\n{}", jobs[0], n2.log());
     let names: Vec<&str> = jobs[0]["cluster"]["members"]
         .as_array()
         .unwrap()
