@@ -2,7 +2,8 @@
 # Installs, on Debian, what regfs's demo and tests use and the machine lacks:
 # fuse3, docker-registry, skopeo, python3, systemd-analyze (and util-linux setpriv, mount),
 # redis-server and redis-cli (the registry's redis cache), htpasswd (the registry's auth),
-# chromium, curl and openssl (the GC page in a headless browser, its API, TLS).
+# chromium, curl and openssl (the GC page in a headless browser, its API, TLS),
+# etcd (cluster mode's coordination, tests/cluster).
 # Idempotent; run as root. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 declare -A wanted=(
@@ -19,6 +20,7 @@ declare -A wanted=(
   [chromium]=chromium
   [curl]=curl
   [openssl]=openssl
+  [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -332,6 +332,24 @@ pub struct MountArgs {
     /// Let GC delete even when the registry's cache is one regfs cannot make safe.
     #[arg(long, help_heading = "Registry")]
     pub allow_unsafe_cache: bool,
+
+    /// Cluster mode: etcd's client URLs (http://HOST:PORT, comma-separated). Every node
+    /// serving the same store shares one GC epoch; without this no etcd is needed.
+    #[arg(long, value_name = "URL[,URL...]", help_heading = "Cluster")]
+    pub cluster_endpoints: Option<String>,
+
+    /// This node's name in the cluster, unique [default: hostname:MOUNTPOINT].
+    #[arg(long, value_name = "NAME", help_heading = "Cluster")]
+    pub cluster_node: Option<String>,
+
+    /// How long a node's membership outlives its last word to etcd (whole seconds, at
+    /// least 2s) [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Cluster")]
+    pub cluster_lease_ttl: Option<Duration>,
+
+    /// The etcd key prefix of this cluster [default: /regfs/].
+    #[arg(long, value_name = "PREFIX", help_heading = "Cluster")]
+    pub cluster_prefix: Option<String>,
 }
 
 impl MountArgs {
@@ -369,6 +387,10 @@ impl MountArgs {
                 tls_key: self.api_tls_key.clone(),
                 allow_insecure: self.api_allow_insecure,
             },
+            cluster_endpoints: self.cluster_endpoints.clone(),
+            cluster_node: self.cluster_node.clone(),
+            cluster_lease_ttl: self.cluster_lease_ttl,
+            cluster_prefix: self.cluster_prefix.clone(),
         }
     }
 }

@@ -208,6 +208,14 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
         Err(e) => Err(e),
     }
     .map_err(|e| format!("job history in {}: {e}", dir.display()))?;
+    match regfs::cluster::history::other_nodes_runs(&dir) {
+        None => {}
+        Some(Ok(others)) => {
+            jobs.extend(others);
+            jobs.sort_by_key(|j| j.started_at);
+        }
+        Some(Err(e)) => eprintln!("regfs: warning: runs other nodes collected not shown: {e}"),
+    }
     if let Some(n) = args.limit {
         let skip = jobs.len().saturating_sub(n);
         jobs.drain(..skip);
@@ -224,8 +232,13 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
             .ended_at
             .map(|t| t.format("%H:%M:%S").to_string())
             .unwrap_or_else(|| "-".into());
+        let on = j
+            .cluster
+            .as_ref()
+            .map(|c| format!(" [cluster epoch {}, collected by {}]", c.epoch, c.collector))
+            .unwrap_or_default();
         text += &format!(
-            "{}  until {ended} UTC  {}\n",
+            "{}  until {ended} UTC  {}{on}\n",
             j.started_at.format("%Y-%m-%d %H:%M:%S"),
             j.summary()
         );

@@ -36,6 +36,13 @@
 //! [registry]
 //! config = "/etc/docker/registry/config.yml"
 //! allow_unsafe_cache = false
+//!
+//! # several nodes over one shared store, coordinated through etcd
+//! [cluster]
+//! endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+//! node = "registry-1"      # default: hostname:mountpoint
+//! lease_ttl = "10s"
+//! prefix = "/regfs/"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +55,9 @@ use crate::daemon::schedule::Schedule;
 use crate::daemon::settings::{GcDuration, Settings};
 use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
+
+mod cluster;
+pub use cluster::ClusterSection;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -163,6 +173,7 @@ pub struct FileConfig {
     pub registry: RegistrySection,
     #[serde(default)]
     pub api: crate::api::config::ApiSection,
+    pub cluster: ClusterSection,
 }
 
 /// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
@@ -249,6 +260,11 @@ pub struct MountFlags {
     pub allow_unsafe_cache: bool,
     /// `[api]`: credentials and TLS of the HTTP listener.
     pub api: crate::api::config::ApiFlags,
+    /// `--cluster-endpoints URL[,URL...]`.
+    pub cluster_endpoints: Option<String>,
+    pub cluster_node: Option<String>,
+    pub cluster_lease_ttl: Option<Duration>,
+    pub cluster_prefix: Option<String>,
 }
 
 impl MountFlags {
@@ -275,6 +291,8 @@ pub struct MountOptions {
     pub state_dir: Option<PathBuf>,
     pub metrics: Option<MetricsConfig>,
     pub api: crate::api::ApiConfig,
+    /// Cluster mode (`[cluster]` with endpoints); None: a node alone, no etcd.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Which of a flag and a file key gave a value, for error messages.
@@ -351,12 +369,20 @@ pub fn resolve(
     let listen = metrics.as_ref().map(|m| m.listen);
     let api = crate::api::config::resolve(&args.api, &file.api, origin, listen)
         .map_err(|(o, k, m)| bad(o, k, m))?;
+    let mut mount = resolve_mount(args, file, origin)?;
+    let cluster = cluster::resolve(args, file, origin, &mount.mountpoint)?;
+    mount.shared_store = cluster.is_some();
+    if cluster.is_some() && args.attr_timeout.or(file.attr_timeout).is_none() {
+        // Other nodes change the store behind this kernel's back: cache nothing.
+        mount.attr_timeout = Duration::ZERO;
+    }
     Ok(MountOptions {
-        mount: resolve_mount(args, file, origin)?,
+        mount,
         settings: resolve_gc(args, file, origin)?,
         state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
         metrics,
         api,
+        cluster,
     })
 }
 
@@ -407,6 +433,7 @@ fn resolve_mount(
         max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
         fd_budget: 0,
         users: mount_users(args, file, origin)?,
+        shared_store: false,
     })
 }
 

@@ -3,6 +3,7 @@
 //! writes (a GC epoch) while it collects garbage.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod error;

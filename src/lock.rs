@@ -59,10 +59,16 @@ fn describe_holder(fd: BorrowedFd<'_>) -> String {
     }
 }
 
-/// Takes the store's exclusive lock on an open directory handle, without waiting. The
-/// lock lasts as long as the handle (and its duplicates) stay open.
-pub fn lock_store(fd: BorrowedFd<'_>, path: &str) -> Result<(), LockError> {
-    match flock(fd.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+/// Takes the store's lock on an open directory handle, without waiting: exclusive, or
+/// `shared` among the daemons of one cluster. The lock lasts as long as the handle (and
+/// its duplicates) stay open.
+pub fn lock_store(fd: BorrowedFd<'_>, path: &str, shared: bool) -> Result<(), LockError> {
+    let op = if shared {
+        FlockOperation::NonBlockingLockShared
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
+    match flock(fd.as_fd(), op) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held {
             path: path.into(),

@@ -80,7 +80,7 @@ pub fn run(
         path: shown.clone(),
         source,
     })?;
-    lock_store(store.root_fd(), &shown)?;
+    lock_store(store.root_fd(), &shown, false)?;
     let deleter = StorageFs::new(&canonical, Arc::new(WriteGate::new()))?;
     // Nothing stops an offline run but the process ending.
     let planned = match gc::mark(&store, opts, &Unattended, progress)? {

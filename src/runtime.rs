@@ -95,6 +95,8 @@ struct Threads {
     scheduler: Option<JoinHandle<()>>,
     signals: Option<SignalThread>,
     metrics: Option<Server>,
+    /// Cluster mode: the node's lease and member agent; left after the unmount.
+    cluster: Option<crate::cluster::Node>,
 }
 
 /// A serving daemon: the mount, the GC service and their threads.
@@ -135,7 +137,12 @@ impl Runtime {
             options.settings.clone(),
         )?);
         let settings = layers.effective();
-        let mounted = mount::mount(cfg, Arc::new(WriteGate::new())).map_err(|e| e.to_string())?;
+        let gate = WriteGate::new();
+        if options.cluster.is_some() {
+            // Closed until this node is a member and no epoch is on (`cluster::member`).
+            gate.refuse_new_writes();
+        }
+        let mounted = mount::mount(cfg, Arc::new(gate)).map_err(|e| e.to_string())?;
         let mountpoint = mounted.mountpoint.clone();
         let store = mounted
             .store()
@@ -201,6 +208,9 @@ impl Runtime {
             listener,
             reload,
         } = parts;
+        if let Some(c) = &options.cluster {
+            self.join_cluster(c, options.settings.drain_timeout)?;
+        }
         let t = &mut self.threads;
         t.control = Some(
             control::spawn(self.daemon.clone())
@@ -236,6 +246,33 @@ impl Runtime {
                     .map_err(|e| format!("signal handler: {e}"))?,
             );
         }
+        Ok(())
+    }
+
+    /// Cluster mode: starts the node's lease and member agent, and makes every run share
+    /// its epoch through etcd.
+    fn join_cluster(
+        &mut self,
+        cfg: &crate::cluster::ClusterConfig,
+        drain_timeout: Duration,
+    ) -> Result<(), String> {
+        if let Err(e) = crate::cluster::history::write_note(self.daemon.state_dir(), cfg) {
+            tracing::warn!(error = %e, "cannot note the cluster in the state directory; `regfs jobs` shows this node's runs only");
+        }
+        let daemon = Arc::downgrade(&self.daemon);
+        let node = crate::cluster::Node::start(crate::cluster::NodeStart {
+            cfg: cfg.clone(),
+            gate: WriteGate::clone(self.daemon.fs().gate()),
+            mountpoint: self.mountpoint.display().to_string(),
+            drain_timeout,
+            stop_run: Box::new(move || {
+                if let Some(d) = daemon.upgrade() {
+                    d.stop();
+                }
+            }),
+        })?;
+        self.daemon.set_coordinator(node.coordinator());
+        self.threads.cluster = Some(node);
         Ok(())
     }
 
@@ -279,8 +316,11 @@ impl Runtime {
         notify::stopping();
         self.daemon.shutdown();
         self.stage(Stage::RunStopped);
-        // The run reopens the store whatever happens to it; this makes sure of it.
-        self.daemon.fs().gate().reopen_for_writes();
+        // The run reopens the store whatever happens to it; this makes sure of it. Not
+        // in a cluster: another node's epoch may be on, and the member agent knows.
+        if self.threads.cluster.is_none() {
+            self.daemon.fs().gate().reopen_for_writes();
+        }
         self.stage(Stage::GateReopened);
         if let Some(control) = self.threads.control.take() {
             control.close();
@@ -302,6 +342,9 @@ impl Runtime {
             tracing::error!(error = %e, "unmount failed");
         }
         self.stage(Stage::Unmounted);
+        if let Some(mut node) = self.threads.cluster.take() {
+            node.stop();
+        }
         self.result = serving
             .join(self.grace)
             .map_err(|e| format!("serving {}: {e}", self.mountpoint.display()));

@@ -192,7 +192,10 @@ impl Api {
             }
             Err(e) => {
                 let status = match e {
-                    TriggerError::Busy(_) | TriggerError::Disabled => 409,
+                    // Another node collects (or etcd cannot be asked): a conflict too.
+                    TriggerError::Busy(_) | TriggerError::Disabled | TriggerError::Cluster(_) => {
+                        409
+                    }
                     TriggerError::ShuttingDown => 503,
                     TriggerError::State(_) => 500,
                 };

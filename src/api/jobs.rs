@@ -170,6 +170,7 @@ mod tests {
             registry_cache: None,
             report: None,
             store_used_bytes: None,
+            cluster: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct Job {
     /// Bytes in use on the store's filesystem when the run ended (the page's chart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_used_bytes: Option<u64>,
+    /// A cluster run: the collector and how each member closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRun>,
 }
 
 impl Job {
@@ -129,4 +132,25 @@ impl Job {
             _ => String::new(),
         }
     }
+}
+
+/// One member's part in a cluster epoch, as it acknowledged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberDrain {
+    pub node: String,
+    /// When its gate was closed and drained.
+    pub closed_at: DateTime<Utc>,
+    pub drain_seconds: f64,
+    #[serde(default)]
+    pub cut_writers: Vec<CutWriter>,
+}
+
+/// A run of the whole cluster: who collected, and how each member closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRun {
+    /// The epoch's number (the etcd revision that created it), the same on every node.
+    pub epoch: u64,
+    pub collector: String,
+    /// Every member that acknowledged, the collector included.
+    pub members: Vec<MemberDrain>,
 }

@@ -1,6 +1,7 @@
 //! The daemon around the mount: GC epochs on a schedule, on signals and on request,
 //! with status, stop and a history of runs.
 
+pub mod epoch;
 pub mod history;
 pub mod job;
 pub mod run_control;

@@ -38,6 +38,8 @@ pub struct RunParts<'a> {
     /// The filesystem's online layer, for online runs.
     pub online: &'a OnlineCollection,
     pub host: &'a dyn RunHost,
+    /// The other nodes serving the store (none for a node alone).
+    pub epoch: &'a dyn super::epoch::EpochCoordinator,
 }
 
 pub fn outcome_of(o: Outcome) -> JobOutcome {

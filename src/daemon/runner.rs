@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use super::epoch::{EpochCoordinator, MemberDrain};
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
 use super::run_record::{
@@ -16,7 +17,7 @@ use super::run_record::{
 };
 use super::settings::{GcMode, Settings};
 use super::status::State;
-use crate::gc::{self, Cancel};
+use crate::gc::{self, Cancel, Outcome};
 use crate::policy::gate::{CutReason, WriteGate};
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -67,14 +68,25 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
         return;
     }
     if settings.mode == GcMode::Online {
+        if parts.epoch.view().is_some() {
+            // Other nodes write the store too, and their writes never reach this
+            // node's barrier: only read-only epochs are shared across a cluster.
+            return record_failure(
+                job,
+                &"online GC refused: this node is in a cluster ([cluster]); cluster runs are read-only (set [gc] mode = \"read-only\")",
+            );
+        }
         super::online_epoch::collect(parts, job, control, settings);
         return;
     }
     let start = Instant::now();
     let reopen = close_store(parts, job, control, settings);
+    let all_closed = control.interrupted().is_none() && cluster_closed(parts, job, control);
     if let Some(o) = control.interrupted() {
         job.outcome = outcome_of(o);
         job.ended_in = Some("mark".into());
+    } else if !all_closed {
+        job.outcome = JobOutcome::Failed;
     } else {
         collect(parts, job, control, settings);
     }
@@ -132,10 +144,59 @@ fn close_store<'a>(
     reopen
 }
 
+/// Cluster mode: waits until every other member has closed too. False (the job's error
+/// says why) when the run must delete nothing.
+fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
+    let own = MemberDrain {
+        node: String::new(),
+        closed_at: Utc::now(),
+        drain_seconds: job.drain_seconds,
+        cut_writers: job.cut_writers.clone(),
+    };
+    match parts
+        .epoch
+        .acknowledge(own, &|| control.interrupted().is_some())
+    {
+        Ok(run) => {
+            job.cluster = run;
+            true
+        }
+        Err(e) => {
+            job.error = Some(format!("{e}; nothing deleted"));
+            false
+        }
+    }
+}
+
+/// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
+/// epoch (stalled past its lease, say) stops before the next unit it would delete.
+struct Claimed<'a> {
+    control: &'a RunControl,
+    epoch: &'a dyn EpochCoordinator,
+}
+
+impl gc::Cancel for Claimed<'_> {
+    fn interrupted(&self) -> Option<Outcome> {
+        self.control.interrupted().or_else(|| {
+            (!self.epoch.still_held()).then(|| {
+                tracing::error!(
+                    "cluster: this node no longer surely holds its epoch; stopping before the next unit"
+                );
+                self.control.request_stop();
+                Outcome::Stopped
+            })
+        })
+    }
+}
+
 /// Mark, then sweep what the plan names; the job records how it ended.
 fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     control.set_state(State::Marking);
-    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+    let cancel = Claimed {
+        control,
+        epoch: parts.epoch,
+    };
+    let planned = match gc::mark(parts.store, &settings.gc_options(), &cancel, control) {
         Err(e) => return record_failure(job, &e),
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
@@ -143,7 +204,7 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
     control.set_state(State::Sweeping);
     let deleted: Option<Vec<_>> =
         (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
-    let swept = gc::sweep(planned, parts.fs, control, control);
+    let swept = gc::sweep(planned, parts.fs, &cancel, control);
     // Whatever the sweep's outcome: some blobs may be gone.
     if let Some(deleted) = deleted {
         forget_deleted(job, settings, &deleted);
@@ -199,6 +260,7 @@ pub fn run(parts: &RunParts, mut job: Job, control: &RunControl, settings: &Sett
     }
     control.set_state(State::Idle);
     job.ended_at = Some(Utc::now());
+    parts.epoch.end(&job);
     match job.outcome {
         JobOutcome::Failed => tracing::error!(
             job = job.id,

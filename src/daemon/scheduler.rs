@@ -32,6 +32,10 @@ fn run(daemon: &Arc<Daemon>) {
         loop {
             let left = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             if left.is_zero() {
+                if !daemon.coordinator().claim_tick(next) {
+                    tracing::info!(tick = %next, "scheduled GC run left to the node that claimed this tick");
+                    break;
+                }
                 match daemon.trigger(Trigger::Schedule) {
                     Ok(id) => tracing::info!(job = id, "scheduled GC run started"),
                     Err(TriggerError::Busy(id)) => {

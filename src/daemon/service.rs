@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use super::epoch::{Alone, ClusterView, EpochCoordinator};
 use super::history::History;
 use super::job::{Job, JobOutcome, Trigger};
 use super::run_control::RunControl;
@@ -27,6 +28,9 @@ pub enum TriggerError {
     Busy(u64),
     #[error("the daemon is shutting down; no run was started")]
     ShuttingDown,
+    /// Another node of the cluster collects, or etcd cannot be asked.
+    #[error("{0}; no run was started")]
+    Cluster(String),
     #[error("cannot record the job in the state directory: {0}")]
     State(String),
 }
@@ -70,6 +74,8 @@ pub struct Daemon {
     cache: Mutex<Option<CacheStatus>>,
     /// Settings saved through the HTTP API, for status.
     overrides: Mutex<Option<super::overrides::Overrides>>,
+    /// Shares each epoch with the other nodes serving the store (none: a node alone).
+    coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
 }
 
 /// How long a verdict on the registry's cache is shown before `status` checks again.
@@ -125,7 +131,17 @@ impl Daemon {
             changed: Condvar::new(),
             cache: Mutex::new(None),
             overrides: Mutex::new(None),
+            coordinator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes every run share its epoch through `c` (cluster mode); set once, at start.
+    pub fn set_coordinator(&self, c: Arc<dyn EpochCoordinator>) {
+        let _ = self.coordinator.set(c);
+    }
+
+    pub fn coordinator(&self) -> &dyn EpochCoordinator {
+        self.coordinator.get().map_or(&Alone, |c| c.as_ref())
     }
 
     /// Checks the registry's blob-descriptor cache now; logs the verdict when it changes
@@ -225,6 +241,9 @@ impl Daemon {
         if let Some(r) = &inner.running {
             return Err(TriggerError::Busy(r.job.id));
         }
+        self.coordinator()
+            .begin(inner.next_id)
+            .map_err(TriggerError::Cluster)?;
         let job = Job {
             id: inner.next_id,
             trigger,
@@ -244,6 +263,7 @@ impl Daemon {
             registry_cache: None,
             report: None,
             store_used_bytes: None,
+            cluster: None,
         };
         // A state directory that cannot take the record (full, say) must not stop GC from
         // freeing space: the run goes on, unrecorded if the daemon dies.
@@ -262,6 +282,7 @@ impl Daemon {
         });
         // Spawned under the lock, so that shutdown always finds the thread to join.
         let daemon = self.clone();
+        let unstarted = job.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("regfs-gc-{id}"))
             .spawn(move || super::runner::run(&daemon.run_parts(), job, &control, &settings));
@@ -275,6 +296,7 @@ impl Daemon {
             Err(e) => {
                 inner.running = None;
                 drop(inner);
+                self.coordinator().end(&unstarted);
                 if let Err(e) = self.history.clear_running() {
                     tracing::error!(error = %e, "cannot clear the running-job record");
                 }
@@ -295,6 +317,7 @@ impl Daemon {
             history: &self.history,
             online: self.fs.online(),
             host: self,
+            epoch: self.coordinator(),
         }
     }
 
@@ -430,9 +453,11 @@ impl Daemon {
             registry_cache: None,
             descriptors: None,
             settings_overrides: None,
+            cluster: None,
         };
         drop(inner);
-        Status {
+        let cluster = self.coordinator().view();
+        let status = Status {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
             descriptors: Some(self.descriptors()),
@@ -442,6 +467,10 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             ..status
+        };
+        match cluster {
+            Some(c) => closed_by_cluster(status, c, self.fs.gate().is_closed()),
+            None => status,
         }
     }
 
@@ -459,6 +488,24 @@ impl Daemon {
                 .ok(),
         }
     }
+}
+
+/// Cluster mode: the gate may be closed with no run here (another node's epoch, or this
+/// node fenced); the status says so.
+fn closed_by_cluster(mut status: Status, c: ClusterView, closed: bool) -> Status {
+    if closed && !status.read_only {
+        let why = match (&c.error, &c.collector) {
+            (Some(_), _) => "this node cannot reach etcd (fenced)".to_string(),
+            (None, Some(n)) => format!("node {n} collects cluster epoch {}", c.epoch.unwrap_or(0)),
+            (None, None) => "joining the cluster".to_string(),
+        };
+        status.read_only = true;
+        status.banner = Some(format!(
+            "STORE IS READ-ONLY: {why}; pushes are refused, pulls work"
+        ));
+    }
+    status.cluster = Some(c);
+    status
 }
 
 impl RunHost for Daemon {

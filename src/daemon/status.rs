@@ -64,6 +64,9 @@ pub struct Status {
     /// Settings saved through the HTTP API: they override the configuration file's.
     #[serde(default)]
     pub settings_overrides: Option<super::overrides::Overrides>,
+    /// Cluster mode: the members and the collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::epoch::ClusterView>,
 }
 
 fn utc(t: &DateTime<Utc>) -> String {
@@ -132,6 +135,29 @@ impl fmt::Display for Status {
             )?,
             None => writeln!(f, "  registry     cache not checked (no [registry] config)")?,
         }
+        if let Some(c) = &self.cluster {
+            write_cluster(f, c)?;
+        }
         Ok(())
     }
+}
+
+/// The cluster part of `status`: this node, the collector, each member.
+fn write_cluster(f: &mut fmt::Formatter<'_>, c: &super::epoch::ClusterView) -> fmt::Result {
+    writeln!(f, "  cluster      node {}", c.node)?;
+    if let Some(e) = &c.error {
+        writeln!(f, "  cluster      FENCED, refusing writes: {e}")?;
+    }
+    match (&c.collector, c.epoch) {
+        (Some(n), Some(e)) => writeln!(f, "  collector    {n} (epoch {e})")?,
+        _ => writeln!(f, "  collector    none (no epoch)")?,
+    }
+    for m in &c.members {
+        writeln!(
+            f,
+            "  member       {} {} ({})",
+            m.node, m.state, m.mountpoint
+        )?;
+    }
+    Ok(())
 }

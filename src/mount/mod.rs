@@ -41,6 +41,9 @@ pub struct MountConfig {
     pub fd_budget: usize,
     /// Who may use the mount besides root and the storage directory's owner.
     pub users: MountUsers,
+    /// Cluster mode: other nodes' daemons serve the same store too, so the store's lock
+    /// is taken shared (a lone daemon or an offline collector still finds it held).
+    pub shared_store: bool,
 }
 
 impl MountConfig {
@@ -216,7 +219,11 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
         path: storage.display().to_string(),
         source: e.into(),
     })?;
-    crate::lock::lock_store(lock.as_fd(), &storage.display().to_string())?;
+    crate::lock::lock_store(
+        lock.as_fd(),
+        &storage.display().to_string(),
+        cfg.shared_store,
+    )?;
     // The kernel applies the caller's umask before it sends a mode; ours must not again.
     rustix::process::umask(rustix::fs::Mode::empty());
     let fs = Arc::new(if cfg.fd_budget > 0 {

@@ -87,6 +87,7 @@ pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
         max_inodes: 0,
         fd_budget: 0,
         users: Default::default(),
+        shared_store: false,
     }
 }
 

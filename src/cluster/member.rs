@@ -1,0 +1,220 @@
+//! The member agent: every [`POLL`] it makes the local gate what the cluster needs.
+//! Another node's epoch on: close, drain, acknowledge, stay closed until it is gone.
+//! The node's own lease in doubt: fence (close) and stop any local run. Otherwise open.
+//! The gate starts closed (the runtime closes it before the mount serves), so a node that
+//! starts during an epoch, or without etcd, never serves a write it should not.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::Shared;
+use super::etcd::Kv;
+use super::records::MemberRecord;
+use crate::daemon::epoch::MemberDrain;
+use crate::daemon::job::CutWriter;
+use crate::policy::gate::{CloseReport, CutReason};
+
+/// How often the agent looks at etcd: the delay before a member starts closing.
+pub const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Open,
+    /// Closed for another node's epoch.
+    Closed,
+    /// This node collects; its runner owns the gate.
+    Collecting,
+    /// Cannot be sure of its lease: closed.
+    Fenced,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Open => "open",
+            State::Closed => "closed",
+            State::Collecting => "collecting",
+            State::Fenced => "fenced",
+        }
+    }
+}
+
+struct Local {
+    state: State,
+    /// The epoch this member has acknowledged.
+    acked: Option<u64>,
+    /// The lease and state last written to the member's entry.
+    published: (i64, State),
+}
+
+pub fn run(sh: &Shared) {
+    let mut st = Local {
+        state: State::Starting,
+        acked: None,
+        published: (0, State::Starting),
+    };
+    while !sh.stopping() {
+        tick(sh, &mut st);
+        std::thread::sleep(POLL);
+    }
+}
+
+fn healthy(sh: &Shared) -> bool {
+    sh.session.healthy(sh.cfg.fence_after())
+}
+
+fn tick(sh: &Shared, st: &mut Local) {
+    if !healthy(sh) {
+        return fence(sh, st);
+    }
+    let lease = sh.session.lease();
+    if st.published.0 != lease {
+        // A new lease: the old one's acknowledgement went with it.
+        st.acked = None;
+    }
+    publish(sh, st, lease);
+    // The epoch is read under the lock `begin` claims one under: otherwise this node's
+    // own new epoch, claimed between the read and the lock, would look gone.
+    let claim = sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(epoch) = sh.etcd.get(&sh.keys.epoch()) else {
+        return; // a passing failure; a lasting one shows in the session
+    };
+    let collecting = *claim;
+    drop(claim);
+    match epoch {
+        Some(kv) if Some(kv.create_revision) == collecting => st.state = State::Collecting,
+        Some(kv) if kv.lease == lease => {
+            // This node's own epoch whose run has ended but whose key stayed (etcd failed
+            // when the run ended): end it now.
+            let _ = sh.etcd.delete_if(&sh.keys.epoch(), kv.create_revision);
+        }
+        Some(kv) => close_for(sh, st, &kv, lease),
+        None if collecting.is_some() => {
+            tracing::error!(node = %sh.cfg.node,
+                "cluster: this node's epoch is gone from etcd while it collects (its lease lapsed); stopping the run");
+            (sh.stop_run)();
+        }
+        None => {
+            if st.state != State::Open {
+                sh.gate.reopen_for_writes();
+                if st.state != State::Starting {
+                    tracing::warn!(node = %sh.cfg.node, "cluster: no epoch on; the store is writable again");
+                }
+                st.state = State::Open;
+                st.acked = None;
+            }
+        }
+    }
+    publish(sh, st, lease);
+}
+
+/// Writes the member's entry when its lease or state changed.
+fn publish(sh: &Shared, st: &mut Local, lease: i64) {
+    if st.published == (lease, st.state) {
+        return;
+    }
+    let rec = MemberRecord {
+        node: sh.cfg.node.clone(),
+        mountpoint: sh.mountpoint.clone(),
+        state: st.state.name().into(),
+        since: Utc::now(),
+    };
+    let value = serde_json::to_vec(&rec).unwrap_or_default();
+    if sh
+        .etcd
+        .put(&sh.keys.member(&sh.cfg.node), &value, lease)
+        .is_ok()
+    {
+        st.published = (lease, st.state);
+    }
+}
+
+/// Another node's epoch is on: close, drain, acknowledge (once per epoch).
+fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
+    let epoch = kv.create_revision;
+    if st.acked == Some(epoch) {
+        return;
+    }
+    sh.gate.refuse_new_writes();
+    if st.state != State::Closed {
+        let collector = serde_json::from_slice::<super::records::EpochRecord>(&kv.value)
+            .map(|r| r.collector)
+            .unwrap_or_default();
+        tracing::warn!(node = %sh.cfg.node, epoch, collector = %collector,
+            "cluster: GC epoch on; the store is read-only, pushes are refused until it ends");
+    }
+    st.state = State::Closed;
+    // Stops waiting for writers if the node must fence, or the epoch ends meanwhile
+    // (its collector died): the next tick decides.
+    let epoch_gone = || {
+        sh.etcd
+            .get(&sh.keys.epoch())
+            .is_ok_and(|kv| kv.is_none_or(|kv| kv.create_revision != epoch))
+    };
+    let report = sh.gate.close_for_writes_unless(sh.drain_timeout, &|| {
+        !healthy(sh) || sh.stopping() || epoch_gone()
+    });
+    if report.gave_up {
+        return;
+    }
+    let ack = MemberDrain {
+        node: sh.cfg.node.clone(),
+        closed_at: Utc::now(),
+        drain_seconds: report.waited.as_secs_f64(),
+        cut_writers: cut_writers(&report),
+    };
+    let value = serde_json::to_vec(&ack).unwrap_or_default();
+    if sh
+        .etcd
+        .put(&sh.keys.ack(epoch, &sh.cfg.node), &value, lease)
+        .is_ok()
+    {
+        tracing::info!(node = %sh.cfg.node, epoch, drain_seconds = ack.drain_seconds,
+            cut = ack.cut_writers.len(), "cluster: closed and drained; acknowledged");
+        st.acked = Some(epoch);
+    }
+}
+
+pub fn cut_writers(report: &CloseReport) -> Vec<CutWriter> {
+    report
+        .cut
+        .iter()
+        .map(|c| CutWriter {
+            path: c.path.clone(),
+            reason: match c.reason {
+                CutReason::Upload => "upload in progress".into(),
+                CutReason::DrainTimeout => "still writing after the drain timeout".into(),
+            },
+        })
+        .collect()
+}
+
+/// The lease is in doubt: refuse writes before it can expire, and stop a local run.
+fn fence(sh: &Shared, st: &mut Local) {
+    if st.state == State::Fenced {
+        // A local run ending reopens the gate: close it again.
+        if !sh.gate.is_closed() {
+            sh.gate.refuse_new_writes();
+        }
+        return;
+    }
+    sh.gate.refuse_new_writes();
+    if st.state != State::Starting {
+        tracing::error!(node = %sh.cfg.node, error = sh.session.error().unwrap_or_default(),
+            "cluster: lost etcd; FENCED: the store refuses writes until etcd answers again");
+    }
+    let collecting = sh
+        .collecting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    if collecting {
+        (sh.stop_run)();
+    }
+    sh.gate.close_for_writes(sh.cfg.fence_drain());
+    st.state = State::Fenced;
+    st.acked = None;
+}

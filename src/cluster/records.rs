@@ -1,0 +1,74 @@
+//! What the nodes keep in etcd, under the cluster's prefix:
+//!
+//! ```text
+//! <prefix>members/<node>        MemberRecord, under the node's lease (gone when it dies)
+//! <prefix>epoch                 EpochRecord, under the collector's lease; created by a
+//!                               transaction only if absent: its create revision is the
+//!                               epoch's number, and at most one exists
+//! <prefix>acks/<epoch>/<node>   MemberDrain, under the member's lease: closed and drained
+//! <prefix>ticks/<time>          the node that claimed a scheduled tick
+//! <prefix>jobs/<epoch>          the collector's job record (kept; the oldest are pruned)
+//! ```
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A member's entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub node: String,
+    pub mountpoint: String,
+    /// `open`, `closed` or `starting` (a fenced node cannot say so: its entry expires).
+    pub state: String,
+    pub since: DateTime<Utc>,
+}
+
+/// The one epoch on, if any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub collector: String,
+    /// The collector's job number (in its own history).
+    pub job: u64,
+    pub started_at: DateTime<Utc>,
+    /// `closing` (waiting for members), then `collecting`.
+    pub phase: String,
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn members(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+    pub fn member(&self, node: &str) -> String {
+        format!("{}members/{node}", self.prefix)
+    }
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+    pub fn acks(&self, epoch: u64) -> String {
+        format!("{}acks/{epoch}/", self.prefix)
+    }
+    pub fn ack(&self, epoch: u64, node: &str) -> String {
+        format!("{}acks/{epoch}/{node}", self.prefix)
+    }
+    pub fn tick(&self, tick: DateTime<Utc>) -> String {
+        format!("{}ticks/{}", self.prefix, tick.format("%Y%m%dT%H%M%SZ"))
+    }
+    pub fn jobs(&self) -> String {
+        format!("{}jobs/", self.prefix)
+    }
+    /// Zero-padded, so key order is epoch order.
+    pub fn job(&self, epoch: u64) -> String {
+        format!("{}jobs/{epoch:020}", self.prefix)
+    }
+}

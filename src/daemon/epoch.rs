@@ -1,0 +1,81 @@
+//! How a run shares its epoch with the other nodes serving the same store. A node alone
+//! has nobody to ask ([`Alone`]); `crate::cluster` coordinates several through etcd.
+//! The runner calls these at four points and knows nothing else of a cluster.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::job::Job;
+pub use super::job::{ClusterRun, MemberDrain};
+
+/// A member as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node: String,
+    /// `open`, `closed` (in an epoch), `fenced` (lost etcd) or `starting`.
+    pub state: String,
+    pub mountpoint: String,
+}
+
+/// The cluster as this node sees it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This node's name.
+    pub node: String,
+    pub members: Vec<MemberView>,
+    /// The node collecting now, if an epoch is on.
+    pub collector: Option<String>,
+    pub epoch: Option<u64>,
+    /// Set when this node cannot reach etcd (it refuses writes until it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a run asks of the nodes it shares the store with.
+pub trait EpochCoordinator: Send + Sync {
+    /// Before a job starts: claim the one epoch for this node. `Err` says why not (another
+    /// node collects, etcd unreachable); then no job starts here.
+    fn begin(&self, job: u64) -> Result<(), String>;
+    /// With this node's gate closed and drained: waits until every other live member has
+    /// closed and acknowledged. `Err`: the run must delete nothing.
+    fn acknowledge(
+        &self,
+        own: MemberDrain,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Option<ClusterRun>, String>;
+    /// Whether this node surely still holds its epoch (checked before every unit the run
+    /// marks or sweeps): a collector stalled past its lease must not go on deleting.
+    fn still_held(&self) -> bool;
+    /// The run is over (every path, a panic included): the members reopen.
+    fn end(&self, job: &Job);
+    /// Whether a scheduled tick at `tick` starts a run on this node (one node per tick).
+    fn claim_tick(&self, tick: DateTime<Utc>) -> bool;
+    /// Members and collector, for `status`.
+    fn view(&self) -> Option<ClusterView>;
+}
+
+/// A node alone: nothing to ask.
+pub struct Alone;
+
+impl EpochCoordinator for Alone {
+    fn begin(&self, _job: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn acknowledge(
+        &self,
+        _own: MemberDrain,
+        _give_up: &dyn Fn() -> bool,
+    ) -> Result<Option<ClusterRun>, String> {
+        Ok(None)
+    }
+    fn still_held(&self) -> bool {
+        true
+    }
+    fn end(&self, _job: &Job) {}
+    fn claim_tick(&self, _tick: DateTime<Utc>) -> bool {
+        true
+    }
+    fn view(&self) -> Option<ClusterView> {
+        None
+    }
+}
