@@ -173,6 +173,7 @@ pub struct FileConfig {
     pub registry: RegistrySection,
     #[serde(default)]
     pub api: crate::api::config::ApiSection,
+    #[serde(default)]
     pub cluster: ClusterSection,
 }
 

@@ -141,13 +141,25 @@ impl LinkUndo {
         Ok(true)
     }
 
+    /// From a thread of its own: the undo of a refused write runs inside that write's
+    /// request, whose caller holds the file's inode lock until the reply, and the kernel
+    /// takes that lock to drop the entry (told at once, it would deadlock; the soak hit it).
     fn tell_kernel_removed(&self, parent: u64, name: &OsStr) {
-        if let Some(n) = &self.notifier {
-            let r = n.delete(INodeNo(parent), INodeNo(self.inode.id), name);
-            let listing = n.inval_inode(INodeNo(parent), 0, 0);
-            if let Err(e) = r.and(listing) {
-                tracing::debug!(error = %e, "kernel cache invalidation after a removal failed");
-            }
+        let Some(n) = self.notifier.clone() else {
+            return;
+        };
+        let (child, name) = (self.inode.id, name.to_owned());
+        let told = std::thread::Builder::new()
+            .name("regfs-inval".into())
+            .spawn(move || {
+                let r = n.delete(INodeNo(parent), INodeNo(child), &name);
+                let listing = n.inval_inode(INodeNo(parent), 0, 0);
+                if let Err(e) = r.and(listing) {
+                    tracing::debug!(error = %e, "kernel cache invalidation after a removal failed");
+                }
+            });
+        if let Err(e) = told {
+            tracing::warn!(error = %e, "cannot start a thread to tell the kernel of a removal");
         }
     }
 
