@@ -39,6 +39,16 @@ fn soak_seconds() -> u64 {
         .unwrap_or(60)
 }
 
+/// A soak that outlives `budget` is hung (a deadlock between the registry, the mount and
+/// a run once did exactly that): it fails loudly instead of holding CI until its limit.
+fn watchdog(budget: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("soak: still running after {budget:?}: hung; aborting the test binary");
+        std::process::abort();
+    });
+}
+
 /// A small deterministic generator (xorshift); the seed is printed, `SOAK_SEED` sets it.
 struct Rng(u64);
 
@@ -262,6 +272,7 @@ fn gc_loop(soak: Arc<Soak>) -> thread::JoinHandle<Vec<Value>> {
 }
 
 pub fn run() {
+    watchdog(Duration::from_secs(soak_seconds() + 600));
     let mode = gc_mode();
     let Some(mut world) = setup_custom(
         Mode::DeleteUntagged,
