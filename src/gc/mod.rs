@@ -45,9 +45,25 @@ fn io_pool() -> &'static rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("regfs-gc-io-{i}"))
+            .start_handler(|_| yield_to_requests())
             .build()
             .expect("collector thread pool")
     })
+}
+
+/// Lowers the calling thread's CPU and disk priority: the collector's threads give way
+/// to the requests the daemon serves (an online run collects while pushes and pulls go
+/// on; a read-only one while pulls do). Best effort: refused changes are only logged.
+fn yield_to_requests() {
+    // Per-thread on Linux: setpriority and ioprio_set take a thread id.
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as libc::id_t;
+    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
+    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+    // Best-effort class (2), lowest level (7): IOPRIO_PRIO_VALUE(2, 7), IOPRIO_WHO_PROCESS (1).
+    let io = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7) };
+    if nice != 0 || io != 0 {
+        tracing::debug!("collector thread priority not lowered (nice {nice}, ioprio {io})");
+    }
 }
 
 /// The registry's upload purger default: uploads older than a week are abandoned.
