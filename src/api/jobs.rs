@@ -143,34 +143,20 @@ mod tests {
     use crate::daemon::job::JobSettings;
 
     fn job(id: u64, trigger: Trigger, outcome: JobOutcome, minute: u32) -> Job {
+        let settings = JobSettings {
+            mode: "read-only".into(),
+            duration: "until-done".into(),
+            delete_untagged: false,
+            dry_run: false,
+            upload_max_age: "7days".into(),
+            min_age: "0s".into(),
+            drain_timeout: "10s".into(),
+        };
+        let started_at = format!("2026-12-01T03:{minute:02}:00Z").parse().unwrap();
         Job {
-            id,
-            trigger,
-            settings: JobSettings {
-                mode: "read-only".into(),
-                duration: "until-done".into(),
-                delete_untagged: false,
-                dry_run: false,
-                upload_max_age: "7days".into(),
-                min_age: "0s".into(),
-                drain_timeout: "10s".into(),
-            },
-            started_at: format!("2026-12-01T03:{minute:02}:00Z").parse().unwrap(),
-            ended_at: None,
             outcome,
-            error: None,
-            ended_in: None,
             read_only_seconds: 1.0,
-            drain_seconds: 0.0,
-            pause_seconds: 0.0,
-            late_writes: 0,
-            resurrected: 0,
-            refused_writes: 0,
-            cut_writers: vec![],
-            registry_cache: None,
-            report: None,
-            store_used_bytes: None,
-            cluster: None,
+            ..Job::started(id, trigger, settings, started_at)
         }
     }
 

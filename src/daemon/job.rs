@@ -103,6 +103,37 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job just started: running, nothing measured yet. The one place a job is made,
+    /// so a new field has one default.
+    pub fn started(
+        id: u64,
+        trigger: Trigger,
+        settings: JobSettings,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        Job {
+            id,
+            trigger,
+            settings,
+            started_at,
+            ended_at: None,
+            outcome: JobOutcome::Running,
+            error: None,
+            ended_in: None,
+            read_only_seconds: 0.0,
+            drain_seconds: 0.0,
+            pause_seconds: 0.0,
+            late_writes: 0,
+            resurrected: 0,
+            refused_writes: 0,
+            cut_writers: vec![],
+            registry_cache: None,
+            report: None,
+            store_used_bytes: None,
+            cluster: None,
+        }
+    }
+
     /// One line for logs and listings.
     pub fn summary(&self) -> String {
         let c = self.report.as_ref().map(|r| r.counts().clone());

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::epoch::{Alone, ClusterView, EpochCoordinator};
 use super::history::History;
-use super::job::{Job, JobOutcome, Trigger};
+use super::job::{Job, Trigger};
 use super::run_control::RunControl;
 use super::run_record::{RunHost, RunParts};
 use super::settings::{GcDuration, Settings};
@@ -244,27 +244,7 @@ impl Daemon {
         self.coordinator()
             .begin(inner.next_id)
             .map_err(TriggerError::Cluster)?;
-        let job = Job {
-            id: inner.next_id,
-            trigger,
-            settings: settings.job_settings(),
-            started_at: Utc::now(),
-            ended_at: None,
-            outcome: JobOutcome::Running,
-            error: None,
-            ended_in: None,
-            read_only_seconds: 0.0,
-            drain_seconds: 0.0,
-            pause_seconds: 0.0,
-            late_writes: 0,
-            resurrected: 0,
-            refused_writes: 0,
-            cut_writers: vec![],
-            registry_cache: None,
-            report: None,
-            store_used_bytes: None,
-            cluster: None,
-        };
+        let job = Job::started(inner.next_id, trigger, settings.job_settings(), Utc::now());
         // A state directory that cannot take the record (full, say) must not stop GC from
         // freeing space: the run goes on, unrecorded if the daemon dies.
         if let Err(e) = self.history.mark_running(&job) {
