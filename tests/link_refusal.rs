@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::registry_sim::{PushError, RegistrySim};
 use common::store::{OCI_INDEX, OCI_MANIFEST, StoreBuilder};
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::Digest;
@@ -47,37 +48,15 @@ impl Core {
         id
     }
 
-    /// Writes `bytes` to `rel` as registry 2.8 does (open O_WRONLY|O_CREAT, ftruncate 0,
-    /// write, close); the errno of the first step that fails.
+    /// Writes `bytes` to `rel` as registry 2.8 does (the registry simulator's PutContent);
+    /// the errno of the first step that fails.
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<(), i32> {
-        let rel = Path::new(rel);
-        let parent = self.dir(rel.parent().unwrap());
-        let name = rel.file_name().unwrap();
-        let flags = libc::O_WRONLY | libc::O_CREAT;
-        let fh = match self.fs.lookup(parent, name) {
-            Ok(e) => self
-                .fs
-                .open(e.attr.ino.0, flags, None)
-                .map(|o| (e.attr.ino.0, o.fh)),
-            Err(_) => self
-                .fs
-                .create(parent, name, 0o644, flags, ROOT_CALLER, None)
-                .map(|(e, o)| (e.attr.ino.0, o.fh)),
-        };
-        let (ino, fh) = fh.map_err(|e| e.errno())?;
-        let truncate = regfs::fs::SetAttr {
-            size: Some(0),
-            fh: Some(fh),
-            ..Default::default()
-        };
-        let r = self
-            .fs
-            .setattr(ino, truncate)
-            .and_then(|_| self.fs.write(fh, 0, bytes))
-            .map(drop)
-            .map_err(|e| e.errno());
-        self.fs.release(fh).unwrap();
-        r
+        RegistrySim::new(&self.fs)
+            .put_content(rel, bytes)
+            .map_err(|e| match e {
+                PushError::Server { errno, .. } => errno,
+                other => panic!("a plain write answered {other:?}"),
+            })
     }
 
     /// Writes `bytes` to `<rel>.<uuid>.tmp` and renames it onto `rel`, as registry 3.x does.
