@@ -59,6 +59,12 @@ pub enum FsError {
     /// the deletion ends, and the client retries (its blob is then uploaded anew).
     #[error("{path}: refused while GC deletes {unit}")]
     BeingCollected { path: String, unit: String },
+    /// A file or directory the kernel still names (it caches names for the attribute
+    /// timeout) that was removed from the store behind it: a collector's delete racing a
+    /// lookup, an undo whose notice reached the kernel late. ESTALE makes the kernel look
+    /// the name up again, so a write lands in the store instead of in a removed file.
+    #[error("{path}: removed from the store while the kernel still named it")]
+    RemovedBehindKernel { path: String },
     /// A user the mount does not serve (see `fs::access`).
     #[error("uid {uid} may not use this mount")]
     NotAllowed { uid: u32 },
@@ -94,7 +100,7 @@ impl FsError {
             // ENOSYS: the kernel stops asking for extended attributes and tells callers
             // EOPNOTSUPP.
             FsError::NoXattr => libc::ENOSYS,
-            FsError::Stale { .. } => libc::ESTALE,
+            FsError::Stale { .. } | FsError::RemovedBehindKernel { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
             // EACCES, as a kernel permission check would answer: the request is
             // well-formed, the caller is not allowed.

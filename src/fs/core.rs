@@ -17,6 +17,7 @@ use super::attr::{check_name, file_attr};
 use super::handles::HandleTable;
 use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::open::{OpenDir, OpenFile};
+use super::unlinked::in_dir_error;
 use crate::error::{FsError, FsResult};
 use crate::layout::Store;
 use crate::policy::gate::WriteGate;
@@ -418,12 +419,9 @@ impl StorageFs {
         check_name(name)?;
         let path = parent.child_path(name);
         let _change = self.admit_change(Change::Mkdir { path: &path })?;
-        rfs::mkdirat(
-            &*self.fd_of(&parent)?,
-            name,
-            Mode::from_raw_mode(mode & 0o7777),
-        )
-        .map_err(|e| FsError::backing("mkdir", &path, e))?;
+        let dir = self.fd_of(&parent)?;
+        rfs::mkdirat(&*dir, name, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| in_dir_error("mkdir", &path, &*dir, e))?;
         let fd = rfs::openat(
             &*self.fd_of(&parent)?,
             name,
@@ -499,14 +497,9 @@ impl StorageFs {
                 let _ = inode.fd();
             }
         }
-        rfs::renameat_with(
-            &*self.fd_of(&parent)?,
-            name,
-            &*self.fd_of(&new_parent)?,
-            new_name,
-            flags,
-        )
-        .map_err(|e| FsError::backing("rename", &path, e))?;
+        let to_dir = self.fd_of(&new_parent)?;
+        rfs::renameat_with(&*self.fd_of(&parent)?, name, &*to_dir, new_name, flags)
+            .map_err(|e| in_dir_error("rename", &to, &*to_dir, e))?;
         self.inodes.moved(moved, &new_parent, new_name);
         if let Some(key) = swapped {
             self.inodes.moved(key, &parent, name);

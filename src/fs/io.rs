@@ -19,6 +19,7 @@ use super::core::{Caller, Entry, StorageFs};
 use super::inode::{Found, Inode, Kind};
 use super::link_undo::LinkUndo;
 use super::open::OpenFile;
+use super::unlinked::{in_dir_error, is_unlinked};
 use crate::error::{FsError, FsResult};
 use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
@@ -164,13 +165,18 @@ impl StorageFs {
         if inode.kind == Kind::Directory {
             return Err(FsError::backing("open", inode.path(), Errno::ISDIR));
         }
+        let opath = self.fd_of(&inode)?;
         let mut undo = None;
         let writer = if wants_write(flags) {
             let path = inode.path();
+            // A write must land in the store. (A reader may read a file removed while it
+            // opened it, as on any filesystem: names renamed over race every open.)
+            if is_unlinked(&*opath) {
+                return Err(FsError::RemovedBehindKernel { path });
+            }
             let role = WriteRole::of_role(inode.role());
             if let WriteRole::Link(_) = role {
-                let fd = self.fd_of(&inode)?;
-                undo = Some(self.link_undo(&inode, fd.as_fd(), &path, false)?);
+                undo = Some(self.link_undo(&inode, opath.as_fd(), &path, false)?);
             }
             let lease = self.policy.admit_writer(Writer {
                 path: &path,
@@ -192,7 +198,7 @@ impl StorageFs {
         }
         // On an error the writer's lease drops here, which releases it.
         let fd = self
-            .reopen(self.fd_of(&inode)?.as_fd(), oflags)
+            .reopen(opath.as_fd(), oflags)
             .map_err(|e| FsError::backing("open", inode.path(), e))?;
         if let (Some(u), Some(w)) = (&undo, &writer)
             && flags & libc::O_TRUNC != 0
@@ -226,25 +232,22 @@ impl StorageFs {
         let is_link = matches!(role, Some(WriteRole::Link(_)));
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
-        let (fd, created) = match rfs::openat(
-            &*self.fd_of(&parent)?,
-            name,
-            base | OFlags::CREATE | OFlags::EXCL,
-            mode,
-        ) {
-            Ok(fd) => (fd, true),
-            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                // A link's O_TRUNC is done below, after its bytes are kept.
-                let mut existing = base | OFlags::NONBLOCK;
-                if is_link {
-                    existing.remove(OFlags::TRUNC);
+        let dir = self.fd_of(&parent)?;
+        let (fd, created) =
+            match rfs::openat(&*dir, name, base | OFlags::CREATE | OFlags::EXCL, mode) {
+                Ok(fd) => (fd, true),
+                Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                    // A link's O_TRUNC is done below, after its bytes are kept.
+                    let mut existing = base | OFlags::NONBLOCK;
+                    if is_link {
+                        existing.remove(OFlags::TRUNC);
+                    }
+                    let fd = rfs::openat(&*dir, name, existing, Mode::empty())
+                        .map_err(|e| FsError::backing("open", &path, e))?;
+                    (fd, false)
                 }
-                let fd = rfs::openat(&*self.fd_of(&parent)?, name, existing, Mode::empty())
-                    .map_err(|e| FsError::backing("open", &path, e))?;
-                (fd, false)
-            }
-            Err(e) => return Err(FsError::backing("create", &path, e)),
-        };
+                Err(e) => return Err(in_dir_error("create", &path, &*dir, e)),
+            };
         if created {
             self.give_to_caller(&parent, fd.as_fd(), caller, &path)?;
         }

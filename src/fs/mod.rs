@@ -16,6 +16,7 @@ mod readdir;
 mod reclaim;
 mod remove;
 pub mod stats;
+mod unlinked;
 
 pub use self::core::{Caller, Entry, FsStats, SetAttr, StorageFs};
 pub use adapter::FuseAdapter;

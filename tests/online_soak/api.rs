@@ -233,6 +233,13 @@ pub fn push_retrying(ctx: &Ctx, image: &str, dest: &str, retries: u32) -> (Outpu
     loop {
         let out = push_with_retries(ctx, image, dest, retries);
         total += retries_in(&out);
+        // Why skopeo retried: the soak's figures count them, the log says what they were.
+        for line in String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.to_lowercase().contains("retrying in"))
+        {
+            eprintln!("[soak] push {dest} retried: {line}");
+        }
         if out.status.success() || attempt == retries {
             return (out, total);
         }
