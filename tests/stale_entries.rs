@@ -13,12 +13,13 @@ use std::os::unix::fs::OpenOptionsExt;
 const LINK: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
-/// Writes as the registry's filesystem driver does: open O_WRONLY|O_CREAT, truncate,
+/// Writes as the registry's filesystem driver does: open O_WRONLY|O_CREAT (no O_TRUNC), ftruncate,
 /// write, sync.
 fn put_content(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o644)
         .open(path)?;
     f.set_len(0)?;
