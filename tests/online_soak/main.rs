@@ -41,11 +41,7 @@ const EROFS_TEXT: &str = "read-only file system";
 /// binaries' live mounts are never touched).
 const PREFIX: &str = "regfs-soak-";
 
-// Ignored (run with `cargo test --test online_soak -- --ignored`): its last run found a
-// push of a tag reported successful that then pulled "manifest unknown" (issue 12 stays
-// open until that race is found and fixed).
 #[test]
-#[ignore = "found a lost tag on its last run; issue 12 open until the race is fixed"]
 fn soak_pushes_deletes_and_pulls_against_back_to_back_online_gc() {
     soak::run();
 }
