@@ -181,6 +181,7 @@ impl GcArgs {
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
             min_age: self.min_age,
+            threads: regfs::gc::ThreadShare::Lowered,
         }
     }
 }

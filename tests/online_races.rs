@@ -245,6 +245,75 @@ fn a_tag_moved_onto_an_untagged_manifest_during_the_sweep_keeps_it_whole() {
     );
 }
 
+/// A signature of `subject`: an OCI manifest with one layer, referring to `subject`.
+fn push_referrer(core: &Core, repo: &str, subject: &Digest, salt: &str) -> Image {
+    let reg = core.registry();
+    let layer = reg
+        .push_blob(repo, format!("signature {salt}").as_bytes())
+        .unwrap();
+    let config = reg.push_blob(repo, b"{}").unwrap();
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&image_manifest(&config, &[layer])).unwrap();
+    body["subject"] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": subject.to_string(),
+        "size": 1
+    });
+    let body = serde_json::to_vec(&body).unwrap();
+    let manifest = reg
+        .put_manifest(repo, &body, &[layer, config], None)
+        .unwrap();
+    Image {
+        manifest,
+        config,
+        layers: vec![layer],
+    }
+}
+
+#[test]
+fn a_tag_moved_onto_an_untagged_manifest_during_the_sweep_keeps_its_referrers() {
+    let core = Core::new();
+    let untagged = push_image(&core, "a", None, &[b"signed layer"], "signed").unwrap();
+    let signature = push_referrer(&core, "a", &untagged.manifest, "one");
+    let counter = push_referrer(&core, "a", &signature.manifest, "counter");
+    let moved = Mutex::new(None);
+    let hooks = Hooks {
+        before_claim: Some(Box::new(|_, _| {
+            // At the sweep's first unit: PUT /v2/a/manifests/v1 with the untagged body.
+            let mut m = moved.lock().unwrap();
+            if m.is_none() {
+                let body = image_manifest(&untagged.config, &untagged.layers);
+                let mut refs = untagged.layers.clone();
+                refs.push(untagged.config);
+                *m = Some(core.registry().put_manifest("a", &body, &refs, Some("v1")));
+            }
+        })),
+        ..Default::default()
+    };
+    let opts = Options {
+        delete_untagged: true,
+        ..Default::default()
+    };
+    let out = run(&core, &opts, &hooks);
+    drop(hooks);
+    moved.into_inner().unwrap().expect("the hook ran").unwrap();
+    // As if the tag had been there before the run: the image with its referrers, and
+    // the referrers' own referrer.
+    untagged.assert_whole(&core, "a");
+    signature.assert_whole(&core, "a");
+    counter.assert_whole(&core, "a");
+    assert_eq!(
+        out.report.counts.blobs_deleted, 0,
+        "{:?}",
+        out.report.counts
+    );
+    assert!(
+        broken_links(&core.root).is_empty(),
+        "{:?}",
+        broken_links(&core.root)
+    );
+}
+
 #[test]
 fn an_index_put_during_the_sweep_takes_back_its_children_and_their_layers() {
     let core = Core::new();

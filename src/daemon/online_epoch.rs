@@ -13,8 +13,9 @@ use super::settings::Settings;
 use super::status::State;
 use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
+use crate::layout::paths;
 use crate::policy::gate::WriteGate;
-use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection};
+use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection, Referrer};
 
 /// Starts recording writes. A write admitted just before was not recorded: it must land
 /// before the mark reads the store, or the mark could read a link as it was (a tag still
@@ -46,7 +47,7 @@ pub fn pause_and_install(
 ) -> Option<Pause> {
     // Built, and the writes of the mark applied, before the pause: a big plan's units
     // take a while to lay out, and many writes take a while to apply.
-    let mut doomed = Doomed::new(doomed_units(plan));
+    let mut doomed = Doomed::new(doomed_units(plan, online));
     let mut recorded = online.absorb(&mut doomed);
     let start = Instant::now();
     let paused = gate.pause_writes(timeout)?;
@@ -58,22 +59,28 @@ pub fn pause_and_install(
     })
 }
 
-/// The units of `plan` as the filesystem guards them, in the plan's order.
-pub fn doomed_units(plan: &Plan) -> Vec<DoomedUnit> {
+/// The units of `plan` as the filesystem guards them, in the plan's order. A referrer's
+/// manifest is read (through `online`) for what keeping it keeps.
+pub fn doomed_units(plan: &Plan, online: &OnlineCollection) -> Vec<DoomedUnit> {
+    let text = |p: &Path| p.to_string_lossy().into_owned();
     plan.actions
         .iter()
         .map(|a| DoomedUnit {
-            paths: a
-                .paths()
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
+            paths: a.paths().iter().map(|p| text(p)).collect(),
             hidden: match a {
-                Action::DeleteBlob { digest, .. } => Some(
-                    crate::layout::paths::blob_dir(digest)
-                        .to_string_lossy()
-                        .into_owned(),
-                ),
+                Action::DeleteBlob { digest, .. } => Some(text(&paths::blob_dir(digest))),
+                _ => None,
+            },
+            referrer: match a {
+                Action::RemoveRevision {
+                    repo,
+                    digest,
+                    subject: Some(subject),
+                    ..
+                } => Some(Referrer {
+                    subject: text(&paths::revision_dir(repo, subject)),
+                    reaches: online.manifest_reach(repo, *digest),
+                }),
                 _ => None,
             },
         })

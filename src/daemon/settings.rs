@@ -122,6 +122,11 @@ impl Settings {
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
             min_age: self.min_age,
+            // Nobody waits for an online run; a read-only one is the write outage.
+            threads: match self.mode {
+                GcMode::Online => gc::ThreadShare::Idle,
+                GcMode::ReadOnly => gc::ThreadShare::Lowered,
+            },
         }
     }
 

@@ -25,6 +25,8 @@ pub struct MarkSet<'i> {
     bits: Vec<AtomicU64>,
     /// Revisions no root reaches, by repository (`--delete-untagged` only).
     unreachable: HashMap<RepoName, Vec<Digest>>,
+    /// Of those, the ones that refer to another manifest: referrer -> subject.
+    subjects: HashMap<RepoName, HashMap<Digest, Digest>>,
     manifests_scanned: u64,
     warnings: Mutex<Vec<Warning>>,
 }
@@ -34,6 +36,7 @@ pub struct MarkSet<'i> {
 struct RepoMark {
     repo: RepoName,
     unreachable: Vec<Digest>,
+    subjects: HashMap<Digest, Digest>,
     manifests: u64,
     warnings: Vec<Warning>,
 }
@@ -47,6 +50,7 @@ impl<'i> MarkSet<'i> {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             unreachable: HashMap::new(),
+            subjects: HashMap::new(),
             manifests_scanned: 0,
             warnings: Mutex::new(Vec::new()),
         }
@@ -86,6 +90,21 @@ impl<'i> MarkSet<'i> {
     /// Revisions of `repo` that no root reaches.
     pub fn unreachable(&self, repo: &RepoName) -> &[Digest] {
         self.unreachable.get(repo).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Records which unreachable revisions of `repo` refer to which manifest.
+    pub fn set_subjects(&mut self, repo: RepoName, subjects: HashMap<Digest, Digest>) {
+        if subjects.is_empty() {
+            self.subjects.remove(&repo);
+        } else {
+            self.subjects.insert(repo, subjects);
+        }
+    }
+
+    /// The manifest an unreachable revision `d` of `repo` refers to (its `subject`): an
+    /// online run keeps `d` if a write makes that manifest live again.
+    pub fn subject_of(&self, repo: &RepoName, d: &Digest) -> Option<Digest> {
+        self.subjects.get(repo)?.get(d).copied()
     }
 
     /// Revision manifests the mark started from.
@@ -219,6 +238,7 @@ fn mark_all_revisions(
     Ok(RepoMark {
         repo: walk.repo.name.clone(),
         unreachable: Vec::new(),
+        subjects: HashMap::new(),
         manifests,
         warnings: std::mem::take(&mut walk.warnings),
     })
@@ -259,9 +279,15 @@ fn mark_tagged(walk: &mut Walk, stop: &(dyn Fn() -> bool + Sync)) -> Result<Repo
         .collect();
     unreachable.sort();
     unreachable.dedup();
+    let subjects = referrers
+        .into_iter()
+        .flat_map(|(subject, refs)| refs.into_iter().map(move |r| (r, subject)))
+        .filter(|(r, _)| unreachable.binary_search(r).is_ok())
+        .collect();
     Ok(RepoMark {
         repo: walk.repo.name.clone(),
         unreachable,
+        subjects,
         manifests,
         warnings: std::mem::take(&mut walk.warnings),
     })
@@ -305,6 +331,7 @@ pub fn mark_all<'i>(
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .extend(m.warnings);
+        set.set_subjects(m.repo.clone(), m.subjects);
         set.set_unreachable(m.repo, m.unreachable);
     }
     Ok(Some(set))

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod report;
 pub mod scan;
 pub mod sweep;
+pub mod threads;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,45 +27,9 @@ pub use markset::MarkSet;
 pub use plan::{Action, Plan};
 pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
 pub use sweep::{Claims, Deleter, Unclaimed};
+pub use threads::ThreadShare;
 
 use crate::layout::{Digest, Store};
-
-/// The collector's threads. Reading manifests and deleting directories wait on the disk
-/// far more than they compute, so many more threads than cores pay off (deleting 2,000
-/// blob directories here: 1.7 s with one thread, 0.6 s with 8, 0.47 s with 32).
-/// `REGFS_GC_THREADS` overrides the default of 8 per core, at least 16.
-fn io_pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = std::env::var("REGFS_GC_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or((cores * 8).clamp(16, 64));
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("regfs-gc-io-{i}"))
-            .start_handler(|_| yield_to_requests())
-            .build()
-            .expect("collector thread pool")
-    })
-}
-
-/// Lowers the calling thread's CPU and disk priority: the collector's threads give way
-/// to the requests the daemon serves (an online run collects while pushes and pulls go
-/// on; a read-only one while pulls do). Best effort: refused changes are only logged.
-fn yield_to_requests() {
-    // Per-thread on Linux: setpriority and ioprio_set take a thread id.
-    let tid = rustix::thread::gettid().as_raw_nonzero().get() as libc::id_t;
-    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
-    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
-    // Best-effort class (2), lowest level (7): IOPRIO_PRIO_VALUE(2, 7), IOPRIO_WHO_PROCESS (1).
-    let io = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7) };
-    if nice != 0 || io != 0 {
-        tracing::debug!("collector thread priority not lowered (nice {nice}, ioprio {io})");
-    }
-}
 
 /// The registry's upload purger default: uploads older than a week are abandoned.
 pub const DEFAULT_UPLOAD_MAX_AGE: Duration = Duration::from_secs(168 * 3600);
@@ -83,6 +48,8 @@ pub struct Options {
     /// An unmarked blob whose data was written less than this long ago stays: its
     /// manifest may not be pushed yet. Zero keeps no blob for its age.
     pub min_age: Duration,
+    /// How the run's threads give way to the daemon's requests.
+    pub threads: ThreadShare,
 }
 
 impl Default for Options {
@@ -94,6 +61,7 @@ impl Default for Options {
             keep_unknown: false,
             allow_missing_manifests: false,
             min_age: Duration::ZERO,
+            threads: ThreadShare::Lowered,
         }
     }
 }
@@ -106,6 +74,8 @@ pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
 pub struct Planned {
     pub plan: Plan,
     pub report: Report,
+    /// The mark's threads, which the sweep uses too.
+    pub threads: ThreadShare,
 }
 
 /// How the stages before the sweep ended.
@@ -122,7 +92,7 @@ pub fn mark(
     cancel: &dyn Cancel,
     progress: &dyn Progress,
 ) -> Result<Marked, GcError> {
-    io_pool().install(|| mark_in_pool(store, opts, cancel, progress))
+    threads::pool(opts.threads).install(|| mark_in_pool(store, opts, cancel, progress))
 }
 
 fn mark_in_pool(
@@ -178,7 +148,11 @@ fn mark_in_pool(
     report.blobs_scanned = inventory.blobs.len() as u64;
     report.counts = plan.counts();
     report.mark_seconds = start.elapsed().as_secs_f64();
-    Ok(Marked::Planned(Planned { plan, report }))
+    Ok(Marked::Planned(Planned {
+        plan,
+        report,
+        threads: opts.threads,
+    }))
 }
 
 /// The blobs the mark did not reach: the only ones whose age matters.
@@ -221,13 +195,18 @@ pub fn sweep_claimed(
     cancel: &dyn Cancel,
     progress: &dyn Progress,
 ) -> Result<Report, GcError> {
-    let Planned { plan, mut report } = planned;
+    let Planned {
+        plan,
+        mut report,
+        threads,
+    } = planned;
     if report.dry_run {
         return Ok(report);
     }
     let start = Instant::now();
     progress.phase(Phase::Sweep, plan.actions.len() as u64);
-    let swept = io_pool().install(|| sweep::execute(&plan, deleter, claims, cancel, progress))?;
+    let swept = threads::pool(threads)
+        .install(|| sweep::execute(&plan, deleter, claims, cancel, progress))?;
     report.counts = swept.counts;
     if swept.stopped {
         report.outcome = cancel.interrupted().unwrap_or(Outcome::Stopped);

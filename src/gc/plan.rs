@@ -25,6 +25,9 @@ pub enum Action {
         repo: Arc<RepoName>,
         digest: Digest,
         tags: Box<[TagName]>,
+        /// The manifest this one refers to (its `subject`), if any: an online run keeps
+        /// this revision when a write makes that manifest live again.
+        subject: Option<Digest>,
     },
     /// An unmarked blob: the `_layers` links naming it (in these repositories) first, so
     /// none dangles if the run stops here, then its directory. `bytes` is what its data
@@ -61,7 +64,9 @@ impl Action {
     /// Every path this action removes (directories as a whole), in order.
     pub fn paths(&self) -> Vec<PathBuf> {
         match self {
-            Action::RemoveRevision { repo, digest, tags } => tags
+            Action::RemoveRevision {
+                repo, digest, tags, ..
+            } => tags
                 .iter()
                 .map(|t| paths::tag_index_entry(repo, t, digest))
                 .chain([paths::revision_dir(repo, digest)])
@@ -195,6 +200,7 @@ fn plan_revisions(
                 .filter(|t| t.index.contains(d))
                 .map(|t| t.name.clone())
                 .collect(),
+            subject: marks.subject_of(&repo.name, d),
         });
     }
     let unreachable: HashSet<&Digest> = unreachable.iter().collect();
@@ -216,6 +222,7 @@ fn plan_revisions(
             repo: name.clone(),
             digest,
             tags: tags.into(),
+            subject: None,
         });
     }
     for r in &repo.revisions {

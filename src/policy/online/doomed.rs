@@ -6,6 +6,10 @@
 //! sweep skips it); a unit the sweep has claimed (`Deleting`) refuses such a write until it
 //! is gone, after which its paths are ordinary again. The sweep claims a unit only while it
 //! is still doomed: a unit is either taken back or deleted, never both.
+//!
+//! A doomed revision that refers to another manifest (its `subject`: a signature, an
+//! SBOM) is kept when that manifest is: a tag moved onto an untagged image keeps its
+//! referrers, as the mark would have had the tag been there before the run.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +20,19 @@ pub struct DoomedUnit {
     pub paths: Vec<String>,
     /// A blob directory hidden from lookups while the unit is doomed or being deleted.
     pub hidden: Option<String>,
+    /// A revision referring to another manifest of its repository.
+    pub referrer: Option<Referrer>,
+}
+
+/// What ties a doomed referrer to its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    /// The subject's revision directory: keeping it (a write or read that takes it
+    /// back, or names it) keeps the referrer.
+    pub subject: String,
+    /// What keeping the referrer keeps besides its own paths: its manifest's blob and
+    /// what it references (read from its manifest before the pause).
+    pub reaches: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +62,8 @@ pub struct Doomed {
     state: Vec<UnitState>,
     by_path: HashMap<String, usize>,
     hidden: HashSet<String>,
+    /// Subject revision directory -> the doomed referrer units it keeps.
+    referrers_of: HashMap<String, Vec<usize>>,
     resurrected: u64,
 }
 
@@ -53,6 +72,7 @@ impl Doomed {
     pub fn new(units: Vec<DoomedUnit>) -> Self {
         let mut by_path = HashMap::new();
         let mut hidden = HashSet::new();
+        let mut referrers_of: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, u) in units.iter().enumerate() {
             for p in &u.paths {
                 by_path.insert(p.clone(), i);
@@ -60,12 +80,16 @@ impl Doomed {
             if let Some(h) = &u.hidden {
                 hidden.insert(h.clone());
             }
+            if let Some(r) = &u.referrer {
+                referrers_of.entry(r.subject.clone()).or_default().push(i);
+            }
         }
         Doomed {
             state: vec![UnitState::Doomed; units.len()],
             units,
             by_path,
             hidden,
+            referrers_of,
             resurrected: 0,
         }
     }
@@ -100,18 +124,23 @@ impl Doomed {
 
     /// A write reaches `path`: a doomed unit holding it is taken back.
     pub fn touch(&mut self, path: &str) -> Claim {
-        let Some(i) = self.unit_of(path) else {
-            return Claim::Free;
-        };
-        match self.state[i] {
-            UnitState::Doomed => {
-                self.settle(i);
+        let claim = match self.unit_of(path).map(|i| (i, self.state[i])) {
+            Some((i, UnitState::Doomed)) => {
                 self.resurrected += 1;
+                self.settle(i);
                 Claim::Free
             }
-            UnitState::Deleting | UnitState::Deleted => Claim::BeingDeleted,
-            UnitState::Settled => Claim::Free,
+            Some((_, UnitState::Deleting | UnitState::Deleted)) => Claim::BeingDeleted,
+            Some((_, UnitState::Settled)) | None => Claim::Free,
+        };
+        // A manifest kept (its revision directory named) keeps its doomed referrers,
+        // even when it had no unit of its own (a subject pushed after its referrer).
+        if claim == Claim::Free {
+            let mut work = Vec::new();
+            self.keep_referrers_of(path, &mut work);
+            self.settle_all(work);
         }
+        claim
     }
 
     /// The deleted unit a write at `own` makes new: one whose main path (its last: the
@@ -181,15 +210,57 @@ impl Doomed {
         }
     }
 
+    /// Unit `i` is kept (taken back, or made new), with the doomed referrers of the
+    /// revision it is and everything a kept referrer reaches.
     fn settle(&mut self, i: usize) {
-        self.state[i] = UnitState::Settled;
-        for p in &self.units[i].paths {
-            if self.by_path.get(p) == Some(&i) {
-                self.by_path.remove(p);
+        self.settle_all(vec![i]);
+    }
+
+    fn settle_all(&mut self, mut work: Vec<usize>) {
+        while let Some(i) = work.pop() {
+            if self.state[i] == UnitState::Settled {
+                continue;
+            }
+            self.state[i] = UnitState::Settled;
+            for p in &self.units[i].paths {
+                if self.by_path.get(p) == Some(&i) {
+                    self.by_path.remove(p);
+                }
+            }
+            if let Some(h) = &self.units[i].hidden {
+                self.hidden.remove(h);
+            }
+            if let Some(main) = self.units[i].paths.last().cloned() {
+                self.keep_referrers_of(&main, &mut work);
+            }
+            let reaches = self.units[i]
+                .referrer
+                .as_ref()
+                .map(|r| r.reaches.clone())
+                .unwrap_or_default();
+            for p in reaches {
+                if let Some(k) = self
+                    .unit_of(&p)
+                    .filter(|k| self.state[*k] == UnitState::Doomed)
+                {
+                    self.resurrected += 1;
+                    work.push(k);
+                }
+                self.keep_referrers_of(&p, &mut work);
             }
         }
-        if let Some(h) = &self.units[i].hidden {
-            self.hidden.remove(h);
+    }
+
+    /// Queues the doomed referrers of the manifest whose revision directory is `subject`.
+    fn keep_referrers_of(&mut self, subject: &str, work: &mut Vec<usize>) {
+        let Some(refs) = self.referrers_of.remove(subject) else {
+            return;
+        };
+        for j in refs {
+            if self.state[j] == UnitState::Doomed {
+                self.resurrected += 1;
+                work.push(j);
+            }
         }
     }
 }
@@ -206,6 +277,7 @@ mod tests {
                 dir.clone(),
             ],
             hidden: Some(dir),
+            referrer: None,
         }
     }
 
@@ -246,7 +318,62 @@ mod tests {
                 format!("v2/repositories/{repo}/_manifests/revisions/sha256/{hex}"),
             ],
             hidden: None,
+            referrer: None,
         }
+    }
+
+    fn rev_dir(hex: &str) -> String {
+        format!("v2/repositories/r/_manifests/revisions/sha256/{hex}")
+    }
+
+    /// A revision of `r` referring to `subject`, whose manifest's blob is `hex` and whose
+    /// one layer is `layer`.
+    fn referrer(hex: &str, subject: &str, layer: &str) -> DoomedUnit {
+        DoomedUnit {
+            referrer: Some(Referrer {
+                subject: rev_dir(subject),
+                reaches: vec![
+                    format!("v2/blobs/sha256/{}/{hex}", &hex[..2]),
+                    rev_dir(hex),
+                    format!("v2/blobs/sha256/{}/{layer}", &layer[..2]),
+                    format!("v2/repositories/r/_layers/sha256/{layer}"),
+                ],
+            }),
+            ..revision("r", hex)
+        }
+    }
+
+    #[test]
+    fn keeping_a_manifest_keeps_its_doomed_referrers_and_what_they_reference() {
+        // aa11: an untagged image; bb22 signs it (layer cc33); dd44 signs the signature.
+        let mut d = Doomed::new(vec![
+            revision("r", "aa11"),
+            referrer("bb22", "aa11", "cc33"),
+            referrer("dd44", "bb22", "ee55"),
+            blob("bb22"),
+            blob("cc33"),
+            blob("ee55"),
+            blob("ff66"),
+        ]);
+        // A tag moves onto aa11: its revision is named.
+        assert_eq!(d.touch(&rev_dir("aa11")), Claim::Free);
+        for kept in 0..6 {
+            assert!(!d.claim(kept), "unit {kept} is kept with aa11");
+        }
+        assert!(d.claim(6), "an unrelated blob still goes");
+        assert!(!d.is_hidden("v2/blobs/sha256/cc/cc33"));
+    }
+
+    #[test]
+    fn a_subject_without_a_unit_keeps_its_referrers_when_named() {
+        // The referrer was pushed before its subject; the subject arrives mid-run.
+        let mut d = Doomed::new(vec![referrer("bb22", "aa11", "cc33"), blob("cc33")]);
+        d.take_back(
+            "v2/repositories/r/_manifests/revisions/sha256/aa11/link",
+            &[rev_dir("aa11")],
+        );
+        assert!(!d.claim(0));
+        assert!(!d.claim(1));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use doomed::{Claim, Doomed, DoomedUnit};
+pub use doomed::{Claim, Doomed, DoomedUnit, Referrer};
 
 use super::{
     Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
@@ -121,6 +121,15 @@ impl OnlineCollection {
             drop(phase);
             recorded += self.shared.apply(&rec, &mut doomed);
         }
+    }
+
+    /// What keeping manifest `digest` of `repo` keeps: its blob, its revision, and what
+    /// it references (recursively for indexes). Reads the store.
+    pub fn manifest_reach(&self, repo: &RepoName, digest: Digest) -> Vec<String> {
+        self.shared.guarded_paths(&Touched::Manifest {
+            repo: repo.clone(),
+            digest,
+        })
     }
 
     /// The sweep takes unit `i` (the plan's index); false if a write took it back.

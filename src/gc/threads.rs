@@ -1,0 +1,78 @@
+//! The collector's threads, and how they share the machine with the requests the daemon
+//! serves.
+//!
+//! Reading manifests and deleting directories wait on the disk far more than they
+//! compute, so many more threads than cores pay off (deleting 2,000 blob directories
+//! here: 1.7 s with one thread, 0.6 s with 8, 0.47 s with 32). Many threads also weigh
+//! more: the scheduler shares a core by thread, so 16 collector threads at nice 10 still
+//! outweigh one request thread. Hence two pools.
+
+use std::sync::OnceLock;
+
+/// How the collector's threads give way to the daemon's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadShare {
+    /// Nice 10 and the lowest best-effort disk priority: a read-only run, whose length is
+    /// the window in which pushes are refused, still lets pulls go first.
+    #[default]
+    Lowered,
+    /// Also SCHED_IDLE for the CPU: an online run, which nobody waits for, computes only
+    /// when the registry does not (it still gets a small share on a saturated machine, so
+    /// it ends). The disk priority stays best-effort: the idle class could starve it.
+    Idle,
+}
+
+/// The pool for `share`. `REGFS_GC_THREADS` overrides the default of 8 per core, at
+/// least 16 and at most 64.
+pub(super) fn pool(share: ThreadShare) -> &'static rayon::ThreadPool {
+    static LOWERED: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    static IDLE: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    let slot = match share {
+        ThreadShare::Lowered => &LOWERED,
+        ThreadShare::Idle => &IDLE,
+    };
+    slot.get_or_init(|| build(share))
+}
+
+fn build(share: ThreadShare) -> rayon::ThreadPool {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = std::env::var("REGFS_GC_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or((cores * 8).clamp(16, 64));
+    let prefix = match share {
+        ThreadShare::Lowered => "regfs-gc-io",
+        ThreadShare::Idle => "regfs-gc-idle",
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{prefix}-{i}"))
+        .start_handler(move |_| give_way(share))
+        .build()
+        .expect("collector thread pool")
+}
+
+/// Lowers the calling thread's priority as `share` says. Best effort: a refused change
+/// is only logged.
+fn give_way(share: ThreadShare) {
+    // Per-thread on Linux: setpriority, ioprio_set and sched_setscheduler take a thread id.
+    let tid = rustix::thread::gettid().as_raw_nonzero().get();
+    // SAFETY: plain syscalls on this thread's own id; only a stack value is passed.
+    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) };
+    // Best-effort class (2), lowest level (7): IOPRIO_PRIO_VALUE(2, 7), IOPRIO_WHO_PROCESS (1).
+    let io = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7) };
+    let idle = match share {
+        ThreadShare::Lowered => 0,
+        ThreadShare::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as above; `param` outlives the call.
+            unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) }
+        }
+    };
+    if nice != 0 || io != 0 || idle != 0 {
+        tracing::debug!(
+            "collector thread priority not lowered (nice {nice}, ioprio {io}, idle {idle})"
+        );
+    }
+}
