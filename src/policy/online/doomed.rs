@@ -252,12 +252,18 @@ impl Doomed {
     }
 
     /// Queues the doomed referrers of the manifest whose revision directory is `subject`.
+    /// A referrer part of which the sweep is deleting or deleted is left to go whole: kept,
+    /// it would name what is gone.
     fn keep_referrers_of(&mut self, subject: &str, work: &mut Vec<usize>) {
         let Some(refs) = self.referrers_of.remove(subject) else {
             return;
         };
         for j in refs {
-            if self.state[j] == UnitState::Doomed {
+            let whole = self.units[j]
+                .referrer
+                .as_ref()
+                .is_some_and(|r| !r.reaches.iter().any(|p| self.is_being_deleted(p)));
+            if self.state[j] == UnitState::Doomed && whole {
                 self.resurrected += 1;
                 work.push(j);
             }
@@ -362,6 +368,18 @@ mod tests {
         }
         assert!(d.claim(6), "an unrelated blob still goes");
         assert!(!d.is_hidden("v2/blobs/sha256/cc/cc33"));
+    }
+
+    #[test]
+    fn a_referrer_whose_layer_is_being_deleted_is_not_kept_broken() {
+        let mut d = Doomed::new(vec![
+            revision("r", "aa11"),
+            referrer("bb22", "aa11", "cc33"),
+            blob("cc33"),
+        ]);
+        assert!(d.claim(2));
+        d.touch(&rev_dir("aa11"));
+        assert!(d.claim(1), "the referrer goes with its layer");
     }
 
     #[test]
