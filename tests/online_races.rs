@@ -6,7 +6,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::online_run::{Core, Hooks, broken_links, run};
+use common::online_run::{Core, Hooks, OnlineOutcome, broken_links, run};
 use common::registry_sim::{
     PushError, blob_data, image_manifest, index_manifest, layer_link, revision_link,
 };
@@ -15,6 +15,14 @@ use regfs::layout::Digest;
 
 fn opts() -> Options {
     Options::default()
+}
+
+/// `--delete-untagged`.
+fn untagged_only() -> Options {
+    Options {
+        delete_untagged: true,
+        ..Default::default()
+    }
 }
 
 /// An image pushed to `repo` (layers then config then manifest), tagged `tag`.
@@ -50,6 +58,14 @@ struct Image {
 }
 
 impl Image {
+    /// PUT /v2/<repo>/manifests/<tag> with this image's manifest again.
+    fn put_again(&self, core: &Core, repo: &str, tag: Option<&str>) -> Result<Digest, PushError> {
+        let body = image_manifest(&self.config, &self.layers);
+        let mut refs = self.layers.clone();
+        refs.push(self.config);
+        core.registry().put_manifest(repo, &body, &refs, tag)
+    }
+
     fn blobs(&self) -> Vec<Digest> {
         let mut v = self.layers.clone();
         v.push(self.config);
@@ -74,6 +90,23 @@ impl Image {
             self.manifest
         );
     }
+}
+
+/// No link in the store names a missing blob.
+fn assert_no_broken_links(core: &Core) {
+    let broken = broken_links(&core.root);
+    assert!(broken.is_empty(), "{broken:?}");
+}
+
+/// The run deleted no blob (a write took back everything it was about to delete) and
+/// left no link naming a missing blob.
+fn assert_nothing_deleted_nothing_broken(core: &Core, out: &OnlineOutcome) {
+    assert_eq!(
+        out.report.counts.blobs_deleted, 0,
+        "{:?}",
+        out.report.counts
+    );
+    assert_no_broken_links(core);
 }
 
 /// An image pushed then deleted by digest: its blobs are garbage.
@@ -122,11 +155,7 @@ fn a_layer_link_written_for_a_blob_the_sweep_holds_is_refused_and_the_retry_uplo
         !core.has_data(&blob_data(&layer)),
         "the sweep deleted the blob it held"
     );
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_no_broken_links(&core);
     // The client retries the push: the blob is uploaded anew and stays.
     let img = push_image(&core, "b", Some("v1"), &[b"layer L"], "new").unwrap();
     img.assert_whole(&core, "b");
@@ -163,11 +192,7 @@ fn a_manifest_put_whose_layer_is_doomed_takes_the_layer_back() {
         !core.has_data(&blob_data(&old.manifest)),
         "the deleted image's manifest goes"
     );
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_no_broken_links(&core);
 }
 
 #[test]
@@ -197,11 +222,7 @@ fn a_blob_re_uploaded_while_hidden_is_taken_back_and_stays() {
     img.assert_whole(&core, "c");
     assert!(out.resurrected >= 1, "{out:?}");
     assert!(out.hidden_after.is_empty());
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_no_broken_links(&core);
 }
 
 #[test]
@@ -214,35 +235,18 @@ fn a_tag_moved_onto_an_untagged_manifest_during_the_sweep_keeps_it_whole() {
         before_claim: Some(Box::new(|_, a| {
             if matches!(a, Action::RemoveRevision { digest, .. } if *digest == untagged.manifest) {
                 // PUT /v2/a/manifests/v2 with the untagged manifest's body.
-                let body = image_manifest(&untagged.config, &untagged.layers);
-                let mut refs = untagged.layers.clone();
-                refs.push(untagged.config);
-                *moved.lock().unwrap() =
-                    Some(core.registry().put_manifest("a", &body, &refs, Some("v2")));
+                *moved.lock().unwrap() = Some(untagged.put_again(&core, "a", Some("v2")));
             }
         })),
         ..Default::default()
     };
-    let opts = Options {
-        delete_untagged: true,
-        ..Default::default()
-    };
-    let out = run(&core, &opts, &hooks);
+    let out = run(&core, &untagged_only(), &hooks);
     drop(hooks);
     moved.into_inner().unwrap().expect("the hook ran").unwrap();
     untagged.assert_whole(&core, "a");
     kept.assert_whole(&core, "a");
     assert!(out.resurrected >= 1, "{out:?}");
-    assert_eq!(
-        out.report.counts.blobs_deleted, 0,
-        "{:?}",
-        out.report.counts
-    );
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_nothing_deleted_nothing_broken(&core, &out);
 }
 
 /// A signature of `subject`: an OCI manifest with one layer, referring to `subject`.
@@ -282,19 +286,12 @@ fn a_tag_moved_onto_an_untagged_manifest_during_the_sweep_keeps_its_referrers() 
             // At the sweep's first unit: PUT /v2/a/manifests/v1 with the untagged body.
             let mut m = moved.lock().unwrap();
             if m.is_none() {
-                let body = image_manifest(&untagged.config, &untagged.layers);
-                let mut refs = untagged.layers.clone();
-                refs.push(untagged.config);
-                *m = Some(core.registry().put_manifest("a", &body, &refs, Some("v1")));
+                *m = Some(untagged.put_again(&core, "a", Some("v1")));
             }
         })),
         ..Default::default()
     };
-    let opts = Options {
-        delete_untagged: true,
-        ..Default::default()
-    };
-    let out = run(&core, &opts, &hooks);
+    let out = run(&core, &untagged_only(), &hooks);
     drop(hooks);
     moved.into_inner().unwrap().expect("the hook ran").unwrap();
     // As if the tag had been there before the run: the image with its referrers, and
@@ -302,16 +299,7 @@ fn a_tag_moved_onto_an_untagged_manifest_during_the_sweep_keeps_its_referrers() 
     untagged.assert_whole(&core, "a");
     signature.assert_whole(&core, "a");
     counter.assert_whole(&core, "a");
-    assert_eq!(
-        out.report.counts.blobs_deleted, 0,
-        "{:?}",
-        out.report.counts
-    );
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_nothing_deleted_nothing_broken(&core, &out);
 }
 
 #[test]
@@ -325,11 +313,8 @@ fn an_index_put_during_the_sweep_takes_back_its_children_and_their_layers() {
             if pushed.lock().unwrap().is_none() {
                 // Re-put the child (its blobs are still doomed), then an index naming it.
                 let reg = core.registry();
-                let body = image_manifest(&child.config, &child.layers);
-                let mut refs = child.layers.clone();
-                refs.push(child.config);
-                let r = reg
-                    .put_manifest("a", &body, &refs, None)
+                let r = child
+                    .put_again(&core, "a", None)
                     .and_then(|m| reg.put_manifest("a", &index_manifest(&[m]), &[], Some("multi")));
                 *pushed.lock().unwrap() = Some(r);
             }
@@ -340,16 +325,7 @@ fn an_index_put_during_the_sweep_takes_back_its_children_and_their_layers() {
     drop(hooks);
     pushed.into_inner().unwrap().expect("the hook ran").unwrap();
     child.assert_whole(&core, "a");
-    assert_eq!(
-        out.report.counts.blobs_deleted, 0,
-        "{:?}",
-        out.report.counts
-    );
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_nothing_deleted_nothing_broken(&core, &out);
 }
 
 #[test]
@@ -424,11 +400,7 @@ fn stop_in_the_middle_of_the_sweep_leaves_a_consistent_store_and_nothing_hidden(
         );
     }
     live.assert_whole(&core, "live");
-    assert!(
-        broken_links(&core.root).is_empty(),
-        "{:?}",
-        broken_links(&core.root)
-    );
+    assert_no_broken_links(&core);
 }
 
 #[test]

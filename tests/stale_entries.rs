@@ -27,17 +27,24 @@ fn put_content(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A store holding the link `dir/link`, mounted, the link read once through the mount
+/// (the kernel now caches its name, and regfs holds its inode).
+fn mounted_with_link_read(dir: &str) -> Option<common::TestMount> {
+    let m = common::mount_with(|s| {
+        fs::create_dir_all(s.join(dir)).unwrap();
+        fs::write(s.join(dir).join("link"), LINK).unwrap();
+    })?;
+    let through = m.mnt.join(dir).join("link");
+    assert_eq!(fs::read_to_string(&through).unwrap(), LINK);
+    Some(m)
+}
+
 #[test]
 fn a_write_through_a_name_the_kernel_still_caches_lands_in_the_store() {
-    let Some(m) = common::mount_with(|s| {
-        fs::create_dir_all(s.join("tags/a/current")).unwrap();
-        fs::write(s.join("tags/a/current/link"), LINK).unwrap();
-    }) else {
+    let Some(m) = mounted_with_link_read("tags/a/current") else {
         return;
     };
     let through = m.mnt.join("tags/a/current/link");
-    // The kernel now caches the name (and regfs holds the file's inode).
-    assert_eq!(fs::read_to_string(&through).unwrap(), LINK);
     // Removed behind the kernel's back: its cached entry still names the old file.
     fs::remove_file(m.storage.join("tags/a/current/link")).unwrap();
     assert!(through.exists(), "the kernel still names the removed file");
@@ -58,14 +65,10 @@ fn go_mkdir_all(dir: &std::path::Path) -> std::io::Result<()> {
 
 #[test]
 fn a_file_created_in_a_removed_directory_the_kernel_still_caches_is_never_lost() {
-    let Some(m) = common::mount_with(|s| {
-        fs::create_dir_all(s.join("revisions/sha256/ab")).unwrap();
-        fs::write(s.join("revisions/sha256/ab/link"), LINK).unwrap();
-    }) else {
+    let Some(m) = mounted_with_link_read("revisions/sha256/ab") else {
         return;
     };
     let dir = m.mnt.join("revisions/sha256/ab");
-    assert_eq!(fs::read_to_string(dir.join("link")).unwrap(), LINK);
     // The collector removes the directory; the kernel keeps its entries.
     fs::remove_dir_all(m.storage.join("revisions/sha256/ab")).unwrap();
     assert!(
