@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::daemon::BIN;
-use crate::harness::{Etcd, Node, a_blob, a_layer_link, blob_set, cluster_test, gen_store};
+use crate::harness::{ClusterWorld, Etcd, Node, a_blob, a_layer_link, blob_set, cluster_world};
 
 fn read_through(n: &Node, rel: &std::path::Path) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -21,13 +21,14 @@ fn read_through(n: &Node, rel: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(300, 7)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 300, 7);
     // What a single node's run deletes: the same store, collected offline.
     let single = dir.path().join("single");
     assert!(
@@ -147,13 +148,14 @@ fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
 
 #[test]
 fn two_triggers_on_two_nodes_at_once_give_one_run() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(50, 8)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 50, 8);
     let etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
@@ -199,13 +201,14 @@ fn two_triggers_on_two_nodes_at_once_give_one_run() {
 
 #[test]
 fn a_schedule_on_every_node_runs_once_per_tick() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(30, 9)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 30, 9);
     let etcd = Etcd::start(dir.path());
     let every2s = ["--gc-schedule", "*/2 * * * * *"];
     let begin = chrono::Utc::now();
@@ -249,13 +252,14 @@ fn a_schedule_on_every_node_runs_once_per_tick() {
 
 #[test]
 fn a_node_that_starts_during_an_epoch_stays_closed_until_it_ends() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(50, 10)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 50, 10);
     let etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &["--drain-timeout", "4"]);

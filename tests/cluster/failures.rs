@@ -5,7 +5,7 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Etcd, Node, TTL, a_blob, a_layer_link, cluster_test, gen_store};
+use crate::harness::{ClusterWorld, Etcd, Node, TTL, a_blob, a_layer_link, cluster_world};
 
 /// The bound the issue sets on reopening after a death: the lease TTL plus a second.
 fn ttl_plus_1s() -> Duration {
@@ -14,14 +14,15 @@ fn ttl_plus_1s() -> Duration {
 
 #[test]
 fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    // Large enough that marking takes a while.
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(6_000, 11)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    // Large enough that marking takes a while.
-    gen_store(&storage, 6_000, 11);
     let etcd = Etcd::start(dir.path());
     let mut n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
@@ -65,13 +66,14 @@ fn a_collector_killed_mid_mark_lets_the_others_reopen_within_the_ttl() {
 
 #[test]
 fn a_member_killed_mid_epoch_holds_the_run_only_until_its_lease_expires() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(100, 12)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 100, 12);
     let etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
@@ -116,13 +118,14 @@ fn a_member_killed_mid_epoch_holds_the_run_only_until_its_lease_expires() {
 
 #[test]
 fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_back() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(30, 13)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 30, 13);
     let blob = a_blob(&storage);
     let mut etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
@@ -172,13 +175,14 @@ fn without_etcd_members_refuse_writes_within_the_ttl_and_accept_them_when_it_is_
 
 #[test]
 fn a_collector_that_loses_etcd_deletes_nothing_and_every_node_fences() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(100, 14)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 100, 14);
     let before = crate::harness::blob_set(&storage);
     let mut etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
@@ -233,13 +237,14 @@ fn a_collector_that_loses_etcd_deletes_nothing_and_every_node_fences() {
 
 #[test]
 fn a_collector_stalled_past_its_lease_deletes_nothing_more_when_it_resumes() {
-    let Some(_one_at_a_time) = cluster_test() else {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(6_000, 15)
+    else {
         return;
     };
-    let dir = crate::common::tempdir();
-    let storage = dir.path().join("store");
-    fs::create_dir(&storage).unwrap();
-    gen_store(&storage, 6_000, 15);
     let etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);
