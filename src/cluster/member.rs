@@ -13,7 +13,6 @@ use super::etcd::Kv;
 use super::records::MemberRecord;
 use crate::daemon::epoch::MemberDrain;
 use crate::daemon::job::CutWriter;
-use crate::policy::gate::{CloseReport, CutReason};
 
 /// How often the agent looks at etcd: the delay before a member starts closing.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -164,7 +163,7 @@ fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
         node: sh.cfg.node.clone(),
         closed_at: Utc::now(),
         drain_seconds: report.waited.as_secs_f64(),
-        cut_writers: cut_writers(&report),
+        cut_writers: CutWriter::all_of(&report),
     };
     let value = serde_json::to_vec(&ack).unwrap_or_default();
     if sh
@@ -176,20 +175,6 @@ fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
             cut = ack.cut_writers.len(), "cluster: closed and drained; acknowledged");
         st.acked = Some(epoch);
     }
-}
-
-pub fn cut_writers(report: &CloseReport) -> Vec<CutWriter> {
-    report
-        .cut
-        .iter()
-        .map(|c| CutWriter {
-            path: c.path.clone(),
-            reason: match c.reason {
-                CutReason::Upload => "upload in progress".into(),
-                CutReason::DrainTimeout => "still writing after the drain timeout".into(),
-            },
-        })
-        .collect()
 }
 
 /// The lease is in doubt: refuse writes before it can expire, and stop a local run.

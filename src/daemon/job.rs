@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::gate::{CloseReport, CutReason};
+
 /// What started a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +55,23 @@ fn read_only() -> String {
 pub struct CutWriter {
     pub path: String,
     pub reason: String,
+}
+
+impl CutWriter {
+    /// The writers a close of the gate cut, as a job records them.
+    pub fn all_of(report: &CloseReport) -> Vec<CutWriter> {
+        report
+            .cut
+            .iter()
+            .map(|c| CutWriter {
+                path: c.path.clone(),
+                reason: match c.reason {
+                    CutReason::Upload => "upload in progress".into(),
+                    CutReason::DrainTimeout => "still writing after the drain timeout".into(),
+                },
+            })
+            .collect()
+    }
 }
 
 /// Everything the history keeps about a run.

@@ -18,7 +18,7 @@ use super::run_record::{
 use super::settings::{GcMode, Settings};
 use super::status::State;
 use crate::gc::{self, Cancel, Outcome};
-use crate::policy::gate::{CutReason, WriteGate};
+use crate::policy::gate::WriteGate;
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -127,17 +127,7 @@ fn close_store<'a>(
     let close =
         gate.close_for_writes_unless(settings.drain_timeout, &|| control.interrupted().is_some());
     job.drain_seconds = close.waited.as_secs_f64();
-    job.cut_writers = close
-        .cut
-        .iter()
-        .map(|c| CutWriter {
-            path: c.path.clone(),
-            reason: match c.reason {
-                CutReason::Upload => "upload in progress".into(),
-                CutReason::DrainTimeout => "still writing after the drain timeout".into(),
-            },
-        })
-        .collect();
+    job.cut_writers = CutWriter::all_of(&close);
     for c in &job.cut_writers {
         tracing::info!(job = job.id, path = %c.path, reason = %c.reason, "write handle cut by the epoch");
     }
