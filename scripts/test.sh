@@ -21,5 +21,9 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
 
+# The write-ordering protocols under a deterministic scheduler (shuttle): the library is
+# built with its primitives. REGFS_SCHEDULES schedules per scenario and GC setting.
+cargo test --features shuttle --test online_schedules
+
 # The fuzz targets from their seed corpus, FUZZ_SECONDS (default 20) each.
 bash scripts/fuzz.sh

@@ -55,6 +55,18 @@ pub enum FsError {
         digest: crate::layout::Digest,
         missing: crate::layout::Digest,
     },
+    /// A tag link (its index entry or its current link), or the revision link of an index,
+    /// naming a manifest the repository has no revision of. The registry writes a
+    /// revision before it tags it or pushes an index of it, so the revision was removed
+    /// in between (a GC run that fell between the two writes, or a delete through the
+    /// API): refused so that the push fails instead of naming what nobody can pull.
+    #[error(
+        "{link}: refused: it names manifest {digest}, of which the repository holds no revision"
+    )]
+    ManifestWithoutRevision {
+        link: String,
+        digest: crate::layout::Digest,
+    },
     /// A write naming what an online GC run is deleting at this moment: refused until
     /// the deletion ends, and the client retries (its blob is then uploaded anew).
     #[error("{path}: refused while GC deletes {unit}")]
@@ -109,7 +121,7 @@ impl FsError {
             // EIO: the registry's driver passes it on and answers 500, so the client's
             // push fails. ENOENT would be read as "this path is missing" (a 404-style
             // answer for what is a refused write); the daemon's log names link and blob.
-            FsError::DanglingLink { .. } => libc::EIO,
+            FsError::DanglingLink { .. } | FsError::ManifestWithoutRevision { .. } => libc::EIO,
             // EIO for the same reason: a server error the client retries.
             FsError::BeingCollected { .. } => libc::EIO,
         }

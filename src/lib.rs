@@ -22,5 +22,6 @@ pub mod policy;
 pub mod progress;
 pub mod registry;
 pub mod runtime;
+pub mod sync;
 pub mod web;
 pub mod worker;

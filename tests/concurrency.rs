@@ -71,12 +71,20 @@ fn tag_blob_data(hex: &str) -> String {
     format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])
 }
 
+/// The manifests the tags name: a blob each, and its revision in the repository (a tag
+/// naming a manifest the repository holds no revision of is refused).
 fn seed_tag_blobs(store: &Path) {
     for t in 0..THREADS {
         for i in 0..ITERATIONS {
-            let data = store.join(tag_blob_data(&tag_hex(t, i)));
+            let hex = tag_hex(t, i);
+            let data = store.join(tag_blob_data(&hex));
             fs::create_dir_all(data.parent().unwrap()).unwrap();
             fs::write(data, b"").unwrap();
+            let revision = store.join(format!(
+                "docker/registry/v2/repositories/conc/app/_manifests/revisions/sha256/{hex}/link"
+            ));
+            fs::create_dir_all(revision.parent().unwrap()).unwrap();
+            fs::write(revision, format!("sha256:{hex}")).unwrap();
         }
     }
 }

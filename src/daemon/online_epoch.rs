@@ -15,16 +15,25 @@ use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
 use crate::layout::paths;
 use crate::policy::gate::WriteGate;
-use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection, Referrer};
+use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection, Recording, Referrer, Sweeping};
 
-/// Starts recording writes. A write admitted just before was not recorded: it must land
-/// before the mark reads the store, or the mark could read a link as it was (a tag still
-/// on the manifest it moves away from) and the write go unseen. So writes in flight are
-/// waited for (new ones wait a moment, then are recorded); false if they did not finish
-/// within `timeout`. (Found by the soak with the real registry.)
-pub fn start_recording(gate: &WriteGate, online: &OnlineCollection, timeout: Duration) -> bool {
-    online.start_recording();
-    gate.pause_writes(timeout).is_some()
+/// Starts recording writes (phase 1). A write admitted just before was not recorded: it
+/// must land before the mark reads the store, or the mark could read a link as it was (a
+/// tag still on the manifest it moves away from) and the write go unseen. So writes in
+/// flight are waited for (new ones wait a moment, then are recorded). (Found by the soak
+/// with the real registry.)
+pub fn start_recording(
+    gate: &WriteGate,
+    online: &OnlineCollection,
+    timeout: Duration,
+) -> Result<Recording, String> {
+    let recording = online.start_recording().map_err(|e| e.to_string())?;
+    match gate.pause_writes(timeout) {
+        Some(_paused) => Ok(recording),
+        None => Err(
+            "writes in flight did not finish within the drain timeout; nothing was deleted".into(),
+        ),
+    }
 }
 
 /// What the pause did.
@@ -36,32 +45,37 @@ pub struct Pause {
     pub recorded: u64,
 }
 
-/// The pause: holds writes back, takes back what the writes recorded during the mark
-/// reach, starts guarding what `plan` deletes, and lets writes go on. `None` if writes
-/// in flight did not finish within `timeout` (nothing is then guarded or deleted).
+/// The pause (phase 3): holds writes back, takes back what the writes recorded during
+/// the mark reach, starts guarding what `plan` deletes, and lets writes go on. `None` if
+/// writes in flight did not finish within `timeout` (the run then ends: nothing is
+/// guarded or deleted).
 pub fn pause_and_install(
     gate: &WriteGate,
-    online: &OnlineCollection,
+    mut recording: Recording,
     plan: &Plan,
     timeout: Duration,
-) -> Option<Pause> {
+) -> Option<(Sweeping, Pause)> {
     // Built, and the writes of the mark applied, before the pause: a big plan's units
     // take a while to lay out, and many writes take a while to apply.
-    let mut doomed = Doomed::new(doomed_units(plan, online));
-    let mut recorded = online.absorb(&mut doomed);
+    let mut doomed = Doomed::new(doomed_units(plan, &recording));
+    let mut recorded = recording.absorb(&mut doomed);
     let start = Instant::now();
     let paused = gate.pause_writes(timeout)?;
-    recorded += online.install(doomed);
+    let (sweeping, late) = recording.install(doomed, &paused);
+    recorded += late;
     drop(paused);
-    Some(Pause {
-        held: start.elapsed(),
-        recorded,
-    })
+    Some((
+        sweeping,
+        Pause {
+            held: start.elapsed(),
+            recorded,
+        },
+    ))
 }
 
 /// The units of `plan` as the filesystem guards them, in the plan's order. A referrer's
-/// manifest is read (through `online`) for what keeping it keeps.
-pub fn doomed_units(plan: &Plan, online: &OnlineCollection) -> Vec<DoomedUnit> {
+/// manifest is read (through `recording`) for what keeping it keeps.
+pub fn doomed_units(plan: &Plan, recording: &Recording) -> Vec<DoomedUnit> {
     let text = |p: &Path| p.to_string_lossy().into_owned();
     plan.actions
         .iter()
@@ -79,7 +93,7 @@ pub fn doomed_units(plan: &Plan, online: &OnlineCollection) -> Vec<DoomedUnit> {
                     ..
                 } => Some(Referrer {
                     subject: text(&paths::revision_dir(repo, subject)),
-                    reaches: online.manifest_reach(repo, *digest),
+                    reaches: recording.manifest_reach(repo, *digest),
                 }),
                 _ => None,
             },
@@ -88,7 +102,7 @@ pub fn doomed_units(plan: &Plan, online: &OnlineCollection) -> Vec<DoomedUnit> {
 }
 
 /// The sweep asks the filesystem for each unit.
-pub struct OnlineClaims<'a>(pub &'a OnlineCollection);
+pub struct OnlineClaims<'a>(pub &'a Sweeping);
 
 impl Claims for OnlineClaims<'_> {
     fn claim(&self, i: usize) -> bool {
@@ -100,25 +114,13 @@ impl Claims for OnlineClaims<'_> {
     }
 }
 
-/// Ends the online phase on every path out of the run: nothing stays hidden or guarded.
-struct EndOnline<'a>(&'a OnlineCollection);
-
-impl Drop for EndOnline<'_> {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
 /// The online run itself; fills in `job`.
 pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
-    let online = parts.online;
-    let _end = EndOnline(online);
-    if !start_recording(parts.gate, online, settings.drain_timeout) {
-        return record_failure(
-            job,
-            &"writes in flight did not finish within the drain timeout; nothing was deleted",
-        );
-    }
+    // Each phase ends the run when dropped, on every path out of here.
+    let recording = match start_recording(parts.gate, parts.online, settings.drain_timeout) {
+        Ok(r) => r,
+        Err(why) => return record_failure(job, &why),
+    };
     control.set_state(State::Marking);
     let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
         Err(e) => return record_failure(job, &e),
@@ -128,7 +130,8 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     if settings.dry_run {
         return record_report(job, planned.report);
     }
-    let Some(pause) = pause_and_install(parts.gate, online, &planned.plan, settings.drain_timeout)
+    let Some((sweeping, pause)) =
+        pause_and_install(parts.gate, recording, &planned.plan, settings.drain_timeout)
     else {
         return record_failure(
             job,
@@ -141,13 +144,13 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         job = job.id,
         pause_ms = job.pause_seconds * 1000.0,
         recorded = pause.recorded,
-        taken_back = online.resurrected(),
+        taken_back = sweeping.resurrected(),
         "online GC: writes paused while what they did during the mark was taken into account"
     );
     let deleted: Vec<Digest> = planned.plan.blobs().copied().collect();
     // Before anything goes: a registry cache must not answer "exists" for a doomed blob.
     forget_deleted(job, settings, &deleted);
-    for dir in online.hidden() {
+    for dir in sweeping.hidden() {
         if let Err(e) = parts.fs.forget_cached(Path::new(&dir)) {
             tracing::debug!(error = %e, dir, "cannot drop a hidden blob from the kernel cache");
         }
@@ -158,9 +161,15 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         return;
     }
     control.set_state(State::Sweeping);
-    let swept = gc::sweep_claimed(planned, parts.fs, &OnlineClaims(online), control, control);
-    job.resurrected = online.resurrected();
-    job.refused_writes = online.refused();
+    let swept = gc::sweep_claimed(
+        planned,
+        parts.fs,
+        &OnlineClaims(&sweeping),
+        control,
+        control,
+    );
+    job.resurrected = sweeping.resurrected();
+    job.refused_writes = sweeping.refused();
     match swept {
         Err(e) => record_failure(job, &e),
         Ok(report) => record_report(job, report),

@@ -153,8 +153,56 @@ pub struct Swept {
     pub stopped: bool,
 }
 
+/// One unit of a sweep: asks `claims`, carries it out, reports it. `Ok(false)`: a stop
+/// came first and nothing was done.
+fn sweep_unit(
+    (i, a): (usize, &Action),
+    deleter: &dyn Deleter,
+    claims: &dyn Claims,
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
+    total: &Mutex<Counts>,
+) -> Result<bool, GcError> {
+    if cancel.interrupted().is_some() {
+        return Ok(false);
+    }
+    if !claims.claim(i) {
+        progress.advance();
+        return Ok(true);
+    }
+    let c = run(a, deleter);
+    claims.release(i);
+    let c = c?;
+    total.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
+    progress.swept(&c);
+    progress.advance();
+    Ok(true)
+}
+
+/// How units run within a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Many at once, on the current rayon pool (the daemon, the offline collector).
+    Parallel,
+    /// One at a time on the calling thread, in the plan's order: for a deterministic
+    /// scheduler that must see every claim (`tests/online_schedules.rs`).
+    Sequential,
+}
+
 /// Carries out `plan`, checking `cancel` between units.
 pub fn execute(
+    plan: &Plan,
+    deleter: &dyn Deleter,
+    claims: &dyn Claims,
+    cancel: &dyn Cancel,
+    progress: &dyn Progress,
+) -> Result<Swept, GcError> {
+    execute_in(Order::Parallel, plan, deleter, claims, cancel, progress)
+}
+
+/// As [`execute`], with units run in `order`.
+pub fn execute_in(
+    order: Order,
     plan: &Plan,
     deleter: &dyn Deleter,
     claims: &dyn Claims,
@@ -172,25 +220,11 @@ pub fn execute(
             .collect();
         // Empty fan-out directories only after every blob in them is gone: phase 2 runs
         // after phase 1 has finished.
-        let result: Result<Vec<bool>, GcError> = units
-            .par_iter()
-            .map(|&(i, a)| {
-                if cancel.interrupted().is_some() {
-                    return Ok(false);
-                }
-                if !claims.claim(i) {
-                    progress.advance();
-                    return Ok(true);
-                }
-                let c = run(a, deleter);
-                claims.release(i);
-                let c = c?;
-                total.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
-                progress.swept(&c);
-                progress.advance();
-                Ok(true)
-            })
-            .collect();
+        let one = |&u: &(usize, &Action)| sweep_unit(u, deleter, claims, cancel, progress, &total);
+        let result: Result<Vec<bool>, GcError> = match order {
+            Order::Parallel => units.par_iter().map(one).collect(),
+            Order::Sequential => units.iter().map(one).collect(),
+        };
         if result?.iter().any(|done| !done) {
             stopped = true;
             break;

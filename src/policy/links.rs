@@ -1,11 +1,21 @@
 //! Link files that would name a blob whose data is gone are refused: a policy layered
 //! over another one (the gate), as virtiofsd's read-only layer wraps its passthrough.
+//! So are tag links naming a manifest whose revision the repository does not hold.
 //!
 //! A registry with a blob-descriptor cache (`inmemory`, `redis`) may still believe a blob
 //! exists after GC deleted it: a push then skips the upload and writes links to nothing,
 //! and reports success for an image that cannot be pulled. Refusing the link write makes
 //! the registry answer 500, so the push fails loudly instead. Only write-capable opens,
 //! creates and renames onto a link file pay for the check; reads never do.
+//!
+//! Every request of the registry that makes something live writes it in an order: data
+//! before the link naming it (a blob commit, then its `_layers` link), a manifest's
+//! references and its blob before its revision link, the revision link before the tag's
+//! index link and current link. A GC run (read-only or online) may fall between any two
+//! of those writes and remove what the first made, since nothing yet names it: the later
+//! write is then refused here, by checking at its moment that what it names is still in
+//! the store. Within a run, the online barrier (which this layer wraps) orders the check
+//! against the sweep; between runs nothing deletes.
 //!
 //! The layer asks the policy it wraps first (a closed gate answers EROFS before a link
 //! is looked at), then checks; what it refuses it refuses whatever the inner one said.
@@ -19,7 +29,7 @@ use super::{
 };
 use crate::error::{FsError, FsResult};
 use crate::layout::paths::{self, LinkRole};
-use crate::layout::{Digest, Store, parse_link};
+use crate::layout::{Digest, PathKind, Store, classify, parse_link, path_for};
 use crate::manifest;
 
 /// A link is at most this long (71 bytes); one more tells a longer file apart.
@@ -128,10 +138,31 @@ impl LinkCheck {
         if !self.has_data(d) {
             return Err(refuse(rel, d, d));
         }
-        if let LinkRole::Revision(_) = role {
-            self.check_references(rel, d)?;
+        match role {
+            LinkRole::Revision(_) => self.check_references(rel, d),
+            LinkRole::TagIndex(_) | LinkRole::TagCurrent => self.check_revision(rel, d),
+            LinkRole::Layer(_) => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The link `rel` (a tag's, or an index's revision) names manifest `d`: its repository
+    /// must hold `d`'s revision. Anything but "not there" counts as there.
+    fn check_revision(&self, rel: &str, d: &Digest) -> FsResult<()> {
+        let Some(repo) = classify(rel).and_then(|k| k.repo().cloned()) else {
+            return Ok(());
+        };
+        let revision = path_for(&PathKind::RevisionLink { repo, digest: *d });
+        match self.store.stat(&revision) {
+            Ok(None) => {
+                tracing::error!(link = rel, digest = %d,
+                    "refused a link naming a manifest the repository holds no revision of: it was removed after the push wrote it; this push fails and the client retries");
+                Err(FsError::ManifestWithoutRevision {
+                    link: rel.to_owned(),
+                    digest: *d,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether blob `d` has its data file. Anything but "not there" counts as there: only
@@ -144,7 +175,8 @@ impl LinkCheck {
         }
     }
 
-    /// A revision link: the manifest's own references must have their data too. A second
+    /// A revision link: the manifest's own references must have their data too, and an
+    /// index's children their revisions. A second
     /// image sharing a collected layer gets its (new) manifest written while its layer
     /// upload was skipped on a stale cache: only this check sees that. Foreign layers
     /// (with `urls`) need not be stored; a manifest regfs cannot read or parse is let
@@ -161,10 +193,13 @@ impl LinkCheck {
             return Ok(());
         };
         let needed = m.blobs.iter().filter(|b| !m.foreign.contains(b));
-        match needed.chain(&m.children).find(|r| !self.has_data(r)) {
-            Some(missing) => Err(refuse(rel, d, missing)),
-            None => Ok(()),
+        if let Some(missing) = needed.chain(&m.children).find(|r| !self.has_data(r)) {
+            return Err(refuse(rel, d, missing));
         }
+        // An index's children are manifests of the same repository.
+        m.children
+            .iter()
+            .try_for_each(|c| self.check_revision(rel, c))
     }
 
     /// The writer's lease, checking its writes too when it writes a tag's current link

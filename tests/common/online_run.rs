@@ -28,7 +28,24 @@ pub struct Core {
 
 impl Core {
     pub fn new() -> Core {
-        let dir = super::tempdir();
+        Core::in_dir(super::tempdir())
+    }
+
+    /// A core over a store in memory (tmpfs, where fsync costs nothing), for tests that
+    /// build thousands of stores; on disk where there is no `/dev/shm`.
+    pub fn in_memory() -> Core {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return Core::new();
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(super::PREFIX)
+            .tempdir_in(shm)
+            .expect("temporary directory in /dev/shm");
+        Core::in_dir(dir)
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Core {
         let root = dir.path().to_path_buf();
         let gate = Arc::new(WriteGate::new());
         let fs = StorageFs::new(&root, gate.clone()).unwrap();
@@ -153,24 +170,27 @@ pub fn run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> OnlineOutcome {
 pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineOutcome, String> {
     one_collector_thread();
     let online = core.online();
-    assert!(start_recording(&core.gate, online, Duration::from_secs(10)));
+    let recording = start_recording(&core.gate, online, Duration::from_secs(10)).unwrap();
     let marked = gc::mark(&core.store, opts, &Unattended, &Unattended);
     let planned = match marked {
         Ok(gc::Marked::Planned(p)) => p,
         Ok(gc::Marked::Interrupted(_)) => panic!("an unattended mark was interrupted"),
-        Err(e) => {
-            online.end();
-            return Err(format!("online mark failed: {e}"));
-        }
+        // The recording drops: the run ends.
+        Err(e) => return Err(format!("online mark failed: {e}")),
     };
     // Writes after the mark, before the pause: the barrier recorded them.
     if let Some(h) = &hooks.before_pause {
         h();
     }
-    let pause = pause_and_install(&core.gate, online, &planned.plan, Duration::from_secs(10))
-        .expect("nothing in flight to wait for");
+    let (sweeping, pause) = pause_and_install(
+        &core.gate,
+        recording,
+        &planned.plan,
+        Duration::from_secs(10),
+    )
+    .expect("nothing in flight to wait for");
     let claims = HookedClaims {
-        inner: OnlineClaims(online),
+        inner: OnlineClaims(&sweeping),
         actions: planned.plan.actions.clone(),
         hooks,
         claimed: Default::default(),
@@ -180,9 +200,10 @@ pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineO
         limit: hooks.stop_after,
     };
     let report = gc::sweep_claimed(planned, &core.fs, &claims, &stop, &Unattended).unwrap();
-    let resurrected = online.resurrected();
-    let refused = online.refused();
-    online.end();
+    let resurrected = sweeping.resurrected();
+    let refused = sweeping.refused();
+    drop(claims);
+    drop(sweeping);
     Ok(OnlineOutcome {
         report,
         recorded: pause.recorded,

@@ -78,10 +78,14 @@ pub fn index_manifest(children: &[Digest]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Called between two filesystem requests of one registry call (a scheduler's switch).
+pub type Step<'a> = &'a (dyn Fn() + Sync);
+
 /// A registry over the filesystem core `fs`.
 pub struct RegistrySim<'a> {
     pub fs: &'a StorageFs,
     uploads: AtomicU64,
+    between: Option<Step<'a>>,
 }
 
 impl<'a> RegistrySim<'a> {
@@ -89,6 +93,24 @@ impl<'a> RegistrySim<'a> {
         RegistrySim {
             fs,
             uploads: AtomicU64::new(0),
+            between: None,
+        }
+    }
+
+    /// A registry that calls `between` before each filesystem request it makes, so a
+    /// scheduler may run anything (a whole GC run) between any two of them. `first` is
+    /// where its upload ids start (several registries over one store).
+    pub fn stepped(fs: &'a StorageFs, between: Step<'a>, first: u64) -> Self {
+        RegistrySim {
+            fs,
+            uploads: AtomicU64::new(first),
+            between: Some(between),
+        }
+    }
+
+    fn step(&self) {
+        if let Some(f) = self.between {
+            f();
         }
     }
 
@@ -102,6 +124,7 @@ impl<'a> RegistrySim<'a> {
     }
 
     pub fn exists(&self, rel: &str) -> bool {
+        self.step();
         self.find(rel).is_some()
     }
 
@@ -109,6 +132,7 @@ impl<'a> RegistrySim<'a> {
     fn mkdir_all(&self, rel: &Path) -> Result<u64> {
         let mut id = ROOT;
         for c in rel.iter() {
+            self.step();
             id = match self.fs.lookup(id, c) {
                 Ok(e) => e.attr.ino.0,
                 Err(_) => match self.fs.mkdir(id, c, 0o755, ROOT_CALLER) {
@@ -136,6 +160,7 @@ impl<'a> RegistrySim<'a> {
         let name = path.file_name().unwrap();
         let flags = libc::O_WRONLY | libc::O_CREAT;
         let step = server(format!("write {rel}"));
+        self.step();
         let (ino, fh) = match self.fs.lookup(parent, name) {
             Ok(e) => self
                 .fs
@@ -152,21 +177,30 @@ impl<'a> RegistrySim<'a> {
             fh: Some(fh),
             ..Default::default()
         };
-        let r = self
-            .fs
-            .setattr(ino, truncate)
-            .and_then(|_| self.fs.write(fh, 0, bytes))
-            .map(drop)
-            .map_err(server(format!("write {rel}")));
+        // os.File: ftruncate, write, fsync (Commit), close; the first error ends it.
+        let r = (|| {
+            self.step();
+            self.fs.setattr(ino, truncate)?;
+            self.step();
+            self.fs.write(fh, 0, bytes)?;
+            self.step();
+            self.fs.fsync(fh, false)
+        })()
+        .map_err(server(format!("write {rel}")));
+        self.step();
         let _ = self.fs.release(fh);
         r
     }
 
     /// Reads a link file through the core (open, read, release), as a blob stat does.
     pub fn read_link(&self, rel: &str) -> Option<Digest> {
+        self.step();
         let ino = self.find(rel)?;
+        self.step();
         let fh = self.fs.open(ino, libc::O_RDONLY, None).ok()?.fh;
+        self.step();
         let bytes = self.fs.read(fh, 0, 128).ok();
+        self.step();
         let _ = self.fs.release(fh);
         let text = String::from_utf8(bytes?).ok()?;
         Digest::from_hex(text.strip_prefix("sha256:")?).ok()
@@ -193,6 +227,7 @@ impl<'a> RegistrySim<'a> {
                 step: format!("find {dir}"),
                 errno: libc::ENOENT,
             })?;
+            self.step();
             self.fs
                 .rename(from_dir, OsStr::new("data"), to_dir, OsStr::new("data"), 0)
                 .map_err(server(format!("move into {}", target.display())))?;
@@ -269,8 +304,10 @@ impl<'a> RegistrySim<'a> {
             for child in self.list(e.attr.ino.0) {
                 self.remove_all(&format!("{rel}/{child}"));
             }
+            self.step();
             let _ = self.fs.rmdir(parent_id, name);
         } else {
+            self.step();
             let _ = self.fs.unlink(parent_id, name);
         }
     }

@@ -22,11 +22,14 @@ mod doomed;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Mutex, MutexGuard};
 
 pub use doomed::{Claim, Doomed, DoomedUnit, Referrer};
 
+use super::gate::Paused;
 use super::{
     Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
     WriteUndo, Writer, WriterLease,
@@ -75,63 +78,154 @@ impl Shared {
     }
 }
 
-/// The run's handle on the layer (clones share it).
+/// The layer's handle for runs (clones share it). A run goes through the phases as
+/// values: [`OnlineCollection::start_recording`] gives a [`Recording`], whose
+/// [`install`](Recording::install) (only with writes paused: it takes the gate's
+/// [`Paused`] guard) turns it into a [`Sweeping`]; dropping either ends the run. A call
+/// out of its phase does not compile, and a second run while one holds the barrier is
+/// refused.
 #[derive(Debug, Clone)]
 pub struct OnlineCollection {
     shared: Arc<Shared>,
 }
 
+/// Another run holds the barrier (a run is started while one is in progress).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an online run is already {0}: one run at a time holds the write barrier")]
+pub struct AlreadyRunning(&'static str);
+
 impl OnlineCollection {
-    /// From now on, writes are recorded.
-    pub fn start_recording(&self) {
-        *self.shared.lock() = Phase::Recording(Recorded::default());
+    /// Phase 1 begins: from now on every write is recorded.
+    ///
+    /// Invariant: a write admitted after this returns is recorded (its path and what it
+    /// names) before it runs, because recording and checking happen under the phase lock
+    /// and the write asks the barrier before it touches the store. A write admitted just
+    /// before is not: the caller must wait for writes in flight before the mark reads
+    /// the store (`daemon::online_epoch::start_recording` pauses for them).
+    pub fn start_recording(&self) -> Result<Recording, AlreadyRunning> {
+        let mut phase = self.shared.lock();
+        match &*phase {
+            Phase::Off => {}
+            Phase::Recording(_) => return Err(AlreadyRunning("recording")),
+            Phase::Sweeping(_) => return Err(AlreadyRunning("sweeping")),
+        }
+        *phase = Phase::Recording(Recorded::default());
         self.shared.refused.store(0, Ordering::Relaxed);
         self.shared.active.store(true, Ordering::Release);
+        Ok(Recording {
+            shared: Some(self.shared.clone()),
+        })
+    }
+
+    /// Blob directories hidden now (none outside a sweep).
+    pub fn hidden(&self) -> Vec<String> {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.hidden().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a run holds the barrier (recording or sweeping).
+    pub fn is_active(&self) -> bool {
+        self.shared.active.load(Ordering::Acquire)
+    }
+}
+
+/// Ends the run (back to `Off`: nothing recorded, hidden or guarded).
+fn end(shared: &Shared) {
+    *shared.lock() = Phase::Off;
+    shared.active.store(false, Ordering::Release);
+}
+
+/// Phases 1 and 2 of an online run: the mark reads the store while writes go on and are
+/// recorded; the plan is made as if nothing had been written. Dropped: the run ends.
+#[derive(Debug)]
+#[must_use = "the run ends when its phase is dropped"]
+pub struct Recording {
+    /// `None` once [`install`](Self::install) moved the run on.
+    shared: Option<Arc<Shared>>,
+}
+
+impl Recording {
+    fn shared(&self) -> &Shared {
+        self.shared.as_ref().expect("a recording run")
     }
 
     /// Takes back every unit of `doomed` that the writes recorded so far reach, and
     /// forgets them; recording goes on. Returns how many paths they had written. Done
     /// once before the pause, so the pause only has the last moments' writes to apply.
-    pub fn absorb(&self, doomed: &mut Doomed) -> u64 {
-        let rec = match &mut *self.shared.lock() {
+    pub fn absorb(&mut self, doomed: &mut Doomed) -> u64 {
+        let shared = self.shared();
+        let rec = match &mut *shared.lock() {
             Phase::Recording(rec) => std::mem::take(rec),
             _ => return 0,
         };
-        self.shared.apply(&rec, doomed)
-    }
-
-    /// Call with writes paused: every unit of `doomed` that a write recorded (and not
-    /// yet absorbed) reaches is taken back, and from now on writes are checked against
-    /// the rest. Returns how many paths those writes had written.
-    pub fn install(&self, mut doomed: Doomed) -> u64 {
-        let mut recorded = 0;
-        loop {
-            let mut phase = self.shared.lock();
-            let rec = match &mut *phase {
-                Phase::Recording(rec) if rec.paths.is_empty() && rec.touched.is_empty() => {
-                    *phase = Phase::Sweeping(doomed);
-                    return recorded;
-                }
-                Phase::Recording(rec) => std::mem::take(rec),
-                // Ended meanwhile: nothing to guard.
-                _ => return recorded,
-            };
-            // Manifests are read without the lock; a writer admitted just before the
-            // pause may record more meanwhile, hence the loop.
-            drop(phase);
-            recorded += self.shared.apply(&rec, &mut doomed);
-        }
+        shared.apply(&rec, doomed)
     }
 
     /// What keeping manifest `digest` of `repo` keeps: its blob, its revision, and what
     /// it references (recursively for indexes). Reads the store.
     pub fn manifest_reach(&self, repo: &RepoName, digest: Digest) -> Vec<String> {
-        self.shared.guarded_paths(&Touched::Manifest {
+        self.shared().guarded_paths(&Touched::Manifest {
             repo: repo.clone(),
             digest,
         })
     }
 
+    /// Phase 3, with writes paused (`paused` is the gate's guard): every unit of `doomed`
+    /// that a write recorded (and not yet absorbed) reaches is taken back, and from now on
+    /// writes are checked against the rest. Returns the sweeping run and how many paths
+    /// those writes had written.
+    ///
+    /// Invariant: every write admitted before this returns was recorded and is applied
+    /// here (writes in flight finished before the pause, new ones wait for it to end);
+    /// every write after it is checked against the doomed set under the phase lock.
+    pub fn install(mut self, mut doomed: Doomed, _paused: &Paused<'_>) -> (Sweeping, u64) {
+        let shared = self.shared.take().expect("a recording run");
+        let mut recorded = 0;
+        loop {
+            let mut phase = shared.lock();
+            let rec = match &mut *phase {
+                Phase::Recording(rec) if rec.paths.is_empty() && rec.touched.is_empty() => {
+                    *phase = Phase::Sweeping(doomed);
+                    drop(phase);
+                    return (Sweeping { shared }, recorded);
+                }
+                Phase::Recording(rec) => std::mem::take(rec),
+                Phase::Off | Phase::Sweeping(_) => {
+                    unreachable!("a recording run's phase changed behind it")
+                }
+            };
+            // Manifests are read without the lock; a writer admitted just before the
+            // pause may record more meanwhile, hence the loop.
+            drop(phase);
+            recorded += shared.apply(&rec, &mut doomed);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            end(shared);
+        }
+    }
+}
+
+/// Phase 4 of an online run: the sweep deletes unit by unit while writes go on, each
+/// checked against what it deletes. Dropped: the run ends.
+///
+/// Invariant: a unit is either taken back or deleted, never both: the sweep claims a
+/// unit under the phase lock only while it is still doomed, and a write naming a claimed
+/// unit is refused (EIO) until the sweep releases it, after which a write naming what it
+/// deleted is refused until it makes the unit anew.
+#[derive(Debug)]
+#[must_use = "the run ends when its phase is dropped"]
+pub struct Sweeping {
+    shared: Arc<Shared>,
+}
+
+impl Sweeping {
     /// The sweep takes unit `i` (the plan's index); false if a write took it back.
     pub fn claim(&self, i: usize) -> bool {
         match &mut *self.shared.lock() {
@@ -167,11 +261,11 @@ impl OnlineCollection {
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
     }
+}
 
-    /// The run is over (done, stopped, failed): nothing is recorded, hidden or guarded.
-    pub fn end(&self) {
-        *self.shared.lock() = Phase::Off;
-        self.shared.active.store(false, Ordering::Release);
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        end(&self.shared);
     }
 }
 
