@@ -122,6 +122,7 @@ impl Runtime {
             grace,
         } = start;
         let cfg = &options.mount;
+        mount::require_root().map_err(|e| e.to_string())?;
         // The listener's credentials and certificate are checked before anything else.
         let listener = match &options.metrics {
             Some(_) => Some(crate::api::prepare(&options.api)?),

@@ -359,6 +359,37 @@ fn a_push_during_the_mark_keeps_what_it_links() {
     );
 }
 
+/// A client asks whether the repository has a blob (HEAD: its `_layers` link read) while
+/// the run marks, is told yes and skips the upload: the blob must still be there when it
+/// pushes the manifest after the run, or that push fails with "blob unknown".
+#[test]
+fn a_blob_a_client_was_told_exists_during_the_mark_stays() {
+    let core = Core::new();
+    let old = deleted_image(&core, "a", b"layer asked about while marking", "old");
+    let layer = old.layers[0];
+    let hooks = Hooks {
+        before_pause: Some(Box::new(|| {
+            assert!(core.registry().blob_exists("a", &layer));
+        })),
+        ..Default::default()
+    };
+    run(&core, &opts(), &hooks);
+    drop(hooks);
+    assert!(
+        core.has_data(&blob_data(&layer)),
+        "a blob HEAD answered 'exists' for during the run was deleted by it"
+    );
+    let again = push_image(
+        &core,
+        "a",
+        Some("t"),
+        &[b"layer asked about while marking"],
+        "new",
+    )
+    .expect("the push that skipped the upload");
+    again.assert_whole(&core, "a");
+}
+
 #[test]
 fn stop_in_the_middle_of_the_sweep_leaves_a_consistent_store_and_nothing_hidden() {
     let core = Core::new();

@@ -123,13 +123,19 @@ fn refuse_fuse_storage(storage: &Path) -> Result<(), MountError> {
     })
 }
 
+/// The daemon runs as root: checked before anything else is touched (its state
+/// directory under /run, the mount).
+pub fn require_root() -> Result<(), MountError> {
+    match rustix::process::geteuid().as_raw() {
+        0 => Ok(()),
+        euid => Err(MountError::NotRoot(euid)),
+    }
+}
+
 /// Everything that can be checked before mounting, with errors that say what to do.
 /// Returns the canonical (storage, mountpoint).
 pub fn preflight(cfg: &MountConfig) -> Result<(PathBuf, PathBuf), MountError> {
-    let euid = rustix::process::geteuid().as_raw();
-    if euid != 0 {
-        return Err(MountError::NotRoot(euid));
-    }
+    require_root()?;
     match fs::metadata("/dev/fuse") {
         Ok(m) if m.file_type().is_char_device() => {}
         Ok(_) => {

@@ -20,7 +20,7 @@ use crate::worker::Worker;
 
 mod checks;
 
-pub use checks::{MountEntry, mount_at, mounts, preflight, recover_stale};
+pub use checks::{MountEntry, mount_at, mounts, preflight, recover_stale, require_root};
 
 /// Everything `regfs mount` needs to serve a store.
 #[derive(Debug, Clone)]

@@ -427,15 +427,22 @@ impl Shared {
         Ok(())
     }
 
-    /// A link opened for reading while sweeping: someone asks for that blob or manifest
-    /// in that repository, so a doomed one is taken back (one being deleted is not).
+    /// A link opened for reading: someone asks for that blob or manifest in that
+    /// repository (a HEAD before a client skips an upload, a pull). While recording it is
+    /// recorded like a write (a client told "exists" during the mark must not find it
+    /// gone when it pushes the manifest); while sweeping a doomed one is taken back (one
+    /// being deleted is not).
     fn note_read(&self, path: &dyn Fn() -> String) {
-        if !self.active.load(Ordering::Acquire) || !matches!(&*self.lock(), Phase::Sweeping(_)) {
+        if !self.active.load(Ordering::Acquire) {
             return;
         }
         let Some(t) = touched_by_path(&path()) else {
             return;
         };
+        if let Phase::Recording(rec) = &mut *self.lock() {
+            rec.touched.insert(t);
+            return;
+        }
         let guarded = self.guarded_paths(&t);
         if let Phase::Sweeping(doomed) = &mut *self.lock() {
             // All or nothing, as for writes: a revision is never taken back while its
