@@ -342,3 +342,63 @@ fn a_name_held_from_another_machine_is_refused_until_its_lease_expires() {
         .unwrap_or_else(|(code, log)| panic!("exit {code}:\n{log}"));
     assert_eq!(names(&members(&n)), ["ghost"]);
 }
+
+#[test]
+fn a_node_whose_name_was_taken_while_its_lease_lapsed_stays_fenced_until_it_is_free() {
+    let Some(ClusterWorld {
+        _one_at_a_time,
+        dir,
+        storage,
+    }) = cluster_world(20, 22)
+    else {
+        return;
+    };
+    let etcd = Etcd::start(dir.path());
+    let node_a = Node::start(dir.path(), &storage, &etcd, "nodeA", &[]);
+    let node_b = Node::start(dir.path(), &storage, &etcd, "nodeB", &[]);
+    for n in [&node_a, &node_b] {
+        n.wait_writable(true, Duration::from_secs(5));
+    }
+    // nodeA stalls past its lease (a pause, swap, a frozen VM); meanwhile another daemon
+    // takes the name, which is free.
+    assert!(node_a.guard.signal(libc::SIGSTOP));
+    let deadline = Instant::now() + TTL + Duration::from_secs(5);
+    while names(&members(&node_b)).contains(&"nodeA") {
+        assert!(
+            Instant::now() < deadline,
+            "nodeA's entry outlived its lease"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut other = Node::try_start(dir.path(), &storage, &etcd, "other", Some("nodeA"), &[])
+        .unwrap_or_else(|(code, log)| panic!("exit {code}:\n{log}"));
+    assert!(node_a.guard.signal(libc::SIGCONT));
+    // nodeA cannot have its name back: it stays fenced and says who holds it.
+    node_a.wait_writable(false, Duration::from_secs(1));
+    thread::sleep(TTL * 2);
+    assert!(!node_a.writable(), "nodeA serves writes without its name");
+    let st = node_a.status();
+    let error = st["cluster"]["error"].as_str().unwrap_or("").to_string();
+    let pid = format!("pid {}", other.guard.child.id());
+    assert!(error.contains("in use") && error.contains(&pid), "{st:#}");
+    assert_eq!(
+        members(&node_b)
+            .into_iter()
+            .filter(|(n, _)| n == "nodeA")
+            .collect::<Vec<_>>(),
+        [("nodeA".to_string(), other.mnt().display().to_string())]
+    );
+    // Once the other daemon leaves, nodeA claims its name again and reopens.
+    other.stop();
+    let freed = Instant::now();
+    node_a.wait_writable(true, Duration::from_secs(10));
+    println!(
+        "nodeA writable {:?} after the other holder of its name left",
+        freed.elapsed()
+    );
+    assert!(
+        members(&node_b).contains(&("nodeA".into(), node_a.mnt().display().to_string())),
+        "{:?}",
+        members(&node_b)
+    );
+}
