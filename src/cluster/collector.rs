@@ -282,6 +282,8 @@ impl EpochCoordinator for Collector {
                         node: m.node,
                         state: m.state,
                         mountpoint: m.mountpoint,
+                        host: m.host,
+                        pid: m.pid,
                     })
                     .collect();
                 if let Some(kv) = epoch {

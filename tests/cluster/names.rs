@@ -240,6 +240,15 @@ fn the_default_name_is_the_machine_id_and_the_mount_point() {
     assert_eq!(st["cluster"]["node"], want.as_str(), "{st:#}");
     assert!(!want.starts_with(&format!("{}:", host.trim())));
     assert_eq!(names(&members(&n)), [want.as_str()]);
+    // The name says little to a person: status says which machine and process hold it.
+    let m = &st["cluster"]["members"][0];
+    assert_eq!(m["host"], host.trim(), "{st:#}");
+    assert_eq!(m["pid"], n.guard.child.id(), "{st:#}");
+    let mnt = n.mnt().display().to_string();
+    let (code, text, err) = n.regfs(&["status", &mnt]);
+    assert_eq!(code, 0, "{err}");
+    let line = format!("on {}, pid {})", host.trim(), n.guard.child.id());
+    assert!(text.contains(&line), "{text}");
     println!("default node name: {want}");
 }
 
