@@ -339,7 +339,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "URL[,URL...]", help_heading = "Cluster")]
     pub cluster_endpoints: Option<String>,
 
-    /// This node's name in the cluster, unique [default: hostname:MOUNTPOINT].
+    /// This node's name in the cluster, claimed in etcd at start (a name another live
+    /// node holds is refused) [default: MACHINE-ID:MOUNTPOINT, from /etc/machine-id].
     #[arg(long, value_name = "NAME", help_heading = "Cluster")]
     pub cluster_node: Option<String>,
 

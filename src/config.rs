@@ -40,7 +40,7 @@
 //! # several nodes over one shared store, coordinated through etcd
 //! [cluster]
 //! endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
-//! node = "registry-1"      # default: hostname:mountpoint
+//! node = "registry-1"      # default: machine-id:mountpoint
 //! lease_ttl = "10s"
 //! prefix = "/regfs/"
 //! ```

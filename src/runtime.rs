@@ -85,6 +85,8 @@ struct ThreadParts {
     layers: Arc<SettingsLayers>,
     listener: Option<crate::api::Prepared>,
     reload: Option<Reload>,
+    /// Cluster mode: the node's name, claimed before the mount.
+    claimed: Option<crate::cluster::Claimed>,
 }
 
 /// The threads the runtime owns, each taken when it is stopped.
@@ -138,6 +140,15 @@ impl Runtime {
             options.settings.clone(),
         )?);
         let settings = layers.effective();
+        // A cluster node's name is claimed before anything is mounted: a daemon whose name
+        // another live node holds is refused here, and mounts nothing.
+        let claimed = match &options.cluster {
+            Some(c) => Some(crate::cluster::Claimed::take(
+                c,
+                &cfg.mountpoint.display().to_string(),
+            )?),
+            None => None,
+        };
         let gate = WriteGate::new();
         if options.cluster.is_some() {
             // Closed until this node is a member and no epoch is on (`cluster::member`).
@@ -184,6 +195,7 @@ impl Runtime {
             layers,
             listener,
             reload: signals,
+            claimed,
         };
         if let Err(e) = rt.start_threads(&options, &state_dir, parts) {
             rt.stop_all();
@@ -208,9 +220,10 @@ impl Runtime {
             layers,
             listener,
             reload,
+            claimed,
         } = parts;
-        if let Some(c) = &options.cluster {
-            self.join_cluster(c, options.settings.drain_timeout)?;
+        if let (Some(c), Some(claimed)) = (&options.cluster, claimed) {
+            self.join_cluster(c, claimed, options.settings.drain_timeout)?;
         }
         let t = &mut self.threads;
         t.control = Some(
@@ -255,6 +268,7 @@ impl Runtime {
     fn join_cluster(
         &mut self,
         cfg: &crate::cluster::ClusterConfig,
+        claimed: crate::cluster::Claimed,
         drain_timeout: Duration,
     ) -> Result<(), String> {
         if let Err(e) = crate::cluster::history::write_note(self.daemon.state_dir(), cfg) {
@@ -262,9 +276,8 @@ impl Runtime {
         }
         let daemon = Arc::downgrade(&self.daemon);
         let node = crate::cluster::Node::start(crate::cluster::NodeStart {
-            cfg: cfg.clone(),
+            claimed,
             gate: WriteGate::clone(self.daemon.fs().gate()),
-            mountpoint: self.mountpoint.display().to_string(),
             drain_timeout,
             stop_run: Box::new(move || {
                 if let Some(d) = daemon.upgrade() {

@@ -1,6 +1,7 @@
 //! The `[cluster]` section and the `--cluster-*` flags: defaults, flags over the file,
 //! and bad values refused naming the key.
 
+use std::path::Path;
 use std::time::Duration;
 
 use regfs::config::{FileConfig, MountFlags, resolve};
@@ -37,11 +38,10 @@ fn a_cluster_section_takes_defaults_and_the_kernel_caches_nothing() {
     assert_eq!(c.endpoints.len(), 2);
     assert_eq!(c.lease_ttl, Duration::from_secs(10));
     assert_eq!(c.prefix, "/regfs/");
-    assert!(
-        c.node.ends_with(":/srv/mnt"),
-        "hostname:mountpoint: {}",
-        c.node
-    );
+    // Unique per machine: its machine id (cloned machines may share a hostname).
+    let machine = regfs::cluster::machine_id(&regfs::cluster::MACHINE_ID_FILES.map(Path::new))
+        .expect("this machine has a machine id");
+    assert_eq!(c.node, format!("{machine}:/srv/mnt"));
     assert_eq!(o.mount.attr_timeout, Duration::ZERO);
     assert!(o.mount.shared_store);
 }

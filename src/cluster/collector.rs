@@ -38,13 +38,13 @@ impl Collector {
     }
 
     fn unreachable(&self) -> String {
-        format!(
-            "cluster: etcd not reachable ({})",
-            self.sh
-                .session
-                .error()
-                .unwrap_or_else(|| "no lease yet".into())
-        )
+        match self.sh.session.error() {
+            Some(e) if e.starts_with("cluster: ") => e,
+            e => format!(
+                "cluster: etcd not reachable ({})",
+                e.unwrap_or_else(|| "no lease or name yet".into())
+            ),
+        }
     }
 
     fn current(&self) -> Option<u64> {
@@ -282,6 +282,8 @@ impl EpochCoordinator for Collector {
                         node: m.node,
                         state: m.state,
                         mountpoint: m.mountpoint,
+                        host: m.host,
+                        pid: m.pid,
                     })
                     .collect();
                 if let Some(kv) = epoch {

@@ -170,6 +170,13 @@ impl Etcd {
         Ok(int(&r["TTL"]) > 0)
     }
 
+    /// How long a lease has left; `None` once it has expired (or never was).
+    pub fn time_to_live(&self, lease: i64) -> Result<Option<Duration>, EtcdError> {
+        let v = self.call("/v3/lease/timetolive", json!({"ID": lease.to_string()}))?;
+        let ttl = int(&v["TTL"]);
+        Ok((ttl >= 0).then(|| Duration::from_secs(ttl as u64)))
+    }
+
     pub fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
         self.call("/v3/lease/revoke", json!({"ID": lease.to_string()}))
             .map(|_| ())
@@ -198,15 +205,38 @@ impl Etcd {
     /// Creates `key` only if it does not exist (one transaction). `Ok(Some(revision))`:
     /// created at that revision; `Ok(None)`: it existed.
     pub fn create(&self, key: &str, value: &[u8], lease: i64) -> Result<Option<u64>, EtcdError> {
+        Ok(self.create_or_get(key, value, lease)?.ok())
+    }
+
+    /// Creates `key` only if it does not exist, and otherwise reads it, in one
+    /// transaction: `Ok(Ok(revision))`: created at that revision; `Ok(Err(kv))`: the key
+    /// as it was when the creation was refused.
+    pub fn create_or_get(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<Result<u64, Kv>, EtcdError> {
+        let path = "/v3/kv/txn";
         let v = self.call(
-            "/v3/kv/txn",
+            path,
             json!({
                 "compare": [{"target": "CREATE", "key": b64(key.as_bytes()), "create_revision": "0"}],
                 "success": [{"request_put": put_body(key, value, lease)}],
+                "failure": [{"request_range": {"key": b64(key.as_bytes())}}],
             }),
         )?;
-        let created = v["succeeded"].as_bool().unwrap_or(false);
-        Ok(created.then(|| int(&v["header"]["revision"]) as u64))
+        if v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(Ok(int(&v["header"]["revision"]) as u64));
+        }
+        kvs(&v["responses"][0]["response_range"])
+            .into_iter()
+            .next()
+            .map(Err)
+            .ok_or_else(|| EtcdError::Refused {
+                path: path.into(),
+                message: format!("{key}: neither created nor found"),
+            })
     }
 
     /// Replaces `key` only if it is still the one created at `revision`.
@@ -217,10 +247,21 @@ impl Etcd {
         value: &[u8],
         lease: i64,
     ) -> Result<bool, EtcdError> {
+        self.put_guarded((key, revision), key, value, lease)
+    }
+
+    /// Puts `key` only while `guard.0` is the key created at revision `guard.1`.
+    pub fn put_guarded(
+        &self,
+        guard: (&str, u64),
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
         let v = self.call(
             "/v3/kv/txn",
             json!({
-                "compare": [{"target": "CREATE", "key": b64(key.as_bytes()), "create_revision": revision.to_string()}],
+                "compare": [{"target": "CREATE", "key": b64(guard.0.as_bytes()), "create_revision": guard.1.to_string()}],
                 "success": [{"request_put": put_body(key, value, lease)}],
             }),
         )?;

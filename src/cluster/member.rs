@@ -1,6 +1,7 @@
 //! The member agent: every [`POLL`] it makes the local gate what the cluster needs.
 //! Another node's epoch on: close, drain, acknowledge, stay closed until it is gone.
-//! The node's own lease in doubt: fence (close) and stop any local run. Otherwise open.
+//! The node's own lease or name in doubt: fence (close) and stop any local run.
+//! Otherwise open.
 //! The gate starts closed (the runtime closes it before the mount serves), so a node that
 //! starts during an epoch, or without etcd, never serves a write it should not.
 
@@ -10,7 +11,6 @@ use chrono::Utc;
 
 use super::Shared;
 use super::etcd::Kv;
-use super::records::MemberRecord;
 use crate::daemon::epoch::MemberDrain;
 use crate::daemon::job::CutWriter;
 
@@ -110,25 +110,36 @@ fn tick(sh: &Shared, st: &mut Local) {
     publish(sh, st, lease);
 }
 
-/// Writes the member's entry when its lease or state changed.
+/// Rewrites the member's entry when its lease or state changed: only while it is the
+/// entry this node created (its claim), so no node ever writes another's.
 fn publish(sh: &Shared, st: &mut Local, lease: i64) {
     if st.published == (lease, st.state) {
         return;
     }
-    let rec = MemberRecord {
-        node: sh.cfg.node.clone(),
-        mountpoint: sh.mountpoint.clone(),
-        state: st.state.name().into(),
-        since: Utc::now(),
+    let Some((held_under, revision, claimed_at)) = sh.session.claim() else {
+        return;
     };
-    let value = serde_json::to_vec(&rec).unwrap_or_default();
-    if sh
-        .etcd
-        .put(&sh.keys.member(&sh.cfg.node), &value, lease)
-        .is_ok()
-    {
-        st.published = (lease, st.state);
+    if held_under != lease {
+        return;
     }
+    let rec = sh.record(st.state.name(), claimed_at);
+    let value = serde_json::to_vec(&rec).unwrap_or_default();
+    match sh
+        .etcd
+        .put_if(&sh.keys.member(&sh.cfg.node), revision, &value, lease)
+    {
+        Ok(true) => st.published = (lease, st.state),
+        Ok(false) => lost(sh, revision),
+        Err(_) => {}
+    }
+}
+
+/// The entry this node created is gone while its lease lives (deleted by hand): fence
+/// until the session has claimed the name again.
+fn lost(sh: &Shared, revision: u64) {
+    tracing::error!(node = %sh.cfg.node,
+        "cluster: this node's member entry is gone while its lease lives; fencing until the name is claimed again");
+    sh.session.claim_lost(revision);
 }
 
 /// Another node's epoch is on: close, drain, acknowledge (once per epoch).
@@ -166,14 +177,26 @@ fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
         cut_writers: CutWriter::all_of(&report),
     };
     let value = serde_json::to_vec(&ack).unwrap_or_default();
-    if sh
+    let Some((held_under, revision, _)) = sh.session.claim() else {
+        return;
+    };
+    if held_under != lease {
+        return;
+    }
+    // Only while the member entry is this node's: no one acknowledges for another.
+    let member = sh.keys.member(&sh.cfg.node);
+    let ack_key = sh.keys.ack(epoch, &sh.cfg.node);
+    match sh
         .etcd
-        .put(&sh.keys.ack(epoch, &sh.cfg.node), &value, lease)
-        .is_ok()
+        .put_guarded((&member, revision), &ack_key, &value, lease)
     {
-        tracing::info!(node = %sh.cfg.node, epoch, drain_seconds = ack.drain_seconds,
-            cut = ack.cut_writers.len(), "cluster: closed and drained; acknowledged");
-        st.acked = Some(epoch);
+        Ok(true) => {
+            tracing::info!(node = %sh.cfg.node, epoch, drain_seconds = ack.drain_seconds,
+                cut = ack.cut_writers.len(), "cluster: closed and drained; acknowledged");
+            st.acked = Some(epoch);
+        }
+        Ok(false) => lost(sh, revision),
+        Err(_) => {}
     }
 }
 
@@ -189,7 +212,7 @@ fn fence(sh: &Shared, st: &mut Local) {
     sh.gate.refuse_new_writes();
     if st.state != State::Starting {
         tracing::error!(node = %sh.cfg.node, error = sh.session.error().unwrap_or_default(),
-            "cluster: lost etcd; FENCED: the store refuses writes until etcd answers again");
+            "cluster: lost etcd or this node's name; FENCED: the store refuses writes until both are back");
     }
     let collecting = sh
         .collecting

@@ -3,7 +3,10 @@
 //! ([`member`]) closes the local gate whenever another node's epoch is on, or whenever
 //! the node cannot be sure of its lease (fencing); the collector side ([`collector`]) is
 //! the [`EpochCoordinator`](crate::daemon::epoch::EpochCoordinator) the runner calls.
+//! A node's name is a claim in etcd under its lease ([`claim`]): no two live daemons
+//! share one.
 
+pub mod claim;
 pub mod collector;
 pub mod etcd;
 pub mod history;
@@ -11,18 +14,53 @@ pub mod member;
 pub mod records;
 pub mod session;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
+pub use claim::Claimed;
+
 use crate::policy::gate::WriteGate;
+
+/// Where the machine id is read from, in order: systemd's, then D-Bus's older place.
+pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This machine's id: the first of `files` that holds one (32 hexadecimal digits). Err
+/// says what each file held.
+pub fn machine_id(files: &[&Path]) -> Result<String, String> {
+    let mut tried = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(s) => {
+                let id = s.trim();
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok(id.to_ascii_lowercase());
+                }
+                let what = if id.is_empty() {
+                    "empty".to_string()
+                } else {
+                    format!(
+                        "{:?} is not a machine id",
+                        id.chars().take(40).collect::<String>()
+                    )
+                };
+                tried.push(format!("{}: {what}", f.display()));
+            }
+            Err(e) => tried.push(format!("{}: {e}", f.display())),
+        }
+    }
+    Err(tried.join("; "))
+}
 
 /// The `[cluster]` section: where etcd is and who this node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub endpoints: Vec<String>,
-    /// Unique in the cluster (default: hostname and mount point).
+    /// Unique in the cluster, claimed in etcd (default: machine id and mount point).
     pub node: String,
     /// How long a node's membership outlives its last word to etcd.
     pub lease_ttl: Duration,
@@ -31,12 +69,23 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// The default node name: `hostname:/mount/point`.
-    pub fn default_node(mountpoint: &std::path::Path) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        format!("{host}:{}", mountpoint.display())
+    /// The default node name: `MACHINE-ID:/mount/point`, unique per machine and mount
+    /// point (a hostname is not: cloned machines share one). Err when this machine has
+    /// no machine id.
+    pub fn default_node(mountpoint: &Path) -> Result<String, String> {
+        Self::default_node_from(mountpoint, &MACHINE_ID_FILES.map(Path::new))
+    }
+
+    /// [`Self::default_node`] with the machine id read from `files`.
+    pub fn default_node_from(mountpoint: &Path, files: &[&Path]) -> Result<String, String> {
+        let id = machine_id(files).map_err(|tried| {
+            format!(
+                "no node name given and no machine id to make one from ({tried}): name this \
+                 node, uniquely in the cluster, with --cluster-node NAME or `node` in \
+                 [cluster] (or give the machine an id: systemd-machine-id-setup)"
+            )
+        })?;
+        Ok(format!("{id}:{}", mountpoint.display()))
     }
 
     /// A keepalive is sent this often: several chances before the node fences itself.
@@ -69,6 +118,8 @@ pub struct Shared {
     pub keys: records::Keys,
     pub gate: WriteGate,
     pub mountpoint: String,
+    /// This process, as its member entry says.
+    pub me: claim::Holder,
     /// How long a member lets writers finish when another node's epoch starts.
     pub drain_timeout: Duration,
     pub session: session::Session,
@@ -83,6 +134,11 @@ impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
+
+    /// This node's member entry in `state`.
+    fn record(&self, state: &str, claimed_at: DateTime<Utc>) -> records::MemberRecord {
+        claim::record(&self.cfg, &self.mountpoint, &self.me, state, claimed_at)
+    }
 }
 
 /// A node of the cluster: its session and member agent threads.
@@ -93,27 +149,33 @@ pub struct Node {
 
 /// What a node starts with.
 pub struct NodeStart {
-    pub cfg: ClusterConfig,
+    /// Its name, claimed before the mount serves.
+    pub claimed: Claimed,
     /// Closed by the caller before the mount serves; the agent opens it once the node is
     /// a member and no epoch is on.
     pub gate: WriteGate,
-    pub mountpoint: String,
     pub drain_timeout: Duration,
     pub stop_run: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Node {
     pub fn start(s: NodeStart) -> Result<Node, String> {
-        let etcd =
-            etcd::Etcd::new(&s.cfg.endpoints, s.cfg.call_timeout()).map_err(|e| e.to_string())?;
+        let claim::Parts {
+            cfg,
+            mountpoint,
+            me,
+            etcd,
+            held,
+        } = s.claimed.into_parts();
         let shared = Arc::new(Shared {
-            keys: records::Keys::new(&s.cfg.prefix),
-            cfg: s.cfg,
+            keys: records::Keys::new(&cfg.prefix),
+            cfg,
             etcd,
             gate: s.gate,
-            mountpoint: s.mountpoint,
+            mountpoint,
+            me,
             drain_timeout: s.drain_timeout,
-            session: session::Session::default(),
+            session: session::Session::started(held),
             collecting: Mutex::new(None),
             stop_run: s.stop_run,
             stopping: AtomicBool::new(false),
@@ -166,5 +228,45 @@ impl Drop for Node {
         if !self.threads.is_empty() {
             self.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_name_is_the_first_machine_id_found_and_the_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (etc, dbus) = (dir.path().join("etc"), dir.path().join("dbus"));
+        let files = [etc.as_path(), dbus.as_path()];
+        let mnt = Path::new("/srv/registry");
+        let e = ClusterConfig::default_node_from(mnt, &files).unwrap_err();
+        assert!(
+            e.contains("--cluster-node") && e.contains(&*etc.to_string_lossy()),
+            "{e}"
+        );
+        std::fs::write(&dbus, "0123456789ABCDEF0123456789abcdef\n").unwrap();
+        assert_eq!(
+            ClusterConfig::default_node_from(mnt, &files).unwrap(),
+            "0123456789abcdef0123456789abcdef:/srv/registry",
+            "the D-Bus id when systemd's is missing"
+        );
+        std::fs::write(&etc, "\n").unwrap();
+        assert!(
+            ClusterConfig::default_node_from(mnt, &files)
+                .unwrap()
+                .starts_with("0123"),
+            "an empty (uninitialized) id is passed over"
+        );
+        std::fs::write(&etc, "fedcba9876543210fedcba9876543210\n").unwrap();
+        assert_eq!(
+            ClusterConfig::default_node_from(mnt, &files).unwrap(),
+            "fedcba9876543210fedcba9876543210:/srv/registry"
+        );
+        std::fs::write(&etc, "uninitialized\n").unwrap();
+        std::fs::remove_file(&dbus).unwrap();
+        let e = ClusterConfig::default_node_from(mnt, &files).unwrap_err();
+        assert!(e.contains("\"uninitialized\" is not a machine id"), "{e}");
     }
 }

@@ -1,7 +1,10 @@
 //! What the nodes keep in etcd, under the cluster's prefix:
 //!
 //! ```text
-//! <prefix>members/<node>        MemberRecord, under the node's lease (gone when it dies)
+//! <prefix>members/<node>        MemberRecord, under the node's lease (gone when it dies):
+//!                               the node's claim of its name, created by a transaction
+//!                               only if absent, rewritten only by the node that created
+//!                               it (while its create revision is the one it made)
 //! <prefix>epoch                 EpochRecord, under the collector's lease; created by a
 //!                               transaction only if absent: its create revision is the
 //!                               epoch's number, and at most one exists
@@ -13,14 +16,33 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// A member's entry.
+/// A member's entry, and its claim of its name: who holds it, where and since when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub node: String,
     pub mountpoint: String,
     /// `open`, `closed` or `starting` (a fenced node cannot say so: its entry expires).
     pub state: String,
+    /// When it entered that state.
     pub since: DateTime<Utc>,
+    /// The machine's hostname, for people.
+    #[serde(default)]
+    pub host: String,
+    /// The machine's id (`/etc/machine-id`); empty if it has none.
+    #[serde(default)]
+    pub machine_id: String,
+    /// The kernel's boot id: the same machine id with another boot id is a reboot.
+    #[serde(default)]
+    pub boot_id: String,
+    #[serde(default)]
+    pub pid: u32,
+    /// The process's start time (clock ticks after boot): a pid used again by another
+    /// process is not taken for the holder.
+    #[serde(default)]
+    pub process_start: u64,
+    /// When this holder claimed the name.
+    #[serde(default)]
+    pub claimed_at: DateTime<Utc>,
 }
 
 /// The one epoch on, if any.

@@ -91,7 +91,8 @@ pub(super) fn resolve(
             ));
         }
         Some((node, ..)) => node,
-        None => ClusterConfig::default_node(mountpoint),
+        None => ClusterConfig::default_node(mountpoint)
+            .map_err(|e| bad(origin.into(), "cluster.node".into(), e))?,
     };
     let prefix = match n.pick(
         args.cluster_prefix.clone(),

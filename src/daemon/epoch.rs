@@ -15,6 +15,11 @@ pub struct MemberView {
     /// `open`, `closed` (in an epoch), `fenced` (lost etcd) or `starting`.
     pub state: String,
     pub mountpoint: String,
+    /// The machine and process that hold the name (empty, 0: not said).
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// The cluster as this node sees it now.

@@ -153,11 +153,11 @@ fn write_cluster(f: &mut fmt::Formatter<'_>, c: &super::epoch::ClusterView) -> f
         _ => writeln!(f, "  collector    none (no epoch)")?,
     }
     for m in &c.members {
-        writeln!(
-            f,
-            "  member       {} {} ({})",
-            m.node, m.state, m.mountpoint
-        )?;
+        write!(f, "  member       {} {} ({}", m.node, m.state, m.mountpoint)?;
+        if !m.host.is_empty() {
+            write!(f, " on {}, pid {}", m.host, m.pid)?;
+        }
+        writeln!(f, ")")?;
     }
     Ok(())
 }

@@ -151,16 +151,70 @@ pub struct Node {
 impl Node {
     /// Starts node `name` over `storage` at `dir/<name>` and returns once it serves.
     pub fn start(dir: &Path, storage: &Path, etcd: &Etcd, name: &str, args: &[&str]) -> Node {
+        let node = Node::spawn(dir, storage, etcd, name, Some(name), args);
+        node.wait_log("serving", Duration::from_secs(15));
+        node
+    }
+
+    /// Starts `regfs mount` at `dir/<mnt>` named `node` (None: the default name) and
+    /// returns once it serves (Ok) or has exited (Err: its exit code and log).
+    pub fn try_start(
+        dir: &Path,
+        storage: &Path,
+        etcd: &Etcd,
+        mnt: &str,
+        node: Option<&str>,
+        args: &[&str],
+    ) -> Result<Node, (i32, String)> {
+        Node::spawn(dir, storage, etcd, mnt, node, args).started()
+    }
+
+    /// Waits until it serves (Ok) or has exited (Err: its exit code and log).
+    pub fn started(mut self) -> Result<Node, (i32, String)> {
+        let mnt = self.guard.mnt.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.log().contains("serving") {
+                return Ok(self);
+            }
+            if let Some(st) = self.guard.child.try_wait().unwrap() {
+                // The log thread reads to the pipe's end: let it catch up.
+                thread::sleep(Duration::from_millis(100));
+                return Err((st.code().unwrap_or(-1), self.log()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mnt}: neither serving nor exited:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `regfs mount STORAGE dir/<mnt>`, named `node` (None: the default name).
+    pub fn spawn(
+        dir: &Path,
+        storage: &Path,
+        etcd: &Etcd,
+        mnt: &str,
+        node: Option<&str>,
+        args: &[&str],
+    ) -> Node {
+        let name = mnt;
         let mnt = dir.join(name);
         let state = dir.join(format!("{name}.state"));
         fs::create_dir_all(&mnt).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("mount")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount")
             .arg(storage)
             .arg(&mnt)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--cluster-endpoints", &etcd.url, "--cluster-node", name])
+            .args(["--cluster-endpoints", &etcd.url]);
+        if let Some(node) = node {
+            cmd.args(["--cluster-node", node]);
+        }
+        let mut child = cmd
             .args(["--cluster-lease-ttl", &format!("{}s", TTL.as_secs())])
             .args(["--gc-min-age", "0s"])
             .args(args)
@@ -183,13 +237,11 @@ impl Node {
                 l.push('\n');
             }
         });
-        let node = Node {
-            name: name.into(),
+        Node {
+            name: node.unwrap_or(name).into(),
             guard: common::daemon::Daemon::adopt(child, &mnt, &state),
             log,
-        };
-        node.wait_log("serving", Duration::from_secs(15));
-        node
+        }
     }
 
     pub fn mnt(&self) -> &Path {
@@ -289,6 +341,21 @@ impl Node {
             thread::sleep(Duration::from_millis(10));
         }
         start.elapsed()
+    }
+
+    /// SIGTERM (an operator's `systemctl stop`), and waits until it has exited.
+    pub fn stop(&mut self) {
+        assert!(self.guard.signal(libc::SIGTERM));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.guard.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: still running 20 s after SIGTERM:\n{}",
+                self.name,
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, and waits for it.

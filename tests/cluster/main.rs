@@ -7,4 +7,5 @@ mod common;
 mod epochs;
 mod failures;
 mod harness;
+mod names;
 mod registry;
