@@ -19,6 +19,7 @@ const LINK_A: &[u8] = b"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const LINK_B: &[u8] = b"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const TAGS: &str = "docker/registry/v2/repositories/app/_manifests/tags";
 const BLOBS: &str = "docker/registry/v2/blobs/sha256";
+const REVISIONS: &str = "docker/registry/v2/repositories/app/_manifests/revisions/sha256";
 const DRAIN: Duration = Duration::from_millis(50);
 
 /// A store with tag `t` pointing at LINK_A, and an empty tag directory `n`; the blobs of
@@ -28,12 +29,16 @@ fn store() -> (tempfile::TempDir, Arc<StorageFs>) {
     fs::create_dir_all(dir.path().join(TAGS).join("t/current")).unwrap();
     fs::create_dir_all(dir.path().join(TAGS).join("n/current")).unwrap();
     fs::write(dir.path().join(TAGS).join("t/current/link"), LINK_A).unwrap();
-    // The blobs the links name exist: the mount refuses a link to a blob without data.
+    // The manifests the links name exist, blob and revision: the mount refuses a tag
+    // naming a blob without data or a manifest the repository holds no revision of.
     for link in [LINK_A, LINK_B] {
         let hex = std::str::from_utf8(&link[7..]).unwrap();
         let blob = dir.path().join(BLOBS).join(&hex[..2]).join(hex);
         fs::create_dir_all(&blob).unwrap();
         fs::write(blob.join("data"), b"x").unwrap();
+        let revision = dir.path().join(REVISIONS).join(hex);
+        fs::create_dir_all(&revision).unwrap();
+        fs::write(revision.join("link"), link).unwrap();
     }
     let fs = StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap();
     (dir, Arc::new(fs))

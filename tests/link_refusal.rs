@@ -221,7 +221,17 @@ fn an_index_revision_needs_its_children() {
         c.put(&revision("multi", &bad), bad.to_string().as_bytes()),
         Err(libc::EIO)
     );
+    // Every child's data is there, but the repository holds no revision of the child
+    // (a run removed it, untagged, between the child's push and the index's).
     let good = c.store.blob(&index(&[child]));
+    assert_eq!(
+        c.put(&revision("multi", &good), good.to_string().as_bytes()),
+        Err(libc::EIO)
+    );
+    assert_eq!(
+        c.put(&revision("multi", &child), child.to_string().as_bytes()),
+        Ok(())
+    );
     assert_eq!(
         c.put(&revision("multi", &good), good.to_string().as_bytes()),
         Ok(())
@@ -240,6 +250,12 @@ fn a_tag_current_link_is_checked_by_its_content_and_kept_whole_when_refused() {
     let old = c.store.blob(b"manifest the tag names now");
     let new = c.store.blob(b"manifest pushed now");
     let gone = Digest::of(b"manifest whose bytes a stale cache skipped");
+    for d in [old, new] {
+        assert_eq!(
+            c.put(&revision("app", &d), d.to_string().as_bytes()),
+            Ok(())
+        );
+    }
     let link = current("app", "latest");
     assert_eq!(c.put(&link, old.to_string().as_bytes()), Ok(()));
 
@@ -258,4 +274,53 @@ fn a_tag_current_link_is_checked_by_its_content_and_kept_whole_when_refused() {
     assert_eq!(c.read(&link).unwrap(), old.to_string().as_bytes());
     // Content that is no link at all is not this check's business.
     assert_eq!(c.put(&link, b"not a digest"), Ok(()));
+}
+
+/// Issue 18, finding 1, made deterministic: a manifest PUT writes the revision link, then
+/// the tag's index link, then its current link; a run (either mode, any min age: the
+/// manifest's blob may stay) between the first write and the others removes the
+/// untagged revision. The tag writes must then fail (the registry answers 500, the client
+/// pushes again), not name a manifest nobody can pull; the tag keeps what it named.
+#[test]
+fn a_tag_naming_a_manifest_whose_revision_a_run_removed_is_refused() {
+    let c = core();
+    let before = c.store.blob(b"manifest the tag names now");
+    let pushed = c.store.blob(b"manifest pushed now");
+    for d in [before, pushed] {
+        assert_eq!(
+            c.put(&revision("app", &d), d.to_string().as_bytes()),
+            Ok(())
+        );
+    }
+    assert_eq!(
+        c.put(&current("app", "v1"), before.to_string().as_bytes()),
+        Ok(())
+    );
+    // The run, between the PUT's revision link and its tag writes.
+    RegistrySim::new(&c.fs).remove_all(revision("app", &pushed).trim_end_matches("/link"));
+    let bytes = pushed.to_string();
+    assert_eq!(
+        c.put(&tag_index("app", "v1", &pushed), bytes.as_bytes()),
+        Err(libc::EIO)
+    );
+    assert_eq!(c.read(&tag_index("app", "v1", &pushed)), None);
+    assert_eq!(
+        c.put(&current("app", "v1"), bytes.as_bytes()),
+        Err(libc::EIO)
+    );
+    assert_eq!(
+        c.put_by_rename(&current("app", "v1"), bytes.as_bytes()),
+        Err(libc::EIO)
+    );
+    assert_eq!(
+        c.read(&current("app", "v1")).unwrap(),
+        before.to_string().as_bytes()
+    );
+    // The client's retry writes the revision again: the tag goes through.
+    assert_eq!(c.put(&revision("app", &pushed), bytes.as_bytes()), Ok(()));
+    assert_eq!(
+        c.put(&tag_index("app", "v1", &pushed), bytes.as_bytes()),
+        Ok(())
+    );
+    assert_eq!(c.put(&current("app", "v1"), bytes.as_bytes()), Ok(()));
 }

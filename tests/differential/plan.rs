@@ -33,12 +33,17 @@ pub fn registry_plan() -> Vec<Op> {
     let deep = format!("deep/{deep}");
 
     // Blobs the links below name, except link(2)'s, which an upload brings: the mount
-    // refuses a link naming a blob without data.
+    // refuses a link naming a blob without data. Their revisions in the repository, as a
+    // manifest PUT writes before it tags: the mount refuses a tag naming a manifest the
+    // repository holds no revision of.
     let blob_of = |n: u32| format!("{V2}/blobs/sha256/{}/{}", &link(n)[7..9], &link(n)[7..]);
+    let revision_of = |n: u32| format!("{repo}/_manifests/revisions/sha256/{}", &link(n)[7..]);
     let seeded = [1, 3, 4].into_iter().flat_map(|n| {
         [
             MkdirAll(blob_of(n)),
             RewriteInPlace(format!("{}/data", blob_of(n)), format!("blob {n}")),
+            MkdirAll(revision_of(n)),
+            RewriteInPlace(format!("{}/link", revision_of(n)), link(n)),
         ]
     });
     seeded
