@@ -14,8 +14,8 @@
 //! serve every push that was answered with success, and no link may name a missing blob.
 //!
 //! Run: `cargo test --features shuttle --test online_schedules` (scripts/test.sh does).
-//! Settings: `REGFS_SCHEDULES` schedules per scenario and GC mode (default 300, half from
-//! a random scheduler, half from PCT with depth 3), `REGFS_SCHEDULE_SEED` (default 1).
+//! Settings: `REGFS_SCHEDULES` schedules per scenario and GC setting (default 150, a third from
+//! a random scheduler, the rest from PCT with depth 3), `REGFS_SCHEDULE_SEED` (default 1).
 //! A failing schedule is printed by shuttle with the scenario's name; replay it with
 //! `REGFS_SCHEDULE_REPLAY='<schedule>' cargo test --features shuttle --test
 //! online_schedules <scenario> -- --exact`.
@@ -367,7 +367,7 @@ fn explore(name: &str, test: impl Fn(Gc) + Send + Sync + Clone + 'static) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let schedules = env("REGFS_SCHEDULES", 300) as usize;
+    let schedules = env("REGFS_SCHEDULES", 150) as usize;
     let seed = env("REGFS_SCHEDULE_SEED", 1);
     for gc in GC_SETTINGS {
         eprintln!("{name}: {gc:?}");
