@@ -9,15 +9,32 @@
 //! another repository with cross-repository blob mounts (`?mount=&from=`), a signature
 //! (an OCI manifest whose `subject` is a tagged image) pushed by digest, a multi-arch
 //! index pushed with its children; every push that answers success is pulled right away
-//! and every byte compared. Two pullers loop on the tags being pushed at that moment.
-//! A push that fails is tried again as a client would (up to 3 more times).
+//! and every byte compared. Two pullers poll the tag being pushed at that moment (its
+//! manifest, every 2 ms while the push lasts), then pull it whole; otherwise they pull any
+//! tag. A push that fails is tried again as a client would (up to 3 more times).
 //!
-//! After the clients stop and a final run ([`crate::verify`]): every push the registry
-//! answered with success that the model still expects pulls whole, byte for byte; the
-//! tags listed are the model's; no link names a missing blob. Every 5xx answer a push got
-//! must be one of the writes the runs say they refused. A failure names the push (tag,
-//! digest, when, which attempt), the runs around it with their records, the store's
-//! state for the repository and the registry's log lines naming the digest.
+//! What fails a round:
+//! - a pull right after a push answered success that is not whole and byte for byte;
+//! - a push that still fails after its tries, or a DELETE of a manifest the model says
+//!   is tagged that the registry does not know;
+//! - a pull that raced no write of its repository and failed or served another manifest
+//!   than the model's; a pull or poll racing a write that met anything but a 404 or a
+//!   link read mid-write (a 500 "invalid checksum digest": a plain directory has that
+//!   window too; counted);
+//! - a LOST WRITE: a blob or child manifest the registry confirmed to a push (upload or
+//!   mount 201, PUT 201) and called unknown later in the same try, with no run *started*
+//!   in between (a run started in between may take it: min age 0s, `--delete-untagged`;
+//!   counted). A HEAD's "exists" so contradicted is counted, not failed;
+//! - more 5xx answers to pushes than writes the runs say they refused (the others are the
+//!   filesystem failing a write no run refused);
+//! - after the clients stop and a final run ([`crate::verify`]): a push the registry
+//!   answered with success that the model still expects and that does not pull whole,
+//!   byte for byte; tags listed other than the model's; a link naming a missing blob, a
+//!   damaged link; fewer than 3 runs, a run not done and online, nothing deleted.
+//!
+//! A failure names the push (tag, digest, when, which try), the runs around it with the
+//! record of each that removed a manifest, the store's state for the repository (taken
+//! at that moment for a lost write) and the registry's log lines naming the digest.
 //!
 //! Settings: `REGFS_SOAK_SECONDS` (default 30) per round, `REGFS_SOAK_ROUNDS` (default 1)
 //! rounds per cache mode, each a fresh world, round r seeded `REGFS_SOAK_SEED + r`
@@ -76,6 +93,11 @@ struct Counts {
     push_5xx: AtomicU64,
     skopeo_pushes: AtomicU64,
     pulls: AtomicU64,
+    /// GETs of a tag's manifest while it was being pushed.
+    polls: AtomicU64,
+    /// 500s from a link read while the registry rewrote it (tolerated: a plain directory
+    /// has that window too).
+    mid_write_reads: AtomicU64,
     /// Pulls that raced a write of their repository and met a 404 (the tag moved and a
     /// run collected the old image): tolerated.
     pulls_raced: AtomicU64,
@@ -122,6 +144,8 @@ struct Suspect {
     seen: Seen,
     unknown_at: chrono::DateTime<Utc>,
     answer: String,
+    /// The store and the registry's log about it at that moment.
+    state: String,
 }
 
 /// A client's own state: its generator and the images it pushed.
@@ -222,6 +246,7 @@ impl Round {
                     seen: s.clone(),
                     unknown_at: Utc::now(),
                     answer: e.to_string(),
+                    state: store_and_log(&self.ctx.store, &self.ctx.registry_log, &repo.name, &d),
                 });
             }
             r
@@ -510,12 +535,30 @@ impl Round {
             let pushing = repo.pushing.lock().unwrap().clone();
             let w0 = repo.writes.load(Ordering::SeqCst);
             let tags = repo.model().tagged();
-            let tag = match pushing {
-                Some(t) if rng.chance(70) => t,
+            let (tag, chasing) = match pushing {
+                Some(t) if rng.chance(70) => (t, true),
                 _ if tags.is_empty() => continue,
-                _ => tags[rng.below(tags.len())].0.clone(),
+                _ => (tags[rng.below(tags.len())].0.clone(), false),
             };
             let want = tags.iter().find(|(t, _)| *t == tag).map(|(_, d)| d.clone());
+            // A tag being pushed is polled (its manifest alone) until its push ends, then
+            // pulled. A 404 (not pushed yet) or a link read mid-write is what a plain
+            // directory gives too; any other failure is not.
+            while chasing && repo.pushing.lock().unwrap().as_deref() == Some(tag.as_str()) {
+                add(&self.counts.polls, 1);
+                match self.client.poll_manifest(&repo.name, &tag) {
+                    Err(e) if e.link_read_mid_write() => add(&self.counts.mid_write_reads, 1),
+                    Err(e) if !e.not_found() => {
+                        self.error(format!(
+                            "GET manifest of {}:{tag} while it is being pushed: {e}",
+                            repo.name
+                        ));
+                        break;
+                    }
+                    _ => {}
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
             let r = self.client.pull(&repo.name, &tag, None);
             let w1 = repo.writes.load(Ordering::SeqCst);
             let stable = w0 == w1 && w0.is_multiple_of(2);
@@ -527,6 +570,10 @@ impl Round {
                 Ok(_) => None,
                 Err(e) if !stable && e.not_found() => {
                     add(&self.counts.pulls_raced, 1);
+                    None
+                }
+                Err(e) if !stable && e.link_read_mid_write() => {
+                    add(&self.counts.mid_write_reads, 1);
                     None
                 }
                 Err(e) => Some(e.to_string()),
@@ -549,7 +596,7 @@ impl Round {
                     self.diagnose(&rec)
                 ));
             }
-            thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(if chasing { 1 } else { 50 }));
         }
     }
 
@@ -708,7 +755,8 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
         "[wide] cache {cache:?} seed {seed}, {soak_secs:.0} s: pushes {} answered success \
          ({} verified at once, {} by skopeo), {} FAILED after retries; {} pushes retried \
          ({} tries again, {} answers 5xx; causes {:?}); {} pulls ({} raced a write and met \
-         a 404); {} deletes+re-pushes, {} tag moves, {} copies ({} blobs mounted), {} \
+         a 404), {} polls of tags being pushed, {} link reads \
+         mid-write; {} deletes+re-pushes, {} tag moves, {} copies ({} blobs mounted), {} \
          signatures, {} indexes; {} GC runs, {} units deleted ({blobs} blobs, {manifests} \
          manifests), {refused} refused writes, {} resurrected, {} late writes; confirmed \
          then unknown: {lost} written with no run started between (LOST), {head_lost} \
@@ -725,6 +773,8 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
         round.retry_causes.lock().unwrap(),
         get(&c.pulls),
         get(&c.pulls_raced),
+        get(&c.polls),
+        get(&c.mid_write_reads),
         get(&c.deletes),
         get(&c.tag_moves),
         get(&c.copies),
@@ -759,7 +809,7 @@ fn judge_suspects(round: &Round, jobs: &[Value], failures: &mut Vec<String>) -> 
         }
         let what = format!(
             "{}: {} of {} confirmed ({:?}) at {}, then unknown at {} with no run started \
-             in between: {}\n{}{}",
+             in between: {}\n{}  at that moment:\n{}",
             s.op,
             s.seen.digest,
             s.repo,
@@ -768,12 +818,7 @@ fn judge_suspects(round: &Round, jobs: &[Value], failures: &mut Vec<String>) -> 
             s.unknown_at.format("%H:%M:%S%.3f"),
             s.answer,
             runs_between(jobs, s.seen.at - chrono::Duration::seconds(1), s.unknown_at),
-            store_and_log(
-                &round.ctx.store,
-                &round.ctx.registry_log,
-                &s.repo,
-                &s.seen.digest
-            )
+            s.state
         );
         if s.seen.via.written() {
             lost += 1;

@@ -271,6 +271,12 @@ impl Fail {
         self.status() == Some(404)
     }
 
+    /// A 500 from reading a link file while the registry rewrote it (open, truncate,
+    /// write: a reader in between reads it empty), as on a plain directory.
+    pub fn link_read_mid_write(&self) -> bool {
+        matches!(self, Fail::Http { status: 500, body, .. } if body.contains("invalid checksum digest"))
+    }
+
     /// The digest a "blob unknown" / "manifest blob unknown" answer names.
     pub fn unknown_digest(&self) -> Option<String> {
         let Fail::Http { status, body, .. } = self else {
@@ -500,6 +506,20 @@ impl Client {
             .collect();
         t.sort();
         Ok(t)
+    }
+
+    /// GET of `repo`:`reference`'s manifest alone, as a client polling a tag for updates:
+    /// the digest of what the registry served.
+    pub fn poll_manifest(&self, repo: &str, reference: &str) -> Result<String, Fail> {
+        let a = self.call(
+            format!("GET manifest {repo}{}", shown(reference)),
+            "GET",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Accept", ACCEPT)],
+            &[],
+            &[200],
+        )?;
+        Ok(digest_of(&a.body))
     }
 
     /// Pulls `repo`:`reference` whole, as a client: the manifest, its children, every
