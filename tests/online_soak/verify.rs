@@ -100,7 +100,8 @@ impl RepoModel {
         }
     }
 
-    /// Tagged digests that are images or indexes (no index child, no signature).
+    /// Every tag and the digest it names (images and indexes: children and signatures
+    /// are pushed by digest).
     pub fn tagged(&self) -> Vec<(String, String)> {
         self.tags
             .iter()
@@ -281,11 +282,14 @@ pub fn verify_all(
     v
 }
 
-/// The runs whose time overlapped `[from, to]`, one line each, and the whole record of
-/// those that removed a manifest.
+/// The runs whose time overlapped `[from, to]`, one line each, with the whole record of
+/// those that removed a manifest; past the first few, only runs that removed one.
 pub fn runs_between(jobs: &[Value], from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    const FIRST: usize = 4;
+    const LATER: usize = 8;
     let time = |j: &Value, k: &str| j[k].as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok());
     let mut out = String::new();
+    let (mut n, mut later_shown, mut later) = (0, 0, 0);
     for j in jobs {
         let (Some(s), e) = (time(j, "started_at"), time(j, "ended_at")) else {
             continue;
@@ -293,7 +297,16 @@ pub fn runs_between(jobs: &[Value], from: DateTime<Utc>, to: DateTime<Utc>) -> S
         if s > to || e.is_some_and(|e| e < from) {
             continue;
         }
+        n += 1;
         let r = &j["report"];
+        let removed = r["manifests_removed"].as_u64().unwrap_or(0) > 0;
+        if n > FIRST {
+            later += 1;
+            if !removed || later_shown == LATER {
+                continue;
+            }
+            later_shown += 1;
+        }
         out += &format!(
             "  run {} {}..{}: manifests_removed {}, blobs_deleted {}, late_writes {}, \
              resurrected {}, refused_writes {}, pause {} s\n",
@@ -308,9 +321,14 @@ pub fn runs_between(jobs: &[Value], from: DateTime<Utc>, to: DateTime<Utc>) -> S
             j["refused_writes"],
             j["pause_seconds"]
         );
-        if r["manifests_removed"].as_u64().unwrap_or(0) > 0 {
+        if removed && n <= FIRST {
             out += &format!("    its record: {j}\n");
         }
+    }
+    if later > later_shown {
+        out += &format!(
+            "  ({later} later runs, {later_shown} of those that removed a manifest shown)\n"
+        );
     }
     if out.is_empty() {
         out = "  no run overlapped it\n".into();
@@ -318,17 +336,31 @@ pub fn runs_between(jobs: &[Value], from: DateTime<Utc>, to: DateTime<Utc>) -> S
     out
 }
 
-/// The store's state for `repo` and the registry log's lines naming `digest`.
-pub fn store_and_log(store: &Path, registry_log: &Path, repo: &str, digest: &str) -> String {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+/// The store's state for `repo` (and `digest`'s blob) and the registry's log lines
+/// containing `needle`, its errors first.
+pub fn store_and_log(
+    store: &Path,
+    registry_log: &Path,
+    repo: &str,
+    digest: &str,
+    needle: &str,
+) -> String {
     let log = std::fs::read_to_string(registry_log).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(hex)).collect();
-    let tail = &lines[lines.len().saturating_sub(6)..];
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("level=error"))
+        .collect();
+    let shown = if errors.is_empty() { &lines } else { &errors };
+    let tail = &shown[shown.len().saturating_sub(6)..];
     format!(
-        "  the store for {repo}:\n{}  the registry's log naming it (last {} of {}):\n    {}",
+        "  the store for {repo}:\n{}  the registry's log about {needle} (last {} of {} lines, \
+         {} errors):\n    {}",
         repo_state(store, repo, digest),
         tail.len(),
         lines.len(),
+        errors.len(),
         tail.join("\n    ")
     )
 }

@@ -166,10 +166,20 @@ impl Round {
 
     /// The runs around a push, the store's state for its repository, the registry's log.
     fn diagnose(&self, rec: &PushRecord) -> String {
-        self.diagnose_at(&rec.repo, &rec.digest, rec.started)
+        let needle = match rec.op {
+            "pull" => format!("/v2/{}/manifests/{}", rec.repo, rec.reference),
+            _ => rec.digest.trim_start_matches("sha256:").to_string(),
+        };
+        self.diagnose_at(&rec.repo, &rec.digest, rec.started, &needle)
     }
 
-    fn diagnose_at(&self, repo: &str, digest: &str, since: chrono::DateTime<Utc>) -> String {
+    fn diagnose_at(
+        &self,
+        repo: &str,
+        digest: &str,
+        since: chrono::DateTime<Utc>,
+        needle: &str,
+    ) -> String {
         let jobs = self.jobs.lock().unwrap().clone();
         let current = self
             .ctx
@@ -179,7 +189,13 @@ impl Round {
         format!(
             "  runs from its start until now:\n{}  run in progress: {current}\n{}",
             runs_between(&jobs, since - chrono::Duration::seconds(1), Utc::now()),
-            store_and_log(&self.ctx.store, &self.ctx.registry_log, repo, digest)
+            store_and_log(
+                &self.ctx.store,
+                &self.ctx.registry_log,
+                repo,
+                digest,
+                needle
+            )
         )
     }
 
@@ -246,7 +262,13 @@ impl Round {
                     seen: s.clone(),
                     unknown_at: Utc::now(),
                     answer: e.to_string(),
-                    state: store_and_log(&self.ctx.store, &self.ctx.registry_log, &repo.name, &d),
+                    state: store_and_log(
+                        &self.ctx.store,
+                        &self.ctx.registry_log,
+                        &repo.name,
+                        &d,
+                        d.trim_start_matches("sha256:"),
+                    ),
                 });
             }
             r
@@ -272,11 +294,10 @@ impl Round {
                     m.digest,
                     repo.name,
                     crate::workload::shown(reference),
-                    self.diagnose_at(
-                        &repo.name,
-                        &e.unknown_digest().unwrap_or(m.digest.clone()),
-                        started
-                    )
+                    {
+                        let d = e.unknown_digest().unwrap_or(m.digest.clone());
+                        self.diagnose_at(&repo.name, &d, started, d.trim_start_matches("sha256:"))
+                    }
                 ));
                 self.resync(repo, reference);
                 None
