@@ -570,9 +570,11 @@ impl Round {
                 match self.client.poll_manifest(&repo.name, &tag) {
                     Err(e) if e.link_read_mid_write() => add(&self.counts.mid_write_reads, 1),
                     Err(e) if !e.not_found() => {
+                        let rec = self.pull_record(repo, &tag, "");
                         self.error(format!(
-                            "GET manifest of {}:{tag} while it is being pushed: {e}",
-                            repo.name
+                            "GET manifest of {}:{tag} while it is being pushed: {e}\n{}",
+                            repo.name,
+                            self.diagnose(&rec)
                         ));
                         break;
                     }
@@ -600,16 +602,7 @@ impl Round {
                 Err(e) => Some(e.to_string()),
             };
             if let Some(f) = failure {
-                let rec = PushRecord {
-                    seq: 0,
-                    repo: repo.name.clone(),
-                    reference: tag.clone(),
-                    digest: want.clone().unwrap_or_default(),
-                    op: "pull",
-                    started: Utc::now() - chrono::Duration::seconds(2),
-                    answered: Utc::now(),
-                    attempts: 1,
-                };
+                let rec = self.pull_record(repo, &tag, want.as_deref().unwrap_or_default());
                 self.error(format!(
                     "pull of {}:{tag} ({} a write of the repository): {f}\n{}",
                     repo.name,
@@ -618,6 +611,20 @@ impl Round {
                 ));
             }
             thread::sleep(Duration::from_millis(if chasing { 1 } else { 50 }));
+        }
+    }
+
+    /// A pull of `repo`:`tag` that just failed, described as a record for [`Self::diagnose`].
+    fn pull_record(&self, repo: &RepoState, tag: &str, digest: &str) -> PushRecord {
+        PushRecord {
+            seq: 0,
+            repo: repo.name.clone(),
+            reference: tag.to_string(),
+            digest: digest.to_string(),
+            op: "pull",
+            started: Utc::now() - chrono::Duration::seconds(2),
+            answered: Utc::now(),
+            attempts: 1,
         }
     }
 
@@ -772,6 +779,18 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
         ));
     }
     let (lost, head_lost, collected) = judge_suspects(&round, &jobs, &mut failures);
+    let empty_reads = ctx
+        .registry_log()
+        .lines()
+        .filter(|l| l.contains(r#"err.detail="invalid checksum digest format""#))
+        .count() as u64;
+    if get(&c.mid_write_reads) > empty_reads {
+        failures.push(format!(
+            "{} pulls were answered 500 without detail, taken for a link read mid-write, but \
+             the registry logged only {empty_reads} empty links",
+            get(&c.mid_write_reads)
+        ));
+    }
     let summary = format!(
         "[wide] cache {cache:?} seed {seed}, {soak_secs:.0} s: pushes {} answered success \
          ({} verified at once, {} by skopeo), {} FAILED after retries; {} pushes retried \

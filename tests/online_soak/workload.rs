@@ -272,9 +272,11 @@ impl Fail {
     }
 
     /// A 500 from reading a link file while the registry rewrote it (open, truncate,
-    /// write: a reader in between reads it empty), as on a plain directory.
+    /// write: a reader in between reads it empty), as on a plain directory: the registry
+    /// answers an error without detail (it logs "invalid checksum digest format"; a
+    /// filesystem error comes with its path and errno instead).
     pub fn link_read_mid_write(&self) -> bool {
-        matches!(self, Fail::Http { status: 500, body, .. } if body.contains("invalid checksum digest"))
+        matches!(self, Fail::Http { status: 500, body, .. } if body.contains(r#""detail":{}"#))
     }
 
     /// The digest a "blob unknown" / "manifest blob unknown" answer names.
