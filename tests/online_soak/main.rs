@@ -14,7 +14,7 @@
 //!   HTTP and skopeo clients pushing by tag and digest, moving tags onto manifests just
 //!   pushed, deleting and re-pushing, copying across repositories with blob mounts,
 //!   signing, pushing indexes, pullers chasing the tags being pushed; its workload is
-//!   [`workload`], its model and verifier [`verify`]. `REGFS_SOAK_SECONDS` (default 30),
+//!   [`workload`], its model and verifier [`verify`]. `REGFS_SOAK_SECONDS` (default 40),
 //!   `REGFS_SOAK_ROUNDS` (default 1) and `REGFS_SOAK_SEED` (default 18) set it (see there).
 //!
 //! `SOAK_GC_MODE=read-only` runs the same soak with read-only epochs (pushes then fail
