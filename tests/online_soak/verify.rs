@@ -4,15 +4,16 @@
 //! of a repository says what its tags name (and which push set each), which manifests
 //! were deleted by digest (and when, in the soak's one sequence of events) and which
 //! signatures were pushed for which subject. A push is still expected when its tag was
-//! not moved or deleted since (a push by tag), or when its manifest is reachable from a
-//! tag (an index child, a signature of a reachable manifest) and was not deleted after
-//! it (a push by digest). Writes to one repository are serialized ([`RepoState::busy`])
+//! not moved or deleted since (a push by tag), or when its manifest has been reachable
+//! from a tag (an index child, a signature of a reachable manifest) without a break
+//! since it was pushed and was not deleted after it (a push by digest): a manifest that
+//! was unreachable for a moment may have been collected, legitimately. Writes to one repository are serialized ([`RepoState::busy`])
 //! so the model is exact; pulls, other repositories and the GC runs race them freely.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -62,6 +63,9 @@ pub struct RepoModel {
     pub deleted: BTreeMap<String, u64>,
     /// signature digest -> its subject, for signatures pushed here.
     pub signatures: BTreeMap<String, String>,
+    /// digest -> seq of the change that last made it unreachable (a run may then take
+    /// it, even if a later change makes it reachable again).
+    pub unreachable_since: BTreeMap<String, u64>,
 }
 
 impl RepoModel {
@@ -90,10 +94,25 @@ impl RepoModel {
         }
     }
 
-    /// Whether `rec` (a push to this repository) must still pull.
+    /// Applies `f` (seq `seq` in the soak's events), noting what it made unreachable.
+    pub fn change(&mut self, lib: &Library, seq: u64, f: impl FnOnce(&mut RepoModel)) {
+        let before = self.reachable(lib);
+        f(self);
+        let after = self.reachable(lib);
+        for d in before.difference(&after) {
+            self.unreachable_since.insert(d.clone(), seq);
+        }
+    }
+
+    /// Whether `rec` (a push to this repository) must still pull: by digest, reachable
+    /// since it was pushed.
     pub fn expects(&self, rec: &PushRecord, lib: &Library) -> bool {
         if rec.reference.starts_with("sha256:") {
             self.deleted.get(&rec.digest).is_none_or(|&d| d < rec.seq)
+                && self
+                    .unreachable_since
+                    .get(&rec.digest)
+                    .is_none_or(|&d| d < rec.seq)
                 && self.reachable(lib).contains(&rec.digest)
         } else {
             self.tags.get(&rec.reference).map(|(_, s)| *s) == Some(rec.seq)
@@ -165,14 +184,16 @@ impl Drop for Writing<'_> {
 /// The model of every repository and every successful push.
 pub struct Model {
     pub repos: Vec<RepoState>,
+    lib: Arc<Library>,
     seq: AtomicU64,
     pushes: Mutex<Vec<PushRecord>>,
 }
 
 impl Model {
-    pub fn new(names: impl IntoIterator<Item = String>) -> Model {
+    pub fn new(names: impl IntoIterator<Item = String>, lib: Arc<Library>) -> Model {
         Model {
             repos: names.into_iter().map(RepoState::new).collect(),
+            lib,
             seq: AtomicU64::new(1),
             pushes: Mutex::default(),
         }
@@ -204,14 +225,15 @@ impl Model {
             answered: Utc::now(),
             attempts,
         };
-        let mut m = repo.model();
-        if !reference.starts_with("sha256:") {
-            m.tags
-                .insert(reference.to_string(), (digest.to_string(), rec.seq));
-        }
-        if let Some(s) = subject {
-            m.signatures.insert(digest.to_string(), s.to_string());
-        }
+        repo.model().change(&self.lib, rec.seq, |m| {
+            if !reference.starts_with("sha256:") {
+                m.tags
+                    .insert(reference.to_string(), (digest.to_string(), rec.seq));
+            }
+            if let Some(s) = subject {
+                m.signatures.insert(digest.to_string(), s.to_string());
+            }
+        });
         self.pushes.lock().unwrap().push(rec.clone());
         rec
     }
@@ -219,9 +241,23 @@ impl Model {
     /// A delete by digest the registry accepted: the tags naming it went with it.
     pub fn deleted(&self, repo: &RepoState, digest: &str) {
         let seq = self.next_seq();
-        let mut m = repo.model();
-        m.tags.retain(|_, (d, _)| d != digest);
-        m.deleted.insert(digest.to_string(), seq);
+        repo.model().change(&self.lib, seq, |m| {
+            m.tags.retain(|_, (d, _)| d != digest);
+            m.deleted.insert(digest.to_string(), seq);
+        });
+    }
+
+    /// After a failed write: `tag` names `digest` now (or nothing), as the registry says.
+    pub fn resynced(&self, repo: &RepoState, tag: &str, digest: Option<String>) {
+        let seq = self.next_seq();
+        repo.model().change(&self.lib, seq, |m| match digest {
+            Some(d) => {
+                m.tags.insert(tag.to_string(), (d, seq));
+            }
+            None => {
+                m.tags.remove(tag);
+            }
+        });
     }
 
     pub fn pushes(&self) -> Vec<PushRecord> {

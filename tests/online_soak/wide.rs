@@ -331,17 +331,12 @@ impl Round {
         if reference.starts_with("sha256:") {
             return;
         }
-        let now = self.ctx.manifest_digest(&repo.name, reference);
-        let seq = self.model.next_seq();
-        let mut m = repo.model();
-        match now {
-            Ok(d) if self.lib().manifest(&d).is_some() => {
-                m.tags.insert(reference.to_string(), (d, seq));
-            }
-            _ => {
-                m.tags.remove(reference);
-            }
-        }
+        let now = self
+            .ctx
+            .manifest_digest(&repo.name, reference)
+            .ok()
+            .filter(|d| self.lib().manifest(d).is_some());
+        self.model.resynced(repo, reference, now);
     }
 
     /// The pull right after a push answered success, every byte compared.
@@ -724,13 +719,14 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
     )?;
     let ctx = world.ctx.clone();
     eprintln!("[wide] cache {cache:?}, seed {seed}, {secs} s, {REPOS} repositories");
+    let lib = Arc::new(Library::new(ctx.oci.clone(), seed, FAMILIES, VARIANTS));
     let round = Round {
         client: Client {
             port: ctx.port,
-            lib: Arc::new(Library::new(ctx.oci.clone(), seed, FAMILIES, VARIANTS)),
+            lib: lib.clone(),
         },
         skopeo_images: api::soak_images(&ctx.oci, 3, 2),
-        model: Model::new((0..REPOS).map(|i| format!("wide/r{i}"))),
+        model: Model::new((0..REPOS).map(|i| format!("wide/r{i}")), lib),
         ctx: ctx.clone(),
         counts: Counts::default(),
         retry_causes: Mutex::default(),
