@@ -24,7 +24,7 @@
 //!   window too; counted);
 //! - a LOST WRITE: a blob or child manifest the registry confirmed to a push (upload or
 //!   mount 201, PUT 201) and called unknown later in the same try, with no run *started*
-//!   in between (a run started in between may take it: min age 0s, `--delete-untagged`;
+//!   between the start of the confirming request (the write is somewhere in it) and then (a run started in between may take it: min age 0s, `--delete-untagged`;
 //!   counted). A HEAD's "exists" so contradicted is counted, not failed;
 //! - more 5xx answers to pushes than writes the runs say they refused (the others are the
 //!   filesystem failing a write no run refused);

@@ -336,7 +336,9 @@ impl Via {
     }
 }
 
-/// A blob or manifest a push had confirmed, and when.
+/// A blob or manifest a push had confirmed, and when the confirming request began: the
+/// registry wrote it during the request, so a run started after that moment may have
+/// found it unreferenced (min age 0s) and collected it legitimately.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub digest: String,
@@ -457,20 +459,22 @@ impl Client {
         let mut mounted = 0;
         for c in &m.children {
             let child = self.lib.manifest(c).expect("a child the library made");
+            let asked = Utc::now();
             mounted += self.push(repo, c, &child, from, seen)?;
             seen.push(Seen {
                 digest: c.clone(),
                 via: Via::Put,
-                at: Utc::now(),
+                at: asked,
             });
         }
         for b in &m.blobs {
+            let asked = Utc::now();
             let via = self.put_blob(repo, b, from)?;
             mounted += usize::from(via == Via::Mounted);
             seen.push(Seen {
                 digest: b.clone(),
                 via,
-                at: Utc::now(),
+                at: asked,
             });
         }
         self.put_manifest(repo, reference, m)?;
