@@ -102,7 +102,7 @@ pub fn request(
 
 /// Uploads `bytes` as a blob of `repo` in one request (POST, then PUT with the digest).
 pub fn upload_blob(port: u16, repo: &str, bytes: &[u8]) -> Result<String, String> {
-    let digest = format!("sha256:{}", crate::support::hex_of(&sha256(bytes)));
+    let digest = digest_of(bytes);
     let start = request(
         port,
         "POST",
@@ -136,9 +136,13 @@ pub fn upload_blob(port: u16, repo: &str, bytes: &[u8]) -> Result<String, String
     Ok(digest)
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
+/// `sha256:<hex>` of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).to_vec()
+    format!(
+        "sha256:{}",
+        crate::support::hex_of(&sha2::Sha256::digest(bytes))
+    )
 }
 
 /// PUT of a manifest's bytes at REPO:REFERENCE: the HTTP answer.

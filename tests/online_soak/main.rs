@@ -10,6 +10,12 @@
 //!   damaged or dangling link.
 //! - [`races`]: each a race the issue names, against a sweep made long by thousands of
 //!   generated garbage blobs.
+//! - [`wide`]: the wider soak (issue 18) under blob-descriptor cache `none` and `redis`:
+//!   HTTP and skopeo clients pushing by tag and digest, moving tags onto manifests just
+//!   pushed, deleting and re-pushing, copying across repositories with blob mounts,
+//!   signing, pushing indexes, pullers chasing the tags being pushed; its workload is
+//!   [`workload`], its model and verifier [`verify`]. `REGFS_SOAK_SECONDS` (default 40),
+//!   `REGFS_SOAK_ROUNDS` (default 1) and `REGFS_SOAK_SEED` (default 18) set it (see there).
 //!
 //! `SOAK_GC_MODE=read-only` runs the same soak with read-only epochs (pushes then fail
 //! during runs, which it counts instead of failing on). `REGFS_E2E_KEEP=1` keeps each
@@ -27,6 +33,9 @@ mod store_check;
 #[allow(dead_code)]
 #[path = "../e2e_registry/support.rs"]
 mod support;
+mod verify;
+mod wide;
+mod workload;
 #[allow(dead_code)]
 #[path = "../e2e_registry/world.rs"]
 mod world;
@@ -69,4 +78,14 @@ fn race_blob_reuploaded_while_hidden() {
 #[test]
 fn race_stop_in_the_middle_of_the_sweep() {
     races::stop_in_the_middle_of_the_sweep();
+}
+
+#[test]
+fn wide_soak_under_cache_none() {
+    wide::run(world::Cache::DropIn);
+}
+
+#[test]
+fn wide_soak_under_cache_redis() {
+    wide::run(world::Cache::Redis);
 }

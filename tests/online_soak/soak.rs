@@ -20,6 +20,7 @@ use crate::api::{self, blobs_deleted, gc_mode, gc_wait};
 use crate::ctx::{Ctx, Mode};
 use crate::store_check::assert_consistent;
 use crate::support::text;
+use crate::workload::Rng;
 use crate::world::{Cache, setup_custom};
 
 const REPOS: usize = 4;
@@ -41,24 +42,12 @@ fn soak_seconds() -> u64 {
 
 /// A soak that outlives `budget` is hung (a deadlock between the registry, the mount and
 /// a run once did exactly that): it fails loudly instead of holding CI until its limit.
-fn watchdog(budget: Duration) {
+pub fn watchdog(budget: Duration) {
     std::thread::spawn(move || {
         std::thread::sleep(budget);
         eprintln!("soak: still running after {budget:?}: hung; aborting the test binary");
         std::process::abort();
     });
-}
-
-/// A small deterministic generator (xorshift); the seed is printed, `SOAK_SEED` sets it.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// What the soak counted.

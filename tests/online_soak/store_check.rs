@@ -118,3 +118,46 @@ pub fn naming(store: &Path, text: &str) -> Vec<String> {
     }
     out
 }
+
+/// What the store holds for `repo` (its tags' and revisions' links with what they name),
+/// and whether `digest`'s blob has data: for a failure's message. Long listings keep the
+/// lines naming `digest`.
+pub fn repo_state(store: &Path, repo: &str, digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let v2 = store.join(V2);
+    let base = v2.join("repositories").join(repo).join("_manifests");
+    let mut files = Vec::new();
+    walk(&base, &mut files);
+    files.sort();
+    let mut lines: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&base).unwrap_or(f).display().to_string();
+            let c = fs::read(f).unwrap_or_default();
+            format!("{rel} -> {:?}", String::from_utf8_lossy(&c))
+        })
+        .collect();
+    const MAX: usize = 60;
+    if lines.len() > MAX {
+        let n = lines.len();
+        let mut kept: Vec<String> = lines.iter().take(MAX).cloned().collect();
+        kept.extend(lines.iter().skip(MAX).filter(|l| l.contains(hex)).cloned());
+        kept.push(format!("({} of {n} files shown)", kept.len()));
+        lines = kept;
+    }
+    let data = hex.len() == 64
+        && v2
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+            .is_file();
+    let mut out = format!(
+        "    blob {digest}: data {}\n",
+        if data { "present" } else { "ABSENT" }
+    );
+    for l in lines {
+        out += &format!("    _manifests/{l}\n");
+    }
+    out
+}
