@@ -15,8 +15,9 @@
 //!
 //! What fails a round:
 //! - a pull right after a push answered success that is not whole and byte for byte;
-//! - a push that still fails after its tries (unless each try lost a blob or child it
-//!   had just sent to a run started during that try: min age 0s; counted), or a DELETE of a manifest the model says
+//! - a push that still fails after its tries, unless each try lost a blob or child it
+//!   had just sent to a run started during that try, or runs started during every try
+//!   (min age 0s keeps nothing unreferenced, and a refused write fails a try; counted), or a DELETE of a manifest the model says
 //!   is tagged that the registry does not know;
 //! - a pull that raced no write of its repository and failed or served another manifest
 //!   than the model's; a pull or poll racing a write that met anything but a 404 or a
@@ -132,9 +133,18 @@ struct Round {
     answers_5xx: Mutex<Vec<String>>,
     suspects: Mutex<Vec<Suspect>>,
     /// Pushes given up after tries that each left a suspect: what failed, the suspects.
-    gave_up: Mutex<Vec<(String, Vec<usize>)>>,
+    gave_up: Mutex<Vec<GaveUp>>,
     jobs: Mutex<Vec<Value>>,
     stop: AtomicBool,
+}
+
+/// A push given up after its tries, each of which lost a blob or child it had just sent.
+struct GaveUp {
+    what: String,
+    /// The suspect each try left, if it left one (a try may have had a write refused).
+    suspects: Vec<Option<usize>>,
+    started: chrono::DateTime<Utc>,
+    ended: chrono::DateTime<Utc>,
 }
 
 /// A blob or manifest the registry confirmed to a push and then, in the same try,
@@ -309,16 +319,16 @@ impl Round {
                         self.diagnose_at(&repo.name, &d, started, d.trim_start_matches("sha256:"))
                     }
                 );
-                // Every try lost a blob or child it had just sent: judged with the runs'
-                // records at the end (a run started during each try: min age 0s).
-                let suspects: Option<Vec<usize>> = left.iter().copied().collect();
-                match suspects {
-                    Some(suspects) => {
-                        eprintln!("[wide] gave up (judged at the end): {what}");
-                        self.gave_up.lock().unwrap().push((what, suspects));
-                    }
-                    None => self.error(what),
-                }
+                // Every try lost a blob or child it had just sent, or had a write refused:
+                // judged with the runs' records at the end (a run started during each
+                // try: min age 0s).
+                eprintln!("[wide] gave up (judged at the end): {what}");
+                self.gave_up.lock().unwrap().push(GaveUp {
+                    what,
+                    suspects: left.iter().copied().collect(),
+                    started,
+                    ended: Utc::now(),
+                });
                 self.resync(repo, reference);
                 None
             }
@@ -796,12 +806,25 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
         ));
     }
     let (verdicts, lost, head_lost, collected) = judge_suspects(&round, &jobs, &mut failures);
+    // A push that lost what it sent to runs started while it tried is a failure the
+    // client sees (min age 0s keeps nothing unreferenced), not a loss: excused when every
+    // try's loss is explained by a run, or when runs started on every one of its tries
+    // (a try that lost a blob it was told existed, then a run took what it uploaded).
+    let started: Vec<chrono::DateTime<Utc>> = jobs
+        .iter()
+        .filter_map(|j| j["started_at"].as_str()?.parse().ok())
+        .collect();
     let mut excused = 0;
-    for (what, suspects) in round.gave_up.lock().unwrap().iter() {
-        if suspects.iter().all(|&i| verdicts[i]) {
+    for g in round.gave_up.lock().unwrap().iter() {
+        let runs_during = started
+            .iter()
+            .filter(|t| **t > g.started && **t <= g.ended)
+            .count();
+        let explained = g.suspects.iter().all(|s| s.is_some_and(|i| verdicts[i]));
+        if explained || runs_during >= g.suspects.len() {
             excused += 1;
         } else {
-            failures.push(what.clone());
+            failures.push(g.what.clone());
         }
     }
     let empty_reads = ctx
