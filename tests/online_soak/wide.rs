@@ -325,7 +325,7 @@ impl Round {
                 eprintln!("[wide] gave up (judged at the end): {what}");
                 self.gave_up.lock().unwrap().push(GaveUp {
                     what,
-                    suspects: left.iter().copied().collect(),
+                    suspects: left,
                     started,
                     ended: Utc::now(),
                 });
