@@ -133,7 +133,10 @@ impl fmt::Display for Status {
                 "  registry     cache {}: UNSAFE, GC deletes nothing unless allow_unsafe_cache; {}",
                 c.cache, c.detail
             )?,
-            None => writeln!(f, "  registry     cache not checked (no [registry] config)")?,
+            None => writeln!(
+                f,
+                "  registry     cache not checked: no registry serving the store runs, no [registry] config"
+            )?,
         }
         if let Some(c) = &self.cluster {
             write_cluster(f, c)?;
