@@ -172,6 +172,9 @@ fn inspect(pid: u32) -> Option<Found> {
     let dir = proc_dir(pid);
     let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
     let args: Vec<&[u8]> = nul_split(&cmdline).collect();
+    if !args.contains(&&b"serve"[..]) {
+        return None;
+    }
     let exe = std::fs::read_link(dir.join("exe")).ok();
     let arg = serve_argument(&args, exe.as_deref())?;
     let exe = exe
