@@ -43,7 +43,8 @@ pub struct Options {
     pub delete_untagged: bool,
     pub dry_run: bool,
     pub upload_max_age: Duration,
-    /// Keep every blob an unknown manifest names instead of stopping the run.
+    /// Keep every blob an unknown manifest names and collect the rest of its repository,
+    /// instead of keeping that repository whole.
     pub keep_unknown: bool,
     /// Go on past a manifest whose blob is missing, keeping every blob and revision of
     /// its repository, instead of stopping the run.
