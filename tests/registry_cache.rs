@@ -138,7 +138,7 @@ fn each_cache_gets_a_verdict_naming_the_setting() {
     let mem = write_config(dir.path(), "mem.yml", "inmemory", "");
     let v = verdict(&mem);
     assert!(v.safe && v.cache == "inmemory", "{v:?}");
-    assert!(v.detail.contains("no registry serving"), "{v:?}");
+    assert!(v.detail.contains("no registry using the store"), "{v:?}");
 
     let odd = write_config(dir.path(), "odd.yml", "memcached", "");
     let v = verdict(&odd);

@@ -160,7 +160,7 @@ impl Daemon {
                     "registry cache UNSAFE: {}", c.detail)
             }
             None if last.is_none() && when == "start" => tracing::info!(
-                "no registry serving the store runs and no registry configuration is given \
+                "no registry using the store runs and no registry configuration is given \
                  ([registry] config, --registry-config): checked again before each run"
             ),
             _ => {}

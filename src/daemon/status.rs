@@ -138,7 +138,7 @@ impl fmt::Display for Status {
             )?,
             None => writeln!(
                 f,
-                "  registry     cache not checked: no registry serving the store runs, no [registry] config"
+                "  registry     cache not checked: no registry using the store runs, no [registry] config"
             )?,
         }
         if let Some(c) = &self.cluster {

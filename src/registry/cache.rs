@@ -111,7 +111,7 @@ fn judge(run: &Run) -> (bool, String) {
             None => (
                 true,
                 format!(
-                    "{setting}: no registry serving the store runs now; checked again before each \
+                    "{setting}: no registry using the store runs now; checked again before each \
                      run (the shipped systemd drop-in sets {CACHE_ENV}=none)"
                 ),
             ),
