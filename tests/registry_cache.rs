@@ -389,12 +389,17 @@ fn a_registry_whose_configuration_cannot_be_read_is_unsafe_and_named() {
     let dir = common::tempdir();
     let http = format!("http:\n  addr: 127.0.0.1:{}\n", free_port());
     let config = write_config(dir.path(), "config.yml", "none", &http);
+    let store = dir.path().join("store");
+    // Its environment names its store, as the file does: regfs knows which store it
+    // serves without the file (one whose store cannot be known either is presumed to
+    // serve every store, which would fail the other tests running meanwhile).
+    let root = store.display().to_string();
     let reg = start(Start {
         arg: Some(&config),
+        env: &[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root)],
         ..Start::default()
     });
     let pid = reg.pid();
-    let store = dir.path().join("store");
     assert!(cache::assess(&serving(&store)).unwrap().safe);
     // Replaced by what regfs cannot parse (the registry runs with what it read at start).
     fs::write(&config, "storage: [1, 2\n").unwrap();

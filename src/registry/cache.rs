@@ -372,3 +372,43 @@ pub fn forget(settings: &RegistrySettings, digests: &[Digest]) -> Option<Result<
     }
     Some(Ok(said.join("; ")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry (this process stands in for it) whose configuration regfs cannot read.
+    fn unreadable(env: &[(&str, &str)]) -> Found {
+        Found {
+            pid: std::process::id(),
+            exe: "/usr/bin/docker-registry".into(),
+            config: Err("gone".into()),
+            env: Ok(env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+            cwd: Some(PathBuf::from("/")),
+        }
+    }
+
+    #[test]
+    fn a_registry_whose_store_cannot_be_known_is_presumed_to_serve_it() {
+        let settings = RegistrySettings {
+            store: vec![PathBuf::from("/srv/regfs-test-store")],
+            ..RegistrySettings::default()
+        };
+        assert!(serves_store(&settings, &unreadable(&[]), None));
+        let elsewhere = [(ROOTDIRECTORY_ENV, "/srv/elsewhere")];
+        assert!(!serves_store(&settings, &unreadable(&elsewhere), None));
+        let here = [(ROOTDIRECTORY_ENV, "/srv/regfs-test-store/docker")];
+        assert!(serves_store(&settings, &unreadable(&here), None));
+        let s3 = [(DRIVER_ENV, "s3")];
+        assert!(!serves_store(&settings, &unreadable(&s3), None));
+        // An unreadable environment: nothing is known.
+        let mut who = unreadable(&[]);
+        who.env = Err("EACCES".into());
+        assert!(serves_store(&settings, &who, None));
+        let (config, ..) = configuration_of(&who);
+        assert!(config.is_err_and(|e| e.contains("EACCES") && e.contains("pid")));
+    }
+}
