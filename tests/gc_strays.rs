@@ -194,16 +194,19 @@ fn a_stray_inside_a_repository_keeps_that_repository_whole_and_the_rest_is_colle
 fn a_link_in_the_repository_tree_keeps_the_repositories_it_stands_for() {
     let dir = common::tempdir();
     let w = world(dir.path());
-    // Within the tree: the registry serves team/app through it.
-    symlink("team/app", w.s.repo("alias")).unwrap();
+    // Within the tree: the registry serves team/app through it (and the namespace it
+    // lies in is kept whole too).
+    symlink("app", w.s.repo("team/alias")).unwrap();
     let app_before = w.app_listing();
     let r = collect(dir.path(), &untagged()).unwrap();
     w.assert_app_kept_other_collected(&r, &app_before);
     assert!(
-        warned(&r, "repositories/alias", "team/app"),
+        warned(&r, "repositories/team/alias", "team/app"),
         "{:?}",
         r.warnings
     );
+    let said = r.warnings.iter().filter(|w| w.path.ends_with("team/alias"));
+    assert_eq!(said.count(), 1, "said once: {:?}", r.warnings);
 
     // Out of the tree: it may name any blob; no blob goes, the rest is collected.
     let dir = common::tempdir();

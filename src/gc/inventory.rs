@@ -209,6 +209,9 @@ pub struct Inventory {
     /// the tree, a directory whose repositories cannot be named): while it is there, no
     /// blob is deleted; the rest (revisions, uploads, temp files) is collected.
     pub keep_all_blobs: Vec<Warning>,
+    /// What else the scan met in the repository tree: links standing for repositories
+    /// (kept whole, see [`RepoInventory::kept_whole`]) and special files.
+    pub tree_warnings: Vec<Warning>,
 }
 
 impl Inventory {
@@ -216,6 +219,7 @@ impl Inventory {
     pub fn warnings(&self) -> impl Iterator<Item = &Warning> {
         self.keep_all_blobs
             .iter()
+            .chain(self.tree_warnings.iter())
             .chain(self.repositories.iter().flat_map(|r| r.warnings.iter()))
             .chain(self.blobs.warnings.iter())
     }

@@ -145,17 +145,9 @@ fn mark_in_pool(
     measure(store, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
     report.warnings = inventory
-        .keep_all_blobs
-        .iter()
-        .chain(
-            inventory
-                .repositories
-                .iter()
-                .flat_map(|r| r.warnings.iter()),
-        )
+        .warnings()
         .cloned()
         .chain(marks.warnings())
-        .chain(inventory.blobs.warnings.iter().cloned())
         .chain(young.warnings)
         .collect();
     report.blobs_scanned = inventory.blobs.len() as u64;

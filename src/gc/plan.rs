@@ -367,6 +367,7 @@ mod tests {
             repositories: repos,
             blobs: BlobInventory::new(blobs.to_vec(), fan_outs(blobs), vec![]),
             keep_all_blobs: vec![],
+            tree_warnings: vec![],
         }
     }
 

@@ -45,7 +45,7 @@ pub struct Repositories {
 
 impl Repositories {
     /// Why `repo` is kept whole, if it is.
-    fn kept_whole(&self, repo: &RepoName) -> impl Iterator<Item = &Warning> {
+    pub fn kept_whole(&self, repo: &RepoName) -> impl Iterator<Item = &Warning> {
         self.kept_whole
             .iter()
             .filter(move |(under, _)| {
@@ -733,21 +733,29 @@ pub fn inventory(
                 return None;
             }
             let mut scan = scan_repository(store, r);
-            for w in repos.kept_whole(r) {
-                scan.kept_whole = true;
-                scan.warnings.push(w.clone());
-            }
+            // The warning is the tree's, once, however many repositories it keeps.
+            scan.kept_whole |= repos.kept_whole(r).next().is_some();
             Some(scan)
         })
         .collect();
     let Some(repositories) = scans.into_iter().collect::<Option<Vec<_>>>() else {
         return Ok(None);
     };
-    let mut blobs = scan_blobs(store)?;
-    blobs.warnings.extend(repos.warnings);
+    let mut tree_warnings: Vec<Warning> = Vec::new();
+    for w in repos
+        .kept_whole
+        .into_iter()
+        .map(|(_, w)| w)
+        .chain(repos.warnings)
+    {
+        if !tree_warnings.contains(&w) {
+            tree_warnings.push(w);
+        }
+    }
     Ok(Some(Inventory {
         repositories,
-        blobs,
+        blobs: scan_blobs(store)?,
         keep_all_blobs: repos.keep_all_blobs,
+        tree_warnings,
     }))
 }
