@@ -50,6 +50,11 @@ fn stray_keeps_its_repository(mode: &str) {
         })
     });
     assert!(warned, "{mode}: the job names the link: {job:#}");
+    let st = d.status();
+    assert_eq!(
+        st["last_job"]["report"]["warnings"], job["report"]["warnings"],
+        "{mode}: status --json carries them: {st:#}"
+    );
     let shown = text(&d.cli_ok(&["status"], &[]).stdout);
     assert!(
         shown.contains("warning") && shown.contains("tags/evil") && shown.contains("kept whole"),
