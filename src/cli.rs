@@ -133,8 +133,8 @@ pub struct GcArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Collection (--offline; a daemon uses its own settings)")]
     pub min_age: Duration,
 
-    /// Keep every blob a manifest of unknown kind names (any `sha256:` digest in it)
-    /// instead of stopping the run.
+    /// Keep every blob a manifest of unknown kind names (any `sha256:` digest in it) and
+    /// collect the rest of its repository, instead of keeping that repository whole.
     #[arg(
         long,
         requires = "offline",
@@ -270,7 +270,8 @@ pub struct MountArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
     pub gc_min_age: Option<Duration>,
 
-    /// Keep every blob a manifest of unknown kind names instead of failing the run.
+    /// Keep every blob a manifest of unknown kind names and collect the rest of its
+    /// repository, instead of keeping that repository whole.
     #[arg(long, help_heading = "Garbage collection")]
     pub keep_unknown: bool,
 

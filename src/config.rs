@@ -377,9 +377,12 @@ pub fn resolve(
         // Other nodes change the store behind this kernel's back: cache nothing.
         mount.attr_timeout = Duration::ZERO;
     }
+    let mut settings = resolve_gc(args, file, origin)?;
+    // A registry serving either path serves the store.
+    settings.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
     Ok(MountOptions {
         mount,
-        settings: resolve_gc(args, file, origin)?,
+        settings,
         state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
         metrics,
         api,
@@ -515,6 +518,7 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sett
                 .or_else(|| file.registry.config.clone()),
             allow_unsafe_cache: args.allow_unsafe_cache
                 || file.registry.allow_unsafe_cache.unwrap_or(false),
+            store: Vec::new(),
         },
     })
 }

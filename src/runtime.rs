@@ -170,7 +170,6 @@ impl Runtime {
             vec![gc_stats.clone()],
         );
         daemon.set_overrides(layers.overrides());
-        daemon.check_cache("start");
         let stops = channel();
         let ended = stops.0.clone();
         let serving = mounted
@@ -178,6 +177,9 @@ impl Runtime {
                 let _ = ended.send(StopReason::Unmounted);
             })
             .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+        // Once the mount is served: a registry's configuration or root directory may lie
+        // in it, and a read of the mount before it is served would never return.
+        daemon.check_cache("start");
         let mut rt = Runtime {
             daemon,
             mountpoint,

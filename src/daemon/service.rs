@@ -160,8 +160,8 @@ impl Daemon {
                     "registry cache UNSAFE: {}", c.detail)
             }
             None if last.is_none() && when == "start" => tracing::info!(
-                "registry configuration not given ([registry] config, --registry-config): \
-                 the registry's blob-descriptor cache is not checked"
+                "no registry using the store runs and no registry configuration is given \
+                 ([registry] config, --registry-config): checked again before each run"
             ),
             _ => {}
         }

@@ -121,7 +121,10 @@ impl fmt::Display for Status {
             )?;
         }
         match &self.last_job {
-            Some(j) => writeln!(f, "  last run     {}", j.summary())?,
+            Some(j) => {
+                writeln!(f, "  last run     {}", j.summary())?;
+                write_warnings(f, j.report.as_ref().map_or(&[], |r| r.warnings()))?;
+            }
             None => writeln!(f, "  last run     none")?,
         }
         match &self.registry_cache {
@@ -133,13 +136,34 @@ impl fmt::Display for Status {
                 "  registry     cache {}: UNSAFE, GC deletes nothing unless allow_unsafe_cache; {}",
                 c.cache, c.detail
             )?,
-            None => writeln!(f, "  registry     cache not checked (no [registry] config)")?,
+            None => writeln!(
+                f,
+                "  registry     cache not checked: no registry using the store runs, no [registry] config"
+            )?,
         }
         if let Some(c) = &self.cluster {
             write_cluster(f, c)?;
         }
         Ok(())
     }
+}
+
+/// Warnings shown under the last run (the job's record holds them all).
+const WARNINGS_SHOWN: usize = 5;
+
+/// The last run's warnings: what it met and did not understand, and what that kept.
+fn write_warnings(f: &mut fmt::Formatter<'_>, warnings: &[crate::gc::Warning]) -> fmt::Result {
+    for w in warnings.iter().take(WARNINGS_SHOWN) {
+        writeln!(f, "  warning      {}: {}", w.path, w.message)?;
+    }
+    if warnings.len() > WARNINGS_SHOWN {
+        writeln!(
+            f,
+            "  warning      and {} more (regfs status --json)",
+            warnings.len() - WARNINGS_SHOWN
+        )?;
+    }
+    Ok(())
 }
 
 /// The cluster part of `status`: this node, the collector, each member.

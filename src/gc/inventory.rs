@@ -84,6 +84,16 @@ pub struct RepoInventory {
     pub uploads: Vec<Upload>,
     pub temp_files: Vec<TempFile>,
     pub warnings: Vec<Warning>,
+    /// The scan met something in this repository it does not understand (named in
+    /// `warnings`): the repository is kept whole, every revision, tag, link, upload and
+    /// temp file of it, and every blob those name.
+    pub kept_whole: bool,
+    /// Part of the repository that holds references (its revisions or `_layers`) could
+    /// not be listed: no blob of the store can be proven unreferenced.
+    pub references_unknown: bool,
+    /// Manifests named by entries of the revisions directory that are no revision (a
+    /// link): kept with the repository when the store holds them.
+    pub stray_revisions: Vec<Digest>,
 }
 
 impl RepoInventory {
@@ -96,7 +106,37 @@ impl RepoInventory {
             uploads: Vec::new(),
             temp_files: Vec::new(),
             warnings: Vec::new(),
+            kept_whole: false,
+            references_unknown: false,
+            stray_revisions: Vec::new(),
         }
+    }
+
+    /// Notes `path`, which the scan does not understand (`what`): the repository is kept
+    /// whole.
+    pub fn not_understood(&mut self, path: impl AsRef<std::path::Path>, what: &str) {
+        self.kept_whole = true;
+        self.warnings.push(Warning::new(
+            path,
+            format!(
+                "{what}; repository {} kept whole (nothing of it deleted)",
+                self.name
+            ),
+        ));
+    }
+
+    /// Notes `path`, a part of the repository holding references that cannot be listed:
+    /// the repository is kept whole and no blob of the store is deleted.
+    pub fn references_unknown(&mut self, path: impl AsRef<std::path::Path>, what: &str) {
+        self.kept_whole = true;
+        self.references_unknown = true;
+        self.warnings.push(Warning::new(
+            path,
+            format!(
+                "{what}; the blobs repository {} names cannot be listed, so no blob is deleted",
+                self.name
+            ),
+        ));
     }
 
     /// Every manifest a revision of this repository may stand for.
@@ -119,6 +159,9 @@ pub struct BlobInventory {
     digests: Vec<Digest>,
     pub fan_outs: Vec<FanOut>,
     pub warnings: Vec<Warning>,
+    /// Entries of the blob tree named by a digest that are no blob directory (a symbolic
+    /// link, a file): never deleted, never followed; a `_layers` link naming one stays.
+    pub strays: Vec<Digest>,
 }
 
 impl BlobInventory {
@@ -131,6 +174,7 @@ impl BlobInventory {
             digests,
             fan_outs,
             warnings,
+            strays: Vec::new(),
         }
     }
 
@@ -161,14 +205,27 @@ impl BlobInventory {
 pub struct Inventory {
     pub repositories: Vec<RepoInventory>,
     pub blobs: BlobInventory,
+    /// What the scan met in the repository tree that could name any blob (a link out of
+    /// the tree, a directory whose repositories cannot be named): while it is there, no
+    /// blob is deleted; the rest (revisions, uploads, temp files) is collected.
+    pub keep_all_blobs: Vec<Warning>,
+    /// What else the scan met in the repository tree: links standing for repositories
+    /// (kept whole, see [`RepoInventory::kept_whole`]) and special files.
+    pub tree_warnings: Vec<Warning>,
 }
 
 impl Inventory {
     /// Every warning of the scan, repositories first.
     pub fn warnings(&self) -> impl Iterator<Item = &Warning> {
-        self.repositories
+        self.keep_all_blobs
             .iter()
-            .flat_map(|r| r.warnings.iter())
+            .chain(self.tree_warnings.iter())
+            .chain(self.repositories.iter().flat_map(|r| r.warnings.iter()))
             .chain(self.blobs.warnings.iter())
+    }
+
+    /// No blob can be proven unreferenced: every blob of the store stays.
+    pub fn keeps_all_blobs(&self) -> bool {
+        !self.keep_all_blobs.is_empty() || self.repositories.iter().any(|r| r.references_unknown)
     }
 }

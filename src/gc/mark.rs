@@ -80,6 +80,26 @@ impl Manifests {
         blobs.read(&paths::blob_data_in_blobs_root(d), MAX_MANIFEST_SIZE)
     }
 
+    /// As [`Manifests::load`], for a repository kept whole: never fails. A manifest that
+    /// cannot be read names nothing more (the repository's links keep its blobs), one not
+    /// understood names every digest it mentions; a missing one is still missing.
+    pub fn load_any(&self, cache: &mut RepoManifests, d: &Digest) -> Arc<Loaded> {
+        if let Some(l) = cache.get(d) {
+            return l.clone();
+        }
+        let loaded = match self.read(d) {
+            Ok(Some(bytes)) => match manifest::parse(&bytes, d) {
+                Ok(m) => Loaded::Parsed(m),
+                Err(_) => Loaded::Unknown(manifest::digests_mentioned(&bytes)),
+            },
+            Ok(None) => Loaded::Missing,
+            Err(_) => Loaded::Unknown(Vec::new()),
+        };
+        let loaded = Arc::new(loaded);
+        cache.insert(*d, loaded.clone());
+        loaded
+    }
+
     pub fn load(
         &self,
         cache: &mut RepoManifests,

@@ -29,6 +29,8 @@ pub struct MarkSet<'i> {
     subjects: HashMap<RepoName, HashMap<Digest, Digest>>,
     manifests_scanned: u64,
     warnings: Mutex<Vec<Warning>>,
+    /// Repositories kept whole: the plan deletes nothing of them.
+    kept_whole: HashSet<RepoName>,
 }
 
 /// What marking one repository found besides its marks.
@@ -39,6 +41,7 @@ struct RepoMark {
     subjects: HashMap<Digest, Digest>,
     manifests: u64,
     warnings: Vec<Warning>,
+    kept_whole: bool,
 }
 
 impl<'i> MarkSet<'i> {
@@ -53,7 +56,20 @@ impl<'i> MarkSet<'i> {
             subjects: HashMap::new(),
             manifests_scanned: 0,
             warnings: Mutex::new(Vec::new()),
+            kept_whole: HashSet::new(),
         }
+    }
+
+    /// Marks every blob of the store: none can be proven unreferenced.
+    pub fn mark_every_blob(&self) {
+        for d in self.blobs.digests() {
+            self.mark(d);
+        }
+    }
+
+    /// The repository is kept whole: nothing of it is deleted.
+    pub fn is_kept_whole(&self, repo: &RepoName) -> bool {
+        self.kept_whole.contains(repo)
     }
 
     /// Marks one digest (a manifest or a blob) live.
@@ -129,6 +145,7 @@ impl<'i> MarkSet<'i> {
         d: Digest,
     ) -> Result<(), GcError> {
         let mut walk = Walk::new(self, manifests, repo);
+        walk.lenient = self.is_kept_whole(&repo.name);
         walk.reach(vec![d], None, &|| false)?;
         self.warnings
             .lock()
@@ -147,6 +164,11 @@ struct Walk<'a, 'i> {
     /// repository (a store-wide cache would hold every manifest at once).
     cache: RepoManifests,
     warnings: Vec<Warning>,
+    /// The repository is kept whole: a manifest not understood or unreadable stops
+    /// nothing (a missing one still does, unless allowed).
+    lenient: bool,
+    /// A missing manifest stops nothing either (one only a tag or a stray names).
+    missing_ok: bool,
 }
 
 impl<'a, 'i> Walk<'a, 'i> {
@@ -157,10 +179,15 @@ impl<'a, 'i> Walk<'a, 'i> {
             repo,
             cache: HashMap::new(),
             warnings: Vec::new(),
+            lenient: false,
+            missing_ok: false,
         }
     }
 
     fn load(&mut self, d: &Digest) -> Result<std::sync::Arc<Loaded>, GcError> {
+        if self.lenient {
+            return Ok(self.manifests.load_any(&mut self.cache, d));
+        }
         self.manifests.load(&mut self.cache, &self.repo.name, d)
     }
 
@@ -185,7 +212,9 @@ impl<'a, 'i> Walk<'a, 'i> {
             }
             self.set.mark(&d);
             let loaded = self.load(&d)?;
-            if let Loaded::Missing = *loaded {
+            if let Loaded::Missing = *loaded
+                && !self.missing_ok
+            {
                 self.missing_manifest(d, &mut stack)?;
             }
             loaded.blobs().iter().for_each(|b| self.set.mark(b));
@@ -241,6 +270,7 @@ fn mark_all_revisions(
         subjects: HashMap::new(),
         manifests,
         warnings: std::mem::take(&mut walk.warnings),
+        kept_whole: false,
     })
 }
 
@@ -290,7 +320,62 @@ fn mark_tagged(walk: &mut Walk, stop: &(dyn Fn() -> bool + Sync)) -> Result<Repo
         subjects,
         manifests,
         warnings: std::mem::take(&mut walk.warnings),
+        kept_whole: false,
     })
+}
+
+/// A repository kept whole: every revision, every manifest a tag names now or named
+/// before, and every `_layers` link is live, and every blob they name; nothing it meets
+/// stops the walk.
+fn mark_whole(walk: &mut Walk, stop: &(dyn Fn() -> bool + Sync)) -> Result<RepoMark, GcError> {
+    walk.lenient = true;
+    walk.repo.layers.iter().for_each(|l| walk.set.mark(l));
+    // Revisions as in every mode: a missing manifest stops the run unless allowed.
+    let roots: Vec<Digest> = walk.repo.revision_manifests().collect();
+    walk.reach(roots, None, stop)?;
+    // What only tags and strays name may be gone already: kept if it is there.
+    let mut named: Vec<Digest> = walk.repo.revisions.iter().map(|r| r.dir_digest).collect();
+    named.extend(walk.repo.stray_revisions.iter().copied());
+    for tag in &walk.repo.tags {
+        if let LinkState::Ok(d) = &tag.current {
+            named.push(*d);
+        }
+        named.extend(tag.index.iter().copied());
+    }
+    walk.missing_ok = true;
+    let manifests = walk.repo.revisions.len() as u64;
+    walk.reach(named, None, stop)?;
+    Ok(RepoMark {
+        repo: walk.repo.name.clone(),
+        unreachable: Vec::new(),
+        subjects: HashMap::new(),
+        manifests,
+        warnings: std::mem::take(&mut walk.warnings),
+        kept_whole: true,
+    })
+}
+
+/// A manifest the mark cannot read or does not understand: its repository is kept whole.
+fn manifest_not_understood(e: &GcError) -> Option<Warning> {
+    let (repo, digest, why) = match e {
+        GcError::Manifest {
+            repo,
+            digest,
+            source,
+        } => (repo, digest, source.to_string()),
+        GcError::ManifestRead {
+            repo,
+            digest,
+            source,
+        } => (repo, digest, format!("cannot be read: {source}")),
+        _ => return None,
+    };
+    Some(Warning::new(
+        paths::blob_data(digest),
+        format!(
+            "manifest {digest} of repository {repo}: {why}; repository {repo} kept whole (nothing of it deleted)"
+        ),
+    ))
 }
 
 /// Marks every repository of `inventory` in parallel. `None` when `stop` said so first.
@@ -310,10 +395,25 @@ pub fn mark_all<'i>(
                 return Ok(None);
             }
             let mut walk = Walk::new(&set, manifests, repo);
-            let m = if delete_untagged {
+            let m = if repo.kept_whole {
+                mark_whole(&mut walk, stop)
+            } else if delete_untagged {
                 mark_tagged(&mut walk, stop)
             } else {
                 mark_all_revisions(&mut walk, stop)
+            };
+            let m = match m {
+                Err(e) => match manifest_not_understood(&e) {
+                    Some(w) => {
+                        let mut walk = Walk::new(&set, manifests, repo);
+                        mark_whole(&mut walk, stop).map(|mut m| {
+                            m.warnings.insert(0, w);
+                            m
+                        })
+                    }
+                    None => Err(e),
+                },
+                ok => ok,
             };
             advance();
             match m {
@@ -327,6 +427,9 @@ pub fn mark_all<'i>(
     };
     for m in marks {
         set.manifests_scanned += m.manifests;
+        if m.kept_whole {
+            set.kept_whole.insert(m.repo.clone());
+        }
         set.warnings
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())

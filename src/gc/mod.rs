@@ -3,9 +3,12 @@
 //! (pure) turns both into a [`Plan`] of units; the sweep carries the units out; the
 //! [`Report`] says what happened. [`Cancel`] and [`Progress`] steer and watch a run.
 //!
-//! It never deletes what it cannot prove unreferenced: an unreadable or missing manifest,
-//! one that does not match its digest, or one of an unknown kind stops the run before the
-//! sweep.
+//! It never deletes what it cannot prove unreferenced. What it does not understand keeps
+//! what it may stand for and the rest is collected: an entry of a repository it does not
+//! understand, or a manifest it cannot read or parse, keeps that repository whole; a link
+//! in the repository tree keeps the repositories it points to whole, or every blob when it
+//! leads out of the tree (see [`scan`]). A manifest missing from the store stops the run
+//! before the sweep (unless `allow_missing_manifests`).
 
 pub mod control;
 pub mod error;
@@ -40,7 +43,8 @@ pub struct Options {
     pub delete_untagged: bool,
     pub dry_run: bool,
     pub upload_max_age: Duration,
-    /// Keep every blob an unknown manifest names instead of stopping the run.
+    /// Keep every blob an unknown manifest names and collect the rest of its repository,
+    /// instead of keeping that repository whole.
     pub keep_unknown: bool,
     /// Go on past a manifest whose blob is missing, keeping every blob and revision of
     /// its repository, instead of stopping the run.
@@ -111,8 +115,8 @@ fn mark_in_pool(
     };
     let stop = || cancel.interrupted().is_some();
     let repos = scan::find_repositories(store)?;
-    progress.phase(Phase::Mark, repos.len() as u64);
-    report.repositories = repos.len() as u64;
+    progress.phase(Phase::Mark, repos.names.len() as u64);
+    report.repositories = repos.names.len() as u64;
     let Some(inventory) = scan::inventory(store, repos, &stop)? else {
         return interrupted(report);
     };
@@ -123,6 +127,9 @@ fn mark_in_pool(
     let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
+    if inventory.keeps_all_blobs() {
+        marks.mark_every_blob();
+    }
     let now = SystemTime::now();
     report.blobs_marked = marks.live_count();
     let young = scan::young_blobs(store, unmarked(&inventory, &marks), opts.min_age, now);
@@ -138,11 +145,9 @@ fn mark_in_pool(
     measure(store, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
     report.warnings = inventory
-        .repositories
-        .iter()
-        .flat_map(|r| r.warnings.iter().cloned())
+        .warnings()
+        .cloned()
         .chain(marks.warnings())
-        .chain(inventory.blobs.warnings.iter().cloned())
         .chain(young.warnings)
         .collect();
     report.blobs_scanned = inventory.blobs.len() as u64;

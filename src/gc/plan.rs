@@ -171,11 +171,13 @@ pub fn plan(inventory: &Inventory, marks: &MarkSet, settings: &Settings) -> Plan
         .map(|r| (r, Arc::new(r.name.clone())))
         .collect();
     let mut actions = Vec::new();
-    for (repo, name) in &repos {
+    // Nothing of a repository kept whole goes.
+    let collected = || repos.iter().filter(|(r, _)| !marks.is_kept_whole(&r.name));
+    for (repo, name) in collected() {
         plan_revisions(repo, name, marks, &mut actions);
     }
     plan_blobs(inventory, &repos, marks, &mut actions);
-    for (repo, _) in &repos {
+    for (repo, _) in collected() {
         plan_leftovers(repo, marks, settings, &mut actions);
     }
     Plan { actions }
@@ -248,6 +250,7 @@ fn plan_blobs(
     // Both these and the blobs are sorted by digest, so one pass pairs them.
     let mut links: Vec<(Digest, &Arc<RepoName>)> = repos
         .iter()
+        .filter(|(repo, _)| !marks.is_kept_whole(&repo.name))
         .flat_map(|(repo, name)| {
             repo.layers
                 .iter()
@@ -284,6 +287,8 @@ fn plan_blobs(
         });
     }
     dangling.extend(rest.iter().map(|(l, r)| (Arc::clone(r), *l)));
+    // A link naming a stray of the blob tree (a link, a file) may be served: it stays.
+    dangling.retain(|(_, d)| inventory.blobs.strays.binary_search(d).is_err());
     dangling.sort();
     for (repo, digest) in dangling {
         actions.push(Action::RemoveLayerLink { repo, digest });
@@ -361,6 +366,8 @@ mod tests {
         Inventory {
             repositories: repos,
             blobs: BlobInventory::new(blobs.to_vec(), fan_outs(blobs), vec![]),
+            keep_all_blobs: vec![],
+            tree_warnings: vec![],
         }
     }
 

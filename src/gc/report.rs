@@ -159,6 +159,14 @@ impl RunReport {
             RunReport::Sweeping(c) => c,
         }
     }
+
+    /// What the run met and did not understand (none known while it sweeps).
+    pub fn warnings(&self) -> &[Warning] {
+        match self {
+            RunReport::Finished(r) => &r.warnings,
+            RunReport::Sweeping(_) => &[],
+        }
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -1,6 +1,9 @@
 //! Reading a store's repositories: revisions, tags, `_layers` links, uploads and
-//! leftover temp files. Anything in the reference-bearing part of the tree that cannot
-//! be understood stops the run (it could hold references); elsewhere it is a warning.
+//! leftover temp files. What the scan does not understand never stops the run and is
+//! never deleted nor followed: an entry inside a repository keeps that repository whole;
+//! a link in the repository tree keeps the repositories it stands for whole (every blob,
+//! when it leads out of the tree); a part of a repository that names blobs and cannot
+//! be listed keeps every blob. Each says so in a warning naming the file.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,30 +29,171 @@ fn list(store: &Store, rel: &Path) -> Result<Option<Vec<crate::layout::Entry>>, 
         .map_err(|e| GcError::store(&store.shown(rel), e))
 }
 
+/// What the walk of the repository tree found: the repositories, and what it met there
+/// that it does not understand.
+#[derive(Debug, Default)]
+pub struct Repositories {
+    pub names: Vec<RepoName>,
+    /// Repositories (a name, and every repository below it) kept whole, with why: a link
+    /// in the tree stands for them, or an entry that is no repository lies in them.
+    pub kept_whole: Vec<(String, Warning)>,
+    /// Entries that could name any blob: while one is there, no blob is deleted.
+    pub keep_all_blobs: Vec<Warning>,
+    /// Entries that can hold no reference (a FIFO, a socket...), reported only.
+    pub warnings: Vec<Warning>,
+}
+
+impl Repositories {
+    /// Why `repo` is kept whole, if it is.
+    pub fn kept_whole(&self, repo: &RepoName) -> impl Iterator<Item = &Warning> {
+        self.kept_whole
+            .iter()
+            .filter(move |(under, _)| {
+                under.is_empty()
+                    || repo.as_str() == under
+                    || repo
+                        .as_str()
+                        .strip_prefix(under.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|(_, w)| w)
+    }
+}
+
+/// Where link `target`, lying in repository directory `dir` (a name below the
+/// repositories root, `""` for the root), leads within the repository tree: the
+/// repository (or namespace) name it stands for, cut before any `_` component (the
+/// repository whose internals it names). `None` when it leads out of the tree.
+fn link_target_in_tree(dir: &str, target: &Path) -> Option<String> {
+    use std::path::Component;
+    if target.is_absolute() {
+        return None;
+    }
+    let mut at: Vec<String> = dir
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => at.push(n.to_str()?.to_string()),
+            Component::ParentDir => {
+                at.pop()?;
+            }
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    let cut = at
+        .iter()
+        .position(|c| c.starts_with('_'))
+        .unwrap_or(at.len());
+    Some(at[..cut].join("/"))
+}
+
+/// A symbolic link or special file at `rel` in the repository tree, in directory `dir`
+/// (`None`: the root; else a namespace or repository name): what it keeps.
+fn stray_in_tree(store: &Store, rel: &Path, dir: Option<&RepoName>, found: &mut Repositories) {
+    let shown = rel.display().to_string();
+    let here = dir.map_or(String::new(), |d| d.as_str().to_string());
+    match store.read_link(rel) {
+        Ok(target) => match link_target_in_tree(&here, &target) {
+            Some(under) => {
+                let w = Warning::new(
+                    &shown,
+                    format!(
+                        "a symbolic link (to {}) in the repository tree, never followed: the \
+                         registry serves through it what it points to, {}, kept whole with {}",
+                        target.display(),
+                        if under.is_empty() {
+                            "every repository".to_string()
+                        } else {
+                            format!("repositories {under}")
+                        },
+                        if here.is_empty() {
+                            "nothing else".to_string()
+                        } else {
+                            format!("repositories {here}")
+                        },
+                    ),
+                );
+                found.kept_whole.push((under, w.clone()));
+                if !here.is_empty() {
+                    found.kept_whole.push((here, w));
+                }
+            }
+            None => found.keep_all_blobs.push(Warning::new(
+                shown,
+                format!(
+                    "a symbolic link (to {}) out of the repository tree, never followed: the \
+                     registry may serve through it a repository naming any blob, so no blob is \
+                     deleted while it is there",
+                    target.display()
+                ),
+            )),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // No link: a FIFO, socket or device, which can name nothing.
+            let w = Warning::new(
+                &shown,
+                "a special file in the repository tree; left alone".into(),
+            );
+            match dir {
+                Some(d) => found.kept_whole.push((d.as_str().to_string(), w)),
+                None => found.warnings.push(w),
+            }
+        }
+        Err(e) => found.keep_all_blobs.push(Warning::new(
+            shown,
+            format!(
+                "an entry of the repository tree that cannot be read ({e}): it may stand for a \
+                 repository naming any blob, so no blob is deleted while it is there"
+            ),
+        )),
+    }
+}
+
 /// Finds every repository: any directory holding `_manifests` (or only `_layers` or
 /// `_uploads`). Directories whose names start with `_` are never searched for
-/// repositories.
-pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
+/// repositories. What it does not understand it keeps (see [`Repositories`]); only a
+/// repository tree that cannot be listed at all stops the run.
+pub fn find_repositories(store: &Store) -> Result<Repositories, GcError> {
     let root = paths::repositories_root();
-    let mut found = Vec::new();
-    let mut stack: Vec<(PathBuf, Option<RepoName>)> = vec![(root, None)];
+    let mut found = Repositories::default();
+    let mut stack: Vec<(PathBuf, Option<RepoName>)> = vec![(root.clone(), None)];
     while let Some((dir, name)) = stack.pop() {
-        let Some(entries) = list(store, &dir)? else {
-            continue;
+        let entries = match list(store, &dir) {
+            Ok(Some(entries)) => entries,
+            Ok(None) => continue,
+            Err(e) if dir == root => return Err(e),
+            Err(e) => {
+                found.keep_all_blobs.push(Warning::new(
+                    &dir,
+                    format!(
+                        "a directory of the repository tree that cannot be listed ({e}): its \
+                         repositories cannot be known, so no blob is deleted while it is so"
+                    ),
+                ));
+                continue;
+            }
         };
         // `_manifests` makes a repository; `_layers` or `_uploads` alone (blobs pushed,
         // no manifest yet) make one with no roots, whose links and uploads still need care.
         if let Some(name) = &name
             && entries.iter().any(|e| paths::marks_repository(&e.name))
         {
-            found.push(name.clone());
+            found.names.push(name.clone());
         }
         for e in entries {
+            let path = dir.join(&e.name);
             let Some(s) = e.name_str() else {
-                return Err(GcError::NotUnderstood {
-                    path: dir.join(&e.name).display().to_string(),
-                    what: "a name that is not UTF-8 in the repository tree".into(),
-                });
+                found.keep_all_blobs.push(Warning::new(
+                    &path,
+                    "a name that is not UTF-8 in the repository tree: what lies below it cannot \
+                     be named, so no blob is deleted while it is there"
+                        .into(),
+                ));
+                continue;
             };
             if s.starts_with('_') {
                 continue;
@@ -59,24 +203,24 @@ pub fn find_repositories(store: &Store) -> Result<Vec<RepoName>, GcError> {
                     let child = match &name {
                         None => RepoName::new(s),
                         Some(n) => n.child(s),
+                    };
+                    match child {
+                        Ok(child) => stack.push((path, Some(child))),
+                        Err(err) => found.keep_all_blobs.push(Warning::new(
+                            &path,
+                            format!(
+                                "{err}: the repositories below it cannot be named, so no blob is \
+                                 deleted while it is there"
+                            ),
+                        )),
                     }
-                    .map_err(|err| GcError::NotUnderstood {
-                        path: dir.join(s).display().to_string(),
-                        what: err.to_string(),
-                    })?;
-                    stack.push((dir.join(s), Some(child)));
                 }
                 EntryKind::File => {}
-                EntryKind::Other => {
-                    return Err(GcError::NotUnderstood {
-                        path: dir.join(s).display().to_string(),
-                        what: "a symbolic link or special file in the repository tree".into(),
-                    });
-                }
+                EntryKind::Other => stray_in_tree(store, &path, name.as_ref(), &mut found),
             }
         }
     }
-    found.sort();
+    found.names.sort();
     Ok(found)
 }
 
@@ -147,40 +291,74 @@ fn collect_temp(
     }
 }
 
-fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
-    let Some((revs, entries)) = sub_listed(store, &paths::revisions_dir(repo))? else {
-        return Ok(());
+/// The directory `rel` of a repository with its entries, or `None` if it is missing;
+/// when it cannot be listed, says so through `unlisted` (with the error) and gives `None`.
+fn repo_listed(
+    store: &Store,
+    rel: &Path,
+    scan: &mut RepoInventory,
+    unlisted: fn(&mut RepoInventory, PathBuf, &str),
+) -> Option<(Store, Vec<crate::layout::Entry>)> {
+    match sub_listed(store, rel) {
+        Ok(listed) => listed,
+        Err(e) => {
+            unlisted(scan, rel.to_path_buf(), &format!("cannot be listed ({e})"));
+            None
+        }
+    }
+}
+
+fn keep_whole(scan: &mut RepoInventory, path: PathBuf, what: &str) {
+    scan.not_understood(path, what);
+}
+
+fn references_unknown(scan: &mut RepoInventory, path: PathBuf, what: &str) {
+    scan.references_unknown(path, what);
+}
+
+fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
+    let rel = paths::revisions_dir(repo);
+    let Some((revs, entries)) = repo_listed(store, &rel, scan, references_unknown) else {
+        return;
     };
     for e in entries {
         let rel = Path::new(&e.name);
         let digest = e.name_str().and_then(|s| Digest::from_hex(s).ok());
-        let (EntryKind::Dir, Some(dir_digest)) = (e.kind, digest) else {
-            return Err(GcError::NotUnderstood {
-                path: revs.shown(rel).display().to_string(),
-                what: "not a revision directory named by a digest".into(),
-            });
+        let Some(dir_digest) = digest else {
+            scan.not_understood(
+                revs.shown(rel),
+                "not a revision directory named by a digest",
+            );
+            continue;
         };
-        let (inner, link) = link_dir(
+        if e.kind != EntryKind::Dir {
+            // The registry would follow a link: the manifest its name says is kept, if
+            // the store holds it.
+            scan.not_understood(revs.shown(rel), "a revision that is no directory");
+            scan.stray_revisions.push(dir_digest);
+            continue;
+        }
+        let listed = link_dir(
             &revs,
             rel,
             TempParent::Revision(dir_digest),
             &mut scan.temp_files,
-        )?
-        .unwrap_or((Vec::new(), LinkState::Missing));
+        );
+        let (inner, link) = match listed {
+            Ok(l) => l.unwrap_or((Vec::new(), LinkState::Missing)),
+            Err(e) => (Vec::new(), LinkState::Damaged(e.to_string())),
+        };
         let link_path = || revs.shown(&rel.join(LINK));
         if let LinkState::Damaged(why) = &link {
-            scan.warnings.push(Warning::new(
-                link_path(),
-                format!("damaged revision link ({why}); keeping the manifest its directory names"),
-            ));
+            scan.not_understood(link_path(), &format!("damaged revision link ({why})"));
         }
         if let LinkState::Ok(d) = &link
             && *d != dir_digest
         {
-            scan.warnings.push(Warning::new(
+            scan.not_understood(
                 link_path(),
-                format!("revision link names {d}, not its directory; keeping both"),
-            ));
+                &format!("revision link names {d}, not its directory"),
+            );
         }
         scan.revisions.push(Revision {
             dir_digest,
@@ -188,68 +366,76 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> R
             empty: inner.is_empty(),
         });
     }
-    Ok(())
 }
 
-fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
+fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
     // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
-    let Some((tags, entries)) = sub_listed(store, &paths::tags_dir(repo))? else {
-        return Ok(());
+    let rel = paths::tags_dir(repo);
+    let Some((tags, entries)) = repo_listed(store, &rel, scan, keep_whole) else {
+        return;
     };
     for e in entries {
         let name = e.name_str().and_then(|s| TagName::new(s).ok());
         let (EntryKind::Dir, Some(name)) = (e.kind, name) else {
-            return Err(GcError::NotUnderstood {
-                path: tags.shown(Path::new(&e.name)).display().to_string(),
-                what: "not a tag directory".into(),
-            });
+            scan.not_understood(tags.shown(Path::new(&e.name)), "not a tag directory");
+            continue;
         };
         let tag = Path::new(name.as_str());
-        let current = link_dir(
+        let current = match link_dir(
             &tags,
             &tag.join(paths::TAG_CURRENT),
             TempParent::TagCurrent,
             &mut scan.temp_files,
-        )?
-        .map_or(LinkState::Missing, |(_, l)| l);
+        ) {
+            Ok(l) => l.map_or(LinkState::Missing, |(_, l)| l),
+            Err(e) => LinkState::Damaged(e.to_string()),
+        };
         let mut index = Vec::new();
-        if let Some((idx, index_entries)) = sub_listed(&tags, &tag.join(paths::TAG_INDEX))? {
+        let index_rel = tag.join(paths::TAG_INDEX);
+        let listed = match sub_listed(&tags, &index_rel) {
+            Ok(l) => l,
+            Err(e) => {
+                scan.not_understood(tags.shown(&index_rel), &format!("cannot be listed ({e})"));
+                None
+            }
+        };
+        if let Some((idx, index_entries)) = listed {
             for ie in index_entries {
+                let at = Path::new(&ie.name);
                 match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
                     Some(d) if ie.kind == EntryKind::Dir => {
                         index.push(d);
-                        if let Some(inner) = list(&idx, Path::new(&ie.name))? {
-                            collect_temp(
+                        match list(&idx, at) {
+                            Ok(Some(inner)) => collect_temp(
                                 &idx,
-                                Path::new(&ie.name),
+                                at,
                                 &inner,
                                 TempParent::TagIndex(d),
                                 &mut scan.temp_files,
-                            );
+                            ),
+                            Ok(None) => {}
+                            Err(e) => scan
+                                .not_understood(idx.shown(at), &format!("cannot be listed ({e})")),
                         }
                     }
-                    _ => {
-                        return Err(GcError::NotUnderstood {
-                            path: idx.shown(Path::new(&ie.name)).display().to_string(),
-                            what: "not a tag index entry named by a digest".into(),
-                        });
-                    }
+                    _ => scan
+                        .not_understood(idx.shown(at), "not a tag index entry named by a digest"),
                 }
             }
         }
-        let damage = match &current {
-            LinkState::Ok(_) => None,
-            LinkState::Damaged(why) => Some(why.as_str()),
-            LinkState::Missing => Some("missing"),
-        };
-        if let Some(why) = damage {
-            scan.warnings.push(Warning::new(
+        match &current {
+            LinkState::Ok(_) => {}
+            LinkState::Damaged(why) => scan.not_understood(
+                paths::tag_current_link(repo, &name),
+                &format!("damaged tag link ({why})"),
+            ),
+            LinkState::Missing => scan.warnings.push(Warning::new(
                 paths::tag_current_link(repo, &name),
                 format!(
-                    "tag link {why}; keeping all {} manifests of the tag's history",
+                    "tag link missing; keeping all {} manifests of the tag's history",
                     index.len()
                 ),
-            ));
+            )),
         }
         scan.tags.push(Tag {
             name,
@@ -257,35 +443,40 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result
             index,
         });
     }
-    Ok(())
 }
 
-fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
-    let Some((layers, entries)) = sub_listed(store, &paths::layers_dir(repo))? else {
-        return Ok(());
+fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
+    let rel = paths::layers_dir(repo);
+    let Some((layers, entries)) = repo_listed(store, &rel, scan, references_unknown) else {
+        return;
     };
     for e in entries {
         let rel = Path::new(&e.name);
-        match e.name_str().and_then(|s| Digest::from_hex(s).ok()) {
-            Some(d) if e.kind == EntryKind::Dir => {
-                if let Some(inner) = list(&layers, rel)? {
-                    collect_temp(
-                        &layers,
-                        rel,
-                        &inner,
-                        TempParent::LayerLink(d),
-                        &mut scan.temp_files,
-                    );
-                }
-                scan.layers.push(d);
-            }
-            _ => scan.warnings.push(Warning::new(
+        let Some(d) = e.name_str().and_then(|s| Digest::from_hex(s).ok()) else {
+            scan.not_understood(
                 layers.shown(rel),
-                "not a layer link directory named by a digest; left alone".into(),
-            )),
+                "not a layer link directory named by a digest",
+            );
+            continue;
+        };
+        // Whatever it is, the registry may take it for a link to `d`: `d` is kept.
+        scan.layers.push(d);
+        if e.kind != EntryKind::Dir {
+            scan.not_understood(layers.shown(rel), "a layer link that is no directory");
+            continue;
+        }
+        match list(&layers, rel) {
+            Ok(Some(inner)) => collect_temp(
+                &layers,
+                rel,
+                &inner,
+                TempParent::LayerLink(d),
+                &mut scan.temp_files,
+            ),
+            Ok(None) => {}
+            Err(e) => scan.not_understood(layers.shown(rel), &format!("cannot be listed ({e})")),
         }
     }
-    Ok(())
 }
 
 /// Bytes of every file below `rel` (what removing it frees), without following links.
@@ -310,18 +501,17 @@ fn tree_bytes(store: &Store, rel: &Path) -> u64 {
     total
 }
 
-fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Result<(), GcError> {
+fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
     let dir = paths::uploads_dir(repo);
-    let Some(entries) = list(store, &dir)? else {
-        return Ok(());
+    let entries = match list(store, &dir) {
+        Ok(Some(entries)) => entries,
+        Ok(None) => return,
+        Err(e) => return scan.not_understood(&dir, &format!("cannot be listed ({e})")),
     };
     for e in entries {
         let path = dir.join(&e.name);
         if e.kind != EntryKind::Dir {
-            scan.warnings.push(Warning::new(
-                path,
-                "not an upload directory; left alone".into(),
-            ));
+            scan.not_understood(&path, "not an upload directory");
             continue;
         }
         let started_file = store
@@ -331,8 +521,14 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Res
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
             .map(SystemTime::from);
-        let st = store.stat(&path).map_err(|e| GcError::store(&path, e))?;
-        let Some(st) = st else { continue };
+        let st = match store.stat(&path) {
+            Ok(Some(st)) => st,
+            Ok(None) => continue,
+            Err(e) => {
+                scan.not_understood(&path, &format!("cannot be read ({e})"));
+                continue;
+            }
+        };
         let bytes = tree_bytes(store, &path);
         scan.uploads.push(Upload {
             started: started_file.unwrap_or_else(|| mtime_of(&st)),
@@ -340,23 +536,24 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) -> Res
             bytes,
         });
     }
-    Ok(())
 }
 
-/// Scans one repository.
-pub fn scan_repository(store: &Store, repo: &RepoName) -> Result<RepoInventory, GcError> {
+/// Scans one repository. What it does not understand keeps the repository whole (see
+/// [`RepoInventory::not_understood`]); nothing in it stops the run.
+pub fn scan_repository(store: &Store, repo: &RepoName) -> RepoInventory {
     let mut scan = RepoInventory::new(repo.clone());
-    scan_revisions(store, repo, &mut scan)?;
-    scan_tags(store, repo, &mut scan)?;
-    scan_layers(store, repo, &mut scan)?;
-    scan_uploads(store, repo, &mut scan)?;
+    scan_revisions(store, repo, &mut scan);
+    scan_tags(store, repo, &mut scan);
+    scan_layers(store, repo, &mut scan);
+    scan_uploads(store, repo, &mut scan);
     scan.layers.shrink_to_fit();
-    Ok(scan)
+    scan
 }
 
 /// One fan-out directory's blobs.
 struct FanOutScan {
     blobs: Vec<Digest>,
+    strays: Vec<Digest>,
     fan_out: Option<FanOut>,
     warnings: Vec<Warning>,
 }
@@ -374,6 +571,7 @@ fn scan_fan_out(
     let Some(fan_out) = fan_out else {
         return Ok(FanOutScan {
             blobs: vec![],
+            strays: vec![],
             fan_out: None,
             warnings: vec![Warning::new(
                 root.join(&p.name),
@@ -384,6 +582,7 @@ fn scan_fan_out(
     let dir = paths::blob_prefix_dir(&name);
     let entries = list(store, &dir)?.unwrap_or_default();
     let mut blobs = Vec::with_capacity(entries.len());
+    let mut strays = Vec::new();
     let mut warnings = Vec::new();
     for e in &entries {
         let role = e
@@ -391,6 +590,14 @@ fn scan_fan_out(
             .map(|s| Role::BlobFanOut(fan_out).child_named(s));
         match role {
             Some(Role::BlobDir(d)) if e.kind == EntryKind::Dir => blobs.push(d),
+            Some(Role::BlobDir(d)) => {
+                // Never deleted nor followed; the registry may take it for blob `d`.
+                strays.push(d);
+                warnings.push(Warning::new(
+                    dir.join(&e.name),
+                    "a blob that is no directory; left alone, and the links naming it kept".into(),
+                ));
+            }
             _ => warnings.push(Warning::new(
                 dir.join(&e.name),
                 "not a blob directory named by its digest; left alone".into(),
@@ -399,6 +606,7 @@ fn scan_fan_out(
     }
     Ok(FanOutScan {
         blobs,
+        strays,
         fan_out: Some(FanOut {
             prefix: name,
             entries: entries.len(),
@@ -421,12 +629,17 @@ pub fn scan_blobs(store: &Store) -> Result<BlobInventory, GcError> {
     let mut blobs = Vec::with_capacity(scans.iter().map(|s| s.blobs.len()).sum());
     let mut fan_outs = Vec::new();
     let mut warnings = Vec::new();
+    let mut strays = Vec::new();
     for s in scans {
         blobs.extend(s.blobs);
+        strays.extend(s.strays);
         fan_outs.extend(s.fan_out);
         warnings.extend(s.warnings);
     }
-    Ok(BlobInventory::new(blobs, fan_outs, warnings))
+    let mut inventory = BlobInventory::new(blobs, fan_outs, warnings);
+    strays.sort_unstable();
+    inventory.strays = strays;
+    Ok(inventory)
 }
 
 /// Reads the size of blobs' data, for a report of what deleting them frees; below the
@@ -509,24 +722,40 @@ fn written_at(blobs: &Store, d: &Digest) -> Result<Option<SystemTime>, std::io::
 /// `stop` said so before the scan was complete.
 pub fn inventory(
     store: &Store,
-    repos: Vec<RepoName>,
+    repos: Repositories,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Inventory>, GcError> {
-    let scans: Result<Vec<Option<RepoInventory>>, GcError> = repos
+    let scans: Vec<Option<RepoInventory>> = repos
+        .names
         .par_iter()
         .map(|r| {
             if stop() {
-                Ok(None)
-            } else {
-                scan_repository(store, r).map(Some)
+                return None;
             }
+            let mut scan = scan_repository(store, r);
+            // The warning is the tree's, once, however many repositories it keeps.
+            scan.kept_whole |= repos.kept_whole(r).next().is_some();
+            Some(scan)
         })
         .collect();
-    let Some(repositories) = scans?.into_iter().collect::<Option<Vec<_>>>() else {
+    let Some(repositories) = scans.into_iter().collect::<Option<Vec<_>>>() else {
         return Ok(None);
     };
+    let mut tree_warnings: Vec<Warning> = Vec::new();
+    for w in repos
+        .kept_whole
+        .into_iter()
+        .map(|(_, w)| w)
+        .chain(repos.warnings)
+    {
+        if !tree_warnings.contains(&w) {
+            tree_warnings.push(w);
+        }
+    }
     Ok(Some(Inventory {
         repositories,
         blobs: scan_blobs(store)?,
+        keep_all_blobs: repos.keep_all_blobs,
+        tree_warnings,
     }))
 }

@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
@@ -150,6 +150,18 @@ impl Store {
         };
         rfs::openat2(&self.root, rel, flags | extra, Mode::empty(), resolve())
             .map_err(io::Error::from)
+    }
+
+    /// The target of the symbolic link `rel`, read without following it (EINVAL when
+    /// `rel` is no symbolic link).
+    pub fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dir = self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let target = rfs::readlinkat(&dir, name, Vec::new())?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
     }
 
     /// Lists a directory; `None` if it does not exist.

@@ -3,6 +3,7 @@
 //! top-level `redis` section, with the registry's environment overrides applied.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -14,6 +15,17 @@ const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
 /// The environment variable through which the registry overrides the cache setting.
 pub const CACHE_ENV: &str = "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR";
+
+/// The variables through which it overrides which storage it serves: the driver, and the
+/// filesystem driver's root directory.
+pub const DRIVER_ENV: &str = "REGISTRY_STORAGE";
+pub const ROOTDIRECTORY_ENV: &str = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY";
+
+/// The filesystem driver's root directory when the configuration gives none.
+pub const DEFAULT_ROOTDIRECTORY: &str = "/var/lib/registry";
+
+/// Keys of `storage` that are no storage driver.
+const NOT_DRIVERS: [&str; 5] = ["cache", "maintenance", "delete", "redirect", "tag"];
 
 #[derive(Debug, Error)]
 pub enum RegistryConfigError {
@@ -74,6 +86,8 @@ pub struct RegistryConfig {
     pub redis: Option<RedisTarget>,
     /// `storage.filesystem.rootdirectory`.
     pub rootdirectory: Option<PathBuf>,
+    /// The storage driver (`filesystem`, `s3`...): the key of `storage` naming one.
+    pub driver: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,7 +115,12 @@ impl RegistryConfig {
             path: shown.clone(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(err)?;
+        // Non-blocking: a FIFO put in a configuration's place must not hang the check.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(err)?;
         let meta = file.metadata().map_err(err)?;
         if !meta.is_file() || meta.len() > MAX_CONFIG_SIZE {
             return Err(RegistryConfigError::Invalid {
@@ -142,12 +161,43 @@ impl RegistryConfig {
             db: raw.redis["db"].as_i64().unwrap_or(0),
         });
         let rootdirectory = scalar(&raw.storage["filesystem"]["rootdirectory"]).map(PathBuf::from);
+        let driver = raw.storage.as_mapping().and_then(|m| {
+            m.keys()
+                .filter_map(Value::as_str)
+                .find(|k| !NOT_DRIVERS.contains(k))
+                .map(str::to_string)
+        });
         Ok(RegistryConfig {
             path: path.to_path_buf(),
             cache,
             redis,
             rootdirectory,
+            driver,
         })
+    }
+
+    /// A configuration that sets nothing (what the environment alone gives).
+    pub fn empty(path: &Path) -> Self {
+        RegistryConfig {
+            path: path.to_path_buf(),
+            cache: CacheKind::None,
+            redis: None,
+            rootdirectory: None,
+            driver: None,
+        }
+    }
+
+    /// The directory the registry keeps its store in: `None` when its driver is not the
+    /// filesystem (it then serves no local directory).
+    pub fn store_directory(&self) -> Option<PathBuf> {
+        match self.driver.as_deref() {
+            Some("filesystem") | None => Some(
+                self.rootdirectory
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOTDIRECTORY)),
+            ),
+            Some(_) => None,
+        }
     }
 
     /// The configuration a registry process runs with, given its environment: the
@@ -157,6 +207,8 @@ impl RegistryConfig {
         for (k, v) in env {
             match k {
                 CACHE_ENV => c.cache = CacheKind::from_value(v),
+                DRIVER_ENV => c.driver = Some(v.to_string()),
+                ROOTDIRECTORY_ENV => c.rootdirectory = Some(PathBuf::from(v)),
                 "REGISTRY_REDIS_ADDR" => {
                     let target = c.redis.get_or_insert(RedisTarget {
                         addr: String::new(),
@@ -201,6 +253,14 @@ mod tests {
         assert_eq!(
             c.rootdirectory.as_deref(),
             Some(Path::new("/var/lib/docker-registry"))
+        );
+        assert_eq!(c.driver.as_deref(), Some("filesystem"));
+        let s3 = parse("storage:\n  cache:\n    blobdescriptor: inmemory\n  s3:\n    bucket: b\n");
+        assert_eq!(s3.store_directory(), None);
+        assert_eq!(
+            s3.with_env([(DRIVER_ENV, "filesystem"), (ROOTDIRECTORY_ENV, "/srv/r")])
+                .store_directory(),
+            Some(PathBuf::from("/srv/r"))
         );
         // The drop-in's override turns it off.
         let c = c.with_env([(CACHE_ENV, "none"), ("PATH", "/usr/bin")]);
@@ -252,5 +312,18 @@ mod tests {
         let e = RegistryConfig::load(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().contains("/dev/zero"), "{e}");
         assert!(RegistryConfig::load(Path::new("/nonexistent/config.yml")).is_err());
+        // A FIFO in a configuration's place: an error at once, not a hang.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("config.yml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = RegistryConfig::load(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod procs;
 pub mod redis;
 
 pub use cache::{CacheStatus, RegistrySettings};

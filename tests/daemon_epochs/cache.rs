@@ -87,3 +87,55 @@ fn allow_unsafe_cache_collects_anyway() {
         "{job:#}"
     );
 }
+
+/// Issue 18 (5): a registry started with `REGISTRY_CONFIGURATION_PATH` and no argument,
+/// serving the mount with Debian's in-memory cache, while regfs was told of no registry
+/// configuration: found anyway, named, and the run deletes nothing.
+#[test]
+fn a_registry_found_through_its_environment_stops_the_run() {
+    if !crate::common::prereq::Needs::new()
+        .on_path(&["docker-registry"])
+        .met("needs docker-registry")
+    {
+        return;
+    }
+    let Some(e) = env() else { return };
+    gen_store(&e.storage, 300, 0.3, 7);
+    let before = blob_set(&e.storage);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = e._dir.path().join("registry.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            e.mnt.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&e, &[]);
+    let shown = config.display().to_string();
+    let registry = crate::common::registry_process::start(crate::common::registry_process::Start {
+        env: &[("REGISTRY_CONFIGURATION_PATH", &shown)],
+        ..Default::default()
+    });
+    let pid = registry.pid();
+
+    let id = d.gc();
+    let job = d.wait_job(id, Duration::from_secs(10));
+    assert_eq!(job["outcome"], "failed", "{job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("registry pid {pid}"))
+            && error.contains(&format!("REGISTRY_CONFIGURATION_PATH={shown}")),
+        "the job names the process and how its configuration was found: {error}"
+    );
+    assert_eq!(blob_set(&e.storage), before, "nothing deleted");
+    let shown = text(&d.cli_ok(&["status"], &[]).stdout);
+    assert!(
+        shown.contains("UNSAFE") && shown.contains(&format!("registry pid {pid}")),
+        "{shown}"
+    );
+}

@@ -12,4 +12,5 @@ mod interrupted;
 mod online;
 mod runs;
 mod state;
+mod strays;
 mod triggers;
