@@ -275,3 +275,45 @@ fn a_refused_link_write_is_undone_before_close_returns() {
             .join("\n  ")
     );
 }
+
+/// A file renamed to another role while held open keeps the kind of its open handles.
+/// Blob data read by kernel passthrough and renamed onto a tag's link cannot be written
+/// while that reader holds it (its bytes must reach the link checks, and the kernel
+/// refuses to mix the two kinds of open): ETXTBSY, never EIO, never a bypass; once the
+/// reader closes, the link is written as usual. A link held by its writer and renamed
+/// to blob data can be read at once, and sees that writer's later writes.
+#[test]
+fn a_file_renamed_across_roles_while_held_open_keeps_working() {
+    let digests = Arc::new(Mutex::new(None));
+    let d2 = digests.clone();
+    let Some(m) = common::mount_with(move |s| *d2.lock().unwrap() = Some(seed(s))) else {
+        return;
+    };
+    let (a, b) = digests.lock().unwrap().unwrap();
+    let blob = m.mnt.join(common::registry_sim::blob_data(&b));
+    let link = m.mnt.join(current("t"));
+    let reader = File::open(&blob).unwrap();
+    fs::rename(&blob, &link).unwrap();
+    let r = put_content(&link, a.to_string().as_bytes());
+    let passthrough = m.fs().passthrough_enabled();
+    match (&r, passthrough) {
+        (Err(("open", e)), true) => assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}"),
+        (Ok(()), false) => {}
+        other => panic!("a write of a link held by a passthrough reader: {other:?}"),
+    }
+    if passthrough {
+        assert_eq!(fs::read(&link).unwrap(), b"manifest b", "left as it was");
+    }
+    drop(reader);
+    put_content(&link, a.to_string().as_bytes()).unwrap();
+    assert_eq!(fs::read(&link).unwrap(), a.to_string().as_bytes());
+
+    // The other way: a link's writer holds it while it becomes blob data.
+    let mut writer = OpenOptions::new().write(true).open(&link).unwrap();
+    fs::rename(&link, &blob).unwrap();
+    let mut reader = File::open(&blob).unwrap();
+    writer.write_all(b"rewritten by the held writer").unwrap();
+    let mut seen = String::new();
+    reader.read_to_string(&mut seen).unwrap();
+    assert_eq!(&seen[..28], "rewritten by the held writer");
+}

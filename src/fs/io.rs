@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use fuser::BackingId;
 use rustix::fs::{self as rfs, Mode, OFlags};
@@ -124,11 +125,21 @@ impl StorageFs {
     }
 
     /// Refuses a link's writer while a passthrough open holds the inode, before anything
-    /// of the file is changed (an O_TRUNC); [`Self::backing_for`] checks again.
+    /// of the file is changed (an O_TRUNC); [`Self::backing_for`] checks again. A reader
+    /// that has just closed is let go first: the kernel sends its RELEASE only after
+    /// close(2) has returned.
     fn check_link_writer(&self, inode: &Inode) -> FsResult<()> {
-        let slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.strong_count() > 0 {
-            return Err(FsError::LinkHeldByPassthrough { path: inode.path() });
+        const RELEASE_GRACE: Duration = Duration::from_millis(200);
+        let held = || {
+            let slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
+            slot.strong_count() > 0
+        };
+        let start = Instant::now();
+        while held() {
+            if start.elapsed() >= RELEASE_GRACE {
+                return Err(FsError::LinkHeldByPassthrough { path: inode.path() });
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
     }
