@@ -18,6 +18,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -59,6 +60,11 @@ pub(super) struct LinkUndo {
     notifier: Option<Notifier>,
     /// Removals being told to the kernel: each sends once when the kernel took it.
     telling: Mutex<Vec<Receiver<()>>>,
+    /// The policy cut the handle; its repair is due.
+    cut: AtomicBool,
+    /// What the repair of a cut handle did, once done: by the policy, or by the handle's
+    /// close if that came first (the later one is told the same).
+    repaired: Mutex<Option<Option<String>>>,
 }
 
 fn read_small(fd: &OwnedFd) -> rustix::io::Result<Vec<u8>> {
@@ -96,6 +102,8 @@ impl LinkUndo {
             before,
             notifier,
             telling: Mutex::new(Vec::new()),
+            cut: AtomicBool::new(false),
+            repaired: Mutex::new(None),
         })
     }
 
@@ -186,10 +194,14 @@ impl LinkUndo {
         }
     }
 
-    /// Returns once the kernel has taken in every removal this handle's undo made (the
-    /// close of the handle calls it, from FLUSH): a lookup after close(2) returned does
-    /// not find the removed link in the kernel's cache.
+    /// Returns once the handle's undo is complete: a cut handle repaired, and every
+    /// removal its undo made taken in by the kernel. The close of the handle calls it,
+    /// from FLUSH: a lookup or read after close(2) returned finds the link as it was
+    /// before the refused or cut write (or no file), never as that write left it.
     pub(super) fn settle(&self) {
+        if self.cut.load(Ordering::Acquire) {
+            self.repair_cut_once();
+        }
         let pending = std::mem::take(&mut *self.telling.lock().unwrap_or_else(|e| e.into_inner()));
         for told in pending {
             if told.recv_timeout(SETTLE_TIMEOUT).is_err() {
@@ -197,6 +209,28 @@ impl LinkUndo {
                     "the kernel did not take in the removal of an undone link in time; a lookup may still find it until its entry expires");
             }
         }
+    }
+
+    /// The repair of a cut handle, done once whoever asks first (the policy after its
+    /// drain, or the handle's close); the others are told what it did.
+    fn repair_cut_once(&self) -> Option<String> {
+        let mut done = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = done.as_ref() {
+            return r.clone();
+        }
+        let r = match self.repair_now() {
+            Ok(Some(did)) => {
+                tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {did}");
+                Some(did)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(path = %self.path, "link file of a writer cut by the GC epoch left as it is: {e}");
+                Some(e)
+            }
+        };
+        *done = Some(r.clone());
+        r
     }
 
     fn repair_now(&self) -> Result<Option<String>, String> {
@@ -245,16 +279,10 @@ impl WriteUndo for LinkUndo {
     }
 
     fn repair_cut(&self) -> Option<String> {
-        match self.repair_now() {
-            Ok(Some(done)) => {
-                tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {done}");
-                Some(done)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(path = %self.path, "link file of a writer cut by the GC epoch left as it is: {e}");
-                Some(e)
-            }
-        }
+        self.repair_cut_once()
+    }
+
+    fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Release);
     }
 }

@@ -438,6 +438,7 @@ fn cut_after_drain(st: &mut State, report: &mut CloseReport, repairs: &mut Vec<R
     for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
         w.cut = true;
         if let Some(r) = &w.undo {
+            r.mark_cut();
             repairs.push((report.cut.len(), id, r.clone()));
         }
         report.cut.push(CutWriter {
