@@ -96,8 +96,8 @@ fn files() -> Vec<(String, Class)> {
     v
 }
 
-/// Directories the steps make and remove (`loose/sub` holds one of the files).
-const DIRS: [&str; 2] = ["loose/sub", "loose/sub/deeper"];
+/// Directories the steps make, remove and rename (`loose/sub` holds one of the files).
+const DIRS: [&str; 3] = ["loose/sub", "loose/sub/deeper", "loose/other"];
 
 /// The same starting tree on both roots (on the mount: its backing directory, before it
 /// is mounted).
@@ -269,6 +269,11 @@ enum Action {
     Rmdir {
         dir: usize,
     },
+    /// rename(2) of a directory (over an empty one, into itself: the errors too).
+    RenameDir {
+        from: usize,
+        to: usize,
+    },
 }
 
 #[derive(Clone)]
@@ -291,6 +296,9 @@ impl fmt::Debug for Step {
             Action::Unlink { file } => format!("unlink {}", name(*file)),
             Action::Mkdir { dir } => format!("mkdir {}", DIRS[*dir]),
             Action::Rmdir { dir } => format!("rmdir {}", DIRS[*dir]),
+            Action::RenameDir { from, to } => {
+                format!("rename-dir {} -> {}", DIRS[*from], DIRS[*to])
+            }
             other => format!("{other:?}"),
         };
         write!(f, "actor {}: {text}", self.actor)
@@ -419,8 +427,12 @@ fn generate(seed: u64, len: usize) -> Vec<Step> {
             94..=96 => Action::Mkdir {
                 dir: rng.below(DIRS.len()),
             },
-            97..=99 => Action::Rmdir {
+            97..=98 => Action::Rmdir {
                 dir: rng.below(DIRS.len()),
+            },
+            99 => Action::RenameDir {
+                from: rng.below(DIRS.len()),
+                to: rng.below(DIRS.len()),
             },
             // A close of a slot not held: an open instead.
             _ => {
@@ -555,6 +567,10 @@ impl Actor {
             Action::Rmdir { dir } => {
                 fs::remove_dir(self.root.join(DIRS[dir]))?;
                 Ok(String::new())
+            }
+            Action::RenameDir { from, to } => {
+                fs::rename(self.root.join(DIRS[from]), self.root.join(DIRS[to]))?;
+                Ok(describe(&fs::metadata(self.root.join(DIRS[to]))?))
             }
         }
     }
