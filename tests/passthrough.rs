@@ -122,3 +122,49 @@ fn upload_data_writers_use_kernel_write_passthrough() {
     .unwrap();
     assert!(m.fs().daemon_writes() > 0, "other writers reach the daemon");
 }
+
+/// A file the daemon serves (direct I/O) can still be mapped shared, for reading and
+/// writing, and the mappings and read(2)/write(2) see each other's bytes.
+#[test]
+fn files_the_daemon_serves_can_be_mapped_shared() {
+    use std::os::fd::AsRawFd;
+    let Some(m) = common::mount_with(|s| fs::write(s.join("outside"), b"hello").unwrap()) else {
+        return;
+    };
+    let path = m.mnt.join("outside");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a fresh shared mapping of 5 bytes of an open file, unmapped below and
+    // only touched within its length.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            5,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        map,
+        libc::MAP_FAILED,
+        "mmap MAP_SHARED: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: within the 5 mapped bytes.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), 5) };
+    assert_eq!(bytes, b"hello");
+    bytes.copy_from_slice(b"HELLO");
+    // SAFETY: the mapping made above.
+    assert_eq!(unsafe { libc::msync(map, 5, libc::MS_SYNC) }, 0);
+    assert_eq!(fs::read(&path).unwrap(), b"HELLO");
+    assert_eq!(fs::read(m.storage.join("outside")).unwrap(), b"HELLO");
+    fs::write(&path, b"jello").unwrap();
+    assert_eq!(bytes, b"jello", "the mapping sees a write(2)");
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(map, 5) };
+}

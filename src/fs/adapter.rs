@@ -139,10 +139,13 @@ impl FuseAdapter {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // FUSE_DIRECT_IO_ALLOW_MMAP: files the daemon serves use direct I/O (see
+        // `fs::io`); without it the kernel refuses to map them shared (ENODEV).
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(wanted & config.capabilities());
         let granted = self.want_passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)

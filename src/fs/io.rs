@@ -95,9 +95,6 @@ impl StorageFs {
         let Some(make) = make else {
             return Ok(None);
         };
-        if !self.passthrough_enabled() {
-            return Ok(None);
-        }
         let mut slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = slot.upgrade() {
             if link_writer {
@@ -105,7 +102,7 @@ impl StorageFs {
             }
             return Ok(Some(id));
         }
-        if !by_kernel(inode.role()) {
+        if !self.passthrough_enabled() || !by_kernel(inode.role()) {
             return Ok(None);
         }
         match make(fd) {
@@ -176,8 +173,15 @@ impl StorageFs {
         let link_writer = writer
             .as_ref()
             .is_some_and(|w| matches!(w.role, WriteRole::Link(_)));
-        // On an error the writer's lease drops here, which releases it.
-        let backing = self.backing_for(&inode, fd.as_fd(), make, link_writer)?;
+        // On an error the writer's lease drops here, which releases it; a link's O_TRUNC
+        // (done by then) is undone.
+        let backing = self
+            .backing_for(&inode, fd.as_fd(), make, link_writer)
+            .inspect_err(|_| {
+                if let Some(u) = &undo {
+                    u.undo_refused_write();
+                }
+            })?;
         // Direct I/O for opens the daemon serves once passthrough is in use (the kernel
         // refuses to mix cached and passthrough opens of one inode), and for writers
         // always (so the policy sees every write).
