@@ -109,7 +109,13 @@ trap 'echo "bench-read: terminated; cleaning up" >&2; exit 143' TERM
 
 SCRATCH=$(mktemp -d "$BENCH_DIR/regfs-bench.XXXXXX")
 BACKING=$SCRATCH/storage
-mkdir -p "$BACKING/blobs" "$BACKING/tree" "$BACKING/tree-copy"
+# The blobs lie where the registry keeps blob data: regfs serves a file by kernel
+# passthrough by its role, and blob data is what pulls read (the digests are made up).
+BLOB_DIR=docker/registry/v2/blobs/sha256
+BLOB_REL=$BLOB_DIR/b1/$(printf 'b1%.0s' {1..32})/data
+COPY_REL=$BLOB_DIR/b2/$(printf 'b2%.0s' {1..32})/data
+mkdir -p "$(dirname "$BACKING/$BLOB_REL")" "$(dirname "$BACKING/$COPY_REL")" \
+    "$BACKING/tree" "$BACKING/tree-copy"
 
 read -r fs_dev fs_type fs_mnt < <(df -PT "$SCRATCH" | awk 'NR == 2 { print $1, $2, $7 }')
 case $fs_type in
@@ -189,8 +195,8 @@ add_row() {
 blob_case() {
     local label=$1 name=$2 temp=$3 target=$4 r native mnt passes=1
     local nat=() reg=()
-    native=$BACKING/blobs/blob
-    mnt=$SCRATCH/mnt-$name/blobs/blob-copy
+    native=$BACKING/$BLOB_REL
+    mnt=$SCRATCH/mnt-$name/$COPY_REL
     if [[ $temp == warm ]]; then
         passes=$WARM_PASSES
         log "$label ($ROUNDS rounds of $passes back-to-back reads)"
@@ -269,9 +275,9 @@ head -c "${chunk_mb}M" /dev/urandom >"$SCRATCH/chunk"
 {
     for ((i = 0; i < SIZE_MB / chunk_mb; i++)); do cat "$SCRATCH/chunk"; done
     head -c "$((SIZE_MB % chunk_mb))M" "$SCRATCH/chunk"
-} >"$BACKING/blobs/blob"
+} >"$BACKING/$BLOB_REL"
 rm -f "$SCRATCH/chunk"
-cp "$BACKING/blobs/blob" "$BACKING/blobs/blob-copy"
+cp "$BACKING/$BLOB_REL" "$BACKING/$COPY_REL"
 
 ndirs=$(((FILES + PER_DIR - 1) / PER_DIR))
 log "creating $FILES small files in $ndirs directories, twice"
@@ -320,14 +326,14 @@ else
     sed 's/^/     /' "$SCRATCH/regfs-pt.log" >&2
 fi
 # Sanity: the mount shows the same data as the backing directory.
-cmp "$BACKING/blobs/blob" "$SCRATCH/mnt-pt/blobs/blob-copy" || die "blob differs through the passthrough mount"
+cmp "$BACKING/$BLOB_REL" "$SCRATCH/mnt-pt/$COPY_REL" || die "blob differs through the passthrough mount"
 blob_case "blob read, cold" pt cold "$BLOB_TARGET"
 blob_case "blob read, warm" pt warm "$BLOB_TARGET"
 stop_mount pt
 
 log "mounting regfs --no-passthrough"
 start_mount nopt --no-passthrough
-cmp "$BACKING/blobs/blob" "$SCRATCH/mnt-nopt/blobs/blob-copy" || die "blob differs through the --no-passthrough mount"
+cmp "$BACKING/$BLOB_REL" "$SCRATCH/mnt-nopt/$COPY_REL" || die "blob differs through the --no-passthrough mount"
 blob_case "blob read, cold, --no-passthrough" nopt cold "$BLOB_TARGET"
 blob_case "blob read, warm, --no-passthrough" nopt warm "$BLOB_TARGET"
 stop_mount nopt

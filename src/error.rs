@@ -77,6 +77,13 @@ pub enum FsError {
     /// the name up again, so a write lands in the store instead of in a removed file.
     #[error("{path}: removed from the store while the kernel still named it")]
     RemovedBehindKernel { path: String },
+    /// A link file opened for writing while the kernel reads it by passthrough (it was
+    /// opened for reading under a name of another role, then renamed to a link's): its
+    /// bytes must reach the policy, and the kernel cannot mix the two kinds of open.
+    #[error(
+        "{path}: held open for reading since before it was a link; cannot write it until those readers close"
+    )]
+    LinkHeldByPassthrough { path: String },
     /// A user the mount does not serve (see `fs::access`).
     #[error("uid {uid} may not use this mount")]
     NotAllowed { uid: u32 },
@@ -114,6 +121,9 @@ impl FsError {
             FsError::NoXattr => libc::ENOSYS,
             FsError::Stale { .. } | FsError::RemovedBehindKernel { .. } => libc::ESTALE,
             FsError::BadHandle { .. } => libc::EBADF,
+            // ETXTBSY: what the kernel itself answers for a write to a file another open
+            // keeps from being written (an executable being run).
+            FsError::LinkHeldByPassthrough { .. } => libc::ETXTBSY,
             // EACCES, as a kernel permission check would answer: the request is
             // well-formed, the caller is not allowed.
             FsError::NotAllowed { .. } => libc::EACCES,

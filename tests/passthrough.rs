@@ -1,19 +1,30 @@
-//! Reads of read-only opens bypass the daemon (kernel passthrough), and so do writes of
-//! an upload's data; other handles that can write never do, so the write gate sees every
-//! write it decides on.
+//! Blob data and an upload's data are served by kernel passthrough, to readers and
+//! writers alike; every other file (links above all, and anything outside the
+//! registry's tree) is served by the daemon, to readers and writers alike, so the write
+//! gate and the link checks see every write, and one file never mixes the two kinds of
+//! open (which the kernel refuses with EIO).
 mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
+const BLOB: &str = "docker/registry/v2/blobs/sha256/ab/abababababababababababababababababababababababababababababababab/data";
+const LINK: &str = "docker/registry/v2/repositories/app/_manifests/tags/t/current/link";
+
 #[test]
-fn read_only_opens_use_kernel_passthrough_and_writers_do_not() {
-    let Some(m) = common::mount_with(|s| fs::write(s.join("blob"), vec![42u8; 4 << 20]).unwrap())
-    else {
+fn blob_data_is_served_by_the_kernel_and_other_files_by_the_daemon() {
+    let Some(m) = common::mount_with(|s| {
+        let blob = s.join(BLOB);
+        fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        fs::write(&blob, vec![42u8; 4 << 20]).unwrap();
+        fs::create_dir_all(s.join(LINK).parent().unwrap()).unwrap();
+        fs::write(s.join(LINK), "not read by the kernel").unwrap();
+        fs::write(s.join("outside"), "nor this").unwrap();
+    }) else {
         return;
     };
     let mut data = Vec::new();
-    File::open(m.mnt.join("blob"))
+    File::open(m.mnt.join(BLOB))
         .unwrap()
         .read_to_end(&mut data)
         .unwrap();
@@ -27,37 +38,34 @@ fn read_only_opens_use_kernel_passthrough_and_writers_do_not() {
     assert_eq!(
         m.fs().daemon_reads(),
         0,
-        "a read-only open must be served by the kernel"
+        "a read of blob data must be served by the kernel"
     );
 
-    // A read-write handle is never passthrough: its reads (and writes) reach the daemon.
+    // A read-write handle on blob data, while a reader holds it: both by the kernel.
+    let reader = File::open(m.mnt.join(BLOB)).unwrap();
     let mut rw = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(m.mnt.join("blob"))
+        .open(m.mnt.join(BLOB))
         .unwrap();
     let mut head = [0u8; 4096];
     rw.read_exact(&mut head).unwrap();
     assert_eq!(head, [42u8; 4096]);
-    assert!(
-        m.fs().daemon_reads() > 0,
-        "reads of a write-capable handle go through the daemon"
-    );
-
-    // Read-only and write handles on one inode at once do not conflict in the kernel.
-    let before = m.fs().daemon_reads();
-    let mut again = Vec::new();
-    File::open(m.mnt.join("blob"))
-        .unwrap()
-        .read_to_end(&mut again)
-        .unwrap();
-    assert_eq!(again.len(), 4 << 20);
+    rw.write_all(b"written in place").unwrap();
+    assert_eq!(m.fs().daemon_reads(), 0, "reads of blob data by the kernel");
     assert_eq!(
-        m.fs().daemon_reads(),
-        before,
-        "passthrough while a writer is open"
+        m.fs().daemon_writes(),
+        0,
+        "writes of blob data by the kernel"
     );
-    drop(rw);
+    drop((reader, rw));
+
+    // A link and a file outside the registry's tree: the daemon serves their reads.
+    for (path, want) in [(LINK, "not read by the kernel"), ("outside", "nor this")] {
+        let before = m.fs().daemon_reads();
+        assert_eq!(fs::read_to_string(m.mnt.join(path)).unwrap(), want);
+        assert!(m.fs().daemon_reads() > before, "{path}: read by the daemon");
+    }
 }
 
 /// The data of an upload (a layer being pushed) is written by the kernel straight into
@@ -113,4 +121,50 @@ fn upload_data_writers_use_kernel_write_passthrough() {
     )
     .unwrap();
     assert!(m.fs().daemon_writes() > 0, "other writers reach the daemon");
+}
+
+/// A file the daemon serves (direct I/O) can still be mapped shared, for reading and
+/// writing, and the mappings and read(2)/write(2) see each other's bytes.
+#[test]
+fn files_the_daemon_serves_can_be_mapped_shared() {
+    use std::os::fd::AsRawFd;
+    let Some(m) = common::mount_with(|s| fs::write(s.join("outside"), b"hello").unwrap()) else {
+        return;
+    };
+    let path = m.mnt.join("outside");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a fresh shared mapping of 5 bytes of an open file, unmapped below and
+    // only touched within its length.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            5,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        map,
+        libc::MAP_FAILED,
+        "mmap MAP_SHARED: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: within the 5 mapped bytes.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), 5) };
+    assert_eq!(bytes, b"hello");
+    bytes.copy_from_slice(b"HELLO");
+    // SAFETY: the mapping made above.
+    assert_eq!(unsafe { libc::msync(map, 5, libc::MS_SYNC) }, 0);
+    assert_eq!(fs::read(&path).unwrap(), b"HELLO");
+    assert_eq!(fs::read(m.storage.join("outside")).unwrap(), b"HELLO");
+    fs::write(&path, b"jello").unwrap();
+    assert_eq!(bytes, b"jello", "the mapping sees a write(2)");
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(map, 5) };
 }

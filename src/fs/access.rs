@@ -83,9 +83,10 @@ impl Callers {
 /// Operations on an open handle: served to whoever holds it, since an allowed caller
 /// opened it (and the kernel sends some of them, release among them, without the
 /// caller's credentials).
-const ON_OPEN_HANDLE: [&str; 8] = [
+const ON_OPEN_HANDLE: [&str; 9] = [
     "read",
     "write",
+    "flush",
     "fsync",
     "release",
     "readdir",

@@ -126,20 +126,26 @@ impl FuseAdapter {
     }
 
     fn open_flags(opened: &Opened) -> FopenFlags {
+        let mut flags = FopenFlags::empty();
         if opened.direct_io {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
+            flags |= FopenFlags::FOPEN_DIRECT_IO;
         }
+        if !opened.flush {
+            flags |= FopenFlags::FOPEN_NOFLUSH;
+        }
+        flags
     }
 }
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // FUSE_DIRECT_IO_ALLOW_MMAP: files the daemon serves use direct I/O (see
+        // `fs::io`); without it the kernel refuses to map them shared (ENODEV).
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(wanted & config.capabilities());
         let granted = self.want_passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
@@ -391,16 +397,15 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: writes reach the backing file as they come. ENOSYS
-        // tells the kernel so, and it stops sending a FLUSH on every close.
-        self.fs.stats().record("flush", None);
-        reply.error(Errno::from_i32(libc::ENOSYS));
+        // Sent only for handles opened without FOPEN_NOFLUSH (a link's writers): close(2)
+        // returns after this does. Never ENOSYS, which would stop FLUSH for the mount.
+        self.reply_empty("flush", req, ino.0, reply, || self.fs.flush(fh.0));
     }
 
     fn release(

@@ -1,14 +1,23 @@
-//! Opening, reading and writing files. Read-only opens go through kernel passthrough
-//! when the kernel grants it, and so do writers of an upload's data file (no policy
-//! needs to see those writes: a push is judged at its commit). Other write-capable opens
-//! never do (passthrough writes would never reach the policy) and use direct I/O so
-//! every write is seen here.
+//! Opening, reading and writing files.
+//!
+//! Who serves an open is decided by the file's role, the same for every open of it:
+//! blob data and an upload's data (the bulk of every pull and push) are served by kernel
+//! passthrough, to readers and writers alike (no policy needs to see those bytes as they
+//! are written: a push is judged at its commit); every other file, links above all, is
+//! served by the daemon with direct I/O, to readers and writers alike, so the policy sees
+//! every write. The kernel refuses (EIO) a non-passthrough open of an inode that a
+//! passthrough open holds: a file read by passthrough while a daemon-served writer opens
+//! it would fail that writer, which a plain directory never does. One role, one kind of
+//! open, and that never happens. A file renamed to another role while held open keeps
+//! the kind of its open handles: later opens join a passthrough it holds, except a
+//! link's writer, which is refused (its bytes must reach the policy).
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use fuser::BackingId;
 use rustix::fs::{self as rfs, Mode, OFlags};
@@ -21,6 +30,7 @@ use super::link_undo::LinkUndo;
 use super::open::OpenFile;
 use super::unlinked::{in_dir_error, is_unlinked};
 use crate::error::{FsError, FsResult};
+use crate::layout::Role;
 use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
@@ -34,6 +44,10 @@ pub struct Opened {
     /// Bypass the page cache: every write (and read) of this handle comes to us.
     pub direct_io: bool,
     pub backing: Option<Arc<BackingId>>,
+    /// The kernel must send FLUSH when a descriptor of it closes: a link's writer, whose
+    /// undo must be complete before close(2) returns. Other handles have nothing to do
+    /// at close (writes reach the backing file as they come), so the kernel skips it.
+    pub flush: bool,
 }
 
 /// Flags a client may pass that must not reach the backing open: creation is done
@@ -52,10 +66,11 @@ fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
-/// Whether a writer with this role is served by kernel write passthrough: its writes
-/// then never reach the daemon, so no policy may need to see them.
-fn writes_by_passthrough(role: WriteRole) -> bool {
-    role == WriteRole::UploadData
+/// Whether the opens of a file of this role are served by kernel passthrough (reads
+/// and writes then never reach the daemon, so no policy may need to see them); the
+/// daemon serves all the others.
+fn by_kernel(role: Role) -> bool {
+    matches!(role, Role::BlobData(_) | Role::UploadData)
 }
 
 /// A writer admitted by the policy, and what it is.
@@ -65,37 +80,65 @@ struct Admitted {
 }
 
 impl StorageFs {
-    /// The passthrough backing id of an open, shared per inode. The kernel opens its
-    /// own backing file per handle with that handle's flags, so one id serves readers
-    /// and writers alike.
+    /// The passthrough backing id of an open, shared per inode, or `None` for an open the
+    /// daemon serves. The kernel opens its own backing file per handle with that handle's
+    /// flags, so one id serves readers and writers alike. An inode a passthrough open still
+    /// holds gets passthrough again whatever its role now (the kernel refuses anything
+    /// else), except for a link's writer, which is refused.
     fn backing_for(
         &self,
         inode: &Inode,
         fd: BorrowedFd<'_>,
         make: Option<BackingFactory<'_>>,
-    ) -> Option<Arc<BackingId>> {
-        let make = make?;
-        if !self.passthrough_enabled() {
-            return None;
-        }
+        link_writer: bool,
+    ) -> FsResult<Option<Arc<BackingId>>> {
+        let Some(make) = make else {
+            return Ok(None);
+        };
         let mut slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = slot.upgrade() {
-            return Some(id);
+            if link_writer {
+                return Err(FsError::LinkHeldByPassthrough { path: inode.path() });
+            }
+            return Ok(Some(id));
+        }
+        if !self.passthrough_enabled() || !by_kernel(inode.role()) {
+            return Ok(None);
         }
         match make(fd) {
             Ok(id) => {
                 let id = Arc::new(id);
                 *slot = Arc::downgrade(&id);
-                Some(id)
+                Ok(Some(id))
             }
             Err(e) => {
                 if self.passthrough.swap(false, Ordering::AcqRel) {
                     tracing::warn!(path = %inode.path(), error = %e,
                         "kernel refused a passthrough backing file; reads go through the daemon from now on");
                 }
-                None
+                Ok(None)
             }
         }
+    }
+
+    /// Refuses a link's writer while a passthrough open holds the inode, before anything
+    /// of the file is changed (an O_TRUNC); [`Self::backing_for`] checks again. A reader
+    /// that has just closed is let go first: the kernel sends its RELEASE only after
+    /// close(2) has returned.
+    fn check_link_writer(&self, inode: &Inode) -> FsResult<()> {
+        const RELEASE_GRACE: Duration = Duration::from_millis(200);
+        let held = || {
+            let slot = inode.backing.lock().unwrap_or_else(|e| e.into_inner());
+            slot.strong_count() > 0
+        };
+        let start = Instant::now();
+        while held() {
+            if start.elapsed() >= RELEASE_GRACE {
+                return Err(FsError::LinkHeldByPassthrough { path: inode.path() });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     /// The undo record of a write handle on a link file (its own read-write descriptor).
@@ -126,20 +169,25 @@ impl StorageFs {
         writer: Option<Admitted>,
         undo: Option<Arc<LinkUndo>>,
         make: Option<BackingFactory<'_>>,
-    ) -> Opened {
-        let by_kernel = writer
+    ) -> FsResult<Opened> {
+        let link_writer = writer
             .as_ref()
-            .is_none_or(|w| writes_by_passthrough(w.role));
-        let backing = if by_kernel {
-            self.backing_for(&inode, fd.as_fd(), make)
-        } else {
-            None
-        };
-        // Direct I/O for writers the daemon serves (so the policy sees every write)
-        // and, once passthrough is in use, for opens that did not get it: the kernel
-        // refuses to mix cached and passthrough opens of one inode.
+            .is_some_and(|w| matches!(w.role, WriteRole::Link(_)));
+        // On an error the writer's lease drops here, which releases it; a link's O_TRUNC
+        // (done by then) is undone.
+        let backing = self
+            .backing_for(&inode, fd.as_fd(), make, link_writer)
+            .inspect_err(|_| {
+                if let Some(u) = &undo {
+                    u.undo_refused_write();
+                }
+            })?;
+        // Direct I/O for opens the daemon serves once passthrough is in use (the kernel
+        // refuses to mix cached and passthrough opens of one inode), and for writers
+        // always (so the policy sees every write).
         let direct_io =
             backing.is_none() && (writer.is_some() || (make.is_some() && self.passthrough_ever()));
+        let flush = undo.is_some();
         let fh = self.files.insert(OpenFile {
             inode,
             fd,
@@ -147,11 +195,12 @@ impl StorageFs {
             undo,
             _backing: backing.clone(),
         });
-        Opened {
+        Ok(Opened {
             fh,
             direct_io,
             backing,
-        }
+            flush,
+        })
     }
 
     fn passthrough_ever(&self) -> bool {
@@ -176,6 +225,7 @@ impl StorageFs {
             }
             let role = WriteRole::of_role(inode.role());
             if let WriteRole::Link(_) = role {
+                self.check_link_writer(&inode)?;
                 undo = Some(self.link_undo(&inode, opath.as_fd(), &path, false)?);
             }
             let lease = self.policy.admit_writer(Writer {
@@ -207,7 +257,7 @@ impl StorageFs {
             u.truncate()
                 .map_err(|e| FsError::backing("truncate", inode.path(), e))?;
         }
-        Ok(self.finish_open(inode, fd, writer, undo, make))
+        self.finish_open(inode, fd, writer, undo, make)
     }
 
     /// create(2) with O_CREAT: makes the file if missing (owned by the caller) and opens it.
@@ -261,6 +311,7 @@ impl StorageFs {
         let found = Found::new(&st, Kind::File);
         let inode = self.inodes.remember(&parent, name, found, opath, true);
         let undo = if is_link {
+            self.check_link_writer(&inode)?;
             let u = self.link_undo(&inode, fd.as_fd(), &path, created)?;
             if !created && flags & libc::O_TRUNC != 0 {
                 u.truncate()
@@ -282,7 +333,7 @@ impl StorageFs {
         let entry = Entry {
             attr: file_attr(inode.id, &st),
         };
-        Ok((entry, self.finish_open(inode, fd, writer, undo, make)))
+        Ok((entry, self.finish_open(inode, fd, writer, undo, make)?))
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -341,6 +392,16 @@ impl StorageFs {
             rfs::fsync(&file.fd)
         };
         r.map_err(|e| FsError::backing("fsync", file.inode.path(), e))
+    }
+
+    /// FLUSH, which close(2) waits for (sent only for handles that asked, see
+    /// [`Opened::flush`]): a link writer's undo is complete, kernel caches included.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.file(fh)?;
+        if let Some(u) = &file.undo {
+            u.settle();
+        }
+        Ok(())
     }
 
     /// Forgets a handle; its writer lease (if any) is released when the last request

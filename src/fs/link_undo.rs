@@ -10,10 +10,18 @@
 //! - anything else, and the file existed before: the bytes from before, exactly;
 //! - anything else, and the writer created the file: the file is removed (it never held
 //!   a link, and an empty link would only make the registry fail on it).
+//!
+//! A refused write is undone inside the write request; a removal is told to the kernel
+//! from a thread (see [`LinkUndo::tell_kernel_removed`]), and the close that ends the
+//! handle waits for that ([`LinkUndo::settle`], from FLUSH, which close(2) waits for):
+//! once close returns, nobody finds the link as the refused or cut writer left it.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use rustix::fs::{self as rfs, AtFlags};
@@ -25,6 +33,10 @@ use crate::policy::WriteUndo;
 
 /// Bytes kept from before a write: a link is 71; a damaged one up to this is kept too.
 const KEPT: usize = 4096;
+
+/// How long a close waits for the kernel to take a removal in: the notice waits only for
+/// requests on the file already in flight to the daemon.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Before {
@@ -46,6 +58,13 @@ pub(super) struct LinkUndo {
     fd: OwnedFd,
     before: OnceLock<Before>,
     notifier: Option<Notifier>,
+    /// Removals being told to the kernel: each sends once when the kernel took it.
+    telling: Mutex<Vec<Receiver<()>>>,
+    /// The policy cut the handle; its repair is due.
+    cut: AtomicBool,
+    /// What the repair of a cut handle did, once done: by the policy, or by the handle's
+    /// close if that came first (the later one is told the same).
+    repaired: Mutex<Option<Option<String>>>,
 }
 
 fn read_small(fd: &OwnedFd) -> rustix::io::Result<Vec<u8>> {
@@ -82,6 +101,9 @@ impl LinkUndo {
             fd,
             before,
             notifier,
+            telling: Mutex::new(Vec::new()),
+            cut: AtomicBool::new(false),
+            repaired: Mutex::new(None),
         })
     }
 
@@ -149,7 +171,8 @@ impl LinkUndo {
             return;
         };
         let (child, name) = (self.inode.id, name.to_owned());
-        let told = std::thread::Builder::new()
+        let (done, told) = mpsc::channel();
+        let started = std::thread::Builder::new()
             .name("regfs-inval".into())
             .spawn(move || {
                 let r = n.delete(INodeNo(parent), INodeNo(child), &name);
@@ -157,10 +180,57 @@ impl LinkUndo {
                 if let Err(e) = r.and(listing) {
                     tracing::debug!(error = %e, "kernel cache invalidation after a removal failed");
                 }
+                let _ = done.send(());
             });
-        if let Err(e) = told {
-            tracing::warn!(error = %e, "cannot start a thread to tell the kernel of a removal");
+        match started {
+            Ok(_) => self
+                .telling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(told),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to tell the kernel of a removal")
+            }
         }
+    }
+
+    /// Returns once the handle's undo is complete: a cut handle repaired, and every
+    /// removal its undo made taken in by the kernel. The close of the handle calls it,
+    /// from FLUSH: a lookup or read after close(2) returned finds the link as it was
+    /// before the refused or cut write (or no file), never as that write left it.
+    pub(super) fn settle(&self) {
+        if self.cut.load(Ordering::Acquire) {
+            self.repair_cut_once();
+        }
+        let pending = std::mem::take(&mut *self.telling.lock().unwrap_or_else(|e| e.into_inner()));
+        for told in pending {
+            if told.recv_timeout(SETTLE_TIMEOUT).is_err() {
+                tracing::warn!(path = %self.path,
+                    "the kernel did not take in the removal of an undone link in time; a lookup may still find it until its entry expires");
+            }
+        }
+    }
+
+    /// The repair of a cut handle, done once whoever asks first (the policy after its
+    /// drain, or the handle's close); the others are told what it did.
+    fn repair_cut_once(&self) -> Option<String> {
+        let mut done = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = done.as_ref() {
+            return r.clone();
+        }
+        let r = match self.repair_now() {
+            Ok(Some(did)) => {
+                tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {did}");
+                Some(did)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(path = %self.path, "link file of a writer cut by the GC epoch left as it is: {e}");
+                Some(e)
+            }
+        };
+        *done = Some(r.clone());
+        r
     }
 
     fn repair_now(&self) -> Result<Option<String>, String> {
@@ -209,16 +279,10 @@ impl WriteUndo for LinkUndo {
     }
 
     fn repair_cut(&self) -> Option<String> {
-        match self.repair_now() {
-            Ok(Some(done)) => {
-                tracing::warn!(path = %self.path, "link file of a writer cut by the GC epoch: {done}");
-                Some(done)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(path = %self.path, "link file of a writer cut by the GC epoch left as it is: {e}");
-                Some(e)
-            }
-        }
+        self.repair_cut_once()
+    }
+
+    fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Release);
     }
 }

@@ -8,7 +8,8 @@
 //! fails at its commit, whose rename into `blobs/` and link writes the gate refuses. Other
 //! files of an upload are cut at once (the client retries and nothing committed is
 //! lost); any other writer (a link file or manifest rewritten in place) may finish within
-//! the drain timeout. A writer still open after it is cut; one that carries a
+//! the drain timeout. (Blob data is served by kernel passthrough, see `fs::io`: a writer
+//! of it in place, which the registry never is, loses only its truncates when cut.) A writer still open after it is cut; one that carries a
 //! [`WriteUndo`] (a link file) is then put back as it was before its write, so an epoch
 //! never leaves a truncated link behind.
 
@@ -439,6 +440,7 @@ fn cut_after_drain(st: &mut State, report: &mut CloseReport, repairs: &mut Vec<R
     for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
         w.cut = true;
         if let Some(r) = &w.undo {
+            r.mark_cut();
             repairs.push((report.cut.len(), id, r.clone()));
         }
         report.cut.push(CutWriter {

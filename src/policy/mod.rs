@@ -115,6 +115,10 @@ pub trait WriteUndo: Send + Sync + fmt::Debug {
     /// A write of the handle was refused: undoes the handle's earlier changes (a
     /// truncate before the refused write).
     fn undo_refused_write(&self);
+    /// The handle was cut, [`Self::repair_cut`] to follow: called at once, under the
+    /// policy's lock, so it must not block. Lets the core repair the file when the
+    /// handle closes first (close(2) then returns with the file repaired).
+    fn mark_cut(&self) {}
 }
 
 /// A handle that is about to be able to write.

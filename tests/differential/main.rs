@@ -9,6 +9,7 @@
 //! they are checked separately on the mount only.
 #[path = "../common/mod.rs"]
 mod common;
+mod concurrent;
 mod listing;
 mod ops;
 mod outcome;
