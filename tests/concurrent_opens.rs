@@ -57,11 +57,20 @@ fn close(f: File) -> std::io::Result<()> {
     }
 }
 
-/// A store with two blobs with data, tag `t` naming the first, and an empty tag `n`.
+/// A store with two manifests (blob and revision), tag `t` naming the first, and an
+/// empty tag `n`.
 fn seed(root: &Path) -> (Digest, Digest) {
     let store = StoreBuilder::new(root);
     let a = store.blob(b"manifest a");
     let b = store.blob(b"manifest b");
+    for d in [a, b] {
+        let revision = root.join(format!(
+            "{REPO}/_manifests/revisions/sha256/{}/link",
+            d.hex()
+        ));
+        fs::create_dir_all(revision.parent().unwrap()).unwrap();
+        fs::write(revision, d.to_string()).unwrap();
+    }
     fs::create_dir_all(root.join(current("t")).parent().unwrap()).unwrap();
     fs::create_dir_all(root.join(current("n")).parent().unwrap()).unwrap();
     fs::write(root.join(current("t")), a.to_string()).unwrap();

@@ -16,29 +16,9 @@ use common::online_run::{Core, Hooks, broken_links, try_run};
 use common::registry_sim::{
     PushError, blob_data, image_manifest, layer_link, revision_link, tag_dir,
 };
+use common::rng::Rng;
 use regfs::gc::{Action, Options};
 use regfs::layout::Digest;
-
-/// splitmix64: small, and the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Image {

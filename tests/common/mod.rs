@@ -11,6 +11,7 @@ pub mod prereq;
 pub mod redis;
 pub mod registry_process;
 pub mod registry_sim;
+pub mod rng;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -33,6 +33,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::common;
+use crate::common::rng::Rng;
 use crate::ops::clip;
 use crate::outcome::{Fail, R, check, cstr, describe, summarize, walk_string};
 use crate::runner::first_item_difference;
@@ -107,6 +108,14 @@ fn seed_tree(root: &Path) {
         fs::create_dir_all(data.parent().unwrap()).unwrap();
         fs::write(&data, format!("blob {n} content")).unwrap();
     }
+    // The revision the tag links name, as a manifest PUT writes it before tagging: the
+    // mount refuses a tag naming a manifest the repository holds no revision of.
+    let revision = root.join(format!(
+        "{REPO}/_manifests/revisions/sha256/{}/link",
+        hex(NAMED)
+    ));
+    fs::create_dir_all(revision.parent().unwrap()).unwrap();
+    fs::write(&revision, link_to(NAMED)).unwrap();
     for (f, class) in files() {
         let p = root.join(&f);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -309,27 +318,6 @@ impl fmt::Debug for Step {
 fn short(p: &str) -> String {
     p.replace(&format!("{REPO}/"), "<repo>/")
         .replace(&format!("{V2}/"), "<v2>/")
-}
-
-/// splitmix64: the sequence of a seed never changes with a crate's version.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())]
-    }
 }
 
 fn content(rng: &mut Rng) -> Content {

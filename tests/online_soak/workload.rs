@@ -23,36 +23,7 @@ const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const SIG_TYPE: &str = "application/vnd.example.signature";
 const SIG_PAYLOAD: &str = "application/vnd.example.signature.payload.v1+json";
 
-/// A small deterministic generator (xorshift): every choice of a soak comes from one,
-/// seeded from the printed seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// True `pct` times in 100.
-    pub fn chance(&mut self, pct: usize) -> bool {
-        self.below(100) < pct
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
+pub use crate::common::rng::Rng;
 
 /// A manifest a client may push: its bytes and what a whole pull of it fetches.
 #[derive(Debug)]
