@@ -474,3 +474,47 @@ fn a_root_marked_late_keeps_everything_it_reaches() {
         "{e}"
     );
 }
+
+/// A manifest PUT writes the revision link, then tags it. With `--delete-untagged`, an
+/// untagged revision younger than the minimum age stays (with what it reaches: an
+/// index's children), so a run between the two writes does not fail the push; an older
+/// one goes, and with a minimum age of 0 every untagged one does.
+#[test]
+fn an_untagged_revision_younger_than_the_minimum_age_stays() {
+    use regfs::gc::{Action, Plan};
+    use std::time::{Duration, SystemTime};
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let layer = s.blob(b"a layer of a child");
+    let (child, _) = s.image("app", &[layer], "child");
+    let index = s.index("app", &[child]);
+    let (old, _) = s.image("app", &[], "pushed two hours ago, never tagged");
+    std::fs::File::options()
+        .write(true)
+        .open(s.revision_link_path("app", &old))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    let removed = |min_age: Duration| {
+        let opts = Options {
+            delete_untagged: true,
+            min_age,
+            ..Default::default()
+        };
+        let plan: Plan = plan(dir.path(), &opts);
+        let mut v: Vec<_> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveRevision { digest, .. } => Some(*digest),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(removed(Duration::from_secs(3600)), vec![old]);
+    let mut all = vec![child, index, old];
+    all.sort();
+    assert_eq!(removed(Duration::ZERO), all);
+}

@@ -135,6 +135,32 @@ impl<'i> MarkSet<'i> {
             .clone()
     }
 
+    /// Keeps revision `d` of `repo` that no root reached (an untagged revision younger than
+    /// the minimum age): marks it and what it reaches as a root would, and takes every
+    /// revision it reaches (an index's children) off the repository's unreachable ones.
+    pub fn keep_revision(
+        &mut self,
+        manifests: &Manifests,
+        repo: &RepoInventory,
+        d: Digest,
+    ) -> Result<(), GcError> {
+        let mut walk = Walk::new(self, manifests, repo);
+        walk.lenient = self.is_kept_whole(&repo.name);
+        let reached = walk.reach(vec![d], None, &|| false)?;
+        let warnings = std::mem::take(&mut walk.warnings);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(warnings);
+        if let Some(list) = self.unreachable.get_mut(&repo.name) {
+            list.retain(|r| !reached.contains(r));
+        }
+        if let Some(subjects) = self.subjects.get_mut(&repo.name) {
+            subjects.retain(|r, _| !reached.contains(r));
+        }
+        Ok(())
+    }
+
     /// Marks manifest `d` of `repo`, a root that appeared after the initial mark, and
     /// everything it reaches (its blobs, its children). Fails as the initial mark does on
     /// a manifest it cannot read or understand.

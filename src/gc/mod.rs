@@ -131,6 +131,22 @@ fn mark_in_pool(
         marks.mark_every_blob();
     }
     let now = SystemTime::now();
+    let mut marks = marks;
+    let mut revision_age_warnings = Vec::new();
+    for repo in &inventory.repositories {
+        let young = scan::young_revisions(
+            store,
+            &repo.name,
+            marks.unreachable(&repo.name),
+            opts.min_age,
+            now,
+        );
+        for d in young.digests {
+            marks.keep_revision(&manifests, repo, d)?;
+            report.young_revisions_kept += 1;
+        }
+        revision_age_warnings.extend(young.warnings);
+    }
     report.blobs_marked = marks.live_count();
     let young = scan::young_blobs(store, unmarked(&inventory, &marks), opts.min_age, now);
     for d in &young.digests {
@@ -149,6 +165,7 @@ fn mark_in_pool(
         .cloned()
         .chain(marks.warnings())
         .chain(young.warnings)
+        .chain(revision_age_warnings)
         .collect();
     report.blobs_scanned = inventory.blobs.len() as u64;
     report.counts = plan.counts();

@@ -107,6 +107,10 @@ pub struct Report {
     /// Unmarked blobs kept because they are younger than the minimum age.
     #[serde(default)]
     pub young_blobs_kept: u64,
+    /// Untagged revisions kept (`--delete-untagged`) because their link is younger than
+    /// the minimum age: the push that wrote them may still be tagging them.
+    #[serde(default)]
+    pub young_revisions_kept: u64,
     /// What the run deleted, or with `dry_run` what it would delete.
     #[serde(flatten)]
     pub counts: Counts,
@@ -133,6 +137,7 @@ impl Report {
             blobs_scanned: 0,
             blobs_marked: 0,
             young_blobs_kept: 0,
+            young_revisions_kept: 0,
             counts: Counts::default(),
             warnings: Vec::new(),
             mark_seconds: 0.0,
@@ -213,6 +218,13 @@ impl fmt::Display for Report {
                 f,
                 "  kept      {} unreferenced blobs younger than the minimum age",
                 self.young_blobs_kept
+            )?;
+        }
+        if self.young_revisions_kept > 0 {
+            writeln!(
+                f,
+                "  kept      {} untagged manifests younger than the minimum age",
+                self.young_revisions_kept
             )?;
         }
         writeln!(

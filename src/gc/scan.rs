@@ -710,6 +710,46 @@ pub fn young_blobs(
     young
 }
 
+/// Which of `candidates`, revisions of `repo` no tag reaches, had their link written less
+/// than `min_age` before `now`: a manifest PUT writes the revision link, then tags it,
+/// and a run between the two must not take a revision that is about to be tagged (the
+/// tag write would be refused and the push fail). A revision whose age cannot be read is
+/// kept, with a warning. One stat per candidate, none when `min_age` is zero.
+pub fn young_revisions(
+    store: &Store,
+    repo: &RepoName,
+    candidates: &[Digest],
+    min_age: Duration,
+    now: SystemTime,
+) -> YoungBlobs {
+    let mut young = YoungBlobs::default();
+    if min_age.is_zero() {
+        return young;
+    }
+    for d in candidates {
+        let link = paths::revision_dir(repo, d).join(paths::LINK);
+        match store.stat(&link) {
+            Ok(None) => {}
+            Ok(Some(st))
+                if now
+                    .duration_since(mtime_of(&st))
+                    .map_or(true, |a| a < min_age) =>
+            {
+                young.digests.push(*d)
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                young.digests.push(*d);
+                young.warnings.push(Warning::new(
+                    store.shown(&link),
+                    format!("kept: cannot read its age: {e}"),
+                ));
+            }
+        }
+    }
+    young
+}
+
 fn written_at(blobs: &Store, d: &Digest) -> Result<Option<SystemTime>, std::io::Error> {
     let st = match blobs.stat(&paths::blob_data_in_blobs_root(d))? {
         Some(st) => Some(st),

@@ -797,10 +797,19 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
     if blobs + manifests == 0 {
         failures.push("no GC run deleted anything: the races were not real".into());
     }
+    // Writes the link checks refused (a link naming a blob without data, or a tag or
+    // index naming a manifest without a revision: what a run removed between two writes
+    // of one request), as the daemon logs them; each is a 500 the client retries.
+    let link_refusals = std::fs::read_to_string(&ctx.daemon_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("refused a link naming"))
+        .count() as u64;
+    let refused = refused + link_refusals;
     if get(&c.push_5xx) > refused {
         failures.push(format!(
-            "pushes got {} answers of 5xx, the runs refused {refused} writes: the others \
-             came from the filesystem failing a write no run refused:\n  {}",
+            "pushes got {} answers of 5xx, the runs and the link checks refused {refused} \
+             writes: the others came from the filesystem failing a write nothing refused:\n  {}",
             get(&c.push_5xx),
             round.answers_5xx.lock().unwrap().join("\n  ")
         ));
