@@ -559,11 +559,20 @@ impl Round {
                 self.verify_now(Some(rec));
             } else {
                 add(&self.counts.pushes_failed, 1);
-                self.error(format!(
+                // skopeo's own tries are not told apart: judged at the end like an HTTP
+                // push whose tries left no suspect (excused if a run started during each).
+                let what = format!(
                     "skopeo copy of {} to {dest} failed after its retries: {}",
                     image.name,
                     text(&out.stderr)
-                ));
+                );
+                eprintln!("[wide] gave up (judged at the end): {what}");
+                self.gave_up.lock().unwrap().push(GaveUp {
+                    what,
+                    suspects: vec![None; 1 + retries],
+                    started,
+                    ended: Utc::now(),
+                });
                 self.resync(repo, tag);
             }
             drop(_w);
