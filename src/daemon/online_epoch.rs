@@ -168,8 +168,9 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         control,
         control,
     );
-    job.resurrected = sweeping.resurrected();
-    job.refused_writes = sweeping.refused();
+    let writes = sweeping.finish();
+    job.resurrected = writes.resurrected;
+    job.refused_writes = writes.refused;
     match swept {
         Err(e) => record_failure(job, &e),
         Ok(report) => record_report(job, report),

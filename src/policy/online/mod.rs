@@ -261,6 +261,35 @@ impl Sweeping {
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
     }
+
+    /// Ends the run (as dropping it does) and says what writes did during the sweep,
+    /// counted to the end: a write naming a unit this run deleted is refused until the
+    /// run ends, after the last unit, and is counted here too.
+    pub fn finish(self) -> SweepWrites {
+        let mut phase = self.shared.lock();
+        let resurrected = match &*phase {
+            Phase::Sweeping(d) => d.resurrected(),
+            _ => 0,
+        };
+        // Refusals are counted under the phase lock: none comes after this.
+        let refused = self.shared.refused.load(Ordering::Relaxed);
+        *phase = Phase::Off;
+        self.shared.active.store(false, Ordering::Release);
+        drop(phase);
+        SweepWrites {
+            resurrected,
+            refused,
+        }
+    }
+}
+
+/// What writes did to a sweep, from [`Sweeping::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepWrites {
+    /// Units a write (or a read of their link) took back.
+    pub resurrected: u64,
+    /// Writes refused because they named what the sweep was deleting or had deleted.
+    pub refused: u64,
 }
 
 impl Drop for Sweeping {
