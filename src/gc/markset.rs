@@ -144,14 +144,7 @@ impl<'i> MarkSet<'i> {
         repo: &RepoInventory,
         d: Digest,
     ) -> Result<(), GcError> {
-        let mut walk = Walk::new(self, manifests, repo);
-        walk.lenient = self.is_kept_whole(&repo.name);
-        let reached = walk.reach(vec![d], None, &|| false)?;
-        let warnings = std::mem::take(&mut walk.warnings);
-        self.warnings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(warnings);
+        let reached = self.reach_from(manifests, repo, d)?;
         if let Some(list) = self.unreachable.get_mut(&repo.name) {
             list.retain(|r| !reached.contains(r));
         }
@@ -170,14 +163,24 @@ impl<'i> MarkSet<'i> {
         repo: &RepoInventory,
         d: Digest,
     ) -> Result<(), GcError> {
+        self.reach_from(manifests, repo, d).map(drop)
+    }
+
+    /// Marks what manifest `d` of `repo` reaches; the manifests it reached.
+    fn reach_from(
+        &self,
+        manifests: &Manifests,
+        repo: &RepoInventory,
+        d: Digest,
+    ) -> Result<HashSet<Digest>, GcError> {
         let mut walk = Walk::new(self, manifests, repo);
         walk.lenient = self.is_kept_whole(&repo.name);
-        walk.reach(vec![d], None, &|| false)?;
+        let reached = walk.reach(vec![d], None, &|| false)?;
         self.warnings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(walk.warnings);
-        Ok(())
+        Ok(reached)
     }
 }
 
