@@ -200,15 +200,13 @@ pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineO
         limit: hooks.stop_after,
     };
     let report = gc::sweep_claimed(planned, &core.fs, &claims, &stop, &Unattended).unwrap();
-    let resurrected = sweeping.resurrected();
-    let refused = sweeping.refused();
     drop(claims);
-    drop(sweeping);
+    let writes = sweeping.finish();
     Ok(OnlineOutcome {
         report,
         recorded: pause.recorded,
-        resurrected,
-        refused,
+        resurrected: writes.resurrected,
+        refused: writes.refused,
         hidden_after: online.hidden(),
     })
 }
