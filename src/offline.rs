@@ -1,16 +1,14 @@
 //! `regfs gc --offline`: one collection run on a store no daemon serves.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::fs::StorageFs;
 use crate::gc::{self, GcError, Options, Progress, Report, Unattended};
 use crate::layout::Store;
 use crate::lock::{LockError, lock_store};
-use crate::policy::gate::WriteGate;
+use crate::runtime::compose::OpenedStore;
 
 #[derive(Debug, Error)]
 pub enum OfflineError {
@@ -81,7 +79,7 @@ pub fn run(
         source,
     })?;
     lock_store(store.root_fd(), &shown, false)?;
-    let deleter = StorageFs::new(&canonical, Arc::new(WriteGate::new()))?;
+    let deleter = OpenedStore::open(&canonical)?.deleter();
     // Nothing stops an offline run but the process ending.
     let planned = match gc::mark(&store, opts, &Unattended, progress)? {
         gc::Marked::Planned(p) => p,

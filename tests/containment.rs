@@ -8,10 +8,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use regfs::fs::StorageFs;
-use regfs::policy::gate::WriteGate;
+use regfs::runtime::compose::open_fs;
 
 #[test]
 fn symlinks_in_the_store_are_never_followed() {
@@ -98,7 +96,7 @@ fn names_that_walk_out_of_a_directory_are_rejected_by_the_core() {
     // The kernel never sends such names; the core refuses them anyway (no mount needed).
     let dir = common::tempdir();
     fs::create_dir(dir.path().join("a")).unwrap();
-    let fs = StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap();
+    let fs = open_fs(dir.path()).unwrap().0;
     for bad in ["..", ".", "a/..", "../etc", "", "a/b"] {
         let err = fs.lookup(1, OsStr::new(bad)).unwrap_err();
         assert_eq!(err.errno(), libc::EINVAL, "{bad:?}: {err}");

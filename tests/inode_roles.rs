@@ -7,12 +7,11 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::{Digest, Role, classify_path};
 use regfs::policy::WriteRole;
-use regfs::policy::gate::WriteGate;
+use regfs::runtime::compose::open_fs;
 
 const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
 
@@ -34,7 +33,7 @@ fn store() -> (tempfile::TempDir, StorageFs) {
     .unwrap();
     fs::create_dir_all(s.join("docker/registry/v2/blobs/sha256/a3")).unwrap();
     fs::create_dir_all(s.join("docker/registry/v2/repositories/other/_uploads")).unwrap();
-    let fs = StorageFs::new(s, Arc::new(WriteGate::new())).unwrap();
+    let fs = open_fs(s).unwrap().0;
     (dir, fs)
 }
 

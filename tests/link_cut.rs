@@ -14,6 +14,7 @@ use common::daemon::Daemon;
 use common::store::StoreBuilder;
 use regfs::fs::{Caller, SetAttr, StorageFs};
 use regfs::policy::gate::{CutReason, WriteGate};
+use regfs::runtime::compose::open_fs;
 
 const LINK_A: &[u8] = b"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const LINK_B: &[u8] = b"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -24,7 +25,7 @@ const DRAIN: Duration = Duration::from_millis(50);
 
 /// A store with tag `t` pointing at LINK_A, and an empty tag directory `n`; the blobs of
 /// LINK_A and LINK_B exist.
-fn store() -> (tempfile::TempDir, Arc<StorageFs>) {
+fn store() -> (tempfile::TempDir, Arc<StorageFs>, Arc<WriteGate>) {
     let dir = common::tempdir();
     fs::create_dir_all(dir.path().join(TAGS).join("t/current")).unwrap();
     fs::create_dir_all(dir.path().join(TAGS).join("n/current")).unwrap();
@@ -40,8 +41,8 @@ fn store() -> (tempfile::TempDir, Arc<StorageFs>) {
         fs::create_dir_all(&revision).unwrap();
         fs::write(revision.join("link"), link).unwrap();
     }
-    let fs = StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap();
-    (dir, Arc::new(fs))
+    let (fs, policies) = open_fs(dir.path()).unwrap();
+    (dir, Arc::new(fs), policies.gate)
 }
 
 /// The node id of a store-relative path, looked up one component at a time.
@@ -69,14 +70,14 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
     // Truncated only; truncated and partly written; opened with O_TRUNC; created with
     // O_TRUNC over the existing link.
     for (how, partial) in [("ftruncate", None), ("partial", Some(&LINK_B[..20]))] {
-        let (dir, fs) = store();
+        let (dir, fs, gate) = store();
         let id = walk(&fs, &format!("{TAGS}/t/current/link"));
         let fh = fs.open(id, libc::O_WRONLY, None).unwrap().fh;
         truncate(&fs, id, fh);
         if let Some(bytes) = partial {
             fs.write(fh, 0, bytes).unwrap();
         }
-        let report = fs.gate().close_for_writes(DRAIN);
+        let report = gate.close_for_writes(DRAIN);
         assert_eq!(report.cut.len(), 1, "{how}: {report:?}");
         assert_eq!(report.cut[0].reason, CutReason::DrainTimeout);
         assert!(report.cut[0].repaired.is_some(), "{how}: {report:?}");
@@ -86,7 +87,7 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
         fs.release(fh).unwrap();
         assert_eq!(read(&dir, "t/current/link").unwrap(), LINK_A, "{how}");
     }
-    let (dir, fs) = store();
+    let (dir, fs, gate) = store();
     let id = walk(&fs, &format!("{TAGS}/t/current/link"));
     let fh = fs
         .open(id, libc::O_WRONLY | libc::O_TRUNC, None)
@@ -97,13 +98,13 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
         b"",
         "O_TRUNC truncates"
     );
-    fs.gate().close_for_writes(DRAIN);
+    gate.close_for_writes(DRAIN);
     assert_eq!(read(&dir, "t/current/link").unwrap(), LINK_A, "O_TRUNC");
     fs.release(fh).unwrap();
 
     // O_CREAT | O_TRUNC on the existing link (the kernel's create of a name it has not
     // looked up).
-    let (dir, fs) = store();
+    let (dir, fs, gate) = store();
     let parent = walk(&fs, &format!("{TAGS}/t/current"));
     let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
     let root = Caller { uid: 0, gid: 0 };
@@ -111,7 +112,7 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
         .create(parent, OsStr::new("link"), 0o644, flags, root, None)
         .unwrap();
     assert_eq!(read(&dir, "t/current/link").unwrap(), b"", "create O_TRUNC");
-    fs.gate().close_for_writes(DRAIN);
+    gate.close_for_writes(DRAIN);
     assert_eq!(
         read(&dir, "t/current/link").unwrap(),
         LINK_A,
@@ -122,12 +123,12 @@ fn a_cut_link_writer_that_truncated_leaves_the_old_link() {
 
 #[test]
 fn a_link_the_cut_writer_completed_stands() {
-    let (dir, fs) = store();
+    let (dir, fs, gate) = store();
     let id = walk(&fs, &format!("{TAGS}/t/current/link"));
     let fh = fs.open(id, libc::O_WRONLY, None).unwrap().fh;
     truncate(&fs, id, fh);
     fs.write(fh, 0, LINK_B).unwrap();
-    let report = fs.gate().close_for_writes(DRAIN);
+    let report = gate.close_for_writes(DRAIN);
     assert_eq!(report.cut.len(), 1);
     assert_eq!(report.cut[0].repaired, None, "{report:?}");
     assert_eq!(read(&dir, "t/current/link").unwrap(), LINK_B);
@@ -135,37 +136,37 @@ fn a_link_the_cut_writer_completed_stands() {
 
 #[test]
 fn a_link_created_by_the_cut_writer_is_removed_unless_complete() {
-    let (dir, fs) = store();
+    let (dir, fs, gate) = store();
     let parent = walk(&fs, &format!("{TAGS}/n/current"));
     let root = Caller { uid: 0, gid: 0 };
     let flags = libc::O_CREAT | libc::O_WRONLY;
     let (_, opened) = fs
         .create(parent, OsStr::new("link"), 0o644, flags, root, None)
         .unwrap();
-    let report = fs.gate().close_for_writes(DRAIN);
+    let report = gate.close_for_writes(DRAIN);
     assert!(report.cut[0].repaired.is_some(), "{report:?}");
     assert_eq!(read(&dir, "n/current/link"), None, "empty new link removed");
     fs.release(opened.fh).unwrap();
-    fs.gate().reopen_for_writes();
+    gate.reopen_for_writes();
 
     // Created and completed before the cut: it stands.
     let (_, opened) = fs
         .create(parent, OsStr::new("link"), 0o644, flags, root, None)
         .unwrap();
     fs.write(opened.fh, 0, LINK_B).unwrap();
-    let report = fs.gate().close_for_writes(DRAIN);
+    let report = gate.close_for_writes(DRAIN);
     assert_eq!(report.cut[0].repaired, None);
     assert_eq!(read(&dir, "n/current/link").unwrap(), LINK_B);
 }
 
 #[test]
 fn other_files_and_links_released_in_time_are_left_alone() {
-    let (dir, fs) = store();
+    let (dir, fs, gate) = store();
     fs::write(dir.path().join("docker/registry/v2/other"), b"12345").unwrap();
     let other = walk(&fs, "docker/registry/v2/other");
     let fh = fs.open(other, libc::O_WRONLY, None).unwrap().fh;
     truncate(&fs, other, fh);
-    let report = fs.gate().close_for_writes(DRAIN);
+    let report = gate.close_for_writes(DRAIN);
     assert_eq!(report.cut[0].repaired, None, "not a link: no repair");
     assert_eq!(
         fs::read(dir.path().join("docker/registry/v2/other")).unwrap(),

@@ -6,13 +6,12 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
 use common::registry_sim::{PushError, RegistrySim};
 use common::store::{OCI_INDEX, OCI_MANIFEST, StoreBuilder};
 use regfs::fs::{Caller, StorageFs};
 use regfs::layout::Digest;
-use regfs::policy::gate::WriteGate;
+use regfs::runtime::compose::open_fs;
 use serde_json::json;
 
 const ROOT: u64 = 1;
@@ -27,7 +26,7 @@ struct Core {
 fn core() -> Core {
     let dir = common::tempdir();
     let store = StoreBuilder::new(dir.path());
-    let fs = StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap();
+    let fs = open_fs(dir.path()).unwrap().0;
     Core {
         fs,
         _dir: dir,

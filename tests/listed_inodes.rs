@@ -8,10 +8,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
-use std::sync::Arc;
 
 use regfs::fs::StorageFs;
-use regfs::policy::gate::WriteGate;
+use regfs::runtime::compose::open_fs;
 
 /// Node ids of every entry of the root, from one readdirplus (one reference each).
 fn list_root(fs: &StorageFs) -> HashMap<String, u64> {
@@ -38,7 +37,7 @@ fn read_all(fs: &StorageFs, id: u64) -> Result<Vec<u8>, i32> {
 fn core_with(prepare: impl FnOnce(&Path)) -> (tempfile::TempDir, StorageFs) {
     let dir = common::tempdir();
     prepare(dir.path());
-    let fs = StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap();
+    let fs = open_fs(dir.path()).unwrap().0;
     (dir, fs)
 }
 

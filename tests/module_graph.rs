@@ -3,9 +3,14 @@
 //!
 //! It reads `crate::x` and `super::x` references in the sources (comments left out) and
 //! fails on any cycle between the library's top-level modules, or between the submodules
-//! of one module (daemon, fs, gc, layout, policy). The binary's own modules (declared by
-//! `src/main.rs`) are left out: nothing in the library can name them. The library never
-//! names clap either.
+//! of one module (daemon, fs, gc, layout, policy, policy/online). The binary's own
+//! modules (declared by `src/main.rs`) are left out: nothing in the library can name
+//! them. The library never names clap either.
+//!
+//! It also checks direction where a cycle-free graph could still point the wrong way:
+//! the filesystem and the mount know the policy only as a trait (no concrete policy is
+//! named there: the composition root, `runtime::compose`, builds the chain), and the
+//! collector deletes through a trait, never naming the filesystem.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -99,8 +104,12 @@ fn binary_modules(src: &Path) -> BTreeSet<String> {
 struct Crate {
     /// Top-level module -> the top-level modules it names.
     top: Graph,
-    /// For each module with submodules: submodule -> the sibling submodules it names.
+    /// For each module with submodules (`policy`, `policy/online`): submodule -> the
+    /// sibling submodules it names.
     inner: BTreeMap<String, Graph>,
+    /// Each library file (relative to `src`) -> the policy submodules it names
+    /// (`crate::policy::gate`, `crate::{policy::online::..}`, `crate::policy::{links, ..}`).
+    policies_named: BTreeMap<String, BTreeSet<String>>,
     /// Library files whose code names clap.
     clap: Vec<String>,
 }
@@ -114,6 +123,7 @@ fn read_crate() -> Crate {
         top: Graph::new(),
         inner: BTreeMap::new(),
         clap: vec![],
+        policies_named: BTreeMap::new(),
     };
     for path in files {
         let rel = path.strip_prefix(&src).unwrap().to_path_buf();
@@ -128,9 +138,14 @@ fn read_crate() -> Crate {
         let named = named_after(&code, "crate::");
         let deps = c.top.entry(module.clone()).or_default();
         deps.extend(named.into_iter().filter(|m| *m != module));
-        if rel.components().count() == 2 && !rel.ends_with("mod.rs") {
+        let mut policies = named_after(&code, "crate::policy::");
+        policies.extend(named_after(&code, "policy::"));
+        c.policies_named.insert(rel.display().to_string(), policies);
+        let depth = rel.components().count();
+        if depth >= 2 && !rel.ends_with("mod.rs") {
+            let parent = rel.parent().unwrap().display().to_string();
             let me = rel.file_stem().unwrap().to_string_lossy().to_string();
-            let graph = c.inner.entry(module.clone()).or_default();
+            let graph = c.inner.entry(parent).or_default();
             let deps = graph.entry(me.clone()).or_default();
             deps.extend(
                 named_after(&code, "super::")
@@ -208,7 +223,7 @@ fn top_level_modules_form_no_cycle() {
 #[test]
 fn submodules_form_no_cycle() {
     let c = read_crate();
-    for parent in ["daemon", "fs", "gc", "layout", "policy"] {
+    for parent in ["daemon", "fs", "gc", "layout", "policy", "policy/online"] {
         assert!(
             c.inner.contains_key(parent),
             "no submodules read for {parent}"
@@ -230,4 +245,64 @@ fn submodules_form_no_cycle() {
 fn the_library_never_sees_clap() {
     let c = read_crate();
     assert!(c.clap.is_empty(), "library files naming clap: {:?}", c.clap);
+}
+
+/// The policy layers the composition root stacks; only it (and the daemon, which drives
+/// the gate and the online run) may name them.
+const CONCRETE_POLICIES: [&str; 3] = ["gate", "links", "online"];
+
+#[test]
+fn the_filesystem_and_the_mount_know_the_policy_only_as_a_trait() {
+    let c = read_crate();
+    let mut offending = vec![];
+    for (file, named) in &c.policies_named {
+        if !(file.starts_with("fs/") || file.starts_with("mount/")) {
+            continue;
+        }
+        for p in CONCRETE_POLICIES {
+            if named.contains(p) {
+                offending.push(format!("{file} names policy::{p}"));
+            }
+        }
+    }
+    assert!(
+        c.policies_named.contains_key("fs/core.rs")
+            && c.policies_named.contains_key("mount/mod.rs")
+    );
+    assert!(
+        offending.is_empty(),
+        "the composition root (runtime::compose) builds the policy chain; fs and mount take `Arc<dyn StorePolicy>`:\n{}",
+        offending.join("\n")
+    );
+}
+
+#[test]
+fn the_collector_never_names_the_filesystem() {
+    let c = read_crate();
+    let gc = &c.top["gc"];
+    assert!(gc.contains("layout"), "gc's references were read");
+    assert!(
+        !gc.contains("fs") && !gc.contains("mount") && !gc.contains("daemon"),
+        "gc deletes through `gc::Deleter`, which the composition root implements; it names {gc:?}"
+    );
+}
+
+#[test]
+fn nested_policy_modules_are_checked_for_cycles() {
+    let c = read_crate();
+    let online = c
+        .inner
+        .get("policy/online")
+        .expect("policy/online's submodules were read");
+    assert!(online.contains_key("doomed"), "{online:?}");
+}
+
+#[test]
+fn direction_checks_see_group_imports() {
+    let code = code_of(
+        "use crate::{error::X, policy::gate::WriteGate};\nuse crate::policy::{Change, links::L};",
+    );
+    let mut named = named_after(&code, "crate::policy::");
+    named.extend(named_after(&code, "policy::"));
+    assert!(named.contains("gate") && named.contains("links") && named.contains("Change"));
 }

@@ -135,7 +135,7 @@ fn collect(core: &Core, gc: Gc, point: &Switch) {
             execute_in(
                 Order::Sequential,
                 &planned.plan,
-                &core.fs,
+                &core.deleter,
                 &Switching(OnlineClaims(&sweeping), point),
                 &Unattended,
                 &Unattended,
@@ -153,7 +153,7 @@ fn collect(core: &Core, gc: Gc, point: &Switch) {
             execute_in(
                 Order::Sequential,
                 &planned.plan,
-                &core.fs,
+                &core.deleter,
                 &Switching(Unclaimed, point),
                 &Unattended,
                 &Unattended,

@@ -127,7 +127,7 @@ fn core() -> (tempfile::TempDir, StorageFs, Arc<Log>) {
     fs::write(dir.path().join("open/f"), b"old").unwrap();
     fs::write(dir.path().join(HIDDEN), b"secret").unwrap();
     let log = Arc::new(Log::default());
-    let fs = StorageFs::with_policy(dir.path(), Arc::new(Recording(log.clone()))).unwrap();
+    let fs = StorageFs::new(dir.path(), Arc::new(Recording(log.clone()))).unwrap();
     (dir, fs, log)
 }
 

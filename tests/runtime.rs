@@ -111,7 +111,7 @@ fn shutdown_stops_the_run_reopens_closes_the_socket_unmounts_and_joins_in_order(
     let job = daemon.job(id).expect("the run is recorded");
     assert_eq!(job.outcome, JobOutcome::Stopped, "{job:?}");
     assert!(!daemon.status().read_only, "the store was reopened");
-    assert!(!daemon.fs().gate().is_closed(), "the gate is open");
+    assert!(!daemon.gate().is_closed(), "the gate is open");
     assert!(!socket.exists(), "control socket removed");
     assert!(common::mount_at_fuse(&mnt).is_none(), "unmounted");
     assert!(

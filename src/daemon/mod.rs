@@ -12,7 +12,7 @@ pub mod service;
 pub mod settings;
 pub mod status;
 
-pub use service::{Daemon, JobObserver, TriggerError};
+pub use service::{Daemon, JobObserver, ServedStore, TriggerError};
 pub mod control;
 pub mod notify;
 pub mod online_epoch;

@@ -163,7 +163,7 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     control.set_state(State::Sweeping);
     let swept = gc::sweep_claimed(
         planned,
-        parts.fs,
+        parts.deleter,
         &OnlineClaims(&sweeping),
         control,
         control,

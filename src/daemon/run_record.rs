@@ -31,8 +31,10 @@ pub struct RunParts<'a> {
     pub gate: &'a WriteGate,
     /// The collector reads the store here (the directory handle taken before the mount).
     pub store: &'a Store,
-    /// The sweep deletes through the mount, so the kernel sees it.
+    /// The mount's filesystem (its kernel caches).
     pub fs: &'a StorageFs,
+    /// The sweep deletes through it, so the kernel sees each deletion.
+    pub deleter: &'a dyn gc::Deleter,
     /// The heartbeat rewrites the running-job record here.
     pub history: &'a History,
     /// The filesystem's online layer, for online runs.

@@ -194,7 +194,7 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
     control.set_state(State::Sweeping);
     let deleted: Option<Vec<_>> =
         (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());
-    let swept = gc::sweep(planned, parts.fs, &cancel, control);
+    let swept = gc::sweep(planned, parts.deleter, &cancel, control);
     // Whatever the sweep's outcome: some blobs may be gone.
     if let Some(deleted) = deleted {
         forget_deleted(job, settings, &deleted);

@@ -17,7 +17,10 @@ use super::settings::{GcDuration, Settings};
 use super::state_dir::StateDir;
 use super::status::{Descriptors, State, Status};
 use crate::fs::StorageFs;
+use crate::gc::Deleter;
 use crate::layout::Store;
+use crate::policy::gate::WriteGate;
+use crate::policy::online::OnlineCollection;
 use crate::registry::CacheStatus;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -59,9 +62,26 @@ struct Inner {
     generation: u64,
 }
 
+/// The store a daemon collects, as the composition root hands it over.
+pub struct ServedStore {
+    /// The filesystem serving the mount (kernel caches, descriptors).
+    pub fs: Arc<StorageFs>,
+    /// The collector reads the store here (the directory handle taken before the mount).
+    pub store: Store,
+    /// The sweep deletes through it, so the kernel sees each deletion.
+    pub deleter: Arc<dyn Deleter + Send + Sync>,
+    /// Closed for read-only epochs, reopened at their end.
+    pub gate: Arc<WriteGate>,
+    /// The online barrier's handle, for online runs.
+    pub online: OnlineCollection,
+}
+
 pub struct Daemon {
     fs: Arc<StorageFs>,
     store: Store,
+    deleter: Arc<dyn Deleter + Send + Sync>,
+    gate: Arc<WriteGate>,
+    online: OnlineCollection,
     mountpoint: PathBuf,
     storage: PathBuf,
     state_dir: Arc<StateDir>,
@@ -86,8 +106,7 @@ impl Daemon {
     /// A history that cannot be read or written is logged and GC still runs (freeing
     /// space matters more than the record of it).
     pub fn new(
-        fs: Arc<StorageFs>,
-        store: Store,
+        served: ServedStore,
         storage: &Path,
         mountpoint: &Path,
         state_dir: Arc<StateDir>,
@@ -118,9 +137,19 @@ impl Daemon {
             last: jobs.last().cloned(),
             ..Inner::default()
         };
+        let ServedStore {
+            fs,
+            store,
+            deleter,
+            gate,
+            online,
+        } = served;
         Arc::new(Daemon {
             fs,
             store,
+            deleter,
+            gate,
+            online,
             mountpoint: mountpoint.to_path_buf(),
             storage: storage.to_path_buf(),
             state_dir,
@@ -291,11 +320,12 @@ impl Daemon {
     /// for its heartbeat, and this service to report to.
     fn run_parts(&self) -> RunParts<'_> {
         RunParts {
-            gate: self.fs.gate(),
+            gate: &self.gate,
             store: &self.store,
             fs: &self.fs,
+            deleter: self.deleter.as_ref(),
             history: &self.history,
-            online: self.fs.online(),
+            online: &self.online,
             host: self,
             epoch: self.coordinator(),
         }
@@ -336,6 +366,11 @@ impl Daemon {
 
     pub fn fs(&self) -> &Arc<StorageFs> {
         &self.fs
+    }
+
+    /// The write gate this daemon's epochs close.
+    pub fn gate(&self) -> &Arc<WriteGate> {
+        &self.gate
     }
 
     pub fn state_dir(&self) -> &Arc<StateDir> {
@@ -449,7 +484,7 @@ impl Daemon {
             ..status
         };
         match cluster {
-            Some(c) => closed_by_cluster(status, c, self.fs.gate().is_closed()),
+            Some(c) => closed_by_cluster(status, c, self.gate.is_closed()),
             None => status,
         }
     }

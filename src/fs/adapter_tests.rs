@@ -1,11 +1,11 @@
 use super::*;
-use crate::policy::gate::WriteGate;
+use crate::policy::AdmitAll;
 use fuser::FileType;
 
 #[test]
 fn a_panic_in_the_core_answers_eio_for_that_request_only() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
+    let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(AdmitAll)).unwrap());
     let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, Callers::everyone());
     let r: Result<(), Errno> = adapter.call_as("test", 0, 1, || panic!("bug in a handler"));
     assert_eq!(r.unwrap_err(), Errno::from_i32(libc::EIO));
@@ -19,7 +19,7 @@ fn a_panic_in_the_core_answers_eio_for_that_request_only() {
 #[test]
 fn requests_of_users_the_mount_does_not_serve_answer_eacces() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(WriteGate::new())).unwrap());
+    let fs = Arc::new(StorageFs::new(dir.path(), Arc::new(AdmitAll)).unwrap());
     let owner = 998;
     let callers = Callers::new(&crate::fs::access::MountUsers::default(), owner);
     let adapter = FuseAdapter::new(fs, Duration::from_secs(1), false, callers);

@@ -19,10 +19,6 @@ use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::open::{OpenDir, OpenFile};
 use super::unlinked::in_dir_error;
 use crate::error::{FsError, FsResult};
-use crate::layout::Store;
-use crate::policy::gate::WriteGate;
-use crate::policy::links::LinkRefusal;
-use crate::policy::online::{OnlineBarrier, OnlineCollection};
 use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write};
 
 /// What a successful lookup or create hands to the kernel.
@@ -67,13 +63,9 @@ pub struct StorageFs {
     pub(super) inodes: InodeTable,
     pub(super) files: HandleTable<OpenFile>,
     pub(super) dirs: HandleTable<OpenDir>,
-    /// Decides what may change, write and be seen; the core only carries it out.
+    /// Decides what may change, write and be seen; the core only carries it out. The
+    /// composition root (`runtime::compose`) builds it; the core knows only the trait.
     pub(super) policy: Arc<dyn StorePolicy>,
-    /// The gate the policy was built over by [`new`](Self::new), for whoever owns the
-    /// epochs (the daemon closes and reopens it); the core never asks it directly.
-    epoch_gate: Option<Arc<WriteGate>>,
-    /// The online collector's layer of that policy, for whoever runs online epochs.
-    online: Option<OnlineCollection>,
     /// /proc/self/fd, to reopen O_PATH handles with real access modes.
     pub(super) proc_fd: OwnedFd,
     pub(super) root_dev: u64,
@@ -109,35 +101,19 @@ fn is_setgid_dir(st: &Stat) -> bool {
 }
 
 impl StorageFs {
-    /// Opens the store at `root`. The root handle is taken now, so a mount placed over
-    /// the same directory later still reaches the real directory underneath.
-    /// Its policy: link writes naming blobs without data refused
-    /// ([`LinkRefusal`]), over the write gate `gate`, which the caller closes and reopens.
-    pub fn new(root: &Path, gate: Arc<WriteGate>) -> FsResult<Self> {
-        Self::with_fd_budget(root, gate, default_fd_budget())
+    /// Opens the store at `root` under `policy`. The root handle is taken now, so a
+    /// mount placed over the same directory later still reaches the real directory
+    /// underneath.
+    pub fn new(root: &Path, policy: Arc<dyn StorePolicy>) -> FsResult<Self> {
+        Self::with_fd_budget(root, policy, default_fd_budget())
     }
 
     /// As [`new`](Self::new), keeping at most `fd_budget` inode descriptors open.
-    pub fn with_fd_budget(root: &Path, gate: Arc<WriteGate>, fd_budget: usize) -> FsResult<Self> {
-        let store = Store::open(root)
-            .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
-        let online_store = Store::open(root)
-            .map_err(|e| FsError::backing("open store", root.display().to_string(), e))?;
-        let online = OnlineBarrier::new(online_store, gate.as_ref().clone());
-        let collection = online.collection();
-        let policy = Arc::new(LinkRefusal::new(store, online));
-        let mut fs = Self::open_store(root, policy, fd_budget)?;
-        fs.epoch_gate = Some(gate);
-        fs.online = Some(collection);
-        Ok(fs)
-    }
-
-    /// Opens the store at `root` with any policy (tests, policies other than the gate).
-    pub fn with_policy(root: &Path, policy: Arc<dyn StorePolicy>) -> FsResult<Self> {
-        Self::open_store(root, policy, default_fd_budget())
-    }
-
-    fn open_store(root: &Path, policy: Arc<dyn StorePolicy>, fd_budget: usize) -> FsResult<Self> {
+    pub fn with_fd_budget(
+        root: &Path,
+        policy: Arc<dyn StorePolicy>,
+        fd_budget: usize,
+    ) -> FsResult<Self> {
         let shown = root.display().to_string();
         let fd = rfs::open(
             root,
@@ -164,8 +140,6 @@ impl StorageFs {
             files: HandleTable::new(),
             dirs: HandleTable::new(),
             policy,
-            epoch_gate: None,
-            online: None,
             proc_fd,
             root_dev: st.st_dev,
             passthrough: AtomicBool::new(false),
@@ -175,28 +149,6 @@ impl StorageFs {
             daemon_writes: AtomicU64::new(0),
             stats: super::stats::FuseStats::default(),
         })
-    }
-
-    /// The write gate this filesystem was opened over by [`new`](Self::new): its owner
-    /// (the daemon's epoch, tests) closes and reopens the store through it.
-    ///
-    /// # Panics
-    /// If it was opened by [`with_policy`](Self::with_policy), which has no gate.
-    pub fn gate(&self) -> &Arc<WriteGate> {
-        self.epoch_gate
-            .as_ref()
-            .expect("StorageFs::gate on a filesystem opened without a write gate")
-    }
-
-    /// The online collector's handle on this filesystem's policy (see
-    /// [`crate::policy::online`]).
-    ///
-    /// # Panics
-    /// If it was opened by [`with_policy`](Self::with_policy).
-    pub fn online(&self) -> &OnlineCollection {
-        self.online
-            .as_ref()
-            .expect("StorageFs::online on a filesystem opened without the online layer")
     }
 
     /// Lets the core tell the kernel about changes it makes itself (the sweep).

@@ -29,7 +29,7 @@ pub use inventory::Inventory;
 pub use markset::MarkSet;
 pub use plan::{Action, Plan};
 pub use report::{Counts, Mode, Outcome, Phase, Report, RunReport, Warning};
-pub use sweep::{Claims, Deleter, Unclaimed};
+pub use sweep::{Claims, Deleter, Removed, Unclaimed};
 pub use threads::ThreadShare;
 
 use crate::layout::{Digest, Store};

@@ -12,24 +12,22 @@ use super::error::GcError;
 use super::plan::{Action, Plan};
 use super::report::Counts;
 use crate::error::FsError;
-use crate::fs::{Removed, StorageFs};
 use crate::layout::paths;
 
-/// Deletes paths relative to the store root. The daemon's implementation tells the
-/// kernel, so a stat through the mount sees the deletion at once.
+/// What removing a tree took away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+/// Deletes paths relative to the store root. The composition root implements it over
+/// the filesystem core (`runtime::compose::SweepDeleter`), which tells the kernel, so a
+/// stat through the mount sees the deletion at once.
 pub trait Deleter: Sync {
     fn remove_tree(&self, rel: &Path) -> Result<Removed, FsError>;
     fn remove_empty_dir(&self, rel: &Path) -> Result<bool, FsError>;
-}
-
-impl Deleter for StorageFs {
-    fn remove_tree(&self, rel: &Path) -> Result<Removed, FsError> {
-        StorageFs::remove_tree(self, rel)
-    }
-
-    fn remove_empty_dir(&self, rel: &Path) -> Result<bool, FsError> {
-        StorageFs::remove_empty_dir(self, rel)
-    }
 }
 
 /// Lets the sweep ask, unit by unit (by index in the plan), whether it may still delete.

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::error::FsError;
 use crate::fs::access::{Callers, MountUsers};
 use crate::fs::{FuseAdapter, StorageFs};
-use crate::policy::gate::WriteGate;
+use crate::policy::StorePolicy;
 use crate::worker::Worker;
 
 mod checks;
@@ -207,8 +207,13 @@ impl std::fmt::Debug for Mounted {
 }
 
 /// Checks, opens the store and mounts it. The store handle is taken before the mount, so
-/// MOUNTPOINT may be the storage directory itself.
-pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountError> {
+/// MOUNTPOINT may be the storage directory itself. `compose` builds the policy the store
+/// is served under, once the checks passed, from the storage directory's real path; what
+/// else it returns (the handles on the policy) comes back with the mount.
+pub fn mount<H>(
+    cfg: &MountConfig,
+    compose: impl FnOnce(&Path) -> Result<(Arc<dyn StorePolicy>, H), FsError>,
+) -> Result<(Mounted, H), MountError> {
     let (storage, mountpoint) = preflight(cfg)?;
     let lock = rustix::fs::open(
         &storage,
@@ -226,10 +231,11 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
     )?;
     // The kernel applies the caller's umask before it sends a mode; ours must not again.
     rustix::process::umask(rustix::fs::Mode::empty());
+    let (policy, handles) = compose(&storage)?;
     let fs = Arc::new(if cfg.fd_budget > 0 {
-        StorageFs::with_fd_budget(&storage, gate, cfg.fd_budget)?
+        StorageFs::with_fd_budget(&storage, policy, cfg.fd_budget)?
     } else {
-        StorageFs::new(&storage, gate)?
+        StorageFs::new(&storage, policy)?
     });
     let (_, file_handles) = fs.inode_fds();
     if !file_handles {
@@ -263,14 +269,15 @@ pub fn mount(cfg: &MountConfig, gate: Arc<WriteGate>) -> Result<Mounted, MountEr
             path: "reclaimer thread".into(),
             source: e,
         })?;
-    Ok(Mounted {
+    let mounted = Mounted {
         fs,
         storage,
         mountpoint,
         session,
         reclaimer,
         lock,
-    })
+    };
+    Ok((mounted, handles))
 }
 
 /// Unmounts; when the mount is busy (a process still has files open), detaches it so

@@ -178,6 +178,31 @@ pub trait StorePolicy: Send + Sync + fmt::Debug {
     fn note_read(&self, path: &dyn Fn() -> String);
 }
 
+/// The policy that admits everything and shows every name: the filesystem as a plain
+/// passthrough (tests of the core's mechanism that no policy takes part in).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitAll;
+
+impl StorePolicy for AdmitAll {
+    fn admit_change(&self, _change: &Change<'_>) -> FsResult<ChangeLease> {
+        Ok(ChangeLease::free())
+    }
+
+    fn admit_writer(&self, _writer: Writer<'_>) -> FsResult<WriterLease> {
+        Ok(WriterLease::free())
+    }
+
+    fn is_visible(&self, _name: &Name<'_>) -> bool {
+        true
+    }
+
+    fn check_write_access(&self, _path: &str) -> FsResult<()> {
+        Ok(())
+    }
+
+    fn note_read(&self, _path: &dyn Fn() -> String) {}
+}
+
 /// What a policy keeps for a change in flight (dropped when the change ends).
 pub trait HeldChange: Send + fmt::Debug {
     /// The writer a create opens under this change. Admitted whatever the policy decided

@@ -21,6 +21,7 @@ use std::time::Duration;
 use regfs::fs::StorageFs;
 use regfs::mount::{self, MountConfig, MountGuard};
 use regfs::policy::gate::WriteGate;
+use regfs::runtime::compose::StorePolicies;
 use tempfile::TempDir;
 
 /// Prefix of every temporary directory these tests create; stale mounts are found by it.
@@ -120,13 +121,14 @@ pub fn mount_configured(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     prepare(&storage);
-    let gate = Arc::new(WriteGate::new());
     let mut cfg = config(&storage, &mnt);
     tune(&mut cfg);
-    let guard = mount::mount(&cfg, gate.clone())
-        .expect("mount")
-        .spawn()
-        .expect("serve");
+    let (mounted, gate) = mount::mount(&cfg, |root| {
+        let p = StorePolicies::compose(root, WriteGate::new())?;
+        Ok((p.chain, p.gate))
+    })
+    .expect("mount");
+    let guard = mounted.spawn().expect("serve");
     Some(TestMount {
         guard,
         storage,

@@ -14,14 +14,18 @@ use regfs::gc::{self, Action, Cancel, Claims, Outcome, Report, Unattended};
 use regfs::layout::Store;
 use regfs::policy::gate::WriteGate;
 use regfs::policy::online::OnlineCollection;
+use regfs::runtime::compose::{OpenedStore, SweepDeleter};
 
 use super::registry_sim::RegistrySim;
 
 /// A store with the filesystem core over it.
 pub struct Core {
     pub root: PathBuf,
-    pub fs: StorageFs,
+    pub fs: Arc<StorageFs>,
     pub gate: Arc<WriteGate>,
+    online: OnlineCollection,
+    /// What the sweep deletes through, as the daemon's.
+    pub deleter: SweepDeleter,
     pub store: Store,
     _dir: tempfile::TempDir,
 }
@@ -47,13 +51,14 @@ impl Core {
 
     fn in_dir(dir: tempfile::TempDir) -> Core {
         let root = dir.path().to_path_buf();
-        let gate = Arc::new(WriteGate::new());
-        let fs = StorageFs::new(&root, gate.clone()).unwrap();
+        let opened = OpenedStore::open(&root).unwrap();
         Core {
             store: Store::open(&root).unwrap(),
             root,
-            fs,
-            gate,
+            deleter: opened.deleter(),
+            fs: opened.fs,
+            gate: opened.policies.gate,
+            online: opened.policies.online,
             _dir: dir,
         }
     }
@@ -63,7 +68,7 @@ impl Core {
     }
 
     pub fn online(&self) -> &OnlineCollection {
-        self.fs.online()
+        &self.online
     }
 
     pub fn has_data(&self, rel: &str) -> bool {
@@ -199,7 +204,7 @@ pub fn try_run(core: &Core, opts: &gc::Options, hooks: &Hooks) -> Result<OnlineO
         claims: &claims,
         limit: hooks.stop_after,
     };
-    let report = gc::sweep_claimed(planned, &core.fs, &claims, &stop, &Unattended).unwrap();
+    let report = gc::sweep_claimed(planned, &core.deleter, &claims, &stop, &Unattended).unwrap();
     drop(claims);
     let writes = sweeping.finish();
     Ok(OnlineOutcome {

@@ -195,11 +195,9 @@ pub fn collect(
     opts: &regfs::gc::Options,
 ) -> Result<regfs::gc::Report, regfs::gc::GcError> {
     let store = regfs::layout::Store::open(root).unwrap();
-    let deleter = regfs::fs::StorageFs::new(
-        root,
-        std::sync::Arc::new(regfs::policy::gate::WriteGate::new()),
-    )
-    .unwrap();
+    let deleter = regfs::runtime::compose::OpenedStore::open(root)
+        .unwrap()
+        .deleter();
     regfs::gc::collect(
         &store,
         &deleter,

@@ -16,11 +16,15 @@ use crate::daemon::control::{self, ControlSocket};
 use crate::daemon::overrides::SettingsLayers;
 use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::state_dir::StateDir;
-use crate::daemon::{Daemon, notify, scheduler};
+use crate::daemon::{Daemon, ServedStore, notify, scheduler};
 use crate::http::Server;
 use crate::metrics::GcStats;
 use crate::mount::{self, Serving};
 use crate::policy::gate::WriteGate;
+
+pub mod compose;
+
+use compose::{StorePolicies, SweepDeleter};
 
 /// Re-reads the settings on SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<crate::daemon::settings::Settings, String> + Send>;
@@ -154,15 +158,25 @@ impl Runtime {
             // Closed until this node is a member and no epoch is on (`cluster::member`).
             gate.refuse_new_writes();
         }
-        let mounted = mount::mount(cfg, Arc::new(gate)).map_err(|e| e.to_string())?;
+        let (mounted, policies) = mount::mount(cfg, |root| {
+            let p = StorePolicies::compose(root, gate)?;
+            Ok((p.chain.clone(), p))
+        })
+        .map_err(|e| e.to_string())?;
         let mountpoint = mounted.mountpoint.clone();
         let store = mounted
             .store()
             .map_err(|e| format!("storage directory: {e}"))?;
         let gc_stats = Arc::new(Mutex::new(GcStats::default()));
-        let daemon = Daemon::new(
-            mounted.fs.clone(),
+        let served = ServedStore {
+            fs: mounted.fs.clone(),
             store,
+            deleter: Arc::new(SweepDeleter(mounted.fs.clone())),
+            gate: policies.gate,
+            online: policies.online,
+        };
+        let daemon = Daemon::new(
+            served,
             &mounted.storage,
             &mountpoint,
             state,
@@ -279,7 +293,7 @@ impl Runtime {
         let daemon = Arc::downgrade(&self.daemon);
         let node = crate::cluster::Node::start(crate::cluster::NodeStart {
             claimed,
-            gate: WriteGate::clone(self.daemon.fs().gate()),
+            gate: WriteGate::clone(self.daemon.gate()),
             drain_timeout,
             stop_run: Box::new(move || {
                 if let Some(d) = daemon.upgrade() {
@@ -335,7 +349,7 @@ impl Runtime {
         // The run reopens the store whatever happens to it; this makes sure of it. Not
         // in a cluster: another node's epoch may be on, and the member agent knows.
         if self.threads.cluster.is_none() {
-            self.daemon.fs().gate().reopen_for_writes();
+            self.daemon.gate().reopen_for_writes();
         }
         self.stage(Stage::GateReopened);
         if let Some(control) = self.threads.control.take() {
