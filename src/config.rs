@@ -51,10 +51,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::daemon::schedule::Schedule;
-use crate::daemon::settings::{GcDuration, Settings};
 use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
+use crate::settings::schedule::Schedule;
+use crate::settings::{GcDuration, Settings};
 
 mod cluster;
 pub use cluster::ClusterSection;

@@ -22,6 +22,8 @@ pub mod policy;
 pub mod progress;
 pub mod registry;
 pub mod runtime;
+pub mod settings;
+pub mod state_dir;
 pub mod sync;
 pub mod web;
 pub mod worker;

@@ -8,10 +8,10 @@ use super::{Api, error, json};
 use crate::daemon::TriggerError;
 use crate::daemon::history::History;
 use crate::daemon::job::Trigger;
-use crate::daemon::overrides::{ChangeError, SettingsChange};
-use crate::daemon::schedule::Schedule;
-use crate::daemon::settings::Settings;
 use crate::http::{Request, Response};
+use crate::settings::Settings;
+use crate::settings::owner::{ChangeError, SettingsChange};
+use crate::settings::schedule::Schedule;
 
 /// The settings the page and the API show and change.
 #[derive(Debug, Serialize)]
@@ -125,7 +125,7 @@ impl Api {
                 "settings": view(&effective),
                 "config_file": view(&self.layers.base()),
                 "overrides": self.layers.overrides(),
-                "next_runs": next_runs(effective.schedule.as_ref().filter(|_| effective.duration != crate::daemon::settings::GcDuration::Never), 5),
+                "next_runs": next_runs(effective.schedule.as_ref().filter(|_| effective.duration != crate::settings::GcDuration::Never), 5),
                 "auth": { "htpasswd": self.auth.has_htpasswd(), "token": self.auth.has_token() },
             }),
         )

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::daemon::Daemon;
-use crate::daemon::overrides::SettingsLayers;
 use crate::http::{Request, Response, Server, Serving};
 use crate::metrics::GcStats;
+use crate::settings::owner::SettingsLayers;
 
 pub use config::ApiConfig;
 

@@ -13,7 +13,7 @@ use super::ClusterConfig;
 use super::etcd::Etcd;
 use super::records::Keys;
 use crate::daemon::job::Job;
-use crate::daemon::state_dir::StateDir;
+use crate::state_dir::StateDir;
 
 /// The state directory's note of the cluster.
 pub const FILE: &str = "cluster.json";

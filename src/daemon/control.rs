@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Job, Trigger};
 use super::service::Daemon;
-use super::state_dir::{FILE_MODE, StateDir};
 use super::status::Status;
+use crate::state_dir::{FILE_MODE, StateDir};
 use crate::worker::Worker;
 
 pub const SOCKET: &str = "control.sock";

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use rustix::fs::OFlags;
 
 use super::job::{Job, JobOutcome};
-use super::state_dir::StateDir;
+use crate::state_dir::StateDir;
 
 pub const JOBS_FILE: &str = "jobs.jsonl";
 pub const RUNNING_FILE: &str = "running.json";
@@ -36,7 +36,7 @@ impl History {
     pub fn open(path: &Path) -> io::Result<Self> {
         let dir = StateDir::for_reading(path).map_err(|e| {
             let kind = match &e {
-                super::state_dir::StateDirError::Io { source, .. } => source.kind(),
+                crate::state_dir::StateDirError::Io { source, .. } => source.kind(),
                 _ => io::ErrorKind::Other,
             };
             io::Error::new(kind, e)

@@ -46,6 +46,21 @@ pub struct JobSettings {
     pub drain_timeout: String,
 }
 
+impl JobSettings {
+    /// What a job records of the settings it runs with.
+    pub fn of(s: &crate::settings::Settings) -> JobSettings {
+        JobSettings {
+            mode: s.mode.to_string(),
+            duration: s.duration.to_string(),
+            delete_untagged: s.delete_untagged,
+            dry_run: s.dry_run,
+            upload_max_age: humantime::format_duration(s.upload_max_age).to_string(),
+            min_age: humantime::format_duration(s.min_age).to_string(),
+            drain_timeout: humantime::format_duration(s.drain_timeout).to_string(),
+        }
+    }
+}
+
 fn read_only() -> String {
     "read-only".into()
 }

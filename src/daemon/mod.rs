@@ -7,16 +7,12 @@ pub mod job;
 pub mod run_control;
 pub mod run_record;
 pub mod runner;
-pub mod schedule;
 pub mod service;
-pub mod settings;
 pub mod status;
 
 pub use service::{Daemon, JobObserver, ServedStore, TriggerError};
 pub mod control;
 pub mod notify;
 pub mod online_epoch;
-pub mod overrides;
 pub mod scheduler;
 pub mod signals;
-pub mod state_dir;

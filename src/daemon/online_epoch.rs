@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
 use super::run_record::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
-use super::settings::Settings;
 use super::status::State;
 use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
 use crate::layout::paths;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::{Doomed, DoomedUnit, OnlineCollection, Recording, Referrer, Sweeping};
+use crate::settings::Settings;
 
 /// Starts recording writes (phase 1). A write admitted just before was not recorded: it
 /// must land before the mark reads the store, or the mark could read a link as it was (a

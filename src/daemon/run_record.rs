@@ -5,13 +5,13 @@ use chrono::{DateTime, Utc};
 
 use super::history::History;
 use super::job::{Job, JobOutcome};
-use super::settings::Settings;
 use crate::fs::StorageFs;
 use crate::gc::{self, Outcome, Phase};
 use crate::layout::Store;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::OnlineCollection;
 use crate::registry::CacheStatus;
+use crate::settings::Settings;
 
 /// Where a run reports, and what it asks, of whoever started it.
 pub trait RunHost: Sync {

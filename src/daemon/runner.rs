@@ -15,10 +15,10 @@ use super::run_control::RunControl;
 use super::run_record::{
     RunHost, RunParts, forget_deleted, outcome_of, record_failure, record_report,
 };
-use super::settings::{GcMode, Settings};
 use super::status::State;
 use crate::gc::{self, Cancel, Outcome};
 use crate::policy::gate::WriteGate;
+use crate::settings::{GcMode, Settings};
 
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 

@@ -13,8 +13,6 @@ use super::history::History;
 use super::job::{Job, Trigger};
 use super::run_control::RunControl;
 use super::run_record::{RunHost, RunParts};
-use super::settings::{GcDuration, Settings};
-use super::state_dir::StateDir;
 use super::status::{Descriptors, State, Status};
 use crate::fs::StorageFs;
 use crate::gc::Deleter;
@@ -22,6 +20,8 @@ use crate::layout::Store;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::OnlineCollection;
 use crate::registry::CacheStatus;
+use crate::settings::{GcDuration, Settings};
+use crate::state_dir::StateDir;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TriggerError {
@@ -93,7 +93,7 @@ pub struct Daemon {
     /// The last verdict on the registry's blob-descriptor cache.
     cache: Mutex<Option<CacheStatus>>,
     /// Settings saved through the HTTP API, for status.
-    overrides: Mutex<Option<super::overrides::Overrides>>,
+    overrides: Mutex<Option<crate::settings::owner::Overrides>>,
     /// Shares each epoch with the other nodes serving the store (none: a node alone).
     coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
 }
@@ -226,7 +226,7 @@ impl Daemon {
     }
 
     /// Says which settings were saved through the HTTP API (status shows them).
-    pub fn set_overrides(&self, overrides: Option<super::overrides::Overrides>) {
+    pub fn set_overrides(&self, overrides: Option<crate::settings::owner::Overrides>) {
         *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = overrides;
     }
 
@@ -273,7 +273,12 @@ impl Daemon {
         self.coordinator()
             .begin(inner.next_id)
             .map_err(TriggerError::Cluster)?;
-        let job = Job::started(inner.next_id, trigger, settings.job_settings(), Utc::now());
+        let job = Job::started(
+            inner.next_id,
+            trigger,
+            super::job::JobSettings::of(&settings),
+            Utc::now(),
+        );
         // A state directory that cannot take the record (full, say) must not stop GC from
         // freeing space: the run goes on, unrecorded if the daemon dies.
         if let Err(e) = self.history.mark_running(&job) {
@@ -463,7 +468,7 @@ impl Daemon {
             progress: running.map(|r| r.control.progress()),
             schedule: settings.schedule.as_ref().map(|s| s.to_string()),
             next_run: None,
-            settings: settings.job_settings(),
+            settings: super::job::JobSettings::of(&settings),
             last_job: inner.last.clone(),
             registry_cache: None,
             descriptors: None,

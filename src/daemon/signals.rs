@@ -9,7 +9,7 @@ use signal_hook::iterator::{Handle, Signals};
 
 use super::job::Trigger;
 use super::service::Daemon;
-use super::settings::Settings;
+use crate::settings::Settings;
 
 /// The signal thread; [`SignalThread::stop`] ends it.
 #[derive(Debug)]

@@ -63,7 +63,7 @@ pub struct Status {
     pub descriptors: Option<Descriptors>,
     /// Settings saved through the HTTP API: they override the configuration file's.
     #[serde(default)]
-    pub settings_overrides: Option<super::overrides::Overrides>,
+    pub settings_overrides: Option<crate::settings::owner::Overrides>,
     /// Cluster mode: the members and the collector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<super::epoch::ClusterView>,

@@ -13,21 +13,21 @@ use std::time::Duration;
 
 use crate::config::MountOptions;
 use crate::daemon::control::{self, ControlSocket};
-use crate::daemon::overrides::SettingsLayers;
 use crate::daemon::signals::{self, SignalThread};
-use crate::daemon::state_dir::StateDir;
 use crate::daemon::{Daemon, ServedStore, notify, scheduler};
 use crate::http::Server;
 use crate::metrics::GcStats;
 use crate::mount::{self, Serving};
 use crate::policy::gate::WriteGate;
+use crate::settings::owner::SettingsLayers;
+use crate::state_dir::StateDir;
 
 pub mod compose;
 
 use compose::{StorePolicies, SweepDeleter};
 
 /// Re-reads the settings on SIGHUP.
-pub type Reload = Box<dyn Fn() -> Result<crate::daemon::settings::Settings, String> + Send>;
+pub type Reload = Box<dyn Fn() -> Result<crate::settings::Settings, String> + Send>;
 
 /// Told of each step of the shutdown as it is done (tests record the order).
 pub type StageObserver = Arc<dyn Fn(Stage) + Send + Sync>;

@@ -1,12 +1,18 @@
-//! GC settings of a daemon: when epochs start, how long they may last, what they collect.
+//! The GC settings: when runs start, how long they may last, what they collect. This
+//! module owns them: their values ([`Settings`]), how the configuration file, the
+//! settings saved through the API and the command line's flags lie over each other
+//! ([`layers`]) and the one place that holds and changes them ([`owner`]).
+
+pub mod layers;
+pub mod owner;
+pub mod schedule;
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::job::JobSettings;
-use super::schedule::Schedule;
 use crate::gc;
+use schedule::Schedule;
 
 /// How long an epoch may keep the store read-only (DTR's "Until done", "For N minutes",
 /// "Never").
@@ -127,18 +133,6 @@ impl Settings {
                 GcMode::Online => gc::ThreadShare::Idle,
                 GcMode::ReadOnly => gc::ThreadShare::Lowered,
             },
-        }
-    }
-
-    pub fn job_settings(&self) -> JobSettings {
-        JobSettings {
-            mode: self.mode.to_string(),
-            duration: self.duration.to_string(),
-            delete_untagged: self.delete_untagged,
-            dry_run: self.dry_run,
-            upload_max_age: humantime::format_duration(self.upload_max_age).to_string(),
-            min_age: humantime::format_duration(self.min_age).to_string(),
-            drain_timeout: humantime::format_duration(self.drain_timeout).to_string(),
         }
     }
 

@@ -12,8 +12,8 @@ use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::Schedule;
-use super::settings::{GcDuration, GcMode, Settings};
-use super::state_dir::StateDir;
+use super::{GcDuration, GcMode, Settings};
+use crate::state_dir::StateDir;
 
 pub const OVERRIDES_FILE: &str = "settings.json";
 
