@@ -356,6 +356,24 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
+    /// The GC settings among these flags; a switch not given is no value at all (the
+    /// file's or the API's stands), a duration is passed on as it was checked.
+    fn gc_values(&self) -> regfs::settings::layers::GcValues {
+        let duration = |d: Option<Duration>| d.map(|d| humantime::format_duration(d).to_string());
+        let switch = |on: bool| on.then_some(true);
+        regfs::settings::layers::GcValues {
+            mode: self.gc_mode.clone(),
+            schedule: self.gc_schedule.clone(),
+            duration: self.gc_duration.clone(),
+            delete_untagged: switch(self.delete_untagged),
+            dry_run: switch(self.dry_run),
+            upload_max_age: duration(self.upload_max_age),
+            min_age: duration(self.gc_min_age),
+            keep_unknown: switch(self.keep_unknown),
+            allow_missing_manifests: switch(self.allow_missing_manifests),
+        }
+    }
+
     /// The library's view of these flags (it never sees clap).
     pub fn flags(&self) -> MountFlags {
         MountFlags {
@@ -369,15 +387,7 @@ impl MountArgs {
             drain_timeout: self.drain_timeout,
             allow_user: self.allow_user.clone(),
             allow_all_users: self.allow_all_users,
-            gc_mode: self.gc_mode.clone(),
-            gc_schedule: self.gc_schedule.clone(),
-            gc_duration: self.gc_duration.clone(),
-            delete_untagged: self.delete_untagged,
-            dry_run: self.dry_run,
-            upload_max_age: self.upload_max_age,
-            gc_min_age: self.gc_min_age,
-            keep_unknown: self.keep_unknown,
-            allow_missing_manifests: self.allow_missing_manifests,
+            gc: self.gc_values(),
             state_dir: self.state_dir.clone(),
             metrics_listen: self.metrics_listen.clone(),
             metrics_allow_remote: self.metrics_allow_remote,

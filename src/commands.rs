@@ -23,7 +23,7 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
     let reload: Reload = Box::new(move || {
         regfs::config::load(&flags)
-            .map(|o| o.settings)
+            .map(|o| o.sources)
             .map_err(|e| e.to_string())
     });
     let runtime = Runtime::start(Start {

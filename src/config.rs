@@ -53,8 +53,9 @@ use thiserror::Error;
 
 use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
-use crate::settings::schedule::Schedule;
-use crate::settings::{GcDuration, Settings};
+use crate::settings::Settings;
+use crate::settings::layers::{Fixed, GcValues};
+use crate::settings::owner::Sources;
 
 mod cluster;
 pub use cluster::ClusterSection;
@@ -166,7 +167,7 @@ pub struct FileConfig {
     pub allow_users: Option<Vec<UserRef>>,
     pub allow_all_users: Option<bool>,
     #[serde(default)]
-    pub gc: GcSection,
+    pub gc: GcValues,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
@@ -191,20 +192,6 @@ pub struct RegistrySection {
 pub enum UserRef {
     Uid(u32),
     Name(String),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcSection {
-    pub mode: Option<String>,
-    pub schedule: Option<String>,
-    pub duration: Option<String>,
-    pub delete_untagged: Option<bool>,
-    pub dry_run: Option<bool>,
-    pub upload_max_age: Option<String>,
-    pub min_age: Option<String>,
-    pub keep_unknown: Option<bool>,
-    pub allow_missing_manifests: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,15 +232,9 @@ pub struct MountFlags {
     pub drain_timeout: Option<f64>,
     pub allow_user: Vec<String>,
     pub allow_all_users: bool,
-    pub gc_mode: Option<String>,
-    pub gc_schedule: Option<String>,
-    pub gc_duration: Option<String>,
-    pub delete_untagged: bool,
-    pub dry_run: bool,
-    pub upload_max_age: Option<Duration>,
-    pub gc_min_age: Option<Duration>,
-    pub keep_unknown: bool,
-    pub allow_missing_manifests: bool,
+    /// The GC settings given as flags (`--gc-mode`, `--delete-untagged`, ...): they lie
+    /// over the file's `[gc]` and the settings saved through the API.
+    pub gc: GcValues,
     pub state_dir: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub metrics_allow_remote: bool,
@@ -288,7 +269,10 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub mount: MountConfig,
+    /// The GC settings in force before any saved through the API (checked here).
     pub settings: Settings,
+    /// Where they come from: the settings' owner lays the API's values among them.
+    pub sources: Sources,
     pub state_dir: Option<PathBuf>,
     pub metrics: Option<MetricsConfig>,
     pub api: crate::api::ApiConfig,
@@ -377,12 +361,14 @@ pub fn resolve(
         // Other nodes change the store behind this kernel's back: cache nothing.
         mount.attr_timeout = Duration::ZERO;
     }
-    let mut settings = resolve_gc(args, file, origin)?;
+    let mut sources = resolve_gc(args, file, origin)?;
     // A registry serving either path serves the store.
-    settings.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
+    sources.fixed.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
+    let settings = sources.settle(None).map_err(|(o, k, m)| bad(o, k, m))?;
     Ok(MountOptions {
         mount,
         settings,
+        sources,
         state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
         metrics,
         api,
@@ -441,84 +427,33 @@ fn resolve_mount(
     })
 }
 
-/// The collector's settings (`[gc]`, `[registry]`).
-fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Settings, ConfigError> {
+/// Where the collector's settings come from: `[gc]` of the file and the flags (laid over
+/// each other, with the API's values between them, by `settings::layers`), and the keys
+/// only the file and the flags give (`drain_timeout`, `[registry]`).
+fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sources, ConfigError> {
     let n = Named { origin };
-    let gc = &file.gc;
-    let schedule = n
-        .pick(
-            args.gc_schedule.clone(),
-            "--gc-schedule",
-            gc.schedule.clone(),
-            "gc.schedule",
-        )
-        .map(|(s, o, k)| s.parse::<Schedule>().map_err(|e| bad(o, k, e.to_string())))
-        .transpose()?;
-    let duration: GcDuration = n
-        .pick(
-            args.gc_duration.clone(),
-            "--gc-duration",
-            gc.duration.clone(),
-            "gc.duration",
-        )
-        .map(|(d, o, k)| d.parse().map_err(|e: String| bad(o, k, e)))
-        .transpose()?
-        .unwrap_or(GcDuration::UntilDone);
-    let upload_max_age = match (args.upload_max_age, &gc.upload_max_age) {
-        (Some(d), _) => d,
-        (None, Some(s)) => humantime::parse_duration(s).map_err(|e| {
-            bad(
-                origin.into(),
-                "gc.upload_max_age".into(),
-                format!("{s:?}: {e}"),
-            )
-        })?,
-        (None, None) => crate::gc::DEFAULT_UPLOAD_MAX_AGE,
-    };
-    let min_age = match (args.gc_min_age, &gc.min_age) {
-        (Some(d), _) => d,
-        (None, Some(s)) => humantime::parse_duration(s)
-            .map_err(|e| bad(origin.into(), "gc.min_age".into(), format!("{s:?}: {e}")))?,
-        (None, None) => crate::gc::DEFAULT_MIN_AGE,
-    };
-    let mode = n
-        .pick(
-            args.gc_mode.clone(),
-            "--gc-mode",
-            gc.mode.clone(),
-            "gc.mode",
-        )
-        .map(|(m, o, k)| m.parse().map_err(|e: String| bad(o, k, e)))
-        .transpose()?
-        .unwrap_or_default();
-    Ok(Settings {
-        mode,
-        schedule,
-        duration,
-        delete_untagged: args.delete_untagged || gc.delete_untagged.unwrap_or(false),
-        dry_run: args.dry_run || gc.dry_run.unwrap_or(false),
-        upload_max_age,
-        min_age,
-        keep_unknown: args.keep_unknown || gc.keep_unknown.unwrap_or(false),
-        allow_missing_manifests: args.allow_missing_manifests
-            || gc.allow_missing_manifests.unwrap_or(false),
-        drain_timeout: seconds(
-            n.pick(
-                args.drain_timeout,
-                "--drain-timeout",
-                file.drain_timeout,
-                "drain_timeout",
-            ),
-            10.0,
-        )?,
-        registry: crate::registry::RegistrySettings {
-            config: args
-                .registry_config
-                .clone()
-                .or_else(|| file.registry.config.clone()),
-            allow_unsafe_cache: args.allow_unsafe_cache
-                || file.registry.allow_unsafe_cache.unwrap_or(false),
-            store: Vec::new(),
+    Ok(Sources {
+        file: Some((origin.to_string(), file.gc.clone())),
+        flags: args.gc.clone(),
+        fixed: Fixed {
+            drain_timeout: seconds(
+                n.pick(
+                    args.drain_timeout,
+                    "--drain-timeout",
+                    file.drain_timeout,
+                    "drain_timeout",
+                ),
+                10.0,
+            )?,
+            registry: crate::registry::RegistrySettings {
+                config: args
+                    .registry_config
+                    .clone()
+                    .or_else(|| file.registry.config.clone()),
+                allow_unsafe_cache: args.allow_unsafe_cache
+                    || file.registry.allow_unsafe_cache.unwrap_or(false),
+                store: Vec::new(),
+            },
         },
     })
 }

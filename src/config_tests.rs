@@ -1,4 +1,5 @@
 use super::*;
+use crate::settings::GcDuration;
 
 fn parse(text: &str) -> Result<MountOptions, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {

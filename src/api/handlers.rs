@@ -10,7 +10,8 @@ use crate::daemon::history::History;
 use crate::daemon::job::Trigger;
 use crate::http::{Request, Response};
 use crate::settings::Settings;
-use crate::settings::owner::{ChangeError, SettingsChange};
+use crate::settings::layers::GcValues;
+use crate::settings::owner::ChangeError;
 use crate::settings::schedule::Schedule;
 
 /// The settings the page and the API show and change.
@@ -53,7 +54,7 @@ fn next_runs(schedule: Option<&Schedule>, n: usize) -> Vec<String> {
 
 /// The change a request body carries; an unknown field or a bad type is an error naming
 /// it.
-fn change_of(body: &[u8]) -> Result<SettingsChange, Response> {
+fn change_of(body: &[u8]) -> Result<GcValues, Response> {
     serde_json::from_slice(body).map_err(|e| {
         error(
             400,
@@ -123,8 +124,8 @@ impl Api {
             200,
             &serde_json::json!({
                 "settings": view(&effective),
-                "config_file": view(&self.layers.base()),
-                "overrides": self.layers.overrides(),
+                "config_file": view(&self.daemon.settings_owner().base()),
+                "overrides": self.daemon.settings_owner().overrides(),
                 "next_runs": next_runs(effective.schedule.as_ref().filter(|_| effective.duration != crate::settings::GcDuration::Never), 5),
                 "auth": { "htpasswd": self.auth.has_htpasswd(), "token": self.auth.has_token() },
             }),
@@ -132,14 +133,16 @@ impl Api {
     }
 
     /// Stores `change` and puts it in force.
-    fn save(&self, change: &SettingsChange, who: &str) -> Result<(), Response> {
-        let settings = self.layers.change(change, who).map_err(|e| match e {
-            ChangeError::Invalid(m) => error(400, m),
-            ChangeError::Store(_) => error(500, e.to_string()),
-        })?;
-        self.daemon.reload(settings);
-        self.daemon.set_overrides(self.layers.overrides());
-        tracing::info!(by = who, fields = ?change.fields(),
+    fn save(&self, change: &GcValues, who: &str) -> Result<(), Response> {
+        self.daemon
+            .settings_owner()
+            .change(change, who)
+            .map_err(|e| match e {
+                ChangeError::Invalid(m) => error(400, m),
+                ChangeError::Store(_) => error(500, e.to_string()),
+            })?;
+        self.daemon.settings_changed();
+        tracing::info!(by = who, fields = ?change.keys(),
             "GC settings saved through the HTTP API; they override the configuration file");
         Ok(())
     }
@@ -156,10 +159,9 @@ impl Api {
     }
 
     pub(super) fn reset_settings(&self, who: &str) -> Response {
-        match self.layers.reset() {
-            Ok(settings) => {
-                self.daemon.reload(settings);
-                self.daemon.set_overrides(None);
+        match self.daemon.settings_owner().reset() {
+            Ok(_) => {
+                self.daemon.settings_changed();
                 tracing::info!(
                     by = who,
                     "GC settings saved through the HTTP API dropped: the configuration file's are in force"

@@ -16,14 +16,12 @@ use serde::Serialize;
 use crate::daemon::Daemon;
 use crate::http::{Request, Response, Server, Serving};
 use crate::metrics::GcStats;
-use crate::settings::owner::SettingsLayers;
 
 pub use config::ApiConfig;
 
 /// Everything the listener serves from.
 pub struct Api {
     pub daemon: Arc<Daemon>,
-    pub layers: Arc<SettingsLayers>,
     pub auth: auth::Auth,
     pub metrics: Arc<Mutex<GcStats>>,
 }

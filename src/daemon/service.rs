@@ -2,7 +2,7 @@
 //! and keeps the history. The FUSE mount serves requests meanwhile.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use crate::layout::Store;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::OnlineCollection;
 use crate::registry::CacheStatus;
+use crate::settings::owner::SettingsOwner;
 use crate::settings::{GcDuration, Settings};
 use crate::state_dir::StateDir;
 
@@ -86,14 +87,13 @@ pub struct Daemon {
     storage: PathBuf,
     state_dir: Arc<StateDir>,
     history: History,
-    settings: RwLock<Settings>,
+    /// The settings in force, read from their owner at each use (never copied here).
+    settings: Arc<SettingsOwner>,
     observers: Vec<Arc<dyn JobObserver>>,
     inner: Mutex<Inner>,
     changed: Condvar,
     /// The last verdict on the registry's blob-descriptor cache.
     cache: Mutex<Option<CacheStatus>>,
-    /// Settings saved through the HTTP API, for status.
-    overrides: Mutex<Option<crate::settings::owner::Overrides>>,
     /// Shares each epoch with the other nodes serving the store (none: a node alone).
     coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
 }
@@ -110,7 +110,7 @@ impl Daemon {
         storage: &Path,
         mountpoint: &Path,
         state_dir: Arc<StateDir>,
-        settings: Settings,
+        settings: Arc<SettingsOwner>,
         observers: Vec<Arc<dyn JobObserver>>,
     ) -> Arc<Daemon> {
         let history = History::new(state_dir.clone());
@@ -154,12 +154,11 @@ impl Daemon {
             storage: storage.to_path_buf(),
             state_dir,
             history,
-            settings: RwLock::new(settings),
+            settings,
             observers,
             inner: Mutex::new(inner),
             changed: Condvar::new(),
             cache: Mutex::new(None),
-            overrides: Mutex::new(None),
             coordinator: std::sync::OnceLock::new(),
         })
     }
@@ -211,23 +210,21 @@ impl Daemon {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The settings in force now.
     pub fn settings(&self) -> Settings {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settings.effective()
     }
 
-    /// Replaces the settings (SIGHUP); a running job keeps the ones it started with.
-    pub fn reload(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+    /// Their owner, for whoever changes them (SIGHUP, the API).
+    pub fn settings_owner(&self) -> &Arc<SettingsOwner> {
+        &self.settings
+    }
+
+    /// The settings changed (SIGHUP, the API): the scheduler works out its next run
+    /// again. A running job keeps the ones it started with.
+    pub fn settings_changed(&self) {
         self.lock().generation += 1;
         self.changed.notify_all();
-    }
-
-    /// Says which settings were saved through the HTTP API (status shows them).
-    pub fn set_overrides(&self, overrides: Option<crate::settings::owner::Overrides>) {
-        *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = overrides;
     }
 
     /// Bytes in use on the store's filesystem.
@@ -481,11 +478,7 @@ impl Daemon {
             next_run: self.next_run(),
             registry_cache: self.cache_status(),
             descriptors: Some(self.descriptors()),
-            settings_overrides: self
-                .overrides
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            settings_overrides: self.settings.overrides(),
             ..status
         };
         match cluster {

@@ -9,7 +9,6 @@ use signal_hook::iterator::{Handle, Signals};
 
 use super::job::Trigger;
 use super::service::Daemon;
-use crate::settings::Settings;
 
 /// The signal thread; [`SignalThread::stop`] ends it.
 #[derive(Debug)]
@@ -28,15 +27,27 @@ impl SignalThread {
     }
 }
 
-/// Spawns the signal thread. `reload` produces fresh settings on SIGHUP; `terminate` is
+/// The signals the daemon handles, caught (queued for the signal thread) from the moment
+/// this is made: a SIGTERM between the mount and the thread's start asks for a shutdown
+/// instead of killing the process with the mount left behind.
+pub struct Caught(Signals);
+
+/// Catches SIGUSR1, SIGUSR2, SIGHUP, SIGTERM and SIGINT from now on.
+pub fn catch() -> std::io::Result<Caught> {
+    Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT]).map(Caught)
+}
+
+/// Spawns the signal thread over the signals `caught` since [`catch`]. `reload` puts fresh settings in force on SIGHUP (through
+/// their owner); `terminate` is
 /// called with the signal on SIGTERM and SIGINT, and does not wait for the shutdown
 /// (the thread keeps serving signals until it is stopped).
 pub fn spawn(
+    caught: Caught,
     daemon: Arc<Daemon>,
-    reload: impl Fn() -> Result<Settings, String> + Send + 'static,
+    reload: impl Fn() -> Result<(), String> + Send + 'static,
     terminate: impl Fn(i32) + Send + 'static,
 ) -> std::io::Result<SignalThread> {
-    let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT])?;
+    let Caught(mut signals) = caught;
     let handle = signals.handle();
     let thread = std::thread::Builder::new()
         .name("regfs-signals".into())
@@ -52,8 +63,8 @@ pub fn spawn(
                         None => tracing::info!("SIGUSR2: no GC run is active"),
                     },
                     SIGHUP => match reload() {
-                        Ok(s) => {
-                            daemon.reload(s);
+                        Ok(()) => {
+                            daemon.settings_changed();
                             tracing::info!("SIGHUP: settings reloaded");
                         }
                         Err(e) => tracing::error!("SIGHUP: settings not reloaded: {e}"),

@@ -19,15 +19,15 @@ use crate::http::Server;
 use crate::metrics::GcStats;
 use crate::mount::{self, Serving};
 use crate::policy::gate::WriteGate;
-use crate::settings::owner::SettingsLayers;
+use crate::settings::owner::{SettingsOwner, Sources};
 use crate::state_dir::StateDir;
 
 pub mod compose;
 
 use compose::{StorePolicies, SweepDeleter};
 
-/// Re-reads the settings on SIGHUP.
-pub type Reload = Box<dyn Fn() -> Result<crate::settings::Settings, String> + Send>;
+/// Re-reads the settings' sources (the configuration file and the flags) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Sources, String> + Send>;
 
 /// Told of each step of the shutdown as it is done (tests record the order).
 pub type StageObserver = Arc<dyn Fn(Stage) + Send + Sync>;
@@ -86,9 +86,8 @@ impl Stopper {
 /// What the threads besides the mount's are started with.
 struct ThreadParts {
     gc_stats: Arc<Mutex<GcStats>>,
-    layers: Arc<SettingsLayers>,
     listener: Option<crate::api::Prepared>,
-    reload: Option<Reload>,
+    reload: Option<(Reload, signals::Caught)>,
     /// Cluster mode: the node's name, claimed before the mount.
     claimed: Option<crate::cluster::Claimed>,
 }
@@ -129,6 +128,15 @@ impl Runtime {
         } = start;
         let cfg = &options.mount;
         mount::require_root().map_err(|e| e.to_string())?;
+        // Caught before anything is mounted: a signal that comes before the signal
+        // thread runs waits for it.
+        let signals = match signals {
+            Some(reload) => Some((
+                reload,
+                signals::catch().map_err(|e| format!("signal handler: {e}"))?,
+            )),
+            None => None,
+        };
         // The listener's credentials and certificate are checked before anything else.
         let listener = match &options.metrics {
             Some(_) => Some(crate::api::prepare(&options.api)?),
@@ -138,12 +146,9 @@ impl Runtime {
         // Checked (or created) before mounting: a state directory another user could
         // change is refused before anything else happens.
         let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
-        // Settings saved through the API lie over the configuration file's.
-        let layers = Arc::new(SettingsLayers::load(
-            state.clone(),
-            options.settings.clone(),
-        )?);
-        let settings = layers.effective();
+        // The settings' one owner: the file's, the API's saved ones and the flags'.
+        let settings_owner = Arc::new(SettingsOwner::load(state.clone(), options.sources.clone())?);
+        let settings = settings_owner.effective();
         // A cluster node's name is claimed before anything is mounted: a daemon whose name
         // another live node holds is refused here, and mounts nothing.
         let claimed = match &options.cluster {
@@ -180,10 +185,9 @@ impl Runtime {
             &mounted.storage,
             &mountpoint,
             state,
-            settings.clone(),
+            settings_owner,
             vec![gc_stats.clone()],
         );
-        daemon.set_overrides(layers.overrides());
         let stops = channel();
         let ended = stops.0.clone();
         let serving = mounted
@@ -208,7 +212,6 @@ impl Runtime {
         };
         let parts = ThreadParts {
             gc_stats,
-            layers,
             listener,
             reload: signals,
             claimed,
@@ -233,7 +236,6 @@ impl Runtime {
     ) -> Result<(), String> {
         let ThreadParts {
             gc_stats,
-            layers,
             listener,
             reload,
             claimed,
@@ -250,7 +252,6 @@ impl Runtime {
         if let (Some(m), Some(prepared)) = (&options.metrics, listener) {
             let api = crate::api::Api {
                 daemon: self.daemon.clone(),
-                layers: layers.clone(),
                 auth: prepared.auth,
                 metrics: gc_stats,
             };
@@ -264,15 +265,18 @@ impl Runtime {
                 "GC page at {scheme}://{0}/ (API under /api/v1/, metrics at /metrics)", server.bound);
             t.metrics = Some(server);
         }
-        if let Some(reload) = reload {
-            // SIGHUP re-reads the configuration file; the API's overrides stay on top.
-            let reload: Reload = Box::new(move || reload().map(|base| layers.set_base(base)));
+        if let Some((reload, caught)) = reload {
+            // SIGHUP re-reads the configuration file; the settings' owner lays the API's
+            // saved values and the flags over it again.
+            let owner = self.daemon.settings_owner().clone();
+            let reload =
+                move || reload().and_then(|sources| owner.set_sources(sources).map(|_| ()));
             let stops = self.stops.0.clone();
             let terminate = move |sig| {
                 let _ = stops.send(StopReason::Signal(sig));
             };
             t.signals = Some(
-                signals::spawn(self.daemon.clone(), reload, terminate)
+                signals::spawn(caught, self.daemon.clone(), reload, terminate)
                     .map_err(|e| format!("signal handler: {e}"))?,
             );
         }

@@ -1,8 +1,11 @@
-//! GC settings changed through the HTTP API ("Save" on the page): kept in the state
-//! directory (`settings.json`, mode 0600, written without following symlinks) so they
-//! survive a restart, laid over the settings of the configuration file and the flags,
-//! and shown in status as overriding them. The configuration file stays the operator's:
-//! regfs never writes it.
+//! The one owner of the GC settings a daemon runs with. It holds their sources (the
+//! configuration file's `[gc]`, re-read on SIGHUP; the settings saved through the HTTP
+//! API, kept in the state directory as `settings.json`, mode 0600, written without
+//! following symlinks, so they survive a restart; the command line's flags) and the
+//! effective settings worked out from them ([`super::layers`]), under one lock: one
+//! writer at a time, and every reader (the daemon, status, the API) reads the value in
+//! force instead of keeping a copy. The configuration file stays the operator's: regfs
+//! never writes it.
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,8 +14,8 @@ use chrono::{DateTime, Utc};
 use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
-use super::schedule::Schedule;
-use super::{GcDuration, GcMode, Settings};
+use super::Settings;
+use super::layers::{API_KEYS, Fixed, GcValues, Refused, Source, settle};
 use crate::state_dir::StateDir;
 
 pub const OVERRIDES_FILE: &str = "settings.json";
@@ -20,96 +23,10 @@ pub const OVERRIDES_FILE: &str = "settings.json";
 /// A file larger than this is not one the daemon wrote.
 const MAX_OVERRIDES_FILE: u64 = 64 * 1024;
 
-/// The settings the API may change; each absent one is left as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsChange {
-    /// `read-only` or `online`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// A UTC cron expression; `""` for none (runs only when triggered).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// `until-done`, `never`, or a time limit such as `30m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete_untagged: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<bool>,
-    /// Unreferenced blobs younger than this stay (`1h`, `0s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_age: Option<String>,
-}
-
-impl SettingsChange {
-    /// Lays this change over `settings`; a bad value is an error naming the field and
-    /// quoting the value.
-    pub fn apply(&self, mut settings: Settings) -> Result<Settings, String> {
-        if let Some(m) = &self.mode {
-            settings.mode = m.parse::<GcMode>().map_err(|e| format!("mode: {e}"))?;
-        }
-        if let Some(s) = &self.schedule {
-            settings.schedule = match s.trim() {
-                "" => None,
-                expr => Some(
-                    expr.parse::<Schedule>()
-                        .map_err(|e| format!("schedule: {e}"))?,
-                ),
-            };
-        }
-        if let Some(d) = &self.duration {
-            settings.duration = d
-                .parse::<GcDuration>()
-                .map_err(|e| format!("duration: {e}"))?;
-        }
-        if let Some(v) = self.delete_untagged {
-            settings.delete_untagged = v;
-        }
-        if let Some(v) = self.dry_run {
-            settings.dry_run = v;
-        }
-        if let Some(m) = &self.min_age {
-            settings.min_age = humantime::parse_duration(m).map_err(|e| {
-                format!("min_age: {m:?}: {e}; expected a duration such as 1h or 0s")
-            })?;
-        }
-        Ok(settings)
-    }
-
-    /// `other`'s values replace these where it has them.
-    pub fn merge(&mut self, other: &SettingsChange) {
-        let o = other.clone();
-        self.mode = o.mode.or(self.mode.take());
-        self.schedule = o.schedule.or(self.schedule.take());
-        self.duration = o.duration.or(self.duration.take());
-        self.delete_untagged = o.delete_untagged.or(self.delete_untagged);
-        self.dry_run = o.dry_run.or(self.dry_run);
-        self.min_age = o.min_age.or(self.min_age.take());
-    }
-
-    /// The names of the settings this change sets.
-    pub fn fields(&self) -> Vec<&'static str> {
-        let mut out = vec![];
-        let mut add = |set: bool, name| {
-            if set {
-                out.push(name);
-            }
-        };
-        add(self.mode.is_some(), "mode");
-        add(self.schedule.is_some(), "schedule");
-        add(self.duration.is_some(), "duration");
-        add(self.delete_untagged.is_some(), "delete_untagged");
-        add(self.dry_run.is_some(), "dry_run");
-        add(self.min_age.is_some(), "min_age");
-        out
-    }
-}
-
 /// The settings changed through the API, as stored and as status shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overrides {
-    pub values: SettingsChange,
+    pub values: GcValues,
     /// The settings these values override (for people reading status).
     pub fields: Vec<String>,
     pub set_at: DateTime<Utc>,
@@ -117,77 +34,188 @@ pub struct Overrides {
     pub set_by: String,
 }
 
-/// The settings the daemon runs with: those of the configuration file and the flags
-/// (reloaded on SIGHUP), under the API's overrides.
-#[derive(Debug)]
-pub struct SettingsLayers {
-    dir: Arc<StateDir>,
-    inner: Mutex<(Settings, Option<Overrides>)>,
+/// Where the settings come from besides the API: the configuration file and the flags
+/// (resolved by `config` at start and again on SIGHUP).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The configuration file's path as shown and its `[gc]` values; none without a file.
+    pub file: Option<(String, GcValues)>,
+    pub flags: GcValues,
+    /// What no layered source gives (the drain timeout, the registry served).
+    pub fixed: Fixed,
 }
 
-impl SettingsLayers {
+impl Sources {
+    /// The settings with `api`'s values over the file's and the flags' over both.
+    pub fn settle(&self, api: Option<&GcValues>) -> Result<Settings, Refused> {
+        let mut layers = vec![];
+        let file_source;
+        if let Some((path, values)) = &self.file {
+            file_source = Source::File(path.clone());
+            layers.push((file_source.clone(), values));
+        }
+        if let Some(api) = api {
+            layers.push((Source::Api, api));
+        }
+        layers.push((Source::CommandLine, &self.flags));
+        settle(&layers, &self.fixed)
+    }
+}
+
+/// What the owner holds under its lock.
+#[derive(Debug)]
+struct Held {
+    sources: Sources,
+    overrides: Option<Overrides>,
+    /// Worked out from the two above whenever one changes.
+    effective: Settings,
+}
+
+/// The GC settings in force and their sources (see the module's documentation).
+///
+/// Two locks, taken in this order: `writer`, held by the one writer at a time across
+/// its file write (SIGHUP's reload, the API's save and reset); `held`, held only to read
+/// or replace the values, never across a file write, so readers never wait on one.
+#[derive(Debug)]
+pub struct SettingsOwner {
+    dir: Arc<StateDir>,
+    writer: Mutex<()>,
+    held: Mutex<Held>,
+}
+
+fn refused((origin, key, why): Refused) -> String {
+    format!("{origin}: {key}: {why}")
+}
+
+impl SettingsOwner {
     /// Reads the stored overrides, if any. A file that cannot be read or holds a value
     /// regfs refuses is an error naming it: starting with the configuration file's
     /// settings instead could run a collection the operator turned off.
-    pub fn load(dir: Arc<StateDir>, base: Settings) -> Result<SettingsLayers, String> {
+    pub fn load(dir: Arc<StateDir>, sources: Sources) -> Result<SettingsOwner, String> {
         let overrides = read(&dir).map_err(|e| {
             format!("{e} (settings saved through the API; fix or remove the file to use the configuration file's)")
         })?;
-        if let Some(o) = &overrides {
-            o.values.apply(base.clone()).map_err(|e| {
+        let effective = sources
+            .settle(overrides.as_ref().map(|o| &o.values))
+            .map_err(|e| {
                 format!(
-                    "{}: {e} (settings saved through the API; fix or remove the file)",
-                    dir.shown(OVERRIDES_FILE)
+                    "{}: {} (settings saved through the API; fix or remove the file)",
+                    dir.shown(OVERRIDES_FILE),
+                    refused(e)
                 )
             })?;
-        }
-        Ok(SettingsLayers {
+        Ok(SettingsOwner {
             dir,
-            inner: Mutex::new((base, overrides)),
+            writer: Mutex::new(()),
+            held: Mutex::new(Held {
+                sources,
+                overrides,
+                effective,
+            }),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, (Settings, Option<Overrides>)> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// An owner of `settings` alone: no file, no flags, nothing saved (tests, a daemon
+    /// built in-process).
+    pub fn fixed(dir: Arc<StateDir>, settings: &Settings) -> SettingsOwner {
+        SettingsOwner {
+            dir,
+            writer: Mutex::new(()),
+            held: Mutex::new(Held {
+                sources: Sources::default(),
+                overrides: None,
+                effective: settings.clone(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The one writer's turn: held across a change's checks and file write.
+    fn write_turn(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sources and the API's values now (a writer holding its turn sees them stay).
+    fn snapshot(&self) -> (Sources, Option<Overrides>) {
+        let held = self.lock();
+        (held.sources.clone(), held.overrides.clone())
     }
 
     /// The settings in force.
     pub fn effective(&self) -> Settings {
-        let inner = self.lock();
-        layered(&inner.0, inner.1.as_ref())
+        self.lock().effective.clone()
     }
 
-    /// The settings of the configuration file and the flags, without the overrides.
+    /// The settings of the configuration file and the flags, without the API's.
     pub fn base(&self) -> Settings {
-        self.lock().0.clone()
+        let held = self.lock();
+        held.sources
+            .settle(None)
+            .unwrap_or_else(|_| held.effective.clone())
     }
 
     pub fn overrides(&self) -> Option<Overrides> {
-        self.lock().1.clone()
+        self.lock().overrides.clone()
     }
 
-    /// New settings from the configuration file (SIGHUP); returns those in force.
-    pub fn set_base(&self, base: Settings) -> Settings {
-        let mut inner = self.lock();
-        inner.0 = base;
-        layered(&inner.0, inner.1.as_ref())
+    /// New sources (SIGHUP re-read the configuration file); returns the settings in
+    /// force. Refused, changing nothing, if the API's values no longer fit them.
+    pub fn set_sources(&self, sources: Sources) -> Result<Settings, String> {
+        let _turn = self.write_turn();
+        let (_, overrides) = self.snapshot();
+        let effective = sources
+            .settle(overrides.as_ref().map(|o| &o.values))
+            .map_err(refused)?;
+        let mut held = self.lock();
+        held.sources = sources;
+        held.effective = effective.clone();
+        Ok(effective)
     }
 
     /// Validates `change`, stores it over the earlier overrides and returns the settings
     /// in force. Nothing changes when a value is refused or the file cannot be written.
-    pub fn change(&self, change: &SettingsChange, by: &str) -> Result<Settings, ChangeError> {
-        let mut inner = self.lock();
-        let mut values = inner
-            .1
+    /// A key the API may not change, or one a flag of this daemon pins (the command line
+    /// wins over the API), is refused naming it.
+    pub fn change(&self, change: &GcValues, by: &str) -> Result<Settings, ChangeError> {
+        let _turn = self.write_turn();
+        let (sources, overrides) = self.snapshot();
+        let pinned = sources.flags.keys();
+        let mut change = change.clone();
+        for key in change.keys() {
+            if !API_KEYS.contains(&key) {
+                return Err(ChangeError::Invalid(format!(
+                    "{key}: not changed through the API (set it in the configuration file)"
+                )));
+            }
+            if pinned.contains(&key) {
+                // The page sends every field it shows: the value the flag holds is no
+                // change, and is not stored (the flag decides it anyway).
+                let flag_value = shown(&sources.flags, key);
+                let asked = shown(&change, key).map_err(ChangeError::Invalid)?;
+                if flag_value.as_ref().ok() == Some(&asked) {
+                    change.clear(key);
+                    continue;
+                }
+                let (_, flag) = Source::CommandLine.blame(key);
+                return Err(ChangeError::Invalid(format!(
+                    "{key}: set to {} by {flag} on the daemon's command line, which wins over the API; remove the flag to change it here",
+                    flag_value.unwrap_or_default()
+                )));
+            }
+        }
+        let change = &change;
+        let values = overrides
             .as_ref()
-            .map(|o| o.values.clone())
-            .unwrap_or_default();
-        values.merge(change);
-        let settings = values
-            .apply(inner.0.clone())
-            .map_err(ChangeError::Invalid)?;
+            .map(|o| o.values.merge(change))
+            .unwrap_or_else(|| change.clone());
+        let effective = sources
+            .settle(Some(&values))
+            .map_err(|(_, key, why)| ChangeError::Invalid(format!("{key}: {why}")))?;
         let overrides = Overrides {
-            fields: values.fields().iter().map(|f| f.to_string()).collect(),
+            fields: values.keys().iter().map(|f| f.to_string()).collect(),
             values,
             set_at: Utc::now(),
             set_by: by.to_string(),
@@ -197,18 +225,26 @@ impl SettingsLayers {
         self.dir
             .replace(OVERRIDES_FILE, &bytes, true)
             .map_err(|e| ChangeError::Store(e.to_string()))?;
-        inner.1 = Some(overrides);
-        Ok(settings)
+        let mut held = self.lock();
+        held.overrides = Some(overrides);
+        held.effective = effective.clone();
+        Ok(effective)
     }
 
     /// Drops every override: the configuration file's settings are in force again.
     pub fn reset(&self) -> Result<Settings, ChangeError> {
-        let mut inner = self.lock();
+        let _turn = self.write_turn();
+        let (sources, _) = self.snapshot();
+        let effective = sources
+            .settle(None)
+            .map_err(|e| ChangeError::Invalid(refused(e)))?;
         self.dir
             .remove(OVERRIDES_FILE)
             .map_err(|e| ChangeError::Store(e.to_string()))?;
-        inner.1 = None;
-        Ok(inner.0.clone())
+        let mut held = self.lock();
+        held.overrides = None;
+        held.effective = effective.clone();
+        Ok(effective)
     }
 }
 
@@ -221,15 +257,22 @@ pub enum ChangeError {
     Store(String),
 }
 
-fn layered(base: &Settings, overrides: Option<&Overrides>) -> Settings {
-    match overrides {
-        // Checked when stored and at start; a value cannot turn bad in between.
-        Some(o) => o
-            .values
-            .apply(base.clone())
-            .unwrap_or_else(|_| base.clone()),
-        None => base.clone(),
-    }
+/// `key`'s value in `values` as the settings show it (`0s` and `0m` alike), or why
+/// it is refused.
+fn shown(values: &GcValues, key: &str) -> Result<String, String> {
+    let s = settle(&[(Source::Api, values)], &Fixed::default())
+        .map_err(|(_, key, why)| format!("{key}: {why}"))?;
+    Ok(match key {
+        "mode" => s.mode.to_string(),
+        "schedule" => s.schedule.map(|s| s.to_string()).unwrap_or_default(),
+        "duration" => s.duration.to_string(),
+        "delete_untagged" => s.delete_untagged.to_string(),
+        "dry_run" => s.dry_run.to_string(),
+        "min_age" => humantime::format_duration(s.min_age).to_string(),
+        "upload_max_age" => humantime::format_duration(s.upload_max_age).to_string(),
+        "keep_unknown" => s.keep_unknown.to_string(),
+        _ => s.allow_missing_manifests.to_string(),
+    })
 }
 
 fn read(dir: &StateDir) -> Result<Option<Overrides>, String> {
@@ -256,39 +299,56 @@ fn read(dir: &StateDir) -> Result<Option<Overrides>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::GcDuration;
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::time::Duration;
 
-    fn layers(base: Settings) -> (tempfile::TempDir, Arc<StateDir>, SettingsLayers) {
+    fn values(json: serde_json::Value) -> GcValues {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn sources(file: serde_json::Value, flags: serde_json::Value) -> Sources {
+        Sources {
+            file: Some(("regfs.toml".into(), values(file))),
+            flags: values(flags),
+            fixed: Fixed::default(),
+        }
+    }
+
+    fn owner(s: Sources) -> (tempfile::TempDir, Arc<StateDir>, SettingsOwner) {
         let t = tempfile::tempdir().unwrap();
         let dir = Arc::new(StateDir::prepare(&t.path().join("state")).unwrap());
-        let l = SettingsLayers::load(dir.clone(), base).unwrap();
-        (t, dir, l)
+        let o = SettingsOwner::load(dir.clone(), s).unwrap();
+        (t, dir, o)
     }
 
     #[test]
     fn changes_override_the_file_survive_a_reload_and_a_restart() {
-        let base = Settings {
-            duration: GcDuration::Never,
-            ..Settings::default()
-        };
-        let (_t, dir, l) = layers(base.clone());
-        let change = SettingsChange {
-            duration: Some("30m".into()),
-            schedule: Some("0 3 * * SAT".into()),
-            ..Default::default()
-        };
+        let base = sources(
+            serde_json::json!({"duration": "never"}),
+            serde_json::json!({}),
+        );
+        let (_t, dir, l) = owner(base.clone());
+        let change = values(serde_json::json!({"duration": "30m", "schedule": "0 3 * * SAT"}));
         let s = l.change(&change, "admin").unwrap();
         assert_eq!(s.duration, GcDuration::Limit(Duration::from_secs(1800)));
+        assert_eq!(
+            l.effective().duration,
+            s.duration,
+            "readers see the value in force"
+        );
         // SIGHUP brings the file's settings; the override stays on top.
-        let s = l.set_base(Settings {
-            delete_untagged: true,
-            ..base.clone()
-        });
+        let s = l
+            .set_sources(sources(
+                serde_json::json!({"duration": "never", "delete_untagged": true}),
+                serde_json::json!({}),
+            ))
+            .unwrap();
         assert_eq!(s.duration, GcDuration::Limit(Duration::from_secs(1800)));
-        assert!(s.delete_untagged);
+        assert!(s.delete_untagged && l.effective().delete_untagged);
+        assert_eq!(l.base().duration, GcDuration::Never);
         // A restart reads them back.
-        let again = SettingsLayers::load(dir.clone(), base.clone()).unwrap();
+        let again = SettingsOwner::load(dir.clone(), base.clone()).unwrap();
         let o = again.overrides().unwrap();
         assert_eq!(o.fields, ["schedule", "duration"]);
         assert_eq!(o.set_by, "admin");
@@ -300,65 +360,112 @@ mod tests {
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
         // Reset: the file's settings again.
         assert_eq!(again.reset().unwrap().duration, GcDuration::Never);
+        assert_eq!(again.effective().duration, GcDuration::Never);
         assert!(!dir.path().join(OVERRIDES_FILE).exists());
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_api_which_is_told_so() {
+        let (_t, dir, l) = owner(sources(
+            serde_json::json!({"mode": "online"}),
+            serde_json::json!({"mode": "read-only"}),
+        ));
+        assert_eq!(l.effective().mode, crate::settings::GcMode::ReadOnly);
+        let e = l
+            .change(&values(serde_json::json!({"mode": "online"})), "admin")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--gc-mode") && e.contains("command line"), "{e}");
+        // The value the flag holds is no change (the page sends every field it shows).
+        l.change(
+            &values(serde_json::json!({"mode": "read-only", "dry_run": true})),
+            "admin",
+        )
+        .unwrap();
+        assert_eq!(l.overrides().unwrap().fields, ["dry_run"]);
+        let e = l
+            .change(&values(serde_json::json!({"keep_unknown": true})), "admin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("keep_unknown: not changed through the API"),
+            "{e}"
+        );
+        assert_eq!(
+            l.overrides().unwrap().fields,
+            ["dry_run"],
+            "refusals change nothing"
+        );
+        assert!(dir.path().join(OVERRIDES_FILE).exists());
     }
 
     #[test]
     fn a_bad_value_changes_nothing_and_names_the_field() {
-        let (_t, dir, l) = layers(Settings::default());
+        let (_t, dir, l) = owner(Sources::default());
         for (change, field) in [
-            (
-                SettingsChange {
-                    duration: Some("soon".into()),
-                    ..Default::default()
-                },
-                "duration",
-            ),
-            (
-                SettingsChange {
-                    schedule: Some("0 3 32 * *".into()),
-                    ..Default::default()
-                },
-                "schedule",
-            ),
-            (
-                SettingsChange {
-                    min_age: Some("old".into()),
-                    ..Default::default()
-                },
-                "min_age",
-            ),
+            (serde_json::json!({"duration": "soon"}), "duration"),
+            (serde_json::json!({"schedule": "0 3 32 * *"}), "schedule"),
+            (serde_json::json!({"min_age": "old"}), "min_age"),
         ] {
-            let e = l.change(&change, "admin").unwrap_err().to_string();
+            let e = l.change(&values(change), "admin").unwrap_err().to_string();
             assert!(e.starts_with(field), "{e}");
         }
         assert!(l.overrides().is_none());
         assert!(!dir.path().join(OVERRIDES_FILE).exists());
+        // A reload with a bad file changes nothing either.
+        let bad = sources(serde_json::json!({"min_age": "old"}), serde_json::json!({}));
+        let e = l.set_sources(bad).unwrap_err();
+        assert!(e.contains("regfs.toml") && e.contains("gc.min_age"), "{e}");
+    }
+
+    #[test]
+    fn one_writer_at_a_time_and_readers_never_wait_on_its_file_write() {
+        let (_t, _dir, l) = owner(Sources::default());
+        let l = Arc::new(l);
+        // Many writers at once: every change is in the stored overrides (none is lost to
+        // a writer working on a stale base), and the value in force is the last one.
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    let key = if i % 2 == 0 {
+                        "dry_run"
+                    } else {
+                        "delete_untagged"
+                    };
+                    l.change(&values(serde_json::json!({ key: true })), "admin")
+                        .unwrap();
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        let o = l.overrides().unwrap();
+        assert_eq!(o.fields, ["delete_untagged", "dry_run"]);
+        let s = l.effective();
+        assert!(s.dry_run && s.delete_untagged);
+        // A reader while a writer holds its turn (as during its file write).
+        let turn = l.write_turn();
+        assert!(l.effective().dry_run);
+        drop(turn);
     }
 
     #[test]
     fn a_planted_symlink_is_replaced_not_followed_and_a_bad_file_stops_the_start() {
-        let (t, dir, l) = layers(Settings::default());
+        let (t, dir, l) = owner(Sources::default());
         let victim = t.path().join("victim");
         std::fs::write(&victim, b"v").unwrap();
         symlink(&victim, dir.path().join(OVERRIDES_FILE)).unwrap();
-        let e = SettingsLayers::load(dir.clone(), Settings::default()).unwrap_err();
+        let e = SettingsOwner::load(dir.clone(), Sources::default()).unwrap_err();
         assert!(e.contains("symbolic link"), "{e}");
-        l.change(
-            &SettingsChange {
-                dry_run: Some(true),
-                ..Default::default()
-            },
-            "token",
-        )
-        .unwrap();
+        l.change(&values(serde_json::json!({"dry_run": true})), "token")
+            .unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"v");
         std::fs::write(
             dir.path().join(OVERRIDES_FILE),
-            b"{\"values\": {\"duration\": \"soon\"}}",
+            b"{\"values\": {\"duration\": \"soon\"}, \"fields\": [], \"set_at\": \"2026-01-01T00:00:00Z\", \"set_by\": \"x\"}",
         )
         .unwrap();
-        let e = SettingsLayers::load(dir.clone(), Settings::default()).unwrap_err();
+        let e = SettingsOwner::load(dir.clone(), Sources::default()).unwrap_err();
         assert!(
             e.contains(OVERRIDES_FILE) && e.contains("remove the file"),
             "{e}"

@@ -216,9 +216,18 @@ fn settings_saved_through_the_api_survive_a_restart_and_override_the_file() {
         401
     );
 
+    // The daemon runs with `--gc-min-age 0s`: the command line wins over the API, which
+    // says so, and takes the flag's own value as no change.
+    let pinned = put(&e, r#"{"min_age": "2h"}"#);
+    assert_eq!(pinned.status, 400, "{pinned:?}");
+    let why = pinned.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        why.starts_with("min_age") && why.contains("--gc-min-age"),
+        "{why}"
+    );
     let saved = put(
         &e,
-        r#"{"duration": "never", "schedule": "0 3 * * SAT", "min_age": "2h", "mode": "online"}"#,
+        r#"{"duration": "never", "schedule": "0 3 * * SAT", "min_age": "0s", "mode": "online"}"#,
     );
     assert_eq!(saved.status, 200, "{saved:?}");
     let s = saved.json();
@@ -259,13 +268,13 @@ fn settings_saved_through_the_api_survive_a_restart_and_override_the_file() {
     let d = e.start(&["--config", cfg]);
     let st = d.status();
     assert_eq!(st["settings"]["duration"], "never", "{st:#}");
-    assert_eq!(st["settings"]["min_age"], "2h", "{st:#}");
+    assert_eq!(st["settings"]["min_age"], "0s", "{st:#}");
     assert_eq!(st["mode"], "online", "{st:#}");
     assert_eq!(st["schedule"], "0 3 * * SAT", "{st:#}");
     let fields = &st["settings_overrides"]["fields"];
     assert_eq!(
         fields,
-        &serde_json::json!(["mode", "schedule", "duration", "min_age"]),
+        &serde_json::json!(["mode", "schedule", "duration"]),
         "{st:#}"
     );
     let (code, text, err) = d.regfs(&["status", e.mnt.to_str().unwrap()]);
