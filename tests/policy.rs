@@ -57,8 +57,8 @@ impl Drop for Lease {
 struct Recording(Arc<Log>);
 
 fn writer_lease(log: &Arc<Log>, writer: &Writer<'_>) -> WriterLease {
-    log.ask(format!("writer {} {:?}", writer.path, writer.role));
-    WriterLease::held(RecordedWriter(log.lease(), writer.path.to_owned()))
+    log.ask(format!("writer {} {:?}", writer.path(), writer.role()));
+    WriterLease::held(RecordedWriter(log.lease(), writer.path().to_owned()))
 }
 
 impl StorePolicy for Recording {
@@ -68,10 +68,10 @@ impl StorePolicy for Recording {
     }
 
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
-        if writer.path.starts_with(FROZEN) {
-            self.0.ask(format!("refused writer {}", writer.path));
+        if writer.path().starts_with(FROZEN) {
+            self.0.ask(format!("refused writer {}", writer.path()));
             return Err(FsError::ReadOnlyEpoch {
-                path: writer.path.into(),
+                path: writer.path().into(),
             });
         }
         Ok(writer_lease(&self.0, &writer))

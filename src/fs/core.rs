@@ -19,7 +19,7 @@ use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::open::{OpenDir, OpenFile};
 use super::unlinked::in_dir_error;
 use crate::error::{FsError, FsResult};
-use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write};
+use crate::policy::{Change, ChangeLease, Name, StorePolicy, Write, WriteMeaning};
 
 /// What a successful lookup or create hands to the kernel.
 #[derive(Debug, Clone)]
@@ -423,9 +423,10 @@ impl StorageFs {
                 what: "this rename flag",
             })?;
         let to = new_parent.child_path(new_name);
+        let target = WriteMeaning::renamed(&path, &to);
         let _change = self.admit_change(Change::Rename {
             from: &path,
-            to: &to,
+            to: &target,
         })?;
         let moved = rfs::statat(&*self.fd_of(&parent)?, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| FsError::backing("rename", &path, e))?;

@@ -31,7 +31,7 @@ use super::open::OpenFile;
 use super::unlinked::{in_dir_error, is_unlinked};
 use crate::error::{FsError, FsResult};
 use crate::layout::Role;
-use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
+use crate::policy::{Change, Write, WriteMeaning, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -223,14 +223,15 @@ impl StorageFs {
             if is_unlinked(&*opath) {
                 return Err(FsError::RemovedBehindKernel { path });
             }
-            let role = WriteRole::of_role(inode.role());
+            // What this write means, worked out once for every layer of the policy.
+            let meaning = WriteMeaning::new(&path, inode.role());
+            let role = meaning.write_role();
             if let WriteRole::Link(_) = role {
                 self.check_link_writer(&inode)?;
                 undo = Some(self.link_undo(&inode, opath.as_fd(), &path, false)?);
             }
             let lease = self.policy.admit_writer(Writer {
-                path: &path,
-                role,
+                meaning: &meaning,
                 undo: undo.clone().map(|u| u as Arc<dyn WriteUndo>),
             })?;
             Some(Admitted { lease, role })
@@ -273,12 +274,14 @@ impl StorageFs {
         let parent = self.inode(parent)?;
         check_name(name)?;
         let path = parent.child_path(name);
+        // What creating it means, worked out once for every layer of the policy.
+        let meaning = WriteMeaning::new(&path, parent.role().child(name));
         // Asked before anything is created, so a refused create leaves no empty file.
         let change = self.admit_change(Change::Create {
-            path: &path,
+            meaning: &meaning,
             writes: wants_write(flags),
         })?;
-        let role = wants_write(flags).then(|| WriteRole::of_role(parent.role().child(name)));
+        let role = wants_write(flags).then(|| meaning.write_role());
         let is_link = matches!(role, Some(WriteRole::Link(_)));
         let base = backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o7777);
@@ -323,8 +326,7 @@ impl StorageFs {
         };
         let writer = role.map(|role| {
             let lease = change.admit_writer(Writer {
-                path: &path,
-                role,
+                meaning: &meaning,
                 undo: undo.clone().map(|u| u as Arc<dyn WriteUndo>),
             });
             Admitted { lease, role }

@@ -120,18 +120,19 @@ impl Shared {
 
     /// Registers a write handle; `None` for one the gate leaves alone (upload data).
     fn add_writer(self: &Arc<Self>, st: &mut State, writer: Writer<'_>) -> WriterLease {
-        let treatment = match writer.role {
+        let treatment = match writer.role() {
             WriteRole::UploadData => return WriterLease::free(),
             WriteRole::UploadOther => Treatment::CutAtOnce,
             WriteRole::Link(_) | WriteRole::Other => Treatment::Drain,
         };
         st.next_id += 1;
         let id = st.next_id;
+        let path = writer.path().to_owned();
         st.writers.insert(
             id,
             OpenWriter {
                 treatment,
-                path: writer.path.to_owned(),
+                path: path.clone(),
                 cut: false,
                 in_flight: 0,
                 undo: writer.undo,
@@ -140,7 +141,7 @@ impl Shared {
         WriterLease::held(GateWriter {
             shared: self.clone(),
             id,
-            path: writer.path.to_owned(),
+            path,
         })
     }
 }
@@ -309,7 +310,7 @@ impl StorePolicy for WriteGate {
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
         let mut st = self.shared.lock_unpaused();
         if st.closed {
-            return Err(refused(writer.path));
+            return Err(refused(writer.path()));
         }
         Ok(self.shared.add_writer(&mut st, writer))
     }

@@ -1,14 +1,15 @@
 use super::*;
+use crate::policy::WriteMeaning;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::thread;
 
 const LINK: &str = "docker/registry/v2/repositories/a/_manifests/tags/t/current/link";
 
-fn writer(path: &str) -> Writer<'_> {
+/// A writer of `path` (its meaning kept for the test's length).
+fn writer(path: &str) -> Writer<'static> {
     Writer {
-        path,
-        role: WriteRole::of_path(path),
+        meaning: Box::leak(Box::new(WriteMeaning::of_path(path))),
         undo: None,
     }
 }
@@ -79,10 +80,9 @@ fn an_upload_data_writer_is_neither_waited_for_nor_cut() {
     // Its writes go on during the epoch (with kernel passthrough they never reach
     // the daemon anyway); the upload's commit is what the gate refuses.
     assert!(data.admit_write(&write()).is_ok());
-    let commit = Change::Rename {
-        from: "docker/registry/v2/repositories/r/_uploads/u/data",
-        to: "blobs/sha256/ab/abcd/data",
-    };
+    let from = "docker/registry/v2/repositories/r/_uploads/u/data";
+    let to = WriteMeaning::renamed(from, "blobs/sha256/ab/abcd/data");
+    let commit = Change::Rename { from, to: &to };
     assert!(is_erofs(gate.admit_change(&commit)));
 }
 
@@ -91,7 +91,7 @@ fn a_create_admitted_before_the_close_registers_its_writer_after_it() {
     let gate = Arc::new(WriteGate::new());
     let change = gate
         .admit_change(&Change::Create {
-            path: LINK,
+            meaning: &WriteMeaning::of_path(LINK),
             writes: true,
         })
         .unwrap();

@@ -20,20 +20,16 @@
 //! The layer asks the policy it wraps first (a closed gate answers EROFS before a link
 //! is looked at), then checks; what it refuses it refuses whatever the inner one said.
 
-use std::path::Path;
 use std::sync::Arc;
 
+use super::meaning::WriteMeaning;
 use super::{
     Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
     WriteUndo, Writer, WriterLease,
 };
 use crate::error::{FsError, FsResult};
 use crate::layout::paths::{self, LinkRole};
-use crate::layout::{Digest, PathKind, Store, classify, parse_link, path_for};
-use crate::manifest;
-
-/// A link is at most this long (71 bytes); one more tells a longer file apart.
-const LINK_READ_LIMIT: usize = 72;
+use crate::layout::{Digest, PathKind, Store, path_for};
 
 /// Refuses link writes naming blobs without data, over the policy `P`.
 #[derive(Debug)]
@@ -57,11 +53,13 @@ impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
         let lease = self.inner.admit_change(change)?;
         match *change {
             // Checked before anything is created, so a refused link leaves no empty file.
-            Change::Create { path, writes: true } => {
-                self.check.admit_path(path)?;
-            }
-            // Registry 3.x writes `<link>.<uuid>.tmp` and renames it over the link.
-            Change::Rename { from, to } => self.check.admit_rename(from, to)?,
+            Change::Create {
+                meaning,
+                writes: true,
+            } => self.check.admit(meaning)?,
+            // Registry 3.x writes `<link>.<uuid>.tmp` and renames it over the link: a tag's
+            // current link is checked by what the source holds.
+            Change::Rename { to, .. } => self.check.admit(to)?,
             _ => {}
         }
         Ok(ChangeLease::held(CheckedChange {
@@ -72,7 +70,7 @@ impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
 
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
         let lease = self.inner.admit_writer(writer.clone())?;
-        self.check.admit_path(writer.path)?;
+        self.check.admit(writer.meaning)?;
         Ok(self.check.wrap(&writer, lease))
     }
 
@@ -96,59 +94,33 @@ struct LinkCheck {
 }
 
 impl LinkCheck {
-    /// A file at `rel` (from the store root) about to be opened for writing, created or
-    /// renamed onto. Refuses a link whose path names a blob without data.
-    fn admit_path(&self, rel: &str) -> FsResult<()> {
-        if let Some(role) = crate::layout::link_role(rel)
-            && let Some(d) = role.digest()
-        {
-            self.check(rel, role, &d)?;
-        }
-        Ok(())
-    }
-
-    /// A rename of `from` onto `to`: a link named by its path is checked as a write to
-    /// it; a tag's current link by the digest `from` holds.
-    fn admit_rename(&self, from: &str, to: &str) -> FsResult<()> {
-        if !to.ends_with(paths::LINK) {
-            return Ok(());
-        }
-        self.admit_path(to)?;
-        if crate::layout::link_role(to) != Some(LinkRole::TagCurrent) {
-            return Ok(());
-        }
-        // Whatever cannot be read as a link is let through: only a proven missing blob
-        // is refused.
-        match self.store.read(Path::new(from), LINK_READ_LIMIT) {
-            Ok(Some(bytes)) => self.admit_content(to, &bytes),
+    /// A file about to be opened for writing, created, renamed onto or written at its
+    /// start: a link whose digest (by its path, or by its bytes for a tag's current link)
+    /// names a blob without data is refused. What does not name a digest is let through.
+    fn admit(&self, m: &WriteMeaning) -> FsResult<()> {
+        match (m.link(), m.named(&self.store)) {
+            (Some(role), Some(d)) => self.check(m, role, &d),
             _ => Ok(()),
         }
     }
 
-    /// Bytes about to land in the tag current link `rel`. Anything that is not a
-    /// well-formed link is let through.
-    fn admit_content(&self, rel: &str, bytes: &[u8]) -> FsResult<()> {
-        match parse_link(bytes) {
-            Ok(d) => self.check(rel, LinkRole::TagCurrent, &d),
-            Err(_) => Ok(()),
-        }
-    }
-
-    fn check(&self, rel: &str, role: LinkRole, d: &Digest) -> FsResult<()> {
+    fn check(&self, m: &WriteMeaning, role: LinkRole, d: &Digest) -> FsResult<()> {
+        let rel = m.path();
         if !self.has_data(d) {
             return Err(refuse(rel, d, d));
         }
         match role {
-            LinkRole::Revision(_) => self.check_references(rel, d),
-            LinkRole::TagIndex(_) | LinkRole::TagCurrent => self.check_revision(rel, d),
+            LinkRole::Revision(_) => self.check_references(m, d),
+            LinkRole::TagIndex(_) | LinkRole::TagCurrent => self.check_revision(m, d),
             LinkRole::Layer(_) => Ok(()),
         }
     }
 
     /// The link `rel` (a tag's, or an index's revision) names manifest `d`: its repository
     /// must hold `d`'s revision. Anything but "not there" counts as there.
-    fn check_revision(&self, rel: &str, d: &Digest) -> FsResult<()> {
-        let Some(repo) = classify(rel).and_then(|k| k.repo().cloned()) else {
+    fn check_revision(&self, m: &WriteMeaning, d: &Digest) -> FsResult<()> {
+        let rel = m.path();
+        let Some(repo) = m.repo().cloned() else {
             return Ok(());
         };
         let revision = path_for(&PathKind::RevisionLink { repo, digest: *d });
@@ -181,36 +153,31 @@ impl LinkCheck {
     /// upload was skipped on a stale cache: only this check sees that. Foreign layers
     /// (with `urls`) need not be stored; a manifest regfs cannot read or parse is let
     /// through (the collector deals with it and nothing is proven missing).
-    fn check_references(&self, rel: &str, d: &Digest) -> FsResult<()> {
-        let bytes = match self
-            .store
-            .read(&paths::blob_data(d), manifest::MAX_MANIFEST_SIZE)
-        {
-            Ok(Some(b)) => b,
+    fn check_references(&self, meaning: &WriteMeaning, d: &Digest) -> FsResult<()> {
+        let named = match meaning.manifest(&self.store) {
+            Some(n) if n.verified => n,
             _ => return Ok(()),
         };
-        let Ok(m) = manifest::parse(&bytes, d) else {
-            return Ok(());
-        };
+        let m = &named.manifest;
         let needed = m.blobs.iter().filter(|b| !m.foreign.contains(b));
         if let Some(missing) = needed.chain(&m.children).find(|r| !self.has_data(r)) {
-            return Err(refuse(rel, d, missing));
+            return Err(refuse(meaning.path(), d, missing));
         }
         // An index's children are manifests of the same repository.
         m.children
             .iter()
-            .try_for_each(|c| self.check_revision(rel, c))
+            .try_for_each(|c| self.check_revision(meaning, c))
     }
 
     /// The writer's lease, checking its writes too when it writes a tag's current link
     /// (whose digest is only in the bytes written).
     fn wrap(self: &Arc<Self>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
-        if writer.role != WriteRole::Link(LinkRole::TagCurrent) {
+        if writer.role() != WriteRole::Link(LinkRole::TagCurrent) {
             return inner;
         }
         WriterLease::held(CheckedWriter {
             check: self.clone(),
-            path: writer.path.to_owned(),
+            meaning: writer.meaning.clone(),
             undo: writer.undo.clone(),
             inner,
         })
@@ -245,7 +212,7 @@ impl HeldChange for CheckedChange {
 #[derive(Debug)]
 struct CheckedWriter {
     check: Arc<LinkCheck>,
-    path: String,
+    meaning: WriteMeaning,
     undo: Option<Arc<dyn WriteUndo>>,
     inner: WriterLease,
 }
@@ -254,7 +221,7 @@ impl HeldWriter for CheckedWriter {
     fn admit_write(&self, write: &Write<'_>) -> FsResult<WriteLease> {
         let lease = self.inner.admit_write(write)?;
         if let Write::Bytes { offset: 0, data } = write
-            && let Err(refused) = self.check.admit_content(&self.path, data)
+            && let Err(refused) = self.check.admit(&self.meaning.written(data))
         {
             // The registry truncated the link first: it gets its old bytes back (or, if
             // this handle created it, goes).
@@ -291,14 +258,14 @@ mod tests {
     fn a_link_to_a_blob_without_data_is_refused_after_the_inner_policy_is_asked() {
         let (dir, gate, policy) = layered();
         let layer = format!("{REPO}/_layers/sha256/{HEX}/link");
+        let meaning = WriteMeaning::of_path(&layer);
         let writer = Writer {
-            path: &layer,
-            role: WriteRole::of_path(&layer),
+            meaning: &meaning,
             undo: None,
         };
         assert_eq!(errno(policy.admit_writer(writer.clone())), libc::EIO);
         let create = Change::Create {
-            path: &layer,
+            meaning: &meaning,
             writes: true,
         };
         assert_eq!(errno(policy.admit_change(&create)), libc::EIO);
@@ -324,14 +291,15 @@ mod tests {
         let dangling = format!("sha256:{HEX}");
         std::fs::create_dir_all(dir.path().join(&current).parent().unwrap()).unwrap();
         std::fs::write(dir.path().join(&tmp), &dangling).unwrap();
+        let renamed = WriteMeaning::renamed(&tmp, &current);
         let rename = Change::Rename {
             from: &tmp,
-            to: &current,
+            to: &renamed,
         };
         assert_eq!(errno(policy.admit_change(&rename)), libc::EIO);
+        let meaning = WriteMeaning::of_path(&current);
         let writer = Writer {
-            path: &current,
-            role: WriteRole::of_path(&current),
+            meaning: &meaning,
             undo: None,
         };
         let lease = policy.admit_writer(writer).unwrap();
@@ -343,6 +311,11 @@ mod tests {
         // Not a link's start, or not a link at all: let through.
         assert!(lease.admit_write(&at(3)).is_ok());
         std::fs::write(dir.path().join(&tmp), b"not a link").unwrap();
+        let renamed = WriteMeaning::renamed(&tmp, &current);
+        let rename = Change::Rename {
+            from: &tmp,
+            to: &renamed,
+        };
         assert!(policy.admit_change(&rename).is_ok());
     }
 }

@@ -22,7 +22,10 @@
 
 pub mod gate;
 pub mod links;
+pub mod meaning;
 pub mod online;
+
+pub use meaning::WriteMeaning;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -67,12 +70,13 @@ impl WriteRole {
 }
 
 /// A namespace or attribute change the core is about to make; paths are relative to the
-/// store root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// store root. What makes something live (a create, a rename's target) comes with its
+/// [`WriteMeaning`], worked out once for every layer.
+#[derive(Clone, Copy)]
 pub enum Change<'a> {
     /// create(2) with O_CREAT; `writes`: the new handle can write.
     Create {
-        path: &'a str,
+        meaning: &'a WriteMeaning,
         writes: bool,
     },
     Mkdir {
@@ -82,9 +86,10 @@ pub enum Change<'a> {
     Remove {
         path: &'a str,
     },
+    /// `to` carries the path renamed onto and what lands there.
     Rename {
         from: &'a str,
-        to: &'a str,
+        to: &'a WriteMeaning,
     },
     /// chmod, chown, utimens, or truncate by path.
     SetAttr {
@@ -96,11 +101,30 @@ impl Change<'_> {
     /// The path the change acts on (for a rename, the one that moves).
     pub fn path(&self) -> &str {
         match self {
-            Change::Create { path, .. }
-            | Change::Mkdir { path }
-            | Change::Remove { path }
-            | Change::SetAttr { path } => path,
+            Change::Create { meaning, .. } => meaning.path(),
+            Change::Mkdir { path } | Change::Remove { path } | Change::SetAttr { path } => path,
             Change::Rename { from, .. } => from,
+        }
+    }
+}
+
+impl fmt::Debug for Change<'_> {
+    /// Paths only: `Create { path: "a", writes: true }`, `Rename { from: "a", to: "b" }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Create { meaning, writes } => f
+                .debug_struct("Create")
+                .field("path", &meaning.path())
+                .field("writes", writes)
+                .finish(),
+            Change::Mkdir { path } => f.debug_struct("Mkdir").field("path", path).finish(),
+            Change::Remove { path } => f.debug_struct("Remove").field("path", path).finish(),
+            Change::Rename { from, to } => f
+                .debug_struct("Rename")
+                .field("from", from)
+                .field("to", &to.path())
+                .finish(),
+            Change::SetAttr { path } => f.debug_struct("SetAttr").field("path", path).finish(),
         }
     }
 }
@@ -124,10 +148,20 @@ pub trait WriteUndo: Send + Sync + fmt::Debug {
 /// A handle that is about to be able to write.
 #[derive(Debug, Clone)]
 pub struct Writer<'a> {
-    /// The file, relative to the store root.
-    pub path: &'a str,
-    pub role: WriteRole,
+    /// The file and what writing it means.
+    pub meaning: &'a WriteMeaning,
     pub undo: Option<Arc<dyn WriteUndo>>,
+}
+
+impl Writer<'_> {
+    /// The file, relative to the store root.
+    pub fn path(&self) -> &str {
+        self.meaning.path()
+    }
+
+    pub fn role(&self) -> WriteRole {
+        self.meaning.write_role()
+    }
 }
 
 /// One write or truncate on a handle.

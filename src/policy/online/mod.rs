@@ -30,14 +30,14 @@ use crate::sync::{Mutex, MutexGuard};
 pub use doomed::{Claim, Doomed, DoomedUnit, Referrer};
 
 use super::gate::Paused;
+use super::meaning::{NamedManifest, WriteMeaning, read_manifest};
 use super::{
     Change, ChangeLease, HeldChange, HeldWriter, Name, StorePolicy, Write, WriteLease, WriteRole,
     WriteUndo, Writer, WriterLease,
 };
 use crate::error::{FsError, FsResult};
 use crate::layout::paths::{self, LinkRole};
-use crate::layout::{Digest, PathKind, RepoName, Store, classify, parse_link};
-use crate::manifest;
+use crate::layout::{Digest, PathKind, RepoName, Store};
 
 /// What a write made referenced or present while a run marked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,10 +166,13 @@ impl Recording {
     /// What keeping manifest `digest` of `repo` keeps: its blob, its revision, and what
     /// it references (recursively for indexes). Reads the store.
     pub fn manifest_reach(&self, repo: &RepoName, digest: Digest) -> Vec<String> {
-        self.shared().guarded_paths(&Touched::Manifest {
-            repo: repo.clone(),
-            digest,
-        })
+        self.shared().guarded_paths(
+            &Touched::Manifest {
+                repo: repo.clone(),
+                digest,
+            },
+            None,
+        )
     }
 
     /// Phase 3, with writes paused (`paused` is the gate's guard): every unit of `doomed`
@@ -326,35 +329,32 @@ impl<P: StorePolicy> OnlineBarrier<P> {
     }
 }
 
-/// What a write at `path` touches, by the path alone.
-fn touched_by_path(path: &str) -> Option<Touched> {
-    match classify(path)? {
+/// What a write touches: for a manifest's revision, index entry or link, that manifest in
+/// its repository (for a tag's current link, the one its bytes or a rename's source
+/// name); for a blob's directory, data or layer link, that blob.
+fn touched_by(m: &WriteMeaning, store: &Store) -> Option<Touched> {
+    match m.kind()? {
         PathKind::Revision { repo, digest }
         | PathKind::RevisionLink { repo, digest }
         | PathKind::TagIndexEntry { repo, digest, .. }
-        | PathKind::TagIndexLink { repo, digest, .. } => Some(Touched::Manifest { repo, digest }),
+        | PathKind::TagIndexLink { repo, digest, .. } => Some(Touched::Manifest {
+            repo: repo.clone(),
+            digest: *digest,
+        }),
         PathKind::LayerDir { digest, .. }
         | PathKind::LayerLink { digest, .. }
         | PathKind::BlobDir(digest)
-        | PathKind::BlobData(digest) => Some(Touched::Blob(digest)),
+        | PathKind::BlobData(digest) => Some(Touched::Blob(*digest)),
+        PathKind::TagCurrentLink { repo, .. } => m.named(store).map(|digest| Touched::Manifest {
+            repo: repo.clone(),
+            digest,
+        }),
         _ => None,
     }
 }
 
-/// The manifest a tag's current link at `path` will name once it holds `bytes`.
-fn touched_by_tag_link(path: &str, bytes: &[u8]) -> Option<Touched> {
-    let Some(PathKind::TagCurrentLink { repo, .. }) = classify(path) else {
-        return None;
-    };
-    parse_link(bytes)
-        .ok()
-        .map(|digest| Touched::Manifest { repo, digest })
-}
-
 /// Manifests are followed this deep (an index of indexes is already unusual).
 const MAX_DEPTH: usize = 8;
-/// A link is at most 71 bytes; one more tells a longer file apart.
-const LINK_READ_LIMIT: usize = 72;
 
 impl Shared {
     /// Takes back what `rec`'s writes reach; how many paths they wrote.
@@ -363,7 +363,7 @@ impl Shared {
             doomed.touch(p);
         }
         for t in &rec.touched {
-            for p in self.guarded_paths(t) {
+            for p in self.guarded_paths(t, None) {
                 doomed.touch(&p);
             }
         }
@@ -371,14 +371,18 @@ impl Shared {
     }
 
     /// The paths a write touching `t` reaches: the blob, and for a manifest its revision
-    /// in the repository and everything it references there.
-    fn guarded_paths(&self, t: &Touched) -> Vec<String> {
+    /// in the repository and everything it references there. `write`: the write's
+    /// meaning, whose manifest (read once for every layer) is used when it is `t`'s.
+    fn guarded_paths(&self, t: &Touched, write: Option<&WriteMeaning>) -> Vec<String> {
         let mut out = Vec::new();
         match t {
             Touched::Blob(d) => out.push(path_string(&paths::blob_dir(d))),
             Touched::Manifest { repo, digest } => {
+                let known = write
+                    .filter(|m| m.names_manifest() && m.named(&self.store) == Some(*digest))
+                    .and_then(|m| m.manifest(&self.store));
                 let mut seen = HashSet::new();
-                self.manifest_paths(repo, *digest, 0, &mut seen, &mut out);
+                self.manifest_paths(repo, *digest, known, 0, &mut seen, &mut out);
             }
         }
         out
@@ -388,6 +392,7 @@ impl Shared {
         &self,
         repo: &RepoName,
         d: Digest,
+        known: Option<Arc<NamedManifest>>,
         depth: usize,
         seen: &mut HashSet<Digest>,
         out: &mut Vec<String>,
@@ -399,40 +404,39 @@ impl Shared {
         out.push(path_string(&paths::revision_dir(repo, &d)));
         // What cannot be read or parsed names nothing more; the link check refuses a
         // manifest whose blob is gone.
-        let Ok(Some(bytes)) = self
-            .store
-            .read(&paths::blob_data(&d), manifest::MAX_MANIFEST_SIZE)
-        else {
+        let Some(named) = known.or_else(|| read_manifest(&self.store, &d).map(Arc::new)) else {
             return;
         };
-        let Ok(m) = manifest::parse_unverified(&bytes) else {
-            return;
-        };
+        let m = &named.manifest;
         for b in &m.blobs {
             out.push(path_string(&paths::blob_dir(b)));
             out.push(path_string(&paths::layer_link_dir_named(repo, &b.hex())));
         }
         if depth < MAX_DEPTH {
             for c in &m.children {
-                self.manifest_paths(repo, *c, depth + 1, seen, out);
+                self.manifest_paths(repo, *c, None, depth + 1, seen, out);
             }
         }
     }
 
-    /// A write reaching `path` (and, for a tag's current link, the manifest its bytes
-    /// name): recorded while marking, checked while sweeping.
-    fn guard(&self, path: &str, named: Option<Touched>) -> FsResult<()> {
+    /// A write (its path, and what it names): recorded while marking, checked while
+    /// sweeping.
+    fn guard(&self, write: &WriteMeaning) -> FsResult<()> {
         if !self.active.load(Ordering::Acquire) {
             return Ok(());
         }
-        let touched: Vec<Touched> = touched_by_path(path).into_iter().chain(named).collect();
+        let path = write.path();
+        let touched: Vec<Touched> = touched_by(write, &self.store).into_iter().collect();
         if let Phase::Recording(rec) = &mut *self.lock() {
             rec.paths.insert(path.to_owned());
             rec.touched.extend(touched);
             return Ok(());
         }
         // Sweeping: manifests are read outside the lock.
-        let named: Vec<String> = touched.iter().flat_map(|t| self.guarded_paths(t)).collect();
+        let named: Vec<String> = touched
+            .iter()
+            .flat_map(|t| self.guarded_paths(t, Some(write)))
+            .collect();
         match &mut *self.lock() {
             Phase::Recording(rec) => {
                 rec.paths.insert(path.to_owned());
@@ -465,14 +469,14 @@ impl Shared {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
-        let Some(t) = touched_by_path(&path()) else {
+        let Some(t) = touched_by(&WriteMeaning::of_path(&path()), &self.store) else {
             return;
         };
         if let Phase::Recording(rec) = &mut *self.lock() {
             rec.touched.insert(t);
             return;
         }
-        let guarded = self.guarded_paths(&t);
+        let guarded = self.guarded_paths(&t, None);
         if let Phase::Sweeping(doomed) = &mut *self.lock() {
             // All or nothing, as for writes: a revision is never taken back while its
             // manifest's blob is being deleted or gone.
@@ -494,17 +498,6 @@ impl Shared {
             _ => false,
         }
     }
-
-    /// A rename onto a tag's current link names what its source holds.
-    fn renamed_content(&self, from: &str, to: &str) -> Option<Touched> {
-        if crate::layout::link_role(to) != Some(LinkRole::TagCurrent) {
-            return None;
-        }
-        match self.store.read(Path::new(from), LINK_READ_LIMIT) {
-            Ok(Some(bytes)) => touched_by_tag_link(to, &bytes),
-            _ => None,
-        }
-    }
 }
 
 fn path_string(p: &Path) -> String {
@@ -515,13 +508,13 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
     fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
         let lease = self.inner.admit_change(change)?;
         match *change {
-            Change::Create { path, .. } | Change::Mkdir { path } | Change::SetAttr { path } => {
-                self.shared.guard(path, None)?
+            Change::Create { meaning, .. } => self.shared.guard(meaning)?,
+            Change::Mkdir { path } | Change::SetAttr { path } => {
+                self.shared.guard(&WriteMeaning::of_path(path))?
             }
             Change::Rename { from, to } => {
-                self.shared.guard(from, None)?;
-                let named = self.shared.renamed_content(from, to);
-                self.shared.guard(to, named)?;
+                self.shared.guard(&WriteMeaning::of_path(from))?;
+                self.shared.guard(to)?;
             }
             // Removing makes nothing live.
             Change::Remove { .. } => {}
@@ -534,7 +527,7 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
 
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
         let lease = self.inner.admit_writer(writer.clone())?;
-        self.shared.guard(writer.path, None)?;
+        self.shared.guard(writer.meaning)?;
         Ok(wrap(&self.shared, &writer, lease))
     }
 
@@ -555,12 +548,12 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
 /// A writer of a tag's current link has each write at offset 0 guarded by the manifest
 /// its bytes name; other writers need nothing more.
 fn wrap(shared: &Arc<Shared>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
-    if writer.role != WriteRole::Link(LinkRole::TagCurrent) {
+    if writer.role() != WriteRole::Link(LinkRole::TagCurrent) {
         return inner;
     }
     WriterLease::held(TagLinkWriter {
         shared: shared.clone(),
-        path: writer.path.to_owned(),
+        meaning: writer.meaning.clone(),
         undo: writer.undo.clone(),
         inner,
     })
@@ -582,7 +575,7 @@ impl HeldChange for GuardedChange {
 #[derive(Debug)]
 struct TagLinkWriter {
     shared: Arc<Shared>,
-    path: String,
+    meaning: WriteMeaning,
     undo: Option<Arc<dyn WriteUndo>>,
     inner: WriterLease,
 }
@@ -591,8 +584,7 @@ impl HeldWriter for TagLinkWriter {
     fn admit_write(&self, write: &Write<'_>) -> FsResult<WriteLease> {
         let lease = self.inner.admit_write(write)?;
         if let Write::Bytes { offset: 0, data } = write {
-            let named = touched_by_tag_link(&self.path, data);
-            if let Err(refused) = self.shared.guard(&self.path, named) {
+            if let Err(refused) = self.shared.guard(&self.meaning.written(data)) {
                 // The registry truncated the link first: it gets its old bytes back.
                 if let Some(u) = &self.undo {
                     u.undo_refused_write();
