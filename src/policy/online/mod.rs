@@ -583,14 +583,14 @@ struct TagLinkWriter {
 impl HeldWriter for TagLinkWriter {
     fn admit_write(&self, write: &Write<'_>) -> FsResult<WriteLease> {
         let lease = self.inner.admit_write(write)?;
-        if let Write::Bytes { offset: 0, data } = write {
-            if let Err(refused) = self.shared.guard(&self.meaning.written(data)) {
-                // The registry truncated the link first: it gets its old bytes back.
-                if let Some(u) = &self.undo {
-                    u.undo_refused_write();
-                }
-                return Err(refused);
+        if let Write::Bytes { offset: 0, data } = write
+            && let Err(refused) = self.shared.guard(&self.meaning.written(data))
+        {
+            // The registry truncated the link first: it gets its old bytes back.
+            if let Some(u) = &self.undo {
+                u.undo_refused_write();
             }
+            return Err(refused);
         }
         Ok(lease)
     }
