@@ -57,7 +57,7 @@ use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
 
 mod cluster;
-pub use cluster::ClusterSection;
+pub use cluster::{ClusterAccessFlags, ClusterSection};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -266,6 +266,8 @@ pub struct MountFlags {
     pub cluster_node: Option<String>,
     pub cluster_lease_ttl: Option<Duration>,
     pub cluster_prefix: Option<String>,
+    /// `--cluster-{ca,cert,key}-file`, `--cluster-username`, `--cluster-password-file`.
+    pub cluster_access: ClusterAccessFlags,
 }
 
 impl MountFlags {
