@@ -260,10 +260,15 @@ impl EpochCoordinator for Collector {
         }
     }
 
-    /// As the member agent last read it (every [`POLL`](super::member::POLL)): `status`
-    /// never waits on etcd.
+    /// Read now (within [`STATUS_DEADLINE`](super::STATUS_DEADLINE)) while the node is
+    /// healthy, else as the member agent last read it (every
+    /// [`POLL`](super::member::POLL)): `status` never waits long on etcd, and holds no lock
+    /// while it does.
     fn view(&self) -> Option<ClusterView> {
         let sh = &self.sh;
+        if self.healthy() {
+            super::member::look(sh, &sh.quick);
+        }
         let seen = sh.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let error = if self.healthy() {
             seen.error.map(|e| format!("cluster: {e}"))

@@ -116,16 +116,26 @@ fn tick(sh: &Shared, st: &mut Local) {
     publish(sh, st, lease);
 }
 
-/// Reads the cluster for `status` once (at start, before the agent's first tick).
-pub fn look(sh: &Shared) {
-    see(sh, &sh.etcd.get(&sh.keys.epoch()));
+/// Reads the cluster for `status` through `etcd` (at start, before the agent's first
+/// tick, and from `status` with a short deadline); false if etcd did not answer.
+pub fn look(sh: &Shared, etcd: &super::etcd::Etcd) -> bool {
+    let epoch = etcd.get(&sh.keys.epoch());
+    if epoch.is_err() {
+        return false; // what was last read stands
+    }
+    see_with(sh, etcd, &epoch);
+    true
 }
 
 /// Reads the members for `status` (`epoch`: the epoch key as just read), and keeps what
 /// it saw (held only to store it).
 fn see(sh: &Shared, epoch: &Result<Option<Kv>, EtcdError>) {
+    see_with(sh, &sh.etcd, epoch)
+}
+
+fn see_with(sh: &Shared, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, EtcdError>) {
     let members = match epoch {
-        Ok(_) => sh.etcd.list(&sh.keys.members()).map_err(|e| e.to_string()),
+        Ok(_) => etcd.list(&sh.keys.members()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     let mut seen = sh.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -184,6 +184,9 @@ pub struct Seen {
     pub error: Option<String>,
 }
 
+/// How long `status` waits for etcd before it shows what the member agent last read.
+pub const STATUS_DEADLINE: Duration = Duration::from_millis(50);
+
 /// What the node's parts share.
 pub struct Shared {
     pub cfg: ClusterConfig,
@@ -201,6 +204,9 @@ pub struct Shared {
     /// The cluster as the member agent last read it, for `status` (which never waits
     /// on etcd).
     pub seen: Mutex<Seen>,
+    /// A client whose calls give up after [`STATUS_DEADLINE`]: `status` reads the
+    /// cluster through it, and shows what the agent last read when etcd is slow.
+    pub quick: etcd::Etcd,
     /// Stops the local run (when the node fences itself while collecting).
     pub stop_run: Box<dyn Fn() + Send + Sync>,
     stopping: AtomicBool,
@@ -243,6 +249,9 @@ impl Node {
             etcd,
             held,
         } = s.claimed.into_parts();
+        let quick = cfg
+            .client(STATUS_DEADLINE)
+            .map_err(|e| format!("cluster: {e}"))?;
         let shared = Arc::new(Shared {
             keys: records::Keys::new(&cfg.prefix),
             cfg,
@@ -254,6 +263,7 @@ impl Node {
             session: session::Session::started(held),
             collecting: Collecting::default(),
             seen: Mutex::new(Seen::default()),
+            quick,
             stop_run: s.stop_run,
             stopping: AtomicBool::new(false),
         });
@@ -261,7 +271,7 @@ impl Node {
             lease_ttl = ?shared.cfg.lease_ttl, prefix = %shared.cfg.prefix,
             "cluster mode: the store opens for writes once this node is a member and no epoch is on");
         // What `status` shows of the cluster from the first moment.
-        member::look(&shared);
+        member::look(&shared, &shared.etcd);
         let mut node = Node {
             shared,
             threads: vec![],
