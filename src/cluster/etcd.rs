@@ -406,9 +406,15 @@ impl Etcd {
     fn transport(&self, i: usize, e: ureq::Error) -> EtcdError {
         let endpoint = self.endpoints[i].clone();
         if tls_failure(&e) {
+            let hint = if self.client_cert {
+                ""
+            } else {
+                " (if etcd runs with --client-cert-auth it wants this node's certificate: \
+                 cluster.cert_file, cluster.key_file)"
+            };
             EtcdError::Credentials {
                 endpoint,
-                message: format!("TLS: {e}"),
+                message: format!("TLS: {e}{hint}"),
             }
         } else if endpoint.starts_with("https://") && !self.client_cert && cut_off(&e) {
             // A server wanting a client certificate hangs up on TLS 1.3 clients without
