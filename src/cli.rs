@@ -353,6 +353,37 @@ pub struct MountArgs {
     /// The etcd key prefix of this cluster [default: /regfs/].
     #[arg(long, value_name = "PREFIX", help_heading = "Cluster")]
     pub cluster_prefix: Option<String>,
+
+    /// The CA (PEM) etcd's server certificate chains to; needed by https:// endpoints.
+    #[arg(long, value_name = "FILE", help_heading = "Cluster")]
+    pub cluster_ca_file: Option<PathBuf>,
+
+    /// This node's client certificate (PEM), for an etcd run with --client-cert-auth.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Cluster",
+        requires = "cluster_key_file"
+    )]
+    pub cluster_cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM; mode 0600, owned by root).
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Cluster",
+        requires = "cluster_cert_file"
+    )]
+    pub cluster_key_file: Option<PathBuf>,
+
+    /// etcd user (etcd's user/password authentication).
+    #[arg(long, value_name = "USER", help_heading = "Cluster")]
+    pub cluster_username: Option<String>,
+
+    /// A file whose first line is the etcd user's password (mode 0600, owned by root):
+    /// never the password itself on the command line.
+    #[arg(long, value_name = "FILE", help_heading = "Cluster")]
+    pub cluster_password_file: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -404,6 +435,13 @@ impl MountArgs {
             cluster_node: self.cluster_node.clone(),
             cluster_lease_ttl: self.cluster_lease_ttl,
             cluster_prefix: self.cluster_prefix.clone(),
+            cluster_access: regfs::config::ClusterAccessFlags {
+                ca_file: self.cluster_ca_file.clone(),
+                cert_file: self.cluster_cert_file.clone(),
+                key_file: self.cluster_key_file.clone(),
+                username: self.cluster_username.clone(),
+                password_file: self.cluster_password_file.clone(),
+            },
         }
     }
 }

@@ -58,7 +58,7 @@ use crate::settings::layers::{Fixed, GcValues};
 use crate::settings::owner::Sources;
 
 mod cluster;
-pub use cluster::ClusterSection;
+pub use cluster::{ClusterAccessFlags, ClusterSection};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -247,6 +247,8 @@ pub struct MountFlags {
     pub cluster_node: Option<String>,
     pub cluster_lease_ttl: Option<Duration>,
     pub cluster_prefix: Option<String>,
+    /// `--cluster-{ca,cert,key}-file`, `--cluster-username`, `--cluster-password-file`.
+    pub cluster_access: ClusterAccessFlags,
 }
 
 impl MountFlags {

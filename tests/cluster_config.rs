@@ -74,8 +74,12 @@ fn bad_values_are_refused_naming_the_key() {
     for (text, key) in [
         ("[cluster]\nendpoints = []\n", "cluster.endpoints"),
         (
-            "[cluster]\nendpoints = [\"https://a:2379\"]\n",
+            "[cluster]\nendpoints = [\"ftp://a:2379\"]\n",
             "cluster.endpoints",
+        ),
+        (
+            "[cluster]\nendpoints = [\"https://a:2379\"]\n",
+            "cluster.ca_file",
         ),
         (
             "[cluster]\nendpoints = [\"http://a:1\"]\nlease_ttl = \"1s\"\n",
@@ -102,5 +106,152 @@ fn bad_values_are_refused_naming_the_key() {
     assert!(
         FileConfig::parse("[cluster]\nendpoint = []\n", "t.toml").is_err(),
         "unknown key"
+    );
+}
+
+/// A PEM file of `label` (the framing is what the configuration checks; etcd checks the
+/// rest), at `mode`.
+fn pem(dir: &Path, name: &str, label: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    let text =
+        format!("-----BEGIN {label}-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOC\n-----END {label}-----\n");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p.display().to_string()
+}
+
+fn secret(dir: &Path, name: &str, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn etcd_tls_and_auth_are_read_from_the_section_and_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pem(d, "ca.pem", "CERTIFICATE", 0o644);
+    let cert = pem(d, "client.pem", "CERTIFICATE", 0o644);
+    let key = pem(d, "client-key.pem", "PRIVATE KEY", 0o600);
+    let pw = secret(d, "pw", "s3cret\n", 0o600);
+    let text = format!(
+        "[cluster]\nendpoints = [\"https://10.0.0.1:2379\"]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\nusername = \"regfs\"\npassword_file = {pw:?}\n"
+    );
+    let o = resolve(&flags(), &file(&text), "t.toml").unwrap();
+    let a = o.cluster.unwrap().access;
+    assert_eq!(a.ca_file.as_deref(), Some(Path::new(&ca)));
+    assert_eq!(
+        a.client_cert,
+        Some((cert.clone().into(), key.clone().into()))
+    );
+    assert_eq!(a.auth, Some(("regfs".into(), pw.clone().into())));
+    // Flags over the file.
+    let other_pw = secret(d, "pw2", "other\n", 0o400);
+    let mut f = flags();
+    f.cluster_access.username = Some("root".into());
+    f.cluster_access.password_file = Some(other_pw.clone().into());
+    let a = resolve(&f, &file(&text), "t.toml")
+        .unwrap()
+        .cluster
+        .unwrap()
+        .access;
+    assert_eq!(a.auth, Some(("root".into(), other_pw.into())));
+}
+
+#[test]
+fn bad_etcd_tls_and_auth_settings_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pem(d, "ca.pem", "CERTIFICATE", 0o644);
+    let cert = pem(d, "client.pem", "CERTIFICATE", 0o644);
+    let key = pem(d, "client-key.pem", "PRIVATE KEY", 0o600);
+    let open_key = pem(d, "open-key.pem", "PRIVATE KEY", 0o644);
+    let not_pem = secret(d, "junk.pem", "hello\n", 0o644);
+    let pw = secret(d, "pw", "s3cret\n", 0o600);
+    let open_pw = secret(d, "open-pw", "s3cret\n", 0o640);
+    let empty_pw = secret(d, "empty-pw", "\n", 0o600);
+    let missing = d.join("missing.pem").display().to_string();
+    let https = "[cluster]\nendpoints = [\"https://a:2379\"]\n";
+    let http = "[cluster]\nendpoints = [\"http://a:2379\"]\n";
+    for (text, key_at_fault, says) in [
+        (
+            format!("{https}ca_file = {missing:?}\n"),
+            "cluster.ca_file",
+            "missing.pem",
+        ),
+        (
+            format!("{https}ca_file = {not_pem:?}\n"),
+            "cluster.ca_file",
+            "no PEM certificate",
+        ),
+        (
+            format!("{http}ca_file = {ca:?}\n"),
+            "cluster.ca_file",
+            "https://",
+        ),
+        (
+            "[cluster]\nendpoints = [\"https://a:1\", \"http://b:1\"]\n".to_string(),
+            "cluster.endpoints",
+            "mixes",
+        ),
+        (
+            format!("{https}ca_file = {ca:?}\ncert_file = {cert:?}\n"),
+            "cluster.cert_file",
+            "private key",
+        ),
+        (
+            format!("{https}ca_file = {ca:?}\nkey_file = {key:?}\n"),
+            "cluster.key_file",
+            "certificate",
+        ),
+        (
+            format!("{https}ca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {open_key:?}\n"),
+            "cluster.key_file",
+            "chmod 600",
+        ),
+        (
+            format!("{http}username = \"root\"\n"),
+            "cluster.username",
+            "password",
+        ),
+        (
+            format!("{http}password_file = {pw:?}\n"),
+            "cluster.password_file",
+            "user",
+        ),
+        (
+            format!("{http}username = \"root\"\npassword_file = {open_pw:?}\n"),
+            "cluster.password_file",
+            "mode 0640",
+        ),
+        (
+            format!("{http}username = \"root\"\npassword_file = {empty_pw:?}\n"),
+            "cluster.password_file",
+            "empty",
+        ),
+    ] {
+        let e = resolve(&flags(), &file(&text), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(key_at_fault) && e.contains("t.toml") && e.contains(says),
+            "{text}: {e}"
+        );
+    }
+    // A flag at fault is named as the flag.
+    let mut f = flags();
+    f.cluster_access.username = Some("root".into());
+    f.cluster_access.password_file = Some(open_pw.into());
+    let e = resolve(&f, &file(http), "t.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("--cluster-password-file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert!(
+        FileConfig::parse("[cluster]\npassword = \"x\"\n", "t.toml").is_err(),
+        "no password in the file itself"
     );
 }

@@ -200,7 +200,7 @@ impl Claimed {
     /// lease of a holder that was a process of this machine and no longer runs. Without
     /// etcd the node starts fenced and claims its name once etcd answers.
     pub fn take(cfg: &ClusterConfig, mountpoint: &str) -> Result<Claimed, String> {
-        let etcd = Etcd::new(&cfg.endpoints, cfg.call_timeout()).map_err(|e| e.to_string())?;
+        let etcd = cfg.client(cfg.call_timeout()).map_err(|e| e.to_string())?;
         let keys = Keys::new(&cfg.prefix);
         let me = Holder::this_process();
         let mut held = None;
@@ -242,6 +242,9 @@ impl Claimed {
                         "cluster: this node's name is still held by a process of this machine that no longer runs; waiting for its lease to expire");
                     wait_gone(&etcd, &keys.member(&cfg.node), kv.create_revision, within);
                     waited_for = Some(kv.create_revision);
+                }
+                Err(e) if e.is_credentials() => {
+                    return Err(format!("cluster: etcd refuses this node: {e}"));
                 }
                 Err(e) => {
                     tracing::error!(node = %cfg.node, error = %e,
@@ -303,6 +306,7 @@ mod tests {
             node: "n".into(),
             lease_ttl: Duration::from_secs(2),
             prefix: "/regfs/".into(),
+            access: Default::default(),
         };
         record(&cfg, "/mnt", me, "open", Utc::now())
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::Shared;
-use super::records::{EpochRecord, MemberRecord};
-use crate::daemon::epoch::{ClusterRun, ClusterView, EpochCoordinator, MemberDrain, MemberView};
+use super::records::EpochRecord;
+use crate::daemon::epoch::{ClusterRun, ClusterView, EpochCoordinator, MemberDrain};
 use crate::daemon::job::Job;
 
 /// Job records kept in etcd.
@@ -48,7 +48,7 @@ impl Collector {
     }
 
     fn current(&self) -> Option<u64> {
-        *self.sh.collecting.lock().unwrap_or_else(|e| e.into_inner())
+        self.sh.collecting.epoch()
     }
 
     /// Members alive now (their entries are under their leases), but this node.
@@ -138,22 +138,27 @@ impl EpochCoordinator for Collector {
             phase: "closing".into(),
         };
         let value = serde_json::to_vec(&rec).unwrap_or_default();
-        // Under the lock the member agent reads it with, so it never takes this node's
-        // own epoch for another's.
-        let mut collecting = sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        // Claimed as the member agent can tell (see `Collecting`), so it never takes this
+        // node's own epoch for another's.
+        if !sh.collecting.start_claim() {
+            return Err("cluster: this node is already claiming or holding an epoch".into());
+        }
         let lease = sh.session.lease();
         match sh.etcd.create(&sh.keys.epoch(), &value, lease) {
             Ok(Some(epoch)) => {
-                *collecting = Some(epoch);
                 self.claimed_under.store(lease, Ordering::SeqCst);
+                sh.collecting.claimed(Some(epoch));
                 tracing::warn!(node = %sh.cfg.node, epoch, job, "cluster: this node collects epoch {epoch}");
                 Ok(())
             }
             Ok(None) => {
-                drop(collecting);
+                sh.collecting.claimed(None);
                 Err(self.describe_epoch())
             }
-            Err(e) => Err(format!("cluster: {e}")),
+            Err(e) => {
+                sh.collecting.claimed(None);
+                Err(format!("cluster: {e}"))
+            }
         }
     }
 
@@ -217,11 +222,7 @@ impl EpochCoordinator for Collector {
         }
         // Given up first: the member agent then takes the key, if still there, for a
         // leftover of this node's and removes it too, never for an epoch lost mid-run.
-        let taken = sh
-            .collecting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let taken = sh.collecting.take();
         let Some(epoch) = taken else {
             return;
         };
@@ -259,41 +260,27 @@ impl EpochCoordinator for Collector {
         }
     }
 
+    /// Read now (within [`STATUS_DEADLINE`](super::STATUS_DEADLINE)) while the node is
+    /// healthy, else as the member agent last read it (every
+    /// [`POLL`](super::member::POLL)): `status` never waits long on etcd, and holds no lock
+    /// while it does.
     fn view(&self) -> Option<ClusterView> {
         let sh = &self.sh;
-        let mut view = ClusterView {
-            node: sh.cfg.node.clone(),
-            members: vec![],
-            collector: None,
-            epoch: None,
-            error: (!self.healthy()).then(|| self.unreachable()),
-        };
-        let members = sh.etcd.list(&sh.keys.members()).and_then(|m| {
-            let epoch = sh.etcd.get(&sh.keys.epoch())?;
-            Ok((m, epoch))
-        });
-        match members {
-            Err(e) => view.error = Some(format!("cluster: {e}")),
-            Ok((members, epoch)) => {
-                view.members = members
-                    .iter()
-                    .filter_map(|kv| serde_json::from_slice::<MemberRecord>(&kv.value).ok())
-                    .map(|m| MemberView {
-                        node: m.node,
-                        state: m.state,
-                        mountpoint: m.mountpoint,
-                        host: m.host,
-                        pid: m.pid,
-                    })
-                    .collect();
-                if let Some(kv) = epoch {
-                    view.epoch = Some(kv.create_revision);
-                    view.collector = serde_json::from_slice::<EpochRecord>(&kv.value)
-                        .ok()
-                        .map(|r| r.collector);
-                }
-            }
+        if self.healthy() {
+            super::member::look(sh, &sh.quick);
         }
-        Some(view)
+        let seen = sh.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let error = if self.healthy() {
+            seen.error.map(|e| format!("cluster: {e}"))
+        } else {
+            Some(self.unreachable())
+        };
+        Some(ClusterView {
+            node: sh.cfg.node.clone(),
+            members: seen.members,
+            collector: seen.epoch.as_ref().and_then(|(_, c)| c.clone()),
+            epoch: seen.epoch.map(|(e, _)| e),
+            error,
+        })
     }
 }

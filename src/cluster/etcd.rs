@@ -1,26 +1,191 @@
 //! A small blocking client of etcd's v3 API, through the JSON gateway every etcd server
 //! (3.4 on) serves beside gRPC: the same KV, transactions and leases, without an async
-//! runtime or a protobuf compiler in the build. Each call has a deadline, so a node that
-//! lost etcd learns it in bounded time. Plain `http://` endpoints only.
+//! runtime or a protobuf compiler in the build. HTTP is `ureq`'s (keep-alive, and TLS by
+//! the rustls the HTTP listener uses). Each call has a deadline, so a node that lost
+//! etcd learns it in bounded time; the endpoints are tried in turn.
+//!
+//! Production etcd: `https://` endpoints verified against a CA file, a client
+//! certificate for `--client-cert-auth`, and user/password authentication (a token from
+//! `/v3/auth/authenticate`, sent as `Authorization`, taken anew when etcd says it has
+//! expired; a token is per endpoint, as etcd's simple tokens are per member).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use thiserror::Error;
+use ureq::tls::{Certificate, ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 #[derive(Debug, Error)]
 pub enum EtcdError {
-    #[error("etcd endpoint {0:?}: not an http://HOST:PORT URL")]
+    #[error("etcd endpoint {0:?}: not an http(s)://HOST:PORT URL")]
     BadEndpoint(String),
     #[error("etcd unreachable ({0})")]
     Unreachable(String),
-    #[error("etcd {path}: {message}")]
-    Refused { path: String, message: String },
+    #[error("etcd {endpoint}{path}: {message}")]
+    Refused {
+        endpoint: String,
+        path: String,
+        message: String,
+    },
+    /// etcd answers but does not accept this client: its certificate, the server's
+    /// certificate against the CA, or the user and password. Waiting will not help.
+    #[error("etcd {endpoint}: {message}")]
+    Credentials { endpoint: String, message: String },
+    /// A file of the TLS or auth settings cannot be used.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl EtcdError {
+    /// etcd refuses this client's certificate or password (not an outage).
+    pub fn is_credentials(&self) -> bool {
+        matches!(self, EtcdError::Credentials { .. })
+    }
+}
+
+/// How this client proves itself to etcd and checks etcd's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Access {
+    /// PEM: the CA(s) etcd's server certificate must chain to (`https://` endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// PEM: this client's certificate (chain) and private key, for `--client-cert-auth`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd's user/password authentication: the user and the file holding its password.
+    pub auth: Option<(String, PathBuf)>,
+}
+
+/// The TLS settings read and parsed, ready for the client.
+struct Tls(TlsConfig);
+
+fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, EtcdError> {
+    let fail = |message: String| EtcdError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(fail(format!("larger than {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
+fn pem_items(path: &Path) -> Result<Vec<PemItem<'static>>, EtcdError> {
+    let bytes = read_file(path, 1 << 20)?;
+    ureq::tls::parse_pem(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EtcdError::File {
+            path: path.to_path_buf(),
+            message: format!("not PEM: {e}"),
+        })
+}
+
+/// The CA certificates of `path` (PEM, at least one).
+pub fn load_ca(path: &Path) -> Result<Vec<Certificate<'static>>, EtcdError> {
+    let certs: Vec<_> = pem_items(path)?
+        .into_iter()
+        .filter_map(|i| match i {
+            PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(EtcdError::File {
+            path: path.into(),
+            message: "no PEM certificate in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A client certificate chain (`cert`) and its private key (`key`, which no one but its
+/// owner may read: mode 0600 or stricter).
+pub fn load_client_cert(cert: &Path, key: &Path) -> Result<ClientCert, EtcdError> {
+    let chain = load_ca(cert)?;
+    secret_file_mode(key)?;
+    let key_item = pem_items(key)?.into_iter().find_map(|i| match i {
+        PemItem::PrivateKey(k) => Some(k),
+        _ => None,
+    });
+    let key_item = key_item.ok_or_else(|| EtcdError::File {
+        path: key.into(),
+        message: "no PEM private key in it".into(),
+    })?;
+    Ok(ClientCert::new_with_certs(&chain, key_item))
+}
+
+/// A file holding a secret must be a regular file that only its owner (root or this
+/// process's user) can read or write.
+fn secret_file_mode(path: &Path) -> Result<(), EtcdError> {
+    let fail = |message: String| EtcdError::File {
+        path: path.into(),
+        message,
+    };
+    let m = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !m.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != 0 && m.uid() != me {
+        return Err(fail(format!(
+            "owned by uid {}: a secret's file belongs to root or to this process's user",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {:04o}: others may read it; chmod 600 it",
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// The password in `path`: its first line (mode 0600 or stricter, not empty).
+pub fn read_password(path: &Path) -> Result<String, EtcdError> {
+    secret_file_mode(path)?;
+    let bytes = read_file(path, 4096)?;
+    let text = String::from_utf8(bytes).map_err(|_| EtcdError::File {
+        path: path.into(),
+        message: "not UTF-8 text".into(),
+    })?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        return Err(EtcdError::File {
+            path: path.into(),
+            message: "empty: the password is the file's first line".into(),
+        });
+    }
+    Ok(pw)
+}
+
+impl Access {
+    fn tls(&self) -> Result<Option<Tls>, EtcdError> {
+        let Some(ca) = &self.ca_file else {
+            return Ok(None);
+        };
+        let roots = RootCerts::new_with_certs(&load_ca(ca)?);
+        let client = match &self.client_cert {
+            Some((cert, key)) => Some(load_client_cert(cert, key)?),
+            None => None,
+        };
+        Ok(Some(Tls(TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .root_certs(roots)
+            .client_cert(client)
+            .build())))
+    }
 }
 
 /// A key and its value as etcd holds them.
@@ -32,28 +197,42 @@ pub struct Kv {
     pub lease: i64,
 }
 
-/// A client over one or more endpoints: the first that answers is used until it fails.
-pub struct Etcd {
-    endpoints: Vec<(String, String)>,
-    current: Mutex<usize>,
-    timeout: Duration,
+/// A user and password, and the token etcd gave for them at each endpoint.
+struct Login {
+    user: String,
+    password: String,
+    /// Per endpoint (etcd's simple tokens are known only to the member that made them).
+    /// Held only to read or replace a token, never across a call.
+    tokens: Mutex<Vec<Option<String>>>,
 }
 
-/// The host:port of an `http://host:port[/]` URL.
-fn host_port(url: &str) -> Result<String, EtcdError> {
+/// A client over one or more endpoints: the first that answers is used until it fails.
+pub struct Etcd {
+    endpoints: Vec<String>,
+    /// The endpoint that answered last; held only to read or set it.
+    current: Mutex<usize>,
+    agent: ureq::Agent,
+    login: Option<Login>,
+    /// Whether this client presents a certificate.
+    client_cert: bool,
+}
+
+/// The base URL of an `http(s)://host:port[/]` endpoint (no trailing slash).
+fn base_url(url: &str) -> Result<String, EtcdError> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| EtcdError::BadEndpoint(url.into()))?;
     let hp = rest.trim_end_matches('/');
     if hp.is_empty() || hp.contains('/') || !hp.contains(':') {
         return Err(EtcdError::BadEndpoint(url.into()));
     }
-    Ok(hp.to_string())
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Checks endpoint URLs (for the configuration).
 pub fn check_endpoint(url: &str) -> Result<(), EtcdError> {
-    host_port(url).map(|_| ())
+    base_url(url).map(|_| ())
 }
 
 fn b64(s: &[u8]) -> String {
@@ -81,54 +260,214 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// One endpoint's answer to one call.
+enum Answer {
+    Ok(Value),
+    /// An HTTP status other than 200, and etcd's message.
+    Refused(u16, String),
+}
+
+/// Whether etcd's refusal says the token is no longer good (expired, or made by another
+/// member): authenticate again.
+fn token_expired(status: u16, message: &str) -> bool {
+    status == 401
+        || message.contains("invalid auth token")
+        || message.contains("user name is empty")
+}
+
+/// Whether the connection was cut under a request (reset, broken pipe).
+fn cut_off(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e, ureq::Error::Io(io) if matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof))
+}
+
+/// Whether a transport error is TLS refusing this peer or this client.
+fn tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::Pem(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
 impl Etcd {
-    /// `timeout` bounds each call (connect, send, answer).
+    /// A client of plain `http://` endpoints; `timeout` bounds each call (connect, send,
+    /// answer).
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
+        Etcd::with_access(endpoints, &Access::default(), timeout)
+    }
+
+    /// A client proving itself as `access` says (its files are read now).
+    pub fn with_access(
+        endpoints: &[String],
+        access: &Access,
+        timeout: Duration,
+    ) -> Result<Etcd, EtcdError> {
         let endpoints = endpoints
             .iter()
-            .map(|e| host_port(e).map(|hp| (e.clone(), hp)))
+            .map(|e| base_url(e))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent("regfs");
+        if let Some(Tls(tls)) = access.tls()? {
+            config = config.tls_config(tls);
+        }
+        let login = match &access.auth {
+            Some((user, file)) => Some(Login {
+                user: user.clone(),
+                password: read_password(file)?,
+                tokens: Mutex::new(vec![None; endpoints.len()]),
+            }),
+            None => None,
+        };
         Ok(Etcd {
             endpoints,
             current: Mutex::new(0),
-            timeout,
+            agent: config.build().new_agent(),
+            login,
+            client_cert: access.client_cert.is_some(),
         })
     }
 
-    fn post_to(&self, hp: &str, path: &str, body: &str) -> Result<Value, String> {
-        let addr: SocketAddr = hp
-            .to_socket_addrs()
-            .map_err(|e| format!("{hp}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{hp}: no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(self.timeout))
-            .and_then(|()| s.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| e.to_string())?;
-        // HTTP/1.0: the answer ends at the connection's end, never chunked.
-        let req = format!(
-            "POST {path} HTTP/1.0\r\nHost: {hp}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.take(16 << 20)
-            .read_to_end(&mut raw)
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or("a truncated answer".to_string())?;
-        let status = head.split(' ').nth(1).unwrap_or("");
-        let v: Value = serde_json::from_str(body).map_err(|e| format!("bad JSON: {e}"))?;
-        if status != "200" {
+    /// POSTs `body` to `url`: etcd's answer, or a transport error.
+    fn post(&self, url: &str, token: Option<&str>, body: &str) -> Result<Answer, ureq::Error> {
+        let mut req = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
+        }
+        let mut resp = req.send(body)?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status != 200 {
             let message = v["message"]
                 .as_str()
                 .or(v["error"].as_str())
-                .unwrap_or(body);
-            return Ok(json!({"__refused": format!("HTTP {status}: {message}")}));
+                .unwrap_or(text.trim())
+                .to_string();
+            return Ok(Answer::Refused(status, format!("HTTP {status}: {message}")));
         }
-        Ok(v)
+        if v.is_null() {
+            return Ok(Answer::Refused(status, format!("not JSON: {text:.200}")));
+        }
+        Ok(Answer::Ok(v))
+    }
+
+    /// A token for endpoint `i`: the one held, or a new one (`fresh`).
+    fn token(&self, i: usize, fresh: bool) -> Result<Option<String>, EtcdError> {
+        let Some(login) = &self.login else {
+            return Ok(None);
+        };
+        let held = login.tokens.lock().unwrap_or_else(|e| e.into_inner())[i].clone();
+        if let Some(t) = held.filter(|_| !fresh) {
+            return Ok(Some(t));
+        }
+        let endpoint = &self.endpoints[i];
+        let body = json!({"name": login.user, "password": login.password}).to_string();
+        let url = format!("{endpoint}/v3/auth/authenticate");
+        let answer = self
+            .post(&url, None, &body)
+            .map_err(|e| self.transport(i, e))?;
+        let token = match answer {
+            Answer::Ok(v) => v["token"].as_str().unwrap_or("").to_string(),
+            Answer::Refused(_, message) => {
+                return Err(EtcdError::Credentials {
+                    endpoint: endpoint.clone(),
+                    message: format!("authenticating as {:?}: {message}", login.user),
+                });
+            }
+        };
+        if token.is_empty() {
+            return Err(EtcdError::Credentials {
+                endpoint: endpoint.clone(),
+                message: format!(
+                    "authenticating as {:?}: no token given (is authentication enabled?)",
+                    login.user
+                ),
+            });
+        }
+        login.tokens.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    /// A transport error at endpoint `i`: TLS refusing is a credentials error.
+    fn transport(&self, i: usize, e: ureq::Error) -> EtcdError {
+        let endpoint = self.endpoints[i].clone();
+        if tls_failure(&e) {
+            let hint = if self.client_cert {
+                ""
+            } else {
+                " (if etcd runs with --client-cert-auth it wants this node's certificate: \
+                 cluster.cert_file, cluster.key_file)"
+            };
+            EtcdError::Credentials {
+                endpoint,
+                message: format!("TLS: {e}{hint}"),
+            }
+        } else if endpoint.starts_with("https://") && !self.client_cert && cut_off(&e) {
+            // A server wanting a client certificate hangs up on TLS 1.3 clients without
+            // one after the handshake, as a network failure would.
+            EtcdError::Unreachable(format!(
+                "{endpoint}: {e} (if etcd runs with --client-cert-auth it wants this node's \
+                 certificate: cluster.cert_file, cluster.key_file)"
+            ))
+        } else {
+            EtcdError::Unreachable(format!("{endpoint}: {e}"))
+        }
+    }
+
+    /// Calls `path` at endpoint `i`, authenticating (again) when needed.
+    fn call_at(&self, i: usize, path: &str, body: &str) -> Result<Value, EtcdError> {
+        let url = format!("{}{path}", self.endpoints[i]);
+        let mut fresh = false;
+        loop {
+            let token = self.token(i, fresh)?;
+            match self
+                .post(&url, token.as_deref(), body)
+                .map_err(|e| self.transport(i, e))?
+            {
+                Answer::Ok(v) => return Ok(v),
+                Answer::Refused(status, message)
+                    if !fresh && token.is_some() && token_expired(status, &message) =>
+                {
+                    tracing::debug!(endpoint = %self.endpoints[i], %message, "etcd: token refused; authenticating again");
+                    fresh = true;
+                }
+                Answer::Refused(status, message)
+                    if status == 401
+                        || message.contains("user name is empty")
+                        || message.contains("permission denied") =>
+                {
+                    let hint = match &self.login {
+                        None => " (etcd wants a user: cluster.username, cluster.password_file)",
+                        Some(_) => "",
+                    };
+                    return Err(EtcdError::Credentials {
+                        endpoint: self.endpoints[i].clone(),
+                        message: format!("{path}: {message}{hint}"),
+                    });
+                }
+                Answer::Refused(_, message) => {
+                    return Err(EtcdError::Refused {
+                        endpoint: self.endpoints[i].clone(),
+                        path: path.into(),
+                        message,
+                    });
+                }
+            }
+        }
     }
 
     /// Calls `path` on the current endpoint, then on each other once.
@@ -137,24 +476,31 @@ impl Etcd {
         let n = self.endpoints.len();
         let first = *self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut errors = Vec::new();
+        let mut refused = None;
         for k in 0..n {
             let i = (first + k) % n;
-            let (url, hp) = &self.endpoints[i];
-            match self.post_to(hp, path, &body) {
+            match self.call_at(i, path, &body) {
                 Ok(v) => {
                     *self.current.lock().unwrap_or_else(|e| e.into_inner()) = i;
-                    if let Some(m) = v.get("__refused") {
-                        return Err(EtcdError::Refused {
-                            path: path.into(),
-                            message: m.as_str().unwrap_or("").into(),
-                        });
-                    }
                     return Ok(v);
                 }
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(EtcdError::Unreachable(e)) => errors.push(e),
+                // Another endpoint may take this client (or be the one misconfigured).
+                Err(e @ EtcdError::Credentials { .. }) => {
+                    errors.push(e.to_string());
+                    refused.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(EtcdError::Unreachable(errors.join("; ")))
+        match refused {
+            Some(e) if n == 1 => Err(e),
+            Some(EtcdError::Credentials { endpoint, .. }) => Err(EtcdError::Credentials {
+                endpoint,
+                message: errors.join("; "),
+            }),
+            _ => Err(EtcdError::Unreachable(errors.join("; "))),
+        }
     }
 
     /// A new lease of `ttl` seconds; its id.
@@ -234,6 +580,8 @@ impl Etcd {
             .next()
             .map(Err)
             .ok_or_else(|| EtcdError::Refused {
+                endpoint: self.endpoints[*self.current.lock().unwrap_or_else(|e| e.into_inner())]
+                    .clone(),
                 path: path.into(),
                 message: format!("{key}: neither created nor found"),
             })
@@ -320,11 +668,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_must_be_plain_http_host_port() {
+    fn endpoints_are_http_or_https_host_port() {
         assert!(check_endpoint("http://127.0.0.1:2379").is_ok());
         assert!(check_endpoint("http://etcd-1:2379/").is_ok());
+        assert!(check_endpoint("https://etcd-1:2379").is_ok());
         for bad in [
-            "https://a:2379",
+            "ftp://a:2379",
             "127.0.0.1:2379",
             "http://a",
             "http://a:1/v3",

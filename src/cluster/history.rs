@@ -23,6 +23,9 @@ struct Note {
     endpoints: Vec<String>,
     prefix: String,
     node: String,
+    /// Where etcd's CA, client certificate and password are (paths, never secrets).
+    #[serde(default)]
+    access: super::etcd::Access,
 }
 
 /// Written by the daemon at start (0600 like every file it makes there).
@@ -31,6 +34,7 @@ pub fn write_note(dir: &StateDir, cfg: &ClusterConfig) -> std::io::Result<()> {
         endpoints: cfg.endpoints.clone(),
         prefix: cfg.prefix.clone(),
         node: cfg.node.clone(),
+        access: cfg.access.clone(),
     };
     dir.replace(FILE, &serde_json::to_vec(&note).unwrap_or_default(), false)
 }
@@ -50,7 +54,8 @@ pub fn other_nodes_runs(state_dir: &Path) -> Option<Result<Vec<Job>, String>> {
 
 fn read_runs(note: &str, shown: &str) -> Result<Vec<Job>, String> {
     let note: Note = serde_json::from_str(note).map_err(|e| format!("{shown}: {e}"))?;
-    let etcd = Etcd::new(&note.endpoints, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let etcd = Etcd::with_access(&note.endpoints, &note.access, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
     let kvs = etcd
         .list(&Keys::new(&note.prefix).jobs())
         .map_err(|e| format!("the cluster's runs: {e}"))?;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::Shared;
-use super::etcd::Kv;
-use crate::daemon::epoch::MemberDrain;
+use super::etcd::{EtcdError, Kv};
+use super::records::{EpochRecord, MemberRecord};
+use crate::daemon::epoch::{MemberDrain, MemberView};
 use crate::daemon::job::CutWriter;
 
 /// How often the agent looks at etcd: the delay before a member starts closing.
@@ -75,14 +76,19 @@ fn tick(sh: &Shared, st: &mut Local) {
         st.acked = None;
     }
     publish(sh, st, lease);
-    // The epoch is read under the lock `begin` claims one under: otherwise this node's
-    // own new epoch, claimed between the read and the lock, would look gone.
-    let claim = sh.collecting.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(epoch) = sh.etcd.get(&sh.keys.epoch()) else {
+    // This node's own claim, seen unchanged before and after the read: otherwise its
+    // new epoch, claimed meanwhile, would look like another's or gone.
+    let before = sh.collecting.now();
+    let epoch = sh.etcd.get(&sh.keys.epoch());
+    see(sh, &epoch);
+    let Ok(epoch) = epoch else {
         return; // a passing failure; a lasting one shows in the session
     };
-    let collecting = *claim;
-    drop(claim);
+    let after = sh.collecting.now();
+    if before.claiming || before != after {
+        return; // the next tick decides
+    }
+    let collecting = after.epoch;
     match epoch {
         Some(kv) if Some(kv.create_revision) == collecting => st.state = State::Collecting,
         Some(kv) if kv.lease == lease => {
@@ -108,6 +114,55 @@ fn tick(sh: &Shared, st: &mut Local) {
         }
     }
     publish(sh, st, lease);
+}
+
+/// Reads the cluster for `status` through `etcd` (at start, before the agent's first
+/// tick, and from `status` with a short deadline); false if etcd did not answer.
+pub fn look(sh: &Shared, etcd: &super::etcd::Etcd) -> bool {
+    let epoch = etcd.get(&sh.keys.epoch());
+    if epoch.is_err() {
+        return false; // what was last read stands
+    }
+    see_with(sh, etcd, &epoch);
+    true
+}
+
+/// Reads the members for `status` (`epoch`: the epoch key as just read), and keeps what
+/// it saw (held only to store it).
+fn see(sh: &Shared, epoch: &Result<Option<Kv>, EtcdError>) {
+    see_with(sh, &sh.etcd, epoch)
+}
+
+fn see_with(sh: &Shared, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, EtcdError>) {
+    let members = match epoch {
+        Ok(_) => etcd.list(&sh.keys.members()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut seen = sh.seen.lock().unwrap_or_else(|e| e.into_inner());
+    match (members, epoch) {
+        (Ok(members), Ok(epoch)) => {
+            seen.members = members
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<MemberRecord>(&kv.value).ok())
+                .map(|m| MemberView {
+                    node: m.node,
+                    state: m.state,
+                    mountpoint: m.mountpoint,
+                    host: m.host,
+                    pid: m.pid,
+                })
+                .collect();
+            seen.epoch = epoch.as_ref().map(|kv| {
+                let collector = serde_json::from_slice::<EpochRecord>(&kv.value)
+                    .ok()
+                    .map(|r| r.collector);
+                (kv.create_revision, collector)
+            });
+            seen.error = None;
+        }
+        (Err(e), _) => seen.error = Some(e),
+        (Ok(_), Err(_)) => {}
+    }
 }
 
 /// Rewrites the member's entry when its lease or state changed: only while it is the
@@ -214,11 +269,7 @@ fn fence(sh: &Shared, st: &mut Local) {
         tracing::error!(node = %sh.cfg.node, error = sh.session.error().unwrap_or_default(),
             "cluster: lost etcd or this node's name; FENCED: the store refuses writes until both are back");
     }
-    let collecting = sh
-        .collecting
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_some();
+    let collecting = sh.collecting.epoch().is_some();
     if collecting {
         (sh.stop_run)();
     }

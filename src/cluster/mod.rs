@@ -66,6 +66,8 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Every key lives under it (several clusters can share one etcd).
     pub prefix: String,
+    /// TLS and authentication to etcd.
+    pub access: etcd::Access,
 }
 
 impl ClusterConfig {
@@ -105,11 +107,85 @@ impl ClusterConfig {
         self.lease_ttl / 5
     }
 
+    /// A client of this cluster's etcd whose calls last at most `timeout`.
+    pub fn client(&self, timeout: Duration) -> Result<etcd::Etcd, etcd::EtcdError> {
+        etcd::Etcd::with_access(&self.endpoints, &self.access, timeout)
+    }
+
     /// The deadline of each call to etcd.
     pub fn call_timeout(&self) -> Duration {
         (self.lease_ttl / 6).max(Duration::from_millis(200))
     }
 }
+
+/// The epoch this node collects. Claiming one is an etcd call, made without holding
+/// this lock: the member agent, which reads the epoch key from etcd, compares what it
+/// saw here before and after its read, and decides nothing from a read that a claim (or
+/// its end) may have overtaken.
+#[derive(Debug, Default)]
+pub struct Collecting(Mutex<CollectingState>);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CollectingState {
+    /// The epoch claimed, until the run ends.
+    pub epoch: Option<u64>,
+    /// A claim is under way (its answer not yet known).
+    pub claiming: bool,
+    /// Bumped at every change.
+    pub changes: u64,
+}
+
+impl Collecting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CollectingState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn now(&self) -> CollectingState {
+        *self.lock()
+    }
+
+    pub fn epoch(&self) -> Option<u64> {
+        self.lock().epoch
+    }
+
+    /// A claim starts; false if one is already under way or held.
+    pub fn start_claim(&self) -> bool {
+        let mut c = self.lock();
+        if c.claiming || c.epoch.is_some() {
+            return false;
+        }
+        c.claiming = true;
+        c.changes += 1;
+        true
+    }
+
+    /// The claim's answer: the epoch, or none.
+    pub fn claimed(&self, epoch: Option<u64>) {
+        let mut c = self.lock();
+        c.claiming = false;
+        c.epoch = epoch;
+        c.changes += 1;
+    }
+
+    /// The run ended: the epoch it held.
+    pub fn take(&self) -> Option<u64> {
+        let mut c = self.lock();
+        c.changes += 1;
+        c.epoch.take()
+    }
+}
+
+/// The members and the epoch as last read from etcd.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub members: Vec<crate::daemon::epoch::MemberView>,
+    pub epoch: Option<(u64, Option<String>)>,
+    /// The last read failed: why.
+    pub error: Option<String>,
+}
+
+/// How long `status` waits for etcd before it shows what the member agent last read.
+pub const STATUS_DEADLINE: Duration = Duration::from_millis(50);
 
 /// What the node's parts share.
 pub struct Shared {
@@ -124,7 +200,13 @@ pub struct Shared {
     pub drain_timeout: Duration,
     pub session: session::Session,
     /// The epoch this node collects, while it does.
-    pub collecting: Mutex<Option<u64>>,
+    pub collecting: Collecting,
+    /// The cluster as the member agent last read it, for `status` (which never waits
+    /// on etcd).
+    pub seen: Mutex<Seen>,
+    /// A client whose calls give up after [`STATUS_DEADLINE`]: `status` reads the
+    /// cluster through it, and shows what the agent last read when etcd is slow.
+    pub quick: etcd::Etcd,
     /// Stops the local run (when the node fences itself while collecting).
     pub stop_run: Box<dyn Fn() + Send + Sync>,
     stopping: AtomicBool,
@@ -167,6 +249,9 @@ impl Node {
             etcd,
             held,
         } = s.claimed.into_parts();
+        let quick = cfg
+            .client(STATUS_DEADLINE)
+            .map_err(|e| format!("cluster: {e}"))?;
         let shared = Arc::new(Shared {
             keys: records::Keys::new(&cfg.prefix),
             cfg,
@@ -176,13 +261,17 @@ impl Node {
             me,
             drain_timeout: s.drain_timeout,
             session: session::Session::started(held),
-            collecting: Mutex::new(None),
+            collecting: Collecting::default(),
+            seen: Mutex::new(Seen::default()),
+            quick,
             stop_run: s.stop_run,
             stopping: AtomicBool::new(false),
         });
         tracing::info!(node = %shared.cfg.node, endpoints = ?shared.cfg.endpoints,
             lease_ttl = ?shared.cfg.lease_ttl, prefix = %shared.cfg.prefix,
             "cluster mode: the store opens for writes once this node is a member and no epoch is on");
+        // What `status` shows of the cluster from the first moment.
+        member::look(&shared, &shared.etcd);
         let mut node = Node {
             shared,
             threads: vec![],

@@ -1,12 +1,13 @@
 //! `[cluster]` and the `--cluster-*` flags (cluster mode, see `crate::cluster`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, FileConfig, MountFlags, Named, bad};
 use crate::cluster::ClusterConfig;
+use crate::cluster::etcd::{self, Access, EtcdError};
 
 /// Several nodes serving one shared store, coordinated through etcd.
 #[derive(Debug, Default, Deserialize)]
@@ -16,6 +17,159 @@ pub struct ClusterSection {
     pub node: Option<String>,
     pub lease_ttl: Option<String>,
     pub prefix: Option<String>,
+    /// PEM: the CA etcd's server certificate chains to (`https://` endpoints need it).
+    pub ca_file: Option<PathBuf>,
+    /// PEM: this node's client certificate and key (etcd's `--client-cert-auth`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd's user/password authentication: the user, and a file (mode 0600, owned by
+    /// root) whose first line is the password. Never the password itself.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The flags of etcd's TLS and authentication, as `[cluster]`'s keys.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterAccessFlags {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The TLS and authentication settings, checked together and their files read (so a
+/// file that will not do fails the configuration, naming its key).
+fn access(
+    args: &ClusterAccessFlags,
+    c: &ClusterSection,
+    n: &Named<'_>,
+    origin: &str,
+    endpoints: (&[String], &str, &str),
+) -> Result<Access, ConfigError> {
+    let ca = n.pick(
+        args.ca_file.clone(),
+        "--cluster-ca-file",
+        c.ca_file.clone(),
+        "cluster.ca_file",
+    );
+    let cert = n.pick(
+        args.cert_file.clone(),
+        "--cluster-cert-file",
+        c.cert_file.clone(),
+        "cluster.cert_file",
+    );
+    let key = n.pick(
+        args.key_file.clone(),
+        "--cluster-key-file",
+        c.key_file.clone(),
+        "cluster.key_file",
+    );
+    let user = n.pick(
+        args.username.clone(),
+        "--cluster-username",
+        c.username.clone(),
+        "cluster.username",
+    );
+    let password = n.pick(
+        args.password_file.clone(),
+        "--cluster-password-file",
+        c.password_file.clone(),
+        "cluster.password_file",
+    );
+    let (urls, eo, ek) = endpoints;
+    let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+    if https != 0 && https != urls.len() {
+        return Err(bad(
+            eo.into(),
+            ek.into(),
+            "mixes http:// and https:// endpoints: one cluster speaks one of them".into(),
+        ));
+    }
+    let file_err = |(_, o, k): &(PathBuf, String, String), e: EtcdError| {
+        bad(o.clone(), k.clone(), e.to_string())
+    };
+    let mut access = Access::default();
+    match (&ca, https != 0) {
+        (None, true) => {
+            return Err(bad(
+                origin.into(),
+                "cluster.ca_file".into(),
+                "missing: https:// endpoints are verified against this CA (PEM)".into(),
+            ));
+        }
+        (Some((_, o, k)), false) => {
+            return Err(bad(
+                o.clone(),
+                k.clone(),
+                format!(
+                    "set, but the endpoints are plain http:// (TLS needs https://, e.g. {:?})",
+                    urls[0].replacen("http://", "https://", 1)
+                ),
+            ));
+        }
+        (Some(ca), true) => {
+            etcd::load_ca(&ca.0).map_err(|e| file_err(ca, e))?;
+            access.ca_file = Some(ca.0.clone());
+        }
+        (None, false) => {}
+    }
+    match (&cert, &key) {
+        (Some(c), Some(k)) => {
+            if ca.is_none() {
+                return Err(bad(
+                    c.1.clone(),
+                    c.2.clone(),
+                    "a client certificate needs https:// endpoints and cluster.ca_file".into(),
+                ));
+            }
+            etcd::load_client_cert(&c.0, &k.0).map_err(|e| match &e {
+                EtcdError::File { path, .. } if *path == k.0 => file_err(k, e),
+                _ => file_err(c, e),
+            })?;
+            access.client_cert = Some((c.0.clone(), k.0.clone()));
+        }
+        (Some((_, o, k)), None) => {
+            return Err(bad(
+                o.clone(),
+                k.clone(),
+                "given without its private key (cluster.key_file, --cluster-key-file)".into(),
+            ));
+        }
+        (None, Some((_, o, k))) => {
+            return Err(bad(
+                o.clone(),
+                k.clone(),
+                "given without its certificate (cluster.cert_file, --cluster-cert-file)".into(),
+            ));
+        }
+        (None, None) => {}
+    }
+    match (user, &password) {
+        (Some((u, o, k)), _) if u.is_empty() || u.chars().any(char::is_control) => {
+            return Err(bad(
+                o,
+                k,
+                format!("{u:?}: a user name is non-empty text without control characters"),
+            ));
+        }
+        (Some((u, ..)), Some(p)) => {
+            etcd::read_password(&p.0).map_err(|e| file_err(p, e))?;
+            access.auth = Some((u, p.0.clone()));
+        }
+        (Some((_, o, k)), None) => {
+            return Err(bad(o, k, "given without a password: name the file holding it (cluster.password_file, --cluster-password-file)".into()));
+        }
+        (None, Some((_, o, k))) => {
+            return Err(bad(
+                o.clone(),
+                k.clone(),
+                "given without a user (cluster.username, --cluster-username)".into(),
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(access)
 }
 
 /// `[cluster]` and the `--cluster-*` flags; None without endpoints.
@@ -44,9 +198,9 @@ pub(super) fn resolve(
         return Err(bad(o, k, "no endpoint given".into()));
     }
     for e in &endpoints {
-        crate::cluster::etcd::check_endpoint(e)
-            .map_err(|e| bad(o.clone(), k.clone(), e.to_string()))?;
+        etcd::check_endpoint(e).map_err(|e| bad(o.clone(), k.clone(), e.to_string()))?;
     }
+    let access = access(&args.cluster_access, c, &n, origin, (&endpoints, &o, &k))?;
     let lease_ttl = match (args.cluster_lease_ttl, &c.lease_ttl) {
         (Some(d), _) => Some((
             d,
@@ -117,5 +271,6 @@ pub(super) fn resolve(
         node,
         lease_ttl,
         prefix,
+        access,
     }))
 }

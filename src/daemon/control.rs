@@ -164,26 +164,59 @@ impl ControlSocket {
     }
 }
 
-/// Listens on `<state_dir>/control.sock` in a background thread.
+/// Requests answered at once, each on a thread of its own: a `gc` waiting on etcd to
+/// claim its epoch does not hold up `status`.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Listens on `<state_dir>/control.sock` in a background thread; each request is answered
+/// on a thread of its own (at most [`MAX_IN_FLIGHT`]), joined by the listener.
 pub fn spawn(daemon: Arc<Daemon>) -> io::Result<ControlSocket> {
     let dir = daemon.state_dir().clone();
     let path = dir.path().join(SOCKET);
     let listener = bind(&dir)?;
     listener.set_nonblocking(true)?;
     let worker = Worker::spawn("regfs-control", move |stop| {
+        let mut answering: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !stop.is_set() {
+            join_finished(&mut answering);
             let mut fds = [PollFd::new(&listener, PollFlags::IN)];
             let timeout = Timespec::try_from(POLL).expect("a short timeout");
             if matches!(poll(&mut fds, Some(&timeout)), Ok(0) | Err(_)) {
                 continue;
             }
             match listener.accept() {
-                Ok((s, _)) => {
-                    let served = s
+                Ok((s, _)) if answering.len() >= MAX_IN_FLIGHT => {
+                    let busy = Response {
+                        error: Some(format!(
+                            "the daemon is answering {MAX_IN_FLIGHT} requests; try again"
+                        )),
+                        ..Response::default()
+                    };
+                    let mut out = serde_json::to_vec(&busy).unwrap_or_default();
+                    out.push(b'\n');
+                    let _ = s
                         .set_nonblocking(false)
-                        .and_then(|()| serve_one(&daemon, s));
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "control request failed");
+                        .and_then(|()| s.set_write_timeout(Some(POLL)))
+                        .and_then(|()| (&s).write_all(&out));
+                }
+                Ok((s, _)) => {
+                    let daemon = daemon.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("regfs-control-req".into())
+                        .spawn(move || {
+                            let served = s
+                                .set_nonblocking(false)
+                                .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(5))))
+                                .and_then(|()| serve_one(&daemon, s));
+                            if let Err(e) = served {
+                                tracing::debug!(error = %e, "control request failed");
+                            }
+                        });
+                    match spawned {
+                        Ok(t) => answering.push(t),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start a thread to answer a control request")
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -193,8 +226,20 @@ pub fn spawn(daemon: Arc<Daemon>) -> io::Result<ControlSocket> {
                 }
             }
         }
+        for t in answering {
+            let _ = t.join();
+        }
     })?;
     Ok(ControlSocket { path, dir, worker })
+}
+
+/// Joins the request threads that have ended.
+fn join_finished(threads: &mut Vec<std::thread::JoinHandle<()>>) {
+    let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.is_finished());
+    *threads = running;
+    for t in done {
+        let _ = t.join();
+    }
 }
 
 /// Sends one request to the daemon whose state directory is `state_dir`.

@@ -61,6 +61,9 @@ struct Inner {
     run_thread: Option<JoinHandle<()>>,
     /// Bumped on reload so the scheduler recomputes its next run.
     generation: u64,
+    /// The id of a run being started (its epoch claimed, its record written) outside
+    /// the lock: no second run starts meanwhile, and shutdown waits for it.
+    starting: Option<u64>,
 }
 
 /// The store a daemon collects, as the composition root hands it over.
@@ -254,24 +257,39 @@ impl Daemon {
         self.lock().shutting_down
     }
 
-    /// Starts a run now ("Save & Start"). One run at a time.
+    /// Starts a run now ("Save & Start"). One run at a time. The slot is taken under
+    /// the lock and the epoch claimed (etcd) and the run recorded (a file) without it, so
+    /// `status` never waits on either.
     pub fn trigger(self: &Arc<Self>, trigger: Trigger) -> Result<u64, TriggerError> {
         let settings = self.settings();
         if settings.duration == GcDuration::Never {
             return Err(TriggerError::Disabled);
         }
-        let mut inner = self.lock();
-        if inner.shutting_down {
-            return Err(TriggerError::ShuttingDown);
+        let id = {
+            let mut inner = self.lock();
+            if inner.shutting_down {
+                return Err(TriggerError::ShuttingDown);
+            }
+            if let Some(r) = &inner.running {
+                return Err(TriggerError::Busy(r.job.id));
+            }
+            if let Some(id) = inner.starting {
+                return Err(TriggerError::Busy(id));
+            }
+            inner.starting = Some(inner.next_id);
+            inner.next_id
+        };
+        // Frees the slot when the run does not start.
+        let give_up = |e: TriggerError| {
+            self.lock().starting = None;
+            self.changed.notify_all();
+            Err(e)
+        };
+        if let Err(e) = self.coordinator().begin(id) {
+            return give_up(TriggerError::Cluster(e));
         }
-        if let Some(r) = &inner.running {
-            return Err(TriggerError::Busy(r.job.id));
-        }
-        self.coordinator()
-            .begin(inner.next_id)
-            .map_err(TriggerError::Cluster)?;
         let job = Job::started(
-            inner.next_id,
+            id,
             trigger,
             super::job::JobSettings::of(&settings),
             Utc::now(),
@@ -282,16 +300,29 @@ impl Daemon {
             tracing::error!(job = job.id, error = %e,
                 "cannot record the running job in the state directory; running it anyway");
         }
-        inner.next_id += 1;
+        let abandon = |e: TriggerError| {
+            self.coordinator().end(&job);
+            if let Err(e) = self.history.clear_running() {
+                tracing::error!(error = %e, "cannot clear the running-job record");
+            }
+            give_up(e)
+        };
+        let mut inner = self.lock();
+        if inner.shutting_down {
+            drop(inner);
+            return abandon(TriggerError::ShuttingDown);
+        }
+        inner.starting = None;
+        inner.next_id = id + 1;
         let control = Arc::new(RunControl::default());
         control.set_limit(settings.time_limit());
-        let id = job.id;
         inner.running = Some(Running {
             job: job.clone(),
             control: control.clone(),
             read_only_since: None,
         });
-        // Spawned under the lock, so that shutdown always finds the thread to join.
+        // Spawned under the lock (spawning waits on nothing), so that shutdown always
+        // finds the thread to join.
         let daemon = self.clone();
         let unstarted = job.clone();
         let spawned = std::thread::Builder::new()
@@ -299,7 +330,9 @@ impl Daemon {
             .spawn(move || super::runner::run(&daemon.run_parts(), job, &control, &settings));
         match spawned {
             Ok(thread) => {
-                if let Some(last) = inner.run_thread.replace(thread) {
+                let last = inner.run_thread.replace(thread);
+                drop(inner);
+                if let Some(last) = last {
                     let _ = last.join(); // ended: its run freed the slot
                 }
                 Ok(id)
@@ -307,10 +340,12 @@ impl Daemon {
             Err(e) => {
                 inner.running = None;
                 drop(inner);
-                self.coordinator().end(&unstarted);
+                let job = unstarted;
+                self.coordinator().end(&job);
                 if let Err(e) = self.history.clear_running() {
                     tracing::error!(error = %e, "cannot clear the running-job record");
                 }
+                self.changed.notify_all();
                 Err(TriggerError::State(format!(
                     "cannot start the run's thread: {e}"
                 )))
@@ -349,7 +384,10 @@ impl Daemon {
         if let Some(r) = &inner.running {
             r.control.request_stop();
         }
-        while inner.running.is_some() {
+        while inner.running.is_some() || inner.starting.is_some() {
+            if let Some(r) = &inner.running {
+                r.control.request_stop();
+            }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let thread = inner.run_thread.take();

@@ -96,7 +96,7 @@ pub fn mark(
     cancel: &dyn Cancel,
     progress: &dyn Progress,
 ) -> Result<Marked, GcError> {
-    threads::pool(opts.threads).install(|| mark_in_pool(store, opts, cancel, progress))
+    threads::Pool::new(opts.threads).install(|| mark_in_pool(store, opts, cancel, progress))
 }
 
 fn mark_in_pool(
@@ -227,7 +227,7 @@ pub fn sweep_claimed(
     }
     let start = Instant::now();
     progress.phase(Phase::Sweep, plan.actions.len() as u64);
-    let swept = threads::pool(threads)
+    let swept = threads::Pool::new(threads)
         .install(|| sweep::execute(&plan, deleter, claims, cancel, progress))?;
     report.counts = swept.counts;
     if swept.stopped {

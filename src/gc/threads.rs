@@ -11,7 +11,12 @@
 //! blobs under load, 2 cores: push latency during a run 1.65x with 16, 1.36x with 4, for
 //! about the same run length, since the idle threads mostly wait for the CPU anyway).
 
-use std::sync::OnceLock;
+//!
+//! A pool lives for one stage of one run ([`Pool`]): its threads are started for it and
+//! joined when it is dropped, so a daemon at rest runs no collector thread.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// How the collector's threads give way to the daemon's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,39 +31,75 @@ pub enum ThreadShare {
     Idle,
 }
 
-/// The pool for `share`. `REGFS_GC_THREADS` overrides both defaults: for `Lowered` 8 per
-/// core, at least 16 and at most 64; for `Idle` 2 per core, at least 4 and at most 16.
-pub(super) fn pool(share: ThreadShare) -> &'static rayon::ThreadPool {
-    static LOWERED: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    static IDLE: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    let slot = match share {
-        ThreadShare::Lowered => &LOWERED,
-        ThreadShare::Idle => &IDLE,
-    };
-    slot.get_or_init(|| build(share))
+/// The collector's threads for one stage (mark, sweep): rayon's pool, whose threads this
+/// owns. Dropping it ends them and waits until they have (rayon alone lets them end
+/// on their own time).
+pub(super) struct Pool {
+    pool: Option<rayon::ThreadPool>,
+    /// The pool's threads; held only to add one or take them all.
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-fn build(share: ThreadShare) -> rayon::ThreadPool {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let default = match share {
-        ThreadShare::Lowered => (cores * 8).clamp(16, 64),
-        ThreadShare::Idle => (cores * 2).clamp(4, 16),
-    };
-    let threads = std::env::var("REGFS_GC_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default);
-    let prefix = match share {
-        ThreadShare::Lowered => "regfs-gc-io",
-        ThreadShare::Idle => "regfs-gc-idle",
-    };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(move |i| format!("{prefix}-{i}"))
-        .start_handler(move |_| give_way(share))
-        .build()
-        .expect("collector thread pool")
+impl Pool {
+    /// A pool for `share`. `REGFS_GC_THREADS` overrides both defaults: for `Lowered` 8
+    /// per core, at least 16 and at most 64; for `Idle` 2 per core, at least 4 and at
+    /// most 16.
+    pub(super) fn new(share: ThreadShare) -> Pool {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let default = match share {
+            ThreadShare::Lowered => (cores * 8).clamp(16, 64),
+            ThreadShare::Idle => (cores * 2).clamp(4, 16),
+        };
+        let n = std::env::var("REGFS_GC_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default);
+        let prefix = match share {
+            ThreadShare::Lowered => "regfs-gc-io",
+            ThreadShare::Idle => "regfs-gc-idle",
+        };
+        let threads = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let kept = threads.clone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(move |i| format!("{prefix}-{i}"))
+            .start_handler(move |_| give_way(share))
+            .spawn_handler(move |t| {
+                let mut b = std::thread::Builder::new();
+                if let Some(name) = t.name() {
+                    b = b.name(name.to_owned());
+                }
+                if let Some(size) = t.stack_size() {
+                    b = b.stack_size(size);
+                }
+                let handle = b.spawn(|| t.run())?;
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+                Ok(())
+            })
+            .build()
+            .expect("collector thread pool");
+        Pool {
+            pool: Some(pool),
+            threads,
+        }
+    }
+
+    /// Runs `f` in the pool: rayon's parallel iterators in it use the pool's threads.
+    pub(super) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.as_ref().expect("a pool until dropped").install(f)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Tells the threads to end once idle (they are: `install` has returned).
+        drop(self.pool.take());
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Lowers the calling thread's priority as `share` says. Best effort: a refused change

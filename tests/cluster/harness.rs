@@ -66,16 +66,33 @@ pub struct Etcd {
     dir: PathBuf,
     peer: u16,
     pub url: String,
+    /// Its flags beyond the data directory and the URLs (TLS, say).
+    extra: Vec<String>,
+    /// How the harness's own client reaches it.
+    access: regfs::cluster::etcd::Access,
 }
 
 impl Etcd {
     pub fn start(dir: &Path) -> Etcd {
+        Etcd::start_with(dir, "http", &[], Default::default())
+    }
+
+    /// An etcd serving `scheme` (http or https) clients, run with `extra` flags, that
+    /// the harness reaches as `access` says.
+    pub fn start_with(
+        dir: &Path,
+        scheme: &str,
+        extra: &[String],
+        access: regfs::cluster::etcd::Access,
+    ) -> Etcd {
         let (client, peer) = (free_port(), free_port());
         let mut e = Etcd {
             child: None,
             dir: dir.join("etcd"),
             peer,
-            url: format!("http://127.0.0.1:{client}"),
+            url: format!("{scheme}://127.0.0.1:{client}"),
+            extra: extra.to_vec(),
+            access,
         };
         e.run();
         e
@@ -97,6 +114,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=t={peer}"))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -113,13 +131,25 @@ impl Etcd {
         }
     }
 
+    /// Whether it answers at all (an answer refusing the probe is one).
+    /// Sends `sig` to it (SIGSTOP: it stops answering, connections hang).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("etcd runs").id();
+        // SAFETY: kill(2) of our own child, by its pid.
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    }
+
     fn answers(&self) -> bool {
-        let etcd = regfs::cluster::etcd::Etcd::new(
+        let etcd = regfs::cluster::etcd::Etcd::with_access(
             std::slice::from_ref(&self.url),
+            &self.access,
             Duration::from_millis(500),
         )
         .unwrap();
-        etcd.get("/probe").is_ok()
+        !matches!(
+            etcd.get("/probe"),
+            Err(regfs::cluster::etcd::EtcdError::Unreachable(_))
+        )
     }
 
     /// Kills it (SIGKILL, by pid) and waits for it.
@@ -214,8 +244,10 @@ impl Node {
         if let Some(node) = node {
             cmd.args(["--cluster-node", node]);
         }
+        if !args.contains(&"--cluster-lease-ttl") {
+            cmd.args(["--cluster-lease-ttl", &format!("{}s", TTL.as_secs())]);
+        }
         let mut child = cmd
-            .args(["--cluster-lease-ttl", &format!("{}s", TTL.as_secs())])
             .args(["--gc-min-age", "0s"])
             .args(args)
             .env("REGFS_LOG", "info")

@@ -9,3 +9,5 @@ mod failures;
 mod harness;
 mod names;
 mod registry;
+mod security;
+mod status;

@@ -188,6 +188,7 @@ fn one_of_many_simultaneous_claims_of_a_name_wins() {
         node: "contested".into(),
         lease_ttl: TTL,
         prefix: "/regfs/".into(),
+        access: Default::default(),
     };
     for round in 0..5 {
         let cfg = regfs::cluster::ClusterConfig {
