@@ -250,8 +250,10 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
 pub fn jobs(args: &JobsArgs) -> Result<(), String> {
     require_root("jobs")?;
     let dir = state_dir_for(&args.state_dir, &args.mountpoint);
+    // Only the newest runs asked for are read, from the end of the history.
+    let wanted = args.limit.map(|n| n.saturating_add(args.offset));
     let mut jobs = match regfs::daemon::history::History::open(&dir) {
-        Ok(history) => history.jobs(),
+        Ok(history) => history.recent(wanted),
         // No state directory yet: no daemon ever ran a job here.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(e),
@@ -265,10 +267,14 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
         }
         Some(Err(e)) => eprintln!("regfs: warning: runs other nodes collected not shown: {e}"),
     }
-    if let Some(n) = args.limit {
-        let skip = jobs.len().saturating_sub(n);
-        jobs.drain(..skip);
-    }
+    // Newest first for paging, shown oldest first.
+    jobs.reverse();
+    let mut jobs: Vec<_> = jobs
+        .into_iter()
+        .skip(args.offset)
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect();
+    jobs.reverse();
     if args.json {
         return output::print_listing(
             &(serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())? + "\n"),

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use super::epoch::{Alone, ClusterView, EpochCoordinator};
-use super::history::History;
+use super::history::{History, HistoryLimits};
 use super::job::{Job, Trigger};
 use super::run_control::RunControl;
 use super::run_record::{RunHost, RunParts};
@@ -66,6 +66,9 @@ pub struct Daemon {
     storage: PathBuf,
     state_dir: Arc<StateDir>,
     history: History,
+    /// The history as recorded (oldest first, within the limits): what the API pages
+    /// through without reading the file. Replaced whole at each run's end.
+    recorded: Mutex<Arc<Vec<Job>>>,
     settings: RwLock<Settings>,
     observers: Vec<Arc<dyn JobObserver>>,
     inner: Mutex<Inner>,
@@ -76,6 +79,20 @@ pub struct Daemon {
     overrides: Mutex<Option<super::overrides::Overrides>>,
     /// Shares each epoch with the other nodes serving the store (none: a node alone).
     coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
+}
+
+/// Cuts the history to `limits`; a failure is logged (the runs go on).
+fn prune(history: &History, limits: &HistoryLimits) {
+    match history.prune(limits, Utc::now()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            keep_runs = limits.keep_runs,
+            keep_days = limits.keep_days,
+            "removed the oldest runs from the job history ([history] limits)"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot cut the job history to its limits"),
+    }
 }
 
 /// How long a verdict on the registry's cache is shown before `status` checks again.
@@ -106,6 +123,9 @@ impl Daemon {
             Err(e) => tracing::error!(error = %e,
                 "cannot record the run a stopped daemon left behind in the history"),
         }
+        // A history longer than the limits (an older daemon kept everything) is cut
+        // before it is read.
+        prune(&history, &settings.history);
         let jobs = history.jobs().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the job history; starting without it");
             vec![]
@@ -118,6 +138,7 @@ impl Daemon {
             last: jobs.last().cloned(),
             ..Inner::default()
         };
+        let recorded = Mutex::new(Arc::new(jobs));
         Arc::new(Daemon {
             fs,
             store,
@@ -125,6 +146,7 @@ impl Daemon {
             storage: storage.to_path_buf(),
             state_dir,
             history,
+            recorded,
             settings: RwLock::new(settings),
             observers,
             inner: Mutex::new(inner),
@@ -368,11 +390,38 @@ impl Daemon {
         if let Err(e) = self.history.clear_running() {
             tracing::error!(error = %e, "cannot clear the running-job record");
         }
+        let limits = self.settings().history;
+        prune(&self.history, &limits);
+        self.record(&job, &limits);
         let mut inner = self.lock();
         inner.running = None;
         inner.last = Some(job);
         drop(inner);
         self.changed.notify_all();
+    }
+
+    /// Adds a finished job to the recorded history, cut to `limits` as the file is.
+    fn record(&self, job: &Job, limits: &HistoryLimits) {
+        let now = Utc::now();
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs: Vec<Job> = Vec::with_capacity(recorded.len() + 1);
+        let newest = std::iter::once(job).chain(recorded.iter().rev());
+        for (newer, j) in newest.enumerate() {
+            if !limits.keeps(j.ended_at.unwrap_or(j.started_at), newer, now) {
+                break;
+            }
+            jobs.push(j.clone());
+        }
+        jobs.reverse();
+        *recorded = Arc::new(jobs);
+    }
+
+    /// The finished jobs recorded, oldest first (bounded by `[history]`).
+    pub fn recorded_jobs(&self) -> Arc<Vec<Job>> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A job by id: the running one or one from the history.
@@ -385,12 +434,11 @@ impl Daemon {
             return Some(j.clone());
         }
         drop(inner);
-        self.history
-            .jobs()
-            .ok()?
-            .into_iter()
+        self.recorded_jobs()
+            .iter()
             .rev()
             .find(|j| j.id == id)
+            .cloned()
     }
 
     pub fn next_run(&self) -> Option<DateTime<Utc>> {

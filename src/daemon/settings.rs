@@ -93,6 +93,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
     pub registry: crate::registry::RegistrySettings,
+    /// How much job history is kept (`[history]`).
+    pub history: super::history::HistoryLimits,
 }
 
 impl Default for Settings {
@@ -109,6 +111,7 @@ impl Default for Settings {
             min_age: gc::DEFAULT_MIN_AGE,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
+            history: Default::default(),
         }
     }
 }

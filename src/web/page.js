@@ -203,9 +203,17 @@ function deleted(j) {
   return blobs + " blobs, " + manifests + " manifests";
 }
 
+// The history is paged: JOBS_PAGE runs at a time, newest first; jobsOffset runs skipped.
+const JOBS_PAGE = 50;
+let jobsOffset = 0;
+
 async function loadJobs() {
-  const r = await call("GET", "jobs?limit=50");
+  const r = await call("GET", "jobs?limit=" + JOBS_PAGE + "&offset=" + jobsOffset);
   if (r.status !== 200) return;
+  const total = r.data.total, shown = r.data.jobs.length;
+  $("jobs-range").textContent = total ? (jobsOffset + 1) + "–" + (jobsOffset + shown) + " of " + total : "";
+  $("jobs-newer").disabled = jobsOffset === 0;
+  $("jobs-older").disabled = jobsOffset + shown >= total;
   const body = $("jobs");
   body.replaceChildren();
   for (const j of r.data.jobs) {
@@ -297,6 +305,8 @@ $("schedule").addEventListener("input", () => {
 });
 $("settings").addEventListener("change", () => { formDirty = true; });
 $("save").addEventListener("click", () => save(false));
+$("jobs-newer").addEventListener("click", () => { jobsOffset = Math.max(0, jobsOffset - JOBS_PAGE); loadJobs(); });
+$("jobs-older").addEventListener("click", () => { jobsOffset += JOBS_PAGE; loadJobs(); });
 $("save-start").addEventListener("click", () => save(true));
 $("stop").addEventListener("click", stop);
 $("revert").addEventListener("click", revert);
