@@ -471,6 +471,9 @@ impl Daemon {
             mode: settings.mode.to_string(),
             read_only: read_only_since.is_some(),
             read_only_since,
+            read_only_reason: read_only_since
+                .and(running)
+                .map(|r| format!("GC job {} runs", r.job.id)),
             banner,
             current_job: running.map(|r| r.job.clone()),
             progress: running.map(|r| r.control.progress()),
@@ -497,7 +500,7 @@ impl Daemon {
             ..status
         };
         match cluster {
-            Some(c) => closed_by_cluster(status, c, self.fs.gate().is_closed()),
+            Some(c) => status.in_cluster(c, self.fs.gate().is_closed()),
             None => status,
         }
     }
@@ -516,24 +519,6 @@ impl Daemon {
                 .ok(),
         }
     }
-}
-
-/// Cluster mode: the gate may be closed with no run here (another node's epoch, or this
-/// node fenced); the status says so.
-fn closed_by_cluster(mut status: Status, c: ClusterView, closed: bool) -> Status {
-    if closed && !status.read_only {
-        let why = match (&c.error, &c.collector) {
-            (Some(_), _) => "this node cannot reach etcd (fenced)".to_string(),
-            (None, Some(n)) => format!("node {n} collects cluster epoch {}", c.epoch.unwrap_or(0)),
-            (None, None) => "joining the cluster".to_string(),
-        };
-        status.read_only = true;
-        status.banner = Some(format!(
-            "STORE IS READ-ONLY: {why}; pushes are refused, pulls work"
-        ));
-    }
-    status.cluster = Some(c);
-    status
 }
 
 impl RunHost for Daemon {
