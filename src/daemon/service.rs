@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use super::epoch::{Alone, ClusterView, EpochCoordinator};
+use super::epoch::{Alone, EpochCoordinator};
 use super::history::{History, HistoryLimits};
 use super::job::{Job, Trigger};
 use super::run_control::RunControl;
