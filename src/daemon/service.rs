@@ -382,6 +382,7 @@ impl Daemon {
     /// Records a finished run and frees the slot for the next one.
     fn finish(&self, mut job: Job) {
         job.store_used_bytes = self.store_used_bytes();
+        job.store_bytes = job.report.as_ref().and_then(|r| r.store_bytes_after());
         self.observers.iter().for_each(|o| o.job_ended(&job));
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e,

@@ -222,12 +222,13 @@ async function loadJobs() {
     const cells = [j.id, utc(j.started_at), j.trigger, j.outcome + (j.settings.dry_run ? " (dry run)" : ""),
       deleted(j), bytes(j.report ? j.report.bytes_freed : 0),
       j.settings.mode === "online" ? "online, paused " + Math.round(j.pause_seconds * 1000) + " ms"
-        : seconds(j.read_only_seconds)];
+        : seconds(j.read_only_seconds),
+      String(j.refused_writes || 0)];
     cells.forEach((v, i) => {
       const td = document.createElement("td");
       td.textContent = v;
       if (i === 3) td.className = "outcome-" + j.outcome;
-      if (i === 5 || i === 6) td.className = "num";
+      if (i >= 5) td.className = "num";
       if (i === 3 && j.error) td.title = j.error;
       tr.appendChild(td);
     });
@@ -244,8 +245,8 @@ function el(name, attrs, text) {
   return e;
 }
 
-// Bars: bytes freed per run (left scale); line: bytes in use on the store's filesystem
-// after each run (right scale).
+// Bars: bytes freed per run (left scale); line: the store's own size after each run, the
+// blob bytes its mark counted less what it deleted (right scale); not the filesystem's.
 function chart(jobs) {
   const box = $("chart");
   box.replaceChildren();
@@ -258,7 +259,7 @@ function chart(jobs) {
     return;
   }
   const freed = jobs.map((j) => (j.report ? j.report.bytes_freed || 0 : 0));
-  const store = jobs.map((j) => j.store_used_bytes);
+  const store = jobs.map((j) => j.store_bytes);
   const maxF = Math.max(1, ...freed), maxS = Math.max(1, ...store.filter((v) => v != null));
   const step = (W - L - R) / jobs.length, y0 = H - B, h = H - T - B;
   svg.appendChild(el("line", { x1: L, y1: y0, x2: W - R, y2: y0, class: "axis" }));
@@ -281,7 +282,7 @@ function chart(jobs) {
       const p = [x + step / 2, y0 - (store[i] / maxS) * h];
       points.push(p.join(","));
       const dot = el("circle", { cx: p[0], cy: p[1], r: 3, class: "store-dot" });
-      dot.appendChild(el("title", {}, "job " + j.id + ": " + bytes(store[i]) + " in use after it"));
+      dot.appendChild(el("title", {}, "job " + j.id + ": " + bytes(store[i]) + " of blobs in the store after it"));
       svg.appendChild(dot);
     }
   });

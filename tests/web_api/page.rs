@@ -104,6 +104,22 @@ fn history_lists_both_runs(b: &mut Browser) {
         b.eval("document.querySelectorAll('#chart rect.freed').length"),
         2
     );
+    // The store line is the store's own size (a few bytes of blobs here), not the
+    // filesystem's used bytes (gigabytes).
+    let dot = b.eval("document.querySelector('#chart circle.store-dot title').textContent");
+    let dot = dot.as_str().unwrap_or_default();
+    assert!(
+        dot.starts_with("job 1: ") && dot.ends_with(" B of blobs in the store after it"),
+        "{dot}"
+    );
+    // Every refused write is in the history: none here (no push during the runs).
+    let header = b.eval("document.querySelector('#history thead').textContent");
+    assert!(
+        header
+            .as_str()
+            .unwrap_or_default()
+            .contains("Refused writes")
+    );
 }
 
 /// The schedule's next five UTC runs as it is typed, a bad one named; "Save" puts
