@@ -84,7 +84,8 @@ struct ThreadParts {
     gc_stats: Arc<Mutex<GcStats>>,
     layers: Arc<SettingsLayers>,
     listener: Option<crate::api::Prepared>,
-    reload: Option<Reload>,
+    /// The settings' reload, and the signals caught since before the mount.
+    reload: Option<(Reload, signals::Caught)>,
     /// Cluster mode: the node's name, claimed before the mount.
     claimed: Option<crate::cluster::Claimed>,
 }
@@ -128,6 +129,16 @@ impl Runtime {
         // The listener's credentials and certificate are checked before anything else.
         let listener = match &options.metrics {
             Some(_) => Some(crate::api::prepare(&options.api)?),
+            None => None,
+        };
+        // Signals are caught from here on, before anything is mounted: a SIGTERM while
+        // the daemon starts (systemd stopping it, a test) waits for the signal thread and
+        // ends in an orderly shutdown, instead of killing a daemon with a live mount.
+        let signals = match signals {
+            Some(reload) => Some((
+                reload,
+                signals::catch().map_err(|e| format!("signal handler: {e}"))?,
+            )),
             None => None,
         };
         let nofile = mount::raise_nofile_limit();
@@ -250,7 +261,7 @@ impl Runtime {
                 "GC page at {scheme}://{0}/ (API under /api/v1/, metrics at /metrics)", server.bound);
             t.metrics = Some(server);
         }
-        if let Some(reload) = reload {
+        if let Some((reload, caught)) = reload {
             // SIGHUP re-reads the configuration file; the API's overrides stay on top.
             let reload: Reload = Box::new(move || reload().map(|base| layers.set_base(base)));
             let stops = self.stops.0.clone();
@@ -258,7 +269,7 @@ impl Runtime {
                 let _ = stops.send(StopReason::Signal(sig));
             };
             t.signals = Some(
-                signals::spawn(self.daemon.clone(), reload, terminate)
+                signals::spawn(caught, self.daemon.clone(), reload, terminate)
                     .map_err(|e| format!("signal handler: {e}"))?,
             );
         }

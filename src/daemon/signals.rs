@@ -28,15 +28,27 @@ impl SignalThread {
     }
 }
 
-/// Spawns the signal thread. `reload` produces fresh settings on SIGHUP; `terminate` is
-/// called with the signal on SIGTERM and SIGINT, and does not wait for the shutdown
-/// (the thread keeps serving signals until it is stopped).
+/// The daemon's signals, caught (no longer killing the process) and queued until the
+/// signal thread handles them.
+pub struct Caught(Signals);
+
+/// Catches the daemon's signals from now on: called before the mount, so a SIGTERM or
+/// SIGINT while the daemon starts is handled once it runs, not fatal half-way.
+pub fn catch() -> std::io::Result<Caught> {
+    Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT]).map(Caught)
+}
+
+/// Spawns the signal thread over the signals `caught` (those that came before it are
+/// handled first). `reload` produces fresh settings on SIGHUP; `terminate` is called
+/// with the signal on SIGTERM and SIGINT, and does not wait for the shutdown (the
+/// thread keeps serving signals until it is stopped).
 pub fn spawn(
+    caught: Caught,
     daemon: Arc<Daemon>,
     reload: impl Fn() -> Result<Settings, String> + Send + 'static,
     terminate: impl Fn(i32) + Send + 'static,
 ) -> std::io::Result<SignalThread> {
-    let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT])?;
+    let Caught(mut signals) = caught;
     let handle = signals.handle();
     let thread = std::thread::Builder::new()
         .name("regfs-signals".into())
