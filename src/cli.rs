@@ -60,9 +60,13 @@ pub struct JobsArgs {
     /// Print JSON (one array).
     #[arg(long)]
     pub json: bool,
-    /// Show at most the N most recent runs.
+    /// Show at most the N most recent runs (read from the end of the history: fast
+    /// however long it is).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Skip the N most recent runs first (with --limit: page back through the history).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: usize,
     /// The daemon's state directory, if not the default for MOUNTPOINT.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

@@ -17,6 +17,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// `regfs mount`: serves until a signal or an unmount, then shuts down in order.
 pub fn mount(args: &MountArgs) -> Result<(), String> {
+    // Before the configuration is read: a file only root may read, a registry config or
+    // a token file would otherwise answer "Permission denied" instead.
+    regfs::mount::require_root().map_err(|e| e.to_string())?;
     let flags = args.flags();
     let options = regfs::config::load(&flags).map_err(|e| e.to_string())?;
     let state_dir = state_dir_for(&options.state_dir, &options.mount.mountpoint);
@@ -39,8 +42,8 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
 
 pub fn config_check(file: &Path) -> Result<(), String> {
     let o = regfs::config::check(file).map_err(|e| e.to_string())?;
-    output::println(&format!(
-        "{}: ok (serves {} at {}; GC schedule {}, duration {})",
+    output::print_listing(&format!(
+        "{}: ok (serves {} at {}; GC schedule {}, duration {})\n",
         file.display(),
         o.mount.storage.display(),
         o.mount.mountpoint.display(),
@@ -57,7 +60,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<(), String> {
     // clap_complete panics when its writer fails: generate in memory, then write.
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut crate::cli::Cli::command(), "regfs", &mut script);
-    output::write_all(&script)
+    output::write_listing(&script)
 }
 
 pub fn man() -> Result<(), String> {
@@ -66,7 +69,7 @@ pub fn man() -> Result<(), String> {
     clap_mangen::Man::new(crate::cli::Cli::command())
         .render(&mut page)
         .map_err(|e| e.to_string())?;
-    output::write_all(&page)
+    output::write_listing(&page)
 }
 
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
@@ -85,12 +88,51 @@ fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
     } else {
         outcome.report.to_string()
     };
+    if r.dry_run {
+        // A plan is a listing: nothing was deleted, a reader may stop early.
+        return output::print_listing(&text);
+    }
     output::print(&text).map_err(|e| {
         format!(
             "the run finished ({} blobs deleted, {} bytes freed) but its report was not printed: {e}",
             r.counts.blobs_deleted, r.counts.bytes_freed
         )
     })
+}
+
+/// Commands that ask a daemon or read its state need root: a daemon runs as root, and
+/// its state directory (control socket, history) is root's alone (mode 0700). Checked
+/// before anything is touched, so a user is told what to do rather than "Permission
+/// denied" or "cannot reach the daemon".
+fn require_root(command: &str) -> Result<(), String> {
+    match rustix::process::geteuid().as_raw() {
+        0 => Ok(()),
+        euid => Err(format!(
+            "regfs {command} must run as root: the daemon's state directory and control socket are root's (effective uid is {euid}; try: sudo regfs {command} ...)"
+        )),
+    }
+}
+
+/// An offline run that deletes needs root, or to be the owner of the store (a store a
+/// user made for themselves): otherwise its deletions would fail half-way with
+/// "Permission denied". A dry run deletes nothing and needs only to read.
+fn require_offline_deleter(args: &GcArgs, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    if euid == 0 || args.dry_run {
+        return Ok(());
+    }
+    let owner = match std::fs::metadata(path) {
+        Ok(m) if m.uid() == euid => return Ok(()),
+        Ok(m) => format!("owned by uid {}", m.uid()),
+        // Missing: the run names the path.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    Err(format!(
+        "regfs gc --offline must run as root to delete from {} ({owner}; effective uid is {euid}); try: sudo regfs gc --offline ..., or --dry-run to see the plan only",
+        path.display()
+    ))
 }
 
 fn ask(state_dir: &Path, req: &Request) -> Result<control::Response, String> {
@@ -157,6 +199,7 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
         state_dir,
     }) = &args.action
     {
+        require_root("gc stop")?;
         let dir = state_dir_for(state_dir, mountpoint);
         let resp = ask(&dir, &Request::Stop)?;
         return output::println(&format!(
@@ -169,8 +212,10 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
         .as_deref()
         .ok_or("a mount point (or --offline STORAGE) is required")?;
     if args.offline {
+        require_offline_deleter(args, path)?;
         return gc_offline(args, path);
     }
+    require_root("gc")?;
     let dir = state_dir_for(&args.state_dir, path);
     let resp = ask(&dir, &Request::Gc)?;
     let id = resp.job_id.ok_or("no job id in the answer")?;
@@ -188,21 +233,27 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
 }
 
 pub fn status(args: &StatusArgs) -> Result<(), String> {
+    require_root("status")?;
     let dir = state_dir_for(&args.state_dir, &args.mountpoint);
     let status = ask(&dir, &Request::Status)?
         .status
         .ok_or("no status in the answer")?;
     if args.json {
-        output::println(&serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?)
+        output::print_listing(
+            &(serde_json::to_string_pretty(&status).map_err(|e| e.to_string())? + "\n"),
+        )
     } else {
-        output::print(&status.to_string())
+        output::print_listing(&status.to_string())
     }
 }
 
 pub fn jobs(args: &JobsArgs) -> Result<(), String> {
+    require_root("jobs")?;
     let dir = state_dir_for(&args.state_dir, &args.mountpoint);
+    // Only the newest runs asked for are read, from the end of the history.
+    let wanted = args.limit.map(|n| n.saturating_add(args.offset));
     let mut jobs = match regfs::daemon::history::History::open(&dir) {
-        Ok(history) => history.jobs(),
+        Ok(history) => history.recent(wanted),
         // No state directory yet: no daemon ever ran a job here.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(e),
@@ -216,12 +267,18 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
         }
         Some(Err(e)) => eprintln!("regfs: warning: runs other nodes collected not shown: {e}"),
     }
-    if let Some(n) = args.limit {
-        let skip = jobs.len().saturating_sub(n);
-        jobs.drain(..skip);
-    }
+    // Newest first for paging, shown oldest first.
+    jobs.reverse();
+    let mut jobs: Vec<_> = jobs
+        .into_iter()
+        .skip(args.offset)
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect();
+    jobs.reverse();
     if args.json {
-        return output::println(&serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
+        return output::print_listing(
+            &(serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())? + "\n"),
+        );
     }
     let mut text = String::new();
     if jobs.is_empty() {
@@ -246,5 +303,5 @@ pub fn jobs(args: &JobsArgs) -> Result<(), String> {
             text += &format!("    error: {e}\n");
         }
     }
-    output::print(&text)
+    output::print_listing(&text)
 }

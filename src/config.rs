@@ -24,6 +24,12 @@
 //! keep_unknown = false
 //! allow_missing_manifests = false
 //!
+//! # The job history in the state directory: the newest runs kept (checked at each
+//! # run's end).
+//! [history]
+//! keep_runs = 1000
+//! keep_days = 90
+//!
 //! # The HTTP listener: metrics, the GC page and its API.
 //! [metrics]
 //! listen = "127.0.0.1:9469"
@@ -176,6 +182,16 @@ pub struct FileConfig {
     pub api: crate::api::config::ApiSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub history: HistorySection,
+}
+
+/// How much job history the state directory keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySection {
+    pub keep_runs: Option<usize>,
+    pub keep_days: Option<u32>,
 }
 
 /// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
@@ -456,6 +472,26 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sour
                     || file.registry.allow_unsafe_cache.unwrap_or(false),
                 store: Vec::new(),
             },
+            history: resolve_history(&file.history, origin)?,
+        },
+    })
+}
+
+/// `[history]`: each limit at least 1.
+fn resolve_history(
+    h: &HistorySection,
+    origin: &str,
+) -> Result<crate::daemon::history::HistoryLimits, ConfigError> {
+    let default = crate::daemon::history::HistoryLimits::default();
+    let at_least_one = |key: &str| bad(origin.into(), key.into(), "must be at least 1".into());
+    Ok(crate::daemon::history::HistoryLimits {
+        keep_runs: match h.keep_runs {
+            Some(0) => return Err(at_least_one("history.keep_runs")),
+            n => n.unwrap_or(default.keep_runs),
+        },
+        keep_days: match h.keep_days {
+            Some(0) => return Err(at_least_one("history.keep_days")),
+            n => n.unwrap_or(default.keep_days),
         },
     })
 }

@@ -15,9 +15,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // Usage errors go to standard error; clap ignores a failure to write them.
         Err(e) if e.use_stderr() || std::io::stdout().is_terminal() => e.exit(),
-        // --help and --version into a pipe or a file: a failed write is an error.
+        // --help and --version into a pipe or a file: a failed write is an error, but a
+        // reader that stopped early (`| head`) is not.
         Err(e) => {
-            return match output::print(&e.render().to_string()) {
+            return match output::print_listing(&e.render().to_string()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => {
                     output::error(&msg);

@@ -22,6 +22,8 @@ pub struct GcStats {
     pause_max: f64,
     resurrected: u64,
     refused_writes: u64,
+    /// The store's own size after the last run that measured it.
+    store_bytes: Option<u64>,
     duration_sum: f64,
     duration_count: u64,
     read_only_seconds: f64,
@@ -68,7 +70,10 @@ impl GcStats {
             self.pause_count += 1;
             self.pause_max = self.pause_max.max(job.pause_seconds);
             self.resurrected += job.resurrected;
-            self.refused_writes += job.refused_writes;
+        }
+        self.refused_writes += job.refused_writes;
+        if let Some(b) = job.store_bytes {
+            self.store_bytes = Some(b);
         }
         if let Some(end) = job.ended_at {
             self.duration_sum += (end - job.started_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -111,12 +116,17 @@ impl GcStats {
         w("# HELP regfs_gc_resurrected_total Units online runs were about to delete and a write took back.".into());
         w("# TYPE regfs_gc_resurrected_total counter".into());
         w(format!("regfs_gc_resurrected_total {}", self.resurrected));
-        w("# HELP regfs_gc_refused_writes_total Writes online runs refused because they named what was being deleted.".into());
+        w("# HELP regfs_gc_refused_writes_total Writes GC runs refused: EROFS during read-only runs, writes naming what an online run was deleting.".into());
         w("# TYPE regfs_gc_refused_writes_total counter".into());
         w(format!(
             "regfs_gc_refused_writes_total {}",
             self.refused_writes
         ));
+        if let Some(b) = self.store_bytes {
+            w("# HELP regfs_store_blob_bytes Bytes of blob data in the store after the last run (counted by its mark, less what it deleted).".into());
+            w("# TYPE regfs_store_blob_bytes gauge".into());
+            w(format!("regfs_store_blob_bytes {b}"));
+        }
         w("# HELP regfs_gc_run_duration_seconds How long GC runs took.".into());
         w("# TYPE regfs_gc_run_duration_seconds summary".into());
         w(format!(
@@ -231,6 +241,14 @@ pub fn render(daemon: &Daemon, gc: &Mutex<GcStats>) -> String {
     );
     let _ = writeln!(out, "# TYPE regfs_store_read_only gauge");
     let _ = writeln!(out, "regfs_store_read_only {}", status.read_only as u8);
+    if let Some(c) = &status.registry_cache {
+        let _ = writeln!(
+            out,
+            "# HELP regfs_registry_cache_safe 1 when regfs can keep the registry's blob-descriptor cache right after GC, 0 when it cannot (runs delete nothing unless allow_unsafe_cache)."
+        );
+        let _ = writeln!(out, "# TYPE regfs_registry_cache_safe gauge");
+        let _ = writeln!(out, "regfs_registry_cache_safe {}", c.safe as u8);
+    }
     if let Some(d) = &status.descriptors {
         render_descriptors(d, &mut out);
     }

@@ -176,20 +176,60 @@ fn bad_paths_are_refused_naming_the_path() {
     );
 }
 
+/// Every subcommand that needs root says so before it touches anything: no "Permission
+/// denied" from a state directory, a configuration file or a store half-collected.
 #[test]
 fn a_non_root_user_is_told_to_run_as_root() {
-    if !common::fuse_available() {
+    if !common::prereq::Needs::new()
+        .root()
+        .met("switching to an unprivileged user needs root")
+    {
         return;
     }
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let out = Command::new(BIN)
-        .args(["mount", "/tmp", "/mnt"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
+    let dir = common::tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A configuration only root may read (as /etc/regfs/regfs.toml may be).
+    let config = dir.path().join("regfs.toml");
+    fs::write(&config, "storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n").unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    // A root-owned store with garbage in it.
+    let store = dir.path().join("store");
+    let b = common::store::StoreBuilder::new(&store);
+    let garbage = b.blob(b"garbage");
+    b.layer_link("r", &garbage);
+    // A mount point whose default state directory (/run/regfs/...) does not exist.
+    let mnt = dir.path().join("mnt");
+    let (config, store, mnt) = (
+        config.to_str().unwrap(),
+        store.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    for args in [
+        vec!["mount", "/tmp", "/mnt"],
+        vec!["mount", "--config", config],
+        vec!["status", mnt],
+        vec!["status", mnt, "--json"],
+        vec!["jobs", mnt],
+        vec!["gc", mnt],
+        vec!["gc", "stop", mnt],
+        vec!["gc", "--offline", "--min-age", "0s", store],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "regfs {args:?}: {err}");
+        assert!(
+            err.contains("must run as root") && !err.contains("ermission denied"),
+            "regfs {args:?}: {err}"
+        );
+    }
+    assert!(b.has_blob(&garbage), "the offline run touched nothing");
 }
 
 #[test]

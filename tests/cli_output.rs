@@ -1,6 +1,8 @@
 //! Standard output that is a closed pipe (`regfs jobs | head -1`) or a full disk
-//! (`> /dev/full`): every subcommand says so and exits 1, never panics (exit 101), and
-//! what a run deleted is on record before anything is printed.
+//! (`> /dev/full`): a command that lists (jobs, status, a dry run, a manual page) ends
+//! quietly with status 0 at a closed pipe, as `ls | head` does; a full disk, and a closed
+//! pipe after a run that did something, are errors that say so (exit 1, never a panic),
+//! and what a run deleted is on record before anything is printed.
 mod common;
 
 use std::fs::File;
@@ -58,12 +60,22 @@ fn assert_clean_failure(sink: Sink, args: &[&str]) -> String {
     err
 }
 
+/// A listing into a closed pipe: exit 0, nothing said of the pipe.
+fn assert_quiet_end(args: &[&str]) {
+    let (code, err) = run_into(Sink::ClosedPipe, args);
+    assert_eq!(code, 0, "regfs {args:?} | head: {err}");
+    assert!(
+        !err.contains("error") && !err.contains("panicked") && !err.contains("ipe"),
+        "regfs {args:?} | head: {err}"
+    );
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
 #[test]
-fn commands_that_need_no_daemon_report_a_closed_or_full_stdout() {
+fn listings_end_quietly_at_a_closed_pipe_and_report_a_full_disk() {
     let dir = common::tempdir();
     let config = dir.path().join("regfs.toml");
     std::fs::write(&config, "storage = \"/srv/a\"\nmountpoint = \"/srv/b\"\n").unwrap();
@@ -85,7 +97,10 @@ fn commands_that_need_no_daemon_report_a_closed_or_full_stdout() {
             vec!["gc", "--offline", "--dry-run", &store],
             vec!["gc", "--offline", "--dry-run", "--json", "--list", &store],
         ] {
-            assert_clean_failure(sink, &args);
+            match sink {
+                Sink::ClosedPipe => assert_quiet_end(&args),
+                Sink::Full => drop(assert_clean_failure(sink, &args)),
+            }
         }
     }
     assert!(b.has_blob(&garbage), "dry runs only");
@@ -128,13 +143,12 @@ fn commands_that_ask_the_daemon_report_a_closed_or_full_stdout() {
     let state = dir.path().join("state");
     let d = Daemon::start(&mnt, &state, &[&s(&storage), &s(&mnt)]);
     let (m, st) = (s(&mnt), s(&state));
-    for sink in [Sink::ClosedPipe, Sink::Full] {
-        for args in [
-            vec!["status", &m, "--state-dir", &st],
-            vec!["status", &m, "--state-dir", &st, "--json"],
-        ] {
-            assert_clean_failure(sink, &args);
-        }
+    for args in [
+        vec!["status", &m, "--state-dir", &st],
+        vec!["status", &m, "--state-dir", &st, "--json"],
+    ] {
+        assert_quiet_end(&args);
+        assert_clean_failure(Sink::Full, &args);
     }
     // A run started and followed into a closed pipe still runs and is recorded.
     let err = assert_clean_failure(Sink::ClosedPipe, &["gc", &m, "--state-dir", &st, "--wait"]);
@@ -145,13 +159,12 @@ fn commands_that_ask_the_daemon_report_a_closed_or_full_stdout() {
     let err = assert_clean_failure(Sink::Full, &["gc", &m, "--state-dir", &st, "--json"]);
     assert!(err.contains("GC job 2 started"), "{err}");
     d.wait_for_jobs(2);
-    for sink in [Sink::ClosedPipe, Sink::Full] {
-        for args in [
-            vec!["jobs", &m, "--state-dir", &st],
-            vec!["jobs", &m, "--state-dir", &st, "--json"],
-        ] {
-            assert_clean_failure(sink, &args);
-        }
+    for args in [
+        vec!["jobs", &m, "--state-dir", &st],
+        vec!["jobs", &m, "--state-dir", &st, "--json"],
+    ] {
+        assert_quiet_end(&args);
+        assert_clean_failure(Sink::Full, &args);
     }
 }
 

@@ -6,7 +6,6 @@ use serde::Serialize;
 use super::jobs::JobQuery;
 use super::{Api, error, json};
 use crate::daemon::TriggerError;
-use crate::daemon::history::History;
 use crate::daemon::job::Trigger;
 use crate::http::{Request, Response};
 use crate::settings::Settings;
@@ -101,11 +100,11 @@ impl Api {
             Ok(q) => q,
             Err(e) => return error(400, e),
         };
-        let history = History::new(self.daemon.state_dir().clone());
-        match history.jobs() {
-            Ok(jobs) => json(200, &query.page(jobs, self.daemon.status().current_job)),
-            Err(e) => error(500, format!("cannot read the job history: {e}")),
-        }
+        let recorded = self.daemon.recorded_jobs();
+        json(
+            200,
+            &query.page(&recorded, self.daemon.status().current_job),
+        )
     }
 
     pub(super) fn job(&self, id: &str) -> Response {

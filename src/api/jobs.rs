@@ -117,22 +117,25 @@ impl JobQuery {
             && self.until.is_none_or(|t| job.started_at < t)
     }
 
-    /// The page of `history` (oldest first) and the running job this query asks for.
-    pub fn page(&self, history: Vec<Job>, running: Option<Job>) -> JobPage {
-        let matching: Vec<Job> = running
-            .into_iter()
-            .chain(history.into_iter().rev())
-            .filter(|j| self.admits(j))
-            .collect();
+    /// The page of `history` (oldest first) and the running job this query asks for;
+    /// only the jobs on the page are copied.
+    pub fn page(&self, history: &[Job], running: Option<Job>) -> JobPage {
+        let mut total = 0;
+        let mut jobs = Vec::new();
+        for j in running.iter().chain(history.iter().rev()) {
+            if !self.admits(j) {
+                continue;
+            }
+            if total >= self.offset && jobs.len() < self.limit {
+                jobs.push(j.clone());
+            }
+            total += 1;
+        }
         JobPage {
-            total: matching.len(),
+            total,
             offset: self.offset,
             limit: self.limit,
-            jobs: matching
-                .into_iter()
-                .skip(self.offset)
-                .take(self.limit)
-                .collect(),
+            jobs,
         }
     }
 }
@@ -194,7 +197,7 @@ mod tests {
             })
             .collect();
         let running = Some(job(7, Trigger::Api, JobOutcome::Running, 7));
-        let page = |s| q(s).unwrap().page(history.clone(), running.clone());
+        let page = |s| q(s).unwrap().page(&history, running.clone());
         assert_eq!(ids(&page("")), [7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(ids(&page("trigger=api")), [7, 6, 4, 2]);
         assert_eq!(ids(&page("trigger=api&running=false")), [6, 4, 2]);

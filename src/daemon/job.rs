@@ -117,7 +117,9 @@ pub struct Job {
     /// during the sweep).
     #[serde(default)]
     pub resurrected: u64,
-    /// Online runs: writes refused because they named what the sweep was deleting.
+    /// Writes the run refused: read-only runs, every EROFS the epoch answered (each a
+    /// push that failed or retried); online runs, writes that named what the sweep was
+    /// deleting.
     #[serde(default)]
     pub refused_writes: u64,
     #[serde(default)]
@@ -128,9 +130,14 @@ pub struct Job {
     /// The collector's report (counts, bytes, warnings), when it got that far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::gc::RunReport>,
-    /// Bytes in use on the store's filesystem when the run ended (the page's chart).
+    /// Bytes in use on the store's filesystem when the run ended (the whole filesystem,
+    /// whatever else it holds; the chart shows `store_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_used_bytes: Option<u64>,
+    /// The store's own size after the run: the bytes under `blobs/` the mark counted,
+    /// less what the run deleted (the page's chart shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_bytes: Option<u64>,
     /// A cluster run: the collector and how each member closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRun>,
@@ -164,6 +171,7 @@ impl Job {
             registry_cache: None,
             report: None,
             store_used_bytes: None,
+            store_bytes: None,
             cluster: None,
         }
     }
@@ -184,10 +192,18 @@ impl Job {
             c.bytes_freed,
             c.manifests_removed,
             self.read_only_seconds
-        ) + &self.young_kept()
+        ) + &self.refused()
+            + &self.young_kept()
     }
 
     /// The summary's note of blobs kept for their age, when there were any.
+    fn refused(&self) -> String {
+        match self.refused_writes {
+            0 => String::new(),
+            n => format!(", {n} writes refused"),
+        }
+    }
+
     fn young_kept(&self) -> String {
         match &self.report {
             Some(crate::gc::RunReport::Finished(r)) if r.young_blobs_kept > 0 => format!(

@@ -80,6 +80,8 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
         return;
     }
     let start = Instant::now();
+    // Every EROFS the epoch answers is counted: what the run cost the registry's pushes.
+    let refused_before = parts.gate.refused_writes();
     let reopen = close_store(parts, job, control, settings);
     let all_closed = control.interrupted().is_none() && cluster_closed(parts, job, control);
     if let Some(o) = control.interrupted() {
@@ -92,6 +94,7 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
     }
     drop(reopen);
     job.read_only_seconds = start.elapsed().as_secs_f64();
+    job.refused_writes = parts.gate.refused_writes() - refused_before;
     tracing::warn!(
         job = job.id,
         read_only_seconds = job.read_only_seconds,

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use super::epoch::{Alone, ClusterView, EpochCoordinator};
-use super::history::History;
+use super::epoch::{Alone, EpochCoordinator};
+use super::history::{History, HistoryLimits};
 use super::job::{Job, Trigger};
 use super::run_control::RunControl;
 use super::run_record::{RunHost, RunParts};
@@ -92,6 +92,9 @@ pub struct Daemon {
     history: History,
     /// The settings in force, read from their owner at each use (never copied here).
     settings: Arc<SettingsOwner>,
+    /// The history as recorded (oldest first, within the limits): what the API pages
+    /// through without reading the file. Replaced whole at each run's end.
+    recorded: Mutex<Arc<Vec<Job>>>,
     observers: Vec<Arc<dyn JobObserver>>,
     inner: Mutex<Inner>,
     changed: Condvar,
@@ -99,6 +102,20 @@ pub struct Daemon {
     cache: Mutex<Option<CacheStatus>>,
     /// Shares each epoch with the other nodes serving the store (none: a node alone).
     coordinator: std::sync::OnceLock<Arc<dyn EpochCoordinator>>,
+}
+
+/// Cuts the history to `limits`; a failure is logged (the runs go on).
+fn prune(history: &History, limits: &HistoryLimits) {
+    match history.prune(limits, Utc::now()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            keep_runs = limits.keep_runs,
+            keep_days = limits.keep_days,
+            "removed the oldest runs from the job history ([history] limits)"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot cut the job history to its limits"),
+    }
 }
 
 /// How long a verdict on the registry's cache is shown before `status` checks again.
@@ -128,6 +145,9 @@ impl Daemon {
             Err(e) => tracing::error!(error = %e,
                 "cannot record the run a stopped daemon left behind in the history"),
         }
+        // A history longer than the limits (an older daemon kept everything) is cut
+        // before it is read.
+        prune(&history, &settings.effective().history);
         let jobs = history.jobs().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the job history; starting without it");
             vec![]
@@ -147,6 +167,7 @@ impl Daemon {
             gate,
             online,
         } = served;
+        let recorded = Mutex::new(Arc::new(jobs));
         Arc::new(Daemon {
             fs,
             store,
@@ -157,6 +178,7 @@ impl Daemon {
             storage: storage.to_path_buf(),
             state_dir,
             history,
+            recorded,
             settings,
             observers,
             inner: Mutex::new(inner),
@@ -435,6 +457,7 @@ impl Daemon {
     /// Records a finished run and frees the slot for the next one.
     fn finish(&self, mut job: Job) {
         job.store_used_bytes = self.store_used_bytes();
+        job.store_bytes = job.report.as_ref().and_then(|r| r.store_bytes_after());
         self.observers.iter().for_each(|o| o.job_ended(&job));
         if let Err(e) = self.history.append(&job) {
             tracing::error!(job = job.id, error = %e,
@@ -443,11 +466,38 @@ impl Daemon {
         if let Err(e) = self.history.clear_running() {
             tracing::error!(error = %e, "cannot clear the running-job record");
         }
+        let limits = self.settings().history;
+        prune(&self.history, &limits);
+        self.record(&job, &limits);
         let mut inner = self.lock();
         inner.running = None;
         inner.last = Some(job);
         drop(inner);
         self.changed.notify_all();
+    }
+
+    /// Adds a finished job to the recorded history, cut to `limits` as the file is.
+    fn record(&self, job: &Job, limits: &HistoryLimits) {
+        let now = Utc::now();
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs: Vec<Job> = Vec::with_capacity(recorded.len() + 1);
+        let newest = std::iter::once(job).chain(recorded.iter().rev());
+        for (newer, j) in newest.enumerate() {
+            if !limits.keeps(j.ended_at.unwrap_or(j.started_at), newer, now) {
+                break;
+            }
+            jobs.push(j.clone());
+        }
+        jobs.reverse();
+        *recorded = Arc::new(jobs);
+    }
+
+    /// The finished jobs recorded, oldest first (bounded by `[history]`).
+    pub fn recorded_jobs(&self) -> Arc<Vec<Job>> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A job by id: the running one or one from the history.
@@ -460,12 +510,11 @@ impl Daemon {
             return Some(j.clone());
         }
         drop(inner);
-        self.history
-            .jobs()
-            .ok()?
-            .into_iter()
+        self.recorded_jobs()
+            .iter()
             .rev()
             .find(|j| j.id == id)
+            .cloned()
     }
 
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
@@ -498,6 +547,9 @@ impl Daemon {
             mode: settings.mode.to_string(),
             read_only: read_only_since.is_some(),
             read_only_since,
+            read_only_reason: read_only_since
+                .and(running)
+                .map(|r| format!("GC job {} runs", r.job.id)),
             banner,
             current_job: running.map(|r| r.job.clone()),
             progress: running.map(|r| r.control.progress()),
@@ -520,7 +572,7 @@ impl Daemon {
             ..status
         };
         match cluster {
-            Some(c) => closed_by_cluster(status, c, self.gate.is_closed()),
+            Some(c) => status.in_cluster(c, self.gate.is_closed()),
             None => status,
         }
     }
@@ -539,24 +591,6 @@ impl Daemon {
                 .ok(),
         }
     }
-}
-
-/// Cluster mode: the gate may be closed with no run here (another node's epoch, or this
-/// node fenced); the status says so.
-fn closed_by_cluster(mut status: Status, c: ClusterView, closed: bool) -> Status {
-    if closed && !status.read_only {
-        let why = match (&c.error, &c.collector) {
-            (Some(_), _) => "this node cannot reach etcd (fenced)".to_string(),
-            (None, Some(n)) => format!("node {n} collects cluster epoch {}", c.epoch.unwrap_or(0)),
-            (None, None) => "joining the cluster".to_string(),
-        };
-        status.read_only = true;
-        status.banner = Some(format!(
-            "STORE IS READ-ONLY: {why}; pushes are refused, pulls work"
-        ));
-    }
-    status.cluster = Some(c);
-    status
 }
 
 impl RunHost for Daemon {

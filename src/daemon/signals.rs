@@ -27,20 +27,20 @@ impl SignalThread {
     }
 }
 
-/// The signals the daemon handles, caught (queued for the signal thread) from the moment
-/// this is made: a SIGTERM between the mount and the thread's start asks for a shutdown
-/// instead of killing the process with the mount left behind.
+/// The daemon's signals, caught (no longer killing the process) and queued until the
+/// signal thread handles them.
 pub struct Caught(Signals);
 
-/// Catches SIGUSR1, SIGUSR2, SIGHUP, SIGTERM and SIGINT from now on.
+/// Catches the daemon's signals from now on: called before the mount, so a SIGTERM or
+/// SIGINT while the daemon starts is handled once it runs, not fatal half-way.
 pub fn catch() -> std::io::Result<Caught> {
     Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT]).map(Caught)
 }
 
-/// Spawns the signal thread over the signals `caught` since [`catch`]. `reload` puts fresh settings in force on SIGHUP (through
-/// their owner); `terminate` is
-/// called with the signal on SIGTERM and SIGINT, and does not wait for the shutdown
-/// (the thread keeps serving signals until it is stopped).
+/// Spawns the signal thread over the signals `caught` (those that came before it are
+/// handled first). `reload` produces fresh settings on SIGHUP; `terminate` is called
+/// with the signal on SIGTERM and SIGINT, and does not wait for the shutdown (the
+/// thread keeps serving signals until it is stopped).
 pub fn spawn(
     caught: Caught,
     daemon: Arc<Daemon>,

@@ -158,7 +158,9 @@ fn mark_in_pool(
         now,
     };
     let mut plan = plan::plan(&inventory, &marks, &settings);
-    measure(store, &mut plan);
+    let sizes = blob_sizes(store, &inventory);
+    report.blob_bytes_scanned = sizes.iter().sum();
+    measure(&inventory, &sizes, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
     report.warnings = inventory
         .warnings()
@@ -187,15 +189,26 @@ fn unmarked<'a>(inventory: &'a Inventory, marks: &'a MarkSet) -> impl Iterator<I
         .copied()
 }
 
-/// Fills in the size of each blob the plan deletes, for the report.
-fn measure(store: &Store, plan: &mut Plan) {
+/// The size of every blob's data, in the inventory's order (one stat each, in
+/// parallel): the store's own size, and what deleting any of them frees.
+fn blob_sizes(store: &Store, inventory: &Inventory) -> Vec<u64> {
     use rayon::prelude::*;
     let sizes = scan::BlobSizes::new(store);
-    plan.actions.par_iter_mut().for_each(|a| {
+    inventory
+        .blobs
+        .digests()
+        .par_iter()
+        .map(|d| sizes.of(d))
+        .collect()
+}
+
+/// Fills in the size of each blob the plan deletes, for the report.
+fn measure(inventory: &Inventory, sizes: &[u64], plan: &mut Plan) {
+    for a in &mut plan.actions {
         if let Action::DeleteBlob { digest, bytes, .. } = a {
-            *bytes = sizes.of(digest);
+            *bytes = inventory.blobs.position(digest).map_or(0, |i| sizes[i]);
         }
-    });
+    }
 }
 
 /// Carries out a planned run (unless it is a dry run) and completes the report.

@@ -104,6 +104,10 @@ pub struct Report {
     pub manifests_scanned: u64,
     pub blobs_scanned: u64,
     pub blobs_marked: u64,
+    /// Bytes of blob data under `blobs/` when the mark ran: the store's own size (not
+    /// the filesystem's), one stat per blob.
+    #[serde(default)]
+    pub blob_bytes_scanned: u64,
     /// Unmarked blobs kept because they are younger than the minimum age.
     #[serde(default)]
     pub young_blobs_kept: u64,
@@ -136,6 +140,7 @@ impl Report {
             manifests_scanned: 0,
             blobs_scanned: 0,
             blobs_marked: 0,
+            blob_bytes_scanned: 0,
             young_blobs_kept: 0,
             young_revisions_kept: 0,
             counts: Counts::default(),
@@ -162,6 +167,18 @@ impl RunReport {
         match self {
             RunReport::Finished(r) => &r.counts,
             RunReport::Sweeping(c) => c,
+        }
+    }
+
+    /// The store's own size once the run ended: the blob bytes the mark counted, less
+    /// what the run deleted. None when the mark did not finish.
+    pub fn store_bytes_after(&self) -> Option<u64> {
+        match self {
+            RunReport::Finished(r) if r.ended_in != Some(Phase::Mark) => {
+                let freed = if r.dry_run { 0 } else { r.counts.bytes_freed };
+                Some(r.blob_bytes_scanned.saturating_sub(freed))
+            }
+            _ => None,
         }
     }
 

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ impl State {
 struct Shared {
     /// Mirrors `State::closed` for lock-free status reads.
     closed: AtomicBool,
+    /// Every write refused with EROFS since the gate was made.
+    refused: AtomicU64,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -152,9 +154,13 @@ pub struct WriteGate {
     shared: Arc<Shared>,
 }
 
-fn refused(path: &str) -> FsError {
-    FsError::ReadOnlyEpoch {
-        path: path.to_owned(),
+impl Shared {
+    /// An EROFS answer to a write at `path`, counted.
+    fn refuse(&self, path: &str) -> FsError {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        FsError::ReadOnlyEpoch {
+            path: path.to_owned(),
+        }
     }
 }
 
@@ -165,6 +171,12 @@ impl WriteGate {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock()
+    }
+
+    /// How many writes the gate has refused with EROFS since it was made (a run's
+    /// count is the difference over its epoch).
+    pub fn refused_writes(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -299,7 +311,7 @@ impl StorePolicy for WriteGate {
     fn admit_change(&self, change: &Change<'_>) -> FsResult<ChangeLease> {
         let mut st = self.shared.lock_unpaused();
         if st.closed {
-            return Err(refused(change.path()));
+            return Err(self.shared.refuse(change.path()));
         }
         st.changes_in_flight += 1;
         Ok(ChangeLease::held(GateChange {
@@ -310,7 +322,7 @@ impl StorePolicy for WriteGate {
     fn admit_writer(&self, writer: Writer<'_>) -> FsResult<WriterLease> {
         let mut st = self.shared.lock_unpaused();
         if st.closed {
-            return Err(refused(writer.path()));
+            return Err(self.shared.refuse(writer.path()));
         }
         Ok(self.shared.add_writer(&mut st, writer))
     }
@@ -322,7 +334,7 @@ impl StorePolicy for WriteGate {
 
     fn check_write_access(&self, path: &str) -> FsResult<()> {
         if self.is_closed() {
-            return Err(refused(path));
+            return Err(self.shared.refuse(path));
         }
         Ok(())
     }
@@ -384,7 +396,7 @@ impl HeldWriter for GateWriter {
                     id: self.id,
                 }))
             }
-            _ => Err(refused(&self.path)),
+            _ => Err(self.shared.refuse(&self.path)),
         }
     }
 }

@@ -87,6 +87,7 @@ impl Stopper {
 struct ThreadParts {
     gc_stats: Arc<Mutex<GcStats>>,
     listener: Option<crate::api::Prepared>,
+    /// The settings' reload, and the signals caught since before the mount.
     reload: Option<(Reload, signals::Caught)>,
     /// Cluster mode: the node's name, claimed before the mount.
     claimed: Option<crate::cluster::Claimed>,
@@ -128,18 +129,19 @@ impl Runtime {
         } = start;
         let cfg = &options.mount;
         mount::require_root().map_err(|e| e.to_string())?;
-        // Caught before anything is mounted: a signal that comes before the signal
-        // thread runs waits for it.
+        // The listener's credentials and certificate are checked before anything else.
+        let listener = match &options.metrics {
+            Some(_) => Some(crate::api::prepare(&options.api)?),
+            None => None,
+        };
+        // Signals are caught from here on, before anything is mounted: a SIGTERM while
+        // the daemon starts (systemd stopping it, a test) waits for the signal thread and
+        // ends in an orderly shutdown, instead of killing a daemon with a live mount.
         let signals = match signals {
             Some(reload) => Some((
                 reload,
                 signals::catch().map_err(|e| format!("signal handler: {e}"))?,
             )),
-            None => None,
-        };
-        // The listener's credentials and certificate are checked before anything else.
-        let listener = match &options.metrics {
-            Some(_) => Some(crate::api::prepare(&options.api)?),
             None => None,
         };
         let nofile = mount::raise_nofile_limit();

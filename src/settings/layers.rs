@@ -167,6 +167,8 @@ impl Provider for Layer<'_> {
 pub struct Fixed {
     pub drain_timeout: Duration,
     pub registry: crate::registry::RegistrySettings,
+    /// How much job history is kept (`[history]`).
+    pub history: super::HistoryLimits,
 }
 
 impl Default for Fixed {
@@ -175,6 +177,7 @@ impl Default for Fixed {
         Fixed {
             drain_timeout: d.drain_timeout,
             registry: d.registry,
+            history: d.history,
         }
     }
 }
@@ -236,6 +239,7 @@ pub fn settle(sources: &[(Source, &GcValues)], fixed: &Fixed) -> Result<Settings
         allow_missing_manifests: merged.allow_missing_manifests.unwrap_or(false),
         drain_timeout: fixed.drain_timeout,
         registry: fixed.registry.clone(),
+        history: fixed.history,
     })
 }
 

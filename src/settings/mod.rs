@@ -83,6 +83,35 @@ impl fmt::Display for GcMode {
     }
 }
 
+/// How much of the history is kept (`[history]` in the configuration): at most
+/// `keep_runs` runs, none that ended more than `keep_days` days ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub keep_runs: usize,
+    pub keep_days: u32,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            keep_runs: 1000,
+            keep_days: 90,
+        }
+    }
+}
+
+impl HistoryLimits {
+    /// Whether a run that ended at `ended`, with `newer` kept runs after it, stays.
+    pub fn keeps(
+        &self,
+        ended: chrono::DateTime<chrono::Utc>,
+        newer: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        newer < self.keep_runs && now - ended <= chrono::TimeDelta::days(self.keep_days.into())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: GcMode,
@@ -99,6 +128,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
     pub registry: crate::registry::RegistrySettings,
+    /// How much job history is kept (`[history]`).
+    pub history: HistoryLimits,
 }
 
 impl Default for Settings {
@@ -115,6 +146,7 @@ impl Default for Settings {
             min_age: gc::DEFAULT_MIN_AGE,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
+            history: Default::default(),
         }
     }
 }

@@ -203,9 +203,17 @@ function deleted(j) {
   return blobs + " blobs, " + manifests + " manifests";
 }
 
+// The history is paged: JOBS_PAGE runs at a time, newest first; jobsOffset runs skipped.
+const JOBS_PAGE = 50;
+let jobsOffset = 0;
+
 async function loadJobs() {
-  const r = await call("GET", "jobs?limit=50");
+  const r = await call("GET", "jobs?limit=" + JOBS_PAGE + "&offset=" + jobsOffset);
   if (r.status !== 200) return;
+  const total = r.data.total, shown = r.data.jobs.length;
+  $("jobs-range").textContent = total ? (jobsOffset + 1) + "–" + (jobsOffset + shown) + " of " + total : "";
+  $("jobs-newer").disabled = jobsOffset === 0;
+  $("jobs-older").disabled = jobsOffset + shown >= total;
   const body = $("jobs");
   body.replaceChildren();
   for (const j of r.data.jobs) {
@@ -214,12 +222,13 @@ async function loadJobs() {
     const cells = [j.id, utc(j.started_at), j.trigger, j.outcome + (j.settings.dry_run ? " (dry run)" : ""),
       deleted(j), bytes(j.report ? j.report.bytes_freed : 0),
       j.settings.mode === "online" ? "online, paused " + Math.round(j.pause_seconds * 1000) + " ms"
-        : seconds(j.read_only_seconds)];
+        : seconds(j.read_only_seconds),
+      String(j.refused_writes || 0)];
     cells.forEach((v, i) => {
       const td = document.createElement("td");
       td.textContent = v;
       if (i === 3) td.className = "outcome-" + j.outcome;
-      if (i === 5 || i === 6) td.className = "num";
+      if (i >= 5) td.className = "num";
       if (i === 3 && j.error) td.title = j.error;
       tr.appendChild(td);
     });
@@ -236,8 +245,8 @@ function el(name, attrs, text) {
   return e;
 }
 
-// Bars: bytes freed per run (left scale); line: bytes in use on the store's filesystem
-// after each run (right scale).
+// Bars: bytes freed per run (left scale); line: the store's own size after each run, the
+// blob bytes its mark counted less what it deleted (right scale); not the filesystem's.
 function chart(jobs) {
   const box = $("chart");
   box.replaceChildren();
@@ -250,7 +259,7 @@ function chart(jobs) {
     return;
   }
   const freed = jobs.map((j) => (j.report ? j.report.bytes_freed || 0 : 0));
-  const store = jobs.map((j) => j.store_used_bytes);
+  const store = jobs.map((j) => j.store_bytes);
   const maxF = Math.max(1, ...freed), maxS = Math.max(1, ...store.filter((v) => v != null));
   const step = (W - L - R) / jobs.length, y0 = H - B, h = H - T - B;
   svg.appendChild(el("line", { x1: L, y1: y0, x2: W - R, y2: y0, class: "axis" }));
@@ -273,7 +282,7 @@ function chart(jobs) {
       const p = [x + step / 2, y0 - (store[i] / maxS) * h];
       points.push(p.join(","));
       const dot = el("circle", { cx: p[0], cy: p[1], r: 3, class: "store-dot" });
-      dot.appendChild(el("title", {}, "job " + j.id + ": " + bytes(store[i]) + " in use after it"));
+      dot.appendChild(el("title", {}, "job " + j.id + ": " + bytes(store[i]) + " of blobs in the store after it"));
       svg.appendChild(dot);
     }
   });
@@ -297,6 +306,8 @@ $("schedule").addEventListener("input", () => {
 });
 $("settings").addEventListener("change", () => { formDirty = true; });
 $("save").addEventListener("click", () => save(false));
+$("jobs-newer").addEventListener("click", () => { jobsOffset = Math.max(0, jobsOffset - JOBS_PAGE); loadJobs(); });
+$("jobs-older").addEventListener("click", () => { jobsOffset += JOBS_PAGE; loadJobs(); });
 $("save-start").addEventListener("click", () => save(true));
 $("stop").addEventListener("click", stop);
 $("revert").addEventListener("click", revert);

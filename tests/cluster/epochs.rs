@@ -99,6 +99,13 @@ fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
         st["banner"].as_str().unwrap().contains("node n1 collects"),
         "{st:#}"
     );
+    // The text says so too (it once said "read-only no" while the JSON said true).
+    let (code, text, err) = n2.regfs(&["status", &n2.mnt().display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("read-only    yes: node n1 collects cluster epoch"),
+        "{text}"
+    );
     for n in nodes {
         assert!(!n.writable(), "{} must stay closed while n3 drains", n.name);
     }

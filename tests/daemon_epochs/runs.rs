@@ -115,6 +115,14 @@ fn sigusr1_starts_a_run_writes_fail_with_erofs_during_it_and_work_after() {
     );
     assert_eq!(job["cut_writers"], serde_json::json!([]), "{job:#}");
     assert_eq!(job["report"]["blobs_deleted"], 5, "{job:#}");
+    // The six writes above answered EROFS, each counted: what the run cost pushes.
+    assert_eq!(job["refused_writes"], 6, "{job:#}");
+    // The store's own size after the run: the live blobs' data, not the filesystem's.
+    let live_bytes: u64 = [manifest, config, l1, l2]
+        .iter()
+        .map(|d| fs::metadata(blob_data(&e.storage, &d.hex())).unwrap().len())
+        .sum();
+    assert_eq!(job["store_bytes"], live_bytes, "{job:#}");
     let started = utc(&job["started_at"], "started_at");
     let ended = utc(&job["ended_at"], "ended_at");
     assert!(started <= ended);

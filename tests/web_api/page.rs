@@ -104,6 +104,22 @@ fn history_lists_both_runs(b: &mut Browser) {
         b.eval("document.querySelectorAll('#chart rect.freed').length"),
         2
     );
+    // The store line is the store's own size (a few bytes of blobs here), not the
+    // filesystem's used bytes (gigabytes).
+    let dot = b.eval("document.querySelector('#chart circle.store-dot title').textContent");
+    let dot = dot.as_str().unwrap_or_default();
+    assert!(
+        dot.starts_with("job 1: ") && dot.ends_with(" B of blobs in the store after it"),
+        "{dot}"
+    );
+    // Every refused write is in the history: none here (no push during the runs).
+    let header = b.eval("document.querySelector('#history thead').textContent");
+    assert!(
+        header
+            .as_str()
+            .unwrap_or_default()
+            .contains("Refused writes")
+    );
 }
 
 /// The schedule's next five UTC runs as it is typed, a bad one named; "Save" puts
@@ -133,5 +149,85 @@ fn schedule_as_typed_and_save(b: &mut Browser, e: &Env) {
     b.wait_for(
         "document.getElementById('overrides').textContent.includes('override')",
         "the page says the settings override the file",
+    );
+}
+
+/// A long history is paged: 50 runs a page, newest first, "Older" and "Newer" move
+/// through it, and the API says where the page lies.
+#[test]
+fn the_page_pages_through_a_long_history() {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(e) = env(&["chromium"]) else { return };
+    // 120 runs recorded by an earlier daemon, one a minute until now.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&e.state)
+        .unwrap();
+    let now = chrono::Utc::now();
+    let mut lines = String::new();
+    for id in 1..=120u64 {
+        let ended = now - chrono::TimeDelta::minutes(120 - id as i64);
+        let job = serde_json::json!({
+            "id": id, "trigger": "schedule", "outcome": "done",
+            "settings": {"mode": "read-only", "duration": "until-done", "delete_untagged": false,
+                "dry_run": false, "upload_max_age": "7days", "min_age": "1h", "drain_timeout": "10s"},
+            "started_at": ended, "ended_at": ended,
+            "read_only_seconds": 1.0, "drain_seconds": 0.0, "refused_writes": id % 7,
+        });
+        lines += &format!("{job}\n");
+    }
+    std::fs::write(e.state.join("jobs.jsonl"), lines).unwrap();
+    let _d = e.start(&[]);
+    let page = e
+        .curl("GET", "/api/v1/jobs?limit=50&offset=100", &[])
+        .json();
+    assert_eq!(page["total"], 120, "{page:#}");
+    let ids: Vec<u64> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=20).rev().collect::<Vec<_>>());
+
+    let mut b = Browser::launch();
+    b.open(&format!("{}/", e.base()));
+    let first_row = "document.querySelector('#jobs tr').firstChild.textContent";
+    b.wait_for(
+        "document.getElementById('jobs-range').textContent === '1–50 of 120'",
+        "the newest page",
+    );
+    assert_eq!(b.eval(first_row), "120");
+    // The refused writes of each run are in its row.
+    let cells = b.eval("[...document.querySelector('#jobs tr').children].map(c => c.textContent)");
+    assert_eq!(
+        cells.as_array().unwrap().last().unwrap(),
+        &serde_json::json!((120 % 7).to_string()),
+        "{cells}"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('jobs-newer').disabled"),
+        true
+    );
+    b.click("jobs-older");
+    b.wait_for(
+        "document.getElementById('jobs-range').textContent === '51–100 of 120'",
+        "the second page",
+    );
+    assert_eq!(b.eval(first_row), "70");
+    b.click("jobs-older");
+    b.wait_for(
+        "document.getElementById('jobs-range').textContent === '101–120 of 120'",
+        "the oldest page",
+    );
+    assert_eq!(b.eval("document.querySelectorAll('#jobs tr').length"), 20);
+    assert_eq!(
+        b.eval("document.getElementById('jobs-older').disabled"),
+        true
+    );
+    b.click("jobs-newer");
+    b.wait_for(
+        "document.getElementById('jobs-range').textContent === '51–100 of 120'",
+        "back a page",
     );
 }
