@@ -1,0 +1,119 @@
+//! The listener under password guessing: bcrypt is slow on purpose (about a second at
+//! cost 13), and the checks must not starve `/metrics` and the page, nor let a guesser
+//! go on unchecked.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::fixture::{Env, USER, env};
+
+/// Guessers sending wrong passwords at once.
+pub const GUESSERS: usize = 8;
+
+/// An htpasswd file at bcrypt cost 13, as a careful operator makes it.
+pub fn costly_htpasswd(e: &Env) {
+    let out = Command::new("htpasswd")
+        .args(["-B", "-C", "13", "-b", "-c"])
+        .arg(&e.htpasswd)
+        .args([USER, crate::fixture::PASSWORD])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::common::describe_output(&out)
+    );
+}
+
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .proxy(None)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// `GUESSERS` threads posting wrong passwords until `stop`; the statuses they got (0:
+/// no answer).
+pub fn guessers(base: &str, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
+    (0..GUESSERS)
+        .map(|i| {
+            let (url, stop) = (format!("{base}/api/v1/gc"), stop.clone());
+            std::thread::spawn(move || {
+                let auth =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:wrong-{i}"));
+                let agent = agent(Duration::from_secs(60));
+                let mut statuses = vec![];
+                while !stop.load(Ordering::SeqCst) {
+                    // No answer at all (the connection dropped) is 0.
+                    let status = agent
+                        .post(&url)
+                        .header("Authorization", format!("Basic {auth}"))
+                        .send_empty()
+                        .map_or(0, |r| r.status().as_u16());
+                    statuses.push(status);
+                }
+                statuses
+            })
+        })
+        .collect()
+}
+
+/// One `/metrics` scrape: how long it took, or why it failed.
+pub fn scrape(agent: &ureq::Agent, base: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut r = agent
+        .get(format!("{base}/metrics"))
+        .call()
+        .map_err(|e| format!("after {:?}: {e}", started.elapsed()))?;
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if r.status() != 200 || !body.contains("regfs_gc_state") {
+        return Err(format!("{}: {body}", r.status()));
+    }
+    Ok(started.elapsed())
+}
+
+#[test]
+fn metrics_answer_while_clients_send_wrong_passwords() {
+    let Some(e) = env(&[]) else { return };
+    costly_htpasswd(&e);
+    let _d = e.start(&[]);
+    let base = e.base();
+    let quick = agent(Duration::from_secs(2));
+    scrape(&quick, &base).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let guessing = guessers(&base, &stop);
+    // Let the guessers fill the listener with bcrypt checks first.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut took = vec![];
+    for _ in 0..12 {
+        // Old listener: each scrape waited behind every pending check (timeouts at 10 s).
+        match scrape(&quick, &base) {
+            Ok(t) => took.push(t),
+            Err(err) => {
+                stop.store(true, Ordering::SeqCst);
+                panic!(
+                    "/metrics not answered within 2 s while {GUESSERS} clients guess passwords: {err}; earlier scrapes took {took:?}"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let statuses: Vec<u16> = guessing
+        .into_iter()
+        .flat_map(|g| g.join().unwrap())
+        .collect();
+    println!("scrapes took {took:?}; guessers got {statuses:?}");
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "a wrong password is refused (401) or slowed down (429): {statuses:?}"
+    );
+}
