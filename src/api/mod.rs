@@ -60,7 +60,7 @@ impl Api {
             return match req.method.as_str() {
                 "GET" => Response::new(
                     200,
-                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::CONTENT_TYPE,
                     crate::metrics::render(&self.daemon, &self.metrics).into_bytes(),
                 ),
                 _ => not_allowed("GET"),

@@ -117,3 +117,55 @@ fn metrics_answer_while_clients_send_wrong_passwords() {
         "a wrong password is refused (401) or slowed down (429): {statuses:?}"
     );
 }
+
+/// The figure for the notes: `/metrics` latency while 8 clients guess passwords, for
+/// `REGFS_BENCH_SECS` seconds (30 by default), a scrape every 100 ms, each given 10 s.
+/// `cargo test --release --test web_api metrics_latency -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run by hand, see the doc comment"]
+fn metrics_latency_while_clients_send_wrong_passwords() {
+    let Some(e) = env(&[]) else { return };
+    costly_htpasswd(&e);
+    let _d = e.start(&[]);
+    let base = e.base();
+    let secs: u64 = std::env::var("REGFS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let patient = agent(Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let guessing = guessers(&base, &stop);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut took, mut failed) = (vec![], 0);
+    while Instant::now() < end {
+        match scrape(&patient, &base) {
+            Ok(t) => took.push(t),
+            Err(_) => {
+                failed += 1;
+                took.push(Duration::from_secs(10));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let statuses: Vec<u16> = guessing
+        .into_iter()
+        .flat_map(|g| g.join().unwrap())
+        .collect();
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+    let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
+    println!(
+        "/metrics under {GUESSERS} wrong-password clients (bcrypt cost 13), {secs} s: {} scrapes, \
+         p50 {:?}, p99 {:?}, max {:?}, {failed} not answered within 10 s; guesses answered: \
+         {} 401, {} 429, {} 503, {} no answer",
+        took.len(),
+        at(0.5),
+        at(0.99),
+        took[took.len() - 1],
+        count(401),
+        count(429),
+        count(503),
+        count(0)
+    );
+}
