@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::common::describe_output;
 use crate::ctx::{Ctx, Image};
-use crate::support::{REGISTRY_PASSWORD, REGISTRY_USER, run};
 pub use crate::support::{Answer, request};
+use crate::support::{REGISTRY_PASSWORD, REGISTRY_USER, run};
 
 /// The GC mode under test: `SOAK_GC_MODE` (`online`, the default, or `read-only`).
 pub fn gc_mode() -> String {

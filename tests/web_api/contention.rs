@@ -169,3 +169,48 @@ fn metrics_latency_while_clients_send_wrong_passwords() {
         count(0)
     );
 }
+
+/// POST /api/v1/gc with `Authorization: auth`: the status and `Retry-After`.
+fn post_gc(agent: &ureq::Agent, base: &str, auth: &str) -> (u16, Option<u64>) {
+    let r = agent
+        .post(format!("{base}/api/v1/gc"))
+        .header("Authorization", auth)
+        .send_empty()
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (r.status().as_u16(), retry)
+}
+
+#[test]
+fn a_password_guesser_is_slowed_down_and_told_when_to_retry() {
+    let Some(e) = env(&[]) else { return };
+    let _d = e.start(&[]);
+    let base = e.base();
+    let agent = agent(Duration::from_secs(30));
+    let basic = |user: &str, password: &str| {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {creds}")
+    };
+    // A handful of wrong passwords are answered 401...
+    let mut statuses = vec![];
+    for i in 0..10 {
+        statuses.push(post_gc(&agent, &base, &basic(USER, &format!("wrong-{i}"))).0);
+    }
+    assert_eq!(statuses, vec![401; 10]);
+    // ... then this client is refused whatever it sends, and told when to try again.
+    let (status, retry) = post_gc(&agent, &base, &basic(USER, crate::fixture::PASSWORD));
+    assert_eq!(status, 429, "the right password while throttled");
+    let retry = retry.expect("Retry-After");
+    assert!((1..=10).contains(&retry), "Retry-After: {retry}");
+    let token = format!("Bearer {}", crate::fixture::TOKEN);
+    assert_eq!(post_gc(&agent, &base, &token).0, 429, "the token too");
+    // Reads are never throttled.
+    let status = agent.get(format!("{base}/api/v1/status")).call().unwrap();
+    assert_eq!(status.status(), 200);
+    // Once the wait is over, the right credentials work again.
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_eq!(post_gc(&agent, &base, &token).0, 202);
+}
