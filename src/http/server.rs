@@ -305,3 +305,68 @@ pub fn serve(addr: SocketAddr, serving: Serving) -> io::Result<Server> {
     })?;
     Ok(Server { bound, worker })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Request;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into()
+    }
+
+    #[test]
+    fn a_slow_handler_leaves_the_others_free_and_stop_joins_it() {
+        let (started, finished) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, f) = (started.clone(), finished.clone());
+        let server = serve(
+            ([127, 0, 0, 1], 0).into(),
+            Serving {
+                handler: Arc::new(move |req: &Request| {
+                    if req.path == "/slow" {
+                        s.store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1500));
+                        f.store(true, Ordering::SeqCst);
+                    }
+                    Response::text(200, &req.path)
+                }),
+                tls: None,
+            },
+        )
+        .unwrap();
+        let base = format!("http://{}", server.bound);
+        let slow = {
+            let url = format!("{base}/slow");
+            std::thread::spawn(move || agent().get(url).call().map(|r| r.status().as_u16()))
+        };
+        while !started.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Answered while the slow one runs.
+        let t = Instant::now();
+        let mut quick = agent().get(format!("{base}/quick")).call().unwrap();
+        assert_eq!(quick.body_mut().read_to_string().unwrap(), "/quick");
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!finished.load(Ordering::SeqCst));
+        // Stopping waits for the handler in hand: its thread is joined.
+        server.stop();
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "stop returned before the handler ended"
+        );
+        let _ = slow.join();
+    }
+}
