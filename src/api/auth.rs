@@ -46,6 +46,16 @@ fn dummy_hash(cost: u32) -> String {
     format!("$2b${cost:02}$lieB9YRCmBmB3mV7HmTexu6UnKY8jGv5vW7VnIjVtnjmcTaLYyhXK")
 }
 
+/// Whom a request's failures count against: its IPv4 address, or its IPv6 /64 (one
+/// host usually has a whole /64); without a peer (a request made in-process), one key.
+fn client_key(req: &Request) -> IpAddr {
+    match req.peer.map(|p| p.ip().to_canonical()) {
+        Some(IpAddr::V6(v6)) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        Some(v4) => v4,
+        None => IpAddr::from([0u8; 4]),
+    }
+}
+
 /// The cost of a `$2b$NN$...` hash.
 fn cost_of(hash: &str) -> Option<u32> {
     hash.get(4..6)?.parse().ok()
@@ -225,10 +235,7 @@ impl Auth {
             return Err(Denied::NotConfigured);
         }
         let header = req.header("authorization").ok_or(Denied::NoCredentials)?;
-        // Without a peer (a request made in-process), one shared key.
-        let address = req
-            .peer
-            .map_or(IpAddr::from([0u8; 4]), |p| p.ip().to_canonical());
+        let address = client_key(req);
         self.by_address.check(&address).map_err(Denied::Throttled)?;
         let (scheme, value) = header.split_once(' ').ok_or(Denied::Wrong)?;
         let answer = match scheme.to_ascii_lowercase().as_str() {
@@ -397,6 +404,18 @@ mod tests {
             auth.admin(&from([10, 0, 0, 1], "Bearer 0123456789abcdef0123")),
             Err(Denied::Throttled(_))
         ));
+        // An IPv6 host counts as its /64.
+        let v6 = |last: u16| Request {
+            peer: Some(
+                (
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last),
+                    40000,
+                )
+                    .into(),
+            ),
+            ..Request::default()
+        };
+        assert_eq!(client_key(&v6(1)), client_key(&v6(2)));
         // The user was guessed for too: refused from another address, while another
         // user and the token still work there.
         assert!(matches!(
