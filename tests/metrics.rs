@@ -28,7 +28,14 @@ fn start_with_metrics(dir: &Path, storage: &Path, mnt: &Path) -> (Daemon, u16) {
         "--metrics-listen",
         &listen,
     ];
-    (Daemon::start(mnt, &dir.join("state"), &args), port)
+    let d = Daemon::start(mnt, &dir.join("state"), &args);
+    // The listener starts after the mount.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
 }
 
 /// An HTTP client that hands back every answer, whatever its status.
