@@ -3,9 +3,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::store::StoreBuilder;
@@ -28,26 +28,44 @@ fn start_with_metrics(dir: &Path, storage: &Path, mnt: &Path) -> (Daemon, u16) {
         "--metrics-listen",
         &listen,
     ];
-    (Daemon::start(mnt, &dir.join("state"), &args), port)
+    let d = Daemon::start(mnt, &dir.join("state"), &args);
+    // The listener starts after the mount.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
 }
 
-/// GET /metrics; the samples by `name{labels}`.
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
+/// An HTTP client that hands back every answer, whatever its status.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// GET `path`: the status, the `Content-Type` and the body.
+fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String, String), String> {
+    let mut r = agent(timeout)
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((r.status().as_u16(), content_type, body))
+}
+
+/// The samples of an exposition by `name{labels}`.
+fn samples(body: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in body.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -62,6 +80,17 @@ fn scrape(port: u16) -> HashMap<String, f64> {
         out.insert(name.to_string(), v);
     }
     out
+}
+
+/// GET /metrics; the samples by `name{labels}`.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let (status, content_type, body) = get(port, "/metrics", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    samples(&body)
 }
 
 #[test]
@@ -108,15 +137,8 @@ fn metrics_report_fuse_operations_and_gc_runs() {
     assert_eq!(m["regfs_gc_pause_seconds_count"], 0.0);
 
     // A path the listener does not serve is a 404.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    let (status, _, body) = get(port, "/nothing", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 404, "{body}");
 }
 
 #[test]
@@ -165,28 +187,14 @@ fn raise_own_nofile(want: u64) -> u64 {
 }
 
 /// GET /metrics with a deadline; the body's samples, or why not.
-fn scrape_within(port: u16, limit: std::time::Duration) -> Result<HashMap<String, f64>, String> {
-    let started = std::time::Instant::now();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(limit)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .map_err(|e| format!("read after {:?}: {e}", started.elapsed()))?;
-    if started.elapsed() > limit {
-        return Err(format!("answered after {:?}", started.elapsed()));
+fn scrape_within(port: u16, limit: Duration) -> Result<HashMap<String, f64>, String> {
+    let started = Instant::now();
+    let (status, _, body) =
+        get(port, "/metrics", limit).map_err(|e| format!("after {:?}: {e}", started.elapsed()))?;
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
     }
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.to_string());
-    }
-    Ok(body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect())
+    Ok(samples(&body))
 }
 
 #[test]
@@ -203,10 +211,10 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // Connections that never send a request, all held open.
     let idle: Vec<TcpStream> = (0..IDLE)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok())
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
         .collect();
     assert!(idle.len() > IDLE / 2, "only {} connections", idle.len());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     let during = threads_of(pid);
     println!(
         "{} idle connections: daemon threads {before} before, {during} while held",
@@ -219,7 +227,7 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     );
     // A scraper is answered at once while they are held, and the daemon holds no more
     // than a bounded number of them.
-    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    let m = scrape_within(port, Duration::from_secs(3)).unwrap();
     assert!(
         m["regfs_open_fds"] < 1000.0,
         "the daemon holds {} descriptors with {} idle connections",
@@ -229,7 +237,7 @@ fn idle_connections_cost_no_threads_and_scrapes_still_answer() {
     assert!(m["regfs_fd_limit"] >= 1024.0, "{m:?}");
     assert!(m["regfs_fd_budget"] >= 64.0 && m["regfs_fd_budget"] <= m["regfs_fd_limit"]);
     drop(idle);
-    let m = scrape_within(port, std::time::Duration::from_secs(3)).unwrap();
+    let m = scrape_within(port, Duration::from_secs(3)).unwrap();
     assert!(m["regfs_open_fds"] < 1000.0);
     assert!(threads_of(pid) <= before + 2);
 }
@@ -269,13 +277,10 @@ fn the_descriptor_limit_is_raised_and_the_budget_reported_in_status_and_metrics(
         .spawn()
         .unwrap();
     let d = Daemon::adopt(child, &mnt, &state);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !(common::daemon::serving(&mnt) && state.join("control.sock").exists()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let (soft, hard) = nofile_of(d.child.id());
     assert!(hard > 256, "this test needs a hard limit above 256");

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 mod handlers;
 pub mod jobs;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,7 @@ impl Api {
             return match req.method.as_str() {
                 "GET" => Response::new(
                     200,
-                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::CONTENT_TYPE,
                     crate::metrics::render(&self.daemon, &self.metrics).into_bytes(),
                 ),
                 _ => not_allowed("GET"),
@@ -116,10 +117,10 @@ impl Api {
                     "Basic realm=\"regfs\", charset=\"UTF-8\""
                 };
                 let resp = error(denied.status(), denied.message());
-                if denied.status() == 401 {
-                    resp.with_header("WWW-Authenticate", challenge)
-                } else {
-                    resp
+                match (denied.status(), denied.retry_after()) {
+                    (_, Some(secs)) => resp.with_header("Retry-After", secs.to_string()),
+                    (401, None) => resp.with_header("WWW-Authenticate", challenge),
+                    _ => resp,
                 }
             }
         }
@@ -168,7 +169,7 @@ pub fn serve(
     crate::http::serve(
         addr,
         Serving {
-            handler: Box::new(move |req| api.answer(req)),
+            handler: Arc::new(move |req: &Request| api.answer(req)),
             tls,
         },
     )

@@ -2,7 +2,6 @@
 //! with the filesystem, so that counting a request needs nothing from the daemon.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -71,34 +70,18 @@ impl FuseStats {
         }
     }
 
-    /// Appends the counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP regfs_fuse_operations_total FUSE requests served, by operation."
-        );
-        let _ = writeln!(out, "# TYPE regfs_fuse_operations_total counter");
-        for (op, n) in FUSE_OPS.iter().zip(&self.ops) {
-            let _ = writeln!(
-                out,
-                "regfs_fuse_operations_total{{op=\"{op}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP regfs_fuse_errors_total FUSE requests answered with an error, by operation and errno."
-        );
-        let _ = writeln!(out, "# TYPE regfs_fuse_errors_total counter");
+    /// Requests served, by operation.
+    pub fn operations(&self) -> Vec<(&'static str, u64)> {
+        FUSE_OPS
+            .iter()
+            .zip(&self.ops)
+            .map(|(op, n)| (*op, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Requests answered with an error, by operation and errno.
+    pub fn errors(&self) -> Vec<((&'static str, i32), u64)> {
         let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = errors.iter().collect();
-        rows.sort();
-        for ((op, errno), n) in rows {
-            let name = std::io::Error::from_raw_os_error(*errno).kind();
-            let _ = writeln!(
-                out,
-                "regfs_fuse_errors_total{{op=\"{op}\",errno=\"{errno}\",kind=\"{name:?}\"}} {n}"
-            );
-        }
+        errors.iter().map(|(k, n)| (*k, *n)).collect()
     }
 }

@@ -1,11 +1,16 @@
 //! HTTP/1.1 requests and answers as the daemon's listener speaks them: one request per
-//! connection, a head of at most [`MAX_HEAD`] bytes, a body only by `Content-Length` and
-//! of at most [`MAX_BODY`] bytes (settings are a few hundred), no chunked uploads.
+//! connection, a head of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers (parsed
+//! by `httparse`), a body only by `Content-Length` and of at most [`MAX_BODY`] bytes
+//! (settings are a few hundred), no chunked uploads.
+
+use std::net::SocketAddr;
 
 /// A request head larger than this is refused (a scrape's is a few hundred bytes).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// A request body larger than this is refused.
 pub const MAX_BODY: usize = 64 * 1024;
+/// A request with more headers than this is refused (a browser sends about fifteen).
+pub const MAX_HEADERS: usize = 64;
 
 /// What the server hands the handler.
 #[derive(Debug, Default, Clone)]
@@ -18,6 +23,8 @@ pub struct Request {
     /// Header names in lower case, values trimmed, in the order sent.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Who sent it (the server fills this in).
+    pub peer: Option<SocketAddr>,
 }
 
 impl Request {
@@ -91,8 +98,10 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -143,7 +152,7 @@ impl Response {
 /// Why a request cannot be answered by the handler.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
-    Malformed(&'static str),
+    Malformed(String),
     HeadTooLarge,
     BodyTooLarge,
     LengthRequired,
@@ -168,13 +177,20 @@ impl Refusal {
 
 /// The request in `buf` once it is complete; `None` while more is needed.
 pub fn parse(buf: &[u8]) -> Option<Result<Request, Refusal>> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (buf.len() > MAX_HEAD).then_some(Err(Refusal::HeadTooLarge));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let end = match head.parse(buf) {
+        Ok(httparse::Status::Complete(end)) if end > MAX_HEAD => {
+            return Some(Err(Refusal::HeadTooLarge));
+        }
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => {
+            return (buf.len() > MAX_HEAD).then_some(Err(Refusal::HeadTooLarge));
+        }
+        Err(httparse::Error::TooManyHeaders) => return Some(Err(Refusal::HeadTooLarge)),
+        Err(e) => return Some(Err(Refusal::Malformed(e.to_string()))),
     };
-    if end > MAX_HEAD {
-        return Some(Err(Refusal::HeadTooLarge));
-    }
-    let mut req = match parse_head(&buf[..end]) {
+    let mut req = match request_of(&head) {
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
@@ -185,9 +201,13 @@ pub fn parse(buf: &[u8]) -> Option<Result<Request, Refusal>> {
         None => 0,
         Some(Ok(n)) if n > MAX_BODY => return Some(Err(Refusal::BodyTooLarge)),
         Some(Ok(n)) => n,
-        Some(Err(_)) => return Some(Err(Refusal::Malformed("Content-Length is not a number"))),
+        Some(Err(_)) => {
+            return Some(Err(Refusal::Malformed(
+                "Content-Length is not a number".into(),
+            )));
+        }
     };
-    let body = &buf[end + 4..];
+    let body = &buf[end..];
     if body.len() < length {
         return None;
     }
@@ -195,22 +215,17 @@ pub fn parse(buf: &[u8]) -> Option<Result<Request, Refusal>> {
     Some(Ok(req))
 }
 
-fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
-    let text = std::str::from_utf8(head).map_err(|_| Refusal::Malformed("not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (method, target) = match (parts.next(), parts.next()) {
-        (Some(m), Some(t)) if !m.is_empty() && t.starts_with('/') => (m, t),
-        _ => return Err(Refusal::Malformed("no request line")),
+fn request_of(head: &httparse::Request) -> Result<Request, Refusal> {
+    let (method, target) = match (head.method, head.path) {
+        (Some(m), Some(t)) if t.starts_with('/') => (m, t),
+        _ => return Err(Refusal::Malformed("no request line".into())),
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
-    for l in lines {
-        let (name, value) = l
-            .split_once(':')
-            .ok_or(Refusal::Malformed("a header line without ':'"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    let mut headers = Vec::with_capacity(head.headers.len());
+    for h in head.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| Refusal::Malformed(format!("header {} is not UTF-8", h.name)))?;
+        headers.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
     }
     Ok(Request {
         method: method.to_string(),
@@ -218,6 +233,7 @@ fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
         query: query.to_string(),
         headers,
         body: vec![],
+        peer: None,
     })
 }
 
@@ -242,7 +258,19 @@ mod tests {
             parse(b"\xff\xfe\r\n\r\n").unwrap(),
             Err(Refusal::Malformed(_))
         ));
-        assert!(parse(b"\r\n\r\n").unwrap().is_err());
+        assert!(parse(b"GET\r\n\r\n").unwrap().is_err());
+        assert!(parse(b"GET http://x/ HTTP/1.1\r\n\r\n").unwrap().is_err());
+        assert!(
+            parse(b"GET / HTTP/1.1\r\nNo colon\r\n\r\n")
+                .unwrap()
+                .is_err()
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            parse(many.as_bytes()).unwrap().unwrap_err(),
+            Refusal::HeadTooLarge
+        );
         let big = format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         assert_eq!(
             parse(big.as_bytes()).unwrap().unwrap_err(),

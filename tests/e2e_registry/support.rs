@@ -1,11 +1,11 @@
 //! Plumbing of the end-to-end test: prerequisites (the registry's user, stale mounts),
-//! child processes with time limits, a minimal HTTP/1.0 client, digests and walks of the
+//! child processes with time limits, an HTTP client (ureq), digests and walks of the
 //! store.
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
@@ -171,72 +171,107 @@ impl Drop for Daemon {
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP (HTTP/1.0, so the registry answers without chunking and closes)
+// HTTP
 
 /// The registry's htpasswd user (Debian's default config.yml has htpasswd auth).
 pub const REGISTRY_USER: &str = "regfs-e2e";
 pub const REGISTRY_PASSWORD: &str = "regfs-e2e-password";
 
-pub fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+/// An HTTP answer.
+pub struct Answer {
+    pub status: u16,
+    /// (The soak reads headers; the end-to-end test only statuses and bodies.)
+    #[allow(dead_code)]
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[allow(dead_code)]
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
-    out
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
 }
 
-#[test]
-fn base64_of_basic_credentials() {
-    assert_eq!(
-        base64(b"Aladdin:open sesame"),
-        "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-    );
-    assert_eq!(base64(b"ab"), "YWI=");
-    assert_eq!(base64(b"abc"), "YWJj");
+/// One client for every request: every status is an answer, redirects are not
+/// followed (the registry's `Location`s are read), no proxy, 60 s at most.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into()
+    })
 }
 
+/// One request to the registry on `port` as [`REGISTRY_USER`].
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    use base64::Engine as _;
+    let creds = base64::engine::general_purpose::STANDARD
+        .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("Authorization", format!("Basic {creds}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let sent = match method {
+        "GET" | "HEAD" | "DELETE" if body.is_empty() => {
+            agent().run(req.body(()).map_err(|e| e.to_string())?)
+        }
+        _ => agent().run(req.body(body).map_err(|e| e.to_string())?),
+    };
+    let mut resp = sent.map_err(|e| format!("{method} {path}: {e}"))?;
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .map_err(|e| format!("{method} {path}: receive: {e}"))?;
+    Ok(Answer {
+        status: resp.status().as_u16(),
+        headers,
+        body,
+    })
+}
+
+/// `method path` with an `Accept` header: (status, body).
 pub fn http(
     port: u16,
     method: &str,
     path: &str,
     accept: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let creds = base64(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}").as_bytes());
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {creds}\r\n"
-    );
-    if let Some(a) = accept {
-        req += &format!("Accept: {a}\r\n");
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("receive: {e}"))?;
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    Ok((status, buf[end + 4..].to_vec()))
+    let accept: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    request(port, method, path, &accept, &[]).map(|a| (a.status, a.body))
 }
 
 pub const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \

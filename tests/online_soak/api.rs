@@ -1,8 +1,6 @@
 //! The registry's HTTP API as a client uses it (uploads, manifest puts, deletes, tag
 //! lists), skopeo pushes with retries, the soak's images and the GC mode under test.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -11,7 +9,8 @@ use serde_json::Value;
 
 use crate::common::describe_output;
 use crate::ctx::{Ctx, Image};
-use crate::support::{REGISTRY_PASSWORD, REGISTRY_USER, base64, run};
+pub use crate::support::{Answer, request};
+use crate::support::{REGISTRY_PASSWORD, REGISTRY_USER, run};
 
 /// The GC mode under test: `SOAK_GC_MODE` (`online`, the default, or `read-only`).
 pub fn gc_mode() -> String {
@@ -30,74 +29,6 @@ pub fn daemon_args() -> Vec<&'static str> {
     } else {
         vec![]
     }
-}
-
-/// An HTTP answer.
-pub struct Answer {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).trim().to_string()
-    }
-}
-
-/// One HTTP/1.0 request with a body (the registry answers without chunking and closes).
-pub fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Answer, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    let creds = base64(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}").as_bytes());
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {creds}\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .map_err(|e| format!("send: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("receive: {e}"))?;
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Answer {
-        status,
-        headers,
-        body: buf[end + 4..].to_vec(),
-    })
 }
 
 /// Uploads `bytes` as a blob of `repo` in one request (POST, then PUT with the digest).

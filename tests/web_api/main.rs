@@ -7,6 +7,7 @@ mod api;
 mod cdp;
 #[path = "../common/mod.rs"]
 mod common;
+mod contention;
 mod fixture;
 mod page;
 mod tls;

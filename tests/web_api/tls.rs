@@ -20,6 +20,8 @@ fn https_serves_the_api_and_credentials_in_clear_beyond_loopback_are_refused() {
         ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: webpki (rustls clients) refuses a CA used as the server.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -99,6 +101,27 @@ fn https_serves_the_api_and_credentials_in_clear_beyond_loopback_are_refused() {
     assert_eq!(go.status, 202, "{go:?}");
     let metrics = curl("GET", &url("/metrics"), &cacert);
     assert!(metrics.body.contains("regfs_gc_state"), "{metrics:?}");
+    // And to a rustls client (ureq) trusting only that certificate.
+    let pem = std::fs::read(&cert).unwrap();
+    let roots = vec![ureq::tls::Certificate::from_pem(&pem).unwrap()];
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+                .build(),
+        )
+        .proxy(None)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut r = agent.get(url("/metrics")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("regfs_gc_state")
+    );
     // Clear text on the TLS port gets no answer.
     let plain = Command::new("curl")
         .args(["-sS", "--max-time", "5", "--noproxy", "*"])
