@@ -6,10 +6,11 @@ use std::thread;
 use std::time::Duration;
 
 use crate::cli::{GcAction, GcArgs, JobsArgs, MountArgs, StatusArgs, state_dir_for};
+use crate::output;
 use regfs::daemon::control::{self, Request};
 use regfs::daemon::job::JobOutcome;
+use regfs::offline;
 use regfs::runtime::{Reload, Runtime, Start};
-use regfs::{offline, output};
 
 /// After the unmount, how long the request loop may take to end before the daemon
 /// exits anyway (a lazily detached mount keeps serving its open files).
@@ -73,7 +74,7 @@ pub fn man() -> Result<(), String> {
 }
 
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
-    let progress = regfs::progress::TerminalProgress::new();
+    let progress = crate::progress::TerminalProgress::new();
     let result = offline::run(path, &args.options(), args.list, &progress);
     progress.finish();
     let outcome = result.map_err(|e| e.to_string())?;
@@ -146,7 +147,7 @@ fn ask(state_dir: &Path, req: &Request) -> Result<control::Response, String> {
 
 /// Follows job `id` until it ends; Err if it failed.
 fn wait_for(state_dir: &Path, id: u64, json: bool) -> Result<(), String> {
-    let bar = regfs::progress::TerminalProgress::new();
+    let bar = crate::progress::TerminalProgress::new();
     let mut phase = String::new();
     let job = loop {
         let status = ask(state_dir, &Request::Status)?

@@ -3,12 +3,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use regfs::{logging, output};
-
 use cli::{Cli, Command, ConfigAction};
 
 mod cli;
 mod commands;
+mod logging;
+mod output;
+mod progress;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

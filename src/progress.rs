@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::gc::{Phase, Progress};
+use regfs::gc::{Phase, Progress};
 
 pub struct TerminalProgress {
     bar: Mutex<Option<ProgressBar>>,
