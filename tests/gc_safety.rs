@@ -460,7 +460,7 @@ fn a_root_marked_late_keeps_everything_it_reaches() {
             "{d} is not live after its root is marked"
         );
     }
-    let settings = plan::Settings {
+    let settings = plan::AgeLimits {
         upload_max_age: regfs::gc::DEFAULT_UPLOAD_MAX_AGE,
         now: std::time::SystemTime::now(),
     };

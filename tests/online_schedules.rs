@@ -34,7 +34,7 @@ use common::registry_sim::{
     PushError, RegistrySim, blob_data, image_manifest, index_manifest, layer_link, revision_link,
     tag_dir,
 };
-use regfs::daemon::online_epoch::{OnlineClaims, pause_and_install, start_recording};
+use regfs::daemon::online_run::{OnlineClaims, pause_and_install, start_recording};
 use regfs::gc::sweep::{Order, execute_in};
 use regfs::gc::{self, Claims, Unattended, Unclaimed};
 use regfs::layout::Digest;

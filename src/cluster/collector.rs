@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::Shared;
+use super::NodeParts;
 use super::records::EpochRecord;
 use crate::daemon::epoch::{ClusterRun, ClusterView, EpochCoordinator, MemberDrain};
 use crate::daemon::job::Job;
@@ -19,14 +19,14 @@ use crate::daemon::job::Job;
 const JOBS_KEPT: usize = 100;
 
 pub struct Collector {
-    sh: Arc<Shared>,
+    sh: Arc<NodeParts>,
     /// The lease the current epoch was claimed under: a new one (the old lapsed while
     /// the process was stalled) means the epoch is no longer this node's.
     claimed_under: AtomicI64,
 }
 
 impl Collector {
-    pub fn new(sh: Arc<Shared>) -> Collector {
+    pub fn new(sh: Arc<NodeParts>) -> Collector {
         Collector {
             sh,
             claimed_under: AtomicI64::new(0),

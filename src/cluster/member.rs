@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::Shared;
+use super::NodeParts;
 use super::etcd::{EtcdError, Kv};
 use super::records::{EpochRecord, MemberRecord};
 use crate::daemon::epoch::{MemberDrain, MemberView};
@@ -19,7 +19,7 @@ use crate::daemon::job::CutWriter;
 pub const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Membership {
     Starting,
     Open,
     /// Closed for another node's epoch.
@@ -30,31 +30,31 @@ enum State {
     Fenced,
 }
 
-impl State {
+impl Membership {
     fn name(self) -> &'static str {
         match self {
-            State::Starting => "starting",
-            State::Open => "open",
-            State::Closed => "closed",
-            State::Collecting => "collecting",
-            State::Fenced => "fenced",
+            Membership::Starting => "starting",
+            Membership::Open => "open",
+            Membership::Closed => "closed",
+            Membership::Collecting => "collecting",
+            Membership::Fenced => "fenced",
         }
     }
 }
 
 struct Local {
-    state: State,
+    state: Membership,
     /// The epoch this member has acknowledged.
     acked: Option<u64>,
     /// The lease and state last written to the member's entry.
-    published: (i64, State),
+    published: (i64, Membership),
 }
 
-pub fn run(sh: &Shared) {
+pub fn run(sh: &NodeParts) {
     let mut st = Local {
-        state: State::Starting,
+        state: Membership::Starting,
         acked: None,
-        published: (0, State::Starting),
+        published: (0, Membership::Starting),
     };
     while !sh.stopping() {
         tick(sh, &mut st);
@@ -62,11 +62,11 @@ pub fn run(sh: &Shared) {
     }
 }
 
-fn healthy(sh: &Shared) -> bool {
+fn healthy(sh: &NodeParts) -> bool {
     sh.session.healthy(sh.cfg.fence_after())
 }
 
-fn tick(sh: &Shared, st: &mut Local) {
+fn tick(sh: &NodeParts, st: &mut Local) {
     if !healthy(sh) {
         return fence(sh, st);
     }
@@ -90,7 +90,7 @@ fn tick(sh: &Shared, st: &mut Local) {
     }
     let collecting = after.epoch;
     match epoch {
-        Some(kv) if Some(kv.create_revision) == collecting => st.state = State::Collecting,
+        Some(kv) if Some(kv.create_revision) == collecting => st.state = Membership::Collecting,
         Some(kv) if kv.lease == lease => {
             // This node's own epoch whose run has ended but whose key stayed (etcd failed
             // when the run ended): end it now.
@@ -103,12 +103,12 @@ fn tick(sh: &Shared, st: &mut Local) {
             (sh.stop_run)();
         }
         None => {
-            if st.state != State::Open {
+            if st.state != Membership::Open {
                 sh.gate.reopen_for_writes();
-                if st.state != State::Starting {
+                if st.state != Membership::Starting {
                     tracing::warn!(node = %sh.cfg.node, "cluster: no epoch on; the store is writable again");
                 }
-                st.state = State::Open;
+                st.state = Membership::Open;
                 st.acked = None;
             }
         }
@@ -118,7 +118,7 @@ fn tick(sh: &Shared, st: &mut Local) {
 
 /// Reads the cluster for `status` through `etcd` (at start, before the agent's first
 /// tick, and from `status` with a short deadline); false if etcd did not answer.
-pub fn look(sh: &Shared, etcd: &super::etcd::Etcd) -> bool {
+pub fn look(sh: &NodeParts, etcd: &super::etcd::Etcd) -> bool {
     let epoch = etcd.get(&sh.keys.epoch());
     if epoch.is_err() {
         return false; // what was last read stands
@@ -129,11 +129,11 @@ pub fn look(sh: &Shared, etcd: &super::etcd::Etcd) -> bool {
 
 /// Reads the members for `status` (`epoch`: the epoch key as just read), and keeps what
 /// it saw (held only to store it).
-fn see(sh: &Shared, epoch: &Result<Option<Kv>, EtcdError>) {
+fn see(sh: &NodeParts, epoch: &Result<Option<Kv>, EtcdError>) {
     see_with(sh, &sh.etcd, epoch)
 }
 
-fn see_with(sh: &Shared, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, EtcdError>) {
+fn see_with(sh: &NodeParts, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, EtcdError>) {
     let members = match epoch {
         Ok(_) => etcd.list(&sh.keys.members()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -167,7 +167,7 @@ fn see_with(sh: &Shared, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, Et
 
 /// Rewrites the member's entry when its lease or state changed: only while it is the
 /// entry this node created (its claim), so no node ever writes another's.
-fn publish(sh: &Shared, st: &mut Local, lease: i64) {
+fn publish(sh: &NodeParts, st: &mut Local, lease: i64) {
     if st.published == (lease, st.state) {
         return;
     }
@@ -191,27 +191,27 @@ fn publish(sh: &Shared, st: &mut Local, lease: i64) {
 
 /// The entry this node created is gone while its lease lives (deleted by hand): fence
 /// until the session has claimed the name again.
-fn lost(sh: &Shared, revision: u64) {
+fn lost(sh: &NodeParts, revision: u64) {
     tracing::error!(node = %sh.cfg.node,
         "cluster: this node's member entry is gone while its lease lives; fencing until the name is claimed again");
     sh.session.claim_lost(revision);
 }
 
 /// Another node's epoch is on: close, drain, acknowledge (once per epoch).
-fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
+fn close_for(sh: &NodeParts, st: &mut Local, kv: &Kv, lease: i64) {
     let epoch = kv.create_revision;
     if st.acked == Some(epoch) {
         return;
     }
     sh.gate.refuse_new_writes();
-    if st.state != State::Closed {
+    if st.state != Membership::Closed {
         let collector = serde_json::from_slice::<super::records::EpochRecord>(&kv.value)
             .map(|r| r.collector)
             .unwrap_or_default();
         tracing::warn!(node = %sh.cfg.node, epoch, collector = %collector,
             "cluster: GC epoch on; the store is read-only, pushes are refused until it ends");
     }
-    st.state = State::Closed;
+    st.state = Membership::Closed;
     // Stops waiting for writers if the node must fence, or the epoch ends meanwhile
     // (its collector died): the next tick decides.
     let epoch_gone = || {
@@ -256,8 +256,8 @@ fn close_for(sh: &Shared, st: &mut Local, kv: &Kv, lease: i64) {
 }
 
 /// The lease is in doubt: refuse writes before it can expire, and stop a local run.
-fn fence(sh: &Shared, st: &mut Local) {
-    if st.state == State::Fenced {
+fn fence(sh: &NodeParts, st: &mut Local) {
+    if st.state == Membership::Fenced {
         // A local run ending reopens the gate: close it again.
         if !sh.gate.is_closed() {
             sh.gate.refuse_new_writes();
@@ -265,7 +265,7 @@ fn fence(sh: &Shared, st: &mut Local) {
         return;
     }
     sh.gate.refuse_new_writes();
-    if st.state != State::Starting {
+    if st.state != Membership::Starting {
         tracing::error!(node = %sh.cfg.node, error = sh.session.error().unwrap_or_default(),
             "cluster: lost etcd or this node's name; FENCED: the store refuses writes until both are back");
     }
@@ -274,6 +274,6 @@ fn fence(sh: &Shared, st: &mut Local) {
         (sh.stop_run)();
     }
     sh.gate.close_for_writes(sh.cfg.fence_drain());
-    st.state = State::Fenced;
+    st.state = Membership::Fenced;
     st.acked = None;
 }

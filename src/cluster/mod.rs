@@ -188,7 +188,7 @@ pub struct Seen {
 pub const STATUS_DEADLINE: Duration = Duration::from_millis(50);
 
 /// What the node's parts share.
-pub struct Shared {
+pub struct NodeParts {
     pub cfg: ClusterConfig,
     pub etcd: etcd::Etcd,
     pub keys: records::Keys,
@@ -212,7 +212,7 @@ pub struct Shared {
     stopping: AtomicBool,
 }
 
-impl Shared {
+impl NodeParts {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -225,7 +225,7 @@ impl Shared {
 
 /// A node of the cluster: its session and member agent threads.
 pub struct Node {
-    shared: Arc<Shared>,
+    shared: Arc<NodeParts>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -252,7 +252,7 @@ impl Node {
         let quick = cfg
             .client(STATUS_DEADLINE)
             .map_err(|e| format!("cluster: {e}"))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(NodeParts {
             keys: records::Keys::new(&cfg.prefix),
             cfg,
             etcd,
@@ -277,8 +277,8 @@ impl Node {
             threads: vec![],
         };
         for (name, body) in [
-            ("regfs-lease", session::run as fn(&Shared)),
-            ("regfs-member", member::run as fn(&Shared)),
+            ("regfs-lease", session::run as fn(&NodeParts)),
+            ("regfs-member", member::run as fn(&NodeParts)),
         ] {
             let shared = node.shared.clone();
             let t = std::thread::Builder::new()

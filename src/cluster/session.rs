@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::Shared;
+use super::NodeParts;
 use super::claim::{self, Attempt};
 use super::etcd::Etcd;
 
@@ -98,7 +98,7 @@ impl Session {
 }
 
 /// The keepalive loop, until the node stops.
-pub fn run(sh: &Shared) {
+pub fn run(sh: &NodeParts) {
     let ttl = sh.cfg.lease_ttl.as_secs().max(1);
     while !sh.stopping() {
         let sent = Instant::now();
@@ -148,7 +148,7 @@ pub fn run(sh: &Shared) {
 }
 
 /// Claims the node's name under lease `id` (a new lease, or the name was lost).
-fn claim_name(sh: &Shared, id: i64) {
+fn claim_name(sh: &NodeParts, id: i64) {
     let rec = sh.record("starting", Utc::now());
     let got = claim::attempt(&sh.etcd, &sh.keys, &rec, id);
     let mut l = sh.session.lock();

@@ -1,6 +1,6 @@
 //! One GC epoch. Read-only mode: close the store (drain) → mark → sweep (deleting
 //! through the mount, so the kernel sees it) → reopen; the store is reopened whatever
-//! happens, a panic included. Online mode: see `online_epoch`.
+//! happens, a panic included. Online mode: see `online_run`.
 //! A run works on the parts it is given ([`RunParts`]) and reports to a [`RunHost`]; it
 //! knows nothing of the service that starts it.
 
@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::epoch::{EpochCoordinator, MemberDrain};
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
-use super::run_record::{
+use super::run_parts::{
     RunHost, RunParts, forget_deleted, outcome_of, record_failure, record_report,
 };
 use super::status::State;
@@ -76,7 +76,7 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
                 &"online GC refused: this node is in a cluster ([cluster]); cluster runs are read-only (set [gc] mode = \"read-only\")",
             );
         }
-        super::online_epoch::collect(parts, job, control, settings);
+        super::online_run::collect(parts, job, control, settings);
         return;
     }
     let start = Instant::now();
@@ -163,12 +163,12 @@ fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool
 
 /// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
 /// epoch (stalled past its lease, say) stops before the next unit it would delete.
-struct Claimed<'a> {
+struct RunCancel<'a> {
     control: &'a RunControl,
     epoch: &'a dyn EpochCoordinator,
 }
 
-impl gc::Cancel for Claimed<'_> {
+impl gc::Cancel for RunCancel<'_> {
     fn interrupted(&self) -> Option<Outcome> {
         self.control.interrupted().or_else(|| {
             (!self.epoch.still_held()).then(|| {
@@ -185,7 +185,7 @@ impl gc::Cancel for Claimed<'_> {
 /// Mark, then sweep what the plan names; the job records how it ended.
 fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
     control.set_state(State::Marking);
-    let cancel = Claimed {
+    let cancel = RunCancel {
         control,
         epoch: parts.epoch,
     };

@@ -12,7 +12,7 @@ use super::epoch::{Alone, EpochCoordinator};
 use super::history::{History, HistoryLimits};
 use super::job::{Job, Trigger};
 use super::run_control::RunControl;
-use super::run_record::{RunHost, RunParts};
+use super::run_parts::{RunHost, RunParts};
 use super::status::{Descriptors, State, Status};
 use crate::fs::StorageFs;
 use crate::gc::Deleter;

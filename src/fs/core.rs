@@ -14,7 +14,7 @@ use fuser::{FileAttr, Notifier};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 
 use super::attr::{check_name, file_attr};
-use super::handles::HandleTable;
+use super::handle_table::HandleTable;
 use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
 use super::open::{OpenDir, OpenFile};
 use super::unlinked::in_dir_error;

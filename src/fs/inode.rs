@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use fuser::BackingId;
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
-use super::handle::{FdCache, FileHandle, InodeFd};
+use super::inode_fds::{FdCache, FileHandle, InodeFd};
 use crate::layout::Role;
 
 pub const ROOT_ID: u64 = 1;

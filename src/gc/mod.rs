@@ -153,7 +153,7 @@ fn mark_in_pool(
         marks.mark(d);
     }
     report.young_blobs_kept = young.digests.len() as u64;
-    let settings = plan::Settings {
+    let settings = plan::AgeLimits {
         upload_max_age: opts.upload_max_age,
         now,
     };

@@ -147,14 +147,14 @@ impl Plan {
 
 /// What planning needs besides the inventory and the marks.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub struct AgeLimits {
     /// Uploads and temp files older than this are abandoned.
     pub upload_max_age: Duration,
     /// The moment ages are measured from.
     pub now: SystemTime,
 }
 
-impl Settings {
+impl AgeLimits {
     fn is_old(&self, t: SystemTime) -> bool {
         self.now
             .duration_since(t)
@@ -163,7 +163,7 @@ impl Settings {
 }
 
 /// Plans a run: pure, no I/O.
-pub fn plan(inventory: &Inventory, marks: &MarkSet, settings: &Settings) -> Plan {
+pub fn plan(inventory: &Inventory, marks: &MarkSet, settings: &AgeLimits) -> Plan {
     // One shared name per repository, however many units name it.
     let repos: Vec<(&RepoInventory, Arc<RepoName>)> = inventory
         .repositories
@@ -309,7 +309,7 @@ fn plan_blobs(
 fn plan_leftovers(
     repo: &RepoInventory,
     marks: &MarkSet,
-    settings: &Settings,
+    settings: &AgeLimits,
     actions: &mut Vec<Action>,
 ) {
     for u in &repo.uploads {
@@ -373,8 +373,8 @@ mod tests {
 
     const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
-    fn settings() -> Settings {
-        Settings {
+    fn settings() -> AgeLimits {
+        AgeLimits {
             upload_max_age: WEEK,
             now: SystemTime::UNIX_EPOCH + 10 * WEEK,
         }

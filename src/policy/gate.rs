@@ -75,7 +75,7 @@ struct OpenWriter {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct GateState {
     closed: bool,
     next_id: u64,
     writers: HashMap<u64, OpenWriter>,
@@ -88,31 +88,31 @@ struct State {
     paused: bool,
 }
 
-impl State {
+impl GateState {
     fn busy(&self) -> bool {
         self.changes_in_flight > 0 || self.writers.values().any(|w| w.in_flight > 0)
     }
 }
 
 #[derive(Debug, Default)]
-struct Shared {
-    /// Mirrors `State::closed` for lock-free status reads.
+struct GateInner {
+    /// Mirrors `GateState::closed` for lock-free status reads.
     closed: AtomicBool,
     /// Every write refused with EROFS since the gate was made.
     refused: AtomicU64,
-    state: Mutex<State>,
+    state: Mutex<GateState>,
     changed: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way that
+impl GateInner {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // A panic while holding the lock cannot leave GateState half-updated in a way that
         // matters more than losing the gate, so recover the guard.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lock, once no pause holds writes back.
-    fn lock_unpaused(&self) -> MutexGuard<'_, State> {
+    fn lock_unpaused(&self) -> MutexGuard<'_, GateState> {
         let mut st = self.lock();
         while st.paused {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -121,7 +121,7 @@ impl Shared {
     }
 
     /// Registers a write handle; `None` for one the gate leaves alone (upload data).
-    fn add_writer(self: &Arc<Self>, st: &mut State, writer: Writer<'_>) -> WriterLease {
+    fn add_writer(self: &Arc<Self>, st: &mut GateState, writer: Writer<'_>) -> WriterLease {
         let treatment = match writer.role() {
             WriteRole::UploadData => return WriterLease::free(),
             WriteRole::UploadOther => Treatment::CutAtOnce,
@@ -151,10 +151,10 @@ impl Shared {
 /// The write gate; clones share one gate.
 #[derive(Debug, Default, Clone)]
 pub struct WriteGate {
-    shared: Arc<Shared>,
+    shared: Arc<GateInner>,
 }
 
-impl Shared {
+impl GateInner {
     /// An EROFS answer to a write at `path`, counted.
     fn refuse(&self, path: &str) -> FsError {
         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +169,7 @@ impl WriteGate {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
         self.shared.lock()
     }
 
@@ -190,7 +190,7 @@ impl WriteGate {
         self.close_locked(&mut st);
     }
 
-    fn close_locked(&self, st: &mut State) {
+    fn close_locked(&self, st: &mut GateState) {
         if !st.closed {
             st.closed = true;
             self.shared.closed.store(true, Ordering::Release);
@@ -357,7 +357,7 @@ impl Drop for Paused<'_> {
 /// A namespace change in flight; closing the gate waits for it.
 #[derive(Debug)]
 struct GateChange {
-    shared: Arc<Shared>,
+    shared: Arc<GateInner>,
 }
 
 impl HeldChange for GateChange {
@@ -380,7 +380,7 @@ impl Drop for GateChange {
 /// An open write handle the gate tracks; released when dropped.
 #[derive(Debug)]
 struct GateWriter {
-    shared: Arc<Shared>,
+    shared: Arc<GateInner>,
     id: u64,
     path: String,
 }
@@ -418,7 +418,7 @@ impl Drop for GateWriter {
 /// A write in flight on a handle; closing the gate waits for it.
 #[derive(Debug)]
 struct GateWrite {
-    shared: Arc<Shared>,
+    shared: Arc<GateInner>,
     id: u64,
 }
 
@@ -435,7 +435,7 @@ impl Drop for GateWrite {
 type Repair = (usize, u64, Arc<dyn WriteUndo>);
 
 /// Cuts every writer treated as cut-at-once (an upload's other files) not cut yet.
-fn cut_at_once(st: &mut State, report: &mut CloseReport) {
+fn cut_at_once(st: &mut GateState, report: &mut CloseReport) {
     for w in st.writers.values_mut() {
         if w.treatment == Treatment::CutAtOnce && !w.cut {
             w.cut = true;
@@ -449,7 +449,7 @@ fn cut_at_once(st: &mut State, report: &mut CloseReport) {
 }
 
 /// Cuts every writer still open when the drain timeout ran out, keeping their undos.
-fn cut_after_drain(st: &mut State, report: &mut CloseReport, repairs: &mut Vec<Repair>) {
+fn cut_after_drain(st: &mut GateState, report: &mut CloseReport, repairs: &mut Vec<Repair>) {
     for (&id, w) in st.writers.iter_mut().filter(|(_, w)| !w.cut) {
         w.cut = true;
         if let Some(r) = &w.undo {

@@ -1,5 +1,5 @@
 //! An online GC run driven step by step over the filesystem core (no mount): the same
-//! barrier, pause, doom and claims the daemon uses (`regfs::daemon::online_epoch`), with
+//! barrier, pause, doom and claims the daemon uses (`regfs::daemon::online_run`), with
 //! hooks where a test makes the registry act: before the pause (writes recorded by the
 //! barrier), before the sweep claims a unit (it may be taken back), right after it
 //! claimed one (writes naming it are refused) and after it released one.
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use regfs::daemon::online_epoch::{OnlineClaims, pause_and_install, start_recording};
+use regfs::daemon::online_run::{OnlineClaims, pause_and_install, start_recording};
 use regfs::fs::StorageFs;
 use regfs::gc::{self, Action, Cancel, Claims, Outcome, Report, Unattended};
 use regfs::layout::Store;

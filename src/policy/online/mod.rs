@@ -64,7 +64,7 @@ enum Phase {
 }
 
 #[derive(Debug)]
-struct Shared {
+struct BarrierInner {
     /// Anything but `Off`: lets every request skip the lock between runs.
     active: AtomicBool,
     phase: Mutex<Phase>,
@@ -72,7 +72,7 @@ struct Shared {
     refused: AtomicU64,
 }
 
-impl Shared {
+impl BarrierInner {
     fn lock(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -86,7 +86,7 @@ impl Shared {
 /// refused.
 #[derive(Debug, Clone)]
 pub struct OnlineCollection {
-    shared: Arc<Shared>,
+    shared: Arc<BarrierInner>,
 }
 
 /// Another run holds the barrier (a run is started while one is in progress).
@@ -101,7 +101,7 @@ impl OnlineCollection {
     /// names) before it runs, because recording and checking happen under the phase lock
     /// and the write asks the barrier before it touches the store. A write admitted just
     /// before is not: the caller must wait for writes in flight before the mark reads
-    /// the store (`daemon::online_epoch::start_recording` pauses for them).
+    /// the store (`daemon::online_run::start_recording` pauses for them).
     pub fn start_recording(&self) -> Result<Recording, AlreadyRunning> {
         let mut phase = self.shared.lock();
         match &*phase {
@@ -132,7 +132,7 @@ impl OnlineCollection {
 }
 
 /// Ends the run (back to `Off`: nothing recorded, hidden or guarded).
-fn end(shared: &Shared) {
+fn end(shared: &BarrierInner) {
     *shared.lock() = Phase::Off;
     shared.active.store(false, Ordering::Release);
 }
@@ -143,11 +143,11 @@ fn end(shared: &Shared) {
 #[must_use = "the run ends when its phase is dropped"]
 pub struct Recording {
     /// `None` once [`install`](Self::install) moved the run on.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<BarrierInner>>,
 }
 
 impl Recording {
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &BarrierInner {
         self.shared.as_ref().expect("a recording run")
     }
 
@@ -225,7 +225,7 @@ impl Drop for Recording {
 #[derive(Debug)]
 #[must_use = "the run ends when its phase is dropped"]
 pub struct Sweeping {
-    shared: Arc<Shared>,
+    shared: Arc<BarrierInner>,
 }
 
 impl Sweeping {
@@ -304,7 +304,7 @@ impl Drop for Sweeping {
 /// The layer, over the policy `P` (asked first).
 #[derive(Debug)]
 pub struct OnlineBarrier<P> {
-    shared: Arc<Shared>,
+    shared: Arc<BarrierInner>,
     inner: P,
 }
 
@@ -312,7 +312,7 @@ impl<P: StorePolicy> OnlineBarrier<P> {
     /// `store`: the backing store (manifests are read from it), opened before the mount.
     pub fn new(store: Store, inner: P) -> Self {
         OnlineBarrier {
-            shared: Arc::new(Shared {
+            shared: Arc::new(BarrierInner {
                 active: AtomicBool::new(false),
                 phase: Mutex::new(Phase::Off),
                 store,
@@ -356,7 +356,7 @@ fn touched_by(m: &WriteMeaning, store: &Store) -> Option<Touched> {
 /// Manifests are followed this deep (an index of indexes is already unusual).
 const MAX_DEPTH: usize = 8;
 
-impl Shared {
+impl BarrierInner {
     /// Takes back what `rec`'s writes reach; how many paths they wrote.
     fn apply(&self, rec: &Recorded, doomed: &mut Doomed) -> u64 {
         for p in &rec.paths {
@@ -547,7 +547,7 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
 
 /// A writer of a tag's current link has each write at offset 0 guarded by the manifest
 /// its bytes name; other writers need nothing more.
-fn wrap(shared: &Arc<Shared>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
+fn wrap(shared: &Arc<BarrierInner>, writer: &Writer<'_>, inner: WriterLease) -> WriterLease {
     if writer.role() != WriteRole::Link(LinkRole::TagCurrent) {
         return inner;
     }
@@ -561,7 +561,7 @@ fn wrap(shared: &Arc<Shared>, writer: &Writer<'_>, inner: WriterLease) -> Writer
 
 #[derive(Debug)]
 struct GuardedChange {
-    shared: Arc<Shared>,
+    shared: Arc<BarrierInner>,
     inner: ChangeLease,
 }
 
@@ -574,7 +574,7 @@ impl HeldChange for GuardedChange {
 
 #[derive(Debug)]
 struct TagLinkWriter {
-    shared: Arc<Shared>,
+    shared: Arc<BarrierInner>,
     meaning: WriteMeaning,
     undo: Option<Arc<dyn WriteUndo>>,
     inner: WriterLease,

@@ -1,5 +1,5 @@
 //! What a run is given and how its job record is filled in, shared by the read-only
-//! epoch (`runner`) and the online one (`online_epoch`).
+//! epoch (`runner`) and the online one (`online_run`).
 
 use chrono::{DateTime, Utc};
 

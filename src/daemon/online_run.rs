@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
-use super::run_record::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
+use super::run_parts::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
 use super::status::State;
 use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
