@@ -46,6 +46,18 @@
 #                    rm -rf, 1 and 16 processes) and print that time: what the filesystem
 #                    takes to delete those paths with the standard tool. 0 skips it.
 #   KEEP_SCRATCH=1   keep the scratch directory (copies, logs, blob lists) for inspection
+#   GROWTH_SIZES     e.g. "50000 200000 1000000": instead of the runs above, how each
+#                    collector's cost grows with the store. For each size, one store is
+#                    generated (no copies: only dry runs, which delete nothing) and each
+#                    collector's dry run, default and --delete-untagged, is timed RUNS
+#                    times, interleaved (which one runs first alternates), warm cache; the
+#                    table gives median wall seconds, peak RSS (GNU time's %M) and the
+#                    ratio, and per collector the growth of time per blob against the
+#                    first size. A store takes about 22 KiB and 5.6 inodes per blob on a
+#                    4 KiB-block ext4 (1M blobs: ~22 GB, ~5.6M inodes); with
+#                    BENCH_FS=ext4-image the image is made with 1 KiB blocks and
+#                    inline_data (small files and directories in the inode), about
+#                    2 KiB per blob.
 #
 # Slow on purpose: every run makes two fresh copies of the store. With the defaults on a
 # 2-CPU VM whose ext4 creates an inode in ~0.3 ms it took ~30 minutes; BLOBS=5000 RUNS=1
@@ -121,7 +133,26 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ $BENCH_FS == ext4-image ]]; then
+GROWTH_SIZES=${GROWTH_SIZES:-}
+for n in $GROWTH_SIZES; do
+    [[ $n =~ ^[0-9]+$ ]] && ((n >= 10)) || die "GROWTH_SIZES holds '$n', not a blob count of at least 10"
+done
+if [[ -n $GROWTH_SIZES ]]; then
+    command -v /usr/bin/time >/dev/null && /usr/bin/time -f %M true 2>/dev/null ||
+        die "GNU time (/usr/bin/time) is needed for peak RSS: apt-get install -y time"
+    max_blobs=$(printf '%s\n' $GROWTH_SIZES | sort -n | tail -n 1)
+fi
+
+if [[ $BENCH_FS == ext4-image && -n $GROWTH_SIZES ]]; then
+    # One store at a time, small files and directories inline: ~2 KiB per blob.
+    IMAGE=$(mktemp "$BENCH_DIR/regfs-gc-bench.XXXXXX.img")
+    truncate -s $((max_blobs * 8 * 1024 + (1 << 30))) "$IMAGE"
+    mkfs.ext4 -q -F -b 1024 -I 256 -O inline_data -N $((max_blobs * 7 + 100000)) "$IMAGE" ||
+        die "mkfs.ext4 $IMAGE failed"
+    IMAGE_MNT=$(mktemp -d "$BENCH_DIR/regfs-gc-bench.XXXXXX.mnt")
+    mount -o loop,nodiscard "$IMAGE" "$IMAGE_MNT" || die "cannot loop-mount $IMAGE (root needed)"
+    SCRATCH=$(mktemp -d "$IMAGE_MNT/scratch.XXXXXX")
+elif [[ $BENCH_FS == ext4-image ]]; then
     IMAGE=$(mktemp "$BENCH_DIR/regfs-gc-bench.XXXXXX.img")
     # Room for three copies of the store: per blob and copy 64 KiB and 7 inodes (it uses
     # about 22 KiB and 5.6), plus spare.
@@ -165,6 +196,86 @@ retarget_config() {
     grep -qx "[[:space:]]*rootdirectory: $dir" "$dir/config.yml" ||
         die "could not point $dir/config.yml at $dir"
 }
+
+# ---------------------------------------------------------------------------------
+# Growth: dry runs only, one store per size.
+
+# timed WHO MODE SIZE RUN: one dry run of WHO (registry or regfs) on $PRISTINE; sets
+# RUN_S and RUN_KB (peak RSS).
+timed() {
+    local who=$1 mode=$2 size=$3 run=$4 flags=() out rc=0
+    out=$LOGS/growth-$who-$mode-$size-$run
+    [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
+    find "$PRISTINE" >/dev/null
+    if [[ $who == registry ]]; then
+        /usr/bin/time -f '%e %M' -o "$out.time" \
+            "$REGISTRY" garbage-collect --dry-run "${flags[@]}" "$PRISTINE/config.yml" >"$out.log" 2>&1 || rc=$?
+    else
+        /usr/bin/time -f '%e %M' -o "$out.time" \
+            "$REGFS" gc --offline "$PRISTINE" --min-age 0s --dry-run "${flags[@]}" --json >"$out.log" 2>"$out.err" || rc=$?
+    fi
+    ((rc == 0)) || die "$who dry run ($mode, $size blobs) exited $rc (log: $out.log)"
+    read -r RUN_S RUN_KB < <(tail -n 1 "$out.time")
+}
+
+if [[ -n $GROWTH_SIZES ]]; then
+    declare -A G_S=() G_KB=()
+    for size in $GROWTH_SIZES; do
+        rm -rf --one-file-system "$PRISTINE"
+        log "growth: generating a store of $size blobs (seed $SEED)"
+        t0=$EPOCHREALTIME
+        python3 "$GEN" "$PRISTINE" --blobs "$size" --seed "$SEED" --garbage-fraction "$GARBAGE_FRACTION" \
+            --quiet || die "gen-store.py failed for $size blobs"
+        note "generated in $(elapsed "$t0" "$EPOCHREALTIME") s; $(du -sh "$PRISTINE" | cut -f1)"
+        sync
+        for mode in "${MODES[@]}"; do
+            declare -A times=() rss=()
+            for ((r = 1; r <= RUNS; r++)); do
+                order=(registry regfs)
+                ((r % 2)) || order=(regfs registry)
+                for who in "${order[@]}"; do
+                    timed "$who" "$mode" "$size" "$r"
+                    times[$who]+="$RUN_S "
+                    rss[$who]+="$RUN_KB "
+                done
+            done
+            for who in registry regfs; do
+                # shellcheck disable=SC2086
+                G_S[$who,$mode,$size]=$(median3 ${times[$who]})
+                # shellcheck disable=SC2086
+                G_KB[$who,$mode,$size]=$(median ${rss[$who]})
+            done
+            note "$size blobs, $mode: registry ${G_S[registry,$mode,$size]} s," \
+                "$((${G_KB[registry,$mode,$size]%.*} / 1024)) MiB; regfs ${G_S[regfs,$mode,$size]} s," \
+                "$((${G_KB[regfs,$mode,$size]%.*} / 1024)) MiB (load $(cut -d' ' -f1-3 /proc/loadavg))"
+            unset times rss
+        done
+    done
+    rm -rf --one-file-system "$PRISTINE"
+    echo
+    echo "regfs gc growth: dry runs (mark and plan, nothing deleted), median of $RUNS, warm cache"
+    echo "$(nproc) CPUs, scratch on $fs_type ($fs_dev, mounted $fs_opts), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "registry: $("$REGISTRY" --version 2>&1 | head -n 1)"
+    echo
+    gfmt='%-16s | %9s | %12s | %12s | %12s | %12s | %9s | %14s | %14s\n'
+    # shellcheck disable=SC2059
+    printf "$gfmt" mode blobs "registry s" "registry MiB" "regfs s" "regfs MiB" ratio "registry us/b" "regfs us/b"
+    # shellcheck disable=SC2059
+    printf "$gfmt" "----------------" "---------" "------------" "------------" "------------" "------------" "---------" "--------------" "--------------"
+    for mode in "${MODES[@]}"; do
+        for size in $GROWTH_SIZES; do
+            rs=${G_S[registry,$mode,$size]} fs=${G_S[regfs,$mode,$size]}
+            # shellcheck disable=SC2059
+            printf "$gfmt" "$mode" "$size" "$rs" "$((${G_KB[registry,$mode,$size]%.*} / 1024))" \
+                "$fs" "$((${G_KB[regfs,$mode,$size]%.*} / 1024))" \
+                "$(awk -v p="$rs" -v o="$fs" 'BEGIN { if (o < 0.001) o = 0.001; printf "%.1fx", p / o }')" \
+                "$(awk -v t="$rs" -v n="$size" 'BEGIN { printf "%.1f", t * 1e6 / n }')" \
+                "$(awk -v t="$fs" -v n="$size" 'BEGIN { printf "%.1f", t * 1e6 / n }')"
+        done
+    done
+    echo "(us/b: microseconds per blob; constant means linear growth. RSS goal for regfs: < 256 MiB at 1M blobs)"
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------
 # The store.

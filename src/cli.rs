@@ -185,7 +185,8 @@ impl GcArgs {
             keep_unknown: self.keep_unknown,
             allow_missing_manifests: self.allow_missing_manifests,
             min_age: self.min_age,
-            threads: regfs::gc::ThreadShare::Lowered,
+            // No registry serves the store: nothing to give way to.
+            threads: regfs::gc::ThreadShare::Full,
         }
     }
 }

@@ -2,7 +2,10 @@
 //! field, reduced to what a collector needs (the blobs and manifests it references, and
 //! its `subject`). Bytes are checked against their digest before they are trusted.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use thiserror::Error;
 
 use crate::layout::{Digest, DigestError};
@@ -71,31 +74,100 @@ pub enum ManifestError {
     },
 }
 
+/// A descriptor as the collector reads it: its digest borrowed from the manifest's bytes
+/// (owned only when the JSON string holds escapes), and whether it has `urls`. Every
+/// other field is skipped without being built.
 #[derive(Debug, Deserialize)]
-struct Descriptor {
-    digest: String,
+struct Descriptor<'a> {
+    #[serde(borrow)]
+    digest: Cow<'a, str>,
     /// Any JSON: a malformed `urls` must not make a manifest unreadable to the collector.
-    urls: Option<serde_json::Value>,
+    #[serde(default)]
+    urls: NonEmptyList,
+}
+
+/// Whether a JSON value is an array with at least one element; any other value (a
+/// string, an object, an empty array) is `false`. Skipped, never built.
+#[derive(Debug, Default)]
+struct NonEmptyList(bool);
+
+impl<'de> Deserialize<'de> for NonEmptyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = NonEmptyList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NonEmptyList, A::Error> {
+                let non_empty = seq.next_element::<IgnoredAny>()?.is_some();
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NonEmptyList(non_empty))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NonEmptyList, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NonEmptyList(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_unit<E>(self) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+            fn visit_none<E>(self) -> Result<NonEmptyList, E> {
+                Ok(NonEmptyList(false))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct FsLayer {
-    blob_sum: String,
+struct FsLayer<'a> {
+    #[serde(borrow)]
+    blob_sum: Cow<'a, str>,
 }
 
+/// The fields of a manifest the collector needs, borrowed from its bytes; every other
+/// field (annotations, platforms, history...) is skipped without building a tree.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Raw {
+struct Raw<'a> {
     schema_version: Option<i64>,
-    media_type: Option<String>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
-    manifests: Option<Vec<Descriptor>>,
-    blobs: Option<Vec<Descriptor>>,
-    fs_layers: Option<Vec<FsLayer>>,
-    signatures: Option<serde_json::Value>,
-    subject: Option<Descriptor>,
+    #[serde(borrow)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    config: Option<Descriptor<'a>>,
+    #[serde(borrow)]
+    layers: Option<Vec<Descriptor<'a>>>,
+    #[serde(borrow)]
+    manifests: Option<Vec<Descriptor<'a>>>,
+    #[serde(borrow)]
+    blobs: Option<Vec<Descriptor<'a>>>,
+    #[serde(borrow)]
+    fs_layers: Option<Vec<FsLayer<'a>>>,
+    signatures: Option<IgnoredAny>,
+    #[serde(borrow)]
+    subject: Option<Descriptor<'a>>,
 }
 
 fn digest(field: &'static str, value: &str) -> Result<Digest, ManifestError> {
@@ -118,10 +190,7 @@ fn digests(
 
 /// A descriptor with a non-empty `urls` list names a layer clients may fetch elsewhere.
 fn is_foreign(d: &Descriptor) -> bool {
-    d.urls
-        .as_ref()
-        .and_then(|u| u.as_array())
-        .is_some_and(|u| !u.is_empty())
+    d.urls.0
 }
 
 fn kind_of(raw: &Raw) -> Result<Kind, ManifestError> {
@@ -378,6 +447,36 @@ mod tests {
             parse(b"not json", &Digest::of(b"not json")),
             Err(ManifestError::Json(_))
         ));
+    }
+
+    #[test]
+    fn skipped_fields_of_any_shape_and_escaped_strings() {
+        // `urls` of any shape: only a non-empty array makes a layer foreign.
+        for (urls, foreign) in [
+            (serde_json::json!(["https://x"]), true),
+            (serde_json::json!([]), false),
+            (serde_json::json!("https://x"), false),
+            (serde_json::json!({"a": [1]}), false),
+            (serde_json::json!(null), false),
+            (serde_json::json!(7), false),
+        ] {
+            let m = parse_json(serde_json::json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"digest": d(1), "size": 1, "annotations": {"k": ["v", {"x": null}]}},
+                "layers": [{"digest": d(2), "size": 1, "urls": urls}],
+                "annotations": {"org.example": "\u{e9}t\u{e9}"}
+            }))
+            .unwrap();
+            assert_eq!(m.blobs, vec![dg(1), dg(2)]);
+            assert_eq!(m.foreign, if foreign { vec![dg(2)] } else { vec![] });
+        }
+        // A JSON string with escapes cannot be borrowed from the bytes: still read.
+        let escaped = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application\/vnd.oci.image.index.v1+json","manifests":[{{"digest":"\u0073ha256:{}"}}]}}"#,
+            "04".repeat(32)
+        );
+        let m = parse(escaped.as_bytes(), &Digest::of(escaped.as_bytes())).unwrap();
+        assert_eq!((m.kind, m.children), (Kind::OciIndex, vec![dg(4)]));
     }
 
     #[test]

@@ -235,21 +235,16 @@ fn link_state(read: Option<Result<Vec<u8>, crate::layout::store::ReadError>>) ->
     }
 }
 
-/// Opens the directory `rel` as a store of its own, so that the many small reads below
-/// it resolve two or three components instead of ten.
-fn sub(store: &Store, rel: &Path) -> Result<Option<Store>, GcError> {
-    store.sub(rel).map_err(|e| GcError::store(rel, e))
-}
-
-/// The directory `rel` as a store of its own, with its entries; `None` if it is missing.
+/// The directory `rel` as a store of its own, with its entries (so that the many small
+/// reads below it resolve two or three components instead of ten); `None` if it is
+/// missing.
 fn sub_listed(
     store: &Store,
     rel: &Path,
 ) -> Result<Option<(Store, Vec<crate::layout::Entry>)>, GcError> {
-    let Some(dir) = sub(store, rel)? else {
-        return Ok(None);
-    };
-    Ok(list(&dir, Path::new(""))?.map(|entries| (dir, entries)))
+    store
+        .sub_listed(rel)
+        .map_err(|e| GcError::store(&store.shown(rel), e))
 }
 
 /// Lists `dir` (relative to `store`) and reads its link file; notes leftover temp files.

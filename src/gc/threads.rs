@@ -6,7 +6,7 @@
 //! here: 1.7 s with one thread, 0.6 s with 8, 0.47 s with 32). Many threads also weigh
 //! more: the scheduler shares a core by thread, so 16 collector threads at nice 10 still
 //! outweigh one request thread, and many deleting at once fill the journal the
-//! registry's fsyncs wait on. Hence two pools: a read-only run, the push outage, takes
+//! registry's fsyncs wait on. Hence the pools: a read-only run, the push outage, takes
 //! many threads; an online run, which nobody waits for, few at idle priority (on 250,000
 //! blobs under load, 2 cores: push latency during a run 1.65x with 16, 1.36x with 4, for
 //! about the same run length, since the idle threads mostly wait for the CPU anyway).
@@ -25,6 +25,11 @@ pub enum ThreadShare {
     /// the window in which pushes are refused, still lets pulls go first.
     #[default]
     Lowered,
+    /// Ordinary priority: an offline run (`regfs gc --offline`), on a store no registry
+    /// serves. Its length is the registry's downtime and there is no request to give way
+    /// to; lowered threads only lengthened it on a busy machine (a 50,000-blob dry run at
+    /// load 13 on 2 cores: 5.1 s at nice 10, against the peer's 13.6 s at nice 0).
+    Full,
     /// Also SCHED_IDLE for the CPU: an online run, which nobody waits for, computes only
     /// when the registry does not (it still gets a small share on a saturated machine, so
     /// it ends). The disk priority stays best-effort: the idle class could starve it.
@@ -41,13 +46,13 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// A pool for `share`. `REGFS_GC_THREADS` overrides both defaults: for `Lowered` 8
-    /// per core, at least 16 and at most 64; for `Idle` 2 per core, at least 4 and at
-    /// most 16.
+    /// A pool for `share`. `REGFS_GC_THREADS` overrides the defaults: for `Lowered` and
+    /// `Full` 8 per core, at least 16 and at most 64; for `Idle` 2 per core, at least 4
+    /// and at most 16.
     pub(super) fn new(share: ThreadShare) -> Pool {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let default = match share {
-            ThreadShare::Lowered => (cores * 8).clamp(16, 64),
+            ThreadShare::Lowered | ThreadShare::Full => (cores * 8).clamp(16, 64),
             ThreadShare::Idle => (cores * 2).clamp(4, 16),
         };
         let n = std::env::var("REGFS_GC_THREADS")
@@ -56,7 +61,7 @@ impl Pool {
             .filter(|n| *n > 0)
             .unwrap_or(default);
         let prefix = match share {
-            ThreadShare::Lowered => "regfs-gc-io",
+            ThreadShare::Lowered | ThreadShare::Full => "regfs-gc-io",
             ThreadShare::Idle => "regfs-gc-idle",
         };
         let threads = Arc::new(Mutex::new(Vec::with_capacity(n)));
@@ -105,6 +110,9 @@ impl Drop for Pool {
 /// Lowers the calling thread's priority as `share` says. Best effort: a refused change
 /// is only logged.
 fn give_way(share: ThreadShare) {
+    if share == ThreadShare::Full {
+        return;
+    }
     // Per-thread on Linux: setpriority, ioprio_set and sched_setscheduler take a thread id.
     let tid = rustix::thread::gettid().as_raw_nonzero().get();
     // SAFETY: plain syscalls on this thread's own id; only a stack value is passed.
@@ -112,7 +120,7 @@ fn give_way(share: ThreadShare) {
     // Best-effort class (2), lowest level (7): IOPRIO_PRIO_VALUE(2, 7), IOPRIO_WHO_PROCESS (1).
     let io = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7) };
     let idle = match share {
-        ThreadShare::Lowered => 0,
+        ThreadShare::Lowered | ThreadShare::Full => 0,
         ThreadShare::Idle => {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: as above; `param` outlives the call.

@@ -7,8 +7,31 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 /// A sha256 digest, held as its 32 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The bytes as four big-endian words: ordered as the bytes are.
+    fn words(&self) -> [u64; 4] {
+        let w =
+            |i: usize| u64::from_be_bytes(self.0[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        [w(0), w(1), w(2), w(3)]
+    }
+}
+
+/// Byte order (that of the hex names), compared a word at a time: the inventory sorts and
+/// binary-searches every blob of the store by it.
+impl Ord for Digest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.words().cmp(&other.words())
+    }
+}
+
+impl PartialOrd for Digest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DigestError {
@@ -32,11 +55,26 @@ pub enum LinkError {
     Digest(#[from] DigestError),
 }
 
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+    match HEX_VALUE[c as usize] {
+        0xff => None,
+        v => Some(v),
     }
 }
 
@@ -47,11 +85,18 @@ impl Digest {
         if b.len() != 64 {
             return Err(DigestError::Length(b.len()));
         }
+        // Without a branch per digit: a byte that is no lowercase hex digit has value
+        // 0xff, which leaves high bits in `bad`.
         let mut out = [0u8; 32];
+        let mut bad = 0u8;
         for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = hex_val(pair[0]).ok_or(DigestError::NotLowercaseHex)?;
-            let lo = hex_val(pair[1]).ok_or(DigestError::NotLowercaseHex)?;
+            let hi = HEX_VALUE[pair[0] as usize];
+            let lo = HEX_VALUE[pair[1] as usize];
+            bad |= hi | lo;
             out[i] = hi << 4 | lo;
+        }
+        if bad & 0xf0 != 0 {
+            return Err(DigestError::NotLowercaseHex);
         }
         Ok(Digest(out))
     }
@@ -140,6 +185,25 @@ mod tests {
     use super::*;
 
     const HEX: &str = "a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
+
+    #[test]
+    fn order_is_byte_order() {
+        // Pairs differing in one byte, at every position, each way round.
+        let base = Digest::from_hex(HEX).unwrap();
+        for i in 0..32 {
+            for v in [0u8, 1, 0x7f, 0x80, 0xfe, 0xff] {
+                let mut other = base;
+                other.0[i] = v;
+                assert_eq!(base.cmp(&other), base.0.cmp(&other.0), "byte {i} = {v}");
+                assert_eq!(other.cmp(&base), other.0.cmp(&base.0), "byte {i} = {v}");
+            }
+        }
+        let mut sorted = vec![base, Digest([0xff; 32]), Digest([0; 32]), Digest::of(b"x")];
+        sorted.sort();
+        let mut by_bytes = sorted.clone();
+        by_bytes.sort_by_key(|d| d.0);
+        assert_eq!(sorted, by_bytes);
+    }
 
     #[test]
     fn a_well_formed_link_parses() {
