@@ -431,7 +431,7 @@ fn a_special_file_where_a_link_belongs_is_a_damaged_link_and_never_blocks_the_ru
 /// whose manifest blob is missing fails the run as the initial mark does.
 #[test]
 fn a_root_marked_late_keeps_everything_it_reaches() {
-    use regfs::gc::{mark::Manifests, markset, plan, scan};
+    use regfs::gc::{manifests::Manifests, markset, plan, scan};
     let dir = common::tempdir();
     let s = StoreBuilder::new(dir.path());
     let kept_layer = s.blob(b"layer of the tagged image");

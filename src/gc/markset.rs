@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::error::GcError;
 use super::inventory::{BlobInventory, Inventory, LinkState, RepoInventory};
-use super::mark::{Loaded, Manifests, RepoManifests};
+use super::manifests::{Loaded, Manifests, RepoManifests};
 use super::report::Warning;
 use crate::layout::{Digest, RepoName, paths};
 

@@ -13,7 +13,7 @@
 pub mod control;
 pub mod error;
 pub mod inventory;
-pub mod mark;
+pub mod manifests;
 pub mod markset;
 pub mod plan;
 pub mod report;
@@ -120,7 +120,8 @@ fn mark_in_pool(
     let Some(inventory) = scan::inventory(store, repos, &stop)? else {
         return interrupted(report);
     };
-    let manifests = mark::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
+    let manifests =
+        manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
     let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
         progress.advance()
     })?;
