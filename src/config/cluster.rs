@@ -38,6 +38,9 @@ pub struct ClusterAccessFlags {
     pub password_file: Option<PathBuf>,
 }
 
+/// A value picked from a flag or a key, with the origin and the name to blame.
+type Picked<T> = Option<(T, String, String)>;
+
 /// The TLS and authentication settings, checked together and their files read (so a
 /// file that will not do fails the configuration, naming its key).
 fn access(
@@ -77,6 +80,25 @@ fn access(
         c.password_file.clone(),
         "cluster.password_file",
     );
+    let mut access = Access::default();
+    tls(&mut access, origin, endpoints, ca, (cert, key))?;
+    auth(&mut access, user, password)?;
+    Ok(access)
+}
+
+fn file_err((_, o, k): &(PathBuf, String, String), e: EtcdError) -> ConfigError {
+    bad(o.clone(), k.clone(), e.to_string())
+}
+
+/// TLS to etcd: a CA for `https://` endpoints (and only for them), a client certificate
+/// with its key.
+fn tls(
+    access: &mut Access,
+    origin: &str,
+    endpoints: (&[String], &str, &str),
+    ca: Picked<PathBuf>,
+    (cert, key): (Picked<PathBuf>, Picked<PathBuf>),
+) -> Result<(), ConfigError> {
     let (urls, eo, ek) = endpoints;
     let https = urls.iter().filter(|u| u.starts_with("https://")).count();
     if https != 0 && https != urls.len() {
@@ -86,10 +108,6 @@ fn access(
             "mixes http:// and https:// endpoints: one cluster speaks one of them".into(),
         ));
     }
-    let file_err = |(_, o, k): &(PathBuf, String, String), e: EtcdError| {
-        bad(o.clone(), k.clone(), e.to_string())
-    };
-    let mut access = Access::default();
     match (&ca, https != 0) {
         (None, true) => {
             return Err(bad(
@@ -145,6 +163,15 @@ fn access(
         }
         (None, None) => {}
     }
+    Ok(())
+}
+
+/// etcd's user/password authentication: a user and the file holding the password.
+fn auth(
+    access: &mut Access,
+    user: Picked<String>,
+    password: Picked<PathBuf>,
+) -> Result<(), ConfigError> {
     match (user, &password) {
         (Some((u, o, k)), _) if u.is_empty() || u.chars().any(char::is_control) => {
             return Err(bad(
@@ -169,7 +196,7 @@ fn access(
         }
         (None, None) => {}
     }
-    Ok(access)
+    Ok(())
 }
 
 /// `[cluster]` and the `--cluster-*` flags; None without endpoints.
