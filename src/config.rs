@@ -57,6 +57,7 @@ use crate::fs::access::{MountUsers, resolve_user};
 use crate::mount::MountConfig;
 
 mod cluster;
+pub mod retention;
 pub use cluster::ClusterSection;
 
 #[derive(Debug, Error)]
@@ -175,6 +176,8 @@ pub struct FileConfig {
     pub api: crate::api::config::ApiSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub retention: retention::RetentionSection,
 }
 
 /// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
@@ -380,6 +383,7 @@ pub fn resolve(
     let mut settings = resolve_gc(args, file, origin)?;
     // A registry serving either path serves the store.
     settings.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
+    settings.retention = retention::resolve(&file.retention, origin)?;
     Ok(MountOptions {
         mount,
         settings,
@@ -520,6 +524,7 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sett
                 || file.registry.allow_unsafe_cache.unwrap_or(false),
             store: Vec::new(),
         },
+        retention: Default::default(),
     })
 }
 

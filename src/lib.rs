@@ -21,6 +21,7 @@ pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod registry;
+pub mod retention;
 pub mod runtime;
 pub mod sync;
 pub mod web;

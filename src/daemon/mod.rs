@@ -1,6 +1,7 @@
 //! The daemon around the mount: GC epochs on a schedule, on signals and on request,
 //! with status, stop and a history of runs.
 
+pub mod access_journal;
 pub mod epoch;
 pub mod history;
 pub mod job;
@@ -17,6 +18,9 @@ pub mod control;
 pub mod notify;
 pub mod online_epoch;
 pub mod overrides;
+pub mod prune_stage;
+pub mod retention;
+pub mod retention_state;
 pub mod scheduler;
 pub mod signals;
 pub mod state_dir;

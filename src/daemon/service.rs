@@ -74,6 +74,8 @@ pub struct ServedStore {
     pub gate: Arc<WriteGate>,
     /// The online barrier's handle, for online runs.
     pub online: OnlineCollection,
+    /// Tag push and pull times (retention).
+    pub access: Arc<super::access_journal::AccessJournal>,
 }
 
 pub struct Daemon {
@@ -82,6 +84,7 @@ pub struct Daemon {
     deleter: Arc<dyn Deleter + Send + Sync>,
     gate: Arc<WriteGate>,
     online: OnlineCollection,
+    retention: super::retention_state::RetentionState,
     mountpoint: PathBuf,
     storage: PathBuf,
     state_dir: Arc<StateDir>,
@@ -143,6 +146,7 @@ impl Daemon {
             deleter,
             gate,
             online,
+            access,
         } = served;
         Arc::new(Daemon {
             fs,
@@ -150,6 +154,7 @@ impl Daemon {
             deleter,
             gate,
             online,
+            retention: super::retention_state::RetentionState::new(access, state_dir.clone()),
             mountpoint: mountpoint.to_path_buf(),
             storage: storage.to_path_buf(),
             state_dir,
@@ -326,6 +331,7 @@ impl Daemon {
             deleter: self.deleter.as_ref(),
             history: &self.history,
             online: &self.online,
+            retention: &self.retention,
             host: self,
             epoch: self.coordinator(),
         }
@@ -371,6 +377,20 @@ impl Daemon {
     /// The write gate this daemon's epochs close.
     pub fn gate(&self) -> &Arc<WriteGate> {
         &self.gate
+    }
+
+    /// Tag push and pull times, and the tags pruned within their grace.
+    pub fn retention(&self) -> &super::retention_state::RetentionState {
+        &self.retention
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The backing store (read by the collector and by retention).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn state_dir(&self) -> &Arc<StateDir> {

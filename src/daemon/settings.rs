@@ -93,6 +93,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
     pub registry: crate::registry::RegistrySettings,
+    /// Tag retention policies (`[retention]`): pruning at the start of each run.
+    pub retention: crate::retention::Rules,
 }
 
 impl Default for Settings {
@@ -109,6 +111,7 @@ impl Default for Settings {
             min_age: gc::DEFAULT_MIN_AGE,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Settings {
                 GcMode::Online => gc::ThreadShare::Idle,
                 GcMode::ReadOnly => gc::ThreadShare::Lowered,
             },
+            keep_revisions: Vec::new(),
         }
     }
 

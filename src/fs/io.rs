@@ -236,8 +236,8 @@ impl StorageFs {
             Some(Admitted { lease, role })
         } else {
             // Only link files, which a read of a blob or manifest starts with.
-            if inode.role().link().is_some() {
-                self.policy.note_read(&|| inode.path());
+            if let Some(link) = inode.role().link() {
+                self.policy.note_read(link, &|| inode.path());
             }
             None
         };

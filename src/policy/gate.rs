@@ -25,6 +25,7 @@ use super::{
     WriteUndo, Writer, WriterLease,
 };
 use crate::error::{FsError, FsResult};
+use crate::layout::paths::LinkRole;
 
 /// How an epoch treats an open write handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +327,7 @@ impl StorePolicy for WriteGate {
         Ok(())
     }
 
-    fn note_read(&self, _path: &dyn Fn() -> String) {}
+    fn note_read(&self, _link: LinkRole, _path: &dyn Fn() -> String) {}
 }
 
 /// Writes held back by [`WriteGate::pause_writes`]; they resume when it drops.

@@ -84,8 +84,8 @@ impl<P: StorePolicy> StorePolicy for LinkRefusal<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, path: &dyn Fn() -> String) {
-        self.inner.note_read(path)
+    fn note_read(&self, link: LinkRole, path: &dyn Fn() -> String) {
+        self.inner.note_read(link, path)
     }
 }
 

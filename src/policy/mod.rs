@@ -20,6 +20,7 @@
 //! shared by several nodes are the next ones. As in virtiofsd's read-only layer around
 //! its passthrough, a policy may wrap another one and refuse more.
 
+pub mod access;
 pub mod gate;
 pub mod links;
 pub mod online;
@@ -175,7 +176,7 @@ pub trait StorePolicy: Send + Sync + fmt::Debug {
     /// A link file opened for reading: the registry is about to serve what it names.
     /// Nothing is refused; a policy may take note. `path` builds the file's path (relative
     /// to the store root) only if a policy asks: every pull opens links.
-    fn note_read(&self, path: &dyn Fn() -> String);
+    fn note_read(&self, link: LinkRole, path: &dyn Fn() -> String);
 }
 
 /// The policy that admits everything and shows every name: the filesystem as a plain
@@ -200,7 +201,7 @@ impl StorePolicy for AdmitAll {
         Ok(())
     }
 
-    fn note_read(&self, _path: &dyn Fn() -> String) {}
+    fn note_read(&self, _link: LinkRole, _path: &dyn Fn() -> String) {}
 }
 
 /// What a policy keeps for a change in flight (dropped when the change ends).
