@@ -136,7 +136,11 @@ fn retention_prunes_what_the_policies_let_go_and_keeps_what_is_pulled() {
         ("base", "library/base:1"),
     ] {
         let out = ctx.push(img, dest);
-        assert!(out.status.success(), "push {dest}: {}", describe_output(&out));
+        assert!(
+            out.status.success(),
+            "push {dest}: {}",
+            describe_output(&out)
+        );
     }
     for (repo, tag, when) in [
         ("ci/app", "old1", "10 days ago"),

@@ -9,4 +9,5 @@ mod cdp;
 mod common;
 mod fixture;
 mod page;
+mod retention_api;
 mod tls;
