@@ -290,3 +290,73 @@ fn retention_prunes_what_the_policies_let_go_and_keeps_what_is_pulled() {
     ctx.pull("ci/app:old1", "app-v1").unwrap();
     ctx.pull("ci/app:new", "app-v2").unwrap();
 }
+
+/// An online run prunes too, with the store writable: a tag pushed again and again while
+/// runs prune is never lost (a push before the stage's listing is judged fresh, one after
+/// it is seen re-written and kept, one after the removal makes it anew).
+#[test]
+fn an_online_run_prunes_and_keeps_a_tag_pushed_during_it() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("regfs.toml");
+    fs::write(
+        &cfg,
+        "[retention]\ndry_run = false\n[[retention.policy]]\nrepositories = [\"ci/*\"]\nkeep_pushed_within = \"1h\"\n",
+    )
+    .unwrap();
+    let cfg_arg = cfg.display().to_string();
+    let Some(world) = setup_custom(
+        Mode::Default,
+        Cache::DropIn,
+        &["--config", &cfg_arg, "--gc-mode", "online"],
+        |_| {},
+    ) else {
+        return;
+    };
+    let ctx = world.ctx.clone();
+    for (img, dest) in [
+        ("app-v1", "ci/app:stale"),
+        ("base", "ci/app:busy"),
+        ("app-v2", "ci/app:fresh"),
+    ] {
+        let out = ctx.push(img, dest);
+        assert!(
+            out.status.success(),
+            "push {dest}: {}",
+            describe_output(&out)
+        );
+    }
+    touch(&ctx, "ci/app", "stale", "5 days ago");
+    touch(&ctx, "ci/app", "busy", "5 days ago");
+    let stop_pushing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let (ctx, stop) = (ctx.clone(), stop_pushing.clone());
+        thread::spawn(move || {
+            let mut pushes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = ctx.push("base", "ci/app:busy");
+                assert!(
+                    out.status.success(),
+                    "push during runs: {}",
+                    describe_output(&out)
+                );
+                pushes += 1;
+            }
+            pushes
+        })
+    };
+    let mut pruned = BTreeSet::new();
+    for _ in 0..3 {
+        pruned.extend(pruned_names(&gc(&ctx)));
+    }
+    stop_pushing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushes = pusher.join().unwrap();
+    assert!(pushes > 0);
+    assert!(pruned.contains("ci/app:stale"), "{pruned:?}");
+    assert!(!link(&ctx, "ci/app", "stale").exists());
+    assert!(
+        link(&ctx, "ci/app", "busy").exists(),
+        "a tag pushed during the runs was lost"
+    );
+    ctx.pull("ci/app:busy", "base").unwrap();
+    ctx.pull("ci/app:fresh", "app-v2").unwrap();
+}
