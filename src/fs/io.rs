@@ -31,7 +31,7 @@ use super::open::OpenFile;
 use super::unlinked::{in_dir_error, is_unlinked};
 use crate::error::{FsError, FsResult};
 use crate::layout::Role;
-use crate::policy::{Change, Write, WriteRole, WriteUndo, Writer, WriterLease};
+use crate::policy::{Change, LinkRead, Write, WriteRole, WriteUndo, Writer, WriterLease};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -237,7 +237,11 @@ impl StorageFs {
         } else {
             // Only link files, which a read of a blob or manifest starts with.
             if let Some(link) = inode.role().link() {
-                self.policy.note_read(link, &|| inode.path());
+                let read = LinkRead {
+                    link,
+                    node: inode.id,
+                };
+                self.policy.note_read(read, &|| inode.path());
             }
             None
         };

@@ -5,19 +5,22 @@
 //!
 //! A layer over the rest of the chain ([`AccessRecording`]), outermost, so it records
 //! only what the inner layers admitted (a push refused by the gate or the link check is
-//! no push). What it records goes to an [`AccessRecorder`]: a map in memory, updated
-//! under a short lock and keyed by what was accessed, so a thousand pulls of one tag
-//! between two flushes are one entry. Nothing is written on the request's path: the
-//! daemon's journal (`daemon::access_journal`) takes the map in the background.
+//! no push). What it records goes to an [`AccessRecorder`]: maps in memory, updated
+//! under a short lock, so a thousand pulls of one tag between two flushes are one entry.
+//! Nothing is written on the request's path: the daemon's journal
+//! (`daemon::access_journal`) takes the maps in the background.
 //!
-//! Reads of `_layers` links (one per blob a pull fetches) and of tag index links are not
-//! looked at: the layer tells them apart by the link's role, before any path is built.
+//! A read costs a map update keyed by the link's inode number: what the inode is (its
+//! repository and tag or digest) is worked out from its path once, at its first read,
+//! and remembered (inode numbers are never reused). Reads of `_layers` links (one per
+//! blob a pull fetches) and of tag index links are not looked at: the layer tells them
+//! apart by the link's role, before any path is built.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Change, ChangeLease, Name, StorePolicy, WriteRole, Writer, WriterLease};
+use super::{Change, ChangeLease, LinkRead, Name, StorePolicy, WriteRole, Writer, WriterLease};
 use crate::error::FsResult;
 use crate::layout::paths::LinkRole;
 use crate::layout::{Digest, PathKind, classify};
@@ -44,10 +47,55 @@ pub fn now_millis() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
+fn keep_later<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, Millis, S>,
+    key: K,
+    at: Millis,
+) {
+    let t = map.entry(key).or_insert(at);
+    if *t < at {
+        *t = at;
+    }
+}
+
+/// Hashes an inode number with one multiplication (Fibonacci hashing): the numbers are
+/// the daemon's own, sequential, so no one can choose colliding keys, and SipHash would
+/// cost a read more than the rest of its recording.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeHasher(u64);
+
+impl std::hash::Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type NodeMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<NodeHasher>>;
+
+#[derive(Debug, Default)]
+struct Noted {
+    /// Accesses told by path (pushes), with their latest time.
+    by_path: HashMap<Accessed, Millis>,
+    /// Reads of link inodes, with their latest time.
+    reads: NodeMap<Millis>,
+    /// What each link inode read so far is (`None`: nothing to record).
+    nodes: NodeMap<Option<Accessed>>,
+}
+
 /// The accesses since the last [`AccessRecorder::take`], each with its latest time.
 #[derive(Debug, Default)]
 pub struct AccessRecorder {
-    pending: Mutex<HashMap<Accessed, Millis>>,
+    noted: Mutex<Noted>,
 }
 
 impl AccessRecorder {
@@ -55,23 +103,58 @@ impl AccessRecorder {
         Arc::new(AccessRecorder::default())
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Noted> {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Notes `what` at `at` (a later time wins).
     pub fn record(&self, what: Accessed, at: Millis) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let t = pending.entry(what).or_insert(at);
-        if *t < at {
-            *t = at;
+        keep_later(&mut self.lock().by_path, what, at);
+    }
+
+    /// Notes a read of link inode `node` at `at`; `what` tells what the inode is, asked
+    /// only at its first read (outside the lock).
+    pub fn record_read(&self, node: u64, at: Millis, what: impl FnOnce() -> Option<Accessed>) {
+        {
+            let mut noted = self.lock();
+            match noted.nodes.get(&node) {
+                Some(None) => return,
+                Some(Some(_)) => return keep_later(&mut noted.reads, node, at),
+                None => {}
+            }
+        }
+        let what = what();
+        let mut noted = self.lock();
+        let known = what.is_some();
+        noted.nodes.insert(node, what);
+        if known {
+            keep_later(&mut noted.reads, node, at);
         }
     }
 
-    /// Everything noted since the last call, leaving the map empty.
+    /// Everything noted since the last call, each access with its latest time.
     pub fn take(&self) -> HashMap<Accessed, Millis> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        let (mut out, reads) = {
+            let mut noted = self.lock();
+            let reads = std::mem::take(&mut noted.reads);
+            let by_path = std::mem::take(&mut noted.by_path);
+            // What the read inodes are, copied under the lock (a few per flush).
+            let reads: Vec<(Accessed, Millis)> = reads
+                .into_iter()
+                .filter_map(|(n, t)| Some((noted.nodes.get(&n)?.clone()?, t)))
+                .collect();
+            (by_path, reads)
+        };
+        for (what, at) in reads {
+            keep_later(&mut out, what, at);
+        }
+        out
     }
 
     /// How many accesses wait to be taken.
     pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let noted = self.lock();
+        noted.by_path.len() + noted.reads.len()
     }
 }
 
@@ -148,10 +231,11 @@ impl<P: StorePolicy> StorePolicy for AccessRecording<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, link: LinkRole, path: &dyn Fn() -> String) {
-        self.inner.note_read(link, path);
-        if matches!(link, LinkRole::TagCurrent | LinkRole::Revision(_)) {
-            self.note(read_of(&path()));
+    fn note_read(&self, read: LinkRead, path: &dyn Fn() -> String) {
+        self.inner.note_read(read, path);
+        if matches!(read.link, LinkRole::TagCurrent | LinkRole::Revision(_)) {
+            self.recorder
+                .record_read(read.node, now_millis(), || read_of(&path()));
         }
     }
 }
@@ -173,14 +257,15 @@ mod tests {
         let layer = AccessRecording::new(rec.clone(), AdmitAll);
         let tag = format!("{V2}/team/app/_manifests/tags/v1/current/link");
         let rev = format!("{V2}/team/app/_manifests/revisions/sha256/{}/link", hex());
-        let layer_link = format!("{V2}/team/app/_layers/sha256/{}/link", hex());
-        layer.note_read(LinkRole::TagCurrent, &|| tag.clone());
+        let read = |link, node| LinkRead { link, node };
+        layer.note_read(read(LinkRole::TagCurrent, 7), &|| tag.clone());
+        // The inode is known now: its path is not built again.
+        layer.note_read(read(LinkRole::TagCurrent, 7), &|| panic!("built twice"));
         let d = Digest::from_hex(&hex()).unwrap();
-        layer.note_read(LinkRole::Revision(d), &|| rev.clone());
-        layer.note_read(LinkRole::Layer(d), &|| {
+        layer.note_read(read(LinkRole::Revision(d), 8), &|| rev.clone());
+        layer.note_read(read(LinkRole::Layer(d), 9), &|| {
             panic!("a layer read builds no path")
         });
-        let _ = layer_link;
         let _writer = layer
             .admit_writer(Writer {
                 path: &tag,

@@ -25,7 +25,6 @@ use super::{
     WriteUndo, Writer, WriterLease,
 };
 use crate::error::{FsError, FsResult};
-use crate::layout::paths::LinkRole;
 
 /// How an epoch treats an open write handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +326,7 @@ impl StorePolicy for WriteGate {
         Ok(())
     }
 
-    fn note_read(&self, _link: LinkRole, _path: &dyn Fn() -> String) {}
+    fn note_read(&self, _read: super::LinkRead, _path: &dyn Fn() -> String) {}
 }
 
 /// Writes held back by [`WriteGate::pause_writes`]; they resume when it drops.

@@ -546,8 +546,8 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, link: LinkRole, path: &dyn Fn() -> String) {
-        self.inner.note_read(link, path);
+    fn note_read(&self, read: super::LinkRead, path: &dyn Fn() -> String) {
+        self.inner.note_read(read, path);
         self.shared.note_read(path);
     }
 }
