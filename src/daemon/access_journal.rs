@@ -29,9 +29,15 @@ pub struct AccessJournal {
     recorder: Arc<AccessRecorder>,
     times: RwLock<AccessTimes>,
     /// Held by the one writing a batch (the flusher, or a reader asking for fresh
-    /// times); readers of `times` never wait for it.
-    file: Mutex<()>,
+    /// times); readers of `times` never wait for it. Holds the journal's line count.
+    file: Mutex<usize>,
+    /// Lines over twice the entries before the journal is rewritten compacted.
+    compact_slack: usize,
 }
+
+/// The journal is rewritten compacted once it holds this many lines more than twice its
+/// entries (a busy registry appends a line per tag pulled per second).
+const COMPACT_SLACK: usize = 100_000;
 
 fn read_journal(state: &StateDir) -> io::Result<String> {
     let mut text = String::new();
@@ -58,21 +64,25 @@ impl AccessJournal {
         if bad > 0 {
             tracing::warn!(journal = %state.shown(JOURNAL), lines = bad, "access journal: lines not understood were skipped");
         }
-        if lines > 2 * times.entries() + 1000 || bad > 0 {
+        let lines = if lines > 2 * times.entries() + 1000 || bad > 0 {
             state.replace(JOURNAL, times.to_journal().as_bytes(), true)?;
-        }
+            times.entries()
+        } else {
+            lines
+        };
         tracing::info!(entries = times.entries(), "access times read");
         Ok(AccessJournal {
             state,
             recorder,
             times: RwLock::new(times),
-            file: Mutex::new(()),
+            file: Mutex::new(lines),
+            compact_slack: COMPACT_SLACK,
         })
     }
 
     /// Writes what was noted since the last flush; how many entries.
     pub fn flush(&self) -> io::Result<usize> {
-        let _writing = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let batch = self.recorder.take();
         if batch.is_empty() {
             return Ok(0);
@@ -86,9 +96,19 @@ impl AccessJournal {
             .open(JOURNAL, OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND)
             .and_then(|mut f| f.write_all(text.as_bytes()));
         // Kept in memory even if the write failed: the daemon still answers with them.
-        let mut times = self.times.write().unwrap_or_else(|e| e.into_inner());
-        for (what, at) in &batch {
-            times.apply(what, *at);
+        let compacted = {
+            let mut times = self.times.write().unwrap_or_else(|e| e.into_inner());
+            for (what, at) in &batch {
+                times.apply(what, *at);
+            }
+            *lines += batch.len();
+            (*lines > 2 * times.entries() + self.compact_slack)
+                .then(|| (times.to_journal(), times.entries()))
+        };
+        // Written with only the journal's own lock held.
+        if let Some((text, entries)) = compacted {
+            self.state.replace(JOURNAL, text.as_bytes(), true)?;
+            *lines = entries;
         }
         written.map(|()| batch.len())
     }
@@ -156,5 +176,42 @@ impl Flusher {
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::access::Accessed;
+
+    fn lines_in(dir: &std::path::Path) -> usize {
+        std::fs::read_to_string(dir.join(JOURNAL))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    #[test]
+    fn times_survive_a_reopen_and_the_journal_stays_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(StateDir::prepare(&dir.path().join("state")).unwrap());
+        let rec = AccessRecorder::new();
+        let mut journal = AccessJournal::open(state.clone(), rec.clone()).unwrap();
+        journal.compact_slack = 10;
+        let pull = |tag: &str| Accessed::TagPulled {
+            repo: "r".into(),
+            tag: tag.into(),
+        };
+        for round in 0..50 {
+            rec.record(pull("a"), round);
+            rec.record(pull("b"), round);
+            journal.flush().unwrap();
+            assert!(lines_in(state.path()) <= 2 * 2 + 10 + 2, "round {round}");
+        }
+        let again = AccessJournal::open(state, AccessRecorder::new()).unwrap();
+        again.with_times(|t| {
+            assert_eq!(t.pulled("r", "a", None), Some(49));
+            assert_eq!(t.pulled("r", "b", None), Some(49));
+        });
     }
 }

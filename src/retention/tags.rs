@@ -62,7 +62,11 @@ fn millis(t: SystemTime) -> Millis {
 
 /// The tags of `repo` (sorted by name).
 pub fn repo_tags(store: &Store, repo: &RepoName, times: &AccessTimes) -> Vec<TagInfo> {
-    let Ok(Some(entries)) = store.list(&paths::tags_dir(repo)) else {
+    // Each link is opened from the tags directory: three names to resolve, not nine.
+    let Ok(Some(tags)) = store.sub(&paths::tags_dir(repo)) else {
+        return Vec::new();
+    };
+    let Ok(Some(entries)) = tags.list(std::path::Path::new("")) else {
         return Vec::new();
     };
     let mut names: Vec<TagName> = entries
@@ -73,10 +77,10 @@ pub fn repo_tags(store: &Store, repo: &RepoName, times: &AccessTimes) -> Vec<Tag
     names
         .into_iter()
         .map(|tag| {
-            let link = store
-                .read_with_mtime(&paths::tag_current_link(repo, &tag), LINK_LIMIT)
-                .ok()
-                .flatten();
+            let rel = std::path::Path::new(tag.as_str())
+                .join(paths::TAG_CURRENT)
+                .join(paths::LINK);
+            let link = tags.read_with_mtime(&rel, LINK_LIMIT).ok().flatten();
             let digest = link.as_ref().and_then(|(b, _)| parse_link(b).ok());
             let mtime = link.map(|(_, m)| millis(m));
             let recorded = times.pushed(repo.as_str(), tag.as_str());
