@@ -229,3 +229,22 @@ fn an_expired_prune_whose_manifest_is_tagged_again_is_kept() {
     assert!(later.expired.is_empty());
     assert!(b.revision_link_path("ci/app", &m1).exists());
 }
+
+#[test]
+fn an_expired_prune_whose_manifest_a_tagged_index_lists_is_kept() {
+    let dir = common::tempdir();
+    let root = dir.path();
+    let b = StoreBuilder::new(root);
+    let (child, _) = b.image("ci/multi", &[b.blob(b"arm layer")], "arm");
+    let index = b.index("ci/multi", &[child]);
+    b.tag("ci/multi", "arm", &child);
+    b.tag("ci/multi", "all", &index);
+    set_mtime(&current(root, "ci/multi", "arm"), 5 * DAY);
+    let deleter = OpenedStore::open(root).unwrap().deleter();
+    let o = run(root, &deleter, &[], false);
+    assert_eq!(names(&o), ["ci/multi:arm"]);
+    assert!(o.pruned[0].last_tag);
+    let later = run(root, &deleter, &o.pruned, false);
+    assert!(later.expired.is_empty(), "{:?}", later.expired);
+    assert!(b.revision_link_path("ci/multi", &child).exists());
+}

@@ -106,20 +106,41 @@ fn tagged(store: &Store, repo: &RepoName) -> HashSet<Digest> {
         .collect()
 }
 
-/// Whether a manifest a tag names lists `d` (an index child).
-fn listed_by_tagged(store: &Store, tagged: &HashSet<Digest>, d: &Digest) -> bool {
-    tagged.iter().any(|t| {
-        match store.read(&paths::blob_data(t), MANIFEST_LIMIT) {
-            Ok(Some(bytes)) => match crate::manifest::parse_unverified(&bytes) {
-                Ok(m) => m.children.contains(d),
-                // Not understood: anything it mentions stays.
-                Err(_) => crate::manifest::digests_mentioned(&bytes).contains(d),
-            },
-            Ok(None) => false,
-            // Unreadable: keep what it might list.
-            Err(_) => true,
+/// What keeps a manifest of a repository from expiring: the tags naming it, and the
+/// indexes the tags name listing it.
+struct Named {
+    tagged: HashSet<Digest>,
+    listed: HashSet<Digest>,
+    /// A manifest a tag names could not be read: it may list anything.
+    unsure: bool,
+}
+
+impl Named {
+    fn of(store: &Store, repo: &RepoName) -> Named {
+        let tagged = tagged(store, repo);
+        let mut listed = HashSet::new();
+        let mut unsure = false;
+        for t in &tagged {
+            match store.read(&paths::blob_data(t), MANIFEST_LIMIT) {
+                Ok(Some(bytes)) => match crate::manifest::parse_unverified(&bytes) {
+                    Ok(m) => listed.extend(m.children),
+                    // Not understood: anything it mentions stays.
+                    Err(_) => listed.extend(crate::manifest::digests_mentioned(&bytes)),
+                },
+                Ok(None) => {}
+                Err(_) => unsure = true,
+            }
         }
-    })
+        Named {
+            tagged,
+            listed,
+            unsure,
+        }
+    }
+
+    fn keeps(&self, d: &Digest) -> bool {
+        self.unsure || self.tagged.contains(d) || self.listed.contains(d)
+    }
 }
 
 /// Removes what the policies let go (nothing in a dry run), and the revision links of
@@ -203,6 +224,7 @@ fn prune_tags(
 /// Removes the revision link of each expired prune whose manifest nothing tags or lists.
 fn expire(store: &Store, expired: &[PrunedTag], deleter: &dyn Deleter, out: &mut PruneOutcome) {
     let mut done: HashSet<(String, Digest)> = HashSet::new();
+    let mut named: HashMap<String, Named> = HashMap::new();
     for p in expired.iter().filter(|p| p.last_tag) {
         let (Ok(repo), Some(d)) = (RepoName::new(&p.repository), p.digest()) else {
             continue;
@@ -210,8 +232,10 @@ fn expire(store: &Store, expired: &[PrunedTag], deleter: &dyn Deleter, out: &mut
         if !done.insert((p.repository.clone(), d)) {
             continue;
         }
-        let tagged = tagged(store, &repo);
-        if tagged.contains(&d) || listed_by_tagged(store, &tagged, &d) {
+        let n = named
+            .entry(p.repository.clone())
+            .or_insert_with(|| Named::of(store, &repo));
+        if n.keeps(&d) {
             continue;
         }
         let link = paths::revision_dir(&repo, &d).join(paths::LINK);
