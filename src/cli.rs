@@ -32,6 +32,11 @@ pub enum Command {
     Status(StatusArgs),
     /// List past GC runs of a mount.
     Jobs(JobsArgs),
+    /// List every tag: the digest it names, when it was pushed and last pulled.
+    Tags(TagsArgs),
+    /// Tag retention (`[retention]` in the configuration file).
+    #[command(subcommand)]
+    Retention(RetentionAction),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigAction),
@@ -187,6 +192,7 @@ impl GcArgs {
             min_age: self.min_age,
             // No registry serves the store: nothing to give way to.
             threads: regfs::gc::ThreadShare::Full,
+            keep_revisions: Vec::new(),
         }
     }
 }
@@ -449,6 +455,54 @@ impl MountArgs {
             },
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct TagsArgs {
+    /// A regfs mount point (its daemon answers), or a storage directory no daemon
+    /// serves (read on disk; pull times from --state-dir, if given).
+    pub path: PathBuf,
+    /// Only this repository.
+    #[arg(long, value_name = "REPOSITORY")]
+    pub repo: Option<String>,
+    /// Print JSON (one array).
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's state directory, if not the default for the mount point.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionAction {
+    /// Each tag the policies would prune now, with the rule that lets it go, and each
+    /// tag kept and why.
+    Preview {
+        /// A regfs mount point (its daemon's policies), or a storage directory no daemon
+        /// serves (with --config).
+        path: PathBuf,
+        /// Print JSON (one array).
+        #[arg(long)]
+        json: bool,
+        /// The daemon's state directory, if not the default for the mount point.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// On a storage directory: the configuration file whose `[retention]` applies.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Put back a tag pruned within the grace ([retention] grace), on the manifest it
+    /// named.
+    Restore {
+        /// The regfs mount point.
+        mountpoint: PathBuf,
+        /// The pruned tag.
+        #[arg(value_name = "REPOSITORY:TAG")]
+        reference: String,
+        /// The daemon's state directory, if not the default for MOUNTPOINT.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -64,6 +64,7 @@ use crate::settings::layers::{Fixed, GcValues};
 use crate::settings::owner::Sources;
 
 mod cluster;
+pub mod retention;
 pub use cluster::{ClusterAccessFlags, ClusterSection};
 
 #[derive(Debug, Error)]
@@ -184,6 +185,8 @@ pub struct FileConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub history: HistorySection,
+    #[serde(default)]
+    pub retention: retention::RetentionSection,
 }
 
 /// How much job history the state directory keeps.
@@ -447,7 +450,8 @@ fn resolve_mount(
 
 /// Where the collector's settings come from: `[gc]` of the file and the flags (laid over
 /// each other, with the API's values between them, by `settings::layers`), and the keys
-/// only the file and the flags give (`drain_timeout`, `[registry]`).
+/// only the file gives or the flags too (`drain_timeout`, `[registry]`, `[history]`,
+/// `[retention]`).
 fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sources, ConfigError> {
     let n = Named { origin };
     Ok(Sources {
@@ -473,6 +477,7 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sour
                 store: Vec::new(),
             },
             history: resolve_history(&file.history, origin)?,
+            retention: retention::resolve(&file.retention, origin)?,
         },
     })
 }

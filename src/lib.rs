@@ -18,6 +18,7 @@ pub mod mount;
 pub mod offline;
 pub mod policy;
 pub mod registry;
+pub mod retention;
 pub mod runtime;
 pub mod settings;
 pub mod state_dir;

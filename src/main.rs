@@ -10,6 +10,7 @@ mod commands;
 mod logging;
 mod output;
 mod progress;
+mod retention_commands;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status(args),
         Command::Jobs(args) => commands::jobs(args),
         Command::Config(ConfigAction::Check { file }) => commands::config_check(file),
+        Command::Tags(args) => retention_commands::tags(args),
+        Command::Retention(action) => retention_commands::retention(action),
         Command::Completions { shell } => commands::completions(*shell),
         Command::Man => commands::man(),
     };

@@ -86,7 +86,7 @@ impl StorePolicy for Recording {
         Ok(())
     }
 
-    fn note_read(&self, path: &dyn Fn() -> String) {
+    fn note_read(&self, _read: regfs::policy::LinkRead, path: &dyn Fn() -> String) {
         self.0.ask(format!("read {}", path()));
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 mod handlers;
 pub mod jobs;
+mod retention;
 pub mod throttle;
 
 use std::net::SocketAddr;
@@ -89,6 +90,13 @@ impl Api {
             ("settings", "DELETE") => self.admin(req, |who| self.reset_settings(who)),
             ("gc", "POST") => self.admin(req, |who| self.start_gc(req, who)),
             ("gc/stop", "POST") => self.admin(req, |who| self.stop_gc(who)),
+            ("tags", "GET") => self.tags(),
+            ("retention/preview", "GET") => self.retention_preview(),
+            ("retention/restore", "POST") => {
+                self.admin(req, |who| self.retention_restore(req, who))
+            }
+            ("tags" | "retention/preview", _) => not_allowed("GET"),
+            ("retention/restore", _) => not_allowed("POST"),
             ("status" | "jobs" | "schedule", _) => not_allowed("GET"),
             ("settings", _) => not_allowed("GET, PUT, DELETE"),
             ("gc" | "gc/stop", _) => not_allowed("POST"),

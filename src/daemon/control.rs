@@ -26,7 +26,21 @@ pub enum Request {
     Gc,
     Stop,
     Status,
-    Job { id: u64 },
+    Job {
+        id: u64,
+    },
+    /// Every tag with its times (`regfs tags`).
+    Tags {
+        #[serde(default)]
+        repo: Option<String>,
+    },
+    /// What the retention policies would prune now (`regfs retention preview`).
+    RetentionPreview,
+    /// Puts a pruned tag back within its grace (`regfs retention restore`).
+    RetentionRestore {
+        repo: String,
+        tag: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -40,6 +54,24 @@ pub struct Response {
     pub status: Option<Box<Status>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<Box<Job>>,
+    /// The answer to `tags` and `retention_preview`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// An answer carrying `data`, or the error.
+fn with_data<T: Serialize>(r: Result<T, String>) -> Response {
+    match r.and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())) {
+        Ok(v) => Response {
+            ok: true,
+            data: Some(v),
+            ..Response::default()
+        },
+        Err(e) => Response {
+            error: Some(e),
+            ..Response::default()
+        },
+    }
 }
 
 fn answer(daemon: &Arc<Daemon>, req: Request) -> Response {
@@ -86,6 +118,9 @@ fn answer(daemon: &Arc<Daemon>, req: Request) -> Response {
                 ..Response::default()
             },
         },
+        Request::Tags { repo } => with_data(daemon.tags(repo.as_deref())),
+        Request::RetentionPreview => with_data(daemon.retention_preview()),
+        Request::RetentionRestore { repo, tag } => with_data(daemon.retention_restore(&repo, &tag)),
     }
 }
 

@@ -141,6 +141,9 @@ pub struct Job {
     /// A cluster run: the collector and how each member closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRun>,
+    /// Tag retention: the tags the run's pruning stage removed (or, dry, would have).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::prune::PruneOutcome>,
 }
 
 impl Job {
@@ -173,6 +176,7 @@ impl Job {
             store_used_bytes: None,
             store_bytes: None,
             cluster: None,
+            retention: None,
         }
     }
 

@@ -116,13 +116,24 @@ impl Claims for OnlineClaims<'_> {
 
 /// The online run itself; fills in `job`.
 pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
+    // Pruning first, with writes paused: no tag push races the removal of a tag (one
+    // written since the policies judged it is kept).
+    let opts = match parts.gate.pause_writes(settings.drain_timeout) {
+        Some(_paused) => super::prune_stage::prune_stage(parts, job, settings),
+        None => {
+            return record_failure(
+                job,
+                &"writes in flight did not finish within the drain timeout, so tags could not be pruned; nothing was deleted",
+            );
+        }
+    };
     // Each phase ends the run when dropped, on every path out of here.
     let recording = match start_recording(parts.gate, parts.online, settings.drain_timeout) {
         Ok(r) => r,
         Err(why) => return record_failure(job, &why),
     };
     control.set_state(State::Marking);
-    let planned = match gc::mark(parts.store, &settings.gc_options(), control, control) {
+    let planned = match gc::mark(parts.store, &opts, control, control) {
         Err(e) => return record_failure(job, &e),
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,

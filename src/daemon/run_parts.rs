@@ -39,6 +39,8 @@ pub struct RunParts<'a> {
     pub history: &'a History,
     /// The filesystem's online layer, for online runs.
     pub online: &'a OnlineCollection,
+    /// Tag retention: the pruning stage at the start of the run.
+    pub retention: &'a super::retention_state::RetentionState,
     pub host: &'a dyn RunHost,
     /// The other nodes serving the store (none for a node alone).
     pub epoch: &'a dyn super::epoch::EpochCoordinator,

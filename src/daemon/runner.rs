@@ -189,7 +189,9 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
         control,
         epoch: parts.epoch,
     };
-    let planned = match gc::mark(parts.store, &settings.gc_options(), &cancel, control) {
+    // The store is closed: no tag is written while the stage prunes.
+    let opts = super::prune_stage::prune_stage(parts, job, settings);
+    let planned = match gc::mark(parts.store, &opts, &cancel, control) {
         Err(e) => return record_failure(job, &e),
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,

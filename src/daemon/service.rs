@@ -78,6 +78,8 @@ pub struct ServedStore {
     pub gate: Arc<WriteGate>,
     /// The online barrier's handle, for online runs.
     pub online: OnlineCollection,
+    /// Tag push and pull times (retention).
+    pub access: Arc<super::access_journal::AccessJournal>,
 }
 
 pub struct Daemon {
@@ -86,6 +88,7 @@ pub struct Daemon {
     deleter: Arc<dyn Deleter + Send + Sync>,
     gate: Arc<WriteGate>,
     online: OnlineCollection,
+    retention: super::retention_state::RetentionState,
     mountpoint: PathBuf,
     storage: PathBuf,
     state_dir: Arc<StateDir>,
@@ -166,6 +169,7 @@ impl Daemon {
             deleter,
             gate,
             online,
+            access,
         } = served;
         let recorded = Mutex::new(Arc::new(jobs));
         Arc::new(Daemon {
@@ -174,6 +178,7 @@ impl Daemon {
             deleter,
             gate,
             online,
+            retention: super::retention_state::RetentionState::new(access, state_dir.clone()),
             mountpoint: mountpoint.to_path_buf(),
             storage: storage.to_path_buf(),
             state_dir,
@@ -385,6 +390,7 @@ impl Daemon {
             deleter: self.deleter.as_ref(),
             history: &self.history,
             online: &self.online,
+            retention: &self.retention,
             host: self,
             epoch: self.coordinator(),
         }
@@ -433,6 +439,20 @@ impl Daemon {
     /// The write gate this daemon's epochs close.
     pub fn gate(&self) -> &Arc<WriteGate> {
         &self.gate
+    }
+
+    /// Tag push and pull times, and the tags pruned within their grace.
+    pub fn retention(&self) -> &super::retention_state::RetentionState {
+        &self.retention
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The backing store (read by the collector and by retention).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn state_dir(&self) -> &Arc<StateDir> {

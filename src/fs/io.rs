@@ -31,7 +31,9 @@ use super::open::OpenFile;
 use super::unlinked::{in_dir_error, is_unlinked};
 use crate::error::{FsError, FsResult};
 use crate::layout::Role;
-use crate::policy::{Change, Write, WriteMeaning, WriteRole, WriteUndo, Writer, WriterLease};
+use crate::policy::{
+    Change, LinkRead, Write, WriteMeaning, WriteRole, WriteUndo, Writer, WriterLease,
+};
 
 /// Creates a kernel passthrough backing id for a file descriptor (the adapter wraps
 /// fuser's `ReplyOpen::open_backing`).
@@ -237,8 +239,12 @@ impl StorageFs {
             Some(Admitted { lease, role })
         } else {
             // Only link files, which a read of a blob or manifest starts with.
-            if inode.role().link().is_some() {
-                self.policy.note_read(&|| inode.path());
+            if let Some(link) = inode.role().link() {
+                let read = LinkRead {
+                    link,
+                    node: inode.id,
+                };
+                self.policy.note_read(read, &|| inode.path());
             }
             None
         };

@@ -54,6 +54,9 @@ pub struct Options {
     pub min_age: Duration,
     /// How the run's threads give way to the daemon's requests.
     pub threads: ThreadShare,
+    /// Revisions kept as if young whatever `delete_untagged` says: manifests that lost
+    /// their last tag to retention pruning, within its grace.
+    pub keep_revisions: Vec<(crate::layout::RepoName, Digest)>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             allow_missing_manifests: false,
             min_age: Duration::ZERO,
             threads: ThreadShare::Lowered,
+            keep_revisions: Vec::new(),
         }
     }
 }
@@ -146,6 +150,10 @@ fn mark_in_pool(
             marks.keep_revision(&manifests, repo, d)?;
             report.young_revisions_kept += 1;
         }
+        for d in kept_by_retention(opts, repo, marks.unreachable(&repo.name)) {
+            marks.keep_revision(&manifests, repo, d)?;
+            report.young_revisions_kept += 1;
+        }
         revision_age_warnings.extend(young.warnings);
     }
     report.blobs_marked = marks.live_count();
@@ -178,6 +186,19 @@ fn mark_in_pool(
         report,
         threads: opts.threads,
     }))
+}
+
+/// The unreachable revisions of `repo` retention keeps (see [`Options::keep_revisions`]).
+fn kept_by_retention(
+    opts: &Options,
+    repo: &inventory::RepoInventory,
+    unreachable: &[Digest],
+) -> Vec<Digest> {
+    opts.keep_revisions
+        .iter()
+        .filter(|(r, d)| *r == repo.name && unreachable.contains(d))
+        .map(|(_, d)| *d)
+        .collect()
 }
 
 /// The blobs the mark did not reach: the only ones whose age matters.

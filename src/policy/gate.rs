@@ -339,7 +339,7 @@ impl StorePolicy for WriteGate {
         Ok(())
     }
 
-    fn note_read(&self, _path: &dyn Fn() -> String) {}
+    fn note_read(&self, _read: super::LinkRead, _path: &dyn Fn() -> String) {}
 }
 
 /// Writes held back by [`WriteGate::pause_writes`]; they resume when it drops.

@@ -20,6 +20,7 @@
 //! shared by several nodes are the next ones. As in virtiofsd's read-only layer around
 //! its passthrough, a policy may wrap another one and refuse more.
 
+pub mod access;
 pub mod gate;
 pub mod links;
 pub mod meaning;
@@ -195,6 +196,16 @@ impl fmt::Debug for Name<'_> {
     }
 }
 
+/// A link file opened for reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkRead {
+    /// Which link it is (told from its inode's role, without building its path).
+    pub link: LinkRole,
+    /// Its inode number: one file for the daemon's life (numbers are never reused), so a
+    /// policy may remember what it learnt from the path.
+    pub node: u64,
+}
+
 /// The decisions the filesystem core asks for. Every method is required, so a layer
 /// wrapping another policy cannot forget to ask it.
 pub trait StorePolicy: Send + Sync + fmt::Debug {
@@ -209,7 +220,7 @@ pub trait StorePolicy: Send + Sync + fmt::Debug {
     /// A link file opened for reading: the registry is about to serve what it names.
     /// Nothing is refused; a policy may take note. `path` builds the file's path (relative
     /// to the store root) only if a policy asks: every pull opens links.
-    fn note_read(&self, path: &dyn Fn() -> String);
+    fn note_read(&self, read: LinkRead, path: &dyn Fn() -> String);
 }
 
 /// The policy that admits everything and shows every name: the filesystem as a plain
@@ -234,7 +245,7 @@ impl StorePolicy for AdmitAll {
         Ok(())
     }
 
-    fn note_read(&self, _path: &dyn Fn() -> String) {}
+    fn note_read(&self, _read: LinkRead, _path: &dyn Fn() -> String) {}
 }
 
 /// What a policy keeps for a change in flight (dropped when the change ends).

@@ -5,6 +5,9 @@
 //! The chain, outermost first (each layer asks the one inside it, as virtiofsd composes
 //! its read-only layer around the passthrough):
 //!
+//! 0. [`AccessRecording`]: notes tag pushes and tag and manifest pulls for retention.
+//!    Outermost, so it notes only what every inner layer admitted (a push the gate or
+//!    the link check refused is no push); it refuses nothing;
 //! 1. [`LinkRefusal`]: refuses link writes that name a blob without data, or a tag whose
 //!    manifest the repository does not hold;
 //! 2. [`OnlineBarrier`]: records what an online run must keep, holds writes for its
@@ -24,6 +27,7 @@ use crate::fs::StorageFs;
 use crate::gc::{Deleter, Removed};
 use crate::layout::Store;
 use crate::policy::StorePolicy;
+use crate::policy::access::{AccessRecorder, AccessRecording};
 use crate::policy::gate::WriteGate;
 use crate::policy::links::LinkRefusal;
 use crate::policy::online::{OnlineBarrier, OnlineCollection};
@@ -38,6 +42,8 @@ pub struct StorePolicies {
     pub gate: Arc<WriteGate>,
     /// The online collector's handle on the barrier.
     pub online: OnlineCollection,
+    /// Pushes and pulls noted since the daemon's journal last took them.
+    pub access: Arc<AccessRecorder>,
 }
 
 impl StorePolicies {
@@ -49,10 +55,13 @@ impl StorePolicies {
         };
         let online = OnlineBarrier::new(open()?, gate.clone());
         let collection = online.collection();
+        let access = AccessRecorder::new();
+        let links = LinkRefusal::new(open()?, online);
         Ok(StorePolicies {
-            chain: Arc::new(LinkRefusal::new(open()?, online)),
+            chain: Arc::new(AccessRecording::new(access.clone(), links)),
             gate: Arc::new(gate),
             online: collection,
+            access,
         })
     }
 }

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::MountOptions;
+use crate::daemon::access_journal::{self, AccessJournal};
 use crate::daemon::control::{self, ControlSocket};
 use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::{Daemon, ServedStore, notify, scheduler};
@@ -101,6 +102,8 @@ struct Threads {
     scheduler: Option<JoinHandle<()>>,
     signals: Option<SignalThread>,
     metrics: Option<Server>,
+    /// Writes the access journal; stopped (its last batch written) after the unmount.
+    journal: Option<access_journal::Flusher>,
     /// Cluster mode: the node's lease and member agent; left after the unmount.
     cluster: Option<crate::cluster::Node>,
 }
@@ -175,12 +178,20 @@ impl Runtime {
             .store()
             .map_err(|e| format!("storage directory: {e}"))?;
         let gc_stats = Arc::new(Mutex::new(GcStats::default()));
+        let access = Arc::new(
+            AccessJournal::open(state.clone(), policies.access.clone())
+                .map_err(|e| format!("access journal: {e}"))?,
+        );
+        let journal = access
+            .start(access_journal::FLUSH_EVERY)
+            .map_err(|e| format!("access journal thread: {e}"))?;
         let served = ServedStore {
             fs: mounted.fs.clone(),
             store,
             deleter: Arc::new(SweepDeleter(mounted.fs.clone())),
             gate: policies.gate,
             online: policies.online,
+            access,
         };
         let daemon = Daemon::new(
             served,
@@ -205,6 +216,7 @@ impl Runtime {
             mountpoint,
             threads: Threads {
                 serving: Some(serving),
+                journal: Some(journal),
                 ..Threads::default()
             },
             stops,
@@ -385,6 +397,9 @@ impl Runtime {
             .join(self.grace)
             .map_err(|e| format!("serving {}: {e}", self.mountpoint.display()));
         self.stage(Stage::Joined);
+        if let Some(mut journal) = self.threads.journal.take() {
+            journal.stop();
+        }
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
     }
 }

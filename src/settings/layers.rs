@@ -169,6 +169,8 @@ pub struct Fixed {
     pub registry: crate::registry::RegistrySettings,
     /// How much job history is kept (`[history]`).
     pub history: super::HistoryLimits,
+    /// Tag retention policies (`[retention]`).
+    pub retention: crate::retention::Rules,
 }
 
 impl Default for Fixed {
@@ -178,6 +180,7 @@ impl Default for Fixed {
             drain_timeout: d.drain_timeout,
             registry: d.registry,
             history: d.history,
+            retention: d.retention,
         }
     }
 }
@@ -240,6 +243,7 @@ pub fn settle(sources: &[(Source, &GcValues)], fixed: &Fixed) -> Result<Settings
         drain_timeout: fixed.drain_timeout,
         registry: fixed.registry.clone(),
         history: fixed.history,
+        retention: fixed.retention.clone(),
     })
 }
 

@@ -130,6 +130,8 @@ pub struct Settings {
     pub registry: crate::registry::RegistrySettings,
     /// How much job history is kept (`[history]`).
     pub history: HistoryLimits,
+    /// Tag retention policies (`[retention]`): pruning at the start of each run.
+    pub retention: crate::retention::Rules,
 }
 
 impl Default for Settings {
@@ -147,6 +149,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
             history: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl Settings {
                 GcMode::Online => gc::ThreadShare::Idle,
                 GcMode::ReadOnly => gc::ThreadShare::Lowered,
             },
+            keep_revisions: Vec::new(),
         }
     }
 

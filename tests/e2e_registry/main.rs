@@ -25,6 +25,7 @@ mod cache;
 mod common;
 mod ctx;
 mod observe;
+mod retention;
 mod scenario;
 mod support;
 mod world;

@@ -10,4 +10,5 @@ mod common;
 mod contention;
 mod fixture;
 mod page;
+mod retention_api;
 mod tls;

@@ -539,8 +539,8 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
         self.inner.check_write_access(path)
     }
 
-    fn note_read(&self, path: &dyn Fn() -> String) {
-        self.inner.note_read(path);
+    fn note_read(&self, read: super::LinkRead, path: &dyn Fn() -> String) {
+        self.inner.note_read(read, path);
         self.shared.note_read(path);
     }
 }
