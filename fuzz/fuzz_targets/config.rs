@@ -7,8 +7,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use regfs::config::{FileConfig, MountFlags, resolve};
-use regfs::daemon::schedule::Schedule;
-use regfs::daemon::settings::GcDuration;
+use regfs::settings::GcDuration;
+use regfs::settings::schedule::Schedule;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
