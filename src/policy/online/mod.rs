@@ -425,6 +425,20 @@ impl BarrierInner {
         if !self.active.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.guard_active(write)
+    }
+
+    /// As [`guard`](Self::guard) for a change known by its path alone (mkdir, setattr, a
+    /// rename's source): its meaning is worked out only while a run is on, so between
+    /// runs these requests cost one atomic load here.
+    fn guard_path(&self, path: &str) -> FsResult<()> {
+        if !self.active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.guard_active(&WriteMeaning::of_path(path))
+    }
+
+    fn guard_active(&self, write: &WriteMeaning) -> FsResult<()> {
         let path = write.path();
         let touched: Vec<Touched> = touched_by(write, &self.store).into_iter().collect();
         if let Phase::Recording(rec) = &mut *self.lock() {
@@ -509,11 +523,9 @@ impl<P: StorePolicy> StorePolicy for OnlineBarrier<P> {
         let lease = self.inner.admit_change(change)?;
         match *change {
             Change::Create { meaning, .. } => self.shared.guard(meaning)?,
-            Change::Mkdir { path } | Change::SetAttr { path } => {
-                self.shared.guard(&WriteMeaning::of_path(path))?
-            }
+            Change::Mkdir { path } | Change::SetAttr { path } => self.shared.guard_path(path)?,
             Change::Rename { from, to } => {
-                self.shared.guard(&WriteMeaning::of_path(from))?;
+                self.shared.guard_path(from)?;
                 self.shared.guard(to)?;
             }
             // Removing makes nothing live.
