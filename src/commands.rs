@@ -203,6 +203,9 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
         require_root("gc stop")?;
         let dir = state_dir_for(state_dir, mountpoint);
         let resp = ask(&dir, &Request::Stop)?;
+        if let Some(message) = resp.data.as_ref().and_then(|d| d["message"].as_str()) {
+            return output::println(message);
+        }
         return output::println(&format!(
             "stopping GC job {}; the store reopens for writes once the blob in hand is done",
             resp.job_id.unwrap_or(0)

@@ -4,16 +4,21 @@
 //! member reopens. The collector marks only once every member alive has acknowledged.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::NodeParts;
-use super::records::EpochRecord;
-use crate::daemon::epoch::{ClusterRun, ClusterView, EpochCoordinator, MemberDrain};
+use super::online::{ClusterClaims, EtcdKeeper, OnlineCollector, OnlineRun};
+use super::records::{EpochRecord, ONLINE};
+use crate::daemon::epoch::{
+    ClusterRun, ClusterView, EpochCoordinator, MemberDrain, OnlineCoordinator,
+};
 use crate::daemon::job::Job;
+use crate::gc::Claims;
+use crate::policy::online::{Sweeping, UnitKeeper, WriteRecord};
 
 /// Job records kept in etcd.
 const JOBS_KEPT: usize = 100;
@@ -23,6 +28,10 @@ pub struct Collector {
     /// The lease the current epoch was claimed under: a new one (the old lapsed while
     /// the process was stalled) means the epoch is no longer this node's.
     claimed_under: AtomicI64,
+    /// The epoch claimed is an online run's.
+    online: AtomicBool,
+    /// An online run's phase transactions and acknowledged members.
+    online_run: Mutex<OnlineRun>,
 }
 
 impl Collector {
@@ -30,7 +39,21 @@ impl Collector {
         Collector {
             sh,
             claimed_under: AtomicI64::new(0),
+            online: AtomicBool::new(false),
+            online_run: Mutex::new(OnlineRun::default()),
         }
+    }
+
+    /// The online run's handle, while this node holds an online epoch.
+    fn online_collector(&self) -> Result<OnlineCollector<'_>, String> {
+        let epoch = self.current().ok_or("cluster: no epoch claimed")?;
+        Ok(OnlineCollector {
+            sh: &self.sh,
+            epoch,
+            lease: self.claimed_under.load(Ordering::SeqCst),
+            run: &self.online_run,
+            coordinator: self,
+        })
     }
 
     fn healthy(&self) -> bool {
@@ -126,7 +149,7 @@ impl Collector {
 }
 
 impl EpochCoordinator for Collector {
-    fn begin(&self, job: u64) -> Result<(), String> {
+    fn begin(&self, job: u64, online: bool) -> Result<(), String> {
         let sh = &self.sh;
         if !self.healthy() {
             return Err(self.unreachable());
@@ -135,7 +158,8 @@ impl EpochCoordinator for Collector {
             collector: sh.cfg.node.clone(),
             job,
             started_at: Utc::now(),
-            phase: "closing".into(),
+            phase: if online { "recording" } else { "closing" }.into(),
+            mode: if online { ONLINE } else { "" }.into(),
         };
         let value = serde_json::to_vec(&rec).unwrap_or_default();
         // Claimed as the member agent can tell (see `Collecting`), so it never takes this
@@ -147,6 +171,11 @@ impl EpochCoordinator for Collector {
         match sh.etcd.create(&sh.keys.epoch(), &value, lease) {
             Ok(Some(epoch)) => {
                 self.claimed_under.store(lease, Ordering::SeqCst);
+                self.online.store(online, Ordering::SeqCst);
+                *self.online_run.lock().unwrap_or_else(|e| e.into_inner()) = OnlineRun {
+                    epoch_mod: epoch,
+                    acked: Vec::new(),
+                };
                 sh.collecting.claimed(Some(epoch));
                 tracing::warn!(node = %sh.cfg.node, epoch, job, "cluster: this node collects epoch {epoch}");
                 Ok(())
@@ -237,7 +266,34 @@ impl EpochCoordinator for Collector {
             }
         }
         let _ = sh.etcd.delete_prefix(&sh.keys.acks(epoch));
+        let _ = sh.etcd.delete_prefix(&sh.keys.online(epoch));
+        let _ = sh.etcd.delete_prefix(&sh.keys.stop(epoch));
         tracing::warn!(node = %sh.cfg.node, epoch, "cluster: epoch ended; members reopen");
+    }
+
+    fn online(&self) -> Option<&dyn OnlineCoordinator> {
+        (self.current().is_some() && self.online.load(Ordering::SeqCst))
+            .then_some(self as &dyn OnlineCoordinator)
+    }
+
+    fn stop_cluster_run(&self) -> Result<Option<u64>, String> {
+        let sh = &self.sh;
+        let Some(kv) = sh
+            .etcd
+            .get(&sh.keys.epoch())
+            .map_err(|e| format!("cluster: {e}"))?
+        else {
+            return Ok(None);
+        };
+        // Under the epoch's lease: it goes with the run.
+        sh.etcd
+            .put(
+                &sh.keys.stop(kv.create_revision),
+                sh.cfg.node.as_bytes(),
+                kv.lease,
+            )
+            .map_err(|e| format!("cluster: {e}"))?;
+        Ok(Some(kv.create_revision))
     }
 
     fn claim_tick(&self, tick: DateTime<Utc>) -> bool {
@@ -283,4 +339,49 @@ impl EpochCoordinator for Collector {
             error,
         })
     }
+}
+
+impl OnlineCoordinator for Collector {
+    fn hand_over(
+        &self,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String> {
+        self.online_collector()?.hand_over(timeout, give_up)
+    }
+
+    fn keeper(&self) -> Arc<dyn UnitKeeper> {
+        Arc::new(EtcdKeeper {
+            sh: self.sh.clone(),
+            epoch: self.current().unwrap_or(0),
+            lease: self.claimed_under.load(Ordering::SeqCst),
+        })
+    }
+
+    fn publish(
+        &self,
+        sweeping: &Sweeping,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), String> {
+        self.online_collector()?.publish(sweeping, timeout, give_up)
+    }
+
+    fn claims<'a>(&'a self, sweeping: &'a Sweeping, units: usize) -> Box<dyn Claims + 'a> {
+        match self.online_collector() {
+            Ok(on) => Box::new(ClusterClaims::new(on, sweeping, units)),
+            // No epoch: nothing is deleted.
+            Err(_) => Box::new(NothingClaimed),
+        }
+    }
+}
+
+/// The sweep's claims when the epoch is gone: every unit is kept.
+struct NothingClaimed;
+
+impl Claims for NothingClaimed {
+    fn claim(&self, _i: usize) -> bool {
+        false
+    }
+    fn release(&self, _i: usize) {}
 }

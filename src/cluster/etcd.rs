@@ -194,7 +194,34 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub create_revision: u64,
+    /// The revision of its last change.
+    pub mod_revision: u64,
     pub lease: i64,
+}
+
+/// One condition of a [`Etcd::txn`].
+#[derive(Debug, Clone, Copy)]
+pub enum Compare<'a> {
+    /// `key` is the one created at `revision` (0: absent).
+    Created(&'a str, u64),
+    /// `key` was last changed at `revision`.
+    ModifiedAt(&'a str, u64),
+    /// No key starting with `prefix` was changed (or created) after `revision`.
+    UnchangedSince(&'a str, u64),
+}
+
+impl Compare<'_> {
+    fn body(&self) -> Value {
+        match *self {
+            Compare::Created(key, rev) => json!({"target": "CREATE", "key": b64(key.as_bytes()),
+                "result": "EQUAL", "create_revision": rev.to_string()}),
+            Compare::ModifiedAt(key, rev) => json!({"target": "MOD", "key": b64(key.as_bytes()),
+                "result": "EQUAL", "mod_revision": rev.to_string()}),
+            Compare::UnchangedSince(prefix, rev) => json!({"target": "MOD",
+                "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)),
+                "result": "LESS", "mod_revision": (rev + 1).to_string()}),
+        }
+    }
 }
 
 /// A user and password, and the token etcd gave for them at each endpoint.
@@ -628,6 +655,35 @@ impl Etcd {
         Ok(v["succeeded"].as_bool().unwrap_or(false))
     }
 
+    /// Every key starting with `prefix`, and the store's revision they were read at.
+    pub fn list_at(&self, prefix: &str) -> Result<(Vec<Kv>, u64), EtcdError> {
+        let v = self.call(
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+        )?;
+        Ok((kvs(&v), int(&v["header"]["revision"]) as u64))
+    }
+
+    /// Puts every `(key, value, lease)` of `puts` in one transaction, only if every
+    /// condition holds: `Some(revision)` of the change, `None` if a condition failed.
+    pub fn txn(
+        &self,
+        compares: &[Compare<'_>],
+        puts: &[(&str, &[u8], i64)],
+    ) -> Result<Option<u64>, EtcdError> {
+        let v = self.call(
+            "/v3/kv/txn",
+            json!({
+                "compare": compares.iter().map(Compare::body).collect::<Vec<_>>(),
+                "success": puts.iter().map(|(k, v, l)| json!({"request_put": put_body(k, v, *l)})).collect::<Vec<_>>(),
+            }),
+        )?;
+        Ok(v["succeeded"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| int(&v["header"]["revision"]) as u64))
+    }
+
     /// Deletes every key starting with `prefix`.
     pub fn delete_prefix(&self, prefix: &str) -> Result<(), EtcdError> {
         self.call(
@@ -656,6 +712,7 @@ fn kvs(v: &Value) -> Vec<Kv> {
                     key: String::from_utf8_lossy(&decode(&kv["key"])).into_owned(),
                     value: decode(&kv["value"]),
                     create_revision: int(&kv["create_revision"]) as u64,
+                    mod_revision: int(&kv["mod_revision"]) as u64,
                     lease: int(&kv["lease"]),
                 })
                 .collect()

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use std::sync::Arc;
+
 use super::NodeParts;
 use super::etcd::{EtcdError, Kv};
+use super::online_member::{self, OnlineState, Step};
 use super::records::{EpochRecord, MemberRecord};
 use crate::daemon::epoch::{MemberDrain, MemberView};
 use crate::daemon::job::CutWriter;
@@ -26,6 +29,8 @@ enum Membership {
     Closed,
     /// This node collects; its runner owns the gate.
     Collecting,
+    /// Part of another node's online run: writable, writes recorded or checked.
+    Online,
     /// Cannot be sure of its lease: closed.
     Fenced,
 }
@@ -37,6 +42,7 @@ impl Membership {
             Membership::Open => "open",
             Membership::Closed => "closed",
             Membership::Collecting => "collecting",
+            Membership::Online => "online",
             Membership::Fenced => "fenced",
         }
     }
@@ -48,13 +54,16 @@ struct Local {
     acked: Option<u64>,
     /// The lease and state last written to the member's entry.
     published: (i64, Membership),
+    /// Its part in another node's online run.
+    online: OnlineState,
 }
 
-pub fn run(sh: &NodeParts) {
+pub fn run(sh: &Arc<NodeParts>) {
     let mut st = Local {
         state: Membership::Starting,
         acked: None,
         published: (0, Membership::Starting),
+        online: OnlineState::default(),
     };
     while !sh.stopping() {
         tick(sh, &mut st);
@@ -66,7 +75,7 @@ fn healthy(sh: &NodeParts) -> bool {
     sh.session.healthy(sh.cfg.fence_after())
 }
 
-fn tick(sh: &NodeParts, st: &mut Local) {
+fn tick(sh: &Arc<NodeParts>, st: &mut Local) {
     if !healthy(sh) {
         return fence(sh, st);
     }
@@ -89,14 +98,48 @@ fn tick(sh: &NodeParts, st: &mut Local) {
         return; // the next tick decides
     }
     let collecting = after.epoch;
+    if epoch.is_none() || collecting.is_some() {
+        // No other node's run: this node takes no part in one.
+        st.online.part = None;
+    }
     match epoch {
-        Some(kv) if Some(kv.create_revision) == collecting => st.state = Membership::Collecting,
+        Some(kv) if Some(kv.create_revision) == collecting => {
+            st.state = Membership::Collecting;
+            // `regfs gc stop` given on another node.
+            if let Ok(Some(stop)) = sh.etcd.get(&sh.keys.stop(kv.create_revision))
+                && stop.lease == kv.lease
+            {
+                tracing::warn!(node = %sh.cfg.node, by = %String::from_utf8_lossy(&stop.value),
+                    "cluster: stop asked on another node; stopping the run");
+                (sh.stop_run)();
+            }
+        }
         Some(kv) if kv.lease == lease => {
             // This node's own epoch whose run has ended but whose key stayed (etcd failed
             // when the run ended): end it now.
             let _ = sh.etcd.delete_if(&sh.keys.epoch(), kv.create_revision);
         }
-        Some(kv) => close_for(sh, st, &kv, lease),
+        Some(kv) => {
+            let rec = serde_json::from_slice::<EpochRecord>(&kv.value).ok();
+            match rec.filter(|r| r.mode == super::records::ONLINE) {
+                Some(rec) => {
+                    let Some((held_under, revision, _)) = sh.session.claim() else {
+                        return;
+                    };
+                    if held_under != lease {
+                        return;
+                    }
+                    st.state = match online_member::tick(sh, &mut st.online, &kv, &rec, revision) {
+                        Step::Serving => Membership::Online,
+                        Step::Closed => Membership::Closed,
+                    };
+                }
+                None => {
+                    st.online.part = None;
+                    close_for(sh, st, &kv, lease)
+                }
+            }
+        }
         None if collecting.is_some() => {
             tracing::error!(node = %sh.cfg.node,
                 "cluster: this node's epoch is gone from etcd while it collects (its lease lapsed); stopping the run");
@@ -257,6 +300,11 @@ fn close_for(sh: &NodeParts, st: &mut Local, kv: &Kv, lease: i64) {
 
 /// The lease is in doubt: refuse writes before it can expire, and stop a local run.
 fn fence(sh: &NodeParts, st: &mut Local) {
+    // Its part in another node's online run ends (the collector, missing it, deletes
+    // nothing); it never rejoins that run.
+    if st.online.part.take().is_some() || st.online.joined.is_some() {
+        sh.gate.refuse_new_writes();
+    }
     if st.state == Membership::Fenced {
         // A local run ending reopens the gate: close it again.
         if !sh.gate.is_closed() {

@@ -11,6 +11,8 @@ pub mod collector;
 pub mod etcd;
 pub mod history;
 pub mod member;
+pub mod online;
+pub mod online_member;
 pub mod records;
 pub mod session;
 
@@ -25,6 +27,7 @@ use chrono::{DateTime, Utc};
 pub use claim::Claimed;
 
 use crate::policy::gate::WriteGate;
+use crate::policy::online::OnlineCollection;
 
 /// Where the machine id is read from, in order: systemd's, then D-Bus's older place.
 pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
@@ -209,6 +212,9 @@ pub struct NodeParts {
     pub quick: etcd::Etcd,
     /// Stops the local run (when the node fences itself while collecting).
     pub stop_run: Box<dyn Fn() + Send + Sync>,
+    /// The node's online barrier: another node's online run records and checks this
+    /// node's writes through it.
+    pub online: OnlineCollection,
     stopping: AtomicBool,
 }
 
@@ -221,6 +227,10 @@ impl NodeParts {
     fn record(&self, state: &str, claimed_at: DateTime<Utc>) -> records::MemberRecord {
         claim::record(&self.cfg, &self.mountpoint, &self.me, state, claimed_at)
     }
+}
+
+fn session_run(sh: &Arc<NodeParts>) {
+    session::run(sh)
 }
 
 /// A node of the cluster: its session and member agent threads.
@@ -238,6 +248,8 @@ pub struct NodeStart {
     pub gate: WriteGate,
     pub drain_timeout: Duration,
     pub stop_run: Box<dyn Fn() + Send + Sync>,
+    /// The node's online barrier (its own runs use it too).
+    pub online: OnlineCollection,
 }
 
 impl Node {
@@ -265,6 +277,7 @@ impl Node {
             seen: Mutex::new(Seen::default()),
             quick,
             stop_run: s.stop_run,
+            online: s.online,
             stopping: AtomicBool::new(false),
         });
         tracing::info!(node = %shared.cfg.node, endpoints = ?shared.cfg.endpoints,
@@ -277,8 +290,8 @@ impl Node {
             threads: vec![],
         };
         for (name, body) in [
-            ("regfs-lease", session::run as fn(&NodeParts)),
-            ("regfs-member", member::run as fn(&NodeParts)),
+            ("regfs-lease", session_run as fn(&Arc<NodeParts>)),
+            ("regfs-member", member::run as fn(&Arc<NodeParts>)),
         ] {
             let shared = node.shared.clone();
             let t = std::thread::Builder::new()

@@ -11,6 +11,9 @@
 //! <prefix>acks/<epoch>/<node>   MemberDrain, under the member's lease: closed and drained
 //! <prefix>ticks/<time>          the node that claimed a scheduled tick
 //! <prefix>jobs/<epoch>          the collector's job record (kept; the oldest are pruned)
+//! <prefix>stop/<epoch>          `regfs gc stop` given on a node that does not collect
+//! <prefix>online/<epoch>/...    an online run's records, doomed set, keeps and claims
+//!                               (`cluster::online`, ARCHITECTURE.md)
 //! ```
 
 use chrono::{DateTime, Utc};
@@ -52,9 +55,16 @@ pub struct EpochRecord {
     /// The collector's job number (in its own history).
     pub job: u64,
     pub started_at: DateTime<Utc>,
-    /// `closing` (waiting for members), then `collecting`.
+    /// Read-only: `closing` (waiting for members), then `collecting`. Online:
+    /// `recording`, `pausing`, `sweeping` (`ARCHITECTURE.md`).
     pub phase: String,
+    /// `online` for an online run; empty (older nodes write none) for a read-only one.
+    #[serde(default)]
+    pub mode: String,
 }
+
+/// The mode of an online epoch, in [`EpochRecord::mode`].
+pub const ONLINE: &str = "online";
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
@@ -85,6 +95,47 @@ impl Keys {
     }
     pub fn tick(&self, tick: DateTime<Utc>) -> String {
         format!("{}ticks/{}", self.prefix, tick.format("%Y%m%dT%H%M%SZ"))
+    }
+    /// `regfs gc stop` given on any node for `epoch`.
+    pub fn stop(&self, epoch: u64) -> String {
+        format!("{}stop/{epoch}", self.prefix)
+    }
+    /// Everything of an online run, under the collector's lease.
+    pub fn online(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/", self.prefix)
+    }
+    pub fn records(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/records/", self.prefix)
+    }
+    pub fn record(&self, epoch: u64, node: &str) -> String {
+        format!("{}online/{epoch}/records/{node}", self.prefix)
+    }
+    pub fn doomed(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/doomed/", self.prefix)
+    }
+    pub fn doomed_chunk(&self, epoch: u64, chunk: usize) -> String {
+        format!("{}online/{epoch}/doomed/{chunk:08}", self.prefix)
+    }
+    pub fn settled(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/settled", self.prefix)
+    }
+    pub fn loaded(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/loaded/", self.prefix)
+    }
+    pub fn loaded_by(&self, epoch: u64, node: &str) -> String {
+        format!("{}online/{epoch}/loaded/{node}", self.prefix)
+    }
+    pub fn kept(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/kept/", self.prefix)
+    }
+    pub fn kept_unit(&self, epoch: u64, unit: usize) -> String {
+        format!("{}online/{epoch}/kept/{unit:010}", self.prefix)
+    }
+    pub fn claimed(&self, epoch: u64, batch: usize) -> String {
+        format!("{}online/{epoch}/claimed/{batch:08}", self.prefix)
+    }
+    pub fn done(&self, epoch: u64, batch: usize) -> String {
+        format!("{}online/{epoch}/done/{batch:08}", self.prefix)
     }
     pub fn jobs(&self) -> String {
         format!("{}jobs/", self.prefix)

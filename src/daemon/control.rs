@@ -97,9 +97,26 @@ fn answer(daemon: &Arc<Daemon>, req: Request) -> Response {
                 job_id: Some(id),
                 ..Response::default()
             },
-            None => Response {
-                error: Some("no GC run is active".into()),
-                ..Response::default()
+            // Not collecting here: the cluster's run, if one is on, is stopped.
+            None => match daemon.coordinator().stop_cluster_run() {
+                Ok(Some(epoch)) => Response {
+                    ok: true,
+                    data: Some(serde_json::json!({
+                        "message": format!("asked the cluster's collector to stop its run (epoch {epoch})"),
+                        "epoch": epoch,
+                    })),
+                    ..Response::default()
+                },
+                Ok(None) => Response {
+                    error: Some("no GC run is active".into()),
+                    ..Response::default()
+                },
+                Err(e) => Response {
+                    error: Some(format!(
+                        "no GC run here, and the cluster's cannot be stopped: {e}"
+                    )),
+                    ..Response::default()
+                },
             },
         },
         Request::Status => Response {

@@ -2,8 +2,14 @@
 //! has nobody to ask ([`Alone`]); `crate::cluster` coordinates several through etcd.
 //! The runner calls these at four points and knows nothing else of a cluster.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::gc::Claims;
+use crate::policy::online::{Sweeping, UnitKeeper, WriteRecord};
 
 use super::job::Job;
 pub use super::job::{ClusterRun, MemberDrain};
@@ -38,9 +44,10 @@ pub struct ClusterView {
 
 /// What a run asks of the nodes it shares the store with.
 pub trait EpochCoordinator: Send + Sync {
-    /// Before a job starts: claim the one epoch for this node. `Err` says why not (another
-    /// node collects, etcd unreachable); then no job starts here.
-    fn begin(&self, job: u64) -> Result<(), String>;
+    /// Before a job starts: claim the one epoch for this node (`online`: an online run,
+    /// whose members keep writing). `Err` says why not (another node collects, etcd
+    /// unreachable); then no job starts here.
+    fn begin(&self, job: u64, online: bool) -> Result<(), String>;
     /// With this node's gate closed and drained: waits until every other live member has
     /// closed and acknowledged. `Err`: the run must delete nothing.
     fn acknowledge(
@@ -57,13 +64,47 @@ pub trait EpochCoordinator: Send + Sync {
     fn claim_tick(&self, tick: DateTime<Utc>) -> bool;
     /// Members and collector, for `status`.
     fn view(&self) -> Option<ClusterView>;
+    /// The cluster's side of an online run (none for a node alone).
+    fn online(&self) -> Option<&dyn OnlineCoordinator> {
+        None
+    }
+    /// `regfs gc stop` on a node that does not collect: stops the cluster's run, if one
+    /// is on. `Ok(Some(epoch))`: asked; `Ok(None)`: no run on.
+    fn stop_cluster_run(&self) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+}
+
+/// What the collector of a cluster's online run asks of the members, in order
+/// (`ARCHITECTURE.md`, the online run across the cluster). Every call waits at most
+/// `timeout` and stops when `give_up` says so; `Err`: the run must delete nothing.
+pub trait OnlineCoordinator: Send + Sync {
+    /// The pause begins: every member that acknowledged the run holds its writes and
+    /// hands over its record; returns them all.
+    fn hand_over(
+        &self,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String>;
+    /// How the collector's own barrier keeps a unit for the cluster during the sweep.
+    fn keeper(&self) -> Arc<dyn UnitKeeper>;
+    /// Gives every member the doomed set installed in `sweeping` and waits until each has
+    /// loaded it (and resumed its writes).
+    fn publish(
+        &self,
+        sweeping: &Sweeping,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), String>;
+    /// The sweep's claims of `units` units, in batches claimed through etcd.
+    fn claims<'a>(&'a self, sweeping: &'a Sweeping, units: usize) -> Box<dyn Claims + 'a>;
 }
 
 /// A node alone: nothing to ask.
 pub struct Alone;
 
 impl EpochCoordinator for Alone {
-    fn begin(&self, _job: u64) -> Result<(), String> {
+    fn begin(&self, _job: u64, _online: bool) -> Result<(), String> {
         Ok(())
     }
     fn acknowledge(

@@ -6,9 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::epoch::OnlineCoordinator;
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
 use super::run_parts::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
+use super::runner::RunCancel;
 use super::status::State;
 use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
@@ -114,12 +116,66 @@ impl Claims for OnlineClaims<'_> {
     }
 }
 
+/// The pause across a cluster (phase 3): every member hands its record over and holds
+/// its writes; this node pauses its own, folds every record in, installs, resumes, and
+/// gives the members the doomed set (they resume once they have loaded it). Err: the
+/// run deletes nothing.
+fn cluster_pause_and_install(
+    cluster: &dyn OnlineCoordinator,
+    gate: &WriteGate,
+    mut recording: Recording,
+    plan: &Plan,
+    timeout: Duration,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(Sweeping, Pause), String> {
+    let mut doomed = Doomed::new(doomed_units(plan, &recording));
+    let mut recorded = recording.absorb(&mut doomed);
+    let start = Instant::now();
+    let records = cluster.hand_over(timeout, give_up)?;
+    for r in &records {
+        recorded += recording.absorb_record(r, &mut doomed)?;
+    }
+    let paused = gate.pause_writes(timeout).ok_or(
+        "writes in flight did not finish within the drain timeout, so they could not be paused",
+    )?;
+    let (sweeping, late) = recording.install_with(doomed, &paused, Some(cluster.keeper()));
+    recorded += late;
+    drop(paused);
+    cluster.publish(&sweeping, timeout, give_up)?;
+    Ok((
+        sweeping,
+        Pause {
+            held: start.elapsed(),
+            recorded,
+        },
+    ))
+}
+
 /// The online run itself; fills in `job`.
 pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Settings) {
+    let cluster = parts.epoch.online();
+    let cancel = RunCancel {
+        control,
+        epoch: parts.epoch,
+    };
+    // Tags are removed only with every writer paused; a cluster's other nodes are not
+    // (yet) paused for the pruning stage, so it only reports there.
+    let mut prune_settings;
+    let settings_for_prune = if cluster.is_some() && !settings.retention.policies.is_empty() {
+        tracing::warn!(
+            job = job.id,
+            "cluster online run: tag retention previews only (tags are pruned by read-only runs in a cluster)"
+        );
+        prune_settings = settings.clone();
+        prune_settings.retention.dry_run = true;
+        &prune_settings
+    } else {
+        settings
+    };
     // Pruning first, with writes paused: no tag push races the removal of a tag (one
     // written since the policies judged it is kept).
     let opts = match parts.gate.pause_writes(settings.drain_timeout) {
-        Some(_paused) => super::prune_stage::prune_stage(parts, job, settings),
+        Some(_paused) => super::prune_stage::prune_stage(parts, job, settings_for_prune),
         None => {
             return record_failure(
                 job,
@@ -132,8 +188,12 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         Ok(r) => r,
         Err(why) => return record_failure(job, &why),
     };
+    // In a cluster: every other member records too before the mark reads.
+    if cluster.is_some() && !super::runner::cluster_closed(parts, job, control) {
+        return;
+    }
     control.set_state(State::Marking);
-    let planned = match gc::mark(parts.store, &opts, control, control) {
+    let planned = match gc::mark(parts.store, &opts, &cancel, control) {
         Err(e) => return record_failure(job, &e),
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
@@ -141,13 +201,22 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     if settings.dry_run {
         return record_report(job, planned.report);
     }
-    let Some((sweeping, pause)) =
-        pause_and_install(parts.gate, recording, &planned.plan, settings.drain_timeout)
-    else {
-        return record_failure(
-            job,
-            &"writes in flight did not finish within the drain timeout, so they could not be paused; nothing was deleted",
-        );
+    let installed = match cluster {
+        Some(cluster) => cluster_pause_and_install(
+            cluster,
+            parts.gate,
+            recording,
+            &planned.plan,
+            settings.drain_timeout,
+            &|| control.interrupted().is_some(),
+        )
+        .map_err(|e| format!("{e}; nothing was deleted")),
+        None => pause_and_install(parts.gate, recording, &planned.plan, settings.drain_timeout)
+            .ok_or_else(|| "writes in flight did not finish within the drain timeout, so they could not be paused; nothing was deleted".to_string()),
+    };
+    let (sweeping, pause) = match installed {
+        Ok(i) => i,
+        Err(e) => return record_failure(job, &e),
     };
     job.pause_seconds = pause.held.as_secs_f64();
     job.late_writes = pause.recorded;
@@ -172,13 +241,13 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         return;
     }
     control.set_state(State::Sweeping);
-    let swept = gc::sweep_claimed(
-        planned,
-        parts.deleter,
-        &OnlineClaims(&sweeping),
-        control,
-        control,
-    );
+    let units = planned.plan.actions.len();
+    let claims: Box<dyn Claims + '_> = match cluster {
+        Some(cluster) => cluster.claims(&sweeping, units),
+        None => Box::new(OnlineClaims(&sweeping)),
+    };
+    let swept = gc::sweep_claimed(planned, parts.deleter, claims.as_ref(), &cancel, control);
+    drop(claims);
     let writes = sweeping.finish();
     job.resurrected = writes.resurrected;
     job.refused_writes = writes.refused;

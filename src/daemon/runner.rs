@@ -68,14 +68,8 @@ fn epoch(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Setti
         return;
     }
     if settings.mode == GcMode::Online {
-        if parts.epoch.view().is_some() {
-            // Other nodes write the store too, and their writes never reach this
-            // node's barrier: only read-only epochs are shared across a cluster.
-            return record_failure(
-                job,
-                &"online GC refused: this node is in a cluster ([cluster]); cluster runs are read-only (set [gc] mode = \"read-only\")",
-            );
-        }
+        // In a cluster every member records and checks its writes too, through etcd
+        // (`online_run`, `cluster::online`).
         super::online_run::collect(parts, job, control, settings);
         return;
     }
@@ -139,7 +133,7 @@ fn close_store<'a>(
 
 /// Cluster mode: waits until every other member has closed too. False (the job's error
 /// says why) when the run must delete nothing.
-fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
+pub(super) fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
     let own = MemberDrain {
         node: String::new(),
         closed_at: Utc::now(),
@@ -163,9 +157,9 @@ fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool
 
 /// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
 /// epoch (stalled past its lease, say) stops before the next unit it would delete.
-struct RunCancel<'a> {
-    control: &'a RunControl,
-    epoch: &'a dyn EpochCoordinator,
+pub(super) struct RunCancel<'a> {
+    pub control: &'a RunControl,
+    pub epoch: &'a dyn EpochCoordinator,
 }
 
 impl gc::Cancel for RunCancel<'_> {

@@ -312,7 +312,10 @@ impl Daemon {
             self.changed.notify_all();
             Err(e)
         };
-        if let Err(e) = self.coordinator().begin(id) {
+        if let Err(e) = self
+            .coordinator()
+            .begin(id, settings.mode == crate::settings::GcMode::Online)
+        {
             return give_up(TriggerError::Cluster(e));
         }
         let job = Job::started(
@@ -439,6 +442,11 @@ impl Daemon {
     /// The write gate this daemon's epochs close.
     pub fn gate(&self) -> &Arc<WriteGate> {
         &self.gate
+    }
+
+    /// The online barrier's handle (a cluster's member records and checks through it).
+    pub fn online(&self) -> &OnlineCollection {
+        &self.online
     }
 
     /// Tag push and pull times, and the tags pruned within their grace.

@@ -313,6 +313,7 @@ impl Runtime {
             claimed,
             gate: WriteGate::clone(self.daemon.gate()),
             drain_timeout,
+            online: self.daemon.online().clone(),
             stop_run: Box::new(move || {
                 if let Some(d) = daemon.upgrade() {
                     d.stop();

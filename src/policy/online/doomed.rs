@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 /// What the sweep is to delete as one unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DoomedUnit {
     /// The paths it removes, relative to the store root.
     pub paths: Vec<String>,
@@ -25,7 +25,7 @@ pub struct DoomedUnit {
 }
 
 /// What ties a doomed referrer to its subject.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Referrer {
     /// The subject's revision directory: keeping it (a write or read that takes it
     /// back, or names it) keeps the referrer.
@@ -54,6 +54,18 @@ pub enum Claim {
     Free,
     /// The sweep is deleting the unit holding this path.
     BeingDeleted,
+}
+
+/// What a cluster's sweep has claimed in one batch of units, as a node learns it when
+/// its keeping of a unit there is refused (`policy::online::UnitKeeper`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    /// The units the collector deletes (or deleted).
+    pub deleting: Vec<usize>,
+    /// Units of the batch that some node kept before the claim: never deleted.
+    pub kept: Vec<usize>,
+    /// The collector has deleted every unit of `deleting`.
+    pub done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +103,130 @@ impl Doomed {
             hidden,
             referrers_of,
             resurrected: 0,
+        }
+    }
+
+    /// The doomed set as a cluster's collector hands it to the members: every unit in
+    /// the plan's order, and those no longer doomed (taken back by the fold).
+    pub fn published(&self) -> (Vec<DoomedUnit>, Vec<usize>) {
+        let settled = (0..self.units.len())
+            .filter(|&i| self.state[i] != UnitState::Doomed)
+            .collect();
+        (self.units.clone(), settled)
+    }
+
+    /// A member's copy of the collector's doomed set: `settled` are kept already.
+    pub fn from_published(units: Vec<DoomedUnit>, settled: &[usize]) -> Self {
+        let mut d = Doomed::new(units);
+        for &i in settled {
+            if i < d.units.len() {
+                d.settle(i);
+            }
+        }
+        d.resurrected = 0;
+        d
+    }
+
+    /// Whether unit `i` is still doomed (neither taken back nor claimed).
+    pub fn is_doomed(&self, i: usize) -> bool {
+        self.state.get(i) == Some(&UnitState::Doomed)
+    }
+
+    /// How many units the plan had.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// The doomed units that [`take_back`](Self::take_back)`(own, named)` could take
+    /// back, with their referrers and what those reach (a superset: every unit holding a
+    /// path above a named one is counted). Changes nothing: in a cluster these are kept
+    /// in etcd before the node takes them back.
+    pub fn reach(&self, own: &str, named: &[String]) -> Vec<usize> {
+        let mut seen = HashSet::new();
+        let mut work = Vec::new();
+        if let Some(i) = self.renewed_by(own) {
+            seen.insert(i);
+            work.push(i);
+        }
+        for p in std::iter::once(own).chain(named.iter().map(String::as_str)) {
+            self.doomed_above(p, &mut seen, &mut work);
+            self.referrers_reach(p, &mut seen, &mut work);
+        }
+        let mut out = Vec::new();
+        while let Some(i) = work.pop() {
+            if self.state[i] == UnitState::Doomed {
+                out.push(i);
+            }
+            if let Some(main) = self.units[i].paths.last() {
+                self.referrers_reach(main, &mut seen, &mut work);
+            }
+            if let Some(r) = &self.units[i].referrer {
+                for p in &r.reaches {
+                    self.doomed_above(p, &mut seen, &mut work);
+                    self.referrers_reach(p, &mut seen, &mut work);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Every doomed unit holding `path` or a directory above it.
+    fn doomed_above(&self, path: &str, seen: &mut HashSet<usize>, work: &mut Vec<usize>) {
+        let mut p = path;
+        loop {
+            if let Some(&i) = self.by_path.get(p)
+                && self.state[i] == UnitState::Doomed
+                && seen.insert(i)
+            {
+                work.push(i);
+            }
+            match p.rfind('/') {
+                Some(cut) => p = &p[..cut],
+                None => return,
+            }
+        }
+    }
+
+    /// The doomed referrers keeping `subject` would keep (as `keep_referrers_of`).
+    fn referrers_reach(&self, subject: &str, seen: &mut HashSet<usize>, work: &mut Vec<usize>) {
+        for &j in self.referrers_of.get(subject).into_iter().flatten() {
+            let whole = self.units[j]
+                .referrer
+                .as_ref()
+                .is_some_and(|r| !r.reaches.iter().any(|p| self.is_being_deleted(p)));
+            if self.state[j] == UnitState::Doomed && whole && seen.insert(j) {
+                work.push(j);
+            }
+        }
+    }
+
+    /// What a node learnt of a batch the cluster's sweep claimed: its listed units are
+    /// being deleted here too (deleted, once the batch is done). Nothing is taken back.
+    pub fn learn(&mut self, batch: &ClaimedBatch) {
+        for &i in &batch.deleting {
+            if self.state.get(i) == Some(&UnitState::Doomed) {
+                self.state[i] = UnitState::Deleting;
+            }
+            if batch.done {
+                self.release(i);
+            }
+        }
+    }
+
+    /// The collector's sweep takes unit `i`, which its batch's claim in etcd lists: as
+    /// [`claim`](Self::claim), and also when this node learnt that claim already.
+    pub fn claim_claimed(&mut self, i: usize) -> bool {
+        match self.state.get(i) {
+            Some(UnitState::Doomed | UnitState::Deleting) => {
+                self.state[i] = UnitState::Deleting;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -421,6 +557,65 @@ mod tests {
         assert_eq!(d.refusal(rev, &named), None);
         d.take_back(rev, &named);
         assert_eq!(d.refusal(&own, &named), None);
+    }
+
+    #[test]
+    fn reach_counts_every_unit_a_take_back_takes_back_and_changes_nothing() {
+        let mut d = Doomed::new(vec![
+            revision("r", "aa11"),
+            referrer("bb22", "aa11", "cc33"),
+            blob("cc33"),
+            blob("ff66"),
+        ]);
+        let own = "v2/repositories/r/_manifests/tags/t/current/link";
+        let named = vec![rev_dir("aa11")];
+        let reach = d.reach(own, &named);
+        assert_eq!(
+            reach,
+            vec![0, 1, 2],
+            "the revision, its referrer, the layer"
+        );
+        assert!(d.is_doomed(0) && d.is_doomed(1) && d.is_doomed(2));
+        d.take_back(own, &named);
+        for i in 0..4 {
+            assert_eq!(d.is_doomed(i), !reach.contains(&i), "unit {i}");
+        }
+    }
+
+    #[test]
+    fn a_learnt_claim_refuses_writes_and_a_done_batch_lets_them_make_it_new() {
+        let mut d = Doomed::new(vec![blob("aa11"), blob("bb22")]);
+        d.learn(&ClaimedBatch {
+            deleting: vec![0],
+            kept: vec![1],
+            done: false,
+        });
+        let link = "v2/repositories/a/_layers/sha256/aa11/link";
+        assert!(d.refusal(link, &[]).is_some());
+        assert!(
+            d.claim_claimed(0),
+            "the collector's own sweep still takes it"
+        );
+        assert!(d.is_doomed(1), "learning a claim takes nothing back");
+        d.learn(&ClaimedBatch {
+            deleting: vec![0],
+            kept: vec![],
+            done: true,
+        });
+        assert_eq!(d.refusal("v2/blobs/sha256/aa/aa11", &[]), None);
+    }
+
+    #[test]
+    fn a_published_set_keeps_what_the_fold_took_back() {
+        let mut d = Doomed::new(vec![blob("aa11"), blob("bb22")]);
+        d.touch("v2/blobs/sha256/bb/bb22/data");
+        let (units, settled) = d.published();
+        assert_eq!(settled, vec![1]);
+        let mut m = Doomed::from_published(units, &settled);
+        assert!(m.is_hidden("v2/blobs/sha256/aa/aa11"));
+        assert!(!m.is_hidden("v2/blobs/sha256/bb/bb22"));
+        assert!(!m.claim(1));
+        assert!(m.claim(0));
     }
 
     #[test]

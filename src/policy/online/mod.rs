@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 
-pub use doomed::{Claim, Doomed, DoomedUnit, Referrer};
+pub use doomed::{Claim, ClaimedBatch, Doomed, DoomedUnit, Referrer};
 
 use super::gate::Paused;
 use super::meaning::{NamedManifest, WriteMeaning, read_manifest};
@@ -55,6 +55,85 @@ struct Recorded {
     touched: HashSet<Touched>,
 }
 
+/// What one node's writes did while a cluster's run marked, as the node hands it to the
+/// collector (phase 3 across the cluster, `ARCHITECTURE.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriteRecord {
+    /// Every path written.
+    pub paths: Vec<String>,
+    /// Manifests links named: (repository, 64 hex digits).
+    pub manifests: Vec<(String, String)>,
+    /// Blobs made present or linked: 64 hex digits.
+    pub blobs: Vec<String>,
+}
+
+impl WriteRecord {
+    fn of(rec: Recorded) -> WriteRecord {
+        let mut out = WriteRecord {
+            paths: rec.paths.into_iter().collect(),
+            ..Default::default()
+        };
+        for t in rec.touched {
+            match t {
+                Touched::Manifest { repo, digest } => {
+                    out.manifests.push((repo.as_str().to_owned(), digest.hex()))
+                }
+                Touched::Blob(d) => out.blobs.push(d.hex()),
+            }
+        }
+        out
+    }
+
+    /// Err names what cannot be read: the collector then deletes nothing.
+    fn recorded(&self) -> Result<Recorded, String> {
+        let digest = |hex: &str| {
+            Digest::from_hex(hex).map_err(|e| format!("a handed-over record names {hex:?}: {e}"))
+        };
+        let mut rec = Recorded {
+            paths: self.paths.iter().cloned().collect(),
+            ..Default::default()
+        };
+        for (repo, hex) in &self.manifests {
+            let repo = RepoName::new(repo)
+                .map_err(|e| format!("a handed-over record names repository {repo:?}: {e}"))?;
+            rec.touched.insert(Touched::Manifest {
+                repo,
+                digest: digest(hex)?,
+            });
+        }
+        for hex in &self.blobs {
+            rec.touched.insert(Touched::Blob(digest(hex)?));
+        }
+        Ok(rec)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.manifests.is_empty() && self.blobs.is_empty()
+    }
+}
+
+/// How a node's barrier keeps doomed units for the whole cluster before it takes them
+/// back (a cluster's online run: etcd transactions against the collector's batch
+/// claims). Called holding no lock.
+pub trait UnitKeeper: Send + Sync + std::fmt::Debug {
+    fn keep(&self, units: &[usize]) -> KeepAnswer;
+}
+
+/// What a [`UnitKeeper`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepAnswer {
+    /// Every unit asked is kept on every node: the sweep never deletes it.
+    Kept,
+    /// The sweep claimed some of their batches first: what those batches hold.
+    Claimed(Vec<ClaimedBatch>),
+    /// The cluster could not be asked (etcd unreachable): the write is refused.
+    Unknown(String),
+}
+
+/// How often a write asks the cluster again before it gives up (refused: the client
+/// retries). Each round learns a claim or keeps more.
+const KEEP_ROUNDS: usize = 8;
+
 #[derive(Debug, Default)]
 enum Phase {
     #[default]
@@ -70,11 +149,25 @@ struct BarrierInner {
     phase: Mutex<Phase>,
     store: Store,
     refused: AtomicU64,
+    /// In a cluster's run, while sweeping: how a take-back is made known to every node.
+    /// Taken alone, never with `phase`.
+    keeper: Mutex<Option<Arc<dyn UnitKeeper>>>,
 }
 
 impl BarrierInner {
     fn lock(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keeper(&self) -> Option<Arc<dyn UnitKeeper>> {
+        self.keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_keeper(&self, k: Option<Arc<dyn UnitKeeper>>) {
+        *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = k;
     }
 }
 
@@ -135,6 +228,7 @@ impl OnlineCollection {
 fn end(shared: &BarrierInner) {
     *shared.lock() = Phase::Off;
     shared.active.store(false, Ordering::Release);
+    shared.set_keeper(None);
 }
 
 /// Phases 1 and 2 of an online run: the mark reads the store while writes go on and are
@@ -183,8 +277,42 @@ impl Recording {
     /// Invariant: every write admitted before this returns was recorded and is applied
     /// here (writes in flight finished before the pause, new ones wait for it to end);
     /// every write after it is checked against the doomed set under the phase lock.
-    pub fn install(mut self, mut doomed: Doomed, _paused: &Paused<'_>) -> (Sweeping, u64) {
+    pub fn install(self, doomed: Doomed, paused: &Paused<'_>) -> (Sweeping, u64) {
+        self.install_with(doomed, paused, None)
+    }
+
+    /// What this node's writes recorded so far, taken away to be handed over to a
+    /// cluster's collector (phase 3 on a member, with its writes paused): they are then
+    /// the collector's to fold in, not this node's to apply.
+    pub fn take_record(&mut self) -> WriteRecord {
+        match &mut *self.shared().lock() {
+            Phase::Recording(rec) => WriteRecord::of(std::mem::take(rec)),
+            _ => WriteRecord::default(),
+        }
+    }
+
+    /// The collector folds another node's handed-over record in, as
+    /// [`absorb`](Self::absorb) does its own; how many paths it wrote. Err: the record
+    /// cannot be read (the run must delete nothing).
+    pub fn absorb_record(
+        &mut self,
+        record: &WriteRecord,
+        doomed: &mut Doomed,
+    ) -> Result<u64, String> {
+        let rec = record.recorded()?;
+        Ok(self.shared().apply(&rec, doomed))
+    }
+
+    /// As [`install`](Self::install), in a cluster's run on its collector: from now on a
+    /// write taking a unit back keeps it through `keeper` first.
+    pub fn install_with(
+        mut self,
+        mut doomed: Doomed,
+        _paused: &Paused<'_>,
+        keeper: Option<Arc<dyn UnitKeeper>>,
+    ) -> (Sweeping, u64) {
         let shared = self.shared.take().expect("a recording run");
+        shared.set_keeper(keeper);
         let mut recorded = 0;
         loop {
             let mut phase = shared.lock();
@@ -204,6 +332,38 @@ impl Recording {
             drop(phase);
             recorded += shared.apply(&rec, &mut doomed);
         }
+    }
+}
+
+impl Recording {
+    /// Phase 3 on a cluster's member, its writes paused since it took its record: the
+    /// collector's doomed set (`doomed`) is installed as it is, every take-back from now
+    /// on kept through `keeper` first. What was recorded since the record was taken can
+    /// only be reads (writes were paused): they are dropped. Err (a write was recorded
+    /// after all): nothing installed, the run ends here.
+    pub fn install_member(
+        mut self,
+        doomed: Doomed,
+        _paused: &Paused<'_>,
+        keeper: Arc<dyn UnitKeeper>,
+    ) -> Result<Sweeping, String> {
+        let shared = self.shared.take().expect("a recording run");
+        shared.set_keeper(Some(keeper));
+        let mut phase = shared.lock();
+        let written = match &*phase {
+            Phase::Recording(rec) => rec.paths.len(),
+            _ => 0,
+        };
+        if written > 0 {
+            drop(phase);
+            end(&shared);
+            return Err(format!(
+                "{written} writes were recorded after this node handed its record over"
+            ));
+        }
+        *phase = Phase::Sweeping(doomed);
+        drop(phase);
+        Ok(Sweeping { shared })
     }
 }
 
@@ -234,6 +394,32 @@ impl Sweeping {
         match &mut *self.shared.lock() {
             Phase::Sweeping(d) => d.claim(i),
             _ => false,
+        }
+    }
+
+    /// The collector of a cluster's run takes unit `i`, which its batch's claim in etcd
+    /// lists (see `Doomed::claim_claimed`).
+    pub fn claim_claimed(&self, i: usize) -> bool {
+        match &mut *self.shared.lock() {
+            Phase::Sweeping(d) => d.claim_claimed(i),
+            _ => false,
+        }
+    }
+
+    /// Whether unit `i` is still doomed here.
+    pub fn is_doomed(&self, i: usize) -> bool {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.is_doomed(i),
+            _ => false,
+        }
+    }
+
+    /// The doomed set as the collector hands it to the members (see
+    /// `Doomed::published`).
+    pub fn published(&self) -> (Vec<DoomedUnit>, Vec<usize>) {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.published(),
+            _ => (Vec::new(), Vec::new()),
         }
     }
 
@@ -317,6 +503,7 @@ impl<P: StorePolicy> OnlineBarrier<P> {
                 phase: Mutex::new(Phase::Off),
                 store,
                 refused: AtomicU64::new(0),
+                keeper: Mutex::new(None),
             }),
             inner,
         }
@@ -451,27 +638,80 @@ impl BarrierInner {
             .iter()
             .flat_map(|t| self.guarded_paths(t, Some(write)))
             .collect();
-        match &mut *self.lock() {
-            Phase::Recording(rec) => {
-                rec.paths.insert(path.to_owned());
-                rec.touched.extend(touched);
+        match self.sweep_take_back(path, &named, Some(&touched)) {
+            Ok(()) => Ok(()),
+            Err(unit) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path, deleting = %unit,
+                    "write refused: it names what the online GC is deleting or deleted; the client retries");
+                Err(FsError::BeingCollected {
+                    path: path.to_owned(),
+                    unit,
+                })
             }
-            Phase::Sweeping(doomed) => {
-                // All or nothing: a refused write takes nothing back.
-                if let Some(p) = doomed.refusal(path, &named) {
-                    self.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(path, deleting = %p,
-                        "write refused: it names what the online GC is deleting or deleted; the client retries");
-                    return Err(FsError::BeingCollected {
-                        path: path.to_owned(),
-                        unit: p.to_owned(),
-                    });
-                }
-                doomed.take_back(path, &named);
-            }
-            Phase::Off => {}
         }
-        Ok(())
+    }
+
+    /// A write at `own` naming `named` during a sweep: refused (Err: the path being
+    /// deleted, or why the cluster could not be asked), or admitted taking back every
+    /// doomed unit it reaches. In a cluster's run those units are first kept in etcd,
+    /// holding no lock (`ARCHITECTURE.md`, the online run across the cluster); a write
+    /// is admitted only once every unit it takes back here is kept on every node.
+    /// `record`: what the write touches, recorded if the run is still recording (a
+    /// read passes `None`: it records nothing here).
+    fn sweep_take_back(
+        &self,
+        own: &str,
+        named: &[String],
+        record: Option<&[Touched]>,
+    ) -> Result<(), String> {
+        let keeper = self.keeper();
+        let mut kept: HashSet<usize> = HashSet::new();
+        for _ in 0..KEEP_ROUNDS {
+            let missing: Vec<usize> = match &mut *self.lock() {
+                Phase::Recording(rec) => {
+                    if let Some(touched) = record {
+                        rec.paths.insert(own.to_owned());
+                        rec.touched.extend(touched.iter().cloned());
+                    }
+                    return Ok(());
+                }
+                Phase::Off => return Ok(()),
+                Phase::Sweeping(doomed) => {
+                    // All or nothing: a refused write takes nothing back.
+                    if let Some(p) = doomed.refusal(own, named) {
+                        return Err(p.to_owned());
+                    }
+                    let missing = match &keeper {
+                        None => Vec::new(),
+                        Some(_) => (doomed.reach(own, named).into_iter())
+                            .filter(|i| !kept.contains(i))
+                            .collect(),
+                    };
+                    if missing.is_empty() {
+                        doomed.take_back(own, named);
+                        return Ok(());
+                    }
+                    missing
+                }
+            };
+            let Some(keeper) = &keeper else {
+                unreachable!("units are missing only with a keeper")
+            };
+            match keeper.keep(&missing) {
+                KeepAnswer::Kept => kept.extend(missing),
+                KeepAnswer::Claimed(batches) => {
+                    if let Phase::Sweeping(doomed) = &mut *self.lock() {
+                        for b in &batches {
+                            doomed.learn(b);
+                            kept.extend(b.kept.iter().copied());
+                        }
+                    }
+                }
+                KeepAnswer::Unknown(why) => return Err(format!("the cluster's sweep ({why})")),
+            }
+        }
+        Err("the cluster's sweep (no answer after several rounds)".into())
     }
 
     /// A link opened for reading: someone asks for that blob or manifest in that
@@ -491,15 +731,9 @@ impl BarrierInner {
             return;
         }
         let guarded = self.guarded_paths(&t, None);
-        if let Phase::Sweeping(doomed) = &mut *self.lock() {
-            // All or nothing, as for writes: a revision is never taken back while its
-            // manifest's blob is being deleted or gone.
-            if !guarded.iter().any(|p| doomed.is_being_deleted(p)) {
-                for p in &guarded {
-                    doomed.touch(p);
-                }
-            }
-        }
+        // All or nothing, as for writes: a revision is never taken back while its
+        // manifest's blob is being deleted or gone. A read refused is only not noted.
+        let _ = self.sweep_take_back("", &guarded, None);
     }
 
     fn is_hidden(&self, name: &Name<'_>) -> bool {

@@ -1,0 +1,449 @@
+//! The collector's side of a cluster's online run, and how every node keeps a doomed unit
+//! for the whole cluster during its sweep (`ARCHITECTURE.md`, the online run across the
+//! cluster). Every key lives under the collector's lease (`Keys::online`).
+//!
+//! The sweep and the writes meet in etcd: a node takes units back only after a
+//! transaction put `kept/<unit>` while no `claimed/<batch>` of theirs existed; the
+//! collector deletes a batch's units only after a transaction put `claimed/<batch>`
+//! (listing them) while no `kept/` key had changed since it read them all.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::NodeParts;
+use super::etcd::Compare;
+use crate::daemon::epoch::EpochCoordinator;
+use crate::gc::Claims;
+use crate::policy::online::{
+    ClaimedBatch, Doomed, DoomedUnit, KeepAnswer, Sweeping, UnitKeeper, WriteRecord,
+};
+
+/// Units per claim: the collector pays three round trips per batch.
+pub const BATCH: usize = 256;
+/// Units per key of the published doomed set (well under etcd's 1.5 MiB request).
+pub const CHUNK: usize = 1000;
+/// Keys put per transaction (etcd's default limit is 128 operations).
+const PUTS_PER_TXN: usize = 100;
+/// How often a waiting side looks at etcd during the pause.
+pub const PAUSE_POLL: Duration = Duration::from_millis(10);
+
+/// One key of the published doomed set.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DoomedChunk {
+    /// The index of its first unit.
+    pub first: usize,
+    pub units: Vec<DoomedUnit>,
+}
+
+/// Where a node's write keeps units in etcd: the run's epoch and the collector's lease
+/// (a kept unit must stay kept whoever dies, until the run ends).
+#[derive(Clone)]
+pub struct EtcdKeeper {
+    pub sh: Arc<NodeParts>,
+    pub epoch: u64,
+    pub lease: i64,
+}
+
+impl std::fmt::Debug for EtcdKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdKeeper(epoch {})", self.epoch)
+    }
+}
+
+impl EtcdKeeper {
+    /// What the batches of `units` hold, after a keep was refused: read from their
+    /// `claimed` and `done` keys. Err: why it could not be read.
+    fn claimed(&self, units: &[usize]) -> Result<Vec<ClaimedBatch>, String> {
+        let keys = &self.sh.keys;
+        let mut by_batch: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in units {
+            by_batch.entry(i / BATCH).or_default().push(i);
+        }
+        let mut out = Vec::new();
+        for (b, asked) in by_batch {
+            let Some(kv) =
+                (self.sh.etcd.get(&keys.claimed(self.epoch, b))).map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let listed: HashSet<usize> = serde_json::from_slice::<Vec<usize>>(&kv.value)
+                .map_err(|e| format!("claim of batch {b}: {e}"))?
+                .into_iter()
+                .collect();
+            let done = (self.sh.etcd.get(&keys.done(self.epoch, b)))
+                .map_err(|e| e.to_string())?
+                .is_some();
+            out.push(ClaimedBatch {
+                kept: asked
+                    .iter()
+                    .copied()
+                    .filter(|i| !listed.contains(i))
+                    .collect(),
+                deleting: listed.into_iter().collect(),
+                done,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl UnitKeeper for EtcdKeeper {
+    fn keep(&self, units: &[usize]) -> KeepAnswer {
+        let keys = &self.sh.keys;
+        let epoch_key = keys.epoch();
+        for part in units.chunks(PUTS_PER_TXN) {
+            let batches: BTreeSet<usize> = part.iter().map(|i| i / BATCH).collect();
+            let claimed: Vec<String> = batches
+                .iter()
+                .map(|&b| keys.claimed(self.epoch, b))
+                .collect();
+            let mut compares = vec![Compare::Created(&epoch_key, self.epoch)];
+            compares.extend(claimed.iter().map(|k| Compare::Created(k, 0)));
+            let kept: Vec<String> = part
+                .iter()
+                .map(|&i| keys.kept_unit(self.epoch, i))
+                .collect();
+            let puts: Vec<(&str, &[u8], i64)> = kept
+                .iter()
+                .map(|k| (k.as_str(), &b""[..], self.lease))
+                .collect();
+            match self.sh.etcd.txn(&compares, &puts) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return match self.claimed(part) {
+                        Ok(b) if !b.is_empty() => KeepAnswer::Claimed(b),
+                        Ok(_) => KeepAnswer::Unknown("the run's epoch is over".into()),
+                        Err(e) => KeepAnswer::Unknown(e),
+                    };
+                }
+                Err(e) => return KeepAnswer::Unknown(e.to_string()),
+            }
+        }
+        KeepAnswer::Kept
+    }
+}
+
+/// The collector's state of one online run in the cluster.
+#[derive(Debug, Default)]
+pub struct OnlineRun {
+    /// The epoch key's last change (the collector's phase transactions compare it).
+    pub epoch_mod: u64,
+    /// The members that acknowledged (fixed when the pause began).
+    pub acked: Vec<String>,
+}
+
+/// The collector's handle on its online run (in `collector::Collector`).
+pub struct OnlineCollector<'a> {
+    pub sh: &'a Arc<NodeParts>,
+    pub epoch: u64,
+    pub lease: i64,
+    pub run: &'a Mutex<OnlineRun>,
+    pub coordinator: &'a dyn EpochCoordinator,
+}
+
+impl OnlineCollector<'_> {
+    fn run(&self) -> std::sync::MutexGuard<'_, OnlineRun> {
+        self.run.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn still_held(&self) -> bool {
+        self.coordinator.still_held()
+    }
+
+    /// Moves the epoch's phase on, by a transaction on its last change.
+    pub fn set_phase(&self, phase: &str) -> Result<(), String> {
+        let sh = self.sh;
+        let key = sh.keys.epoch();
+        let kv = (sh.etcd.get(&key))
+            .map_err(|e| format!("cluster: {e}"))?
+            .filter(|kv| kv.create_revision == self.epoch)
+            .ok_or_else(|| format!("cluster: epoch {} is no longer this node's", self.epoch))?;
+        let mut rec: super::records::EpochRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| format!("cluster: epoch record: {e}"))?;
+        rec.phase = phase.into();
+        let value = serde_json::to_vec(&rec).unwrap_or_default();
+        let expected = self.run().epoch_mod;
+        if expected != 0 && kv.mod_revision != expected {
+            return Err(format!(
+                "cluster: epoch {} changed behind its collector",
+                self.epoch
+            ));
+        }
+        match sh.etcd.txn(
+            &[Compare::ModifiedAt(&key, kv.mod_revision)],
+            &[(&key, &value, self.lease)],
+        ) {
+            Ok(Some(rev)) => {
+                self.run().epoch_mod = rev;
+                tracing::info!(epoch = self.epoch, phase, "cluster: online run phase");
+                Ok(())
+            }
+            Ok(None) => Err(format!(
+                "cluster: epoch {} changed behind its collector",
+                self.epoch
+            )),
+            Err(e) => Err(format!("cluster: {e}")),
+        }
+    }
+
+    /// Waits until every node of the acknowledged set has a key under `prefix`; their
+    /// values by node.
+    fn wait_all(
+        &self,
+        prefix: &str,
+        what: &str,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        let acked = self.run().acked.clone();
+        let start = Instant::now();
+        loop {
+            if give_up() {
+                return Err(format!("cluster: stopped while waiting for {what}"));
+            }
+            if !self.still_held() {
+                return Err("cluster: this node no longer surely holds its epoch".into());
+            }
+            let got: BTreeMap<String, Vec<u8>> = (self.sh.etcd.list(prefix))
+                .map_err(|e| format!("cluster: {e}"))?
+                .into_iter()
+                .filter_map(|kv| Some((kv.key.strip_prefix(prefix)?.to_string(), kv.value)))
+                .collect();
+            let missing: Vec<&String> = acked.iter().filter(|n| !got.contains_key(*n)).collect();
+            if missing.is_empty() {
+                return Ok(got);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "cluster: members {missing:?} did not give {what} within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(PAUSE_POLL);
+        }
+    }
+
+    pub fn hand_over(
+        &self,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String> {
+        self.set_phase("pausing")?;
+        // The phase has moved on: no acknowledgement can be added after this read.
+        let prefix = self.sh.keys.acks(self.epoch);
+        let acked: Vec<String> = (self.sh.etcd.list(&prefix))
+            .map_err(|e| format!("cluster: {e}"))?
+            .into_iter()
+            .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        self.run().acked = acked;
+        let records = self.wait_all(
+            &self.sh.keys.records(self.epoch),
+            "their write records",
+            timeout,
+            give_up,
+        )?;
+        records
+            .into_iter()
+            .map(|(node, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| format!("cluster: the write record of {node}: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn publish(
+        &self,
+        sweeping: &Sweeping,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), String> {
+        let (units, settled) = sweeping.published();
+        let keys = &self.sh.keys;
+        let mut first = 0;
+        for (k, chunk) in units.chunks(CHUNK).enumerate() {
+            let value = serde_json::to_vec(&DoomedChunk {
+                first,
+                units: chunk.to_vec(),
+            })
+            .unwrap_or_default();
+            first += chunk.len();
+            (self
+                .sh
+                .etcd
+                .put(&keys.doomed_chunk(self.epoch, k), &value, self.lease))
+            .map_err(|e| format!("cluster: {e}"))?;
+        }
+        let settled = serde_json::to_vec(&(units.len(), settled)).unwrap_or_default();
+        (self
+            .sh
+            .etcd
+            .put(&keys.settled(self.epoch), &settled, self.lease))
+        .map_err(|e| format!("cluster: {e}"))?;
+        self.set_phase("sweeping")?;
+        self.wait_all(
+            &keys.loaded(self.epoch),
+            "word that they loaded the doomed set",
+            timeout,
+            give_up,
+        )
+        .map(|_| ())
+    }
+}
+
+/// A member reads the doomed set the collector published for `epoch`.
+pub fn load_doomed(sh: &NodeParts, epoch: u64) -> Result<Doomed, String> {
+    let keys = &sh.keys;
+    let (len, settled): (usize, Vec<usize>) = match sh.etcd.get(&keys.settled(epoch)) {
+        Ok(Some(kv)) => serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?,
+        Ok(None) => return Err("the doomed set is not there".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut units = Vec::with_capacity(len);
+    for kv in sh
+        .etcd
+        .list(&keys.doomed(epoch))
+        .map_err(|e| e.to_string())?
+    {
+        let chunk: DoomedChunk = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+        if chunk.first != units.len() {
+            return Err(format!("doomed set chunk at {} out of order", chunk.first));
+        }
+        units.extend(chunk.units);
+    }
+    if units.len() != len {
+        return Err(format!("doomed set has {} units of {len}", units.len()));
+    }
+    Ok(Doomed::from_published(units, &settled))
+}
+
+/// One batch's claim, made by the first sweep thread that needs it.
+struct BatchClaim {
+    /// The units the collector deletes (`None`: not claimed, nothing of it deleted).
+    listed: Option<HashSet<usize>>,
+    /// Listed units not yet released: at 0 the batch is done.
+    left: AtomicUsize,
+}
+
+/// The sweep's claims in a cluster: a unit is deleted only if its batch's claim in etcd
+/// lists it and this node's barrier still holds it doomed.
+pub struct ClusterClaims<'a> {
+    pub on: OnlineCollector<'a>,
+    pub sweeping: &'a Sweeping,
+    batches: Vec<OnceLock<BatchClaim>>,
+}
+
+impl<'a> ClusterClaims<'a> {
+    pub fn new(on: OnlineCollector<'a>, sweeping: &'a Sweeping, units: usize) -> Self {
+        ClusterClaims {
+            on,
+            sweeping,
+            batches: (0..units.div_ceil(BATCH))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Claims batch `b`: its units still doomed here and kept by no node.
+    fn claim_batch(&self, b: usize) -> BatchClaim {
+        let none = BatchClaim {
+            listed: None,
+            left: AtomicUsize::new(0),
+        };
+        let n = self.batches.len() * BATCH;
+        let units: Vec<usize> = (b * BATCH..((b + 1) * BATCH).min(n))
+            .filter(|&i| self.sweeping.is_doomed(i))
+            .collect();
+        if units.is_empty() {
+            return BatchClaim {
+                listed: Some(HashSet::new()),
+                left: AtomicUsize::new(0),
+            };
+        }
+        let (sh, epoch) = (self.on.sh, self.on.epoch);
+        let kept_prefix = sh.keys.kept(epoch);
+        let claimed_key = sh.keys.claimed(epoch, b);
+        let epoch_key = sh.keys.epoch();
+        for _ in 0..5 {
+            if !self.on.still_held() {
+                return none;
+            }
+            let Ok((kept, rev)) = sh.etcd.list_at(&kept_prefix) else {
+                return none;
+            };
+            let kept: HashSet<usize> = kept
+                .iter()
+                .filter_map(|kv| kv.key.strip_prefix(&kept_prefix)?.parse().ok())
+                .collect();
+            let listed: Vec<usize> = units
+                .iter()
+                .copied()
+                .filter(|i| !kept.contains(i))
+                .collect();
+            let value = serde_json::to_vec(&listed).unwrap_or_default();
+            match sh.etcd.txn(
+                &[
+                    Compare::Created(&epoch_key, epoch),
+                    Compare::UnchangedSince(&kept_prefix, rev),
+                ],
+                &[(&claimed_key, &value, self.on.lease)],
+            ) {
+                Ok(Some(_)) => {
+                    return BatchClaim {
+                        left: AtomicUsize::new(listed.len()),
+                        listed: Some(listed.into_iter().collect()),
+                    };
+                }
+                Ok(None) => continue, // a unit was kept meanwhile: read again
+                Err(e) => {
+                    tracing::warn!(batch = b, error = %e, "cluster: cannot claim a batch of the sweep; its units are kept");
+                    return none;
+                }
+            }
+        }
+        none
+    }
+
+    /// One listed unit of batch `b` is finished with: the last puts `done`.
+    fn finished(&self, b: usize, claim: &BatchClaim) {
+        if claim.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let key = self.on.sh.keys.done(self.on.epoch, b);
+            if let Err(e) = self.on.sh.etcd.put(&key, b"", self.on.lease) {
+                // Writes naming its units stay refused until the run ends: no loss.
+                tracing::warn!(batch = b, error = %e, "cluster: cannot mark a swept batch done");
+            }
+        }
+    }
+}
+
+impl Claims for ClusterClaims<'_> {
+    fn claim(&self, i: usize) -> bool {
+        let b = i / BATCH;
+        let Some(cell) = self.batches.get(b) else {
+            return false;
+        };
+        let claim = cell.get_or_init(|| self.claim_batch(b));
+        let Some(listed) = &claim.listed else {
+            return false;
+        };
+        if !listed.contains(&i) {
+            return false;
+        }
+        if self.on.still_held() && self.sweeping.claim_claimed(i) {
+            return true;
+        }
+        self.finished(b, claim);
+        false
+    }
+
+    fn release(&self, i: usize) {
+        self.sweeping.release(i);
+        let b = i / BATCH;
+        if let Some(claim) = self.batches.get(b).and_then(OnceLock::get) {
+            self.finished(b, claim);
+        }
+    }
+}
