@@ -8,6 +8,7 @@ mod epochs;
 mod failures;
 mod harness;
 mod names;
+mod online;
 mod registry;
 mod security;
 mod status;

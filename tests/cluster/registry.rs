@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use crate::harness::{Etcd, Node, blob_set, cluster_test};
 
 /// `docker-registry serve`, killed by pid on drop.
-struct Registry {
+pub struct Registry {
     child: Child,
-    port: u16,
-    log: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
 }
 
 impl Drop for Registry {
@@ -40,7 +40,7 @@ fn drop_in_environment() -> Vec<(String, String)> {
 
 impl Registry {
     /// Debian's config.yml with the storage at `mnt`, a loopback port and no auth.
-    fn start(dir: &Path, name: &str, mnt: &Path) -> Registry {
+    pub fn start(dir: &Path, name: &str, mnt: &Path) -> Registry {
         let text = fs::read_to_string("/etc/docker/registry/config.yml").unwrap();
         let mut v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -77,7 +77,7 @@ impl Registry {
 }
 
 /// One request: (status, body).
-fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+pub fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json";
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -102,7 +102,7 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     Ok((resp.status().as_u16(), body))
 }
 
-fn skopeo(args: &[&str]) -> Output {
+pub fn skopeo(args: &[&str]) -> Output {
     Command::new("skopeo")
         .args(["--insecure-policy", "--command-timeout", "60s"])
         .args(args)
@@ -110,7 +110,7 @@ fn skopeo(args: &[&str]) -> Output {
         .expect("skopeo")
 }
 
-fn push(oci: &Path, image: &str, port: u16, dest: &str) {
+pub fn push(oci: &Path, image: &str, port: u16, dest: &str) {
     let src = format!("oci:{}:{image}", oci.display());
     let dst = format!("docker://127.0.0.1:{port}/{dest}");
     let out = skopeo(&[
@@ -129,7 +129,7 @@ fn push(oci: &Path, image: &str, port: u16, dest: &str) {
 }
 
 /// Pulls whole (skopeo checks every blob's digest) and returns the manifest's digest.
-fn pull(dir: &Path, port: u16, reference: &str) -> String {
+pub fn pull(dir: &Path, port: u16, reference: &str) -> String {
     let dest = dir.join(format!("pull-{}", reference.replace([':', '/'], "-")));
     let _ = fs::remove_dir_all(&dest);
     let src = format!("docker://127.0.0.1:{port}/{reference}");
