@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::NodeParts;
-use super::etcd::Compare;
+use super::etcd::{Compare, Etcd, Kv};
+use super::records::Keys;
 use crate::daemon::epoch::EpochCoordinator;
 use crate::gc::Claims;
 use crate::policy::online::{
@@ -30,6 +31,174 @@ pub const CHUNK: usize = 1000;
 const PUTS_PER_TXN: usize = 100;
 /// How often a waiting side looks at etcd during the pause.
 pub const PAUSE_POLL: Duration = Duration::from_millis(10);
+
+/// What the keep and claim transactions need of etcd (`Etcd`; a model of it in
+/// `tests/cluster_online_model.rs`). Err: why the call failed.
+pub trait RunStore {
+    fn get(&self, key: &str) -> Result<Option<Kv>, String>;
+    /// Every key under `prefix`, and the revision they were read at.
+    fn list_at(&self, prefix: &str) -> Result<(Vec<Kv>, u64), String>;
+    /// The puts, if every compare holds: `Some(revision)`.
+    fn txn(
+        &self,
+        compares: &[Compare<'_>],
+        puts: &[(&str, &[u8], i64)],
+    ) -> Result<Option<u64>, String>;
+    fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), String>;
+}
+
+impl RunStore for Etcd {
+    fn get(&self, key: &str) -> Result<Option<Kv>, String> {
+        Etcd::get(self, key).map_err(|e| e.to_string())
+    }
+    fn list_at(&self, prefix: &str) -> Result<(Vec<Kv>, u64), String> {
+        Etcd::list_at(self, prefix).map_err(|e| e.to_string())
+    }
+    fn txn(
+        &self,
+        compares: &[Compare<'_>],
+        puts: &[(&str, &[u8], i64)],
+    ) -> Result<Option<u64>, String> {
+        Etcd::txn(self, compares, puts).map_err(|e| e.to_string())
+    }
+    fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), String> {
+        Etcd::put(self, key, value, lease).map_err(|e| e.to_string())
+    }
+}
+
+/// One online run's keys in one store: what the keep and claim transactions work on.
+pub struct RunKeys<'a> {
+    pub store: &'a dyn RunStore,
+    pub keys: &'a Keys,
+    pub epoch: u64,
+    /// The collector's lease: every key of the run lives under it.
+    pub lease: i64,
+}
+
+impl RunKeys<'_> {
+    /// What the batches of `units` hold, after a keep was refused: read from their
+    /// `claimed` and `done` keys.
+    fn claimed(&self, units: &[usize]) -> Result<Vec<ClaimedBatch>, String> {
+        let mut by_batch: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in units {
+            by_batch.entry(i / BATCH).or_default().push(i);
+        }
+        let mut out = Vec::new();
+        for (b, asked) in by_batch {
+            let Some(kv) = self.store.get(&self.keys.claimed(self.epoch, b))? else {
+                continue;
+            };
+            let listed: HashSet<usize> = serde_json::from_slice::<Vec<usize>>(&kv.value)
+                .map_err(|e| format!("claim of batch {b}: {e}"))?
+                .into_iter()
+                .collect();
+            let done = self.store.get(&self.keys.done(self.epoch, b))?.is_some();
+            out.push(ClaimedBatch {
+                kept: asked
+                    .iter()
+                    .copied()
+                    .filter(|i| !listed.contains(i))
+                    .collect(),
+                deleting: listed.into_iter().collect(),
+                done,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A node keeps `units` for the whole run: `kept/<unit>` put while none of their
+    /// batches is claimed (and the epoch is still the run's).
+    pub fn keep(&self, units: &[usize]) -> KeepAnswer {
+        let epoch_key = self.keys.epoch();
+        for part in units.chunks(PUTS_PER_TXN) {
+            let batches: BTreeSet<usize> = part.iter().map(|i| i / BATCH).collect();
+            let claimed: Vec<String> = batches
+                .iter()
+                .map(|&b| self.keys.claimed(self.epoch, b))
+                .collect();
+            let mut compares = vec![Compare::Created(&epoch_key, self.epoch)];
+            compares.extend(claimed.iter().map(|k| Compare::Created(k, 0)));
+            let kept: Vec<String> = part
+                .iter()
+                .map(|&i| self.keys.kept_unit(self.epoch, i))
+                .collect();
+            let puts: Vec<(&str, &[u8], i64)> = kept
+                .iter()
+                .map(|k| (k.as_str(), &b""[..], self.lease))
+                .collect();
+            match self.store.txn(&compares, &puts) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return match self.claimed(part) {
+                        Ok(b) if !b.is_empty() => KeepAnswer::Claimed(b),
+                        Ok(_) => KeepAnswer::Unknown("the run's epoch is over".into()),
+                        Err(e) => KeepAnswer::Unknown(e),
+                    };
+                }
+                Err(e) => return KeepAnswer::Unknown(e),
+            }
+        }
+        KeepAnswer::Kept
+    }
+
+    /// The collector claims batch `b`, whose units still doomed on its node are
+    /// `units`: those no node kept are listed in `claimed/<b>`, by a transaction that
+    /// fails if any `kept/` key changed since they were read. `None`: not claimed
+    /// (nothing of it may be deleted).
+    pub fn claim_batch(&self, b: usize, units: &[usize]) -> Option<Vec<usize>> {
+        if units.is_empty() {
+            return Some(Vec::new());
+        }
+        let kept_prefix = self.keys.kept(self.epoch);
+        let claimed_key = self.keys.claimed(self.epoch, b);
+        let epoch_key = self.keys.epoch();
+        for _ in 0..5 {
+            let (kept, rev) = match self.store.list_at(&kept_prefix) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(batch = b, error = %e, "cluster: cannot claim a batch of the sweep; its units are kept");
+                    return None;
+                }
+            };
+            let kept: HashSet<usize> = kept
+                .iter()
+                .filter_map(|kv| kv.key.strip_prefix(&kept_prefix)?.parse().ok())
+                .collect();
+            let listed: Vec<usize> = units
+                .iter()
+                .copied()
+                .filter(|i| !kept.contains(i))
+                .collect();
+            let value = serde_json::to_vec(&listed).unwrap_or_default();
+            match self.store.txn(
+                &[
+                    Compare::Created(&epoch_key, self.epoch),
+                    Compare::UnchangedSince(&kept_prefix, rev),
+                ],
+                &[(&claimed_key, &value, self.lease)],
+            ) {
+                Ok(Some(_)) => return Some(listed),
+                Ok(None) => continue, // a unit was kept meanwhile (or the run ended)
+                Err(e) => {
+                    tracing::warn!(batch = b, error = %e, "cluster: cannot claim a batch of the sweep; its units are kept");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Every listed unit of batch `b` is released: writes may make its units new.
+    pub fn batch_done(&self, b: usize) {
+        if let Err(e) = self
+            .store
+            .put(&self.keys.done(self.epoch, b), b"", self.lease)
+        {
+            // Writes naming its units stay refused until the run ends: no loss.
+            tracing::warn!(batch = b, error = %e, "cluster: cannot mark a swept batch done");
+        }
+    }
+}
 
 /// One key of the published doomed set.
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,76 +223,15 @@ impl std::fmt::Debug for EtcdKeeper {
     }
 }
 
-impl EtcdKeeper {
-    /// What the batches of `units` hold, after a keep was refused: read from their
-    /// `claimed` and `done` keys. Err: why it could not be read.
-    fn claimed(&self, units: &[usize]) -> Result<Vec<ClaimedBatch>, String> {
-        let keys = &self.sh.keys;
-        let mut by_batch: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for &i in units {
-            by_batch.entry(i / BATCH).or_default().push(i);
-        }
-        let mut out = Vec::new();
-        for (b, asked) in by_batch {
-            let Some(kv) =
-                (self.sh.etcd.get(&keys.claimed(self.epoch, b))).map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
-            let listed: HashSet<usize> = serde_json::from_slice::<Vec<usize>>(&kv.value)
-                .map_err(|e| format!("claim of batch {b}: {e}"))?
-                .into_iter()
-                .collect();
-            let done = (self.sh.etcd.get(&keys.done(self.epoch, b)))
-                .map_err(|e| e.to_string())?
-                .is_some();
-            out.push(ClaimedBatch {
-                kept: asked
-                    .iter()
-                    .copied()
-                    .filter(|i| !listed.contains(i))
-                    .collect(),
-                deleting: listed.into_iter().collect(),
-                done,
-            });
-        }
-        Ok(out)
-    }
-}
-
 impl UnitKeeper for EtcdKeeper {
     fn keep(&self, units: &[usize]) -> KeepAnswer {
-        let keys = &self.sh.keys;
-        let epoch_key = keys.epoch();
-        for part in units.chunks(PUTS_PER_TXN) {
-            let batches: BTreeSet<usize> = part.iter().map(|i| i / BATCH).collect();
-            let claimed: Vec<String> = batches
-                .iter()
-                .map(|&b| keys.claimed(self.epoch, b))
-                .collect();
-            let mut compares = vec![Compare::Created(&epoch_key, self.epoch)];
-            compares.extend(claimed.iter().map(|k| Compare::Created(k, 0)));
-            let kept: Vec<String> = part
-                .iter()
-                .map(|&i| keys.kept_unit(self.epoch, i))
-                .collect();
-            let puts: Vec<(&str, &[u8], i64)> = kept
-                .iter()
-                .map(|k| (k.as_str(), &b""[..], self.lease))
-                .collect();
-            match self.sh.etcd.txn(&compares, &puts) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return match self.claimed(part) {
-                        Ok(b) if !b.is_empty() => KeepAnswer::Claimed(b),
-                        Ok(_) => KeepAnswer::Unknown("the run's epoch is over".into()),
-                        Err(e) => KeepAnswer::Unknown(e),
-                    };
-                }
-                Err(e) => return KeepAnswer::Unknown(e.to_string()),
-            }
+        RunKeys {
+            store: &self.sh.etcd,
+            keys: &self.sh.keys,
+            epoch: self.epoch,
+            lease: self.lease,
         }
-        KeepAnswer::Kept
+        .keep(units)
     }
 }
 
@@ -349,72 +457,34 @@ impl<'a> ClusterClaims<'a> {
 
     /// Claims batch `b`: its units still doomed here and kept by no node.
     fn claim_batch(&self, b: usize) -> BatchClaim {
-        let none = BatchClaim {
-            listed: None,
-            left: AtomicUsize::new(0),
-        };
         let n = self.batches.len() * BATCH;
         let units: Vec<usize> = (b * BATCH..((b + 1) * BATCH).min(n))
             .filter(|&i| self.sweeping.is_doomed(i))
             .collect();
-        if units.is_empty() {
-            return BatchClaim {
-                listed: Some(HashSet::new()),
-                left: AtomicUsize::new(0),
-            };
+        let listed = if self.on.still_held() {
+            self.run_keys().claim_batch(b, &units)
+        } else {
+            None
+        };
+        BatchClaim {
+            left: AtomicUsize::new(listed.as_ref().map_or(0, Vec::len)),
+            listed: listed.map(|l| l.into_iter().collect()),
         }
-        let (sh, epoch) = (self.on.sh, self.on.epoch);
-        let kept_prefix = sh.keys.kept(epoch);
-        let claimed_key = sh.keys.claimed(epoch, b);
-        let epoch_key = sh.keys.epoch();
-        for _ in 0..5 {
-            if !self.on.still_held() {
-                return none;
-            }
-            let Ok((kept, rev)) = sh.etcd.list_at(&kept_prefix) else {
-                return none;
-            };
-            let kept: HashSet<usize> = kept
-                .iter()
-                .filter_map(|kv| kv.key.strip_prefix(&kept_prefix)?.parse().ok())
-                .collect();
-            let listed: Vec<usize> = units
-                .iter()
-                .copied()
-                .filter(|i| !kept.contains(i))
-                .collect();
-            let value = serde_json::to_vec(&listed).unwrap_or_default();
-            match sh.etcd.txn(
-                &[
-                    Compare::Created(&epoch_key, epoch),
-                    Compare::UnchangedSince(&kept_prefix, rev),
-                ],
-                &[(&claimed_key, &value, self.on.lease)],
-            ) {
-                Ok(Some(_)) => {
-                    return BatchClaim {
-                        left: AtomicUsize::new(listed.len()),
-                        listed: Some(listed.into_iter().collect()),
-                    };
-                }
-                Ok(None) => continue, // a unit was kept meanwhile: read again
-                Err(e) => {
-                    tracing::warn!(batch = b, error = %e, "cluster: cannot claim a batch of the sweep; its units are kept");
-                    return none;
-                }
-            }
+    }
+
+    fn run_keys(&self) -> RunKeys<'_> {
+        RunKeys {
+            store: &self.on.sh.etcd,
+            keys: &self.on.sh.keys,
+            epoch: self.on.epoch,
+            lease: self.on.lease,
         }
-        none
     }
 
     /// One listed unit of batch `b` is finished with: the last puts `done`.
     fn finished(&self, b: usize, claim: &BatchClaim) {
         if claim.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let key = self.on.sh.keys.done(self.on.epoch, b);
-            if let Err(e) = self.on.sh.etcd.put(&key, b"", self.on.lease) {
-                // Writes naming its units stay refused until the run ends: no loss.
-                tracing::warn!(batch = b, error = %e, "cluster: cannot mark a swept batch done");
-            }
+            self.run_keys().batch_done(b);
         }
     }
 }

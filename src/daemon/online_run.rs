@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use super::epoch::OnlineCoordinator;
 use super::job::{Job, JobOutcome};
 use super::run_control::RunControl;
-use super::run_parts::{RunParts, forget_deleted, outcome_of, record_failure, record_report};
-use super::runner::RunCancel;
+use super::run_parts::{
+    RunCancel, RunParts, cluster_closed, forget_deleted, outcome_of, record_failure, record_report,
+};
 use super::status::State;
 use crate::gc::{self, Action, Cancel, Claims, Plan};
 use crate::layout::Digest;
@@ -189,7 +190,7 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         Err(why) => return record_failure(job, &why),
     };
     // In a cluster: every other member records too before the mark reads.
-    if cluster.is_some() && !super::runner::cluster_closed(parts, job, control) {
+    if cluster.is_some() && !cluster_closed(parts, job, control) {
         return;
     }
     control.set_state(State::Marking);

@@ -3,10 +3,12 @@
 
 use chrono::{DateTime, Utc};
 
+use super::epoch::{EpochCoordinator, MemberDrain};
 use super::history::History;
 use super::job::{Job, JobOutcome};
+use super::run_control::RunControl;
 use crate::fs::StorageFs;
-use crate::gc::{self, Outcome, Phase};
+use crate::gc::{self, Cancel, Outcome, Phase};
 use crate::layout::Store;
 use crate::policy::gate::WriteGate;
 use crate::policy::online::OnlineCollection;
@@ -87,4 +89,49 @@ pub fn record_report(job: &mut Job, report: gc::Report) {
     job.outcome = outcome_of(report.outcome);
     job.ended_in = report.ended_in.map(phase_name);
     job.report = Some(gc::RunReport::Finished(report));
+}
+
+/// Cluster mode: waits until every other member has closed too. False (the job's error
+/// says why) when the run must delete nothing.
+pub fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
+    let own = MemberDrain {
+        node: String::new(),
+        closed_at: Utc::now(),
+        drain_seconds: job.drain_seconds,
+        cut_writers: job.cut_writers.clone(),
+    };
+    match parts
+        .epoch
+        .acknowledge(own, &|| control.interrupted().is_some())
+    {
+        Ok(run) => {
+            job.cluster = run;
+            true
+        }
+        Err(e) => {
+            job.error = Some(format!("{e}; nothing deleted"));
+            false
+        }
+    }
+}
+
+/// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
+/// epoch (stalled past its lease, say) stops before the next unit it would delete.
+pub struct RunCancel<'a> {
+    pub control: &'a RunControl,
+    pub epoch: &'a dyn EpochCoordinator,
+}
+
+impl gc::Cancel for RunCancel<'_> {
+    fn interrupted(&self) -> Option<Outcome> {
+        self.control.interrupted().or_else(|| {
+            (!self.epoch.still_held()).then(|| {
+                tracing::error!(
+                    "cluster: this node no longer surely holds its epoch; stopping before the next unit"
+                );
+                self.control.request_stop();
+                Outcome::Stopped
+            })
+        })
+    }
 }

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::epoch::{EpochCoordinator, MemberDrain};
 use super::job::{CutWriter, Job, JobOutcome};
 use super::run_control::RunControl;
 use super::run_parts::{
-    RunHost, RunParts, forget_deleted, outcome_of, record_failure, record_report,
+    RunCancel, RunHost, RunParts, cluster_closed, forget_deleted, outcome_of, record_failure,
+    record_report,
 };
 use super::status::State;
-use crate::gc::{self, Cancel, Outcome};
+use crate::gc::{self, Cancel};
 use crate::policy::gate::WriteGate;
 use crate::settings::{GcMode, Settings};
 
@@ -129,51 +129,6 @@ fn close_store<'a>(
         tracing::info!(job = job.id, path = %c.path, reason = %c.reason, "write handle cut by the epoch");
     }
     reopen
-}
-
-/// Cluster mode: waits until every other member has closed too. False (the job's error
-/// says why) when the run must delete nothing.
-pub(super) fn cluster_closed(parts: &RunParts, job: &mut Job, control: &RunControl) -> bool {
-    let own = MemberDrain {
-        node: String::new(),
-        closed_at: Utc::now(),
-        drain_seconds: job.drain_seconds,
-        cut_writers: job.cut_writers.clone(),
-    };
-    match parts
-        .epoch
-        .acknowledge(own, &|| control.interrupted().is_some())
-    {
-        Ok(run) => {
-            job.cluster = run;
-            true
-        }
-        Err(e) => {
-            job.error = Some(format!("{e}; nothing deleted"));
-            false
-        }
-    }
-}
-
-/// The run's cancel, and in a cluster its claim too: a collector no longer sure of its
-/// epoch (stalled past its lease, say) stops before the next unit it would delete.
-pub(super) struct RunCancel<'a> {
-    pub control: &'a RunControl,
-    pub epoch: &'a dyn EpochCoordinator,
-}
-
-impl gc::Cancel for RunCancel<'_> {
-    fn interrupted(&self) -> Option<Outcome> {
-        self.control.interrupted().or_else(|| {
-            (!self.epoch.still_held()).then(|| {
-                tracing::error!(
-                    "cluster: this node no longer surely holds its epoch; stopping before the next unit"
-                );
-                self.control.request_stop();
-                Outcome::Stopped
-            })
-        })
-    }
 }
 
 /// Mark, then sweep what the plan names; the job records how it ended.

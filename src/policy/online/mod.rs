@@ -19,6 +19,7 @@
 //! Everything lives in memory: a daemon that dies mid-run starts with nothing hidden.
 
 mod doomed;
+mod keep;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -28,6 +29,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 
 pub use doomed::{Claim, ClaimedBatch, Doomed, DoomedUnit, Referrer};
+pub use keep::{DoomedCell, KeepAnswer, UnitKeeper, check_write};
 
 use super::gate::Paused;
 use super::meaning::{NamedManifest, WriteMeaning, read_manifest};
@@ -111,28 +113,6 @@ impl WriteRecord {
         self.paths.is_empty() && self.manifests.is_empty() && self.blobs.is_empty()
     }
 }
-
-/// How a node's barrier keeps doomed units for the whole cluster before it takes them
-/// back (a cluster's online run: etcd transactions against the collector's batch
-/// claims). Called holding no lock.
-pub trait UnitKeeper: Send + Sync + std::fmt::Debug {
-    fn keep(&self, units: &[usize]) -> KeepAnswer;
-}
-
-/// What a [`UnitKeeper`] answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeepAnswer {
-    /// Every unit asked is kept on every node: the sweep never deletes it.
-    Kept,
-    /// The sweep claimed some of their batches first: what those batches hold.
-    Claimed(Vec<ClaimedBatch>),
-    /// The cluster could not be asked (etcd unreachable): the write is refused.
-    Unknown(String),
-}
-
-/// How often a write asks the cluster again before it gives up (refused: the client
-/// retries). Each round learns a claim or keeps more.
-const KEEP_ROUNDS: usize = 8;
 
 #[derive(Debug, Default)]
 enum Phase {
@@ -666,52 +646,12 @@ impl BarrierInner {
         record: Option<&[Touched]>,
     ) -> Result<(), String> {
         let keeper = self.keeper();
-        let mut kept: HashSet<usize> = HashSet::new();
-        for _ in 0..KEEP_ROUNDS {
-            let missing: Vec<usize> = match &mut *self.lock() {
-                Phase::Recording(rec) => {
-                    if let Some(touched) = record {
-                        rec.paths.insert(own.to_owned());
-                        rec.touched.extend(touched.iter().cloned());
-                    }
-                    return Ok(());
-                }
-                Phase::Off => return Ok(()),
-                Phase::Sweeping(doomed) => {
-                    // All or nothing: a refused write takes nothing back.
-                    if let Some(p) = doomed.refusal(own, named) {
-                        return Err(p.to_owned());
-                    }
-                    let missing = match &keeper {
-                        None => Vec::new(),
-                        Some(_) => (doomed.reach(own, named).into_iter())
-                            .filter(|i| !kept.contains(i))
-                            .collect(),
-                    };
-                    if missing.is_empty() {
-                        doomed.take_back(own, named);
-                        return Ok(());
-                    }
-                    missing
-                }
-            };
-            let Some(keeper) = &keeper else {
-                unreachable!("units are missing only with a keeper")
-            };
-            match keeper.keep(&missing) {
-                KeepAnswer::Kept => kept.extend(missing),
-                KeepAnswer::Claimed(batches) => {
-                    if let Phase::Sweeping(doomed) = &mut *self.lock() {
-                        for b in &batches {
-                            doomed.learn(b);
-                            kept.extend(b.kept.iter().copied());
-                        }
-                    }
-                }
-                KeepAnswer::Unknown(why) => return Err(format!("the cluster's sweep ({why})")),
-            }
-        }
-        Err("the cluster's sweep (no answer after several rounds)".into())
+        let cell = PhaseCell {
+            inner: self,
+            own,
+            record,
+        };
+        check_write(&cell, keeper.as_deref(), own, named)
     }
 
     /// A link opened for reading: someone asks for that blob or manifest in that
@@ -744,6 +684,30 @@ impl BarrierInner {
         match &*self.lock() {
             Phase::Sweeping(d) => d.is_hidden(&name.path()),
             _ => false,
+        }
+    }
+}
+
+/// The barrier's phase as [`check_write`] sees it: the doomed set while sweeping; while
+/// recording, the write is recorded (under the same taking of the lock) and passes.
+struct PhaseCell<'a> {
+    inner: &'a BarrierInner,
+    own: &'a str,
+    record: Option<&'a [Touched]>,
+}
+
+impl DoomedCell for PhaseCell<'_> {
+    fn with_doomed<R>(&self, f: impl FnOnce(&mut Doomed) -> R) -> Option<R> {
+        match &mut *self.inner.lock() {
+            Phase::Sweeping(doomed) => Some(f(doomed)),
+            Phase::Recording(rec) => {
+                if let Some(touched) = self.record {
+                    rec.paths.insert(self.own.to_owned());
+                    rec.touched.extend(touched.iter().cloned());
+                }
+                None
+            }
+            Phase::Off => None,
         }
     }
 }
