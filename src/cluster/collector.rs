@@ -74,12 +74,19 @@ impl Collector {
         self.sh.collecting.epoch()
     }
 
-    /// Members alive now (their entries are under their leases), but this node.
+    /// Members alive now (their entries are under their leases), but this node. In an
+    /// online run only those that were members when the epoch began: a node that joins
+    /// later takes no part (it stays read-only until the run ends).
     fn others(&self) -> Result<Vec<String>, String> {
         let prefix = self.sh.keys.members();
         let kvs = self.sh.etcd.list(&prefix).map_err(|e| e.to_string())?;
+        let joined_before = match (self.current(), self.online.load(Ordering::SeqCst)) {
+            (Some(epoch), true) => epoch,
+            _ => u64::MAX,
+        };
         Ok(kvs
             .into_iter()
+            .filter(|kv| kv.create_revision < joined_before)
             .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
             .filter(|n| *n != self.sh.cfg.node)
             .collect())

@@ -70,7 +70,11 @@ pub fn tick(
         return Step::Closed;
     }
     match (st.part.take(), rec.phase.as_str()) {
-        (None, "recording") if st.joined != Some(epoch) => join(sh, st, kv, member_rev),
+        // Only a node that was a member when the run began takes part (its entry, and so
+        // its gate closed since its start, predates the epoch).
+        (None, "recording") if st.joined != Some(epoch) && member_rev < epoch => {
+            join(sh, st, kv, member_rev)
+        }
         (None, _) => exclude(
             sh,
             st,

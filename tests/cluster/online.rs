@@ -124,7 +124,9 @@ fn wait_state(node: &Node, state: &str, within: Duration) -> bool {
 struct OnlineCluster {
     world: ClusterWorld,
     images: Images,
-    _etcd: Etcd,
+    etcd: Etcd,
+    /// Every node's flags but its lease TTL.
+    args: Vec<String>,
     n1: Node,
     n2: Node,
     r1: Registry,
@@ -167,7 +169,8 @@ fn online_cluster(extra: &[&str], ttls: [&str; 2]) -> Option<OnlineCluster> {
     Some(OnlineCluster {
         world,
         images,
-        _etcd: etcd,
+        etcd,
+        args: ONLINE.iter().chain(extra).map(|a| a.to_string()).collect(),
         n1,
         n2,
         r1,
@@ -333,4 +336,40 @@ fn a_member_killed_mid_sweep_loses_nothing_reachable() {
     c.n1.wait_writable(true, Duration::from_secs(15));
     c.images.push("tools", c.r1.port, "kept:after");
     c.pulls_whole(c.r1.port, "kept:after", "tools");
+}
+
+#[test]
+fn a_node_joining_mid_run_waits_for_its_end_and_gc_stop_on_a_member_stops_it() {
+    let Some(c) = online_cluster(&[], TTLS) else {
+        return;
+    };
+    assert_eq!(c.n1.gc().0, 0);
+    assert!(
+        wait_state(&c.n1, "marking", Duration::from_secs(20)),
+        "the run never marked: {:#}",
+        c.n1.status()
+    );
+    // The collector frozen: the run is surely on while node 3 starts.
+    assert!(c.n1.guard.signal(libc::SIGSTOP));
+    let mut args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    args.extend(["--cluster-lease-ttl", TTLS[1]]);
+    let n3 = Node::start(c.world.dir.path(), &c.world.storage, &c.etcd, "n3", &args);
+    thread::sleep(Duration::from_millis(500));
+    let n3_writable = n3.writable();
+    let n2_writable = c.n2.writable();
+    assert!(c.n1.guard.signal(libc::SIGCONT));
+    assert!(
+        !n3_writable,
+        "a node that joined mid-run serves no write until it ends"
+    );
+    assert!(n2_writable, "a member of the run stays writable");
+    // Stopped from node 2, which does not collect.
+    let mnt = c.n2.mnt().display().to_string();
+    let (code, out, err) = c.n2.regfs(&["gc", "stop", &mnt]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("asked the cluster's collector"), "{out}");
+    let job = c.job();
+    assert_eq!(job["outcome"], "stopped", "{job:#}");
+    n3.wait_writable(true, Duration::from_secs(10));
+    c.n2.wait_writable(true, Duration::from_secs(10));
 }
