@@ -373,3 +373,36 @@ fn a_node_joining_mid_run_waits_for_its_end_and_gc_stop_on_a_member_stops_it() {
     n3.wait_writable(true, Duration::from_secs(10));
     c.n2.wait_writable(true, Duration::from_secs(10));
 }
+
+#[test]
+fn a_collector_stalled_past_its_lease_mid_sweep_deletes_nothing_more_when_it_resumes() {
+    let Some(c) = online_cluster(&[], ["2s", "2s"]) else {
+        return;
+    };
+    assert_eq!(c.n1.gc().0, 0);
+    assert!(
+        wait_state(&c.n1, "sweeping", Duration::from_secs(30)),
+        "the run never swept: {:#}",
+        c.n1.status()
+    );
+    // A collector stalled (SIGSTOP: a pause, swap, a frozen VM) past its lease: the run's
+    // keys go with it and node 2 leaves the run.
+    assert!(c.n1.guard.signal(libc::SIGSTOP));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !c.n2.status()["cluster"]["epoch"].is_null() {
+        assert!(Instant::now() < deadline, "the epoch outlived the lease");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let at_resume = crate::harness::blob_set(&c.world.storage);
+    assert!(c.n1.guard.signal(libc::SIGCONT));
+    let job = c.job();
+    let after = crate::harness::blob_set(&c.world.storage);
+    // At most the deletions in flight when it froze (two sweep workers) complete.
+    assert!(
+        at_resume.len() - after.len() <= 2,
+        "a collector whose lease lapsed deleted {} more blobs after it resumed: {job:#}",
+        at_resume.len() - after.len(),
+    );
+    assert_eq!(job["outcome"], "stopped", "{job:#}");
+    c.pulls_whole(c.r1.port, "app:v1", "app-v1");
+}
