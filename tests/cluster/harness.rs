@@ -230,6 +230,24 @@ impl Node {
         node: Option<&str>,
         args: &[&str],
     ) -> Node {
+        Node::spawn_via(dir, storage, &etcd.url, mnt, node, args)
+    }
+
+    /// As [`Node::start`], reaching etcd at `url` (a proxy a test can cut, say).
+    pub fn start_via(dir: &Path, storage: &Path, url: &str, name: &str, args: &[&str]) -> Node {
+        let node = Node::spawn_via(dir, storage, url, name, Some(name), args);
+        node.wait_log("serving", Duration::from_secs(15));
+        node
+    }
+
+    fn spawn_via(
+        dir: &Path,
+        storage: &Path,
+        url: &str,
+        mnt: &str,
+        node: Option<&str>,
+        args: &[&str],
+    ) -> Node {
         let name = mnt;
         let mnt = dir.join(name);
         let state = dir.join(format!("{name}.state"));
@@ -240,7 +258,7 @@ impl Node {
             .arg(&mnt)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--cluster-endpoints", &etcd.url]);
+            .args(["--cluster-endpoints", url]);
         if let Some(node) = node {
             cmd.args(["--cluster-node", node]);
         }
@@ -472,4 +490,64 @@ pub fn a_blob(storage: &Path) -> PathBuf {
         .join(&hex[..2])
         .join(&hex)
         .join("data")
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `target` that a test can cut (every connection
+/// closed, new ones refused) and mend: one node cut off from etcd while the others are not.
+pub struct Proxy {
+    pub url: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(std::sync::atomic::Ordering::Acquire) {
+                    continue; // dropped: refused
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                {
+                    let mut o = o.lock().unwrap();
+                    o.push(client.try_clone().unwrap());
+                    o.push(upstream.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { url, cut, open }
+    }
+
+    /// Every connection closed, new ones refused.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{ClusterWorld, Etcd, Node, cluster_world};
+use crate::harness::{ClusterWorld, Etcd, Node, Proxy, blob_set, cluster_world};
 use crate::registry::{Registry, http, pull, skopeo};
 
 /// Every node runs online runs.
@@ -405,4 +405,85 @@ fn a_collector_stalled_past_its_lease_mid_sweep_deletes_nothing_more_when_it_res
     );
     assert_eq!(job["outcome"], "stopped", "{job:#}");
     c.pulls_whole(c.r1.port, "app:v1", "app-v1");
+}
+
+#[test]
+fn a_member_cut_off_from_etcd_mid_mark_fences_and_the_run_deletes_nothing() {
+    let Some(world) = cluster_world(STORE_BLOBS, 11) else {
+        return;
+    };
+    if !crate::common::prereq::Needs::new()
+        .on_path(&["docker-registry", "skopeo"])
+        .met("the cluster's online GC tests need docker-registry and skopeo")
+    {
+        return;
+    }
+    let dir = world.dir.path();
+    let images = Images::make(dir);
+    let etcd = Etcd::start(dir);
+    let proxy = Proxy::start(&etcd.url);
+    let args = |ttl| {
+        vec![
+            "--gc-mode",
+            "online",
+            "--drain-timeout",
+            "3",
+            "--cluster-lease-ttl",
+            ttl,
+        ]
+    };
+    let n1 = Node::start(dir, &world.storage, &etcd, "n1", &args("10s"));
+    // Node 2 reaches etcd through the proxy only.
+    let n2 = Node::start_via(dir, &world.storage, &proxy.url, "n2", &args("2s"));
+    for n in [&n1, &n2] {
+        n.wait_writable(true, Duration::from_secs(10));
+    }
+    let r1 = Registry::start(dir, "r1", n1.mnt());
+    let r2 = Registry::start(dir, "r2", n2.mnt());
+    images.push("tools", r1.port, "junk:t");
+    let (st, _) = http(
+        r1.port,
+        "DELETE",
+        &format!("/v2/junk/manifests/{}", images.digest("tools")),
+    )
+    .unwrap();
+    assert_eq!(st, 202);
+    let before = blob_set(&world.storage);
+    assert_eq!(n1.gc().0, 0);
+    assert!(
+        wait_state(&n1, "marking", Duration::from_secs(20)),
+        "the run never marked: {:#}",
+        n1.status()
+    );
+    assert!(n1.guard.signal(libc::SIGSTOP));
+    // Node 2 records a push of garbage blobs, then loses etcd before it can hand its
+    // record over: it must fence, and the run must not delete what it recorded.
+    images.push("tools", r2.port, "kept:recorded");
+    proxy.cut();
+    let fenced_in = n2.wait_writable(false, Duration::from_secs(3));
+    assert!(n1.guard.signal(libc::SIGCONT));
+    let job = n1.wait_jobs(1, Duration::from_secs(60)).remove(0);
+    assert_eq!(job["outcome"], "failed", "{job:#}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing was deleted"),
+        "{job:#}"
+    );
+    let after = blob_set(&world.storage);
+    assert!(
+        before.iter().all(|b| after.contains(b)),
+        "the run deleted blobs though node 2's record was missing"
+    );
+    eprintln!("node 2 fenced {fenced_in:?} after losing etcd");
+    proxy.mend();
+    n2.wait_writable(true, Duration::from_secs(10));
+    for port in [r1.port, r2.port] {
+        assert_eq!(
+            pull(dir, port, "kept:recorded"),
+            images.digest("tools"),
+            "through :{port}"
+        );
+    }
 }
