@@ -1,5 +1,6 @@
 //! The member agent: every [`POLL`] it makes the local gate what the cluster needs.
-//! Another node's epoch on: close, drain, acknowledge, stay closed until it is gone.
+//! Another node's read-only epoch on: close, drain, acknowledge, stay closed until it is
+//! gone; another node's online run: take part in it (`online_member`).
 //! The node's own lease or name in doubt: fence (close) and stop any local run.
 //! Otherwise open.
 //! The gate starts closed (the runtime closes it before the mount serves), so a node that
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use super::NodeParts;
 use super::etcd::{EtcdError, Kv};
+use super::online::PAUSE_POLL;
 use super::online_member::{self, OnlineState, Step};
 use super::records::{EpochRecord, MemberRecord};
 use crate::daemon::epoch::{MemberDrain, MemberView};
@@ -67,7 +69,10 @@ pub fn run(sh: &Arc<NodeParts>) {
     };
     while !sh.stopping() {
         tick(sh, &mut st);
-        std::thread::sleep(POLL);
+        // Recording for another node's online run: its pause is seen within 10 ms, so
+        // the cluster's pause is not held waiting for this node to notice it.
+        let recording = matches!(st.online.part, Some(online_member::Part::Recording(..)));
+        std::thread::sleep(if recording { PAUSE_POLL } else { POLL });
     }
 }
 

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub struct MemberRecord {
     pub node: String,
     pub mountpoint: String,
-    /// `open`, `closed` or `starting` (a fenced node cannot say so: its entry expires).
+    /// `open`, `closed`, `online`, `collecting` or `starting` (a fenced node cannot say
+    /// so: its entry expires).
     pub state: String,
     /// When it entered that state.
     pub since: DateTime<Utc>,

@@ -18,7 +18,8 @@ pub use super::job::{ClusterRun, MemberDrain};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberView {
     pub node: String,
-    /// `open`, `closed` (in an epoch), `fenced` (lost etcd) or `starting`.
+    /// `open`, `closed` (in an epoch), `online` (in another node's online run, writable),
+    /// `collecting`, `fenced` (lost etcd) or `starting`.
     pub state: String,
     pub mountpoint: String,
     /// The machine and process that hold the name (empty, 0: not said).
