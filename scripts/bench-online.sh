@@ -4,6 +4,7 @@
 #
 #   sudo scripts/bench-online.sh                 # 250,000 blobs, both modes
 #   sudo BLOBS=2000 RUNS=1 WARM=5 scripts/bench-online.sh   # a quick look that it works
+#   sudo NODES=3 MODES=online scripts/bench-online.sh         # cluster mode: 3 nodes, one etcd
 #
 # Per mode, on a fresh copy of one generated store (scripts/gen-store.py, BLOBS blobs, 20%
 # garbage), in a scratch directory on a real disk:
@@ -32,6 +33,13 @@
 #   PUSH_IMAGES  fresh images for the push loop per mode (default 400)
 #   REGFS_BIN  use this binary instead of building with `cargo build --release`
 #   BENCH_DIR  where the scratch directory goes (default /var/tmp; not tmpfs)
+#   NODES      regfs nodes over the store (default 1). Above 1, cluster mode: one etcd
+#              (etcd on PATH) on 127.0.0.1, every node a `regfs mount` of the same copy at
+#              its own mount point (--cluster-node nN, lease TTL 10 s), a registry on
+#              nodes 2 and 3 (node 2 alone with NODES=2), one push loop through each and
+#              the pull loop through node 2, GC triggered on node 1. Refused pushes count
+#              over every push loop; the pause is the collector's job's (the cluster's:
+#              from asking for the members' records until every member has resumed).
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, job records, operation logs)
 #
 # Needs root, /dev/fuse, docker-registry, skopeo, python3, setpriv. Everything started is
@@ -55,7 +63,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib/bench.sh
 source "$ROOT/scripts/lib/bench.sh"
 
-for v in BLOBS RUNS PUSH_IMAGES; do
+NODES=${NODES:-1}
+for v in BLOBS RUNS PUSH_IMAGES NODES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for v in WARM GAP; do
@@ -71,19 +80,26 @@ done
 for cmd in docker-registry skopeo python3 setpriv curl; do
     command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/install-deps.sh installs it)"
 done
+if ((NODES > 1)); then
+    command -v etcd >/dev/null || die "etcd is missing (cluster mode, NODES=$NODES; apt-get install etcd-server)"
+fi
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 find_regfs
 
-SCRATCH= RFS_PID= REG_PID= PUSH_PID= PULL_PID=
+SCRATCH= RFS_PIDS=() REG_PIDS=() LOAD_PIDS=() ETCD_PID=
 cleanup() {
-    local rc=$? p
+    local rc=$? p m
     trap - EXIT INT TERM
     set +e
     [[ -n $SCRATCH ]] && touch "$SCRATCH/stop"
-    for p in $PUSH_PID $PULL_PID $REG_PID; do stop_pid "$p" 10; done
-    [[ -n $RFS_PID ]] && stop_pid "$RFS_PID" 15
+    for p in "${LOAD_PIDS[@]}" "${REG_PIDS[@]}"; do stop_pid "$p" 10; done
+    for p in "${RFS_PIDS[@]}"; do stop_pid "$p" 15; done
+    [[ -n $ETCD_PID ]] && stop_pid "$ETCD_PID" 10
     if [[ -n $SCRATCH && -d $SCRATCH ]]; then
-        is_mounted "$SCRATCH/mnt" && { umount "$SCRATCH/mnt" 2>/dev/null || umount -l "$SCRATCH/mnt"; }
+        for m in "$SCRATCH"/mnt*; do
+            [[ -d $m ]] || continue
+            is_mounted "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
+        done
         if [[ ${KEEP_SCRATCH:-0} == 1 ]]; then
             echo "bench-online: kept $SCRATCH" >&2
         else
@@ -132,9 +148,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 has_gc_mode=0
 "$REGFS" mount --help | grep -q -- '--gc-mode' && has_gc_mode=1
 
-# push_loop MODE PORT: fresh images until $SCRATCH/stop; "push T0 T1 RC" lines.
+# push_loop MODE PORT [FIRST]: fresh images until $SCRATCH/stop, counting from FIRST
+# (several loops at once start apart); "push T0 T1 RC" lines.
 push_loop() {
-    local i=0 t0 rc name
+    local i=${3:-0} t0 rc name
     while [[ ! -e $SCRATCH/stop ]]; do
         name="f$((i / 2 % families))-v$((i % 2))"
         t0=$EPOCHREALTIME rc=0
@@ -158,20 +175,37 @@ pull_loop() {
     done
 }
 
-run_mode() {
-    local mode=$1 store=$SCRATCH/store-$1 port cfg flags=() i r
-    log "mode $mode: copying the store"
-    cp -a "$SCRATCH/pristine" "$store"
-    mkdir -p "$SCRATCH/mnt" "$SCRATCH/state-$mode"
-    port=$(free_port)
-    cfg=$SCRATCH/registry-$mode.yml
-    cat >"$cfg" <<EOF
+# start_etcd MODE: one etcd for the cluster, its data in the scratch directory; sets
+# ETCD_URL and ETCD_PID.
+start_etcd() {
+    local client peer i
+    client=$(free_port)
+    peer=$(free_port)
+    ETCD_URL=http://127.0.0.1:$client
+    etcd --name bench --data-dir "$SCRATCH/etcd-$1" --listen-client-urls "$ETCD_URL" \
+        --advertise-client-urls "$ETCD_URL" --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" >>"$SCRATCH/etcd-$1.log" 2>&1 &
+    ETCD_PID=$!
+    for ((i = 0; i < 150; i++)); do
+        curl -s -o /dev/null --noproxy '*' -X POST -d '{}' "$ETCD_URL/v3/maintenance/status" && return 0
+        alive "$ETCD_PID" || { cat "$SCRATCH/etcd-$1.log" >&2; die "etcd exited"; }
+        sleep 0.1
+    done
+    die "etcd did not answer within 15 s"
+}
+
+# registry_config MODE N PORT: node N's docker-registry config (its storage at node N's
+# mount); regfs judges the registry's cache by it too.
+registry_config() {
+    local cfg=$SCRATCH/registry-$1-$2.yml
+    cat >"$cfg" <<CONFIG
 version: 0.1
 log:
   level: warn
 storage:
   filesystem:
-    rootdirectory: $SCRATCH/mnt
+    rootdirectory: $SCRATCH/mnt$2
   delete:
     enabled: true
   maintenance:
@@ -180,56 +214,100 @@ storage:
   redirect:
     disable: true
 http:
-  addr: 127.0.0.1:$port
+  addr: 127.0.0.1:$3
   secret: regfs-bench-not-a-secret
-EOF
+CONFIG
     chmod 644 "$cfg"
+}
+
+# start_registry MODE N PORT: docker-registry on node N's mount, serving PORT.
+start_registry() {
+    local i
+    REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR=none setpriv --reuid="$REG_USER" --regid="$REG_USER" \
+        --clear-groups docker-registry serve "$SCRATCH/registry-$1-$2.yml" </dev/null \
+        >>"$SCRATCH/registry-$1-$2.log" 2>&1 &
+    REG_PIDS+=($!)
+    for ((i = 0; i < 150; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' "http://127.0.0.1:$3/v2/") == 200 ]] && return 0
+        alive "${REG_PIDS[-1]}" || { cat "$SCRATCH/registry-$1-$2.log" >&2; die "docker-registry (node $2) exited"; }
+        sleep 0.1
+    done
+    die "docker-registry (node $2) did not answer within 15 s"
+}
+
+run_mode() {
+    local mode=$1 store=$SCRATCH/store-$1 flags=() cluster=() i r n p
+    local load_nodes=() ports=()
+    log "mode $mode: copying the store"
+    cp -a "$SCRATCH/pristine" "$store"
     if ((has_gc_mode)); then
         flags=(--gc-mode "$mode")
     elif [[ $mode == online ]]; then
         die "$REGFS has no --gc-mode: online mode is not in this build"
     fi
-    "$REGFS" mount "${flags[@]}" --gc-min-age 0s --registry-config "$cfg" \
-        --state-dir "$SCRATCH/state-$mode" "$store" "$SCRATCH/mnt" >>"$SCRATCH/regfs-$mode.log" 2>&1 &
-    RFS_PID=$!
-    for ((i = 0; i < 150; i++)); do
-        is_mounted "$SCRATCH/mnt" && break
-        alive "$RFS_PID" || { cat "$SCRATCH/regfs-$mode.log" >&2; die "regfs exited"; }
-        sleep 0.1
+    if ((NODES > 1)); then
+        start_etcd "$mode"
+        load_nodes=(2)
+        ((NODES > 2)) && load_nodes+=(3)
+    else
+        load_nodes=(1)
+    fi
+    for ((n = 1; n <= NODES; n++)); do
+        ports[n]=$(free_port)
+        registry_config "$mode" "$n" "${ports[n]}"
+        mkdir -p "$SCRATCH/mnt$n" "$SCRATCH/state-$mode-$n"
+        cluster=()
+        if ((NODES > 1)); then
+            cluster=(--cluster-endpoints "$ETCD_URL" --cluster-node "n$n" --cluster-lease-ttl 10s
+                --cluster-prefix "/bench-$mode/")
+        fi
+        "$REGFS" mount "${flags[@]}" "${cluster[@]}" --gc-min-age 0s \
+            --registry-config "$SCRATCH/registry-$mode-$n.yml" --state-dir "$SCRATCH/state-$mode-$n" \
+            "$store" "$SCRATCH/mnt$n" >>"$SCRATCH/regfs-$mode-$n.log" 2>&1 &
+        RFS_PIDS+=($!)
+        for ((i = 0; i < 150; i++)); do
+            is_mounted "$SCRATCH/mnt$n" && break
+            alive "${RFS_PIDS[-1]}" || { cat "$SCRATCH/regfs-$mode-$n.log" >&2; die "regfs (node $n) exited"; }
+            sleep 0.1
+        done
+        is_mounted "$SCRATCH/mnt$n" || die "regfs (node $n) did not mount within 15 s"
     done
-    is_mounted "$SCRATCH/mnt" || die "regfs did not mount within 15 s"
-    REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR=none setpriv --reuid="$REG_USER" --regid="$REG_USER" \
-        --clear-groups docker-registry serve "$cfg" </dev/null >>"$SCRATCH/registry-$mode.log" 2>&1 &
-    REG_PID=$!
-    for ((i = 0; i < 150; i++)); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' "http://127.0.0.1:$port/v2/") == 200 ]] && break
-        alive "$REG_PID" || { cat "$SCRATCH/registry-$mode.log" >&2; die "docker-registry exited"; }
-        sleep 0.1
+    for n in "${load_nodes[@]}"; do
+        start_registry "$mode" "$n" "${ports[n]}"
     done
+    p=${ports[${load_nodes[0]}]}
     sk copy --quiet --preserve-digests --dest-tls-verify=false --dest-no-creds \
-        "oci:$SCRATCH/oci-pull:f0-v0" "docker://127.0.0.1:$port/bench/pull:1" >&2 ||
+        "oci:$SCRATCH/oci-pull:f0-v0" "docker://127.0.0.1:$p/bench/pull:1" >&2 ||
         die "the first push (of the image the pull loop pulls) failed"
     rm -f "$SCRATCH/stop"
-    push_loop "$mode" "$port" &
-    PUSH_PID=$!
-    pull_loop "$mode" "$port" &
-    PULL_PID=$!
-    note "load running; $WARM s without GC"
+    i=0
+    for n in "${load_nodes[@]}"; do
+        push_loop "$mode" "${ports[n]}" "$((i * families))" &
+        LOAD_PIDS+=($!)
+        i=$((i + 1))
+    done
+    pull_loop "$mode" "$p" &
+    LOAD_PIDS+=($!)
+    note "load running through node(s) ${load_nodes[*]}; $WARM s without GC"
     sleep "$WARM"
     for ((r = 1; r <= RUNS; r++)); do
-        "$REGFS" gc --wait --json "$SCRATCH/mnt" --state-dir "$SCRATCH/state-$mode" \
+        "$REGFS" gc --wait --json "$SCRATCH/mnt1" --state-dir "$SCRATCH/state-$mode-1" \
             >"$SCRATCH/job-$mode-$r.json" 2>>"$SCRATCH/gc-$mode.err" ||
             note "WARNING: run $r failed (see $SCRATCH/job-$mode-$r.json)"
         note "run $r/$RUNS: $(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); r=j.get("report") or {}; print(j["outcome"], r.get("blobs_deleted"), "blobs deleted")' "$SCRATCH/job-$mode-$r.json" 2>/dev/null || echo '?')"
         sleep "$GAP"
     done
     touch "$SCRATCH/stop"
-    wait "$PUSH_PID" "$PULL_PID" 2>/dev/null || true
-    PUSH_PID= PULL_PID=
-    stop_pid "$REG_PID" 10
-    REG_PID=
-    stop_pid "$RFS_PID" 15
-    RFS_PID=
+    wait "${LOAD_PIDS[@]}" 2>/dev/null || true
+    LOAD_PIDS=()
+    for p in "${REG_PIDS[@]}"; do stop_pid "$p" 10; done
+    REG_PIDS=()
+    for p in "${RFS_PIDS[@]}"; do stop_pid "$p" 15; done
+    RFS_PIDS=()
+    if [[ -n $ETCD_PID ]]; then
+        stop_pid "$ETCD_PID" 10
+        ETCD_PID=
+    fi
     rm -rf --one-file-system "$store"
 }
 
@@ -238,7 +316,7 @@ for m in "${MODE_LIST[@]}"; do
 done
 
 echo
-echo "regfs online GC benchmark: $BLOBS blobs (20% garbage), $RUNS runs per mode, $(nproc) CPUs, kernel $(uname -r)"
+echo "regfs online GC benchmark: $BLOBS blobs (20% garbage), $RUNS runs per mode, $NODES node(s), $(nproc) CPUs, kernel $(uname -r)"
 echo "load: one skopeo push loop (fresh images, no retries) and one pull loop; $WARM s warm-up, $GAP s between runs"
 python3 - "$SCRATCH" "${MODE_LIST[@]}" <<'EOF'
 import glob, json, sys
