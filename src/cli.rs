@@ -416,42 +416,58 @@ impl MountArgs {
         }
     }
 
-    /// The library's view of these flags (it never sees clap).
+    /// The library's view of these flags (it never sees clap): each flag given as the
+    /// key of the configuration file it stands for, a switch not given as no value.
     pub fn flags(&self) -> MountFlags {
+        use regfs::config::{ClusterSection, FileConfig, MetricsSection, RegistrySection, UserRef};
+        let switch = |on: bool| on.then_some(true);
         MountFlags {
-            storage: self.storage.clone(),
-            mountpoint: self.mountpoint.clone(),
             config: self.config.clone(),
-            threads: self.threads,
-            attr_timeout: self.attr_timeout,
-            no_passthrough: self.no_passthrough,
-            max_inodes: self.max_inodes,
-            drain_timeout: self.drain_timeout,
-            allow_user: self.allow_user.clone(),
-            allow_all_users: self.allow_all_users,
-            gc: self.gc_values(),
-            state_dir: self.state_dir.clone(),
-            metrics_listen: self.metrics_listen.clone(),
-            metrics_allow_remote: self.metrics_allow_remote,
-            registry_config: self.registry_config.clone(),
-            allow_unsafe_cache: self.allow_unsafe_cache,
-            api: regfs::api::config::ApiFlags {
-                htpasswd: self.api_htpasswd.clone(),
-                token_file: self.api_token_file.clone(),
-                tls_cert: self.api_tls_cert.clone(),
-                tls_key: self.api_tls_key.clone(),
-                allow_insecure: self.api_allow_insecure,
-            },
-            cluster_endpoints: self.cluster_endpoints.clone(),
-            cluster_node: self.cluster_node.clone(),
-            cluster_lease_ttl: self.cluster_lease_ttl,
-            cluster_prefix: self.cluster_prefix.clone(),
-            cluster_access: regfs::config::ClusterAccessFlags {
-                ca_file: self.cluster_ca_file.clone(),
-                cert_file: self.cluster_cert_file.clone(),
-                key_file: self.cluster_key_file.clone(),
-                username: self.cluster_username.clone(),
-                password_file: self.cluster_password_file.clone(),
+            keys: FileConfig {
+                storage: self.storage.clone(),
+                mountpoint: self.mountpoint.clone(),
+                state_dir: self.state_dir.clone(),
+                threads: self.threads,
+                attr_timeout: self.attr_timeout,
+                passthrough: self.no_passthrough.then_some(false),
+                max_inodes: self.max_inodes,
+                drain_timeout: self.drain_timeout,
+                allow_users: (!self.allow_user.is_empty())
+                    .then(|| self.allow_user.iter().cloned().map(UserRef::Name).collect()),
+                allow_all_users: switch(self.allow_all_users),
+                gc: self.gc_values(),
+                metrics: MetricsSection {
+                    listen: self.metrics_listen.clone(),
+                    allow_remote: switch(self.metrics_allow_remote),
+                },
+                registry: RegistrySection {
+                    config: self.registry_config.clone(),
+                    allow_unsafe_cache: switch(self.allow_unsafe_cache),
+                },
+                api: regfs::api::config::ApiSection {
+                    htpasswd: self.api_htpasswd.clone(),
+                    token_file: self.api_token_file.clone(),
+                    tls_cert: self.api_tls_cert.clone(),
+                    tls_key: self.api_tls_key.clone(),
+                    allow_insecure: switch(self.api_allow_insecure),
+                },
+                cluster: ClusterSection {
+                    endpoints: self
+                        .cluster_endpoints
+                        .as_ref()
+                        .map(|e| e.split(',').map(|s| s.trim().to_string()).collect()),
+                    node: self.cluster_node.clone(),
+                    lease_ttl: self
+                        .cluster_lease_ttl
+                        .map(|d| humantime::format_duration(d).to_string()),
+                    prefix: self.cluster_prefix.clone(),
+                    ca_file: self.cluster_ca_file.clone(),
+                    cert_file: self.cluster_cert_file.clone(),
+                    key_file: self.cluster_key_file.clone(),
+                    username: self.cluster_username.clone(),
+                    password_file: self.cluster_password_file.clone(),
+                },
+                ..FileConfig::default()
             },
         }
     }

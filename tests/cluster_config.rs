@@ -8,9 +8,12 @@ use regfs::config::{FileConfig, MountFlags, resolve};
 
 fn flags() -> MountFlags {
     MountFlags {
-        storage: Some("/srv/store".into()),
-        mountpoint: Some("/srv/mnt".into()),
-        ..MountFlags::default()
+        config: None,
+        keys: FileConfig {
+            storage: Some("/srv/store".into()),
+            mountpoint: Some("/srv/mnt".into()),
+            ..FileConfig::default()
+        },
     }
 }
 
@@ -48,14 +51,15 @@ fn a_cluster_section_takes_defaults_and_the_kernel_caches_nothing() {
 
 #[test]
 fn flags_win_over_the_file() {
-    let f = MountFlags {
-        cluster_endpoints: Some("http://127.0.0.1:1,http://127.0.0.1:2".into()),
-        cluster_node: Some("b".into()),
-        cluster_lease_ttl: Some(Duration::from_secs(3)),
-        cluster_prefix: Some("/two/".into()),
-        attr_timeout: Some(1.0),
-        ..flags()
-    };
+    let mut f = flags();
+    f.keys.cluster.endpoints = Some(vec![
+        "http://127.0.0.1:1".into(),
+        "http://127.0.0.1:2".into(),
+    ]);
+    f.keys.cluster.node = Some("b".into());
+    f.keys.cluster.lease_ttl = Some("3s".into());
+    f.keys.cluster.prefix = Some("/two/".into());
+    f.keys.attr_timeout = Some(1.0);
     let text = "[cluster]\nendpoints = [\"http://x:9\"]\nnode = \"a\"\nlease_ttl = \"20s\"\nprefix = \"/one/\"\n";
     let o = resolve(&f, &file(text), "t.toml").unwrap();
     let c = o.cluster.unwrap();
@@ -151,8 +155,8 @@ fn etcd_tls_and_auth_are_read_from_the_section_and_the_flags() {
     // Flags over the file.
     let other_pw = secret(d, "pw2", "other\n", 0o400);
     let mut f = flags();
-    f.cluster_access.username = Some("root".into());
-    f.cluster_access.password_file = Some(other_pw.clone().into());
+    f.keys.cluster.username = Some("root".into());
+    f.keys.cluster.password_file = Some(other_pw.clone().into());
     let a = resolve(&f, &file(&text), "t.toml")
         .unwrap()
         .cluster
@@ -243,8 +247,8 @@ fn bad_etcd_tls_and_auth_settings_are_refused_naming_the_key() {
     }
     // A flag at fault is named as the flag.
     let mut f = flags();
-    f.cluster_access.username = Some("root".into());
-    f.cluster_access.password_file = Some(open_pw.into());
+    f.keys.cluster.username = Some("root".into());
+    f.keys.cluster.password_file = Some(open_pw.into());
     let e = resolve(&f, &file(http), "t.toml").unwrap_err().to_string();
     assert!(
         e.contains("--cluster-password-file") && e.contains("chmod 600"),
