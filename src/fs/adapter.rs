@@ -18,7 +18,7 @@ use rustix::fs::Timestamps;
 use super::access::{Callers, MountAccess};
 use super::attr::{dot_attr, timespec};
 use super::core::{Caller, SetAttr, StorageFs};
-use super::io::Opened;
+use super::opening::Opened;
 use crate::error::{FsError, FsResult};
 
 /// Serves a [`StorageFs`] to the kernel.

@@ -11,7 +11,7 @@ use fuser::{FileAttr, FileType};
 use rustix::fs::{self as rfs, Dir, OFlags};
 
 use super::core::StorageFs;
-use super::open::{OpenDir, Pending, Stream};
+use super::open_handles::{OpenDir, Pending, Stream};
 use crate::error::{FsError, FsResult};
 
 /// One directory entry for a readdir reply.
@@ -41,15 +41,16 @@ fn kind_of(t: rfs::FileType) -> FileType {
 
 impl StorageFs {
     pub fn opendir(&self, id: u64) -> FsResult<u64> {
-        let inode = self.inode(id)?;
+        let inode = self.names.inode(id)?;
         let fd = self
+            .names
             .reopen(
-                self.fd_of(&inode)?.as_fd(),
+                self.names.fd_of(&inode)?.as_fd(),
                 OFlags::RDONLY | OFlags::DIRECTORY,
             )
             .map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         let dir = Dir::new(fd).map_err(|e| FsError::backing("opendir", inode.path(), e))?;
-        Ok(self.dirs.insert(OpenDir {
+        Ok(self.handles.insert_dir(OpenDir {
             inode,
             stream: Mutex::new(Stream {
                 dir,
@@ -60,28 +61,11 @@ impl StorageFs {
     }
 
     pub fn releasedir(&self, fh: u64) -> FsResult<()> {
-        self.dirs.remove(fh).map(|_| ()).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })
+        self.handles.releasedir(fh)
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })?;
-        let st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let fd = st
-            .dir
-            .fd()
-            .map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))?;
-        let r = if datasync {
-            rfs::fdatasync(fd)
-        } else {
-            rfs::fsync(fd)
-        };
-        r.map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))
+        self.handles.fsyncdir(fh, datasync)
     }
 
     /// Lists entries from `offset` into `sink` until it reports full (returns true).
@@ -95,10 +79,7 @@ impl StorageFs {
         plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> FsResult<()> {
-        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })?;
+        let dir = self.handles.dir(fh)?;
         let mut st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
         let offset = offset as i64;
         if offset != st.position {
