@@ -8,11 +8,12 @@ use crate::retention::prune::PrunedTag;
 use crate::retention::{TagInfo, Verdict, judge, list_tags};
 
 impl Daemon {
-    /// Every tag (of `repo`, if given), with its digest and times.
+    /// Every tag (of `repo`, if given), with its digest and times (in cluster mode,
+    /// every node's pulls: what the pruning stage decides from).
     pub fn tags(&self, repo: Option<&str>) -> Result<Vec<TagInfo>, String> {
         self.retention()
             .access()
-            .with_times(|t| list_tags(self.store(), t, repo))
+            .with_all_times(|t| list_tags(self.store(), t, repo))?
             .map_err(|e| e.to_string())
     }
 
