@@ -385,7 +385,9 @@ pub fn resolve(
     let mut sources = resolve_gc(args, file, origin)?;
     // A registry serving either path serves the store.
     sources.fixed.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
-    let settings = sources.settle(None).map_err(|(o, k, m)| bad(o, k, m))?;
+    let settings = sources
+        .settle(None, None)
+        .map_err(|(o, k, m)| bad(o, k, m))?;
     Ok(MountOptions {
         mount,
         settings,
@@ -477,8 +479,9 @@ fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sour
                 store: Vec::new(),
             },
             history: resolve_history(&file.history, origin)?,
-            retention: retention::resolve(&file.retention, origin)?,
         },
+        // Checked with the rest when the sources are settled.
+        retention: file.retention.clone(),
     })
 }
 

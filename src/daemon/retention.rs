@@ -5,7 +5,7 @@
 use super::service::Daemon;
 use crate::policy::access::now_millis;
 use crate::retention::prune::PrunedTag;
-use crate::retention::{TagInfo, Verdict, judge, list_tags};
+use crate::retention::{Rules, TagInfo, Verdict, judge, list_tags};
 
 impl Daemon {
     /// Every tag (of `repo`, if given), with its digest and times (in cluster mode,
@@ -19,8 +19,12 @@ impl Daemon {
 
     /// What the policies in force decide for every tag now.
     pub fn retention_preview(&self) -> Result<Vec<Verdict>, String> {
-        let rules = self.settings().retention;
-        Ok(judge(&rules, self.tags(None)?, now_millis()))
+        self.retention_preview_of(&self.settings().retention)
+    }
+
+    /// What `rules` would decide for every tag now (a draft's preview).
+    pub fn retention_preview_of(&self, rules: &Rules) -> Result<Vec<Verdict>, String> {
+        Ok(judge(rules, self.tags(None)?, now_millis()))
     }
 
     /// Puts a pruned tag back within its grace.

@@ -5,6 +5,7 @@
 
 pub mod layers;
 pub mod owner;
+pub mod retention;
 pub mod schedule;
 
 use std::fmt;
