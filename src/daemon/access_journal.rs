@@ -204,20 +204,40 @@ impl AccessJournal {
         f(&self.times.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Reads the times with every other node's merged in (cluster mode; the later of two
-    /// for each key): what the pruning stage decides from. Err: the others' cannot be
-    /// read (then nothing may be pruned on this node's times alone).
-    pub fn with_all_times<T>(&self, f: impl FnOnce(&AccessTimes) -> T) -> Result<T, String> {
+    /// Cluster mode: every other node's times (this node's published first); `None` for
+    /// a node alone. An etcd call: made holding no lock. Err: the others' cannot be read
+    /// (then nothing may be pruned on this node's times alone).
+    pub fn others(&self) -> Result<Option<AccessTimes>, String> {
         let Some(share) = self.share.get() else {
-            return Ok(self.with_times(f));
+            return Ok(None);
         };
         if let Err(e) = self.publish() {
             tracing::warn!(error = %e, "cannot publish this node's access times");
         }
-        // Read with no lock held; merged under the times' read lock (memory only).
-        let mut all = share.others()?;
-        self.with_times(|mine| all.merge(mine));
-        Ok(f(&all))
+        share.others().map(Some)
+    }
+
+    /// Reads the times with `others` (from [`Self::others`]) merged in, the later of two
+    /// for each key: what the pruning stage decides from.
+    pub fn with_merged<T>(
+        &self,
+        others: Option<AccessTimes>,
+        f: impl FnOnce(&AccessTimes) -> T,
+    ) -> T {
+        match others {
+            None => self.with_times(f),
+            Some(mut all) => {
+                // Merged under the times' read lock (memory only), used after it.
+                self.with_times(|mine| all.merge(mine));
+                f(&all)
+            }
+        }
+    }
+
+    /// Reads the times with every other node's merged in (cluster mode).
+    pub fn with_all_times<T>(&self, f: impl FnOnce(&AccessTimes) -> T) -> Result<T, String> {
+        let others = self.others()?;
+        Ok(self.with_merged(others, f))
     }
 
     /// Starts the thread that flushes every `every` until [`Flusher::stop`].

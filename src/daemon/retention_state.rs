@@ -74,6 +74,9 @@ impl RetentionState {
         rules: &Rules,
         dry_run: bool,
     ) -> Stage {
+        // Every node's times in cluster mode (a pull served by any node counts), read
+        // from etcd before the lock a restore waits on is taken.
+        let others = self.access.others();
         let _held = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_millis();
         let earlier = read_pruned(&self.state).unwrap_or_else(|e| {
@@ -83,10 +86,11 @@ impl RetentionState {
         let grace = rules.grace.as_millis() as Millis;
         let (within, expired): (Vec<_>, Vec<_>) =
             earlier.into_iter().partition(|p| now - p.pruned_at < grace);
-        // Every node's times in cluster mode: a pull served by any node counts.
-        let result = self
-            .access
-            .with_all_times(|t| prune(store, rules, t, now, deleter, &expired, dry_run));
+        let result = others.map(|others| {
+            self.access.with_merged(others, |t| {
+                prune(store, rules, t, now, deleter, &expired, dry_run)
+            })
+        });
         let failed = |why: String| {
             tracing::error!(error = %why, "retention: nothing pruned");
             let mut o = PruneOutcome::default();
