@@ -24,7 +24,8 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     let flags = args.flags();
     let options = regfs::config::load(&flags).map_err(|e| e.to_string())?;
     let state_dir = state_dir_for(&options.state_dir, &options.mount.mountpoint);
-    // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
+    // SIGHUP re-reads the configuration file (GC and retention settings; the mount itself
+    // stays).
     let reload: Reload = Box::new(move || {
         regfs::config::load(&flags)
             .map(|o| o.sources)
