@@ -18,6 +18,10 @@ use crate::retention::times::RepoTimes;
 
 /// Repositories put in one transaction (etcd refuses more than 128 operations in one).
 const PUTS_PER_TXN: usize = 64;
+/// Bytes of values put in one transaction (etcd refuses a request over 1.5 MiB by
+/// default). A repository whose times alone exceed it is refused by etcd, and retried
+/// with each batch; the others are published.
+const BYTES_PER_TXN: usize = 1024 * 1024;
 
 /// One node's times of one repository, as kept in etcd.
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,20 +95,37 @@ impl EtcdAccess {
 
 impl AccessShare for EtcdAccess {
     fn publish(&self, repos: &[(String, RepoTimes)]) -> Result<(), String> {
-        for chunk in repos.chunks(PUTS_PER_TXN) {
-            let kvs: Vec<(String, Vec<u8>)> = chunk
-                .iter()
-                .map(|(repo, t)| {
-                    let value = serde_json::to_vec(&SharedTimes::of(&self.node, repo, t))
-                        .unwrap_or_default();
-                    (self.keys.access_of(&self.node, repo), value)
-                })
-                .collect();
-            self.etcd
-                .put_all(&kvs)
-                .map_err(|e| format!("cluster: publishing access times: {e}"))?;
+        let mut failed = Vec::new();
+        let mut put = |batch: &mut Vec<(String, Vec<u8>)>| {
+            if let Err(e) = self.etcd.put_all(batch) {
+                failed.push(format!("{} repositories: {e}", batch.len()));
+            }
+            batch.clear();
+        };
+        let (mut batch, mut bytes) = (Vec::new(), 0);
+        for (repo, t) in repos {
+            let value =
+                serde_json::to_vec(&SharedTimes::of(&self.node, repo, t)).unwrap_or_default();
+            if !batch.is_empty()
+                && (batch.len() == PUTS_PER_TXN || bytes + value.len() > BYTES_PER_TXN)
+            {
+                put(&mut batch);
+                bytes = 0;
+            }
+            bytes += value.len();
+            batch.push((self.keys.access_of(&self.node, repo), value));
         }
-        Ok(())
+        if !batch.is_empty() {
+            put(&mut batch);
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "cluster: publishing access times: {}",
+                failed.join("; ")
+            ))
+        }
     }
 
     fn others(&self) -> Result<AccessTimes, String> {

@@ -100,3 +100,66 @@ fn a_tag_pulled_only_through_node_2_is_kept_by_a_run_on_node_1() {
         image_digest(&images, "app-v1")
     );
 }
+
+/// What one node publishes, another reads whole: many repositories (more than one etcd
+/// transaction holds) and repositories with many tags (more bytes than one request may
+/// carry), each node's own left out, the later time of each key kept.
+#[test]
+fn every_repository_a_node_publishes_is_read_by_the_others() {
+    use regfs::cluster::access::EtcdAccess;
+    use regfs::cluster::records::Keys;
+    use regfs::daemon::access_share::AccessShare;
+    use regfs::policy::access::Accessed;
+    use regfs::retention::AccessTimes;
+
+    let Some(_one_at_a_time) = cluster_test() else {
+        return;
+    };
+    let dir = crate::common::tempdir();
+    let etcd = Etcd::start(dir.path());
+    let client = || {
+        regfs::cluster::etcd::Etcd::new(std::slice::from_ref(&etcd.url), Duration::from_secs(5))
+            .unwrap()
+    };
+    let node = |name: &str| EtcdAccess::new(client(), Keys::new("/regfs/"), name.into());
+    let mut times = AccessTimes::default();
+    let pull = |repo: &str, tag: &str| Accessed::TagPulled {
+        repo: repo.into(),
+        tag: tag.into(),
+    };
+    for r in 0..150 {
+        times.apply(&pull(&format!("team/r{r}"), "latest"), 1000 + r);
+    }
+    // Two repositories of 20,000 tags: about 0.9 MB of times each.
+    for big in ["ci/big-a", "ci/big-b"] {
+        for t in 0..20_000 {
+            times.apply(&pull(big, &format!("build-{t:06}")), 5);
+        }
+    }
+    let repos: Vec<_> = times
+        .repo_names()
+        .map(|r| (r.to_string(), times.repo(r).unwrap().clone()))
+        .collect();
+    node("n2/x").publish(&repos).unwrap();
+    // n1 publishes an earlier pull of one of them, and a later one of another.
+    let mut mine = AccessTimes::default();
+    mine.apply(&pull("team/r7", "latest"), 1);
+    mine.apply(&pull("team/r8", "latest"), 99_999);
+    let mine: Vec<_> = mine
+        .repo_names()
+        .map(|r| (r.to_string(), mine.repo(r).unwrap().clone()))
+        .collect();
+    node("n1").publish(&mine).unwrap();
+
+    let seen = node("n1").others().unwrap();
+    assert_eq!(seen.entries(), 150 + 40_000);
+    assert_eq!(seen.pulled("team/r7", "latest", None), Some(1007));
+    assert_eq!(
+        seen.pulled("team/r8", "latest", None),
+        Some(1008),
+        "n1's own times are not among the others'"
+    );
+    assert_eq!(seen.pulled("ci/big-b", "build-019999", None), Some(5));
+    let from_n3 = node("n3").others().unwrap();
+    assert_eq!(from_n3.pulled("team/r8", "latest", None), Some(99_999));
+}
