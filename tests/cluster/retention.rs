@@ -130,16 +130,20 @@ fn every_repository_a_node_publishes_is_read_by_the_others() {
     for r in 0..150 {
         times.apply(&pull(&format!("team/r{r}"), "latest"), 1000 + r);
     }
-    // Two repositories of 20,000 tags: about 0.9 MB of times each.
+    // Two repositories of 20,000 long tags: about 1 MB of times each (the two together
+    // more than etcd takes in one request).
+    let long = "x".repeat(32);
     for big in ["ci/big-a", "ci/big-b"] {
         for t in 0..20_000 {
-            times.apply(&pull(big, &format!("build-{t:06}")), 5);
+            times.apply(&pull(big, &format!("build-{t:06}-{long}")), 5);
         }
     }
-    let repos: Vec<_> = times
+    // In name order, as the journal hands them over.
+    let mut repos: Vec<_> = times
         .repo_names()
         .map(|r| (r.to_string(), times.repo(r).unwrap().clone()))
         .collect();
+    repos.sort_by(|a, b| a.0.cmp(&b.0));
     node("n2/x").publish(&repos).unwrap();
     // n1 publishes an earlier pull of one of them, and a later one of another.
     let mut mine = AccessTimes::default();
@@ -159,7 +163,10 @@ fn every_repository_a_node_publishes_is_read_by_the_others() {
         Some(1008),
         "n1's own times are not among the others'"
     );
-    assert_eq!(seen.pulled("ci/big-b", "build-019999", None), Some(5));
+    assert_eq!(
+        seen.pulled("ci/big-b", &format!("build-019999-{long}"), None),
+        Some(5)
+    );
     let from_n3 = node("n3").others().unwrap();
     assert_eq!(from_n3.pulled("team/r8", "latest", None), Some(99_999));
 }
