@@ -112,9 +112,23 @@ pub struct GcArgs {
     #[arg(long, conflicts_with = "offline")]
     pub wait: bool,
 
-    /// The daemon's state directory, if not the default for the mount point.
-    #[arg(long, value_name = "DIR", conflicts_with = "offline")]
+    /// The daemon's state directory, if not the default for the mount point. With
+    /// --offline: the state directory of the daemon that serves the store when it is
+    /// mounted; its pull times are what the retention policies judge by, and the tags it
+    /// pruned within their grace keep their manifests (needed to prune with --config).
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// With --offline: the configuration file whose `[retention]` applies. Tags are
+    /// pruned first, by the same rules as the daemon's runs (a dry run unless
+    /// `[retention] dry_run = false`; --dry-run makes it one).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
+    pub config: Option<PathBuf>,
 
     /// Compute and report the plan; delete nothing.
     #[arg(

@@ -345,7 +345,9 @@ pub fn resolve(
     let mut sources = resolve_gc(&l, file, &args.keys, origin)?;
     // A registry serving either path serves the store.
     sources.fixed.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
-    let settings = sources.settle(None).map_err(|(o, k, m)| bad(o, k, m))?;
+    let settings = sources
+        .settle(None, None)
+        .map_err(|(o, k, m)| bad(o, k, m))?;
     Ok(MountOptions {
         mount,
         settings,
@@ -410,8 +412,9 @@ fn resolve_gc(
                 store: Vec::new(),
             },
             history: resolve_history(&file.history, origin)?,
-            retention: retention::resolve(&file.retention, origin)?,
         },
+        // Checked with the rest when the sources are settled.
+        retention: file.retention.clone(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! A node's name is a claim in etcd under its lease ([`claim`]): no two live daemons
 //! share one.
 
+pub mod access;
 pub mod claim;
 pub mod collector;
 pub mod etcd;
@@ -209,6 +210,10 @@ pub struct NodeParts {
     pub quick: etcd::Etcd,
     /// Stops the local run (when the node fences itself while collecting).
     pub stop_run: Box<dyn Fn() + Send + Sync>,
+    /// Called before this member acknowledges another node's epoch (the gate closed):
+    /// publishes the access times it has noted, so the collector sees every pull this
+    /// node served before it closed.
+    pub before_ack: Box<dyn Fn() + Send + Sync>,
     stopping: AtomicBool,
 }
 
@@ -238,6 +243,8 @@ pub struct NodeStart {
     pub gate: WriteGate,
     pub drain_timeout: Duration,
     pub stop_run: Box<dyn Fn() + Send + Sync>,
+    /// See [`NodeParts::before_ack`].
+    pub before_ack: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Node {
@@ -265,6 +272,7 @@ impl Node {
             seen: Mutex::new(Seen::default()),
             quick,
             stop_run: s.stop_run,
+            before_ack: s.before_ack,
             stopping: AtomicBool::new(false),
         });
         tracing::info!(node = %shared.cfg.node, endpoints = ?shared.cfg.endpoints,
@@ -299,6 +307,20 @@ impl Node {
     /// The runner's side of the cluster.
     pub fn coordinator(&self) -> Arc<collector::Collector> {
         Arc::new(collector::Collector::new(self.shared.clone()))
+    }
+
+    /// Where this node publishes its access times and reads every other node's.
+    pub fn access_share(&self) -> Result<Arc<access::EtcdAccess>, String> {
+        let sh = &self.shared;
+        let etcd = sh
+            .cfg
+            .client(sh.cfg.call_timeout())
+            .map_err(|e| format!("cluster: {e}"))?;
+        Ok(Arc::new(access::EtcdAccess::new(
+            etcd,
+            sh.keys.clone(),
+            sh.cfg.node.clone(),
+        )))
     }
 
     /// Leaves the cluster: stops the threads and gives the lease back, so the others go

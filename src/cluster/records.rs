@@ -11,6 +11,9 @@
 //! <prefix>acks/<epoch>/<node>   MemberDrain, under the member's lease: closed and drained
 //! <prefix>ticks/<time>          the node that claimed a scheduled tick
 //! <prefix>jobs/<epoch>          the collector's job record (kept; the oldest are pruned)
+//! <prefix>access/<node>/<repo>  SharedTimes: the latest push and pull times the node saw
+//!                               in the repository (no lease: a stopped node's pulls still
+//!                               count; `/` and `%` in the node's name escaped)
 //! ```
 
 use chrono::{DateTime, Utc};
@@ -88,6 +91,16 @@ impl Keys {
     }
     pub fn jobs(&self) -> String {
         format!("{}jobs/", self.prefix)
+    }
+    /// Every node's access times.
+    pub fn access(&self) -> String {
+        format!("{}access/", self.prefix)
+    }
+    /// One node's access times of one repository (the node's name escaped, so no two
+    /// node and repository pairs share a key).
+    pub fn access_of(&self, node: &str, repo: &str) -> String {
+        let node = node.replace('%', "%25").replace('/', "%2F");
+        format!("{}access/{node}/{repo}", self.prefix)
     }
     /// Zero-padded, so key order is epoch order.
     pub fn job(&self, epoch: u64) -> String {

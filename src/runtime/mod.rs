@@ -356,6 +356,7 @@ impl Runtime {
             tracing::warn!(error = %e, "cannot note the cluster in the state directory; `regfs jobs` shows this node's runs only");
         }
         let daemon = Arc::downgrade(&self.daemon);
+        let access = self.daemon.retention().access().clone();
         let node = crate::cluster::Node::start(crate::cluster::NodeStart {
             claimed,
             gate: WriteGate::clone(self.daemon.gate()),
@@ -365,7 +366,17 @@ impl Runtime {
                     d.stop();
                 }
             }),
+            before_ack: Box::new(move || {
+                if let Err(e) = access.flush_and_publish() {
+                    tracing::warn!(error = %e, "cannot publish this node's access times before acknowledging the epoch");
+                }
+            }),
         })?;
+        // Every node's pulls count: published after each batch, merged by the collector.
+        self.daemon
+            .retention()
+            .access()
+            .share_with(node.access_share()?);
         self.daemon.set_coordinator(node.coordinator());
         self.threads.cluster = Some(node);
         Ok(())

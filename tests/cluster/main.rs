@@ -9,5 +9,6 @@ mod failures;
 mod harness;
 mod names;
 mod registry;
+mod retention;
 mod security;
 mod status;
