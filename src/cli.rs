@@ -258,6 +258,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Access")]
     pub allow_all_users: bool,
 
+    /// Do not note when each tag is pushed and pulled (retention rules on pulls are then
+    /// refused, and `regfs tags` shows only what was noted before).
+    #[arg(long, help_heading = "Retention")]
+    pub no_access_times: bool,
+
     /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with
     /// seconds first, or @hourly/@daily/@weekly/@monthly.
     #[arg(long, value_name = "CRON", help_heading = "Garbage collection")]
@@ -449,6 +454,7 @@ impl MountArgs {
                 allow_users: (!self.allow_user.is_empty())
                     .then(|| self.allow_user.iter().cloned().map(UserRef::Name).collect()),
                 allow_all_users: switch(self.allow_all_users),
+                access_times: self.no_access_times.then_some(false),
                 gc: self.gc_values(),
                 metrics: MetricsSection {
                     listen: self.metrics_listen.clone(),

@@ -12,6 +12,7 @@
 //! drain_timeout = 10       # seconds
 //! allow_users = ["gitlab-registry", 1001]   # besides root and the storage owner
 //! allow_all_users = false
+//! access_times = true      # note pushes and pulls for [retention] rules
 //!
 //! [gc]
 //! mode = "read-only"       # or "online": pushes go on during a run
@@ -177,6 +178,8 @@ pub struct FileConfig {
     pub drain_timeout: Option<f64>,
     pub allow_users: Option<Vec<UserRef>>,
     pub allow_all_users: Option<bool>,
+    /// Note when each tag is pushed and pulled, for retention (default true).
+    pub access_times: Option<bool>,
     #[serde(default)]
     pub gc: GcValues,
     #[serde(default)]
@@ -348,6 +351,12 @@ pub fn resolve(
     let settings = sources
         .settle(None, None)
         .map_err(|(o, k, m)| bad(o, k, m))?;
+    if let (false, Some(i)) = (mount.record_access, settings.retention.judges_pulls()) {
+        return Err(l.bad(
+            "access_times",
+            format!("off, but retention.policy[{i}] keeps tags by their pulls: turn access times on, or drop its keep_most_recently_pulled and keep_pulled_within"),
+        ));
+    }
     Ok(MountOptions {
         mount,
         settings,
@@ -387,6 +396,7 @@ fn resolve_mount(l: &Layered<'_>) -> Result<MountConfig, ConfigError> {
         fd_budget: 0,
         users: mount_users(l)?,
         shared_store: false,
+        record_access: m.access_times.unwrap_or(true),
     })
 }
 

@@ -70,7 +70,7 @@ fn prune_first(
     };
     let state = Arc::new(StateDir::prepare(&r.state_dir).map_err(|e| state_err(e.to_string()))?);
     // No mount: nothing is recorded; the journal gives the daemon's times.
-    let journal = AccessJournal::open(state.clone(), AccessRecorder::new())
+    let journal = AccessJournal::open(state.clone(), AccessRecorder::new(), true)
         .map_err(|e| state_err(format!("access journal: {e}")))?;
     let retention = RetentionState::new(Arc::new(journal), state);
     let dry_run = opts.dry_run || r.rules.dry_run;

@@ -271,8 +271,12 @@ fn shared_state(dir: &Path, others: OtherNodes) -> regfs::daemon::retention_stat
     use regfs::daemon::access_journal::AccessJournal;
     let state =
         std::sync::Arc::new(regfs::state_dir::StateDir::prepare(&dir.join("state")).unwrap());
-    let journal =
-        AccessJournal::open(state.clone(), regfs::policy::access::AccessRecorder::new()).unwrap();
+    let journal = AccessJournal::open(
+        state.clone(),
+        regfs::policy::access::AccessRecorder::new(),
+        true,
+    )
+    .unwrap();
     journal.share_with(std::sync::Arc::new(others));
     regfs::daemon::retention_state::RetentionState::new(std::sync::Arc::new(journal), state)
 }
@@ -322,4 +326,38 @@ fn a_tag_another_node_served_is_kept_and_nothing_is_pruned_without_the_others_ti
     let stage = shared.stage(&st, &deleter, &pulled_rules(), false);
     assert_eq!(names(&stage.outcome), ["ci/app:old", "ci/app:older"]);
     assert!(current(&root, "ci/app", "fresh").exists());
+}
+
+#[test]
+fn without_access_times_rules_on_pulls_prune_nothing_and_say_why() {
+    use regfs::daemon::access_journal::AccessJournal;
+    let dir = common::tempdir();
+    let root = dir.path().join("store");
+    store(&root);
+    let deleter = OpenedStore::open(&root).unwrap().deleter();
+    let st = Store::open(&root).unwrap();
+    let state = std::sync::Arc::new(
+        regfs::state_dir::StateDir::prepare(&dir.path().join("state")).unwrap(),
+    );
+    // The mount notes no pulls (`access_times = false`): every tag would look never
+    // pulled, so a rule on pulls would prune what is pulled every minute.
+    let journal = AccessJournal::open(
+        state.clone(),
+        regfs::policy::access::AccessRecorder::new(),
+        false,
+    )
+    .unwrap();
+    let retention =
+        regfs::daemon::retention_state::RetentionState::new(std::sync::Arc::new(journal), state);
+    let stage = retention.stage(&st, &deleter, &pulled_rules(), false);
+    assert!(stage.outcome.pruned.is_empty(), "{:?}", stage.outcome);
+    assert!(
+        stage.outcome.warnings[0].contains("access_times = false"),
+        "{:?}",
+        stage.outcome.warnings
+    );
+    assert!(current(&root, "ci/app", "old").exists());
+    // Rules on pushes alone still prune.
+    let stage = retention.stage(&st, &deleter, &rules(), false);
+    assert!(!stage.outcome.pruned.is_empty(), "{:?}", stage.outcome);
 }

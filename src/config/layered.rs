@@ -15,7 +15,7 @@ use super::{ConfigError, FileConfig, bad};
 pub const COMMAND_LINE: &str = "command line";
 
 /// Each key a flag can give, with the flag.
-const FLAGS: [(&str, &str); 28] = [
+const FLAGS: [(&str, &str); 29] = [
     ("storage", "STORAGE"),
     ("mountpoint", "MOUNTPOINT"),
     ("state_dir", "--state-dir"),
@@ -26,6 +26,7 @@ const FLAGS: [(&str, &str); 28] = [
     ("drain_timeout", "--drain-timeout"),
     ("allow_users", "--allow-user"),
     ("allow_all_users", "--allow-all-users"),
+    ("access_times", "--no-access-times"),
     ("metrics.listen", "--http-listen (--metrics-listen)"),
     ("metrics.allow_remote", "--http-allow-remote"),
     ("registry.config", "--registry-config"),

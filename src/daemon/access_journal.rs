@@ -33,6 +33,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub struct AccessJournal {
     state: Arc<StateDir>,
     recorder: Arc<AccessRecorder>,
+    /// Whether the mount notes pushes and pulls (`access_times`); if not, the journal
+    /// keeps what it holds and learns nothing new.
+    recording: bool,
     times: RwLock<AccessTimes>,
     /// Held by the one writing a batch (the flusher, or a reader asking for fresh
     /// times); readers of `times` never wait for it. Holds the journal's line count.
@@ -72,8 +75,12 @@ pub fn read_times(state: &StateDir) -> io::Result<AccessTimes> {
 
 impl AccessJournal {
     /// Reads the journal in `state` (compacting it if it has grown), to keep what
-    /// `recorder` notes from now on.
-    pub fn open(state: Arc<StateDir>, recorder: Arc<AccessRecorder>) -> io::Result<AccessJournal> {
+    /// `recorder` notes from now on (`recording`: whether the mount notes anything).
+    pub fn open(
+        state: Arc<StateDir>,
+        recorder: Arc<AccessRecorder>,
+        recording: bool,
+    ) -> io::Result<AccessJournal> {
         let (times, lines, bad) = AccessTimes::from_journal(&read_journal(&state)?);
         if bad > 0 {
             tracing::warn!(journal = %state.shown(JOURNAL), lines = bad, "access journal: lines not understood were skipped");
@@ -88,6 +95,7 @@ impl AccessJournal {
         Ok(AccessJournal {
             state,
             recorder,
+            recording,
             times: RwLock::new(times),
             file: Mutex::new(lines),
             compact_slack: COMPACT_SLACK,
@@ -95,6 +103,11 @@ impl AccessJournal {
             unpublished: Mutex::new(BTreeSet::new()),
             publishing: Mutex::new(()),
         })
+    }
+
+    /// Whether pushes and pulls are noted (off: `access_times = false`).
+    pub fn recording(&self) -> bool {
+        self.recording
     }
 
     /// Cluster mode: from now on the times are published through `share` (every
@@ -323,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(StateDir::prepare(&dir.path().join("state")).unwrap());
         let rec = AccessRecorder::new();
-        let mut journal = AccessJournal::open(state.clone(), rec.clone()).unwrap();
+        let mut journal = AccessJournal::open(state.clone(), rec.clone(), true).unwrap();
         journal.compact_slack = 10;
         let pull = |tag: &str| Accessed::TagPulled {
             repo: "r".into(),
@@ -335,7 +348,7 @@ mod tests {
             journal.flush().unwrap();
             assert!(lines_in(state.path()) <= 2 * 2 + 10 + 2, "round {round}");
         }
-        let again = AccessJournal::open(state, AccessRecorder::new()).unwrap();
+        let again = AccessJournal::open(state, AccessRecorder::new(), true).unwrap();
         again.with_times(|t| {
             assert_eq!(t.pulled("r", "a", None), Some(49));
             assert_eq!(t.pulled("r", "b", None), Some(49));

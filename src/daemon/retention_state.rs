@@ -86,7 +86,15 @@ impl RetentionState {
         let grace = rules.grace.as_millis() as Millis;
         let (within, expired): (Vec<_>, Vec<_>) =
             earlier.into_iter().partition(|p| now - p.pruned_at < grace);
-        let result = others.map(|others| {
+        let result = match (self.access.recording(), rules.judges_pulls()) {
+            (false, Some(i)) => Err(format!(
+                "pruning skipped: pulls are not recorded (access_times = false), and retention.policy[{i}] keeps tags by their pulls"
+            )),
+            _ => others.map_err(|e| {
+                format!("pruning skipped: the other nodes' access times cannot be read ({e})")
+            }),
+        }
+        .map(|others| {
             self.access.with_merged(others, |t| {
                 prune(store, rules, t, now, deleter, &expired, dry_run)
             })
@@ -100,12 +108,7 @@ impl RetentionState {
         let (outcome, pruned_nothing) = match result {
             Ok(Ok(o)) => (o, dry_run),
             Ok(Err(e)) => (failed(format!("pruning failed: {e}")), true),
-            Err(e) => (
-                failed(format!(
-                    "pruning skipped: the other nodes' access times cannot be read ({e})"
-                )),
-                true,
-            ),
+            Err(e) => (failed(e), true),
         };
         let mut kept = within;
         if pruned_nothing {

@@ -44,6 +44,8 @@ pub struct MountConfig {
     /// Cluster mode: other nodes' daemons serve the same store too, so the store's lock
     /// is taken shared (a lone daemon or an offline collector still finds it held).
     pub shared_store: bool,
+    /// Note tag pushes and pulls for retention (`access_times`; on by default).
+    pub record_access: bool,
 }
 
 impl MountConfig {

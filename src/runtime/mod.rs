@@ -196,7 +196,7 @@ fn mount_store(
     state: &Arc<StateDir>,
 ) -> Result<(Mounted, ServedStore, access_journal::Flusher), String> {
     let (mounted, policies) = mount::mount(cfg, |root| {
-        let p = StorePolicies::compose(root, gate)?;
+        let p = StorePolicies::compose(root, gate, cfg.record_access)?;
         Ok((p.chain.clone(), p))
     })
     .map_err(|e| e.to_string())?;
@@ -204,8 +204,12 @@ fn mount_store(
         .store()
         .map_err(|e| format!("storage directory: {e}"))?;
     let access = Arc::new(
-        AccessJournal::open(state.clone(), policies.access.clone())
-            .map_err(|e| format!("access journal: {e}"))?,
+        AccessJournal::open(
+            state.clone(),
+            policies.access.clone(),
+            policies.records_access,
+        )
+        .map_err(|e| format!("access journal: {e}"))?,
     );
     let journal = access
         .start(access_journal::FLUSH_EVERY)
