@@ -340,11 +340,9 @@ pub fn resolve(
         .map_err(|(key, message)| l.bad(&format!("api.{key}"), message))?;
     let mut mount = resolve_mount(&l)?;
     let cluster = cluster::resolve(&l, &mount.mountpoint)?;
+    // Other nodes change the store behind this kernel's back: the kernel keeps only
+    // what they cannot make wrong (`fs::caching`).
     mount.shared_store = cluster.is_some();
-    if cluster.is_some() && l.merged.attr_timeout.is_none() {
-        // Other nodes change the store behind this kernel's back: cache nothing.
-        mount.attr_timeout = Duration::ZERO;
-    }
     let mut sources = resolve_gc(&l, file, &args.keys, origin)?;
     // A registry serving either path serves the store.
     sources.fixed.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];

@@ -15,6 +15,9 @@ use crate::error::FsError;
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub attr: FileAttr,
+    /// What the node is in the layout: what the kernel may keep of it
+    /// ([`super::caching::Caching`]).
+    pub role: crate::layout::Role,
 }
 
 /// Who asks: the caller's credentials, for ownership of what it creates.

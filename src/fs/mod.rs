@@ -5,6 +5,7 @@
 pub mod access;
 pub mod adapter;
 mod attr;
+pub mod caching;
 mod changes;
 mod core;
 mod handle_table;

@@ -151,6 +151,7 @@ impl Namespace {
         let inode = self.inodes.remember(parent, name, found, fd, keep_fd);
         Ok(Entry {
             attr: file_attr(inode.id, &st),
+            role: inode.role(),
         })
     }
 
@@ -164,6 +165,7 @@ impl Namespace {
         match self.inodes.remember_listed(parent, name, found) {
             Some(inode) => Ok(Entry {
                 attr: file_attr(inode.id, &st),
+                role: inode.role(),
             }),
             None => self.resolve(parent, name, false),
         }

@@ -259,6 +259,7 @@ impl StorageFs {
         drop(change);
         let entry = Entry {
             attr: file_attr(inode.id, &st),
+            role: inode.role(),
         };
         Ok((entry, self.finish_open(inode, fd, writer, undo, make)?))
     }

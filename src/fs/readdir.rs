@@ -13,6 +13,7 @@ use rustix::fs::{self as rfs, Dir, OFlags};
 use super::core::StorageFs;
 use super::open_handles::{OpenDir, Pending, Stream};
 use crate::error::{FsError, FsResult};
+use crate::layout::Role;
 
 /// One directory entry for a readdir reply.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct DirItem<'a> {
     pub ino: u64,
     /// With readdirplus: the entry's attributes; the kernel now holds one reference.
     pub attr: Option<FileAttr>,
+    /// With readdirplus: what the entry is in the layout.
+    pub role: Option<Role>,
 }
 
 fn kind_of(t: rfs::FileType) -> FileType {
@@ -115,11 +118,16 @@ impl StorageFs {
                 continue;
             }
             let mut looked_up = None;
-            let (ino, kind, attr) = if plus && !dots {
+            let (ino, kind, attr, role) = if plus && !dots {
                 match self.lookup_listed(&dir.inode, name) {
                     Ok(entry) => {
                         looked_up = Some(entry.attr.ino.0);
-                        (entry.attr.ino.0, entry.attr.kind, Some(entry.attr))
+                        (
+                            entry.attr.ino.0,
+                            entry.attr.kind,
+                            Some(entry.attr),
+                            Some(entry.role),
+                        )
                     }
                     Err(_) => {
                         st.position = item.offset;
@@ -127,7 +135,7 @@ impl StorageFs {
                     }
                 }
             } else {
-                (item.ino, item.kind, None)
+                (item.ino, item.kind, None, None)
             };
             let full = sink(DirItem {
                 name,
@@ -135,6 +143,7 @@ impl StorageFs {
                 kind,
                 ino,
                 attr,
+                role,
             });
             if full {
                 // Not sent: give the reference back and keep the entry for next time.
