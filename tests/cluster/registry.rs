@@ -77,7 +77,7 @@ impl Registry {
 }
 
 /// One request: (status, body).
-fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+pub(crate) fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json";
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
