@@ -15,6 +15,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 
 use super::attr::{Caller, Entry, file_attr};
 use super::inode::{Found, Inode, InodeKey, InodeTable, Kind};
+use super::unlinked::in_dir_error;
 use crate::error::{FsError, FsResult};
 
 pub(super) fn key_of(st: &Stat) -> InodeKey {
@@ -139,13 +140,17 @@ impl Namespace {
         // The path is for error messages only: built when one is needed (this is the
         // hottest path of a directory walk).
         let path = || parent.child_path(name);
+        let dir = self.fd_of(parent)?;
+        // A name missing because its directory is gone (removed through another node
+        // while this kernel still names it) is ESTALE: the kernel then walks the whole
+        // path again, asking for each name, and finds the directory made since, if any.
         let fd = rfs::openat(
-            &*self.fd_of(parent)?,
+            &*dir,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| FsError::backing("lookup", path(), e))?;
+        .map_err(|e| in_dir_error("lookup", &path(), &*dir, e))?;
         let st = rfs::fstat(&fd).map_err(|e| FsError::backing("stat", path(), e))?;
         let found = Found::new(&st, self.admit_found(&st, path)?);
         let inode = self.inodes.remember(parent, name, found, fd, keep_fd);

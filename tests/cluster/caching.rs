@@ -257,3 +257,30 @@ fn a_blob_collected_through_one_node_is_not_present_through_the_other() {
     assert_eq!(pull(w.dir.path(), w.r1.port, "junk:again"), tools);
     assert_eq!(pull(w.dir.path(), w.r2.port, "junk:again"), tools);
 }
+
+#[test]
+fn a_repository_removed_by_hand_and_pushed_again_through_one_node_is_read_through_the_other() {
+    let Some(_turn) = registry_test() else {
+        return;
+    };
+    let w = TwoReplicas::start();
+    push(&w.oci, "tools", w.r1.port, "junk:t");
+    // Node 2 reads it: its kernel keeps the repository's own directories' names.
+    assert_eq!(
+        TwoReplicas::manifest(w.r2.port, "junk", "t"),
+        Ok(w.images.digest("tools"))
+    );
+    // An operator removes the repository through node 1 (the registry has no API for
+    // it), and it is pushed again at once, another image under the same tag.
+    fs::remove_dir_all(w.n1.mnt().join("docker/registry/v2/repositories/junk")).unwrap();
+    push(&w.oci, "app-v1", w.r1.port, "junk:t");
+    assert_eq!(
+        TwoReplicas::manifest(w.r2.port, "junk", "t"),
+        Ok(w.images.digest("app-v1")),
+        "the repository made again through node 1, read through node 2"
+    );
+    assert_eq!(
+        pull(w.dir.path(), w.r2.port, "junk:t"),
+        w.images.digest("app-v1")
+    );
+}
