@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::Timestamps;
 
@@ -127,10 +127,10 @@ impl FuseAdapter {
         }
     }
 
-    /// How long the kernel may keep the attributes of node `ino` (by its role).
-    fn attr_ttl(&self, ino: u64) -> Duration {
+    /// How long the kernel may keep `attr`, node `ino`'s attributes (by its role).
+    fn attr_ttl(&self, ino: u64, attr: &FileAttr) -> Duration {
         let role = self.fs.role_of(ino).unwrap_or(Role::Unknown);
-        self.caching.found(role).attr
+        self.caching.found(role, is_dir(attr)).attr
     }
 
     /// The flags of an open of a node of `role` (asked only when it matters: a read
@@ -147,6 +147,10 @@ impl FuseAdapter {
         }
         flags
     }
+}
+
+fn is_dir(attr: &FileAttr) -> bool {
+    attr.kind == FileType::Directory
 }
 
 impl Filesystem for FuseAdapter {
@@ -188,7 +192,7 @@ impl Filesystem for FuseAdapter {
         });
         match found {
             Ok(Some(e)) => {
-                let t = self.caching.found(e.role);
+                let t = self.caching.found(e.role, is_dir(&e.attr));
                 reply.entry_with_ttls(&t.attr, &t.entry, &e.attr, Generation(0))
             }
             Ok(None) => reply.error(Errno::from_i32(libc::ENOENT)),
@@ -210,7 +214,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.call("getattr", req, ino.0, || self.fs.getattr(ino.0)) {
-            Ok(attr) => reply.attr(&self.attr_ttl(ino.0), &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(ino.0, &attr), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -246,7 +250,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.call("setattr", req, ino.0, || self.fs.setattr(ino.0, change)) {
-            Ok(attr) => reply.attr(&self.attr_ttl(ino.0), &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(ino.0, &attr), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -289,7 +293,7 @@ impl Filesystem for FuseAdapter {
             self.fs.mkdir(parent.0, name, mode, Self::caller(req))
         }) {
             Ok(e) => {
-                let t = self.caching.found(e.role);
+                let t = self.caching.found(e.role, is_dir(&e.attr));
                 reply.entry_with_ttls(&t.attr, &t.entry, &e.attr, Generation(0))
             }
             Err(e) => reply.error(e),
@@ -500,7 +504,9 @@ impl Filesystem for FuseAdapter {
         let r = self.call("readdirplus", req, ino.0, || {
             self.fs.readdir(fh.0, offset, true, &mut |item| {
                 let attr = item.attr.unwrap_or_else(|| dot_attr(item.ino));
-                let ttl = caching.found(item.role.unwrap_or(Role::Unknown)).shorter();
+                let ttl = caching
+                    .found(item.role.unwrap_or(Role::Unknown), is_dir(&attr))
+                    .shorter();
                 reply.add(
                     INodeNo(item.ino),
                     item.offset,
@@ -600,7 +606,10 @@ impl Filesystem for FuseAdapter {
             Ok((entry, opened)) => {
                 let fl = self.open_flags(&opened, || entry.role);
                 let fh = FileHandle(opened.fh);
-                let ttl = self.caching.found(entry.role).shorter();
+                let ttl = self
+                    .caching
+                    .found(entry.role, is_dir(&entry.attr))
+                    .shorter();
                 match &opened.backing {
                     Some(id) => {
                         reply.created_passthrough(&ttl, &entry.attr, Generation(0), fh, fl, id)

@@ -12,13 +12,17 @@
 //! |---|---|---|---|---|---|
 //! | `Permanent` (skeleton, a repository's own directories) | `ttl` | `ttl` | no | no | – |
 //! | `Collected` (blob data, blob and fan-out directories) | no: asked at every lookup | `ttl` | no | no | yes (blob data) |
-//! | `Changing` (links, tags, uploads, anything else) | no | no | no | no | no |
+//! | `Changing` directory (a tag's, an upload's, a link's) | no | `ttl` | no | no | – |
+//! | `Changing` file (links, an upload's files, anything else) | no | no | no | no | no |
 //!
-//! A kept `Collected` attribute is safe because the name is asked again first: a lookup
-//! of a removed blob answers ENOENT and the kernel drops the node; one made again under
-//! the same digest holds the same bytes. A directory's listing is not kept because
-//! whether it is still right is judged by its mtime, which a kept attribute would not
-//! show.
+//! Kept attributes of a node whose name is asked at every lookup are never older than
+//! that lookup: the kernel walks a path asking for each such name, and the answer
+//! carries the attributes. A removed blob answers ENOENT and the kernel drops the node;
+//! one made again under the same digest holds the same bytes. What a `Changing`
+//! directory's kept attributes may miss between two walks is its mtime, which nothing
+//! reads: its listing is not kept across opens (the kernel would judge a kept listing
+//! by that mtime). A `Changing` file keeps nothing: a link's size and bytes are read
+//! fresh even through a descriptor opened before another node rewrote it.
 
 use std::time::Duration;
 
@@ -55,8 +59,9 @@ impl Caching {
         Caching { ttl, shared }
     }
 
-    /// For a node of `role` found (looked up, created or listed).
-    pub fn found(&self, role: Role) -> CacheTimes {
+    /// For a node of `role` found (looked up, created or listed); `dir`: it is a
+    /// directory.
+    pub fn found(&self, role: Role, dir: bool) -> CacheTimes {
         if !self.shared {
             return CacheTimes {
                 entry: self.ttl,
@@ -69,6 +74,10 @@ impl Caching {
                 attr: self.ttl,
             },
             CacheClass::Collected => CacheTimes {
+                entry: Duration::ZERO,
+                attr: self.ttl,
+            },
+            CacheClass::Changing if dir => CacheTimes {
                 entry: Duration::ZERO,
                 attr: self.ttl,
             },
@@ -120,7 +129,9 @@ mod tests {
             Role::UploadData,
             Role::Unknown,
         ] {
-            assert_eq!(alone.found(role), times(TTL, TTL), "{role:?}");
+            for dir in [false, true] {
+                assert_eq!(alone.found(role, dir), times(TTL, TTL), "{role:?}");
+            }
         }
         assert_eq!(alone.absent(), Some(TTL));
         assert!(alone.keeps_listing());
@@ -132,27 +143,36 @@ mod tests {
     fn over_a_shared_store_only_what_no_node_can_make_wrong_is_kept() {
         let shared = Caching::new(TTL, true);
         let d = Digest([7; 32]);
-        assert_eq!(shared.found(Role::Repositories), times(TTL, TTL));
-        assert_eq!(shared.found(Role::Tags), times(TTL, TTL));
-        assert_eq!(shared.found(Role::BlobData(d)), times(ZERO, TTL));
-        assert_eq!(shared.found(Role::BlobDir(d)), times(ZERO, TTL));
-        assert_eq!(shared.found(Role::BlobFanOut(7)), times(ZERO, TTL));
+        assert_eq!(shared.found(Role::Repositories, true), times(TTL, TTL));
+        assert_eq!(shared.found(Role::Tags, true), times(TTL, TTL));
+        assert_eq!(shared.found(Role::Uploads, true), times(TTL, TTL));
+        assert_eq!(shared.found(Role::BlobData(d), false), times(ZERO, TTL));
+        assert_eq!(shared.found(Role::BlobDir(d), true), times(ZERO, TTL));
+        assert_eq!(shared.found(Role::BlobFanOut(7), true), times(ZERO, TTL));
+        // Files: nothing kept.
         for role in [
             Role::TagCurrentLink,
-            Role::Tag,
             Role::TagIndexLink(d),
             Role::RevisionLink(d),
-            Role::Revision(d),
             Role::LayerLink(d),
-            Role::LayerDir(d),
-            Role::Uploads,
-            Role::Upload,
             Role::UploadData,
             Role::UploadEntry,
             Role::TempFile,
             Role::Unknown,
         ] {
-            assert_eq!(shared.found(role), times(ZERO, ZERO), "{role:?}");
+            assert_eq!(shared.found(role, false), times(ZERO, ZERO), "{role:?}");
+        }
+        // Directories: the name asked each time; the attributes the answer carries kept.
+        for role in [
+            Role::Tag,
+            Role::TagCurrent,
+            Role::Revision(d),
+            Role::LayerDir(d),
+            Role::Upload,
+            Role::UploadEntry,
+            Role::Unknown,
+        ] {
+            assert_eq!(shared.found(role, true), times(ZERO, TTL), "{role:?}");
         }
         assert_eq!(
             shared.absent(),

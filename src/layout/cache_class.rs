@@ -6,18 +6,22 @@
 //! Why each role is in its class:
 //! - The store's skeleton (`docker/registry/v2`, `blobs/sha256`, `repositories`) and a
 //!   repository's own directories (the repository, `_manifests`, `revisions/sha256`,
-//!   `tags`, `_layers/sha256`) are made once and never removed or replaced: neither the
-//!   registry nor the collector (nor retention) removes them. A name once found there
-//!   stays the same directory, so an entry found may be kept. What they list changes.
+//!   `tags`, `_layers/sha256`, `_uploads`) are made once and never removed or replaced:
+//!   neither the registry nor the collector (nor retention) removes them (the registry
+//!   and the collector remove an upload, `_uploads/<id>`, never `_uploads`). A name once
+//!   found there stays the same directory, so an entry found may be kept. What they list
+//!   changes.
 //! - Blob data, blob directories and their fan-out directories are named by a digest:
 //!   the bytes under that name never change (a blob is committed by a rename of complete
 //!   data) and only the collector removes them (a fan-out once empty). Another node's
 //!   collector may remove one any moment, so the name must be asked again at every
 //!   lookup (a kept entry would report a deleted blob present, and a registry that
 //!   believes a blob exists skips writing it); what is found under the name may be kept.
-//! - Links, tags, revisions' and layers' link directories, uploads, temporary files and
-//!   anything outside the layout are written, rewritten in place, renamed over and
-//!   removed by pushes, deletes and the collector on any node: nothing of them is kept.
+//! - Links, tags, revisions' and layers' link directories, uploads (what is in
+//!   `_uploads`), temporary files and anything outside the layout are written,
+//!   rewritten in place, renamed over and removed by pushes, deletes and the collector on
+//!   any node: their names are never kept. (A kept name of an upload's `data` would even
+//!   let a write through this node land in the blob another node committed it as.)
 //!
 //! No class keeps the absence of a name: any node may create it next.
 
@@ -41,13 +45,13 @@ impl Role {
         use Role::*;
         match self {
             StoreRoot | Docker | Registry | V2 | Blobs | BlobsSha256 | Repositories | RepoDir
-            | Manifests | Revisions | RevisionsSha256 | Tags | Layers | LayersSha256 => {
+            | Manifests | Revisions | RevisionsSha256 | Tags | Layers | LayersSha256 | Uploads => {
                 CacheClass::Permanent
             }
             BlobFanOut(_) | BlobDir(_) | BlobData(_) => CacheClass::Collected,
             Revision(_) | RevisionLink(_) | Tag | TagCurrent | TagCurrentLink | TagIndex
             | TagIndexSha256 | TagIndexEntry(_) | TagIndexLink(_) | LayerDir(_) | LayerLink(_)
-            | Uploads | Upload | UploadData | UploadEntry | TempFile | Unknown | UnknownUpload => {
+            | Upload | UploadData | UploadEntry | TempFile | Unknown | UnknownUpload => {
                 CacheClass::Changing
             }
         }
@@ -98,7 +102,6 @@ mod tests {
             format!("{repo}/_manifests/tags/v1/index/sha256/{HEX}/link"),
             format!("{repo}/_layers/sha256/{HEX}"),
             format!("{repo}/_layers/sha256/{HEX}/link"),
-            format!("{repo}/_uploads"),
             format!("{repo}/_uploads/8c1e"),
             format!("{repo}/_uploads/8c1e/data"),
             format!("{repo}/_uploads/8c1e/startedat"),
@@ -127,6 +130,8 @@ mod tests {
             format!("{repo}/_manifests/tags"),
             format!("{repo}/_layers"),
             format!("{repo}/_layers/sha256"),
+            // The registry and the collector remove uploads in it, never it.
+            format!("{repo}/_uploads"),
         ] {
             assert_eq!(class(&p), Permanent, "{p}");
         }
