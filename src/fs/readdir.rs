@@ -12,6 +12,7 @@ use rustix::fs::{self as rfs, Dir, OFlags};
 
 use super::core::StorageFs;
 use super::open_handles::{OpenDir, Pending, Stream};
+use super::unlinked::is_unlinked;
 use crate::error::{FsError, FsResult};
 use crate::layout::Role;
 
@@ -43,14 +44,19 @@ fn kind_of(t: rfs::FileType) -> FileType {
 }
 
 impl StorageFs {
+    /// Opens directory `id` for listing. One removed behind the kernel (through another
+    /// node, while this kernel still names it) is ESTALE: the kernel walks the path again,
+    /// asking for each name, and lists the directory made since, if any, not an empty
+    /// one nobody can reach.
     pub fn opendir(&self, id: u64) -> FsResult<u64> {
         let inode = self.names.inode(id)?;
+        let opath = self.names.fd_of(&inode)?;
+        if is_unlinked(&*opath) {
+            return Err(FsError::RemovedBehindKernel { path: inode.path() });
+        }
         let fd = self
             .names
-            .reopen(
-                self.names.fd_of(&inode)?.as_fd(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-            )
+            .reopen(opath.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         let dir = Dir::new(fd).map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         Ok(self.handles.insert_dir(OpenDir {

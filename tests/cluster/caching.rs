@@ -265,15 +265,24 @@ fn a_repository_removed_by_hand_and_pushed_again_through_one_node_is_read_throug
     };
     let w = TwoReplicas::start();
     push(&w.oci, "tools", w.r1.port, "junk:t");
-    // Node 2 reads it: its kernel keeps the repository's own directories' names.
+    // Node 2 reads and lists it: its kernel keeps the repository's own directories.
     assert_eq!(
         TwoReplicas::manifest(w.r2.port, "junk", "t"),
         Ok(w.images.digest("tools"))
     );
+    assert_eq!(http(w.r2.port, "GET", "/v2/junk/tags/list").unwrap().0, 200);
     // An operator removes the repository through node 1 (the registry has no API for
     // it), and it is pushed again at once, another image under the same tag.
     fs::remove_dir_all(w.n1.mnt().join("docker/registry/v2/repositories/junk")).unwrap();
     push(&w.oci, "app-v1", w.r1.port, "junk:t");
+    // Listed through node 2 first: its tags directory, listed there before, is the new one.
+    let (st, body) = http(w.r2.port, "GET", "/v2/junk/tags/list").unwrap();
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).contains("\"t\"")),
+        (200, true),
+        "tags of the repository made again, listed through node 2: {}",
+        String::from_utf8_lossy(&body)
+    );
     assert_eq!(
         TwoReplicas::manifest(w.r2.port, "junk", "t"),
         Ok(w.images.digest("app-v1")),
