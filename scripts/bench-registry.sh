@@ -15,7 +15,7 @@
 #     its data in the scratch directory, lease TTL 10 s); the registry runs on node 1,
 #     node 2 only holds its membership and its own kernel's view of the store (as an
 #     idle replica would). `etcd` must be installed (apt-get install etcd-server);
-#   * two registries (three with CLUSTER=1) (Debian's docker-registry, distribution 2.8), each as the
+#   * a registry per store (Debian's docker-registry, distribution 2.8), each as the
 #     docker-registry user on a free 127.0.0.1 port, with the same configuration
 #     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
 #     Debian's default, inmemory, unless REG_CACHE=none);

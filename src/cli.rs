@@ -230,7 +230,8 @@ pub struct MountArgs {
 
     /// Seconds the kernel may cache entries, attributes and listings [default: 60].
     /// Every change goes through the mount, so long is safe unless something else
-    /// writes STORAGE directly.
+    /// writes STORAGE directly. In cluster mode it applies only to what other nodes
+    /// cannot make wrong (links, uploads, blob names and absent names are never kept).
     #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Performance")]
     pub attr_timeout: Option<f64>,
 
