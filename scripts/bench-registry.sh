@@ -5,6 +5,7 @@
 #
 #   sudo scripts/bench-registry.sh
 #   sudo CLUSTER=1 scripts/bench-registry.sh
+#   sudo NO_ACCESS_TIMES=1 scripts/bench-registry.sh
 #
 # Setup, in a scratch directory on a real disk (never tmpfs):
 #   * two stores: store-plain (a plain directory) and store-regfs (served by
@@ -15,6 +16,9 @@
 #     its data in the scratch directory, lease TTL 10 s); the registry runs on node 1,
 #     node 2 only holds its membership and its own kernel's view of the store (as an
 #     idle replica would). `etcd` must be installed (apt-get install etcd-server);
+#   * with NO_ACCESS_TIMES=1 one more, store-noat: regfs mounted with --no-access-times
+#     (no access-recording layer in its policy chain), to measure what recording pushes
+#     and pulls for retention costs (regfs/noat, goal within 2%: >= 0.98x);
 #   * a registry per store (Debian's docker-registry, distribution 2.8), each as the
 #     docker-registry user on a free 127.0.0.1 port, with the same configuration
 #     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
@@ -58,6 +62,7 @@
 #   COLD        1 (default) also times pulls after dropping the page cache; 0 skips them
 #   REG_CACHE   the registry's storage.cache.blobdescriptor: inmemory (default) or none
 #   CLUSTER     1: also a registry on a node of a two-node regfs cluster (needs etcd)
+#   NO_ACCESS_TIMES  1: also a registry on regfs without access times (--no-access-times)
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, stores, layouts) for inspection
 #
 # Needs root (mount, setpriv, /proc/sys/vm/drop_caches), /dev/fuse, docker-registry,
@@ -73,6 +78,8 @@ COLD=${COLD:-1}
 REG_CACHE=${REG_CACHE:-inmemory}
 CLUSTER=${CLUSTER:-0}
 CLUSTER_TARGET=0.9
+NO_ACCESS_TIMES=${NO_ACCESS_TIMES:-0}
+ACCESS_TARGET=0.98
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 PULL_TARGET=0.9
 PUSH_TARGET=0.8
@@ -91,6 +98,7 @@ done
 [[ $COLD == 0 || $COLD == 1 ]] || die "COLD must be 0 or 1 (got '$COLD')"
 [[ $REG_CACHE == inmemory || $REG_CACHE == none ]] || die "REG_CACHE must be inmemory or none"
 [[ $CLUSTER == 0 || $CLUSTER == 1 ]] || die "CLUSTER must be 0 or 1 (got '$CLUSTER')"
+[[ $NO_ACCESS_TIMES == 0 || $NO_ACCESS_TIMES == 1 ]] || die "NO_ACCESS_TIMES must be 0 or 1 (got '$NO_ACCESS_TIMES')"
 [[ $EUID -eq 0 ]] || die "must run as root (mounting, setpriv, dropping caches)"
 [[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
 if ((COLD)); then
@@ -114,6 +122,7 @@ if ((CLUSTER)); then
 fi
 TARGETS=(plain regfs)
 ((CLUSTER)) && TARGETS+=(cluster)
+((NO_ACCESS_TIMES)) && TARGETS+=(noat)
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
 
@@ -270,6 +279,13 @@ mount_regfs() {
 
 mount_regfs "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" "$SCRATCH/regfs.log" \
     --state-dir "$SCRATCH/state"
+if ((NO_ACCESS_TIMES)); then
+    STORE[noat]=$SCRATCH/mnt-noat
+    mkdir -p "$SCRATCH/backing-noat" "$SCRATCH/mnt-noat" "$SCRATCH/state-noat"
+    chown "$REG_USER:$REG_USER" "$SCRATCH/backing-noat"
+    mount_regfs "$SCRATCH/backing-noat" "$SCRATCH/mnt-noat" "$SCRATCH/regfs-noat.log" \
+        --state-dir "$SCRATCH/state-noat" --no-access-times
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -496,6 +512,7 @@ elapsed=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", b - a }')
 echo
 echo "regfs registry benchmark: docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $NF }') on a regfs mount vs. on a plain directory"
 ((CLUSTER)) && echo "  and on node 1 of a two-node regfs cluster over one store (etcd on 127.0.0.1; cluster = that registry)"
+((NO_ACCESS_TIMES)) && echo "  and on regfs with --no-access-times (noat: no access-recording layer; regfs/noat is what recording costs)"
 echo "images: big = $BIG_MIB MiB in ${NLAYERS[big/1]} layers (${BYTES[big/1]} bytes), many = ${NLAYERS[many/1]} layers (${BYTES[many/1]} bytes);"
 echo "  a fresh variant (--seed) of each per round, so every push uploads every blob; median of $ROUNDS rounds"
 echo "skopeo $(skopeo --version | awk '{ print $3 }') as $SK_USER; registries as $REG_USER (cache: $REG_CACHE); regfs passthrough $passthrough${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
@@ -510,9 +527,11 @@ cfmt=' | %13s | %13s | %7s | %s'
 {
     printf "$fmt" "case" "plain MiB/s" "regfs MiB/s" "ratio" "target" "result"
     ((CLUSTER)) && printf "$cfmt" "cluster MiB/s" "cluster/regfs" "target" "result"
+    ((NO_ACCESS_TIMES)) && printf "$cfmt" "noat MiB/s" "regfs/noat" "target" "result"
     echo
     printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
     ((CLUSTER)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
+    ((NO_ACCESS_TIMES)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
     echo
 }
 # ratio A B: A / B to two decimals; judged RATIO TARGET: PASS or BELOW.
@@ -542,6 +561,16 @@ for c in "${CASES[@]}"; do
         # shellcheck disable=SC2059
         printf "$cfmt" "$(fmt_mibs "$k")" "$r" ">= $CLUSTER_TARGET" "$(judged "$r" "$CLUSTER_TARGET")"
         secs_line+=$(printf '   cluster %7.2f s' "$ks")
+    fi
+    if ((NO_ACCESS_TIMES)); then
+        # shellcheck disable=SC2086
+        n=$(median ${SAMPLES[$c|noat]})
+        # shellcheck disable=SC2086
+        ns=$(median ${SECS[$c|noat]})
+        r=$(ratio "$g" "$n")
+        # shellcheck disable=SC2059
+        printf "$cfmt" "$(fmt_mibs "$n")" "$r" ">= $ACCESS_TARGET" "$(judged "$r" "$ACCESS_TARGET")"
+        secs_line+=$(printf '   noat %7.2f s' "$ns")
     fi
     echo
     secs_lines+=("$secs_line")
