@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # Registry benchmark for regfs: docker-registry on a regfs mount vs. docker-registry on a
-# plain directory, pushing and pulling the same images with skopeo, side by side.
+# plain directory, pushing and pulling the same images with skopeo, side by side; with
+# CLUSTER=1 also on a node of a two-node regfs cluster (cluster mode against a node alone).
 #
 #   sudo scripts/bench-registry.sh
+#   sudo CLUSTER=1 scripts/bench-registry.sh
+#   sudo NO_ACCESS_TIMES=1 scripts/bench-registry.sh
 #
 # Setup, in a scratch directory on a real disk (never tmpfs):
 #   * two stores: store-plain (a plain directory) and store-regfs (served by
 #     `regfs mount` at mnt-regfs);
-#   * two registries (Debian's docker-registry, distribution 2.8), each as the
+#   * with CLUSTER=1 a third store, store-cluster: a two-node regfs cluster over one
+#     backing directory (backing-cluster), node bench-1 at mnt-cluster and node bench-2
+#     at mnt-cluster-2, both members of one etcd started here (127.0.0.1, free ports,
+#     its data in the scratch directory, lease TTL 10 s); the registry runs on node 1,
+#     node 2 only holds its membership and its own kernel's view of the store (as an
+#     idle replica would). `etcd` must be installed (apt-get install etcd-server);
+#   * with NO_ACCESS_TIMES=1 one more, store-noat: regfs mounted with --no-access-times
+#     (no access-recording layer in its policy chain), to measure what recording pushes
+#     and pulls for retention costs (regfs/noat, goal within 2%: >= 0.98x);
+#   * a registry per store (Debian's docker-registry, distribution 2.8), each as the
 #     docker-registry user on a free 127.0.0.1 port, with the same configuration
 #     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
 #     Debian's default, inmemory, unless REG_CACHE=none);
@@ -22,7 +34,7 @@
 # registry therefore never holds a blob of round r before round r's push; this is
 # checked on every push: skopeo must report copying every layer and skipping none.
 #
-# Each round, with the order of the two targets flipped every round:
+# Each round, with the order of the targets rotated every round:
 #   push  skopeo copy oci:LAYOUT:REF docker://127.0.0.1:PORT/bench/REF:rR
 #   pull, warm   skopeo copy docker://... dir:FRESH_DIR (right after the pushes: the
 #                store's data is still in the page cache)
@@ -33,7 +45,8 @@
 # Every run is timed with `date +%s.%N`; MiB/s = the image's bytes (every blob plus the
 # manifest) / seconds; figures are medians over ROUNDS rounds. The table compares
 # regfs/plain against the targets (pulls >= 0.9x, pushes >= 0.8x) and says PASS or
-# BELOW. Exit status 0 whenever every run completed (BELOW included); 1 on errors.
+# BELOW; with CLUSTER=1 it adds cluster/regfs (a cluster node against a node alone,
+# target >= 0.9x every case). Exit status 0 whenever every run completed (BELOW included); 1 on errors.
 # Everything (registries, regfs, mounts, the scratch directory) is cleaned up on exit,
 # Ctrl-C or SIGTERM.
 #
@@ -48,6 +61,8 @@
 #   LAYERS      layers of the many-layers image (default 200)
 #   COLD        1 (default) also times pulls after dropping the page cache; 0 skips them
 #   REG_CACHE   the registry's storage.cache.blobdescriptor: inmemory (default) or none
+#   CLUSTER     1: also a registry on a node of a two-node regfs cluster (needs etcd)
+#   NO_ACCESS_TIMES  1: also a registry on regfs without access times (--no-access-times)
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, stores, layouts) for inspection
 #
 # Needs root (mount, setpriv, /proc/sys/vm/drop_caches), /dev/fuse, docker-registry,
@@ -61,6 +76,10 @@ BIG_MIB=${BIG_MIB:-200}
 LAYERS=${LAYERS:-200}
 COLD=${COLD:-1}
 REG_CACHE=${REG_CACHE:-inmemory}
+CLUSTER=${CLUSTER:-0}
+CLUSTER_TARGET=0.9
+NO_ACCESS_TIMES=${NO_ACCESS_TIMES:-0}
+ACCESS_TARGET=0.98
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 PULL_TARGET=0.9
 PUSH_TARGET=0.8
@@ -78,6 +97,8 @@ for v in ROUNDS BIG_MIB LAYERS; do
 done
 [[ $COLD == 0 || $COLD == 1 ]] || die "COLD must be 0 or 1 (got '$COLD')"
 [[ $REG_CACHE == inmemory || $REG_CACHE == none ]] || die "REG_CACHE must be inmemory or none"
+[[ $CLUSTER == 0 || $CLUSTER == 1 ]] || die "CLUSTER must be 0 or 1 (got '$CLUSTER')"
+[[ $NO_ACCESS_TIMES == 0 || $NO_ACCESS_TIMES == 1 ]] || die "NO_ACCESS_TIMES must be 0 or 1 (got '$NO_ACCESS_TIMES')"
 [[ $EUID -eq 0 ]] || die "must run as root (mounting, setpriv, dropping caches)"
 [[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
 if ((COLD)); then
@@ -96,6 +117,12 @@ fi
 for cmd in docker-registry skopeo python3 setpriv sync mountpoint; do
     command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/install-deps.sh installs it)"
 done
+if ((CLUSTER)); then
+    command -v etcd >/dev/null || die "CLUSTER=1 needs etcd (apt-get install -y etcd-server)"
+fi
+TARGETS=(plain regfs)
+((CLUSTER)) && TARGETS+=(cluster)
+((NO_ACCESS_TIMES)) && TARGETS+=(noat)
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
 
@@ -105,7 +132,8 @@ find_regfs
 # Scratch directory, processes and cleanup.
 
 SCRATCH=
-RFS_PID=  # regfs mount daemon
+declare -A RFS_PID=() # mount point -> its regfs mount daemon
+ETCD_PID= # the cluster's etcd (CLUSTER=1)
 CHILD=    # the skopeo (or other) child being waited for
 TOOK=     # seconds of the last push or pull
 declare -A REG_PID=() PORT=() STORE=()
@@ -124,14 +152,23 @@ cleanup() {
         stop_pid "${REG_PID[$name]}" 10
         unset "REG_PID[$name]"
     done
-    if [[ -n $RFS_PID ]]; then
-        stop_pid "$RFS_PID" 15 # SIGTERM makes regfs unmount
-        RFS_PID=
+    for name in "${!RFS_PID[@]}"; do
+        stop_pid "${RFS_PID[$name]}" 15 # SIGTERM makes regfs unmount
+        if is_mounted "$name"; then
+            umount "$name" 2>/dev/null || umount -l "$name"
+        fi
+        unset "RFS_PID[$name]"
+    done
+    if [[ -n $ETCD_PID ]]; then
+        stop_pid "$ETCD_PID" 10
+        ETCD_PID=
     fi
     if [[ -n $SCRATCH && -d $SCRATCH ]]; then
-        if is_mounted "$SCRATCH/mnt-regfs"; then
-            umount "$SCRATCH/mnt-regfs" 2>/dev/null || umount -l "$SCRATCH/mnt-regfs"
-        fi
+        for name in "$SCRATCH"/mnt-*; do
+            if is_mounted "$name"; then
+                umount "$name" 2>/dev/null || umount -l "$name"
+            fi
+        done
         if [[ ${KEEP_SCRATCH:-0} == 1 ]]; then
             echo "bench-registry: kept $SCRATCH (logs, stores, layouts)" >&2
         else
@@ -215,28 +252,88 @@ STORE[regfs]=$SCRATCH/mnt-regfs
 mkdir -p "$SCRATCH/store-plain" "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" "$SCRATCH/state"
 chown "$REG_USER:$REG_USER" "$SCRATCH/store-plain" "$SCRATCH/backing-regfs"
 
-log "mounting regfs: $SCRATCH/backing-regfs at $SCRATCH/mnt-regfs"
-"$REGFS" mount "${extra_args[@]}" --state-dir "$SCRATCH/state" \
-    "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" >>"$SCRATCH/regfs.log" 2>&1 &
-RFS_PID=$!
-for ((i = 0; i < 150; i++)); do
-    is_mounted "$SCRATCH/mnt-regfs" && break
-    alive "$RFS_PID" || { cat "$SCRATCH/regfs.log" >&2; die "regfs exited before mounting"; }
-    sleep 0.1
-done
-is_mounted "$SCRATCH/mnt-regfs" || { cat "$SCRATCH/regfs.log" >&2; die "regfs did not mount within 15 s"; }
-if grep -q 'kernel read passthrough: on' "$SCRATCH/regfs.log"; then
-    passthrough=on
-else
-    passthrough="NOT reported on"
-    note "WARNING: regfs did not report 'kernel read passthrough: on' (kernel $(uname -r)):"
-    sed 's/^/     /' "$SCRATCH/regfs.log" >&2
+# mount_regfs BACKING MNT LOG ARGS...: `regfs mount` of BACKING at MNT (its log in LOG),
+# started in the background; returns once mounted. Sets passthrough from its log.
+mount_regfs() {
+    local backing=$1 mnt=$2 logf=$3 i pid
+    shift 3
+    log "mounting regfs: $backing at $mnt"
+    "$REGFS" mount "${extra_args[@]}" "$@" "$backing" "$mnt" >>"$logf" 2>&1 &
+    pid=$!
+    RFS_PID[$mnt]=$pid
+    for ((i = 0; i < 300; i++)); do
+        is_mounted "$mnt" && break
+        alive "$pid" || { cat "$logf" >&2; die "regfs exited before mounting $mnt"; }
+        sleep 0.1
+    done
+    is_mounted "$mnt" || { cat "$logf" >&2; die "regfs did not mount $mnt within 30 s"; }
+    if grep -q 'kernel read passthrough: on' "$logf"; then
+        passthrough=on
+    else
+        passthrough="NOT reported on"
+        note "WARNING: regfs did not report 'kernel read passthrough: on' (kernel $(uname -r)):"
+        sed 's/^/     /' "$logf" >&2
+    fi
+    note "regfs pid $pid at $mnt, kernel read passthrough: $passthrough"
+}
+
+mount_regfs "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" "$SCRATCH/regfs.log" \
+    --state-dir "$SCRATCH/state"
+if ((NO_ACCESS_TIMES)); then
+    STORE[noat]=$SCRATCH/mnt-noat
+    mkdir -p "$SCRATCH/backing-noat" "$SCRATCH/mnt-noat" "$SCRATCH/state-noat"
+    chown "$REG_USER:$REG_USER" "$SCRATCH/backing-noat"
+    mount_regfs "$SCRATCH/backing-noat" "$SCRATCH/mnt-noat" "$SCRATCH/regfs-noat.log" \
+        --state-dir "$SCRATCH/state-noat" --no-access-times
 fi
-note "regfs pid $RFS_PID, kernel read passthrough: $passthrough"
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+if ((CLUSTER)); then
+    STORE[cluster]=$SCRATCH/mnt-cluster
+    mkdir -p "$SCRATCH/backing-cluster" "$SCRATCH/mnt-cluster" "$SCRATCH/mnt-cluster-2" \
+        "$SCRATCH/state-cluster" "$SCRATCH/state-cluster-2"
+    chown "$REG_USER:$REG_USER" "$SCRATCH/backing-cluster"
+    etcd_client=$(free_port)
+    etcd_peer=$(free_port)
+    log "starting etcd on 127.0.0.1:$etcd_client"
+    etcd --name bench --data-dir "$SCRATCH/etcd" \
+        --listen-client-urls "http://127.0.0.1:$etcd_client" \
+        --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-cluster "bench=http://127.0.0.1:$etcd_peer" \
+        </dev/null >>"$SCRATCH/etcd.log" 2>&1 &
+    ETCD_PID=$!
+    for ((i = 0; i < 200; i++)); do
+        curl -s --noproxy '*' --max-time 2 "http://127.0.0.1:$etcd_client/health" | grep -q '"health":"true"' && break
+        alive "$ETCD_PID" || { cat "$SCRATCH/etcd.log" >&2; die "etcd exited"; }
+        sleep 0.1
+    done
+    note "etcd pid $ETCD_PID on 127.0.0.1:$etcd_client"
+    for n in 1 2; do
+        suffix=
+        ((n == 1)) || suffix=-$n
+        mount_regfs "$SCRATCH/backing-cluster" "$SCRATCH/mnt-cluster$suffix" \
+            "$SCRATCH/regfs-cluster$suffix.log" --state-dir "$SCRATCH/state-cluster$suffix" \
+            --cluster-endpoints "http://127.0.0.1:$etcd_client" --cluster-node "bench-$n" \
+            --cluster-lease-ttl 10s
+    done
+    # A member mounts closed and opens once it has joined: wait until it takes writes.
+    for mnt in "$SCRATCH/mnt-cluster" "$SCRATCH/mnt-cluster-2"; do
+        for ((i = 0; i < 300; i++)); do
+            if : 2>/dev/null >"$mnt/.bench-probe"; then
+                rm -f "$mnt/.bench-probe"
+                break
+            fi
+            sleep 0.1
+        done
+        ((i < 300)) || die "cluster node at $mnt did not open for writes within 30 s"
+    done
+fi
+
 http_status() { # URL: the HTTP status code, 000 when nothing answers
     curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 5 "$1" || true
 }
@@ -292,8 +389,9 @@ EOF
     die "docker-registry ($name) did not start"
 }
 log "starting the registries as $REG_USER"
-start_registry plain
-start_registry regfs
+for t in "${TARGETS[@]}"; do
+    start_registry "$t"
+done
 
 SK=$SCRATCH/skopeo
 mkdir -p "$SK/home/.config" "$SK/home/.local/share" "$SK/home/.cache" "$SK/tmp" "$SK/run" "$SCRATCH/pulls"
@@ -371,8 +469,11 @@ record() { # CASE TARGET SECONDS BYTES
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
-    order=(plain regfs)
-    ((r % 2)) || order=(regfs plain)
+    # The targets rotated by one each round (alone: plain first, then regfs first).
+    order=()
+    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+        order+=("${TARGETS[((r - 1 + k) % ${#TARGETS[@]})]}")
+    done
     log "round $r/$ROUNDS (${order[0]} first; load average $(cut -d' ' -f1-3 /proc/loadavg))"
     for img in big many; do
         b=${BYTES[$img/$r]}
@@ -404,12 +505,14 @@ reg_unknown() { grep 'level=error' "$SCRATCH/registry-$1.log" | grep -c 'err.cod
 reg_errors() { grep 'level=error' "$SCRATCH/registry-$1.log" | grep -vc 'err.code="blob unknown"' || true; }
 # MiB/s with enough digits for the many-layers image's small figures.
 fmt_mibs() { awk -v v="$1" 'BEGIN { printf (v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : v >= 1 ? "%.2f" : "%.4f"), v }'; }
-rfs_errors() { grep -c -E '\bERROR\b' "$SCRATCH/regfs.log" || true; }
+rfs_errors() { cat "$SCRATCH"/regfs*.log | grep -c -E '\bERROR\b' || true; }
 
 ended=$(date +%s.%N)
 elapsed=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", b - a }')
 echo
 echo "regfs registry benchmark: docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $NF }') on a regfs mount vs. on a plain directory"
+((CLUSTER)) && echo "  and on node 1 of a two-node regfs cluster over one store (etcd on 127.0.0.1; cluster = that registry)"
+((NO_ACCESS_TIMES)) && echo "  and on regfs with --no-access-times (noat: no access-recording layer; regfs/noat is what recording costs)"
 echo "images: big = $BIG_MIB MiB in ${NLAYERS[big/1]} layers (${BYTES[big/1]} bytes), many = ${NLAYERS[many/1]} layers (${BYTES[many/1]} bytes);"
 echo "  a fresh variant (--seed) of each per round, so every push uploads every blob; median of $ROUNDS rounds"
 echo "skopeo $(skopeo --version | awk '{ print $3 }') as $SK_USER; registries as $REG_USER (cache: $REG_CACHE); regfs passthrough $passthrough${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
@@ -418,11 +521,22 @@ echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadav
 echo "  (the machine is shared and noisy: other work skews single runs; compare ratios, not absolutes)"
 echo "warm pull: right after the push (data in the page cache); cold pull: after sync + drop_caches"
 echo
-fmt='%-18s | %11s | %11s | %6s | %7s | %s\n'
+fmt='%-18s | %11s | %11s | %6s | %7s | %-6s'
+cfmt=' | %13s | %13s | %7s | %s'
 # shellcheck disable=SC2059
-printf "$fmt" "case" "plain MiB/s" "regfs MiB/s" "ratio" "target" "result"
-# shellcheck disable=SC2059
-printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
+{
+    printf "$fmt" "case" "plain MiB/s" "regfs MiB/s" "ratio" "target" "result"
+    ((CLUSTER)) && printf "$cfmt" "cluster MiB/s" "cluster/regfs" "target" "result"
+    ((NO_ACCESS_TIMES)) && printf "$cfmt" "noat MiB/s" "regfs/noat" "target" "result"
+    echo
+    printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
+    ((CLUSTER)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
+    ((NO_ACCESS_TIMES)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
+    echo
+}
+# ratio A B: A / B to two decimals; judged RATIO TARGET: PASS or BELOW.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+judged() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "PASS" : "BELOW") }'; }
 secs_lines=()
 for c in "${CASES[@]}"; do
     # shellcheck disable=SC2086 # the samples are space-separated numbers
@@ -434,17 +548,43 @@ for c in "${CASES[@]}"; do
     # shellcheck disable=SC2086
     gs=$(median ${SECS[$c|regfs]})
     if [[ $c == push* ]]; then target=$PUSH_TARGET; else target=$PULL_TARGET; fi
-    ratio=$(awk -v p="$p" -v g="$g" 'BEGIN { printf "%.2f", g / p }')
-    result=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t ? "PASS" : "BELOW") }')
+    r=$(ratio "$g" "$p")
     # shellcheck disable=SC2059
-    printf "$fmt" "$c" "$(fmt_mibs "$p")" "$(fmt_mibs "$g")" "$ratio" ">= $target" "$result"
-    secs_lines+=("$(printf '%-18s   plain %7.2f s   regfs %7.2f s' "$c" "$ps" "$gs")")
+    printf "$fmt" "$c" "$(fmt_mibs "$p")" "$(fmt_mibs "$g")" "$r" ">= $target" "$(judged "$r" "$target")"
+    secs_line=$(printf '%-18s   plain %7.2f s   regfs %7.2f s' "$c" "$ps" "$gs")
+    if ((CLUSTER)); then
+        # shellcheck disable=SC2086
+        k=$(median ${SAMPLES[$c|cluster]})
+        # shellcheck disable=SC2086
+        ks=$(median ${SECS[$c|cluster]})
+        r=$(ratio "$k" "$g")
+        # shellcheck disable=SC2059
+        printf "$cfmt" "$(fmt_mibs "$k")" "$r" ">= $CLUSTER_TARGET" "$(judged "$r" "$CLUSTER_TARGET")"
+        secs_line+=$(printf '   cluster %7.2f s' "$ks")
+    fi
+    if ((NO_ACCESS_TIMES)); then
+        # shellcheck disable=SC2086
+        n=$(median ${SAMPLES[$c|noat]})
+        # shellcheck disable=SC2086
+        ns=$(median ${SECS[$c|noat]})
+        r=$(ratio "$g" "$n")
+        # shellcheck disable=SC2059
+        printf "$cfmt" "$(fmt_mibs "$n")" "$r" ">= $ACCESS_TARGET" "$(judged "$r" "$ACCESS_TARGET")"
+        secs_line+=$(printf '   noat %7.2f s' "$ns")
+    fi
+    echo
+    secs_lines+=("$secs_line")
 done
 echo
 echo "median seconds per run:"
 printf '  %s\n' "${secs_lines[@]}"
 echo
 echo "registry log, level=error: 'blob unknown' answers to skopeo's HEAD before each upload (expected:"
-echo "  they show the blobs were new) plain $(reg_unknown plain), regfs $(reg_unknown regfs); other errors: plain $(reg_errors plain), regfs $(reg_errors regfs)"
-echo "regfs daemon log: $(rfs_errors) ERROR lines"
+unknown=() others=()
+for t in "${TARGETS[@]}"; do
+    unknown+=("$t $(reg_unknown "$t")")
+    others+=("$t $(reg_errors "$t")")
+done
+echo "  they show the blobs were new) $(IFS=,; echo "${unknown[*]}" | sed 's/,/, /g'); other errors: $(IFS=,; echo "${others[*]}" | sed 's/,/, /g')"
+echo "regfs daemon logs: $(rfs_errors) ERROR lines"
 echo "total time ${elapsed} s"

@@ -112,9 +112,23 @@ pub struct GcArgs {
     #[arg(long, conflicts_with = "offline")]
     pub wait: bool,
 
-    /// The daemon's state directory, if not the default for the mount point.
-    #[arg(long, value_name = "DIR", conflicts_with = "offline")]
+    /// The daemon's state directory, if not the default for the mount point. With
+    /// --offline: the state directory of the daemon that serves the store when it is
+    /// mounted; its pull times are what the retention policies judge by, and the tags it
+    /// pruned within their grace keep their manifests (needed to prune with --config).
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// With --offline: the configuration file whose `[retention]` applies. Tags are
+    /// pruned first, by the same rules as the daemon's runs (a dry run unless
+    /// `[retention] dry_run = false`; --dry-run makes it one).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
+    pub config: Option<PathBuf>,
 
     /// Compute and report the plan; delete nothing.
     #[arg(
@@ -216,7 +230,8 @@ pub struct MountArgs {
 
     /// Seconds the kernel may cache entries, attributes and listings [default: 60].
     /// Every change goes through the mount, so long is safe unless something else
-    /// writes STORAGE directly.
+    /// writes STORAGE directly. In cluster mode it applies only to what other nodes
+    /// cannot make wrong (links, uploads, blob names and absent names are never kept).
     #[arg(long, value_name = "SECONDS", value_parser = seconds, help_heading = "Performance")]
     pub attr_timeout: Option<f64>,
 
@@ -243,6 +258,11 @@ pub struct MountArgs {
     /// Serve every local user (the kernel's permission checks still apply).
     #[arg(long, help_heading = "Access")]
     pub allow_all_users: bool,
+
+    /// Do not note when each tag is pushed and pulled (retention rules on pulls are then
+    /// refused, and `regfs tags` shows only what was noted before).
+    #[arg(long, help_heading = "Retention")]
+    pub no_access_times: bool,
 
     /// When GC runs, in UTC: a crontab line (`0 3 * * SAT`), the 6/7-field form with
     /// seconds first, or @hourly/@daily/@weekly/@monthly.
@@ -416,42 +436,59 @@ impl MountArgs {
         }
     }
 
-    /// The library's view of these flags (it never sees clap).
+    /// The library's view of these flags (it never sees clap): each flag given as the
+    /// key of the configuration file it stands for, a switch not given as no value.
     pub fn flags(&self) -> MountFlags {
+        use regfs::config::{ClusterSection, FileConfig, MetricsSection, RegistrySection, UserRef};
+        let switch = |on: bool| on.then_some(true);
         MountFlags {
-            storage: self.storage.clone(),
-            mountpoint: self.mountpoint.clone(),
             config: self.config.clone(),
-            threads: self.threads,
-            attr_timeout: self.attr_timeout,
-            no_passthrough: self.no_passthrough,
-            max_inodes: self.max_inodes,
-            drain_timeout: self.drain_timeout,
-            allow_user: self.allow_user.clone(),
-            allow_all_users: self.allow_all_users,
-            gc: self.gc_values(),
-            state_dir: self.state_dir.clone(),
-            metrics_listen: self.metrics_listen.clone(),
-            metrics_allow_remote: self.metrics_allow_remote,
-            registry_config: self.registry_config.clone(),
-            allow_unsafe_cache: self.allow_unsafe_cache,
-            api: regfs::api::config::ApiFlags {
-                htpasswd: self.api_htpasswd.clone(),
-                token_file: self.api_token_file.clone(),
-                tls_cert: self.api_tls_cert.clone(),
-                tls_key: self.api_tls_key.clone(),
-                allow_insecure: self.api_allow_insecure,
-            },
-            cluster_endpoints: self.cluster_endpoints.clone(),
-            cluster_node: self.cluster_node.clone(),
-            cluster_lease_ttl: self.cluster_lease_ttl,
-            cluster_prefix: self.cluster_prefix.clone(),
-            cluster_access: regfs::config::ClusterAccessFlags {
-                ca_file: self.cluster_ca_file.clone(),
-                cert_file: self.cluster_cert_file.clone(),
-                key_file: self.cluster_key_file.clone(),
-                username: self.cluster_username.clone(),
-                password_file: self.cluster_password_file.clone(),
+            keys: FileConfig {
+                storage: self.storage.clone(),
+                mountpoint: self.mountpoint.clone(),
+                state_dir: self.state_dir.clone(),
+                threads: self.threads,
+                attr_timeout: self.attr_timeout,
+                passthrough: self.no_passthrough.then_some(false),
+                max_inodes: self.max_inodes,
+                drain_timeout: self.drain_timeout,
+                allow_users: (!self.allow_user.is_empty())
+                    .then(|| self.allow_user.iter().cloned().map(UserRef::Name).collect()),
+                allow_all_users: switch(self.allow_all_users),
+                access_times: self.no_access_times.then_some(false),
+                gc: self.gc_values(),
+                metrics: MetricsSection {
+                    listen: self.metrics_listen.clone(),
+                    allow_remote: switch(self.metrics_allow_remote),
+                },
+                registry: RegistrySection {
+                    config: self.registry_config.clone(),
+                    allow_unsafe_cache: switch(self.allow_unsafe_cache),
+                },
+                api: regfs::api::config::ApiSection {
+                    htpasswd: self.api_htpasswd.clone(),
+                    token_file: self.api_token_file.clone(),
+                    tls_cert: self.api_tls_cert.clone(),
+                    tls_key: self.api_tls_key.clone(),
+                    allow_insecure: switch(self.api_allow_insecure),
+                },
+                cluster: ClusterSection {
+                    endpoints: self
+                        .cluster_endpoints
+                        .as_ref()
+                        .map(|e| e.split(',').map(|s| s.trim().to_string()).collect()),
+                    node: self.cluster_node.clone(),
+                    lease_ttl: self
+                        .cluster_lease_ttl
+                        .map(|d| humantime::format_duration(d).to_string()),
+                    prefix: self.cluster_prefix.clone(),
+                    ca_file: self.cluster_ca_file.clone(),
+                    cert_file: self.cluster_cert_file.clone(),
+                    key_file: self.cluster_key_file.clone(),
+                    username: self.cluster_username.clone(),
+                    password_file: self.cluster_password_file.clone(),
+                },
+                ..FileConfig::default()
             },
         }
     }

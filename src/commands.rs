@@ -24,7 +24,8 @@ pub fn mount(args: &MountArgs) -> Result<(), String> {
     let flags = args.flags();
     let options = regfs::config::load(&flags).map_err(|e| e.to_string())?;
     let state_dir = state_dir_for(&options.state_dir, &options.mount.mountpoint);
-    // SIGHUP re-reads the configuration file (GC settings; the mount itself stays).
+    // SIGHUP re-reads the configuration file (GC and retention settings; the mount itself
+    // stays).
     let reload: Reload = Box::new(move || {
         regfs::config::load(&flags)
             .map(|o| o.sources)
@@ -73,9 +74,40 @@ pub fn man() -> Result<(), String> {
     output::write_listing(&page)
 }
 
+/// The retention of an offline run: `--config`'s `[retention]`, judged by the pull times
+/// in `--state-dir` (which also keeps the manifests of tags pruned within their grace).
+fn offline_retention(args: &GcArgs) -> Result<Option<offline::OfflineRetention>, String> {
+    let rules = match &args.config {
+        Some(file) => {
+            let parsed = regfs::config::FileConfig::load(file).map_err(|e| e.to_string())?;
+            regfs::config::retention::resolve(&parsed.retention, &file.display().to_string())
+                .map_err(|e| e.to_string())?
+        }
+        None => regfs::retention::Rules::default(),
+    };
+    match &args.state_dir {
+        Some(dir) => Ok(Some(offline::OfflineRetention {
+            rules,
+            state_dir: dir.clone(),
+        })),
+        None if rules.policies.is_empty() => Ok(None),
+        None => Err(format!(
+            "{} has retention policies: pruning them offline needs the daemon's state directory (--state-dir DIR), whose pull times they judge by and where pruned tags are kept for their grace",
+            args.config.as_deref().unwrap_or(Path::new("")).display()
+        )),
+    }
+}
+
 fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
+    let retention = offline_retention(args)?;
     let progress = crate::progress::TerminalProgress::new();
-    let result = offline::run(path, &args.options(), args.list, &progress);
+    let result = offline::run(
+        path,
+        &args.options(),
+        retention.as_ref(),
+        args.list,
+        &progress,
+    );
     progress.finish();
     let outcome = result.map_err(|e| e.to_string())?;
     // What was deleted is on record (the log) before anything is printed: standard
@@ -84,10 +116,33 @@ fn gc_offline(args: &GcArgs, path: &Path) -> Result<(), String> {
     tracing::info!(storage = %r.storage, outcome = ?r.outcome, dry_run = r.dry_run,
         blobs_deleted = r.counts.blobs_deleted, bytes_freed = r.counts.bytes_freed,
         manifests_removed = r.counts.manifests_removed, "GC run finished");
+    if let Some(p) = &outcome.retention {
+        tracing::info!(
+            dry_run = p.dry_run,
+            pruned = p.pruned.len(),
+            expired = p.expired.len(),
+            "retention: pruning stage"
+        );
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())? + "\n"
     } else {
-        outcome.report.to_string()
+        let mut text = outcome.report.to_string();
+        if let Some(p) = &outcome.retention {
+            let verb = if p.dry_run {
+                "would be pruned (dry run)"
+            } else {
+                "pruned"
+            };
+            text.push_str(&format!("retention: {} tags {verb}\n", p.pruned.len()));
+            for t in &p.pruned {
+                text.push_str(&format!("  {}:{} {}\n", t.repository, t.tag, t.digest));
+            }
+            for w in &p.warnings {
+                text.push_str(&format!("  warning: {w}\n"));
+            }
+        }
+        text
     };
     if r.dry_run {
         // A plan is a listing: nothing was deleted, a reader may stop early.

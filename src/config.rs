@@ -12,6 +12,7 @@
 //! drain_timeout = 10       # seconds
 //! allow_users = ["gitlab-registry", 1001]   # besides root and the storage owner
 //! allow_all_users = false
+//! access_times = true      # note pushes and pulls for [retention] rules
 //!
 //! [gc]
 //! mode = "read-only"       # or "online": pushes go on during a run
@@ -54,7 +55,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::fs::access::{MountUsers, resolve_user};
@@ -64,8 +65,12 @@ use crate::settings::layers::{Fixed, GcValues};
 use crate::settings::owner::Sources;
 
 mod cluster;
+mod layered;
 pub mod retention;
-pub use cluster::{ClusterAccessFlags, ClusterSection};
+pub use cluster::ClusterSection;
+pub use layered::flag_of;
+
+use layered::Layered;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -160,7 +165,7 @@ fn read_config(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub storage: Option<PathBuf>,
@@ -173,6 +178,8 @@ pub struct FileConfig {
     pub drain_timeout: Option<f64>,
     pub allow_users: Option<Vec<UserRef>>,
     pub allow_all_users: Option<bool>,
+    /// Note when each tag is pushed and pulled, for retention (default true).
+    pub access_times: Option<bool>,
     #[serde(default)]
     pub gc: GcValues,
     #[serde(default)]
@@ -190,7 +197,7 @@ pub struct FileConfig {
 }
 
 /// How much job history the state directory keeps.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistorySection {
     pub keep_runs: Option<usize>,
@@ -198,7 +205,7 @@ pub struct HistorySection {
 }
 
 /// The registry regfs serves: its config.yml, to check its blob-descriptor cache.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
     pub config: Option<PathBuf>,
@@ -206,14 +213,14 @@ pub struct RegistrySection {
 }
 
 /// A user in `allow_users`: a name or a numeric uid.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum UserRef {
     Uid(u32),
     Name(String),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: Option<String>,
@@ -235,39 +242,17 @@ impl FileConfig {
     }
 }
 
-/// The options of `regfs mount` as given on its command line, each `None` (or false,
-/// or empty) when not given. The binary fills it from its flags; [`resolve`] lays it
-/// over the configuration file.
+/// The options of `regfs mount` as given on its command line. The binary fills it from
+/// its flags; [`resolve`] lays it over the configuration file.
 #[derive(Debug, Clone, Default)]
 pub struct MountFlags {
-    pub storage: Option<PathBuf>,
-    pub mountpoint: Option<PathBuf>,
     /// The configuration file, if any.
     pub config: Option<PathBuf>,
-    pub threads: Option<u16>,
-    pub attr_timeout: Option<f64>,
-    pub no_passthrough: bool,
-    pub max_inodes: Option<usize>,
-    pub drain_timeout: Option<f64>,
-    pub allow_user: Vec<String>,
-    pub allow_all_users: bool,
-    /// The GC settings given as flags (`--gc-mode`, `--delete-untagged`, ...): they lie
-    /// over the file's `[gc]` and the settings saved through the API.
-    pub gc: GcValues,
-    pub state_dir: Option<PathBuf>,
-    pub metrics_listen: Option<String>,
-    pub metrics_allow_remote: bool,
-    pub registry_config: Option<PathBuf>,
-    pub allow_unsafe_cache: bool,
-    /// `[api]`: credentials and TLS of the HTTP listener.
-    pub api: crate::api::config::ApiFlags,
-    /// `--cluster-endpoints URL[,URL...]`.
-    pub cluster_endpoints: Option<String>,
-    pub cluster_node: Option<String>,
-    pub cluster_lease_ttl: Option<Duration>,
-    pub cluster_prefix: Option<String>,
-    /// `--cluster-{ca,cert,key}-file`, `--cluster-username`, `--cluster-password-file`.
-    pub cluster_access: ClusterAccessFlags,
+    /// Every other flag, as the key of the file it stands for (`--threads` is
+    /// `threads`, `--cluster-node` is `cluster.node`, `--no-passthrough` is
+    /// `passthrough = false`); `None` (or empty) when not given. Its `gc` lies over the
+    /// file's `[gc]` and the settings saved through the API.
+    pub keys: FileConfig,
 }
 
 impl MountFlags {
@@ -301,28 +286,6 @@ pub struct MountOptions {
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
-/// Which of a flag and a file key gave a value, for error messages.
-struct Named<'a> {
-    origin: &'a str,
-}
-
-impl Named<'_> {
-    /// The flag's value if given, else the key's; with the name to blame.
-    fn pick<T>(
-        &self,
-        flag: Option<T>,
-        flag_name: &str,
-        file: Option<T>,
-        key: &str,
-    ) -> Option<(T, String, String)> {
-        match (flag, file) {
-            (Some(v), _) => Some((v, "command line".into(), flag_name.into())),
-            (None, Some(v)) => Some((v, self.origin.into(), key.into())),
-            (None, None) => None,
-        }
-    }
-}
-
 fn bad(origin: String, key: String, message: String) -> ConfigError {
     ConfigError::Value {
         origin,
@@ -331,36 +294,35 @@ fn bad(origin: String, key: String, message: String) -> ConfigError {
     }
 }
 
-fn seconds(v: Option<(f64, String, String)>, default: f64) -> Result<Duration, ConfigError> {
+/// `key`'s number of seconds, or `default`.
+fn seconds(
+    l: &Layered<'_>,
+    key: &str,
+    v: Option<f64>,
+    default: f64,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(Duration::from_secs_f64(default)),
-        Some((v, origin, key)) => Duration::try_from_secs_f64(v)
-            .map_err(|_| bad(origin, key, format!("{v} is not a number of seconds"))),
+        Some(v) => Duration::try_from_secs_f64(v)
+            .map_err(|_| l.bad(key, format!("{v} is not a number of seconds"))),
     }
 }
 
 /// Who may use the mount: `--allow-user` flags replace the file's `allow_users`; names
 /// are looked up now, so an unknown one is refused at start.
-fn mount_users(
-    args: &MountFlags,
-    file: &FileConfig,
-    origin: &str,
-) -> Result<MountUsers, ConfigError> {
-    let (specs, o, k): (Vec<String>, &str, &str) = if !args.allow_user.is_empty() {
-        (args.allow_user.clone(), "command line", "--allow-user")
-    } else {
-        let specs = file.allow_users.iter().flatten().map(|u| match u {
-            UserRef::Uid(uid) => uid.to_string(),
-            UserRef::Name(name) => name.clone(),
-        });
-        (specs.collect(), origin, "allow_users")
-    };
-    let uids = specs
+fn mount_users(l: &Layered<'_>) -> Result<MountUsers, ConfigError> {
+    let uids = l
+        .merged
+        .allow_users
         .iter()
-        .map(|s| resolve_user(s).map_err(|e| bad(o.into(), k.into(), e)))
+        .flatten()
+        .map(|u| match u {
+            UserRef::Uid(uid) => Ok(*uid),
+            UserRef::Name(name) => resolve_user(name).map_err(|e| l.bad("allow_users", e)),
+        })
         .collect::<Result<_, _>>()?;
     Ok(MountUsers {
-        all: args.allow_all_users || file.allow_all_users.unwrap_or(false),
+        all: l.merged.allow_all_users.unwrap_or(false),
         uids,
     })
 }
@@ -371,26 +333,33 @@ pub fn resolve(
     file: &FileConfig,
     origin: &str,
 ) -> Result<MountOptions, ConfigError> {
-    let metrics = resolve_metrics(args, file, origin)?;
+    let l = Layered::new(file, &args.keys, origin)?;
+    let metrics = resolve_metrics(&l)?;
     let listen = metrics.as_ref().map(|m| m.listen);
-    let api = crate::api::config::resolve(&args.api, &file.api, origin, listen)
-        .map_err(|(o, k, m)| bad(o, k, m))?;
-    let mut mount = resolve_mount(args, file, origin)?;
-    let cluster = cluster::resolve(args, file, origin, &mount.mountpoint)?;
+    let api = crate::api::config::resolve(&l.merged.api, listen)
+        .map_err(|(key, message)| l.bad(&format!("api.{key}"), message))?;
+    let mut mount = resolve_mount(&l)?;
+    let cluster = cluster::resolve(&l, &mount.mountpoint)?;
+    // Other nodes change the store behind this kernel's back: the kernel keeps only
+    // what they cannot make wrong (`fs::caching`).
     mount.shared_store = cluster.is_some();
-    if cluster.is_some() && args.attr_timeout.or(file.attr_timeout).is_none() {
-        // Other nodes change the store behind this kernel's back: cache nothing.
-        mount.attr_timeout = Duration::ZERO;
-    }
-    let mut sources = resolve_gc(args, file, origin)?;
+    let mut sources = resolve_gc(&l, file, &args.keys, origin)?;
     // A registry serving either path serves the store.
     sources.fixed.registry.store = vec![mount.mountpoint.clone(), mount.storage.clone()];
-    let settings = sources.settle(None).map_err(|(o, k, m)| bad(o, k, m))?;
+    let settings = sources
+        .settle(None, None)
+        .map_err(|(o, k, m)| bad(o, k, m))?;
+    if let (false, Some(i)) = (mount.record_access, settings.retention.judges_pulls()) {
+        return Err(l.bad(
+            "access_times",
+            format!("off, but retention.policy[{i}] keeps tags by their pulls: turn access times on, or drop its keep_most_recently_pulled and keep_pulled_within"),
+        ));
+    }
     Ok(MountOptions {
         mount,
         settings,
         sources,
-        state_dir: args.state_dir.clone().or_else(|| file.state_dir.clone()),
+        state_dir: l.merged.state_dir.clone(),
         metrics,
         api,
         cluster,
@@ -398,53 +367,34 @@ pub fn resolve(
 }
 
 /// The mount's own options.
-fn resolve_mount(
-    args: &MountFlags,
-    file: &FileConfig,
-    origin: &str,
-) -> Result<MountConfig, ConfigError> {
-    let n = Named { origin };
-    let storage = args
-        .storage
-        .clone()
-        .or_else(|| file.storage.clone())
-        .ok_or_else(|| {
-            ConfigError::Missing(
-                "no storage directory: give STORAGE or `storage` in the configuration file".into(),
-            )
-        })?;
-    let mountpoint = args
-        .mountpoint
-        .clone()
-        .or_else(|| file.mountpoint.clone())
-        .ok_or_else(|| {
-            ConfigError::Missing(
-                "no mount point: give MOUNTPOINT or `mountpoint` in the configuration file".into(),
-            )
-        })?;
-    let threads = match n.pick(args.threads, "--threads", file.threads, "threads") {
-        Some((0, o, k)) => return Err(bad(o, k, "must be at least 1".into())),
-        Some((t, ..)) => t,
+fn resolve_mount(l: &Layered<'_>) -> Result<MountConfig, ConfigError> {
+    let m = &l.merged;
+    let storage = m.storage.clone().ok_or_else(|| {
+        ConfigError::Missing(
+            "no storage directory: give STORAGE or `storage` in the configuration file".into(),
+        )
+    })?;
+    let mountpoint = m.mountpoint.clone().ok_or_else(|| {
+        ConfigError::Missing(
+            "no mount point: give MOUNTPOINT or `mountpoint` in the configuration file".into(),
+        )
+    })?;
+    let threads = match m.threads {
+        Some(0) => return Err(l.bad("threads", "must be at least 1")),
+        Some(t) => t,
         None => 8,
     };
     Ok(MountConfig {
         storage,
         mountpoint,
         threads: threads as usize,
-        attr_timeout: seconds(
-            n.pick(
-                args.attr_timeout,
-                "--attr-timeout",
-                file.attr_timeout,
-                "attr_timeout",
-            ),
-            60.0,
-        )?,
-        passthrough: !args.no_passthrough && file.passthrough.unwrap_or(true),
-        max_inodes: args.max_inodes.or(file.max_inodes).unwrap_or(0),
+        attr_timeout: seconds(l, "attr_timeout", m.attr_timeout, 60.0)?,
+        passthrough: m.passthrough.unwrap_or(true),
+        max_inodes: m.max_inodes.unwrap_or(0),
         fd_budget: 0,
-        users: mount_users(args, file, origin)?,
+        users: mount_users(l)?,
         shared_store: false,
+        record_access: m.access_times.unwrap_or(true),
     })
 }
 
@@ -452,33 +402,27 @@ fn resolve_mount(
 /// each other, with the API's values between them, by `settings::layers`), and the keys
 /// only the file gives or the flags too (`drain_timeout`, `[registry]`, `[history]`,
 /// `[retention]`).
-fn resolve_gc(args: &MountFlags, file: &FileConfig, origin: &str) -> Result<Sources, ConfigError> {
-    let n = Named { origin };
+fn resolve_gc(
+    l: &Layered<'_>,
+    file: &FileConfig,
+    flags: &FileConfig,
+    origin: &str,
+) -> Result<Sources, ConfigError> {
+    let m = &l.merged;
     Ok(Sources {
         file: Some((origin.to_string(), file.gc.clone())),
-        flags: args.gc.clone(),
+        flags: flags.gc.clone(),
         fixed: Fixed {
-            drain_timeout: seconds(
-                n.pick(
-                    args.drain_timeout,
-                    "--drain-timeout",
-                    file.drain_timeout,
-                    "drain_timeout",
-                ),
-                10.0,
-            )?,
+            drain_timeout: seconds(l, "drain_timeout", m.drain_timeout, 10.0)?,
             registry: crate::registry::RegistrySettings {
-                config: args
-                    .registry_config
-                    .clone()
-                    .or_else(|| file.registry.config.clone()),
-                allow_unsafe_cache: args.allow_unsafe_cache
-                    || file.registry.allow_unsafe_cache.unwrap_or(false),
+                config: m.registry.config.clone(),
+                allow_unsafe_cache: m.registry.allow_unsafe_cache.unwrap_or(false),
                 store: Vec::new(),
             },
             history: resolve_history(&file.history, origin)?,
-            retention: retention::resolve(&file.retention, origin)?,
         },
+        // Checked with the rest when the sources are settled.
+        retention: file.retention.clone(),
     })
 }
 
@@ -502,27 +446,23 @@ fn resolve_history(
 }
 
 /// Where metrics are served, if anywhere.
-fn resolve_metrics(
-    args: &MountFlags,
-    file: &FileConfig,
-    origin: &str,
-) -> Result<Option<MetricsConfig>, ConfigError> {
-    let n = Named { origin };
-    let allow_remote = args.metrics_allow_remote || file.metrics.allow_remote.unwrap_or(false);
-    n
-        .pick(args.metrics_listen.clone(), "--http-listen (--metrics-listen)", file.metrics.listen.clone(), "metrics.listen")
-        .map(|(l, o, k)| {
-            let addr: std::net::SocketAddr = l.parse().map_err(|e| {
-                bad(o.clone(), k.clone(), format!("{l:?}: {e}; expected an address such as 127.0.0.1:9469"))
-            })?;
-            if !addr.ip().is_loopback() && !allow_remote {
-                return Err(bad(o, k, format!(
-                    "{addr} is not a loopback address; set metrics.allow_remote (or --http-allow-remote) to serve metrics, the page and the API beyond this machine"
-                )));
-            }
-            Ok(MetricsConfig { listen: addr })
-        })
-        .transpose()
+fn resolve_metrics(l: &Layered<'_>) -> Result<Option<MetricsConfig>, ConfigError> {
+    let metrics = &l.merged.metrics;
+    let Some(listen) = &metrics.listen else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        l.bad(
+            "metrics.listen",
+            format!("{listen:?}: {e}; expected an address such as 127.0.0.1:9469"),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !metrics.allow_remote.unwrap_or(false) {
+        return Err(l.bad("metrics.listen", format!(
+            "{addr} is not a loopback address; set metrics.allow_remote (or --http-allow-remote) to serve metrics, the page and the API beyond this machine"
+        )));
+    }
+    Ok(Some(MetricsConfig { listen: addr }))
 }
 
 /// Loads the file named by `--config` (if any) and resolves the options.

@@ -98,3 +98,35 @@ fn unknown_keys_and_bad_values_name_the_key_and_line() {
     let e = parse("mountpoint = \"/b\"\n").unwrap_err().to_string();
     assert!(e.contains("storage"), "{e}");
 }
+
+#[test]
+fn access_times_off_refuses_rules_on_pulls_naming_the_key_or_the_flag() {
+    let base = "storage = \"/s\"\nmountpoint = \"/m\"\n";
+    let pulls = "[[retention.policy]]\nrepositories = [\"**\"]\nkeep_pulled_within = \"7d\"\n";
+    let pushes = "[[retention.policy]]\nrepositories = [\"**\"]\nkeep_pushed_within = \"7d\"\n";
+    let o = parse(&format!("{base}access_times = false\n{pushes}")).unwrap();
+    assert!(!o.mount.record_access);
+    assert!(
+        parse(&format!("{base}{pulls}"))
+            .unwrap()
+            .mount
+            .record_access
+    );
+    let e = parse(&format!("{base}access_times = false\n{pulls}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.toml: access_times") && e.contains("retention.policy[0]"),
+        "{e}"
+    );
+    let file = FileConfig::parse(&format!("{base}{pulls}"), "t.toml").unwrap();
+    let flags = MountFlags {
+        config: None,
+        keys: FileConfig {
+            access_times: Some(false),
+            ..FileConfig::default()
+        },
+    };
+    let e = resolve(&flags, &file, "t.toml").unwrap_err().to_string();
+    assert!(e.contains("command line: --no-access-times"), "{e}");
+}

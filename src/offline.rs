@@ -1,14 +1,24 @@
-//! `regfs gc --offline`: one collection run on a store no daemon serves.
+//! `regfs gc --offline`: one collection run on a store no daemon serves. With the
+//! daemon's state directory ([`OfflineRetention`]) it starts with the same pruning stage
+//! as the daemon's runs (`daemon::retention_state`): the same rules, the same dry-run
+//! default, the same grace for the manifests pruning leaves untagged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::daemon::access_journal::AccessJournal;
+use crate::daemon::retention_state::RetentionState;
 use crate::gc::{self, GcError, Options, Progress, Report, Unattended};
 use crate::layout::Store;
 use crate::lock::{LockError, lock_store};
+use crate::policy::access::AccessRecorder;
+use crate::retention::Rules;
+use crate::retention::prune::PruneOutcome;
 use crate::runtime::compose::OpenedStore;
+use crate::state_dir::StateDir;
 
 #[derive(Debug, Error)]
 pub enum OfflineError {
@@ -32,6 +42,42 @@ pub enum OfflineError {
     Gc(#[from] GcError),
     #[error(transparent)]
     Fs(#[from] crate::error::FsError),
+    #[error("state directory {path}: {why}")]
+    State { path: String, why: String },
+}
+
+/// Tag retention for an offline run: the rules (`[retention]` of the configuration
+/// file) and the daemon's state directory, whose pull times they judge by and where
+/// the tags pruned within their grace are kept (so `regfs retention restore` and the
+/// daemon's later runs know them).
+#[derive(Debug, Clone)]
+pub struct OfflineRetention {
+    pub rules: Rules,
+    pub state_dir: PathBuf,
+}
+
+/// The pruning stage, before marking: the options keep the manifests pruning left
+/// untagged within their grace.
+fn prune_first(
+    store: &Store,
+    deleter: &dyn gc::Deleter,
+    r: &OfflineRetention,
+    opts: &mut Options,
+) -> Result<PruneOutcome, OfflineError> {
+    let state_err = |why: String| OfflineError::State {
+        path: r.state_dir.display().to_string(),
+        why,
+    };
+    let state = Arc::new(StateDir::prepare(&r.state_dir).map_err(|e| state_err(e.to_string()))?);
+    // No mount: nothing is recorded; the journal gives the daemon's times.
+    let journal = AccessJournal::open(state.clone(), AccessRecorder::new(), true)
+        .map_err(|e| state_err(format!("access journal: {e}")))?;
+    let retention = RetentionState::new(Arc::new(journal), state);
+    let dry_run = opts.dry_run || r.rules.dry_run;
+    let mut stage = retention.stage(store, deleter, &r.rules, dry_run);
+    stage.outcome.dry_run = dry_run;
+    opts.keep_revisions = stage.keep_revisions;
+    Ok(stage.outcome)
 }
 
 /// The report, and with `list` every path deleted (or to be deleted).
@@ -41,11 +87,16 @@ pub struct Outcome {
     pub report: Report,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted: Option<Vec<String>>,
+    /// The pruning stage (with [`OfflineRetention`]): the tags pruned (or, dry, that
+    /// would be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<PruneOutcome>,
 }
 
 pub fn run(
     storage: &Path,
     opts: &Options,
+    retention: Option<&OfflineRetention>,
     list: bool,
     progress: &dyn Progress,
 ) -> Result<Outcome, OfflineError> {
@@ -80,13 +131,20 @@ pub fn run(
     })?;
     lock_store(store.root_fd(), &shown, false)?;
     let deleter = OpenedStore::open(&canonical)?.deleter();
+    let mut opts = opts.clone();
+    // The store's lock is held: no registry writes a tag while tags are pruned.
+    let retention = match retention {
+        Some(r) => Some(prune_first(&store, &deleter, r, &mut opts)?),
+        None => None,
+    };
     // Nothing stops an offline run but the process ending.
-    let planned = match gc::mark(&store, opts, &Unattended, progress)? {
+    let planned = match gc::mark(&store, &opts, &Unattended, progress)? {
         gc::Marked::Planned(p) => p,
         gc::Marked::Interrupted(report) => {
             return Ok(Outcome {
                 report,
                 deleted: None,
+                retention,
             });
         }
     };
@@ -99,5 +157,9 @@ pub fn run(
             .collect()
     });
     let report = gc::sweep(planned, &deleter, &Unattended, progress)?;
-    Ok(Outcome { report, deleted })
+    Ok(Outcome {
+        report,
+        deleted,
+        retention,
+    })
 }

@@ -8,9 +8,12 @@ use regfs::config::{FileConfig, MountFlags, resolve};
 
 fn flags() -> MountFlags {
     MountFlags {
-        storage: Some("/srv/store".into()),
-        mountpoint: Some("/srv/mnt".into()),
-        ..MountFlags::default()
+        config: None,
+        keys: FileConfig {
+            storage: Some("/srv/store".into()),
+            mountpoint: Some("/srv/mnt".into()),
+            ..FileConfig::default()
+        },
     }
 }
 
@@ -27,7 +30,7 @@ fn without_a_cluster_section_no_etcd_is_needed_and_caches_stay_long() {
 }
 
 #[test]
-fn a_cluster_section_takes_defaults_and_the_kernel_caches_nothing() {
+fn a_cluster_section_takes_defaults_and_shares_the_store() {
     let o = resolve(
         &flags(),
         &file("[cluster]\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n"),
@@ -42,20 +45,23 @@ fn a_cluster_section_takes_defaults_and_the_kernel_caches_nothing() {
     let machine = regfs::cluster::machine_id(&regfs::cluster::MACHINE_ID_FILES.map(Path::new))
         .expect("this machine has a machine id");
     assert_eq!(c.node, format!("{machine}:/srv/mnt"));
-    assert_eq!(o.mount.attr_timeout, Duration::ZERO);
+    // What the kernel may keep of each node is chosen by its role (`fs::caching`), for
+    // the same default time as alone.
+    assert_eq!(o.mount.attr_timeout, Duration::from_secs(60));
     assert!(o.mount.shared_store);
 }
 
 #[test]
 fn flags_win_over_the_file() {
-    let f = MountFlags {
-        cluster_endpoints: Some("http://127.0.0.1:1,http://127.0.0.1:2".into()),
-        cluster_node: Some("b".into()),
-        cluster_lease_ttl: Some(Duration::from_secs(3)),
-        cluster_prefix: Some("/two/".into()),
-        attr_timeout: Some(1.0),
-        ..flags()
-    };
+    let mut f = flags();
+    f.keys.cluster.endpoints = Some(vec![
+        "http://127.0.0.1:1".into(),
+        "http://127.0.0.1:2".into(),
+    ]);
+    f.keys.cluster.node = Some("b".into());
+    f.keys.cluster.lease_ttl = Some("3s".into());
+    f.keys.cluster.prefix = Some("/two/".into());
+    f.keys.attr_timeout = Some(1.0);
     let text = "[cluster]\nendpoints = [\"http://x:9\"]\nnode = \"a\"\nlease_ttl = \"20s\"\nprefix = \"/one/\"\n";
     let o = resolve(&f, &file(text), "t.toml").unwrap();
     let c = o.cluster.unwrap();
@@ -151,8 +157,8 @@ fn etcd_tls_and_auth_are_read_from_the_section_and_the_flags() {
     // Flags over the file.
     let other_pw = secret(d, "pw2", "other\n", 0o400);
     let mut f = flags();
-    f.cluster_access.username = Some("root".into());
-    f.cluster_access.password_file = Some(other_pw.clone().into());
+    f.keys.cluster.username = Some("root".into());
+    f.keys.cluster.password_file = Some(other_pw.clone().into());
     let a = resolve(&f, &file(&text), "t.toml")
         .unwrap()
         .cluster
@@ -243,8 +249,8 @@ fn bad_etcd_tls_and_auth_settings_are_refused_naming_the_key() {
     }
     // A flag at fault is named as the flag.
     let mut f = flags();
-    f.cluster_access.username = Some("root".into());
-    f.cluster_access.password_file = Some(open_pw.into());
+    f.keys.cluster.username = Some("root".into());
+    f.keys.cluster.password_file = Some(open_pw.into());
     let e = resolve(&f, &file(http), "t.toml").unwrap_err().to_string();
     assert!(
         e.contains("--cluster-password-file") && e.contains("chmod 600"),

@@ -168,3 +168,47 @@ fn files_the_daemon_serves_can_be_mapped_shared() {
     // SAFETY: the mapping made above, no longer used.
     unsafe { libc::munmap(map, 5) };
 }
+
+/// Without kernel passthrough (a kernel that does not grant it, or `--no-passthrough`)
+/// reads go through the page cache: a blob's pages are kept across opens (its bytes never
+/// change under its name), so reading it again costs the daemon nothing, alone or over a
+/// shared store; a link's are dropped at every open, so it is read fresh each time.
+#[test]
+fn without_passthrough_a_blobs_pages_are_kept_across_opens_and_a_links_are_not() {
+    for shared_store in [false, true] {
+        let Some(m) = common::mount_configured(
+            |s| {
+                let blob = s.join(BLOB);
+                fs::create_dir_all(blob.parent().unwrap()).unwrap();
+                fs::write(&blob, vec![7u8; 1 << 20]).unwrap();
+                fs::create_dir_all(s.join(LINK).parent().unwrap()).unwrap();
+                fs::write(s.join(LINK), "sha256:one").unwrap();
+            },
+            |c| {
+                c.passthrough = false;
+                c.shared_store = shared_store;
+            },
+        ) else {
+            return;
+        };
+        assert!(!m.fs().passthrough_enabled());
+        assert_eq!(fs::read(m.mnt.join(BLOB)).unwrap(), vec![7u8; 1 << 20]);
+        let first = m.fs().daemon_reads();
+        assert!(first > 0, "the first read reaches the daemon");
+        assert_eq!(fs::read(m.mnt.join(BLOB)).unwrap(), vec![7u8; 1 << 20]);
+        assert_eq!(
+            m.fs().daemon_reads(),
+            first,
+            "shared store {shared_store}: a blob read again comes from the kernel's cache"
+        );
+
+        assert_eq!(fs::read_to_string(m.mnt.join(LINK)).unwrap(), "sha256:one");
+        // Rewritten behind this kernel's back (another node, over a shared store).
+        fs::write(m.storage.join(LINK), "sha256:two").unwrap();
+        assert_eq!(
+            fs::read_to_string(m.mnt.join(LINK)).unwrap(),
+            "sha256:two",
+            "shared store {shared_store}: a link is read fresh at every open"
+        );
+    }
+}

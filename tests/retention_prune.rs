@@ -248,3 +248,116 @@ fn an_expired_prune_whose_manifest_a_tagged_index_lists_is_kept() {
     assert!(later.expired.is_empty(), "{:?}", later.expired);
     assert!(b.revision_link_path("ci/multi", &child).exists());
 }
+
+/// Another node's pulls, as a cluster's collector reads them; or none to be had.
+#[derive(Debug)]
+struct OtherNodes(Result<AccessTimes, String>);
+
+impl regfs::daemon::access_share::AccessShare for OtherNodes {
+    fn publish(
+        &self,
+        _repos: &[(String, regfs::retention::times::RepoTimes)],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn others(&self) -> Result<AccessTimes, String> {
+        self.0.clone()
+    }
+}
+
+/// The daemon's retention state over a fresh state directory, sharing with `others`.
+fn shared_state(dir: &Path, others: OtherNodes) -> regfs::daemon::retention_state::RetentionState {
+    use regfs::daemon::access_journal::AccessJournal;
+    let state =
+        std::sync::Arc::new(regfs::state_dir::StateDir::prepare(&dir.join("state")).unwrap());
+    let journal = AccessJournal::open(
+        state.clone(),
+        regfs::policy::access::AccessRecorder::new(),
+        true,
+    )
+    .unwrap();
+    journal.share_with(std::sync::Arc::new(others));
+    regfs::daemon::retention_state::RetentionState::new(std::sync::Arc::new(journal), state)
+}
+
+/// Keeps tags pulled within a day in `ci/*`.
+fn pulled_rules() -> Rules {
+    Rules {
+        policies: vec![Policy {
+            repositories: vec![RepoGlob::new("ci/*").unwrap()],
+            keep_pulled_within: Some(DAY),
+            ..Policy::default()
+        }],
+        dry_run: false,
+        grace: DAY,
+    }
+}
+
+#[test]
+fn a_tag_another_node_served_is_kept_and_nothing_is_pruned_without_the_others_times() {
+    let dir = common::tempdir();
+    let root = dir.path().join("store");
+    store(&root);
+    let deleter = OpenedStore::open(&root).unwrap().deleter();
+    let st = Store::open(&root).unwrap();
+
+    // The other nodes' times cannot be read: nothing is pruned on this node's alone.
+    let blind = shared_state(dir.path(), OtherNodes(Err("etcd: unreachable".into())));
+    let stage = blind.stage(&st, &deleter, &pulled_rules(), false);
+    assert!(stage.outcome.pruned.is_empty(), "{:?}", stage.outcome);
+    assert!(
+        stage.outcome.warnings[0].contains("other nodes' access times cannot be read"),
+        "{:?}",
+        stage.outcome.warnings
+    );
+    assert!(current(&root, "ci/app", "old").exists());
+
+    // Another node served ci/app:fresh an hour ago: kept; the rest of ci/app goes.
+    let mut theirs = AccessTimes::default();
+    theirs.apply(
+        &regfs::policy::access::Accessed::TagPulled {
+            repo: "ci/app".into(),
+            tag: "fresh".into(),
+        },
+        now_millis() - 3_600_000,
+    );
+    let shared = shared_state(dir.path(), OtherNodes(Ok(theirs)));
+    let stage = shared.stage(&st, &deleter, &pulled_rules(), false);
+    assert_eq!(names(&stage.outcome), ["ci/app:old", "ci/app:older"]);
+    assert!(current(&root, "ci/app", "fresh").exists());
+}
+
+#[test]
+fn without_access_times_rules_on_pulls_prune_nothing_and_say_why() {
+    use regfs::daemon::access_journal::AccessJournal;
+    let dir = common::tempdir();
+    let root = dir.path().join("store");
+    store(&root);
+    let deleter = OpenedStore::open(&root).unwrap().deleter();
+    let st = Store::open(&root).unwrap();
+    let state = std::sync::Arc::new(
+        regfs::state_dir::StateDir::prepare(&dir.path().join("state")).unwrap(),
+    );
+    // The mount notes no pulls (`access_times = false`): every tag would look never
+    // pulled, so a rule on pulls would prune what is pulled every minute.
+    let journal = AccessJournal::open(
+        state.clone(),
+        regfs::policy::access::AccessRecorder::new(),
+        false,
+    )
+    .unwrap();
+    let retention =
+        regfs::daemon::retention_state::RetentionState::new(std::sync::Arc::new(journal), state);
+    let stage = retention.stage(&st, &deleter, &pulled_rules(), false);
+    assert!(stage.outcome.pruned.is_empty(), "{:?}", stage.outcome);
+    assert!(
+        stage.outcome.warnings[0].contains("access_times = false"),
+        "{:?}",
+        stage.outcome.warnings
+    );
+    assert!(current(&root, "ci/app", "old").exists());
+    // Rules on pushes alone still prune.
+    let stage = retention.stage(&st, &deleter, &rules(), false);
+    assert!(!stage.outcome.pruned.is_empty(), "{:?}", stage.outcome);
+}

@@ -29,11 +29,14 @@ fn start_observed(
     observe: impl Fn(Stage) + Send + Sync + 'static,
 ) -> Runtime {
     let flags = MountFlags {
-        storage: Some(storage.to_path_buf()),
-        mountpoint: Some(mnt.to_path_buf()),
-        // Long enough that the run below waits on the writer until it is stopped.
-        drain_timeout: Some(300.0),
-        ..MountFlags::default()
+        config: None,
+        keys: FileConfig {
+            storage: Some(storage.to_path_buf()),
+            mountpoint: Some(mnt.to_path_buf()),
+            // Long enough that the run below waits on the writer until it is stopped.
+            drain_timeout: Some(300.0),
+            ..FileConfig::default()
+        },
     };
     let options = resolve(&flags, &FileConfig::default(), "test").expect("options");
     Runtime::start(Start {

@@ -13,9 +13,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     pub htpasswd: Option<PathBuf>,
@@ -23,16 +23,6 @@ pub struct ApiSection {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub allow_insecure: Option<bool>,
-}
-
-/// The `[api]` options as given on the command line (`None`/false when not given).
-#[derive(Debug, Clone, Default)]
-pub struct ApiFlags {
-    pub htpasswd: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub allow_insecure: bool,
 }
 
 /// What the listener runs with.
@@ -44,83 +34,56 @@ pub struct ApiConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
-/// A refused value: the origin (file or "command line"), the key and why.
-pub type Refused = (String, String, String);
+/// A refused value: the key of `[api]` at fault and why (the caller names the source
+/// that gave it: the file or the flag).
+pub type Refused = (&'static str, String);
 
-/// Lays the flags over the file. Credentials over plain HTTP on an address other
-/// machines reach would cross the network in clear: refused unless TLS is configured or
-/// `allow_insecure` says the operator knows (a TLS proxy in front, say).
-pub fn resolve(
-    flags: &ApiFlags,
-    file: &ApiSection,
-    origin: &str,
-    listen: Option<SocketAddr>,
-) -> Result<ApiConfig, Refused> {
-    let pick =
-        |flag: &Option<PathBuf>, key: &Option<PathBuf>, flag_name: &str, key_name: &str| match (
-            flag, key,
-        ) {
-            (Some(v), _) => Some((v.clone(), "command line".to_string(), flag_name.to_string())),
-            (None, Some(v)) => Some((v.clone(), origin.to_string(), format!("api.{key_name}"))),
-            _ => None,
-        };
-    let htpasswd = pick(
-        &flags.htpasswd,
-        &file.htpasswd,
-        "--api-htpasswd",
-        "htpasswd",
-    );
-    let token = pick(
-        &flags.token_file,
-        &file.token_file,
-        "--api-token-file",
-        "token_file",
-    );
-    let cert = pick(
-        &flags.tls_cert,
-        &file.tls_cert,
-        "--api-tls-cert",
-        "tls_cert",
-    );
-    let key = pick(&flags.tls_key, &file.tls_key, "--api-tls-key", "tls_key");
-    let tls = match (cert, key) {
-        (Some((c, ..)), Some((k, ..))) => Some((c, k)),
-        (Some((_, o, n)), None) | (None, Some((_, o, n))) => {
-            return Err((o, n, "TLS needs both a certificate (tls_cert, --api-tls-cert) and its key (tls_key, --api-tls-key)".into()));
+/// Checks the section (the file's keys with the flags laid over them). Credentials over
+/// plain HTTP on an address other machines reach would cross the network in clear:
+/// refused unless TLS is configured or `allow_insecure` says the operator knows (a TLS
+/// proxy in front, say).
+pub fn resolve(api: &ApiSection, listen: Option<SocketAddr>) -> Result<ApiConfig, Refused> {
+    let tls = match (&api.tls_cert, &api.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (Some(_), None) | (None, Some(_)) => {
+            let key = if api.tls_cert.is_some() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            return Err((key, "TLS needs both a certificate (tls_cert, --api-tls-cert) and its key (tls_key, --api-tls-key)".into()));
         }
         (None, None) => None,
     };
-    let first = htpasswd.as_ref().or(token.as_ref()).cloned();
+    let credential = match (&api.htpasswd, &api.token_file) {
+        (Some(_), _) => Some("htpasswd"),
+        (None, Some(_)) => Some("token_file"),
+        (None, None) => None,
+    };
     let Some(addr) = listen else {
-        if let Some((_, o, n)) = first.or_else(|| {
-            tls.as_ref()
-                .map(|_| (PathBuf::new(), origin.to_string(), "api.tls_cert".into()))
-        }) {
+        if let Some(key) = credential.or(tls.as_ref().map(|_| "tls_cert")) {
             return Err((
-                o,
-                n,
+                key,
                 "the API needs the HTTP listener: set metrics.listen (or --http-listen)".into(),
             ));
         }
         return Ok(ApiConfig::default());
     };
-    let allow_insecure = flags.allow_insecure || file.allow_insecure.unwrap_or(false);
-    if let Some((_, o, n)) = &first
+    if let Some(key) = credential
         && !addr.ip().is_loopback()
         && tls.is_none()
-        && !allow_insecure
+        && !api.allow_insecure.unwrap_or(false)
     {
         return Err((
-            o.clone(),
-            n.clone(),
+            key,
             format!(
                 "credentials would cross the network in clear on {addr}: configure TLS (api.tls_cert and api.tls_key, --api-tls-cert/--api-tls-key), listen on loopback behind a TLS proxy, or set api.allow_insecure (--api-allow-insecure)"
             ),
         ));
     }
     Ok(ApiConfig {
-        htpasswd: htpasswd.map(|(p, ..)| p),
-        token_file: token.map(|(p, ..)| p),
+        htpasswd: api.htpasswd.clone(),
+        token_file: api.token_file.clone(),
         tls,
     })
 }
@@ -135,55 +98,45 @@ mod tests {
 
     #[test]
     fn credentials_beyond_loopback_need_tls_or_an_explicit_override() {
-        let file = ApiSection {
+        let users = ApiSection {
             htpasswd: Some("/etc/docker/registry/htpasswd".into()),
             ..ApiSection::default()
         };
-        let flags = ApiFlags::default();
-        assert!(resolve(&flags, &file, "r.toml", addr("127.0.0.1:9469")).is_ok());
-        let (o, k, m) = resolve(&flags, &file, "r.toml", addr("0.0.0.0:9469")).unwrap_err();
-        assert_eq!((o.as_str(), k.as_str()), ("r.toml", "api.htpasswd"));
+        assert!(resolve(&users, addr("127.0.0.1:9469")).is_ok());
+        let (k, m) = resolve(&users, addr("0.0.0.0:9469")).unwrap_err();
+        assert_eq!(k, "htpasswd");
         assert!(m.contains("in clear") && m.contains("tls_cert"), "{m}");
-        let tls = ApiFlags {
+        let tls = ApiSection {
             tls_cert: Some("c.pem".into()),
             tls_key: Some("k.pem".into()),
-            ..ApiFlags::default()
+            ..users.clone()
         };
-        let c = resolve(&tls, &file, "r.toml", addr("0.0.0.0:9469")).unwrap();
+        let c = resolve(&tls, addr("0.0.0.0:9469")).unwrap();
         assert_eq!(c.tls, Some(("c.pem".into(), "k.pem".into())));
-        let insecure = ApiFlags {
-            allow_insecure: true,
-            ..ApiFlags::default()
+        let insecure = ApiSection {
+            allow_insecure: Some(true),
+            ..users
         };
-        assert!(resolve(&insecure, &file, "r.toml", addr("0.0.0.0:9469")).is_ok());
+        assert!(resolve(&insecure, addr("0.0.0.0:9469")).is_ok());
         // Without credentials the page is read-only: nothing to protect in transit.
-        assert!(
-            resolve(
-                &flags,
-                &ApiSection::default(),
-                "r.toml",
-                addr("0.0.0.0:9469")
-            )
-            .is_ok()
-        );
+        assert!(resolve(&ApiSection::default(), addr("0.0.0.0:9469")).is_ok());
     }
 
     #[test]
     fn half_a_tls_setup_and_an_api_without_a_listener_are_refused() {
-        let cert_only = ApiFlags {
+        let cert_only = ApiSection {
             tls_cert: Some("c.pem".into()),
-            ..ApiFlags::default()
+            ..ApiSection::default()
         };
-        let (_, k, m) =
-            resolve(&cert_only, &ApiSection::default(), "f", addr("127.0.0.1:1")).unwrap_err();
-        assert_eq!(k, "--api-tls-cert");
+        let (k, m) = resolve(&cert_only, addr("127.0.0.1:1")).unwrap_err();
+        assert_eq!(k, "tls_cert");
         assert!(m.contains("key"), "{m}");
-        let token = ApiFlags {
+        let token = ApiSection {
             token_file: Some("t".into()),
-            ..ApiFlags::default()
+            ..ApiSection::default()
         };
-        let (_, k, m) = resolve(&token, &ApiSection::default(), "f", None).unwrap_err();
-        assert_eq!(k, "--api-token-file");
+        let (k, m) = resolve(&token, None).unwrap_err();
+        assert_eq!(k, "token_file");
         assert!(m.contains("--http-listen"), "{m}");
     }
 }

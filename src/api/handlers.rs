@@ -11,6 +11,7 @@ use crate::http::{Request, Response};
 use crate::settings::Settings;
 use crate::settings::layers::GcValues;
 use crate::settings::owner::ChangeError;
+use crate::settings::retention::{RetentionValues, values_of};
 use crate::settings::schedule::Schedule;
 
 /// The settings the page and the API show and change.
@@ -24,6 +25,8 @@ struct SettingsView {
     delete_untagged: bool,
     dry_run: bool,
     min_age: String,
+    /// `[retention]`: `dry_run`, `grace` and the policies (`policy`).
+    retention: RetentionValues,
 }
 
 fn view(s: &Settings) -> SettingsView {
@@ -34,6 +37,7 @@ fn view(s: &Settings) -> SettingsView {
         delete_untagged: s.delete_untagged,
         dry_run: s.dry_run,
         min_age: humantime::format_duration(s.min_age).to_string(),
+        retention: values_of(&s.retention),
     }
 }
 
@@ -51,16 +55,31 @@ fn next_runs(schedule: Option<&Schedule>, n: usize) -> Vec<String> {
     out
 }
 
+/// What a request body changes: `[gc]` keys, and `[retention]` keys under `retention`.
+pub(super) struct Change {
+    gc: GcValues,
+    retention: Option<RetentionValues>,
+}
+
+const CHANGE_KEYS: &str = "send a JSON object with any of mode, schedule, duration, delete_untagged, dry_run, min_age, and retention (an object with any of dry_run, grace, policy)";
+
+/// The retention values of a JSON body (the settings' `retention`, or a preview's draft).
+pub(super) fn retention_of(v: serde_json::Value) -> Result<RetentionValues, Response> {
+    serde_json::from_value(v).map_err(|e| error(400, format!("retention: {e}; {CHANGE_KEYS}")))
+}
+
 /// The change a request body carries; an unknown field or a bad type is an error naming
 /// it.
-fn change_of(body: &[u8]) -> Result<GcValues, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            400,
-            format!(
-                "settings: {e}; send a JSON object with any of mode, schedule, duration, delete_untagged, dry_run, min_age"
-            ),
-        )
+fn change_of(body: &[u8]) -> Result<Change, Response> {
+    let bad = |e: serde_json::Error| error(400, format!("settings: {e}; {CHANGE_KEYS}"));
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    let retention = match v.as_object_mut().and_then(|o| o.remove("retention")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(r) => Some(retention_of(r)?),
+    };
+    Ok(Change {
+        gc: serde_json::from_value(v).map_err(bad)?,
+        retention,
     })
 }
 
@@ -132,16 +151,17 @@ impl Api {
     }
 
     /// Stores `change` and puts it in force.
-    fn save(&self, change: &GcValues, who: &str) -> Result<(), Response> {
+    fn save(&self, change: &Change, who: &str) -> Result<(), Response> {
         self.daemon
             .settings_owner()
-            .change(change, who)
+            .change(&change.gc, change.retention.as_ref(), who)
             .map_err(|e| match e {
                 ChangeError::Invalid(m) => error(400, m),
                 ChangeError::Store(_) => error(500, e.to_string()),
             })?;
         self.daemon.settings_changed();
-        tracing::info!(by = who, fields = ?change.keys(),
+        let retention = change.retention.as_ref().map(|r| r.keys());
+        tracing::info!(by = who, fields = ?change.gc.keys(), ?retention,
             "GC settings saved through the HTTP API; they override the configuration file");
         Ok(())
     }

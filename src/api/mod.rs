@@ -92,10 +92,15 @@ impl Api {
             ("gc/stop", "POST") => self.admin(req, |who| self.stop_gc(who)),
             ("tags", "GET") => self.tags(),
             ("retention/preview", "GET") => self.retention_preview(),
+            ("retention/preview", "POST") => match cross_site(req) {
+                Some(refusal) => error(403, refusal),
+                None => self.retention_preview_draft(req),
+            },
             ("retention/restore", "POST") => {
                 self.admin(req, |who| self.retention_restore(req, who))
             }
-            ("tags" | "retention/preview", _) => not_allowed("GET"),
+            ("tags", _) => not_allowed("GET"),
+            ("retention/preview", _) => not_allowed("GET, POST"),
             ("retention/restore", _) => not_allowed("POST"),
             ("status" | "jobs" | "schedule", _) => not_allowed("GET"),
             ("settings", _) => not_allowed("GET, PUT, DELETE"),

@@ -1,5 +1,7 @@
 //! Retention through the API: every tag with its times (`GET tags`), what the policies
-//! would prune now (`GET retention/preview`), and restoring a pruned tag within its grace
+//! would prune now (`GET retention/preview`) or would if a draft of them were saved
+//! (`POST retention/preview` with the draft, `[retention]`'s keys as the settings'
+//! `retention` takes them: the page's preview as the policies are typed), and restoring a pruned tag within its grace
 //! (`POST retention/restore`, a change: credentials as for the settings).
 
 use serde::Deserialize;
@@ -25,6 +27,26 @@ impl Api {
 
     pub(super) fn retention_preview(&self) -> Response {
         match self.daemon.retention_preview() {
+            Ok(v) => json(200, &v),
+            Err(e) => error(500, e),
+        }
+    }
+
+    /// The preview of a draft (the body: `{"dry_run":..,"grace":..,"policy":[..]}`,
+    /// laid over the saved settings as saving it would). A bad draft: 400 naming the key.
+    pub(super) fn retention_preview_draft(&self, req: &Request) -> Response {
+        let draft = match serde_json::from_slice(&req.body) {
+            Ok(v) => match super::handlers::retention_of(v) {
+                Ok(d) => d,
+                Err(resp) => return resp,
+            },
+            Err(e) => return error(400, format!("retention/preview: {e}")),
+        };
+        let rules = match self.daemon.settings_owner().retention_with(&draft) {
+            Ok(r) => r,
+            Err(e) => return error(400, e),
+        };
+        match self.daemon.retention_preview_of(&rules) {
             Ok(v) => json(200, &v),
             Err(e) => error(500, e),
         }

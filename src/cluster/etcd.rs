@@ -561,6 +561,16 @@ impl Etcd {
             .map(|_| ())
     }
 
+    /// Puts every `(key, value)` (no lease) in one transaction.
+    pub fn put_all(&self, kvs: &[(String, Vec<u8>)]) -> Result<(), EtcdError> {
+        let puts: Vec<Value> = kvs
+            .iter()
+            .map(|(k, v)| json!({"request_put": put_body(k, v, 0)}))
+            .collect();
+        self.call("/v3/kv/txn", json!({"success": puts}))
+            .map(|_| ())
+    }
+
     /// Every key starting with `prefix`, in key order.
     pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
         let v = self.call(

@@ -273,6 +273,7 @@ fn close_for(sh: &NodeParts, st: &mut Local, kv: &Kv, lease: i64) {
     if report.gave_up {
         return;
     }
+    (sh.before_ack)();
     let ack = MemberDrain {
         node: sh.cfg.node.clone(),
         closed_at: Utc::now(),

@@ -6,6 +6,7 @@
 //! A node's name is a claim in etcd under its lease ([`claim`]): no two live daemons
 //! share one.
 
+pub mod access;
 pub mod claim;
 pub mod collector;
 pub mod etcd;
@@ -215,6 +216,10 @@ pub struct NodeParts {
     /// The node's online barrier: another node's online run records and checks this
     /// node's writes through it.
     pub online: OnlineCollection,
+    /// Called before this member acknowledges another node's epoch (the gate closed):
+    /// publishes the access times it has noted, so the collector sees every pull this
+    /// node served before it closed.
+    pub before_ack: Box<dyn Fn() + Send + Sync>,
     stopping: AtomicBool,
 }
 
@@ -250,6 +255,8 @@ pub struct NodeStart {
     pub stop_run: Box<dyn Fn() + Send + Sync>,
     /// The node's online barrier (its own runs use it too).
     pub online: OnlineCollection,
+    /// See [`NodeParts::before_ack`].
+    pub before_ack: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Node {
@@ -278,6 +285,7 @@ impl Node {
             quick,
             stop_run: s.stop_run,
             online: s.online,
+            before_ack: s.before_ack,
             stopping: AtomicBool::new(false),
         });
         tracing::info!(node = %shared.cfg.node, endpoints = ?shared.cfg.endpoints,
@@ -312,6 +320,20 @@ impl Node {
     /// The runner's side of the cluster.
     pub fn coordinator(&self) -> Arc<collector::Collector> {
         Arc::new(collector::Collector::new(self.shared.clone()))
+    }
+
+    /// Where this node publishes its access times and reads every other node's.
+    pub fn access_share(&self) -> Result<Arc<access::EtcdAccess>, String> {
+        let sh = &self.shared;
+        let etcd = sh
+            .cfg
+            .client(sh.cfg.call_timeout())
+            .map_err(|e| format!("cluster: {e}"))?;
+        Ok(Arc::new(access::EtcdAccess::new(
+            etcd,
+            sh.keys.clone(),
+            sh.cfg.node.clone(),
+        )))
     }
 
     /// Leaves the cluster: stops the threads and gives the lease back, so the others go

@@ -137,6 +137,8 @@ fn join(sh: &NodeParts, st: &mut OnlineState, kv: &Kv, member_rev: u64) -> Step 
             );
         }
     }
+    // The pulls this node served so far count for the run's retention stage.
+    (sh.before_ack)();
     let ack = MemberDrain {
         node: sh.cfg.node.clone(),
         closed_at: Utc::now(),

@@ -14,6 +14,9 @@
 //! <prefix>stop/<epoch>          `regfs gc stop` given on a node that does not collect
 //! <prefix>online/<epoch>/...    an online run's records, doomed set, keeps and claims
 //!                               (`cluster::online`, ARCHITECTURE.md)
+//! <prefix>access/<node>/<repo>  SharedTimes: the latest push and pull times the node saw
+//!                               in the repository (no lease: a stopped node's pulls still
+//!                               count; `/` and `%` in the node's name escaped)
 //! ```
 
 use chrono::{DateTime, Utc};
@@ -140,6 +143,16 @@ impl Keys {
     }
     pub fn jobs(&self) -> String {
         format!("{}jobs/", self.prefix)
+    }
+    /// Every node's access times.
+    pub fn access(&self) -> String {
+        format!("{}access/", self.prefix)
+    }
+    /// One node's access times of one repository (the node's name escaped, so no two
+    /// node and repository pairs share a key).
+    pub fn access_of(&self, node: &str, repo: &str) -> String {
+        let node = node.replace('%', "%25").replace('/', "%2F");
+        format!("{}access/{node}/{repo}", self.prefix)
     }
     /// Zero-padded, so key order is epoch order.
     pub fn job(&self, epoch: u64) -> String {

@@ -2,6 +2,7 @@
 //! with status, stop and a history of runs.
 
 pub mod access_journal;
+pub mod access_share;
 pub mod epoch;
 pub mod history;
 pub mod job;

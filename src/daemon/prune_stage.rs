@@ -11,9 +11,10 @@ use crate::settings::Settings;
 /// run's options, keeping the manifests pruning left untagged within their grace.
 pub fn prune_stage(parts: &RunParts, job: &mut Job, settings: &Settings) -> gc::Options {
     let dry_run = settings.dry_run || settings.retention.dry_run;
-    let stage = parts
+    let mut stage = parts
         .retention
         .stage(parts.store, parts.deleter, &settings.retention, dry_run);
+    stage.outcome.dry_run = dry_run;
     let o = &stage.outcome;
     if !o.pruned.is_empty() || !o.expired.is_empty() || !o.kept_written.is_empty() {
         tracing::info!(

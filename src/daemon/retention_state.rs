@@ -74,6 +74,9 @@ impl RetentionState {
         rules: &Rules,
         dry_run: bool,
     ) -> Stage {
+        // Every node's times in cluster mode (a pull served by any node counts), read
+        // from etcd before the lock a restore waits on is taken.
+        let others = self.access.others();
         let _held = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_millis();
         let earlier = read_pruned(&self.state).unwrap_or_else(|e| {
@@ -83,27 +86,39 @@ impl RetentionState {
         let grace = rules.grace.as_millis() as Millis;
         let (within, expired): (Vec<_>, Vec<_>) =
             earlier.into_iter().partition(|p| now - p.pruned_at < grace);
-        let result = self
-            .access
-            .with_times(|t| prune(store, rules, t, now, deleter, &expired, dry_run));
-        let outcome = match result {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "retention: pruning failed; nothing pruned");
-                let mut o = PruneOutcome::default();
-                o.warnings.push(format!("pruning failed: {e}"));
-                o
-            }
+        let result = match (self.access.recording(), rules.judges_pulls()) {
+            (false, Some(i)) => Err(format!(
+                "pruning skipped: pulls are not recorded (access_times = false), and retention.policy[{i}] keeps tags by their pulls"
+            )),
+            _ => others.map_err(|e| {
+                format!("pruning skipped: the other nodes' access times cannot be read ({e})")
+            }),
+        }
+        .map(|others| {
+            self.access.with_merged(others, |t| {
+                prune(store, rules, t, now, deleter, &expired, dry_run)
+            })
+        });
+        let failed = |why: String| {
+            tracing::error!(error = %why, "retention: nothing pruned");
+            let mut o = PruneOutcome::default();
+            o.warnings.push(why);
+            o
         };
-        let mut kept = if dry_run { within.clone() } else { within };
-        if !dry_run {
+        let (outcome, pruned_nothing) = match result {
+            Ok(Ok(o)) => (o, dry_run),
+            Ok(Err(e)) => (failed(format!("pruning failed: {e}")), true),
+            Err(e) => (failed(e), true),
+        };
+        let mut kept = within;
+        if pruned_nothing {
+            // Nothing removed: the expired records stay for a later run.
+            kept.extend(expired);
+        } else {
             kept.extend(outcome.pruned.iter().cloned());
             if let Err(e) = write_pruned(&self.state, &kept) {
                 tracing::error!(error = %e, "cannot record the pruned tags; their grace and restore are lost");
             }
-        } else {
-            // A dry run removed nothing: the expired records stay for a real run.
-            kept.extend(expired);
         }
         let keep_revisions = kept
             .iter()

@@ -359,6 +359,7 @@ mod tests {
         let mut overridden = idle();
         overridden.settings_overrides = Some(crate::settings::owner::Overrides {
             values: Default::default(),
+            retention: Default::default(),
             fields: vec!["schedule".into(), "mode".into()],
             set_at: at("2026-12-06T10:00:00Z"),
             set_by: "admin".into(),

@@ -8,26 +8,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::Timestamps;
 
 use super::access::{Callers, MountAccess};
 use super::attr::{dot_attr, timespec};
+use super::caching::Caching;
 use super::core::{Caller, SetAttr, StorageFs};
-use super::io::Opened;
+use super::opening::Opened;
 use crate::error::{FsError, FsResult};
+use crate::layout::Role;
 
 /// Serves a [`StorageFs`] to the kernel.
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<StorageFs>,
-    /// How long the kernel may cache entries and attributes. Safe to keep long: every
-    /// change goes through this mount, and the daemon's own deletions invalidate.
-    ttl: Duration,
+    /// What the kernel may keep of each node, and for how long: asked of every reply
+    /// that gives the kernel an entry, attributes or an open handle.
+    caching: Caching,
     want_passthrough: bool,
     /// Who may use the mount; checked in [`call`](Self::call) only.
     access: MountAccess,
@@ -36,13 +38,13 @@ pub struct FuseAdapter {
 impl FuseAdapter {
     pub fn new(
         fs: Arc<StorageFs>,
-        ttl: Duration,
+        caching: Caching,
         want_passthrough: bool,
         callers: Callers,
     ) -> Self {
         FuseAdapter {
             fs,
-            ttl,
+            caching,
             want_passthrough,
             access: MountAccess::new(callers),
         }
@@ -125,16 +127,30 @@ impl FuseAdapter {
         }
     }
 
-    fn open_flags(opened: &Opened) -> FopenFlags {
+    /// How long the kernel may keep `attr`, node `ino`'s attributes (by its role).
+    fn attr_ttl(&self, ino: u64, attr: &FileAttr) -> Duration {
+        let role = self.fs.role_of(ino).unwrap_or(Role::Unknown);
+        self.caching.found(role, is_dir(attr)).attr
+    }
+
+    /// The flags of an open of a node of `role` (asked only when it matters: a read
+    /// through the page cache).
+    fn open_flags(&self, opened: &Opened, role: impl FnOnce() -> Role) -> FopenFlags {
         let mut flags = FopenFlags::empty();
         if opened.direct_io {
             flags |= FopenFlags::FOPEN_DIRECT_IO;
+        } else if opened.backing.is_none() && self.caching.keeps_data(role()) {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         if !opened.flush {
             flags |= FopenFlags::FOPEN_NOFLUSH;
         }
         flags
     }
+}
+
+fn is_dir(attr: &FileAttr) -> bool {
+    attr.kind == FileType::Directory
 }
 
 impl Filesystem for FuseAdapter {
@@ -175,13 +191,18 @@ impl Filesystem for FuseAdapter {
             }
         });
         match found {
-            Ok(Some(e)) => reply.entry(&self.ttl, &e.attr, Generation(0)),
-            Ok(None) => reply.error(Errno::from_i32(libc::ENOENT)),
-            // A negative entry the kernel may cache: the registry stats many paths that
-            // do not exist (yet), and every creation goes through this mount anyway.
-            Err(e) if e == Errno::from_i32(libc::ENOENT) => {
-                reply.entry(&self.ttl, &dot_attr(0), Generation(0))
+            Ok(Some(e)) => {
+                let t = self.caching.found(e.role, is_dir(&e.attr));
+                reply.entry_with_ttls(&t.attr, &t.entry, &e.attr, Generation(0))
             }
+            Ok(None) => reply.error(Errno::from_i32(libc::ENOENT)),
+            // A negative entry the kernel may keep (a daemon alone: the registry stats
+            // many paths that do not exist yet, and every creation goes through this
+            // mount anyway).
+            Err(e) if e == Errno::from_i32(libc::ENOENT) => match self.caching.absent() {
+                Some(ttl) => reply.entry(&ttl, &dot_attr(0), Generation(0)),
+                None => reply.error(e),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -193,7 +214,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.call("getattr", req, ino.0, || self.fs.getattr(ino.0)) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(ino.0, &attr), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -229,7 +250,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.call("setattr", req, ino.0, || self.fs.setattr(ino.0, change)) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(ino.0, &attr), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -271,7 +292,10 @@ impl Filesystem for FuseAdapter {
         match self.call("mkdir", req, parent.0, || {
             self.fs.mkdir(parent.0, name, mode, Self::caller(req))
         }) {
-            Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(0)),
+            Ok(e) => {
+                let t = self.caching.found(e.role, is_dir(&e.attr));
+                reply.entry_with_ttls(&t.attr, &t.entry, &e.attr, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -350,7 +374,8 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok(opened) => {
-                let fl = Self::open_flags(&opened);
+                let fl =
+                    self.open_flags(&opened, || self.fs.role_of(ino.0).unwrap_or(Role::Unknown));
                 match &opened.backing {
                     Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fl, id),
                     None => reply.opened(FileHandle(opened.fh), fl),
@@ -434,12 +459,16 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.call("opendir", req, ino.0, || self.fs.opendir(ino.0)) {
-            // The kernel may keep listings across opens: every change goes through
-            // this mount (which updates them) or is the daemon's own (which invalidates).
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // Alone, the kernel may keep listings across opens: every change goes
+            // through this mount (which updates them) or is the daemon's own (which
+            // invalidates). Over a shared store a listing is kept for one open only.
+            Ok(fh) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.caching.keeps_listing() {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -471,10 +500,13 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let ttl = self.ttl;
+        let caching = self.caching;
         let r = self.call("readdirplus", req, ino.0, || {
             self.fs.readdir(fh.0, offset, true, &mut |item| {
                 let attr = item.attr.unwrap_or_else(|| dot_attr(item.ino));
+                let ttl = caching
+                    .found(item.role.unwrap_or(Role::Unknown), is_dir(&attr))
+                    .shorter();
                 reply.add(
                     INodeNo(item.ino),
                     item.offset,
@@ -572,13 +604,17 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok((entry, opened)) => {
-                let fl = Self::open_flags(&opened);
+                let fl = self.open_flags(&opened, || entry.role);
                 let fh = FileHandle(opened.fh);
+                let ttl = self
+                    .caching
+                    .found(entry.role, is_dir(&entry.attr))
+                    .shorter();
                 match &opened.backing {
                     Some(id) => {
-                        reply.created_passthrough(&self.ttl, &entry.attr, Generation(0), fh, fl, id)
+                        reply.created_passthrough(&ttl, &entry.attr, Generation(0), fh, fl, id)
                     }
-                    None => reply.created(&self.ttl, &entry.attr, Generation(0), fh, fl),
+                    None => reply.created(&ttl, &entry.attr, Generation(0), fh, fl),
                 }
             }
             Err(e) => reply.error(e),

@@ -1,4 +1,5 @@
-//! Conversions from backing `stat` results to what the kernel is told.
+//! What the kernel is told about a file (its attributes, converted from the backing
+//! `stat`) and who asks (the caller's credentials), and the names it may ask for.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -9,6 +10,22 @@ use rustix::fs::{FileType as RawType, Stat};
 use rustix::fs::{Timespec, UTIME_NOW, UTIME_OMIT};
 
 use crate::error::FsError;
+
+/// What a successful lookup or create hands to the kernel.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: FileAttr,
+    /// What the node is in the layout: what the kernel may keep of it
+    /// ([`super::caching::Caching`]).
+    pub role: crate::layout::Role,
+}
+
+/// Who asks: the caller's credentials, for ownership of what it creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 fn time(secs: i64, nsec: u64) -> SystemTime {
     if secs >= 0 {

@@ -11,8 +11,10 @@ use fuser::{FileAttr, FileType};
 use rustix::fs::{self as rfs, Dir, OFlags};
 
 use super::core::StorageFs;
-use super::open::{OpenDir, Pending, Stream};
+use super::open_handles::{OpenDir, Pending, Stream};
+use super::unlinked::is_unlinked;
 use crate::error::{FsError, FsResult};
+use crate::layout::Role;
 
 /// One directory entry for a readdir reply.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct DirItem<'a> {
     pub ino: u64,
     /// With readdirplus: the entry's attributes; the kernel now holds one reference.
     pub attr: Option<FileAttr>,
+    /// With readdirplus: what the entry is in the layout.
+    pub role: Option<Role>,
 }
 
 fn kind_of(t: rfs::FileType) -> FileType {
@@ -40,16 +44,22 @@ fn kind_of(t: rfs::FileType) -> FileType {
 }
 
 impl StorageFs {
+    /// Opens directory `id` for listing. One removed behind the kernel (through another
+    /// node, while this kernel still names it) is ESTALE: the kernel walks the path again,
+    /// asking for each name, and lists the directory made since, if any, not an empty
+    /// one nobody can reach.
     pub fn opendir(&self, id: u64) -> FsResult<u64> {
-        let inode = self.inode(id)?;
+        let inode = self.names.inode(id)?;
+        let opath = self.names.fd_of(&inode)?;
+        if is_unlinked(&*opath) {
+            return Err(FsError::RemovedBehindKernel { path: inode.path() });
+        }
         let fd = self
-            .reopen(
-                self.fd_of(&inode)?.as_fd(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-            )
+            .names
+            .reopen(opath.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(|e| FsError::backing("opendir", inode.path(), e))?;
         let dir = Dir::new(fd).map_err(|e| FsError::backing("opendir", inode.path(), e))?;
-        Ok(self.dirs.insert(OpenDir {
+        Ok(self.handles.insert_dir(OpenDir {
             inode,
             stream: Mutex::new(Stream {
                 dir,
@@ -60,28 +70,11 @@ impl StorageFs {
     }
 
     pub fn releasedir(&self, fh: u64) -> FsResult<()> {
-        self.dirs.remove(fh).map(|_| ()).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })
+        self.handles.releasedir(fh)
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })?;
-        let st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let fd = st
-            .dir
-            .fd()
-            .map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))?;
-        let r = if datasync {
-            rfs::fdatasync(fd)
-        } else {
-            rfs::fsync(fd)
-        };
-        r.map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))
+        self.handles.fsyncdir(fh, datasync)
     }
 
     /// Lists entries from `offset` into `sink` until it reports full (returns true).
@@ -95,10 +88,7 @@ impl StorageFs {
         plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> FsResult<()> {
-        let dir = self.dirs.get(fh).ok_or(FsError::Stale {
-            what: "directory handle",
-            id: fh,
-        })?;
+        let dir = self.handles.dir(fh)?;
         let mut st = dir.stream.lock().unwrap_or_else(|e| e.into_inner());
         let offset = offset as i64;
         if offset != st.position {
@@ -134,11 +124,16 @@ impl StorageFs {
                 continue;
             }
             let mut looked_up = None;
-            let (ino, kind, attr) = if plus && !dots {
+            let (ino, kind, attr, role) = if plus && !dots {
                 match self.lookup_listed(&dir.inode, name) {
                     Ok(entry) => {
                         looked_up = Some(entry.attr.ino.0);
-                        (entry.attr.ino.0, entry.attr.kind, Some(entry.attr))
+                        (
+                            entry.attr.ino.0,
+                            entry.attr.kind,
+                            Some(entry.attr),
+                            Some(entry.role),
+                        )
                     }
                     Err(_) => {
                         st.position = item.offset;
@@ -146,7 +141,7 @@ impl StorageFs {
                     }
                 }
             } else {
-                (item.ino, item.kind, None)
+                (item.ino, item.kind, None, None)
             };
             let full = sink(DirItem {
                 name,
@@ -154,6 +149,7 @@ impl StorageFs {
                 kind,
                 ino,
                 attr,
+                role,
             });
             if full {
                 // Not sent: give the reference back and keep the entry for next time.

@@ -7,8 +7,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use fuser::INodeNo;
-
 use super::core::StorageFs;
 use crate::worker::Worker;
 
@@ -19,20 +17,18 @@ impl StorageFs {
     /// Asks the kernel to drop enough cached entries to bring the table down to `target`.
     /// Returns how many invalidations it sent.
     pub fn reclaim_inodes(&self, target: usize) -> usize {
-        let Some(notifier) = self.notifier.get() else {
+        if !self.kernel.is_set() {
             return 0;
-        };
-        let excess = self.inodes.len().saturating_sub(target);
+        }
+        let excess = self.names.inodes.len().saturating_sub(target);
         if excess == 0 {
             return 0;
         }
-        let mut sent = 0;
-        for (parent, name) in self.inodes.reclaim_candidates(excess) {
-            if notifier.inval_entry(INodeNo(parent), &name).is_ok() {
-                sent += 1;
-            }
-        }
-        sent
+        let candidates = self.names.inodes.reclaim_candidates(excess);
+        candidates
+            .iter()
+            .filter(|(parent, name)| self.kernel.drop_entry(*parent, name))
+            .count()
     }
 }
 

@@ -8,12 +8,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
-use fuser::INodeNo;
 use rustix::fs::{self as rfs, AtFlags, Dir, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::core::StorageFs;
 use super::inode::InodeKey;
+use super::namespace::key_of;
 use crate::error::{FsError, FsResult};
 use crate::layout::paths;
 
@@ -23,13 +23,6 @@ pub struct Removed {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
-}
-
-fn key_of(st: &rfs::Stat) -> InodeKey {
-    InodeKey {
-        dev: st.st_dev,
-        ino: st.st_ino,
-    }
 }
 
 /// Removes everything inside the directory `fd`; never follows a link.
@@ -152,8 +145,7 @@ impl StorageFs {
         let Some((last, parents)) = names.split_last() else {
             return Err(FsError::InvalidName { name: shown });
         };
-        let root = self.inodes.root();
-        let root_fd = self.fd_of(&root)?;
+        let root_fd = self.names.root_fd()?;
         // One openat2 for the whole parent path: the kernel refuses `..`, links and
         // mounts at every component (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | NO_XDEV).
         let dir: Arc<OwnedFd> = if parents.is_empty() {
@@ -225,30 +217,16 @@ impl StorageFs {
         let Some(f) = self.find(rel)? else {
             return Ok(());
         };
-        let (Some(notifier), Some(parent_id)) =
-            (self.notifier.get(), self.inodes.id_of(key_of(&f.dir_st)))
-        else {
-            return Ok(());
-        };
-        if let Err(e) = notifier.inval_entry(INodeNo(parent_id), f.name) {
-            tracing::debug!(error = %e, path = %rel.display(), "kernel entry invalidation failed");
+        if let Some(parent) = self.names.inodes.id_of(key_of(&f.dir_st)) {
+            self.kernel.drop_entry(parent, f.name);
         }
         Ok(())
     }
 
     fn tell_kernel_removed(&self, parent: InodeKey, child: InodeKey, name: &OsStr) {
-        let (Some(notifier), Some(parent_id)) = (self.notifier.get(), self.inodes.id_of(parent))
-        else {
-            return;
-        };
-        let r = match self.inodes.id_of(child) {
-            Some(child_id) => notifier.delete(INodeNo(parent_id), INodeNo(child_id), name),
-            None => notifier.inval_entry(INodeNo(parent_id), name),
-        };
-        // The entry may not be cached while the parent's listing is: drop that too.
-        let listing = notifier.inval_inode(INodeNo(parent_id), 0, 0);
-        if let Err(e) = r.and(listing) {
-            tracing::debug!(error = %e, "kernel cache invalidation after a delete failed");
+        if let Some(parent) = self.names.inodes.id_of(parent) {
+            self.kernel
+                .removed(parent, self.names.inodes.id_of(child), name);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The distribution registry's storage layout: the one source of truth for its paths,
 //! names, digests and link files, and a reader that cannot be led out of the store.
 
+pub mod cache_class;
 pub mod digest;
 pub mod names;
 pub mod paths;
@@ -8,6 +9,7 @@ pub mod role;
 pub mod spec;
 pub mod store;
 
+pub use cache_class::CacheClass;
 pub use digest::{Digest, DigestError, LinkError, parse_link};
 pub use names::{Component, NameError, RepoName, TagName};
 pub use role::Role;

@@ -29,7 +29,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// FUSE request threads.
     pub threads: usize,
-    /// How long the kernel caches entries and attributes.
+    /// How long the kernel caches entries and attributes (alone: all of them; over a
+    /// shared store only what other nodes cannot make wrong, `fs::caching`).
     pub attr_timeout: Duration,
     /// Ask the kernel for read passthrough.
     pub passthrough: bool,
@@ -42,8 +43,11 @@ pub struct MountConfig {
     /// Who may use the mount besides root and the storage directory's owner.
     pub users: MountUsers,
     /// Cluster mode: other nodes' daemons serve the same store too, so the store's lock
-    /// is taken shared (a lone daemon or an offline collector still finds it held).
+    /// is taken shared (a lone daemon or an offline collector still finds it held), and
+    /// the kernel keeps only what other nodes cannot make wrong (`fs::caching`).
     pub shared_store: bool,
+    /// Note tag pushes and pulls for retention (`access_times`; on by default).
+    pub record_access: bool,
 }
 
 impl MountConfig {
@@ -251,7 +255,8 @@ pub fn mount<H>(
         .st_uid;
     let callers = Callers::new(&cfg.users, owner);
     tracing::info!(storage = %storage.display(), "the mount serves {}", callers.describe());
-    let adapter = FuseAdapter::new(fs.clone(), cfg.attr_timeout, cfg.passthrough, callers);
+    let caching = crate::fs::caching::Caching::new(cfg.attr_timeout, cfg.shared_store);
+    let adapter = FuseAdapter::new(fs.clone(), caching, cfg.passthrough, callers);
     let session =
         Session::new(adapter, &mountpoint, &session_config(cfg, &storage)).map_err(|e| {
             MountError::Mount {

@@ -37,6 +37,17 @@ pub enum Accessed {
     ManifestPulled { repo: String, digest: Digest },
 }
 
+impl Accessed {
+    /// The repository accessed.
+    pub fn repo(&self) -> &str {
+        match self {
+            Accessed::TagPushed { repo, .. }
+            | Accessed::TagPulled { repo, .. }
+            | Accessed::ManifestPulled { repo, .. } => repo,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 

@@ -58,6 +58,9 @@ impl PrunedTag {
 /// What the stage did.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct PruneOutcome {
+    /// A dry run: `pruned` lists what would have been removed.
+    #[serde(default)]
+    pub dry_run: bool,
     /// Tags removed (in a dry run: that would be).
     pub pruned: Vec<PrunedTag>,
     /// Tags the policies let go that were written since they were judged: kept.

@@ -94,6 +94,16 @@ pub struct Rules {
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
+impl Rules {
+    /// The first policy that keeps tags by their pulls, if any (such a rule cannot be
+    /// judged without pull times).
+    pub fn judges_pulls(&self) -> Option<usize> {
+        self.policies
+            .iter()
+            .position(|p| p.keep_most_recently_pulled.is_some() || p.keep_pulled_within.is_some())
+    }
+}
+
 impl Default for Rules {
     fn default() -> Self {
         Rules {

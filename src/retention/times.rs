@@ -92,6 +92,35 @@ impl AccessTimes {
         by_tag.max(by_digest)
     }
 
+    /// The repositories that hold a time.
+    pub fn repo_names(&self) -> impl Iterator<Item = &str> {
+        self.repos.keys().map(String::as_str)
+    }
+
+    /// Takes in every time of `repo` from `other` (another node's), the later of two
+    /// winning for each key.
+    pub fn merge_repo(&mut self, repo: &str, other: &RepoTimes) {
+        let mut new = 0;
+        let r = self.repo_mut(repo);
+        for (tag, at) in &other.pushed {
+            new += usize::from(keep_latest(&mut r.pushed, tag.clone(), *at));
+        }
+        for (tag, at) in &other.tag_pulled {
+            new += usize::from(keep_latest(&mut r.tag_pulled, tag.clone(), *at));
+        }
+        for (digest, at) in &other.manifest_pulled {
+            new += usize::from(keep_latest(&mut r.manifest_pulled, *digest, *at));
+        }
+        self.entries += new;
+    }
+
+    /// Takes in every time of `other`, the later of two winning for each key.
+    pub fn merge(&mut self, other: &AccessTimes) {
+        for (repo, r) in &other.repos {
+            self.merge_repo(repo, r);
+        }
+    }
+
     /// How many keys hold a time.
     pub fn entries(&self) -> usize {
         self.entries
@@ -210,6 +239,41 @@ fn parse_line(line: &str) -> Option<(Accessed, Millis)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_keeps_the_later_time_of_each_key() {
+        let d = Digest::of(b"m");
+        let pull = |tag: &str| Accessed::TagPulled {
+            repo: "r".into(),
+            tag: tag.into(),
+        };
+        let mut mine = AccessTimes::default();
+        mine.apply(&pull("a"), 10);
+        mine.apply(&pull("b"), 30);
+        let mut theirs = AccessTimes::default();
+        theirs.apply(&pull("a"), 20);
+        theirs.apply(&pull("b"), 5);
+        theirs.apply(
+            &Accessed::ManifestPulled {
+                repo: "r".into(),
+                digest: d,
+            },
+            40,
+        );
+        theirs.apply(
+            &Accessed::TagPushed {
+                repo: "q".into(),
+                tag: "x".into(),
+            },
+            7,
+        );
+        mine.merge(&theirs);
+        assert_eq!(mine.pulled("r", "a", None), Some(20));
+        assert_eq!(mine.pulled("r", "b", None), Some(30));
+        assert_eq!(mine.pulled("r", "b", Some(&d)), Some(40));
+        assert_eq!(mine.pushed("q", "x"), Some(7));
+        assert_eq!(mine.entries(), 4);
+    }
 
     #[test]
     fn the_journal_reads_back_the_latest_time_of_each_key_and_skips_a_torn_line() {

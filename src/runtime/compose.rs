@@ -7,7 +7,8 @@
 //!
 //! 0. [`AccessRecording`]: notes tag pushes and tag and manifest pulls for retention.
 //!    Outermost, so it notes only what every inner layer admitted (a push the gate or
-//!    the link check refused is no push); it refuses nothing;
+//!    the link check refused is no push); it refuses nothing. Left out when the operator
+//!    turns access times off (`access_times = false`);
 //! 1. [`LinkRefusal`]: refuses link writes that name a blob without data, or a tag whose
 //!    manifest the repository does not hold;
 //! 2. [`OnlineBarrier`]: records what an online run must keep, holds writes for its
@@ -44,11 +45,14 @@ pub struct StorePolicies {
     pub online: OnlineCollection,
     /// Pushes and pulls noted since the daemon's journal last took them.
     pub access: Arc<AccessRecorder>,
+    /// Whether the chain notes pushes and pulls at all (`access` stays empty if not).
+    pub records_access: bool,
 }
 
 impl StorePolicies {
-    /// Builds the chain over the store at `root`, around `gate`.
-    pub fn compose(root: &Path, gate: WriteGate) -> FsResult<StorePolicies> {
+    /// Builds the chain over the store at `root`, around `gate`; with `record_access`,
+    /// pushes and pulls are noted for retention.
+    pub fn compose(root: &Path, gate: WriteGate, record_access: bool) -> FsResult<StorePolicies> {
         let open = || {
             Store::open(root)
                 .map_err(|e| FsError::backing("open store", root.display().to_string(), e))
@@ -57,11 +61,17 @@ impl StorePolicies {
         let collection = online.collection();
         let access = AccessRecorder::new();
         let links = LinkRefusal::new(open()?, online);
+        let chain: Arc<dyn StorePolicy> = if record_access {
+            Arc::new(AccessRecording::new(access.clone(), links))
+        } else {
+            Arc::new(links)
+        };
         Ok(StorePolicies {
-            chain: Arc::new(AccessRecording::new(access.clone(), links)),
+            chain,
             gate: Arc::new(gate),
             online: collection,
             access,
+            records_access: record_access,
         })
     }
 }
@@ -77,7 +87,7 @@ pub struct OpenedStore {
 /// The filesystem core over the store at `root` under the composed chain, with an open
 /// write gate, and the handles on the chain.
 pub fn open_fs(root: &Path) -> FsResult<(StorageFs, StorePolicies)> {
-    let policies = StorePolicies::compose(root, WriteGate::new())?;
+    let policies = StorePolicies::compose(root, WriteGate::new(), true)?;
     let fs = StorageFs::new(root, policies.chain.clone())?;
     Ok((fs, policies))
 }
@@ -123,5 +133,51 @@ impl Deleter for SweepDeleter {
 
     fn remove_empty_dir(&self, rel: &Path) -> Result<bool, FsError> {
         self.0.remove_empty_dir(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    /// A pull (an open of a tag's current link for reading) as the registry makes it.
+    fn pull_tag(fs: &StorageFs) {
+        let mut id = 1;
+        for name in [
+            "docker",
+            "registry",
+            "v2",
+            "repositories",
+            "app",
+            "_manifests",
+            "tags",
+            "v1",
+            "current",
+            "link",
+        ] {
+            id = fs.lookup(id, OsStr::new(name)).unwrap().attr.ino.0;
+        }
+        let opened = fs.open(id, libc::O_RDONLY, None).unwrap();
+        fs.release(opened.fh).unwrap();
+    }
+
+    #[test]
+    fn pulls_are_noted_only_when_access_times_are_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let tag = dir
+            .path()
+            .join("docker/registry/v2/repositories/app/_manifests/tags/v1/current");
+        std::fs::create_dir_all(&tag).unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        std::fs::write(tag.join("link"), &digest).unwrap();
+        for on in [true, false] {
+            let policies = StorePolicies::compose(dir.path(), WriteGate::new(), on).unwrap();
+            let fs = StorageFs::new(dir.path(), policies.chain.clone()).unwrap();
+            pull_tag(&fs);
+            assert_eq!(policies.records_access, on);
+            assert_eq!(!policies.access.take().is_empty(), on, "access_times {on}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! leaves the store closed or a client waiting: stop a run, reopen, close the control
 //! socket, stop the other threads, unmount, join. No thread exits the process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use crate::daemon::signals::{self, SignalThread};
 use crate::daemon::{Daemon, ServedStore, notify, scheduler};
 use crate::http::Server;
 use crate::metrics::GcStats;
-use crate::mount::{self, Serving};
+use crate::mount::{self, MountConfig, Mounted, Serving};
 use crate::policy::gate::WriteGate;
 use crate::settings::owner::{SettingsOwner, Sources};
 use crate::state_dir::StateDir;
@@ -119,6 +119,112 @@ pub struct Runtime {
     result: Result<(), String>,
 }
 
+/// What is checked and taken before anything is mounted: a daemon that cannot run (not
+/// root, a bad certificate, a state directory others could change, a node name another
+/// live node holds) refuses to start with nothing mounted.
+struct BeforeMount {
+    listener: Option<crate::api::Prepared>,
+    /// The settings' reload, and the signals caught from here on.
+    reload: Option<(Reload, signals::Caught)>,
+    /// The open-file limit, as raised.
+    nofile: u64,
+    state: Arc<StateDir>,
+    settings_owner: Arc<SettingsOwner>,
+    claimed: Option<crate::cluster::Claimed>,
+    gate: WriteGate,
+}
+
+impl BeforeMount {
+    fn take(
+        options: &MountOptions,
+        state_dir: &Path,
+        signals: Option<Reload>,
+    ) -> Result<BeforeMount, String> {
+        mount::require_root().map_err(|e| e.to_string())?;
+        // The listener's credentials and certificate are checked before anything else.
+        let listener = match &options.metrics {
+            Some(_) => Some(crate::api::prepare(&options.api)?),
+            None => None,
+        };
+        // Signals are caught from here on, before anything is mounted: a SIGTERM while
+        // the daemon starts (systemd stopping it, a test) waits for the signal thread and
+        // ends in an orderly shutdown, instead of killing a daemon with a live mount.
+        let reload = match signals {
+            Some(reload) => Some((
+                reload,
+                signals::catch().map_err(|e| format!("signal handler: {e}"))?,
+            )),
+            None => None,
+        };
+        let nofile = mount::raise_nofile_limit();
+        // Checked (or created) before mounting: a state directory another user could
+        // change is refused before anything else happens.
+        let state = Arc::new(StateDir::prepare(state_dir).map_err(|e| e.to_string())?);
+        // The settings' one owner: the file's, the API's saved ones and the flags'.
+        let settings_owner = Arc::new(SettingsOwner::load(state.clone(), options.sources.clone())?);
+        // A cluster node's name is claimed before anything is mounted: a daemon whose name
+        // another live node holds is refused here, and mounts nothing.
+        let claimed = match &options.cluster {
+            Some(c) => Some(crate::cluster::Claimed::take(
+                c,
+                &options.mount.mountpoint.display().to_string(),
+            )?),
+            None => None,
+        };
+        let gate = WriteGate::new();
+        if options.cluster.is_some() {
+            // Closed until this node is a member and no epoch is on (`cluster::member`).
+            gate.refuse_new_writes();
+        }
+        Ok(BeforeMount {
+            listener,
+            reload,
+            nofile,
+            state,
+            settings_owner,
+            claimed,
+            gate,
+        })
+    }
+}
+
+/// Mounts the store under the policy chain the composition root builds around `gate`,
+/// and gathers what the daemon serves it with (its access journal writing from now on).
+fn mount_store(
+    cfg: &MountConfig,
+    gate: WriteGate,
+    state: &Arc<StateDir>,
+) -> Result<(Mounted, ServedStore, access_journal::Flusher), String> {
+    let (mounted, policies) = mount::mount(cfg, |root| {
+        let p = StorePolicies::compose(root, gate, cfg.record_access)?;
+        Ok((p.chain.clone(), p))
+    })
+    .map_err(|e| e.to_string())?;
+    let store = mounted
+        .store()
+        .map_err(|e| format!("storage directory: {e}"))?;
+    let access = Arc::new(
+        AccessJournal::open(
+            state.clone(),
+            policies.access.clone(),
+            policies.records_access,
+        )
+        .map_err(|e| format!("access journal: {e}"))?,
+    );
+    let journal = access
+        .start(access_journal::FLUSH_EVERY)
+        .map_err(|e| format!("access journal thread: {e}"))?;
+    let served = ServedStore {
+        fs: mounted.fs.clone(),
+        store,
+        deleter: Arc::new(SweepDeleter(mounted.fs.clone())),
+        gate: policies.gate,
+        online: policies.online,
+        access,
+    };
+    Ok((mounted, served, journal))
+}
+
 impl Runtime {
     /// Mounts and serves; returns once everything is up (the log says "serving").
     /// Whatever was started before a failure is shut down again.
@@ -131,74 +237,17 @@ impl Runtime {
             grace,
         } = start;
         let cfg = &options.mount;
-        mount::require_root().map_err(|e| e.to_string())?;
-        // The listener's credentials and certificate are checked before anything else.
-        let listener = match &options.metrics {
-            Some(_) => Some(crate::api::prepare(&options.api)?),
-            None => None,
-        };
-        // Signals are caught from here on, before anything is mounted: a SIGTERM while
-        // the daemon starts (systemd stopping it, a test) waits for the signal thread and
-        // ends in an orderly shutdown, instead of killing a daemon with a live mount.
-        let signals = match signals {
-            Some(reload) => Some((
-                reload,
-                signals::catch().map_err(|e| format!("signal handler: {e}"))?,
-            )),
-            None => None,
-        };
-        let nofile = mount::raise_nofile_limit();
-        // Checked (or created) before mounting: a state directory another user could
-        // change is refused before anything else happens.
-        let state = Arc::new(StateDir::prepare(&state_dir).map_err(|e| e.to_string())?);
-        // The settings' one owner: the file's, the API's saved ones and the flags'.
-        let settings_owner = Arc::new(SettingsOwner::load(state.clone(), options.sources.clone())?);
-        let settings = settings_owner.effective();
-        // A cluster node's name is claimed before anything is mounted: a daemon whose name
-        // another live node holds is refused here, and mounts nothing.
-        let claimed = match &options.cluster {
-            Some(c) => Some(crate::cluster::Claimed::take(
-                c,
-                &cfg.mountpoint.display().to_string(),
-            )?),
-            None => None,
-        };
-        let gate = WriteGate::new();
-        if options.cluster.is_some() {
-            // Closed until this node is a member and no epoch is on (`cluster::member`).
-            gate.refuse_new_writes();
-        }
-        let (mounted, policies) = mount::mount(cfg, |root| {
-            let p = StorePolicies::compose(root, gate)?;
-            Ok((p.chain.clone(), p))
-        })
-        .map_err(|e| e.to_string())?;
+        let before = BeforeMount::take(&options, &state_dir, signals)?;
+        let settings = before.settings_owner.effective();
+        let (mounted, served, journal) = mount_store(cfg, before.gate, &before.state)?;
         let mountpoint = mounted.mountpoint.clone();
-        let store = mounted
-            .store()
-            .map_err(|e| format!("storage directory: {e}"))?;
         let gc_stats = Arc::new(Mutex::new(GcStats::default()));
-        let access = Arc::new(
-            AccessJournal::open(state.clone(), policies.access.clone())
-                .map_err(|e| format!("access journal: {e}"))?,
-        );
-        let journal = access
-            .start(access_journal::FLUSH_EVERY)
-            .map_err(|e| format!("access journal thread: {e}"))?;
-        let served = ServedStore {
-            fs: mounted.fs.clone(),
-            store,
-            deleter: Arc::new(SweepDeleter(mounted.fs.clone())),
-            gate: policies.gate,
-            online: policies.online,
-            access,
-        };
         let daemon = Daemon::new(
             served,
             &mounted.storage,
             &mountpoint,
-            state,
-            settings_owner,
+            before.state,
+            before.settings_owner,
             vec![gc_stats.clone()],
         );
         let stops = channel();
@@ -226,22 +275,24 @@ impl Runtime {
         };
         let parts = ThreadParts {
             gc_stats,
-            listener,
-            reload: signals,
-            claimed,
+            listener: before.listener,
+            reload: before.reload,
+            claimed: before.claimed,
         };
         if let Err(e) = rt.start_threads(&options, &state_dir, parts) {
             rt.stop_all();
             return Err(e);
         }
         tracing::info!(storage = %cfg.storage.display(), mountpoint = %rt.mountpoint.display(),
-            threads = cfg.threads, nofile, fd_budget = rt.daemon.fs().fd_budget(), state_dir = %state_dir.display(),
+            threads = cfg.threads, nofile = before.nofile, fd_budget = rt.daemon.fs().fd_budget(), state_dir = %state_dir.display(),
             schedule = settings.schedule.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
             duration = %settings.duration, next_run = ?rt.daemon.next_run(), "serving");
         notify::ready(&format!("serving {}; GC idle", rt.mountpoint.display()));
         Ok(rt)
     }
 
+    /// Starts every thread besides the mount's: cluster membership, the control socket,
+    /// the scheduler, the HTTP listener, the signal thread.
     fn start_threads(
         &mut self,
         options: &MountOptions,
@@ -309,6 +360,7 @@ impl Runtime {
             tracing::warn!(error = %e, "cannot note the cluster in the state directory; `regfs jobs` shows this node's runs only");
         }
         let daemon = Arc::downgrade(&self.daemon);
+        let access = self.daemon.retention().access().clone();
         let node = crate::cluster::Node::start(crate::cluster::NodeStart {
             claimed,
             gate: WriteGate::clone(self.daemon.gate()),
@@ -319,7 +371,17 @@ impl Runtime {
                     d.stop();
                 }
             }),
+            before_ack: Box::new(move || {
+                if let Err(e) = access.flush_and_publish() {
+                    tracing::warn!(error = %e, "cannot publish this node's access times before acknowledging the epoch");
+                }
+            }),
         })?;
+        // Every node's pulls count: published after each batch, merged by the collector.
+        self.daemon
+            .retention()
+            .access()
+            .share_with(node.access_share()?);
         self.daemon.set_coordinator(node.coordinator());
         self.threads.cluster = Some(node);
         Ok(())

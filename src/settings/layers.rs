@@ -13,6 +13,7 @@ use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider, providers::Serialized};
 use serde::{Deserialize, Serialize};
 
+use super::retention::{RetentionValues, settle_retention};
 use super::schedule::Schedule;
 use super::{GcDuration, GcMode, Settings};
 use crate::gc;
@@ -133,6 +134,15 @@ impl Source {
         }
     }
 
+    /// The source as an error names it.
+    pub fn origin(&self) -> String {
+        match self {
+            Source::File(path) => path.clone(),
+            Source::Api => "settings saved through the API".into(),
+            Source::CommandLine => "command line".into(),
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Source::File(path) => format!("file {path}"),
@@ -169,8 +179,6 @@ pub struct Fixed {
     pub registry: crate::registry::RegistrySettings,
     /// How much job history is kept (`[history]`).
     pub history: super::HistoryLimits,
-    /// Tag retention policies (`[retention]`).
-    pub retention: crate::retention::Rules,
 }
 
 impl Default for Fixed {
@@ -180,14 +188,18 @@ impl Default for Fixed {
             drain_timeout: d.drain_timeout,
             registry: d.registry,
             history: d.history,
-            retention: d.retention,
         }
     }
 }
 
-/// Lays `sources` (lowest first) over each other and checks the result: every bad value
-/// is refused naming the source and key that gave it.
-pub fn settle(sources: &[(Source, &GcValues)], fixed: &Fixed) -> Result<Settings, Refused> {
+/// Lays `sources` (lowest first) over each other, and `retention`'s likewise
+/// ([`settle_retention`]), and checks the result: every bad value is refused naming the
+/// source and key that gave it.
+pub fn settle(
+    sources: &[(Source, &GcValues)],
+    retention: &[(Source, &RetentionValues)],
+    fixed: &Fixed,
+) -> Result<Settings, Refused> {
     let figment = sources.iter().fold(Figment::new(), |f, (source, values)| {
         f.merge(Layer { source, values })
     });
@@ -243,7 +255,12 @@ pub fn settle(sources: &[(Source, &GcValues)], fixed: &Fixed) -> Result<Settings
         drain_timeout: fixed.drain_timeout,
         registry: fixed.registry.clone(),
         history: fixed.history,
-        retention: fixed.retention.clone(),
+        retention: settle_retention(
+            &retention
+                .iter()
+                .map(|(s, v)| (s.origin(), *v))
+                .collect::<Vec<_>>(),
+        )?,
     })
 }
 
@@ -266,6 +283,7 @@ mod tests {
                 (Source::Api, &api),
                 (Source::CommandLine, &flags),
             ],
+            &[],
             &Fixed::default(),
         )
         .unwrap();
@@ -281,6 +299,7 @@ mod tests {
         let none = GcValues::default();
         let (o, k, m) = settle(
             &[(Source::File("r.toml".into()), &file), (Source::Api, &none)],
+            &[],
             &Fixed::default(),
         )
         .unwrap_err();
@@ -292,13 +311,14 @@ mod tests {
                 (Source::File("r.toml".into()), &file),
                 (Source::CommandLine, &flags),
             ],
+            &[],
             &Fixed::default(),
         )
         .unwrap_err();
         // The file's min_age is checked too, but the flag's mode is the first key read.
         assert_eq!((o.as_str(), k.as_str()), ("command line", "--gc-mode"));
         let api = values(serde_json::json!({"schedule": "not cron"}));
-        let (o, k, _) = settle(&[(Source::Api, &api)], &Fixed::default()).unwrap_err();
+        let (o, k, _) = settle(&[(Source::Api, &api)], &[], &Fixed::default()).unwrap_err();
         assert_eq!(
             (o.as_str(), k.as_str()),
             ("settings saved through the API", "schedule")

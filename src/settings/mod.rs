@@ -1,10 +1,12 @@
-//! The GC settings: when runs start, how long they may last, what they collect. This
-//! module owns them: their values ([`Settings`]), how the configuration file, the
-//! settings saved through the API and the command line's flags lie over each other
-//! ([`layers`]) and the one place that holds and changes them ([`owner`]).
+//! The GC settings: when runs start, how long they may last, what they collect, and the
+//! tag retention rules their pruning stage applies. This module owns them: their values
+//! ([`Settings`]), how the configuration file, the settings saved through the API and
+//! the command line's flags lie over each other ([`layers`], and [`retention`] for
+//! `[retention]`) and the one place that holds and changes them ([`owner`]).
 
 pub mod layers;
 pub mod owner;
+pub mod retention;
 pub mod schedule;
 
 use std::fmt;

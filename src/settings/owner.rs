@@ -1,5 +1,5 @@
 //! The one owner of the GC settings a daemon runs with. It holds their sources (the
-//! configuration file's `[gc]`, re-read on SIGHUP; the settings saved through the HTTP
+//! configuration file's `[gc]` and `[retention]`, re-read on SIGHUP; the settings saved through the HTTP
 //! API, kept in the state directory as `settings.json`, mode 0600, written without
 //! following symlinks, so they survive a restart; the command line's flags) and the
 //! effective settings worked out from them ([`super::layers`]), under one lock: one
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Settings;
 use super::layers::{API_KEYS, Fixed, GcValues, Refused, Source, settle};
+use super::retention::RetentionValues;
 use crate::state_dir::StateDir;
 
 pub const OVERRIDES_FILE: &str = "settings.json";
@@ -27,6 +28,9 @@ const MAX_OVERRIDES_FILE: u64 = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overrides {
     pub values: GcValues,
+    /// `[retention]` keys saved through the API (`dry_run`, `grace`, `policy`).
+    #[serde(default, skip_serializing_if = "RetentionValues::is_empty")]
+    pub retention: RetentionValues,
     /// The settings these values override (for people reading status).
     pub fields: Vec<String>,
     pub set_at: DateTime<Utc>,
@@ -40,25 +44,35 @@ pub struct Overrides {
 pub struct Sources {
     /// The configuration file's path as shown and its `[gc]` values; none without a file.
     pub file: Option<(String, GcValues)>,
+    /// The configuration file's `[retention]` (empty without a file).
+    pub retention: RetentionValues,
     pub flags: GcValues,
     /// What no layered source gives (the drain timeout, the registry served).
     pub fixed: Fixed,
 }
 
 impl Sources {
-    /// The settings with `api`'s values over the file's and the flags' over both.
-    pub fn settle(&self, api: Option<&GcValues>) -> Result<Settings, Refused> {
+    /// The settings with `api`'s values (`[gc]` keys and `[retention]` keys) over the
+    /// file's and the flags' over both.
+    pub fn settle(
+        &self,
+        api: Option<&GcValues>,
+        api_retention: Option<&RetentionValues>,
+    ) -> Result<Settings, Refused> {
         let mut layers = vec![];
-        let file_source;
+        let mut retention = vec![];
         if let Some((path, values)) = &self.file {
-            file_source = Source::File(path.clone());
-            layers.push((file_source.clone(), values));
+            layers.push((Source::File(path.clone()), values));
+            retention.push((Source::File(path.clone()), &self.retention));
         }
         if let Some(api) = api {
             layers.push((Source::Api, api));
         }
+        if let Some(r) = api_retention {
+            retention.push((Source::Api, r));
+        }
         layers.push((Source::CommandLine, &self.flags));
-        settle(&layers, &self.fixed)
+        settle(&layers, &retention, &self.fixed)
     }
 }
 
@@ -96,7 +110,10 @@ impl SettingsOwner {
             format!("{e} (settings saved through the API; fix or remove the file to use the configuration file's)")
         })?;
         let effective = sources
-            .settle(overrides.as_ref().map(|o| &o.values))
+            .settle(
+                overrides.as_ref().map(|o| &o.values),
+                overrides.as_ref().map(|o| &o.retention),
+            )
             .map_err(|e| {
                 format!(
                     "{}: {} (settings saved through the API; fix or remove the file)",
@@ -153,7 +170,7 @@ impl SettingsOwner {
     pub fn base(&self) -> Settings {
         let held = self.lock();
         held.sources
-            .settle(None)
+            .settle(None, None)
             .unwrap_or_else(|_| held.effective.clone())
     }
 
@@ -167,7 +184,10 @@ impl SettingsOwner {
         let _turn = self.write_turn();
         let (_, overrides) = self.snapshot();
         let effective = sources
-            .settle(overrides.as_ref().map(|o| &o.values))
+            .settle(
+                overrides.as_ref().map(|o| &o.values),
+                overrides.as_ref().map(|o| &o.retention),
+            )
             .map_err(refused)?;
         let mut held = self.lock();
         held.sources = sources;
@@ -178,8 +198,14 @@ impl SettingsOwner {
     /// Validates `change`, stores it over the earlier overrides and returns the settings
     /// in force. Nothing changes when a value is refused or the file cannot be written.
     /// A key the API may not change, or one a flag of this daemon pins (the command line
-    /// wins over the API), is refused naming it.
-    pub fn change(&self, change: &GcValues, by: &str) -> Result<Settings, ChangeError> {
+    /// wins over the API), is refused naming it. `retention`'s keys (`[retention]`'s
+    /// `dry_run`, `grace`, `policy`) replace the saved ones each whole.
+    pub fn change(
+        &self,
+        change: &GcValues,
+        retention: Option<&RetentionValues>,
+        by: &str,
+    ) -> Result<Settings, ChangeError> {
         let _turn = self.write_turn();
         let (sources, overrides) = self.snapshot();
         let pinned = sources.flags.keys();
@@ -211,12 +237,23 @@ impl SettingsOwner {
             .as_ref()
             .map(|o| o.values.merge(change))
             .unwrap_or_else(|| change.clone());
+        let saved_retention = overrides.map(|o| o.retention).unwrap_or_default();
+        let retention = match retention {
+            Some(r) => saved_retention.merge(r),
+            None => saved_retention,
+        };
         let effective = sources
-            .settle(Some(&values))
+            .settle(Some(&values), Some(&retention))
             .map_err(|(_, key, why)| ChangeError::Invalid(format!("{key}: {why}")))?;
         let overrides = Overrides {
-            fields: values.keys().iter().map(|f| f.to_string()).collect(),
+            fields: values
+                .keys()
+                .iter()
+                .map(|f| f.to_string())
+                .chain(retention.keys().iter().map(|k| format!("retention.{k}")))
+                .collect(),
             values,
+            retention,
             set_at: Utc::now(),
             set_by: by.to_string(),
         };
@@ -231,12 +268,30 @@ impl SettingsOwner {
         Ok(effective)
     }
 
+    /// The retention rules `draft` would put in force if saved through the API now
+    /// (laid over what the API saved before, under nothing the file does not give): the
+    /// page's preview as the policies are typed. Err names the key at fault.
+    pub fn retention_with(
+        &self,
+        draft: &RetentionValues,
+    ) -> Result<crate::retention::Rules, String> {
+        let (sources, overrides) = self.snapshot();
+        let saved = overrides.map(|o| o.retention).unwrap_or_default();
+        let mut layers = vec![];
+        if let Some((path, _)) = &sources.file {
+            layers.push((path.clone(), &sources.retention));
+        }
+        let api = saved.merge(draft);
+        layers.push((Source::Api.origin(), &api));
+        super::retention::settle_retention(&layers).map_err(|(_, key, why)| format!("{key}: {why}"))
+    }
+
     /// Drops every override: the configuration file's settings are in force again.
     pub fn reset(&self) -> Result<Settings, ChangeError> {
         let _turn = self.write_turn();
         let (sources, _) = self.snapshot();
         let effective = sources
-            .settle(None)
+            .settle(None, None)
             .map_err(|e| ChangeError::Invalid(refused(e)))?;
         self.dir
             .remove(OVERRIDES_FILE)
@@ -260,7 +315,7 @@ pub enum ChangeError {
 /// `key`'s value in `values` as the settings show it (`0s` and `0m` alike), or why
 /// it is refused.
 fn shown(values: &GcValues, key: &str) -> Result<String, String> {
-    let s = settle(&[(Source::Api, values)], &Fixed::default())
+    let s = settle(&[(Source::Api, values)], &[], &Fixed::default())
         .map_err(|(_, key, why)| format!("{key}: {why}"))?;
     Ok(match key {
         "mode" => s.mode.to_string(),
@@ -310,6 +365,7 @@ mod tests {
     fn sources(file: serde_json::Value, flags: serde_json::Value) -> Sources {
         Sources {
             file: Some(("regfs.toml".into(), values(file))),
+            retention: Default::default(),
             flags: values(flags),
             fixed: Fixed::default(),
         }
@@ -330,7 +386,7 @@ mod tests {
         );
         let (_t, dir, l) = owner(base.clone());
         let change = values(serde_json::json!({"duration": "30m", "schedule": "0 3 * * SAT"}));
-        let s = l.change(&change, "admin").unwrap();
+        let s = l.change(&change, None, "admin").unwrap();
         assert_eq!(s.duration, GcDuration::Limit(Duration::from_secs(1800)));
         assert_eq!(
             l.effective().duration,
@@ -372,19 +428,28 @@ mod tests {
         ));
         assert_eq!(l.effective().mode, crate::settings::GcMode::ReadOnly);
         let e = l
-            .change(&values(serde_json::json!({"mode": "online"})), "admin")
+            .change(
+                &values(serde_json::json!({"mode": "online"})),
+                None,
+                "admin",
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("--gc-mode") && e.contains("command line"), "{e}");
         // The value the flag holds is no change (the page sends every field it shows).
         l.change(
             &values(serde_json::json!({"mode": "read-only", "dry_run": true})),
+            None,
             "admin",
         )
         .unwrap();
         assert_eq!(l.overrides().unwrap().fields, ["dry_run"]);
         let e = l
-            .change(&values(serde_json::json!({"keep_unknown": true})), "admin")
+            .change(
+                &values(serde_json::json!({"keep_unknown": true})),
+                None,
+                "admin",
+            )
             .unwrap_err()
             .to_string();
         assert!(
@@ -407,7 +472,10 @@ mod tests {
             (serde_json::json!({"schedule": "0 3 32 * *"}), "schedule"),
             (serde_json::json!({"min_age": "old"}), "min_age"),
         ] {
-            let e = l.change(&values(change), "admin").unwrap_err().to_string();
+            let e = l
+                .change(&values(change), None, "admin")
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(field), "{e}");
         }
         assert!(l.overrides().is_none());
@@ -433,7 +501,7 @@ mod tests {
                     } else {
                         "delete_untagged"
                     };
-                    l.change(&values(serde_json::json!({ key: true })), "admin")
+                    l.change(&values(serde_json::json!({ key: true })), None, "admin")
                         .unwrap();
                 })
             })
@@ -457,7 +525,7 @@ mod tests {
         symlink(&victim, dir.path().join(OVERRIDES_FILE)).unwrap();
         let e = SettingsOwner::load(dir.clone(), Sources::default()).unwrap_err();
         assert!(e.contains("symbolic link"), "{e}");
-        l.change(&values(serde_json::json!({"dry_run": true})), "token")
+        l.change(&values(serde_json::json!({"dry_run": true})), None, "token")
             .unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"v");
         std::fs::write(

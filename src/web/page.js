@@ -104,7 +104,11 @@ function showStatus(st) {
     : "These are the configuration file's settings.";
   $("revert").hidden = !o;
   const key = (st.current_job ? st.current_job.id + st.state : "") + "/" + (st.last_job ? st.last_job.id : "");
-  if (key !== lastJobsKey) { lastJobsKey = key; loadJobs(); }
+  if (key !== lastJobsKey) {
+    lastJobsKey = key;
+    loadJobs();
+    previewRetention(); // a run may have pruned (or pushes come) since
+  }
 }
 
 function fillForm(s) {
@@ -162,8 +166,182 @@ async function previewSchedule() {
 
 async function loadSettings() {
   const r = await call("GET", "settings");
-  if (r.status === 200) fillForm(r.data.settings);
+  if (r.status !== 200) return;
+  if (!formDirty) fillForm(r.data.settings);
+  if (!retentionDirty) fillRetention(r.data.settings.retention);
 }
+
+// Tag retention: the policy editor. Its draft is previewed as it is typed (POST
+// retention/preview: what saving it would decide for the tags in the store now), and
+// saved on its own ("retention" of PUT settings).
+let retentionDirty = false;
+const POLICY_FIELDS = [
+  ["repositories", "Repositories (globs, comma-separated; ** crosses /)", "text"],
+  ["keep_tags", "Always keep tags matching (regexes, one a line)", "lines"],
+  ["keep_most_recently_pushed", "Keep the N most recently pushed", "number"],
+  ["keep_most_recently_pulled", "Keep the N most recently pulled", "number"],
+  ["keep_pushed_within", "Keep those pushed within (e.g. 30d)", "text"],
+  ["keep_pulled_within", "Keep those pulled within (e.g. 7d)", "text"],
+];
+
+function addPolicy(p) {
+  const box = $("policies");
+  const i = box.children.length;
+  const fs = document.createElement("fieldset");
+  fs.className = "policy";
+  const legend = document.createElement("legend");
+  legend.textContent = "Policy " + i;
+  fs.appendChild(legend);
+  for (const [key, text, kind] of POLICY_FIELDS) {
+    const id = "policy-" + i + "-" + key;
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = text;
+    const input = document.createElement(kind === "lines" ? "textarea" : "input");
+    if (kind === "lines") input.rows = 2;
+    else input.type = kind;
+    if (kind === "number") { input.min = "0"; input.className = "short"; }
+    input.id = id;
+    input.dataset.key = key;
+    input.spellcheck = false;
+    const v = p ? p[key] : undefined;
+    if (v !== undefined && v !== null) {
+      input.value = Array.isArray(v) ? v.join(kind === "lines" ? "\n" : ", ") : String(v);
+    }
+    fs.append(label, input);
+  }
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.id = "policy-" + i + "-remove";
+  remove.textContent = "Remove policy " + i;
+  remove.addEventListener("click", () => {
+    const kept = retentionDraft().policy.filter((_, j) => j !== i);
+    fillPolicies(kept);
+    retentionEdited();
+  });
+  fs.appendChild(remove);
+  box.appendChild(fs);
+}
+
+function fillPolicies(policies) {
+  $("policies").replaceChildren();
+  for (const p of policies || []) addPolicy(p);
+}
+
+function fillRetention(r) {
+  if (!r) return;
+  $("retention-dry-run").checked = r.dry_run !== false;
+  $("retention-grace").value = r.grace || "";
+  fillPolicies(r.policy);
+  retentionDirty = false;
+  previewRetention();
+}
+
+// The editor's values as the API takes them (empty fields left out).
+function retentionDraft() {
+  const policy = [];
+  for (const fs of $("policies").children) {
+    const p = {};
+    for (const input of fs.querySelectorAll("[data-key]")) {
+      const key = input.dataset.key, v = input.value.trim();
+      if (!v) continue;
+      if (key === "repositories") p[key] = v.split(",").map((x) => x.trim()).filter((x) => x);
+      else if (key === "keep_tags") p[key] = v.split("\n").map((x) => x.trim()).filter((x) => x);
+      else if (input.type === "number") p[key] = Number(v);
+      else p[key] = v;
+    }
+    policy.push(p);
+  }
+  const draft = { dry_run: $("retention-dry-run").checked, policy };
+  const grace = $("retention-grace").value.trim();
+  if (grace) draft.grace = grace;
+  return draft;
+}
+
+// "retention.policy[1].keep_tags[0]: ..." -> the input policy-1-keep_tags (or grace).
+function markBad(error) {
+  for (const e of document.querySelectorAll("#retention .bad")) e.classList.remove("bad");
+  const m = /^retention\.(?:policy\[(\d+)\]\.(\w+)|(grace))/.exec(error || "");
+  if (!m) return;
+  const input = m[3] ? $("retention-grace") : $("policy-" + m[1] + "-" + m[2]);
+  if (input) input.classList.add("bad");
+}
+
+let retentionTimer = null;
+let retentionSeq = 0;
+async function previewRetention() {
+  const seq = ++retentionSeq;
+  const r = await call("POST", "retention/preview", retentionDraft());
+  if (seq !== retentionSeq) return; // typed on meanwhile
+  const check = $("retention-check");
+  const body = $("retention-going");
+  body.replaceChildren();
+  if (r.status !== 200) {
+    const why = r.data ? r.data.error : "HTTP " + r.status;
+    check.textContent = why;
+    check.className = "error";
+    markBad(why);
+    return;
+  }
+  markBad(null);
+  const going = r.data.filter((v) => !v.keep);
+  check.className = "muted";
+  check.textContent = going.length + " of " + r.data.length + " tags would be pruned" +
+    ($("retention-dry-run").checked ? " (dry run: listed, not pruned)." : ".");
+  for (const v of going) {
+    const tr = document.createElement("tr");
+    for (const text of [v.repository + ":" + v.tag, utc(v.pushed), v.pulled ? utc(v.pulled) : "never", v.reason]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
+function retentionEdited() {
+  retentionDirty = true;
+  clearTimeout(retentionTimer);
+  retentionTimer = setTimeout(previewRetention, 250);
+}
+
+async function saveRetention() {
+  const m = $("retention-message");
+  m.textContent = "Saving...";
+  m.className = "";
+  const r = await call("PUT", "settings", { retention: retentionDraft() });
+  if (r.status === 200) {
+    m.textContent = "Saved; the next run prunes by these policies.";
+    m.className = "ok";
+    fillRetention(r.data.settings.retention);
+  } else {
+    m.textContent = refusal(r);
+    m.className = "error";
+    markBad(m.textContent);
+  }
+  poll();
+}
+
+// A run's pruned tags, for its row in the history.
+function prunedCell(j) {
+  const td = document.createElement("td");
+  const pruned = j.retention ? j.retention.pruned : [];
+  if (!pruned.length) { td.textContent = j.retention ? "0" : "-"; return td; }
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = pruned.length + (j.retention.dry_run ? " (dry run)" : "");
+  const list = document.createElement("ul");
+  for (const p of pruned) {
+    const li = document.createElement("li");
+    li.textContent = p.repository + ":" + p.tag + " " + p.digest.slice(0, 19) +
+      " pushed " + utc(p.pushed) + ", pulled " + (p.pulled ? utc(p.pulled) : "never");
+    list.appendChild(li);
+  }
+  details.append(summary, list);
+  td.appendChild(details);
+  return td;
+}
+
 
 function refusal(r) {
   const why = r.data && r.data.error ? r.data.error : "HTTP " + r.status;
@@ -192,7 +370,11 @@ async function stop() {
 
 async function revert() {
   const r = await call("DELETE", "settings");
-  if (r.status === 200) { say("The configuration file's settings are in force.", "ok"); fillForm(r.data.settings); }
+  if (r.status === 200) {
+    say("The configuration file's settings are in force.", "ok");
+    fillForm(r.data.settings);
+    fillRetention(r.data.settings.retention);
+  }
   else say(refusal(r), "error");
   poll();
 }
@@ -232,6 +414,7 @@ async function loadJobs() {
       if (i === 3 && j.error) td.title = j.error;
       tr.appendChild(td);
     });
+    tr.appendChild(prunedCell(j));
     body.appendChild(tr);
   }
   chart(r.data.jobs.filter((j) => j.outcome !== "running").reverse());
@@ -305,6 +488,9 @@ $("schedule").addEventListener("input", () => {
   previewTimer = setTimeout(previewSchedule, 200);
 });
 $("settings").addEventListener("change", () => { formDirty = true; });
+$("retention").addEventListener("input", retentionEdited);
+$("policy-add").addEventListener("click", () => { addPolicy(null); retentionEdited(); });
+$("retention-save").addEventListener("click", saveRetention);
 $("save").addEventListener("click", () => save(false));
 $("jobs-newer").addEventListener("click", () => { jobsOffset = Math.max(0, jobsOffset - JOBS_PAGE); loadJobs(); });
 $("jobs-older").addEventListener("click", () => { jobsOffset += JOBS_PAGE; loadJobs(); });
@@ -314,4 +500,4 @@ $("revert").addEventListener("click", revert);
 loadSettings();
 poll();
 setInterval(poll, 1000);
-setInterval(() => { if (!formDirty) loadSettings(); }, 15000);
+setInterval(() => { if (!formDirty || !retentionDirty) loadSettings(); }, 15000);

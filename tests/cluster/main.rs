@@ -2,6 +2,7 @@
 //! own data directory, stopped by pid) and several `regfs mount` daemons over ONE backing
 //! directory at several mount points, as replicas over a shared store would be. Leases
 //! of 2 s keep the failure tests short. Each test prints what it measured.
+mod caching;
 #[path = "../common/mod.rs"]
 mod common;
 mod epochs;
@@ -10,5 +11,6 @@ mod harness;
 mod names;
 mod online;
 mod registry;
+mod retention;
 mod security;
 mod status;

@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use crate::harness::{Etcd, Node, blob_set, cluster_test};
 
 /// `docker-registry serve`, killed by pid on drop.
-pub struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    pub port: u16,
-    pub log: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Registry {
@@ -40,7 +40,7 @@ fn drop_in_environment() -> Vec<(String, String)> {
 
 impl Registry {
     /// Debian's config.yml with the storage at `mnt`, a loopback port and no auth.
-    pub fn start(dir: &Path, name: &str, mnt: &Path) -> Registry {
+    pub(crate) fn start(dir: &Path, name: &str, mnt: &Path) -> Registry {
         let text = fs::read_to_string("/etc/docker/registry/config.yml").unwrap();
         let mut v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -77,7 +77,7 @@ impl Registry {
 }
 
 /// One request: (status, body).
-pub fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+pub(crate) fn http(port: u16, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json";
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -110,7 +110,7 @@ pub fn skopeo(args: &[&str]) -> Output {
         .expect("skopeo")
 }
 
-pub fn push(oci: &Path, image: &str, port: u16, dest: &str) {
+pub(crate) fn push(oci: &Path, image: &str, port: u16, dest: &str) {
     let src = format!("oci:{}:{image}", oci.display());
     let dst = format!("docker://127.0.0.1:{port}/{dest}");
     let out = skopeo(&[
@@ -129,7 +129,7 @@ pub fn push(oci: &Path, image: &str, port: u16, dest: &str) {
 }
 
 /// Pulls whole (skopeo checks every blob's digest) and returns the manifest's digest.
-pub fn pull(dir: &Path, port: u16, reference: &str) -> String {
+pub(crate) fn pull(dir: &Path, port: u16, reference: &str) -> String {
     let dest = dir.join(format!("pull-{}", reference.replace([':', '/'], "-")));
     let _ = fs::remove_dir_all(&dest);
     let src = format!("docker://127.0.0.1:{port}/{reference}");
@@ -155,6 +155,36 @@ pub fn pull(dir: &Path, port: u16, reference: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// The sample OCI images (scripts/oci-images.py) in `dir/oci`: the layout and its listing.
+pub(crate) fn sample_images(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let oci = dir.join("oci");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py"))
+        .arg(&oci)
+        .args(["--sample", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (oci, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The manifest digest of the sample image `name`.
+pub(crate) fn image_digest(images: &serde_json::Value, name: &str) -> String {
+    images["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn a_push_through_one_replica_pulls_through_the_other_after_gc() {
     let Some(_one_at_a_time) = cluster_test() else {
@@ -169,30 +199,8 @@ fn a_push_through_one_replica_pulls_through_the_other_after_gc() {
     let dir = crate::common::tempdir();
     let storage = dir.path().join("store");
     fs::create_dir(&storage).unwrap();
-    let oci = dir.path().join("oci");
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py"))
-        .arg(&oci)
-        .args(["--sample", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let images: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let digest = |name: &str| -> String {
-        images["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap()["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let (oci, images) = sample_images(dir.path());
+    let digest = |name: &str| image_digest(&images, name);
     let etcd = Etcd::start(dir.path());
     let n1 = Node::start(dir.path(), &storage, &etcd, "n1", &[]);
     let n2 = Node::start(dir.path(), &storage, &etcd, "n2", &[]);

@@ -90,6 +90,7 @@ pub fn config(storage: &Path, mnt: &Path) -> MountConfig {
         fd_budget: 0,
         users: Default::default(),
         shared_store: false,
+        record_access: true,
     }
 }
 
@@ -124,7 +125,7 @@ pub fn mount_configured(
     let mut cfg = config(&storage, &mnt);
     tune(&mut cfg);
     let (mounted, gate) = mount::mount(&cfg, |root| {
-        let p = StorePolicies::compose(root, WriteGate::new())?;
+        let p = StorePolicies::compose(root, WriteGate::new(), true)?;
         Ok((p.chain, p.gate))
     })
     .expect("mount");

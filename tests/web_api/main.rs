@@ -11,4 +11,5 @@ mod contention;
 mod fixture;
 mod page;
 mod retention_api;
+mod retention_page;
 mod tls;
