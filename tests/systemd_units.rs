@@ -467,7 +467,8 @@ fn the_default_configuration_passes_regfs_config_check() {
     let all: String = config
         .lines()
         .map(|l| match l.strip_prefix('#') {
-            Some(rest) if config_keys(rest).len() == 1 => rest,
+            // A key, or the header of a table shown commented out (`#[[retention.policy]]`).
+            Some(rest) if config_keys(rest).len() == 1 || rest.starts_with("[[") => rest,
             _ => l,
         })
         .map(|l| format!("{l}\n"))
