@@ -206,20 +206,26 @@ impl OnlineCluster {
     }
 }
 
+/// Starts a run on `node` and freezes its collector (SIGSTOP) once the run is `state`
+/// (`marking` or `sweeping`); SIGCONT lets it go on.
+fn freeze_run_at(node: &Node, state: &str) {
+    assert_eq!(node.gc().0, 0);
+    assert!(
+        wait_state(node, state, Duration::from_secs(30)),
+        "the run never reached {state}: {:#}",
+        node.status()
+    );
+    assert!(node.guard.signal(libc::SIGSTOP));
+}
+
 #[test]
 fn pushes_through_node_2_go_on_through_an_online_run_of_node_1_and_pull_whole() {
     let Some(c) = online_cluster(&[], TTLS) else {
         return;
     };
-    assert_eq!(c.n1.gc().0, 0);
-    assert!(
-        wait_state(&c.n1, "marking", Duration::from_secs(20)),
-        "the run never marked: {:#}",
-        c.n1.status()
-    );
+    freeze_run_at(&c.n1, "marking");
     // The collector stalls mid-mark: node 2 pushes `tools`, whose blobs are garbage to
     // the mark, into new repositories. Only node 2's record of those writes keeps them.
-    assert!(c.n1.guard.signal(libc::SIGSTOP));
     let mut refused = 0;
     for i in 0..2 {
         refused += c
@@ -277,13 +283,7 @@ fn a_tag_moved_through_node_2_during_the_sweep_onto_an_untagged_manifest_keeps_i
     };
     // app-v1 is left untagged (doomed with --delete-untagged).
     c.images.push("app-v2", c.r1.port, "app:v1");
-    assert_eq!(c.n1.gc().0, 0);
-    assert!(
-        wait_state(&c.n1, "sweeping", Duration::from_secs(30)),
-        "the run never swept: {:#}",
-        c.n1.status()
-    );
-    assert!(c.n1.guard.signal(libc::SIGSTOP));
+    freeze_run_at(&c.n1, "sweeping");
     // The tag moves back onto app-v1 through node 2 while the collector is frozen
     // mid-sweep: node 2 keeps it through etcd, or refuses (the batch is claimed).
     let during = c.images.try_push("app-v1", c.r2().port, "app:v1");
@@ -307,13 +307,7 @@ fn a_member_killed_mid_sweep_loses_nothing_reachable() {
         return;
     };
     c.images.push("app-v2", c.r2().port, "app:v2");
-    assert_eq!(c.n1.gc().0, 0);
-    assert!(
-        wait_state(&c.n1, "sweeping", Duration::from_secs(30)),
-        "the run never swept: {:#}",
-        c.n1.status()
-    );
-    assert!(c.n1.guard.signal(libc::SIGSTOP));
+    freeze_run_at(&c.n1, "sweeping");
     // Mid-sweep, node 2 pushes `tools` again (its blobs doomed): it keeps them through
     // etcd, or is refused (their batch claimed already). Then it dies, and its lease
     // with it, before the collector goes on.
@@ -343,14 +337,8 @@ fn a_node_joining_mid_run_waits_for_its_end_and_gc_stop_on_a_member_stops_it() {
     let Some(c) = online_cluster(&[], TTLS) else {
         return;
     };
-    assert_eq!(c.n1.gc().0, 0);
-    assert!(
-        wait_state(&c.n1, "marking", Duration::from_secs(20)),
-        "the run never marked: {:#}",
-        c.n1.status()
-    );
+    freeze_run_at(&c.n1, "marking");
     // The collector frozen: the run is surely on while node 3 starts.
-    assert!(c.n1.guard.signal(libc::SIGSTOP));
     let mut args: Vec<&str> = c.args.iter().map(String::as_str).collect();
     args.extend(["--cluster-lease-ttl", TTLS[1]]);
     let n3 = Node::start(c.world.dir.path(), &c.world.storage, &c.etcd, "n3", &args);
@@ -379,15 +367,9 @@ fn a_collector_stalled_past_its_lease_mid_sweep_deletes_nothing_more_when_it_res
     let Some(c) = online_cluster(&[], ["2s", "2s"]) else {
         return;
     };
-    assert_eq!(c.n1.gc().0, 0);
-    assert!(
-        wait_state(&c.n1, "sweeping", Duration::from_secs(30)),
-        "the run never swept: {:#}",
-        c.n1.status()
-    );
+    freeze_run_at(&c.n1, "sweeping");
     // A collector stalled (SIGSTOP: a pause, swap, a frozen VM) past its lease: the run's
     // keys go with it and node 2 leaves the run.
-    assert!(c.n1.guard.signal(libc::SIGSTOP));
     let deadline = Instant::now() + Duration::from_secs(4);
     while !c.n2.status()["cluster"]["epoch"].is_null() {
         assert!(Instant::now() < deadline, "the epoch outlived the lease");
@@ -449,13 +431,7 @@ fn a_member_cut_off_from_etcd_mid_mark_fences_and_the_run_deletes_nothing() {
     .unwrap();
     assert_eq!(st, 202);
     let before = blob_set(&world.storage);
-    assert_eq!(n1.gc().0, 0);
-    assert!(
-        wait_state(&n1, "marking", Duration::from_secs(20)),
-        "the run never marked: {:#}",
-        n1.status()
-    );
-    assert!(n1.guard.signal(libc::SIGSTOP));
+    freeze_run_at(&n1, "marking");
     // Node 2 records a push of garbage blobs, then loses etcd before it can hand its
     // record over: it must fence, and the run must not delete what it recorded.
     images.push("tools", r2.port, "kept:recorded");
