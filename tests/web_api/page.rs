@@ -86,9 +86,11 @@ fn the_page_starts_stops_and_lists_runs_with_a_banner_while_read_only() {
 
 /// Run 2 (stopped) above run 1 (done, 3 blobs), and a bar for each in the chart.
 fn history_lists_both_runs(b: &mut Browser) {
+    // The history refreshes on its own: the stopped run may still be listed as
+    // running for a moment after the banner went.
     b.wait_for(
-        "document.querySelectorAll('#jobs tr').length === 2",
-        "two runs in the history",
+        "document.querySelectorAll('#jobs tr').length === 2 && document.querySelector('#jobs tr').textContent.includes('stopped')",
+        "two runs in the history, the newest stopped",
     );
     let rows = b.eval("[...document.querySelectorAll('#jobs tr')].map(r => r.textContent)");
     let rows: Vec<String> = serde_json::from_value(rows).unwrap();
