@@ -226,3 +226,18 @@ pub fn wait_json(env: &Env, path: &str, what: &str, pred: impl Fn(&Value) -> boo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `ci/app` with two tags, each on its own image: `new`, pushed now, and `old`, whose
+/// link says it was pushed ten days ago. The old tag's manifest and its link.
+pub fn ci_app_old_and_new(storage: &Path) -> (regfs::layout::Digest, PathBuf) {
+    let s = crate::common::store::StoreBuilder::new(storage);
+    let (old, _) = s.image("ci/app", &[s.blob(b"old layer")], "old");
+    let (new, _) = s.image("ci/app", &[s.blob(b"new layer")], "new");
+    s.tag("ci/app", "old", &old);
+    s.tag("ci/app", "new", &new);
+    let link = s.repo("ci/app").join("_manifests/tags/old/current/link");
+    let f = fs::File::options().write(true).open(&link).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(10 * 86400))
+        .unwrap();
+    (old, link)
+}

@@ -3,23 +3,14 @@
 //! (a change: refused without credentials).
 
 use std::fs;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::common::store::StoreBuilder;
-use crate::fixture::env;
+use crate::fixture::{ci_app_old_and_new, env};
 
 #[test]
 fn the_preview_lists_what_a_run_prunes_and_a_restore_needs_credentials() {
     let Some(e) = env(&[]) else { return };
-    let s = StoreBuilder::new(&e.storage);
-    let (old, _) = s.image("ci/app", &[s.blob(b"old layer")], "old");
-    let (new, _) = s.image("ci/app", &[s.blob(b"new layer")], "new");
-    s.tag("ci/app", "old", &old);
-    s.tag("ci/app", "new", &new);
-    let link = s.repo("ci/app").join("_manifests/tags/old/current/link");
-    let f = fs::File::options().write(true).open(&link).unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(10 * 86400))
-        .unwrap();
+    let (old, link) = ci_app_old_and_new(&e.storage);
     let cfg = e.dir.path().join("regfs.toml");
     fs::write(
         &cfg,
@@ -116,15 +107,7 @@ const FILE_POLICY: &str =
 #[test]
 fn retention_settings_change_through_the_api_over_the_file_and_sighup_rereads_the_file() {
     let Some(e) = env(&[]) else { return };
-    let s = StoreBuilder::new(&e.storage);
-    let (old, _) = s.image("ci/app", &[s.blob(b"old layer")], "old");
-    let (new, _) = s.image("ci/app", &[s.blob(b"new layer")], "new");
-    s.tag("ci/app", "old", &old);
-    s.tag("ci/app", "new", &new);
-    let link = s.repo("ci/app").join("_manifests/tags/old/current/link");
-    let f = fs::File::options().write(true).open(&link).unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(10 * 86400))
-        .unwrap();
+    let (_, link) = ci_app_old_and_new(&e.storage);
     let cfg = e.dir.path().join("regfs.toml");
     fs::write(&cfg, format!("[retention]\ngrace = \"3h\"\n{FILE_POLICY}")).unwrap();
     let d = e.start(&["--config", cfg.to_str().unwrap()]);

@@ -3,28 +3,17 @@
 //! value named and marked), saved with credentials, and the run's pruned tags are listed
 //! in its row of the history. A screenshot is kept in target/test-artifacts/.
 
-use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
 
 use crate::cdp::Browser;
-use crate::common::store::StoreBuilder;
-use crate::fixture::{TOKEN, env, wait_json};
+use crate::fixture::{TOKEN, ci_app_old_and_new, env, wait_json};
 
 const CHECK: &str = "document.getElementById('retention-check').textContent";
 
 #[test]
 fn the_policy_editor_previews_as_typed_and_the_history_lists_the_pruned_tags() {
     let Some(e) = env(&["chromium"]) else { return };
-    let s = StoreBuilder::new(&e.storage);
-    let (old, _) = s.image("ci/app", &[s.blob(b"old layer")], "old");
-    let (new, _) = s.image("ci/app", &[s.blob(b"new layer")], "new");
-    s.tag("ci/app", "old", &old);
-    s.tag("ci/app", "new", &new);
-    let link = s.repo("ci/app").join("_manifests/tags/old/current/link");
-    let f = fs::File::options().write(true).open(&link).unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(10 * 86400))
-        .unwrap();
+    let (old, link) = ci_app_old_and_new(&e.storage);
     let d = e.start(&[]);
     let mut b = Browser::launch();
     b.open(&format!("{}/", e.base()));
