@@ -2,15 +2,21 @@
 //! members over a model of etcd (revisions, leases, transactions with the same compares),
 //! each node with the library's own doomed set (`policy::online::Doomed`), write check
 //! (`check_write`) and keep and claim transactions (`cluster::online::RunKeys`), driven
-//! through random interleavings of: member writes during the mark (recorded, handed over
-//! at the pause), member link writes and fresh uploads during the sweep, the collector's
+//! through random interleavings of: writes during the mark on every node (recorded; a
+//! member's handed over in two records, one with word that it holds the planned doomed
+//! set, one at the pause), the planned set and the delta of the pause (a member cut off
+//! before it loads the planned set, or before it reads the delta), member link writes
+//! and fresh uploads during the sweep, the collector's
 //! sweep unit by unit (batch claims), a member or the collector cut off from etcd (a
 //! partition) and back, and the collector's lease expiring (it stops deleting first, as
 //! it does at half its TTL).
 //!
-//! Checked after every step: no link a node admitted names a blob the collector deleted
-//! (before or after the link), no blob made anew by an admitted upload is deleted, and a
-//! run missing a member's record deletes nothing.
+//! Checked at the pause: every member enforces exactly the collector's doomed set (the
+//! planned set with the delta applied), and no node hides a blob a write before the pause
+//! made live. Checked after every step: no link a node admitted names a blob the
+//! collector deleted (before or after the link), no blob made anew by an admitted upload
+//! is deleted, and a run missing a member's record, its word that it holds the planned
+//! set or that it applied the delta deletes nothing.
 //!
 //! Seeds are fixed: `CLUSTER_MODEL_SEEDS` runs (default 40) from
 //! `CLUSTER_MODEL_FIRST_SEED` (default 0); a failure names its seed.
@@ -280,32 +286,115 @@ fn run(seed: u64) {
     }
     let truth = RefCell::new(Truth::default());
 
-    // Mark: members write, recorded; some are cut off before they hand over.
-    let mut records: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for &m in &MEMBERS {
-        let writes: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(UNITS)).collect();
-        truth.borrow_mut().linked.extend(writes.iter().copied());
-        records.insert(m, writes);
-    }
-    // The pause: every member hands over, unless cut off (then it closes, and the run,
-    // missing its record, deletes nothing).
-    let lost = rng.chance(10).then(|| rng.pick(&MEMBERS));
+    // The mark: every node writes, recorded. The collector's own writes before it lays
+    // out the plan are in the planned set; the members' go to it in two records: the one
+    // handed over with `planned` (written before the node took the planned set) and the
+    // one handed over at the pause (written after).
+    let writes =
+        |rng: &mut Rng| -> Vec<usize> { (0..rng.below(6)).map(|_| rng.below(UNITS)).collect() };
     let mut collector = Doomed::new((0..UNITS).map(unit).collect());
-    for (&m, writes) in &records {
-        if Some(m) == lost {
-            return; // the collector waits for it in vain and deletes nothing
+    for u in writes(&mut rng) {
+        truth.borrow_mut().linked.insert(u);
+        collector.touch(&layer_link(COLLECTOR, u));
+    }
+    let before_pause: HashSet<usize> = truth.borrow().linked.clone();
+    // Before the pause, every node writable: the planned set goes out. A member cut off
+    // now cannot load it, never says it holds it, and the collector, waiting for it in
+    // vain, never pauses: nothing is deleted.
+    let (planned_units, planned_taken) = collector.published();
+    let cut_before_planned = rng.chance(8).then(|| rng.pick(&MEMBERS));
+    let mut planned: BTreeMap<usize, Doomed> = BTreeMap::new();
+    for &m in &MEMBERS {
+        if Some(m) == cut_before_planned {
+            return;
         }
-        for &u in writes {
+        planned.insert(
+            m,
+            Doomed::from_published(planned_units.clone(), &planned_taken),
+        );
+    }
+    let mut early: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut late: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &m in &MEMBERS {
+        early.insert(m, writes(&mut rng));
+        late.insert(m, writes(&mut rng));
+    }
+    // The collector folds the records handed over with `planned`, and its own writes
+    // since, with every node writable.
+    for (&m, w) in &early {
+        for &u in w {
             collector.touch(&layer_link(m, u));
         }
     }
-    let (units, settled) = collector.published();
+    let own_late = writes(&mut rng);
+    for &u in &own_late {
+        collector.touch(&layer_link(COLLECTOR, u));
+    }
+    let mut before_pause = before_pause;
+    before_pause.extend(
+        early
+            .values()
+            .flatten()
+            .chain(late.values().flatten())
+            .chain(&own_late),
+    );
+    truth
+        .borrow_mut()
+        .linked
+        .extend(before_pause.iter().copied());
+    // The pause: every member hands over its record since `planned`, unless cut off
+    // (then it closes, and the run, missing its record, deletes nothing).
+    let lost = rng.chance(10).then(|| rng.pick(&MEMBERS));
+    for (&m, w) in &late {
+        if Some(m) == lost {
+            return; // the collector waits for it in vain and deletes nothing
+        }
+        for &u in w {
+            collector.touch(&layer_link(m, u));
+        }
+    }
+    // The delta: what the collector took back since the planned set. A member cut off
+    // before it reads it keeps holding its writes, then closes; the collector, missing
+    // its `loaded`, deletes nothing.
+    let planned_taken: HashSet<usize> = planned_taken.into_iter().collect();
+    let delta: Vec<usize> = (collector.taken_back().into_iter())
+        .filter(|i| !planned_taken.contains(i))
+        .collect();
+    let cut_before_delta = rng.chance(10).then(|| rng.pick(&MEMBERS));
+    for (&m, set) in planned.iter_mut() {
+        if Some(m) == cut_before_delta {
+            return;
+        }
+        set.settle_published(&delta);
+    }
+    // Invariant 2: every member enforces exactly the collector's set; and so no node
+    // hides a blob that a write before the pause made live (a pull of it through any
+    // node after the pause finds it).
+    for (&m, set) in &planned {
+        for i in 0..UNITS {
+            assert_eq!(
+                set.is_doomed(i),
+                collector.is_doomed(i),
+                "seed {seed}: member {m} enforces unit {i} unlike the collector"
+            );
+        }
+    }
+    for (n, set) in
+        std::iter::once((COLLECTOR, &collector)).chain(planned.iter().map(|(m, s)| (*m, s)))
+    {
+        for &u in &before_pause {
+            assert!(
+                !set.is_hidden(&blob_dir(u)),
+                "seed {seed}: node {n} hides unit {u}, which a write before the pause made live"
+            );
+        }
+    }
     let cells: Vec<NodeCell> = (0..3)
         .map(|n| {
             NodeCell(Mutex::new(Some(if n == COLLECTOR {
                 std::mem::take(&mut collector)
             } else {
-                Doomed::from_published(units.clone(), &settled)
+                planned.remove(&n).unwrap()
             })))
         })
         .collect();

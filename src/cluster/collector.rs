@@ -18,7 +18,7 @@ use crate::daemon::epoch::{
 };
 use crate::daemon::job::Job;
 use crate::gc::Claims;
-use crate::policy::online::{Sweeping, UnitKeeper, WriteRecord};
+use crate::policy::online::{Doomed, Sweeping, UnitKeeper, WriteRecord};
 
 /// Job records kept in etcd.
 const JOBS_KEPT: usize = 100;
@@ -182,6 +182,7 @@ impl EpochCoordinator for Collector {
                 *self.online_run.lock().unwrap_or_else(|e| e.into_inner()) = OnlineRun {
                     epoch_mod: epoch,
                     acked: Vec::new(),
+                    planned_taken_back: Vec::new(),
                 };
                 sh.collecting.claimed(Some(epoch));
                 tracing::warn!(node = %sh.cfg.node, epoch, job, "cluster: this node collects epoch {epoch}");
@@ -349,6 +350,16 @@ impl EpochCoordinator for Collector {
 }
 
 impl OnlineCoordinator for Collector {
+    fn publish_planned(
+        &self,
+        doomed: &Doomed,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String> {
+        self.online_collector()?
+            .publish_planned(doomed, timeout, give_up)
+    }
+
     fn hand_over(
         &self,
         timeout: Duration,
@@ -379,6 +390,13 @@ impl OnlineCoordinator for Collector {
             Ok(on) => Box::new(ClusterClaims::new(on, sweeping, units)),
             // No epoch: nothing is deleted.
             Err(_) => Box::new(NothingClaimed),
+        }
+    }
+
+    fn members_finish(&self, timeout: Duration) -> u64 {
+        match self.online_collector() {
+            Ok(on) => on.members_finish(timeout),
+            Err(_) => 0,
         }
     }
 }

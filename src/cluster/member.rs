@@ -6,7 +6,7 @@
 //! The gate starts closed (the runtime closes it before the mount serves), so a node that
 //! starts during an epoch, or without etcd, never serves a write it should not.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -58,6 +58,8 @@ struct Local {
     published: (i64, Membership),
     /// Its part in another node's online run.
     online: OnlineState,
+    /// The epoch key's mod revision as the last tick read it (`None`: no key).
+    epoch_mod: Option<u64>,
 }
 
 pub fn run(sh: &Arc<NodeParts>) {
@@ -66,13 +68,30 @@ pub fn run(sh: &Arc<NodeParts>) {
         acked: None,
         published: (0, Membership::Starting),
         online: OnlineState::default(),
+        epoch_mod: None,
     };
+    let mut last_tick: Option<Instant> = None;
     while !sh.stopping() {
-        tick(sh, &mut st);
         // Recording for another node's online run: its pause is seen within 10 ms, so
-        // the cluster's pause is not held waiting for this node to notice it.
-        let recording = matches!(st.online.part, Some(online_member::Part::Recording(..)));
-        std::thread::sleep(if recording { PAUSE_POLL } else { POLL });
+        // the cluster's pause is not held waiting for this node to notice it. Between
+        // two ticks only the epoch key is read (one request, not the tick's two or
+        // more): a tick runs when it changed, and every POLL.
+        let awaits_pause = (st.online.part.as_ref()).is_some_and(online_member::Part::awaits_pause);
+        let due = last_tick.is_none_or(|t| t.elapsed() >= POLL);
+        if !awaits_pause || due || !healthy(sh) || epoch_changed(sh, st.epoch_mod) {
+            tick(sh, &mut st);
+            last_tick = Some(Instant::now());
+        }
+        std::thread::sleep(if awaits_pause { PAUSE_POLL } else { POLL });
+    }
+}
+
+/// Whether the epoch key changed since the last tick read it at `seen` (its mod
+/// revision); a failed read says yes (the tick decides).
+fn epoch_changed(sh: &NodeParts, seen: Option<u64>) -> bool {
+    match sh.etcd.get(&sh.keys.epoch()) {
+        Ok(kv) => kv.map(|kv| kv.mod_revision) != seen,
+        Err(_) => true,
     }
 }
 
@@ -98,6 +117,9 @@ fn tick(sh: &Arc<NodeParts>, st: &mut Local) {
     let Ok(epoch) = epoch else {
         return; // a passing failure; a lasting one shows in the session
     };
+    // Kept once this tick acted on it (an early return leaves the old one: the next
+    // look at the key ticks again).
+    let seen_mod = epoch.as_ref().map(|kv| kv.mod_revision);
     let after = sh.collecting.now();
     if before.claiming || before != after {
         return; // the next tick decides
@@ -161,6 +183,7 @@ fn tick(sh: &Arc<NodeParts>, st: &mut Local) {
             }
         }
     }
+    st.epoch_mod = seen_mod;
     publish(sh, st, lease);
 }
 

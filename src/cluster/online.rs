@@ -240,8 +240,19 @@ impl UnitKeeper for EtcdKeeper {
 pub struct OnlineRun {
     /// The epoch key's last change (the collector's phase transactions compare it).
     pub epoch_mod: u64,
-    /// The members that acknowledged (fixed when the pause began).
+    /// The members that acknowledged (fixed when the planned set went out).
     pub acked: Vec<String>,
+    /// The units the planned set said were taken back already.
+    pub planned_taken_back: Vec<usize>,
+}
+
+/// What a member says when its part in the run ended (`finished/<node>`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MemberFinished {
+    /// Writes its barrier refused (they named what the sweep deleted).
+    pub refused: u64,
+    /// Units its writes took back.
+    pub resurrected: u64,
 }
 
 /// The collector's handle on its online run (in `collector::Collector`).
@@ -334,42 +345,16 @@ impl OnlineCollector<'_> {
         }
     }
 
-    pub fn hand_over(
+    /// Writes the planned doomed set (`doomed` as it is now), moves the phase to
+    /// `planned` (the acknowledged set is fixed then), and waits until every member holds
+    /// it; the records they handed over with it.
+    pub fn publish_planned(
         &self,
+        doomed: &Doomed,
         timeout: Duration,
         give_up: &dyn Fn() -> bool,
     ) -> Result<Vec<WriteRecord>, String> {
-        self.set_phase("pausing")?;
-        // The phase has moved on: no acknowledgement can be added after this read.
-        let prefix = self.sh.keys.acks(self.epoch);
-        let acked: Vec<String> = (self.sh.etcd.list(&prefix))
-            .map_err(|e| format!("cluster: {e}"))?
-            .into_iter()
-            .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
-            .collect();
-        self.run().acked = acked;
-        let records = self.wait_all(
-            &self.sh.keys.records(self.epoch),
-            "their write records",
-            timeout,
-            give_up,
-        )?;
-        records
-            .into_iter()
-            .map(|(node, v)| {
-                serde_json::from_slice(&v)
-                    .map_err(|e| format!("cluster: the write record of {node}: {e}"))
-            })
-            .collect()
-    }
-
-    pub fn publish(
-        &self,
-        sweeping: &Sweeping,
-        timeout: Duration,
-        give_up: &dyn Fn() -> bool,
-    ) -> Result<(), String> {
-        let (units, settled) = sweeping.published();
+        let (units, taken_back) = doomed.published();
         let keys = &self.sh.keys;
         let mut first = 0;
         for (k, chunk) in units.chunks(CHUNK).enumerate() {
@@ -385,25 +370,137 @@ impl OnlineCollector<'_> {
                 .put(&keys.doomed_chunk(self.epoch, k), &value, self.lease))
             .map_err(|e| format!("cluster: {e}"))?;
         }
-        let settled = serde_json::to_vec(&(units.len(), settled)).unwrap_or_default();
+        let settled = serde_json::to_vec(&(units.len(), &taken_back)).unwrap_or_default();
         (self
             .sh
             .etcd
             .put(&keys.settled(self.epoch), &settled, self.lease))
         .map_err(|e| format!("cluster: {e}"))?;
+        self.run().planned_taken_back = taken_back;
+        self.set_phase("planned")?;
+        // The phase has moved on: no acknowledgement can be added after this read.
+        let prefix = keys.acks(self.epoch);
+        let acked: Vec<String> = (self.sh.etcd.list(&prefix))
+            .map_err(|e| format!("cluster: {e}"))?
+            .into_iter()
+            .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        self.run().acked = acked;
+        let records = self.wait_all(
+            &keys.planned(self.epoch),
+            "word that they hold the planned doomed set",
+            timeout,
+            give_up,
+        )?;
+        parse_records(records)
+    }
+
+    /// The pause: every member holds its writes and hands over its record since it
+    /// took the planned set.
+    pub fn hand_over(
+        &self,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String> {
+        self.set_phase("pausing")?;
+        let records = self.wait_all(
+            &self.sh.keys.records(self.epoch),
+            "their write records",
+            timeout,
+            give_up,
+        )?;
+        parse_records(records)
+    }
+
+    /// Writes the delta (what `sweeping` took back since the planned set), moves the
+    /// phase to `sweeping`, and waits until every member enforces it and resumed.
+    pub fn publish(
+        &self,
+        sweeping: &Sweeping,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), String> {
+        let planned: HashSet<usize> = self.run().planned_taken_back.iter().copied().collect();
+        let delta: Vec<usize> = (sweeping.taken_back().into_iter())
+            .filter(|i| !planned.contains(i))
+            .collect();
+        let keys = &self.sh.keys;
+        let value = serde_json::to_vec(&delta).unwrap_or_default();
+        (self
+            .sh
+            .etcd
+            .put(&keys.delta(self.epoch), &value, self.lease))
+        .map_err(|e| format!("cluster: {e}"))?;
         self.set_phase("sweeping")?;
         self.wait_all(
             &keys.loaded(self.epoch),
-            "word that they loaded the doomed set",
+            "word that they enforce the doomed set",
             timeout,
             give_up,
         )
         .map(|_| ())
     }
+
+    /// The sweep is over: moves the phase to `ending` and sums the refused writes every
+    /// member reports as it ends its part. A member that does not report within
+    /// `timeout` (or whose entry is gone: it died) is left out and named in the log.
+    pub fn members_finish(&self, timeout: Duration) -> u64 {
+        if let Err(e) = self.set_phase("ending") {
+            tracing::warn!(error = %e, "cluster: members' refused writes not counted");
+            return 0;
+        }
+        let keys = &self.sh.keys;
+        let prefix = keys.finished(self.epoch);
+        let acked = self.run().acked.clone();
+        let start = Instant::now();
+        loop {
+            let got: BTreeMap<String, MemberFinished> = match self.sh.etcd.list(&prefix) {
+                Ok(kvs) => kvs
+                    .into_iter()
+                    .filter_map(|kv| {
+                        let node = kv.key.strip_prefix(&prefix)?.to_string();
+                        Some((node, serde_json::from_slice(&kv.value).ok()?))
+                    })
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            };
+            let missing: Vec<&String> = acked.iter().filter(|n| !got.contains_key(*n)).collect();
+            let gone = |n: &&String| matches!(self.sh.etcd.get(&keys.member(n)), Ok(None));
+            let waiting: Vec<&String> = missing.iter().filter(|n| !gone(n)).copied().collect();
+            if waiting.is_empty() || start.elapsed() > timeout || !self.still_held() {
+                if !missing.is_empty() {
+                    tracing::warn!(epoch = self.epoch, members = ?missing,
+                        "cluster: members did not report the writes they refused; the job counts the others'");
+                }
+                return got.values().map(|f| f.refused).sum();
+            }
+            std::thread::sleep(PAUSE_POLL);
+        }
+    }
 }
 
-/// A member reads the doomed set the collector published for `epoch`.
-pub fn load_doomed(sh: &NodeParts, epoch: u64) -> Result<Doomed, String> {
+fn parse_records(records: BTreeMap<String, Vec<u8>>) -> Result<Vec<WriteRecord>, String> {
+    records
+        .into_iter()
+        .map(|(node, v)| {
+            serde_json::from_slice(&v)
+                .map_err(|e| format!("cluster: the write record of {node}: {e}"))
+        })
+        .collect()
+}
+
+/// A member reads the delta the collector wrote for `epoch` at the pause: the units
+/// taken back since the planned set.
+pub fn load_delta(sh: &NodeParts, epoch: u64) -> Result<Vec<usize>, String> {
+    match sh.etcd.get(&sh.keys.delta(epoch)) {
+        Ok(Some(kv)) => serde_json::from_slice(&kv.value).map_err(|e| e.to_string()),
+        Ok(None) => Err("the delta is not there".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A member reads the planned doomed set the collector published for `epoch`.
+pub fn load_planned(sh: &NodeParts, epoch: u64) -> Result<Doomed, String> {
     let keys = &sh.keys;
     let (len, settled): (usize, Vec<usize>) = match sh.etcd.get(&keys.settled(epoch)) {
         Ok(Some(kv)) => serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?,

@@ -11,22 +11,34 @@ use chrono::Utc;
 
 use super::NodeParts;
 use super::etcd::{Compare, Kv};
-use super::online::{EtcdKeeper, PAUSE_POLL, load_doomed};
+use super::online::{EtcdKeeper, MemberFinished, PAUSE_POLL, load_delta, load_planned};
 use super::records::EpochRecord;
 use crate::daemon::epoch::MemberDrain;
-use crate::policy::online::{Recording, Sweeping};
+use crate::policy::online::{Doomed, Recording, Sweeping};
 
 /// This member's part in one online run.
 pub enum Part {
     Recording(u64, Recording),
+    /// Still recording, holding the planned doomed set (not enforced).
+    Planned(u64, Recording, Doomed),
     Sweeping(u64, Sweeping),
+    /// Its part ended (the sweep is over), its refused writes reported.
+    Finished(u64),
 }
 
 impl Part {
     pub fn epoch(&self) -> u64 {
         match self {
-            Part::Recording(e, _) | Part::Sweeping(e, _) => *e,
+            Part::Recording(e, _)
+            | Part::Planned(e, ..)
+            | Part::Sweeping(e, _)
+            | Part::Finished(e) => *e,
         }
+    }
+
+    /// Whether the next phase needs this node at once (the pause waits for it).
+    pub fn awaits_pause(&self) -> bool {
+        matches!(self, Part::Recording(..) | Part::Planned(..))
     }
 }
 
@@ -85,10 +97,22 @@ pub fn tick(
             st.part = Some(p);
             Step::Serving
         }
-        (Some(Part::Recording(_, recording)), "pausing") => {
-            hand_over(sh, st, kv, recording, member_rev)
+        (Some(Part::Recording(_, recording)), "planned") => {
+            take_planned(sh, st, kv, recording, member_rev)
+        }
+        (Some(p @ Part::Planned(..)), "planned") => {
+            st.part = Some(p);
+            Step::Serving
+        }
+        (Some(Part::Planned(_, recording, planned)), "pausing") => {
+            hand_over(sh, st, kv, recording, planned, member_rev)
         }
         (Some(p @ Part::Sweeping(..)), "sweeping") => {
+            st.part = Some(p);
+            Step::Serving
+        }
+        (Some(Part::Sweeping(_, sweeping)), "ending") => finish(sh, st, kv, sweeping, member_rev),
+        (Some(p @ Part::Finished(..)), "ending") => {
             st.part = Some(p);
             Step::Serving
         }
@@ -183,14 +207,106 @@ fn join(sh: &NodeParts, st: &mut OnlineState, kv: &Kv, member_rev: u64) -> Step 
     }
 }
 
-/// Phase 3: hold writes, hand the record over, wait for the doomed set, install it,
-/// resume. The writes are held at most the drain timeout and a lease TTL; a node that
-/// cannot finish in time closes until the run ends.
+/// Before the pause, writes flowing: read the planned doomed set and keep it (not
+/// enforced: writes are still only recorded), hand over the record so far with word that
+/// this node holds the set. A node that cannot closes until the run ends (and the
+/// collector, missing its word, never pauses: nothing deleted).
+fn take_planned(
+    sh: &Arc<NodeParts>,
+    st: &mut OnlineState,
+    kv: &Kv,
+    mut recording: Recording,
+    member_rev: u64,
+) -> Step {
+    let epoch = kv.create_revision;
+    let start = Instant::now();
+    let planned = match load_planned(sh, epoch) {
+        Ok(d) => d,
+        Err(e) => {
+            drop(recording);
+            return exclude(
+                sh,
+                st,
+                epoch,
+                &format!("cannot load the planned doomed set: {e}"),
+            );
+        }
+    };
+    let record = recording.take_record();
+    let value = serde_json::to_vec(&record).unwrap_or_default();
+    let (member, key) = (
+        sh.keys.member(&sh.cfg.node),
+        sh.keys.planned_by(epoch, &sh.cfg.node),
+    );
+    match sh.etcd.txn(
+        &[Compare::Created(&member, member_rev)],
+        &[(&key, &value, kv.lease)],
+    ) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            drop(recording);
+            return exclude(sh, st, epoch, "this node's member entry changed");
+        }
+        Err(e) => {
+            drop(recording);
+            return exclude(
+                sh,
+                st,
+                epoch,
+                &format!("cannot hand the write record over: {e}"),
+            );
+        }
+    }
+    tracing::info!(node = %sh.cfg.node, epoch, units = planned.len(),
+        load_ms = start.elapsed().as_millis() as u64,
+        "cluster: planned doomed set held (not enforced yet); writes go on, recorded");
+    st.part = Some(Part::Planned(epoch, recording, planned));
+    Step::Serving
+}
+
+/// The sweep is over: end this node's part (nothing hidden or checked any more; the
+/// collector deletes nothing after its sweep) and report the writes it refused.
+fn finish(
+    sh: &Arc<NodeParts>,
+    st: &mut OnlineState,
+    kv: &Kv,
+    sweeping: Sweeping,
+    member_rev: u64,
+) -> Step {
+    let epoch = kv.create_revision;
+    let writes = sweeping.finish();
+    let value = serde_json::to_vec(&MemberFinished {
+        refused: writes.refused,
+        resurrected: writes.resurrected,
+    })
+    .unwrap_or_default();
+    let (member, key) = (
+        sh.keys.member(&sh.cfg.node),
+        sh.keys.finished_by(epoch, &sh.cfg.node),
+    );
+    if let Err(e) = sh.etcd.txn(
+        &[Compare::Created(&member, member_rev)],
+        &[(&key, &value, kv.lease)],
+    ) {
+        tracing::warn!(error = %e, refused = writes.refused,
+            "cluster: cannot report this node's refused writes to the collector");
+    }
+    tracing::info!(node = %sh.cfg.node, epoch, refused = writes.refused,
+        resurrected = writes.resurrected, "cluster: online run's sweep over; this node's part ended");
+    st.part = Some(Part::Finished(epoch));
+    Step::Serving
+}
+
+/// Phase 3: hold writes, hand the record since the planned set over, wait for the
+/// delta, apply it to the planned set, install that, resume. The writes are held at most
+/// the drain timeout and a lease TTL; a node that cannot finish in time closes until the
+/// run ends.
 fn hand_over(
     sh: &Arc<NodeParts>,
     st: &mut OnlineState,
     kv: &Kv,
     mut recording: Recording,
+    mut doomed: Doomed,
     member_rev: u64,
 ) -> Step {
     let epoch = kv.create_revision;
@@ -258,10 +374,11 @@ fn hand_over(
             other => fail!(&format!("unexpected phase {other:?}")),
         }
     }
-    let doomed = match load_doomed(sh, epoch) {
-        Ok(d) => d,
-        Err(e) => fail!(&format!("cannot load the doomed set: {e}")),
-    };
+    // Invariant 2: never enforce the planned set without the delta.
+    match load_delta(sh, epoch) {
+        Ok(delta) => doomed.settle_published(&delta),
+        Err(e) => fail!(&format!("cannot load the doomed set's delta: {e}")),
+    }
     let keeper = Arc::new(EtcdKeeper {
         sh: sh.clone(),
         epoch,

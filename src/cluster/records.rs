@@ -60,7 +60,7 @@ pub struct EpochRecord {
     pub job: u64,
     pub started_at: DateTime<Utc>,
     /// Read-only: `closing` (waiting for members), then `collecting`. Online:
-    /// `recording`, `pausing`, `sweeping` (`ARCHITECTURE.md`).
+    /// `recording`, `planned`, `pausing`, `sweeping`, `ending` (`ARCHITECTURE.md`).
     pub phase: String,
     /// `online` for an online run; empty (older nodes write none) for a read-only one.
     #[serde(default)]
@@ -122,6 +122,21 @@ impl Keys {
     }
     pub fn settled(&self, epoch: u64) -> String {
         format!("{}online/{epoch}/settled", self.prefix)
+    }
+    pub fn planned(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/planned/", self.prefix)
+    }
+    pub fn planned_by(&self, epoch: u64, node: &str) -> String {
+        format!("{}online/{epoch}/planned/{node}", self.prefix)
+    }
+    pub fn delta(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/delta", self.prefix)
+    }
+    pub fn finished(&self, epoch: u64) -> String {
+        format!("{}online/{epoch}/finished/", self.prefix)
+    }
+    pub fn finished_by(&self, epoch: u64, node: &str) -> String {
+        format!("{}online/{epoch}/finished/{node}", self.prefix)
     }
     pub fn loaded(&self, epoch: u64) -> String {
         format!("{}online/{epoch}/loaded/", self.prefix)

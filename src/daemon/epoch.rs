@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::gc::Claims;
-use crate::policy::online::{Sweeping, UnitKeeper, WriteRecord};
+use crate::policy::online::{Doomed, Sweeping, UnitKeeper, WriteRecord};
 
 use super::job::Job;
 pub use super::job::{ClusterRun, MemberDrain};
@@ -80,8 +80,18 @@ pub trait EpochCoordinator: Send + Sync {
 /// (`ARCHITECTURE.md`, the online run across the cluster). Every call waits at most
 /// `timeout` and stops when `give_up` says so; `Err`: the run must delete nothing.
 pub trait OnlineCoordinator: Send + Sync {
-    /// The pause begins: every member that acknowledged the run holds its writes and
-    /// hands over its record; returns them all.
+    /// Before the pause, every node still writable: gives every member that acknowledged
+    /// the run the planned doomed set (`doomed`, as the collector holds it now), and
+    /// waits until each holds it (not enforced); returns the records each handed over
+    /// with it (its writes so far), for the collector to fold in before the pause.
+    fn publish_planned(
+        &self,
+        doomed: &Doomed,
+        timeout: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Vec<WriteRecord>, String>;
+    /// The pause begins: every member holds its writes and hands over its record since
+    /// the planned set; returns them all.
     fn hand_over(
         &self,
         timeout: Duration,
@@ -89,8 +99,8 @@ pub trait OnlineCoordinator: Send + Sync {
     ) -> Result<Vec<WriteRecord>, String>;
     /// How the collector's own barrier keeps a unit for the cluster during the sweep.
     fn keeper(&self) -> Arc<dyn UnitKeeper>;
-    /// Gives every member the doomed set installed in `sweeping` and waits until each has
-    /// loaded it (and resumed its writes).
+    /// Gives every member what `sweeping` took back since the planned set (the delta)
+    /// and waits until each has applied it, enforces the result and resumed its writes.
     fn publish(
         &self,
         sweeping: &Sweeping,
@@ -99,6 +109,10 @@ pub trait OnlineCoordinator: Send + Sync {
     ) -> Result<(), String>;
     /// The sweep's claims of `units` units, in batches claimed through etcd.
     fn claims<'a>(&'a self, sweeping: &'a Sweeping, units: usize) -> Box<dyn Claims + 'a>;
+    /// The collector's sweep is over: every member ends its part and reports the writes
+    /// it refused; their sum (members that do not report within `timeout` are left out,
+    /// and named in the log).
+    fn members_finish(&self, timeout: Duration) -> u64;
 }
 
 /// A node alone: nothing to ask.

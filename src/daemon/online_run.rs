@@ -117,10 +117,12 @@ impl Claims for OnlineClaims<'_> {
     }
 }
 
-/// The pause across a cluster (phase 3): every member hands its record over and holds
-/// its writes; this node pauses its own, folds every record in, installs, resumes, and
-/// gives the members the doomed set (they resume once they have loaded it). Err: the
-/// run deletes nothing.
+/// The pause across a cluster (phase 3). First, with every node writable, the members
+/// get the planned doomed set and hand over their records so far, folded in here. Then
+/// the pause: every member hands its record since over and holds its writes; this node
+/// pauses its own, folds every record in, installs, resumes, and gives the members the
+/// delta (what was taken back since the planned set): they resume once they enforce it.
+/// Err: the run deletes nothing.
 fn cluster_pause_and_install(
     cluster: &dyn OnlineCoordinator,
     gate: &WriteGate,
@@ -131,6 +133,12 @@ fn cluster_pause_and_install(
 ) -> Result<(Sweeping, Pause), String> {
     let mut doomed = Doomed::new(doomed_units(plan, &recording));
     let mut recorded = recording.absorb(&mut doomed);
+    // Before the pause: every member holds the planned set (not enforced) and hands
+    // over what it wrote so far; the pause then moves only the last moments.
+    for r in &cluster.publish_planned(&doomed, timeout, give_up)? {
+        recorded += recording.absorb_record(r, &mut doomed)?;
+    }
+    recorded += recording.absorb(&mut doomed);
     let start = Instant::now();
     let records = cluster.hand_over(timeout, give_up)?;
     for r in &records {
@@ -252,6 +260,10 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     let writes = sweeping.finish();
     job.resurrected = writes.resurrected;
     job.refused_writes = writes.refused;
+    // Every member's refusals count too, reported as each ends its part.
+    if let Some(cluster) = cluster {
+        job.refused_writes += cluster.members_finish(settings.drain_timeout);
+    }
     match swept {
         Err(e) => record_failure(job, &e),
         Ok(report) => record_report(job, report),

@@ -109,22 +109,35 @@ impl Doomed {
     /// The doomed set as a cluster's collector hands it to the members: every unit in
     /// the plan's order, and those no longer doomed (taken back by the fold).
     pub fn published(&self) -> (Vec<DoomedUnit>, Vec<usize>) {
-        let settled = (0..self.units.len())
-            .filter(|&i| self.state[i] != UnitState::Doomed)
-            .collect();
-        (self.units.clone(), settled)
+        (self.units.clone(), self.taken_back())
     }
 
     /// A member's copy of the collector's doomed set: `settled` are kept already.
     pub fn from_published(units: Vec<DoomedUnit>, settled: &[usize]) -> Self {
         let mut d = Doomed::new(units);
+        d.settle_published(settled);
+        d
+    }
+
+    /// The units no longer doomed (taken back), by index: what a cluster's collector
+    /// tells the members at the pause, beside the planned set they hold.
+    pub fn taken_back(&self) -> Vec<usize> {
+        (0..self.units.len())
+            .filter(|&i| self.state[i] != UnitState::Doomed)
+            .collect()
+    }
+
+    /// A member applies what the collector took back (`settled`, by index) to its copy:
+    /// those units and what they keep are kept, as on the collector. Not counted as
+    /// taken back by this node's writes.
+    pub fn settle_published(&mut self, settled: &[usize]) {
+        let counted = self.resurrected;
         for &i in settled {
-            if i < d.units.len() {
-                d.settle(i);
+            if i < self.units.len() {
+                self.settle(i);
             }
         }
-        d.resurrected = 0;
-        d
+        self.resurrected = counted;
     }
 
     /// Whether unit `i` is still doomed (neither taken back nor claimed).
@@ -616,6 +629,42 @@ mod tests {
         assert!(!m.is_hidden("v2/blobs/sha256/bb/bb22"));
         assert!(!m.claim(1));
         assert!(m.claim(0));
+    }
+
+    #[test]
+    fn a_planned_set_with_the_delta_applied_is_the_collectors_set() {
+        let mut collector = Doomed::new(vec![
+            revision("r", "aa11"),
+            referrer("bb22", "aa11", "cc33"),
+            blob("cc33"),
+            blob("dd44"),
+            blob("ee55"),
+        ]);
+        collector.touch("v2/blobs/sha256/ee/ee55/data");
+        let (units, planned) = collector.published();
+        let mut member = Doomed::from_published(units, &planned);
+        // After the planned set went out, a write keeps aa11 (and its referrer's reach).
+        collector.touch(&rev_dir("aa11"));
+        let delta: Vec<usize> = collector
+            .taken_back()
+            .into_iter()
+            .filter(|i| !planned.contains(i))
+            .collect();
+        assert_eq!(delta, vec![0, 1, 2]);
+        assert!(
+            member.is_hidden("v2/blobs/sha256/cc/cc33"),
+            "planned: still doomed"
+        );
+        member.settle_published(&delta);
+        for i in 0..5 {
+            assert_eq!(member.is_doomed(i), collector.is_doomed(i), "unit {i}");
+        }
+        assert!(!member.is_hidden("v2/blobs/sha256/cc/cc33"));
+        assert_eq!(
+            member.resurrected(),
+            0,
+            "the collector's take-backs, not the member's"
+        );
     }
 
     #[test]

@@ -403,6 +403,14 @@ impl Sweeping {
         }
     }
 
+    /// The units taken back so far, by index (see `Doomed::taken_back`).
+    pub fn taken_back(&self) -> Vec<usize> {
+        match &*self.shared.lock() {
+            Phase::Sweeping(d) => d.taken_back(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The sweep is done with unit `i`.
     pub fn release(&self, i: usize) {
         if let Phase::Sweeping(d) = &mut *self.shared.lock() {
