@@ -463,3 +463,80 @@ fn a_member_cut_off_from_etcd_mid_mark_fences_and_the_run_deletes_nothing() {
         );
     }
 }
+
+/// A blob the collector's sweep has claimed (its batch listed in etcd) as node 2 would
+/// name it: the blob directory relative to the store, from the published doomed set.
+/// Looked for with the collector frozen; `None` if no batch is claimed yet.
+fn a_claimed_blob(etcd: &regfs::cluster::etcd::Etcd) -> Option<String> {
+    let online = etcd.list("/regfs/online/").unwrap();
+    let value = |kv: &regfs::cluster::etcd::Kv| -> serde_json::Value {
+        serde_json::from_slice(&kv.value).unwrap_or_default()
+    };
+    let listed: Vec<u64> = online
+        .iter()
+        .filter(|kv| kv.key.contains("/claimed/"))
+        .flat_map(|kv| value(kv).as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let units: Vec<serde_json::Value> = online
+        .iter()
+        .filter(|kv| kv.key.contains("/doomed/"))
+        .flat_map(|kv| value(kv)["units"].as_array().cloned().unwrap_or_default())
+        .collect();
+    listed.iter().find_map(|&i| {
+        units.get(i as usize)?["hidden"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+#[test]
+fn writes_a_member_refuses_during_the_sweep_count_in_the_collectors_job() {
+    let Some(c) = online_cluster(&[], TTLS) else {
+        return;
+    };
+    let etcd =
+        regfs::cluster::etcd::Etcd::new(&[c.etcd.url.clone()], Duration::from_secs(5)).unwrap();
+    assert_eq!(c.n1.gc().0, 0);
+    assert!(
+        wait_state(&c.n1, "sweeping", Duration::from_secs(60)),
+        "the run never swept: {:#}",
+        c.n1.status()
+    );
+    // Let the collector run in short steps until a batch of its sweep is claimed, and
+    // freeze it there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let blob = loop {
+        assert!(c.n1.guard.signal(libc::SIGSTOP));
+        if let Some(b) = a_claimed_blob(&etcd) {
+            break b;
+        }
+        assert!(c.n1.guard.signal(libc::SIGCONT));
+        assert!(Instant::now() < deadline, "no batch of the sweep claimed");
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Node 2 is asked to link that blob into a repository: it names what the cluster's
+    // sweep deletes (or deleted), so node 2 refuses it (EIO; a registry answers 500 and
+    // the client retries). That refusal is the cluster's run's, counted in its job.
+    let hex = blob.rsplit('/').next().unwrap().to_string();
+    let root = &blob[..blob.find("blobs/").unwrap()];
+    let layer =
+        c.n2.mnt()
+            .join(root)
+            .join("repositories/refused/_layers/sha256")
+            .join(&hex);
+    let err = fs::create_dir_all(&layer).expect_err("node 2 links a blob being deleted");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(c.n1.guard.signal(libc::SIGCONT));
+    let job = c.job();
+    assert_eq!(job["outcome"], "done", "{job:#}");
+    assert!(
+        job["refused_writes"].as_u64().unwrap() >= 1,
+        "node 2's refusal is in the job: {job:#}"
+    );
+    assert!(
+        c.n2.log().contains("this node's part ended"),
+        "{}",
+        c.n2.log()
+    );
+}
