@@ -496,7 +496,8 @@ fn writes_a_member_refuses_during_the_sweep_count_in_the_collectors_job() {
         return;
     };
     let etcd =
-        regfs::cluster::etcd::Etcd::new(&[c.etcd.url.clone()], Duration::from_secs(5)).unwrap();
+        regfs::cluster::etcd::Etcd::new(std::slice::from_ref(&c.etcd.url), Duration::from_secs(5))
+            .unwrap();
     assert_eq!(c.n1.gc().0, 0);
     assert!(
         wait_state(&c.n1, "sweeping", Duration::from_secs(60)),
