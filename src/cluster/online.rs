@@ -29,8 +29,11 @@ pub const BATCH: usize = 256;
 pub const CHUNK: usize = 1000;
 /// Keys put per transaction (etcd's default limit is 128 operations).
 const PUTS_PER_TXN: usize = 100;
-/// How often a waiting side looks at etcd during the pause.
+/// How often a recording member looks for the pause (for the whole mark), and the
+/// collector for what members give outside the pause.
 pub const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// How often a side looks at etcd while writes are held (the pause: a few looks).
+pub const HELD_POLL: Duration = Duration::from_millis(2);
 
 /// What the keep and claim transactions need of etcd (`Etcd`; a model of it in
 /// `tests/cluster_online_model.rs`). Err: why the call failed.
@@ -315,6 +318,7 @@ impl OnlineCollector<'_> {
         &self,
         prefix: &str,
         what: &str,
+        poll: Duration,
         timeout: Duration,
         give_up: &dyn Fn() -> bool,
     ) -> Result<BTreeMap<String, Vec<u8>>, String> {
@@ -341,7 +345,7 @@ impl OnlineCollector<'_> {
                     "cluster: members {missing:?} did not give {what} within {timeout:?}"
                 ));
             }
-            std::thread::sleep(PAUSE_POLL);
+            std::thread::sleep(poll);
         }
     }
 
@@ -389,6 +393,7 @@ impl OnlineCollector<'_> {
         let records = self.wait_all(
             &keys.planned(self.epoch),
             "word that they hold the planned doomed set",
+            PAUSE_POLL,
             timeout,
             give_up,
         )?;
@@ -406,6 +411,7 @@ impl OnlineCollector<'_> {
         let records = self.wait_all(
             &self.sh.keys.records(self.epoch),
             "their write records",
+            HELD_POLL,
             timeout,
             give_up,
         )?;
@@ -435,6 +441,7 @@ impl OnlineCollector<'_> {
         self.wait_all(
             &keys.loaded(self.epoch),
             "word that they enforce the doomed set",
+            HELD_POLL,
             timeout,
             give_up,
         )

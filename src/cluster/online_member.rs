@@ -11,7 +11,7 @@ use chrono::Utc;
 
 use super::NodeParts;
 use super::etcd::{Compare, Kv};
-use super::online::{EtcdKeeper, MemberFinished, PAUSE_POLL, load_delta, load_planned};
+use super::online::{EtcdKeeper, HELD_POLL, MemberFinished, load_delta, load_planned};
 use super::records::EpochRecord;
 use crate::daemon::epoch::MemberDrain;
 use crate::policy::online::{Doomed, Recording, Sweeping};
@@ -354,7 +354,7 @@ fn hand_over(
         let now = match sh.etcd.get(&sh.keys.epoch()) {
             Ok(now) => now,
             Err(_) => {
-                std::thread::sleep(PAUSE_POLL);
+                std::thread::sleep(HELD_POLL);
                 continue;
             }
         };
@@ -369,7 +369,7 @@ fn hand_over(
             .map(|r| r.phase)
             .unwrap_or_default();
         match phase.as_str() {
-            "pausing" => std::thread::sleep(PAUSE_POLL),
+            "pausing" => std::thread::sleep(HELD_POLL),
             "sweeping" => break,
             other => fail!(&format!("unexpected phase {other:?}")),
         }
