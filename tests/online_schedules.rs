@@ -34,10 +34,11 @@ use common::registry_sim::{
     PushError, RegistrySim, blob_data, image_manifest, index_manifest, layer_link, revision_link,
     tag_dir,
 };
-use regfs::daemon::online_run::{OnlineClaims, pause_and_install, start_recording};
+use regfs::daemon::online_run::{OnlineClaims, doomed_units, pause_and_install, start_recording};
 use regfs::gc::sweep::{Order, execute_in};
 use regfs::gc::{self, Claims, Unattended, Unclaimed};
 use regfs::layout::Digest;
+use regfs::policy::online::{Doomed, KeepAnswer, UnitKeeper};
 use serde_json::json;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, Runner};
@@ -61,6 +62,15 @@ impl Switch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Online,
+    /// Online, this node a member of a cluster's run (`ARCHITECTURE.md`): it takes the
+    /// planned doomed set while writes go on, hands over its record so far, then at the
+    /// pause its record since, and installs the planned set with the collector's delta
+    /// applied. Its own barrier guards the sweep here, so a delta missed or a record
+    /// lost shows as a deleted blob a push was told it had.
+    Member,
+    /// As `Member`, the clients' requests all made between the mark and the pause (so
+    /// only the records and the delta keep what they reach).
+    MemberClientsInMark,
     ReadOnly,
 }
 
@@ -72,7 +82,7 @@ struct Gc {
     min_age: Duration,
 }
 
-const GC_SETTINGS: [Gc; 4] = [
+const GC_SETTINGS: [Gc; 6] = [
     Gc {
         mode: Mode::Online,
         min_age: Duration::ZERO,
@@ -80,6 +90,14 @@ const GC_SETTINGS: [Gc; 4] = [
     Gc {
         mode: Mode::Online,
         min_age: Duration::from_secs(3600),
+    },
+    Gc {
+        mode: Mode::Member,
+        min_age: Duration::ZERO,
+    },
+    Gc {
+        mode: Mode::MemberClientsInMark,
+        min_age: Duration::ZERO,
     },
     Gc {
         mode: Mode::ReadOnly,
@@ -108,9 +126,21 @@ impl<C: Claims> Claims for Switching<'_, C> {
     }
 }
 
+/// A member's keeps in the cluster, with no other node: every unit asked is kept (the
+/// sweep here is this node's own, claimed through its barrier).
+#[derive(Debug)]
+struct EveryUnitKept;
+
+impl UnitKeeper for EveryUnitKept {
+    fn keep(&self, _units: &[usize]) -> KeepAnswer {
+        KeepAnswer::Kept
+    }
+}
+
 /// One GC run with `--delete-untagged`, the scheduler free to switch between its phases
 /// and around every unit of its sweep. Units run one at a time, in the plan's order.
-fn collect(core: &Core, gc: Gc, point: &Switch) {
+/// `clients_done`: whether every client thread has returned.
+fn collect(core: &Core, gc: Gc, point: &Switch, clients_done: &dyn Fn() -> bool) {
     let switch = || point.here();
     let opts = gc::Options {
         delete_untagged: true,
@@ -131,6 +161,52 @@ fn collect(core: &Core, gc: Gc, point: &Switch) {
             switch();
             let (sweeping, _) =
                 pause_and_install(&core.gate, recording, &planned.plan, WAIT).expect("paused");
+            switch();
+            execute_in(
+                Order::Sequential,
+                &planned.plan,
+                &core.deleter,
+                &Switching(OnlineClaims(&sweeping), point),
+                &Unattended,
+                &Unattended,
+            )
+            .expect("sweep");
+            switch();
+            drop(sweeping);
+            assert!(online.hidden().is_empty() && !online.is_active());
+        }
+        Mode::Member | Mode::MemberClientsInMark => {
+            let online = core.online();
+            let mut recording = start_recording(&core.gate, online, WAIT).unwrap();
+            switch();
+            let planned = mark();
+            if gc.mode == Mode::MemberClientsInMark {
+                while !clients_done() {
+                    shuttle::thread::yield_now();
+                }
+            }
+            // The collector's doomed set (on another node in a cluster: here only the
+            // records it folds in are this node's).
+            let mut collector = Doomed::new(doomed_units(&planned.plan, &recording));
+            let (units, taken) = collector.published();
+            let mut held = Doomed::from_published(units, &taken);
+            switch();
+            // Writes go on; the record so far is handed over with word that the planned
+            // set is held.
+            let early = recording.take_record();
+            recording.absorb_record(&early, &mut collector).unwrap();
+            switch();
+            let paused = core.gate.pause_writes(WAIT).expect("paused");
+            let late = recording.take_record();
+            recording.absorb_record(&late, &mut collector).unwrap();
+            let delta: Vec<usize> = (collector.taken_back().into_iter())
+                .filter(|i| !taken.contains(i))
+                .collect();
+            held.settle_published(&delta);
+            let sweeping = recording
+                .install_member(held, &paused, Arc::new(EveryUnitKept))
+                .expect("installed");
+            drop(paused);
             switch();
             execute_in(
                 Order::Sequential,
@@ -328,22 +404,28 @@ fn scenario(gc: Gc, seed: fn(&RegistrySim<'_>, &mut Promises), clients: Vec<Clie
     seed(&RegistrySim::new(&core.fs), &mut promises);
     let promises = Arc::new(std::sync::Mutex::new(promises));
     let point = Arc::new(Switch::default());
+    let clients_left = Arc::new(shuttle::sync::atomic::AtomicUsize::new(clients.len()));
     let mut threads = Vec::new();
     for (n, client) in clients.into_iter().enumerate() {
         let core = core.clone();
         let promises = promises.clone();
         let point = point.clone();
+        let left = clients_left.clone();
         threads.push(shuttle::thread::spawn(move || {
             let step = || point.here();
             let reg = RegistrySim::stepped(&core.fs, &step, 1000 * (n as u64 + 1));
             let mut mine = Promises::default();
             client(&reg, &mut mine);
             promises.lock().unwrap().merge(mine);
+            left.fetch_sub(1, shuttle::sync::atomic::Ordering::SeqCst);
         }));
     }
     {
         let core = core.clone();
-        threads.push(shuttle::thread::spawn(move || collect(&core, gc, &point)));
+        threads.push(shuttle::thread::spawn(move || {
+            let done = || clients_left.load(shuttle::sync::atomic::Ordering::SeqCst) == 0;
+            collect(&core, gc, &point, &done)
+        }));
     }
     for t in threads {
         t.join().unwrap();
