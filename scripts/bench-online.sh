@@ -39,7 +39,9 @@
 #              nodes 2 and 3 (node 2 alone with NODES=2), one push loop through each and
 #              the pull loop through node 2, GC triggered on node 1. Refused pushes count
 #              over every push loop; the pause is the collector's job's (the cluster's:
-#              from asking for the members' records until every member has resumed).
+#              from asking for the members' records since the planned doomed set until
+#              every member has resumed); each member's own hold and its load of the
+#              planned set (before the pause) are noted per run from its log.
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, job records, operation logs)
 #
 # Needs root, /dev/fuse, docker-registry, skopeo, python3, setpriv. Everything started is
@@ -297,6 +299,13 @@ run_mode() {
         note "run $r/$RUNS: $(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); r=j.get("report") or {}; print(j["outcome"], r.get("blobs_deleted"), "blobs deleted")' "$SCRATCH/job-$mode-$r.json" 2>/dev/null || echo '?')"
         sleep "$GAP"
     done
+    if ((NODES > 1)) && [[ $mode == online ]]; then
+        # Each member's own pause (writes held, ms) and its load of the planned doomed
+        # set before it (writes flowing), per run, from its log.
+        for ((n = 2; n <= NODES; n++)); do
+            note "node $n: writes held (ms) $(grep -ho 'held_ms=[0-9]*' "$SCRATCH/regfs-$mode-$n.log" | cut -d= -f2 | tr '\n' ' '); planned set loaded in (ms) $(grep -ho 'load_ms=[0-9]*' "$SCRATCH/regfs-$mode-$n.log" | cut -d= -f2 | tr '\n' ' ')"
+        done
+    fi
     touch "$SCRATCH/stop"
     wait "${LOAD_PIDS[@]}" 2>/dev/null || true
     LOAD_PIDS=()
