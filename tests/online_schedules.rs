@@ -38,7 +38,7 @@ use regfs::daemon::online_run::{OnlineClaims, doomed_units, pause_and_install, s
 use regfs::gc::sweep::{Order, execute_in};
 use regfs::gc::{self, Claims, Unattended, Unclaimed};
 use regfs::layout::Digest;
-use regfs::policy::online::{Doomed, KeepAnswer, UnitKeeper};
+use regfs::policy::online::{Doomed, KeepAnswer, Sweeping, UnitKeeper};
 use serde_json::json;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, Runner};
@@ -126,6 +126,24 @@ impl<C: Claims> Claims for Switching<'_, C> {
     }
 }
 
+/// The online sweep, one unit at a time, the scheduler free to switch around each; the
+/// run ends with it.
+fn sweep_online(core: &Core, plan: &gc::Plan, sweeping: Sweeping, point: &Switch) {
+    execute_in(
+        Order::Sequential,
+        plan,
+        &core.deleter,
+        &Switching(OnlineClaims(&sweeping), point),
+        &Unattended,
+        &Unattended,
+    )
+    .expect("sweep");
+    point.here();
+    drop(sweeping);
+    let online = core.online();
+    assert!(online.hidden().is_empty() && !online.is_active());
+}
+
 /// A member's keeps in the cluster, with no other node: every unit asked is kept (the
 /// sweep here is this node's own, claimed through its barrier).
 #[derive(Debug)]
@@ -162,18 +180,7 @@ fn collect(core: &Core, gc: Gc, point: &Switch, clients_done: &dyn Fn() -> bool)
             let (sweeping, _) =
                 pause_and_install(&core.gate, recording, &planned.plan, WAIT).expect("paused");
             switch();
-            execute_in(
-                Order::Sequential,
-                &planned.plan,
-                &core.deleter,
-                &Switching(OnlineClaims(&sweeping), point),
-                &Unattended,
-                &Unattended,
-            )
-            .expect("sweep");
-            switch();
-            drop(sweeping);
-            assert!(online.hidden().is_empty() && !online.is_active());
+            sweep_online(core, &planned.plan, sweeping, point);
         }
         Mode::Member | Mode::MemberClientsInMark => {
             let online = core.online();
@@ -208,18 +215,7 @@ fn collect(core: &Core, gc: Gc, point: &Switch, clients_done: &dyn Fn() -> bool)
                 .expect("installed");
             drop(paused);
             switch();
-            execute_in(
-                Order::Sequential,
-                &planned.plan,
-                &core.deleter,
-                &Switching(OnlineClaims(&sweeping), point),
-                &Unattended,
-                &Unattended,
-            )
-            .expect("sweep");
-            switch();
-            drop(sweeping);
-            assert!(online.hidden().is_empty() && !online.is_active());
+            sweep_online(core, &planned.plan, sweeping, point);
         }
         Mode::ReadOnly => {
             core.gate.close_for_writes(WAIT);

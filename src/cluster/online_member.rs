@@ -232,30 +232,16 @@ fn take_planned(
             );
         }
     };
-    let record = recording.take_record();
-    let value = serde_json::to_vec(&record).unwrap_or_default();
-    let (member, key) = (
-        sh.keys.member(&sh.cfg.node),
-        sh.keys.planned_by(epoch, &sh.cfg.node),
-    );
-    match sh.etcd.txn(
-        &[Compare::Created(&member, member_rev)],
-        &[(&key, &value, kv.lease)],
-    ) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            drop(recording);
-            return exclude(sh, st, epoch, "this node's member entry changed");
-        }
-        Err(e) => {
-            drop(recording);
-            return exclude(
-                sh,
-                st,
-                epoch,
-                &format!("cannot hand the write record over: {e}"),
-            );
-        }
+    let record = serde_json::to_vec(&recording.take_record()).unwrap_or_default();
+    let key = sh.keys.planned_by(epoch, &sh.cfg.node);
+    if let Err(e) = put_as_member(sh, member_rev, &key, &record, kv.lease) {
+        drop(recording);
+        return exclude(
+            sh,
+            st,
+            epoch,
+            &format!("cannot hand the write record over: {e}"),
+        );
     }
     tracing::info!(node = %sh.cfg.node, epoch, units = planned.len(),
         load_ms = start.elapsed().as_millis() as u64,
@@ -280,14 +266,8 @@ fn finish(
         resurrected: writes.resurrected,
     })
     .unwrap_or_default();
-    let (member, key) = (
-        sh.keys.member(&sh.cfg.node),
-        sh.keys.finished_by(epoch, &sh.cfg.node),
-    );
-    if let Err(e) = sh.etcd.txn(
-        &[Compare::Created(&member, member_rev)],
-        &[(&key, &value, kv.lease)],
-    ) {
+    let key = sh.keys.finished_by(epoch, &sh.cfg.node);
+    if let Err(e) = put_as_member(sh, member_rev, &key, &value, kv.lease) {
         tracing::warn!(error = %e, refused = writes.refused,
             "cluster: cannot report this node's refused writes to the collector");
     }
@@ -329,19 +309,10 @@ fn hand_over(
             return exclude(sh, st, epoch, $why);
         }};
     }
-    let record = recording.take_record();
-    let value = serde_json::to_vec(&record).unwrap_or_default();
-    let (member, key) = (
-        sh.keys.member(&sh.cfg.node),
-        sh.keys.record(epoch, &sh.cfg.node),
-    );
-    match sh.etcd.txn(
-        &[Compare::Created(&member, member_rev)],
-        &[(&key, &value, kv.lease)],
-    ) {
-        Ok(Some(_)) => {}
-        Ok(None) => fail!("this node's member entry changed"),
-        Err(e) => fail!(&format!("cannot hand the write record over: {e}")),
+    let record = serde_json::to_vec(&recording.take_record()).unwrap_or_default();
+    let key = sh.keys.record(epoch, &sh.cfg.node);
+    if let Err(e) = put_as_member(sh, member_rev, &key, &record, kv.lease) {
+        fail!(&format!("cannot hand the write record over: {e}"));
     }
     let patience = sh.drain_timeout + sh.cfg.lease_ttl;
     loop {
@@ -395,10 +366,7 @@ fn hand_over(
     let loaded = sh.keys.loaded_by(epoch, &sh.cfg.node);
     // A missing `loaded` makes the collector delete nothing; this node's writes are
     // checked anyway.
-    if let Err(e) = sh.etcd.txn(
-        &[Compare::Created(&member, member_rev)],
-        &[(&loaded, b"", kv.lease)],
-    ) {
+    if let Err(e) = put_as_member(sh, member_rev, &loaded, b"", kv.lease) {
         tracing::warn!(error = %e, "cluster: cannot say the doomed set is loaded");
     }
     drop(paused);
@@ -406,4 +374,24 @@ fn hand_over(
         hidden = sweeping.hidden().len(), "cluster: doomed set loaded; writes resumed");
     st.part = Some(Part::Sweeping(epoch, sweeping));
     Step::Serving
+}
+
+/// Puts `value` at `key` under the run's lease `lease`, only while this node's member
+/// entry is the one it created (`member_rev`): no node writes for another. Err: why not.
+fn put_as_member(
+    sh: &NodeParts,
+    member_rev: u64,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<(), String> {
+    let member = sh.keys.member(&sh.cfg.node);
+    match sh.etcd.txn(
+        &[Compare::Created(&member, member_rev)],
+        &[(key, value, lease)],
+    ) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("this node's member entry changed".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -119,7 +119,7 @@ pub struct Job {
     pub resurrected: u64,
     /// Writes the run refused: read-only runs, every EROFS the epoch answered (each a
     /// push that failed or retried); online runs, writes that named what the sweep was
-    /// deleting.
+    /// deleting (in a cluster, on every node: each member reports its own at the end).
     #[serde(default)]
     pub refused_writes: u64,
     #[serde(default)]
