@@ -78,9 +78,12 @@ pub fn run(sh: &Arc<NodeParts>) {
         // more): a tick runs when it changed, and every POLL.
         let awaits_pause = (st.online.part.as_ref()).is_some_and(online_member::Part::awaits_pause);
         let due = last_tick.is_none_or(|t| t.elapsed() >= POLL);
-        if !awaits_pause || due || !healthy(sh) || epoch_changed(sh, st.epoch_mod) {
-            tick(sh, &mut st);
-            last_tick = Some(Instant::now());
+        let full = !awaits_pause || due;
+        if full || !healthy(sh) || epoch_changed(sh, st.epoch_mod) {
+            tick(sh, &mut st, full);
+            if full {
+                last_tick = Some(Instant::now());
+            }
         }
         std::thread::sleep(if awaits_pause { PAUSE_POLL } else { POLL });
     }
@@ -99,7 +102,9 @@ fn healthy(sh: &NodeParts) -> bool {
     sh.session.healthy(sh.cfg.fence_after())
 }
 
-fn tick(sh: &Arc<NodeParts>, st: &mut Local) {
+/// `full`: also reads the members for `status` (not in a tick made because the epoch
+/// key changed while a pause is awaited: the pause is not held for that read).
+fn tick(sh: &Arc<NodeParts>, st: &mut Local, full: bool) {
     if !healthy(sh) {
         return fence(sh, st);
     }
@@ -113,7 +118,9 @@ fn tick(sh: &Arc<NodeParts>, st: &mut Local) {
     // new epoch, claimed meanwhile, would look like another's or gone.
     let before = sh.collecting.now();
     let epoch = sh.etcd.get(&sh.keys.epoch());
-    see(sh, &epoch);
+    if full {
+        see(sh, &epoch);
+    }
     let Ok(epoch) = epoch else {
         return; // a passing failure; a lasting one shows in the session
     };
