@@ -20,6 +20,9 @@ use crate::online_world::{
 /// `scratch`: taken back from the doomed set) and live images.
 const PUSHED: [(usize, &[&str]); 2] = [(2, &["tools", "app-v2"]), (3, &["scratch", "late"])];
 
+/// Live images only: what keeps garbage pushed again is then the test's own push.
+const PUSHED_LIVE: [(usize, &[&str]); 2] = [(2, &["app-v2"]), (3, &["late"])];
+
 /// The bound on a node's outage the issue sets: the lease TTL plus a second.
 fn ttl_plus_1s() -> Duration {
     TTL + Duration::from_secs(1)
@@ -34,15 +37,16 @@ fn three_nodes(ttls: [&str; 3]) -> Option<OnlineCluster> {
     })
 }
 
-/// Runs `scenario` with the pushers of [`PUSHED`] (started by `go`, each at least one
-/// push), then stops them.
+/// Runs `scenario` with pushers of `pushed` (started by `go`, each at least one push),
+/// then stops them.
 fn with_pushers<T: Send>(
     c: &OnlineCluster,
+    pushed: [(usize, &'static [&'static str]); 2],
     scenario: impl FnOnce(&Pushers) -> T + Send,
 ) -> (Pushers, T) {
     let pushers = Pushers::new(Duration::from_secs(60));
     let out = thread::scope(|s| {
-        for (node, images) in PUSHED {
+        for (node, images) in pushed {
             let p = &pushers;
             s.spawn(move || p.run(c, node, images, 1));
         }
@@ -86,10 +90,11 @@ fn a_member_killed_mid_sweep_loses_nothing_and_the_others_keep_taking_writes() {
     let Some(mut c) = three_nodes(["30s", "2s", "2s"]) else {
         return;
     };
-    let (pushers, (killed, job)) = with_pushers(&c, |pushers| {
+    let (pushers, (killed, job)) = with_pushers(&c, PUSHED_LIVE, |pushers| {
         assert_eq!(c.node(1).gc().0, 0);
         // The doomed set published, no batch claimed yet: node 3 pushes `tools` again
-        // (its blobs doomed) and keeps them through etcd, then dies.
+        // (its blobs doomed) and keeps them through etcd (alone: nobody else pushes
+        // them), then dies; what it kept stays kept.
         freeze_at_phase(c.node(1), &c.etcd, "sweeping");
         pushers.go();
         c.images.push("tools", c.port(3), "kept:during-sweep");
@@ -117,7 +122,7 @@ fn a_collector_killed_mid_sweep_loses_nothing_and_the_members_take_writes_within
     let Some(mut c) = three_nodes(["2s", "2s", "2s"]) else {
         return;
     };
-    let (pushers, killed) = with_pushers(&c, |pushers| {
+    let (pushers, killed) = with_pushers(&c, PUSHED, |pushers| {
         assert_eq!(c.node(1).gc().0, 0);
         // The batch holding `tools`' blobs (pushed and deleted before: doomed) claimed and
         // not yet done: the collector dies in the middle of deleting it.
@@ -192,7 +197,7 @@ fn etcd_stopped_mid_sweep_loses_nothing_and_writes_come_back_within_the_ttl_of_i
     let Some(mut c) = three_nodes(["2s", "2s", "2s"]) else {
         return;
     };
-    let (pushers, back) = with_pushers(&c, |pushers| {
+    let (pushers, back) = with_pushers(&c, PUSHED, |pushers| {
         assert_eq!(c.node(1).gc().0, 0);
         assert!(
             wait_state(c.node(1), "sweeping", Duration::from_secs(60)),

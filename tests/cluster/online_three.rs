@@ -1,14 +1,17 @@
 //! Online GC on three nodes, for real: Debian's docker-registry on nodes 2 and 3, a run
 //! triggered on node 1. Pushes through nodes 2 and 3 go on through its mark, pause and
 //! sweep without a refusal that a retry does not mend and without one EROFS; what either
-//! member pushed while the collector marked is kept by that member's record alone; a tag
+//! member pushed while the collector marked (garbage to the mark) is kept by that
+//! member's record alone; a tag
 //! moved through node 3 mid-sweep onto an untagged (doomed) manifest keeps it, through
 //! etcd; and afterwards every push that succeeded pulls whole through every node.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::online_world::{Pushers, Shape, freeze_at_phase, freeze_run_at, online_cluster_shaped};
+use crate::online_world::{
+    Pushers, Shape, freeze_at_phase, freeze_run_after_inventory, online_cluster_shaped,
+};
 
 /// Waits until `pushers` have had `n` more pushes succeed through each of `nodes`.
 pub fn wait_pushes(pushers: &Pushers, nodes: &[usize], n: usize, within: Duration) {
@@ -45,14 +48,21 @@ fn pushes_through_nodes_2_and_3_go_on_through_a_run_of_node_1_and_a_tag_moved_mi
     let t0 = Instant::now();
     let pushers = Pushers::new(Duration::from_secs(30));
     let moved = thread::scope(|s| {
-        // Each member pushes images of its own: garbage (`tools`, `scratch`: deleted
-        // before) and live ones sharing blobs with the untagged app-v1.
-        s.spawn(|| pushers.run(&c, 2, &["tools", "app-v2"], 2));
-        s.spawn(|| pushers.run(&c, 3, &["scratch", "late"], 2));
-        // The collector stalls mid-mark: what both members push meanwhile (garbage to the
-        // mark) is kept only by the records they hand over at the pause.
-        freeze_run_at(c.node(1), "marking");
+        // Each member pushes an image of its own all along, into new repositories (its
+        // layers shared with the untagged app-v1).
+        s.spawn(|| pushers.run(&c, 2, &["app-v2"], 2));
+        s.spawn(|| pushers.run(&c, 3, &["late"], 2));
+        // The collector stalls mid-mark, every repository read: what both members push
+        // meanwhile into new repositories, garbage to the mark (`tools`, `scratch`:
+        // pushed and deleted before, and pushed again only now), is kept only by the
+        // records they hand over at the pause.
+        freeze_run_after_inventory(c.node(1), &c.etcd);
         pushers.go();
+        for (node, image) in [(2, "tools"), (3, "scratch")] {
+            let dest = format!("kept-{node}:mark");
+            c.images.push(image, c.port(node), &dest);
+            pushers.also_succeeded(node, &dest, image);
+        }
         wait_pushes(&pushers, &[2, 3], 2, Duration::from_secs(60));
         assert!(c.node(1).guard.signal(libc::SIGCONT));
         // And as the sweep starts (the doomed set published, no batch claimed: the

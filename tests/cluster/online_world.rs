@@ -153,6 +153,33 @@ pub fn start_run_until(node: &Node, state: &str) {
     );
 }
 
+/// Starts a run on `node` and freezes its collector (SIGSTOP) once its mark has read
+/// every repository (the status's progress), before it plans: a write landing now in a
+/// new repository is unseen by the mark, and only the write records of the nodes keep
+/// what it names. Asserts the run is still recording (no pause began) when frozen.
+pub fn freeze_run_after_inventory(node: &Node, etcd: &Etcd) {
+    start_run_until(node, "marking");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = node.status();
+        let p = &st["progress"];
+        if st["state"] == "marking" && p["total"].as_u64() > Some(0) && p["done"] == p["total"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && st["state"] == "marking",
+            "the mark never read every repository: {st:#}"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert!(node.guard.signal(libc::SIGSTOP));
+    assert_eq!(
+        epoch_phase(&etcd.client()).as_deref(),
+        Some("recording"),
+        "frozen before the pause"
+    );
+}
+
 /// Starts a run on `node` and freezes its collector (SIGSTOP) once the run is `state`
 /// (`marking` or `sweeping`); SIGCONT lets it go on.
 pub fn freeze_run_at(node: &Node, state: &str) {
