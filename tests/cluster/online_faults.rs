@@ -50,9 +50,10 @@ fn with_pushers<T: Send>(
             let p = &pushers;
             s.spawn(move || p.run(c, node, images, 1));
         }
-        let out = scenario(&pushers);
-        pushers.stop();
-        out
+        // Stopped however the scenario ends (a failing assertion too): the scope waits
+        // for the pushers.
+        let _stop = pushers.stop_on_drop();
+        scenario(&pushers)
     });
     (pushers, out)
 }

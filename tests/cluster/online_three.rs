@@ -52,6 +52,7 @@ fn pushes_through_nodes_2_and_3_go_on_through_a_run_of_node_1_and_a_tag_moved_mi
         // layers shared with the untagged app-v1).
         s.spawn(|| pushers.run(&c, 2, &["app-v2"], 2));
         s.spawn(|| pushers.run(&c, 3, &["late"], 2));
+        let _stop = pushers.stop_on_drop();
         // The collector stalls mid-mark, every repository read: what both members push
         // meanwhile into new repositories, garbage to the mark (`tools`, `scratch`:
         // pushed and deleted before, and pushed again only now), is kept only by the

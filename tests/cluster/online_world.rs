@@ -558,6 +558,12 @@ impl Pushers {
         });
     }
 
+    /// A guard that stops the pushers when dropped, however the test goes on (a failed
+    /// assertion in a thread scope would otherwise wait for them forever).
+    pub fn stop_on_drop(&self) -> StopOnDrop<'_> {
+        StopOnDrop(self)
+    }
+
     /// Stops node `node`'s pusher after its push in flight (whatever its outcome).
     pub fn stop_node(&self, node: usize) {
         self.stopped.lock().unwrap().push(node);
@@ -593,5 +599,14 @@ impl Pushers {
             .filter(|t| t.node == node && t.started >= since && t.result.is_err())
             .cloned()
             .collect()
+    }
+}
+
+/// Stops pushers when dropped ([`Pushers::stop_on_drop`]).
+pub struct StopOnDrop<'a>(&'a Pushers);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
