@@ -25,12 +25,26 @@ use crate::settings::Settings;
 /// tag still on the manifest it moves away from) and the write go unseen. So writes in
 /// flight are waited for (new ones wait a moment, then are recorded). (Found by the soak
 /// with the real registry.)
+///
+/// In a cluster the barrier may still hold this node's part in another node's run that
+/// has just ended (the member agent lets it go at its next tick, within
+/// [`MEMBER_PART_ENDS`]): a run started on this node meanwhile waits for that, instead of
+/// failing. (Found by the soak across two nodes, runs triggered on each in turn.)
 pub fn start_recording(
     gate: &WriteGate,
     online: &OnlineCollection,
     timeout: Duration,
 ) -> Result<Recording, String> {
-    let recording = online.start_recording().map_err(|e| e.to_string())?;
+    let waiting_since = Instant::now();
+    let recording = loop {
+        match online.start_recording() {
+            Ok(r) => break r,
+            Err(_) if waiting_since.elapsed() < MEMBER_PART_ENDS.min(timeout) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     match gate.pause_writes(timeout) {
         Some(_paused) => Ok(recording),
         None => Err(
@@ -38,6 +52,9 @@ pub fn start_recording(
         ),
     }
 }
+
+/// How long a run waits for the barrier to be free: a few ticks of the member agent.
+const MEMBER_PART_ENDS: Duration = Duration::from_secs(2);
 
 /// What the pause did.
 #[derive(Debug, Clone, Copy)]

@@ -131,7 +131,16 @@ impl Etcd {
         }
     }
 
-    /// Whether it answers at all (an answer refusing the probe is one).
+    /// A client of it, as the harness reaches it.
+    pub fn client(&self) -> regfs::cluster::etcd::Etcd {
+        regfs::cluster::etcd::Etcd::with_access(
+            std::slice::from_ref(&self.url),
+            &self.access,
+            Duration::from_millis(500),
+        )
+        .unwrap()
+    }
+
     /// Sends `sig` to it (SIGSTOP: it stops answering, connections hang).
     pub fn signal(&self, sig: i32) {
         let pid = self.child.as_ref().expect("etcd runs").id();
@@ -139,15 +148,10 @@ impl Etcd {
         assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
     }
 
+    /// Whether it answers at all (an answer refusing the probe is one).
     fn answers(&self) -> bool {
-        let etcd = regfs::cluster::etcd::Etcd::with_access(
-            std::slice::from_ref(&self.url),
-            &self.access,
-            Duration::from_millis(500),
-        )
-        .unwrap();
         !matches!(
-            etcd.get("/probe"),
+            self.client().get("/probe"),
             Err(regfs::cluster::etcd::EtcdError::Unreachable(_))
         )
     }

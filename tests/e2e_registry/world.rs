@@ -266,133 +266,205 @@ pub fn setup_custom(
     daemon_args: &[&str],
     prepare: impl FnOnce(&Path),
 ) -> Option<World> {
-    let mut needs = Needs::registry_tests(&script())
-        .dev_fuse()
-        .on_path(&["htpasswd"]);
-    if cache == Cache::Redis {
-        needs = needs.on_path(&["redis-server", "redis-cli"]);
-    }
-    if !needs.met(
-        "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
-    ) {
-        return None;
-    }
-    clean_stale_mounts();
-    let reg_ids = registry_user();
-    let sk_ids = user("nobody").unwrap_or((65534, 65534));
-    let dir = tempfile::Builder::new()
-        .prefix(PREFIX)
-        .tempdir()
-        .expect("temporary directory");
-    let root = dir.path().to_path_buf();
-    if std::env::var_os("REGFS_E2E_KEEP").is_some() {
-        eprintln!("[{mode:?}] REGFS_E2E_KEEP: keeping {}", root.display());
-    }
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-    let store = root.join("store");
-    let mnt = root.join("mnt");
-    let state = root.join("state");
-    let oci = root.join("oci");
-    // The registry owns its store (the mount shows the store's owner and modes).
-    mkdir_owned(&store, reg_ids, 0o755);
-    fs::create_dir(&mnt).unwrap();
-    prepare(&store);
-
-    let t0 = Instant::now();
-    let images = generate_images(&oci);
-    eprintln!(
-        "[{mode:?}] {} images generated in {:.2} s",
-        images.len(),
-        t0.elapsed().as_secs_f64()
-    );
-
-    // skopeo's private world, owned by the user it runs as.
-    let sk = root.join("skopeo");
-    let home = sk.join("home");
-    for d in [
-        sk.clone(),
-        home.clone(),
-        sk.join("tmp"),
-        sk.join("pulls"),
-        home.join(".config"),
-        home.join(".local/share"),
-        home.join(".cache"),
-    ] {
-        mkdir_owned(&d, sk_ids, 0o755);
-    }
-    mkdir_owned(&home.join("run"), sk_ids, 0o700);
-    let regconf = sk.join("registries.conf");
-    fs::write(&regconf, "unqualified-search-registries = []\n").unwrap();
-    fs::set_permissions(&regconf, fs::Permissions::from_mode(0o644)).unwrap();
-    let p = |p: &Path| p.display().to_string();
-    let skopeo_env = vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-        ("HOME".into(), p(&home)),
-        ("TMPDIR".into(), p(&sk.join("tmp"))),
-        ("XDG_CONFIG_HOME".into(), p(&home.join(".config"))),
-        ("XDG_DATA_HOME".into(), p(&home.join(".local/share"))),
-        ("XDG_CACHE_HOME".into(), p(&home.join(".cache"))),
-        ("XDG_RUNTIME_DIR".into(), p(&home.join("run"))),
-        ("CONTAINERS_REGISTRIES_CONF".into(), p(&regconf)),
-        ("REGISTRY_AUTH_FILE".into(), p(&home.join("auth.json"))),
-        ("NO_PROXY".into(), "*".into()),
-        ("no_proxy".into(), "*".into()),
-    ];
-
-    let daemon_log = root.join("regfs.log");
-    let registry_log = root.join("registry.log");
-    let redis = (cache == Cache::Redis).then(|| RedisServer::start(&root.join("redis")));
-    let htpasswd = root.join("htpasswd");
-    write_htpasswd(&htpasswd);
-    let reg_setup = RegistrySetup {
-        config: root.join("registry.yml"),
-        mnt: mnt.clone(),
-        htpasswd,
-        redis: redis.as_ref().map(|r| r.addr()),
-        env: match cache {
-            Cache::DropIn => drop_in_environment(),
-            Cache::InMemory => vec![],
-            Cache::Redis => vec![(CACHE_ENV.into(), "redis".into())],
-        },
-    };
-    let port = free_port();
-    reg_setup.write(port);
-    let mut extra: Vec<std::ffi::OsString> =
-        vec!["--registry-config".into(), reg_setup.config.clone().into()];
-    if cache == Cache::InMemory {
-        // To show the filesystem's own refusal, GC must run despite the unsafe cache.
-        extra.push("--allow-unsafe-cache".into());
-    }
-    extra.extend(daemon_args.iter().map(Into::into));
-    let daemon = start_daemon(&store, &mnt, &state, &daemon_log, mode, &extra);
-    let daemon_pid = daemon.child.id();
-    let (registry, port) = start_registry(&reg_setup, port, &registry_log, reg_ids);
-    eprintln!(
-        "[{mode:?}] regfs pid {daemon_pid}, docker-registry pid {} (uid {}) on 127.0.0.1:{port}",
-        registry.child.id(),
-        reg_ids.0
-    );
-    let ctx = Ctx {
-        store,
-        mnt,
-        state,
-        oci,
-        pulls: sk.join("pulls"),
-        skopeo_tmp: sk.join("tmp"),
-        skopeo_env,
-        skopeo_ids: sk_ids,
-        port,
-        images,
-        registry_log,
-        daemon_log,
-        counter: AtomicU64::new(0),
-    };
+    let mut shared = Shared::prepare(mode, cache, &[], prepare)?;
+    let node = shared.start_node(mode, cache, "", daemon_args);
     Some(World {
-        registry: Some(registry),
-        daemon: Some(daemon),
-        redis,
-        ctx: Arc::new(ctx),
-        daemon_pid,
-        dir: Some(dir),
+        registry: Some(node.registry),
+        daemon: Some(node.daemon),
+        redis: shared.redis.take(),
+        ctx: node.ctx,
+        daemon_pid: node.daemon_pid,
+        dir: Some(shared.dir),
     })
+}
+
+/// What every node of a test's world shares: its directory, the backing store, the
+/// images, skopeo's private tree, the registry's password file and its redis.
+pub struct Shared {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub oci: PathBuf,
+    pub images: std::collections::BTreeMap<String, crate::ctx::Image>,
+    sk: PathBuf,
+    sk_ids: (u32, u32),
+    reg_ids: (u32, u32),
+    skopeo_env: Vec<(String, String)>,
+    htpasswd: PathBuf,
+    pub redis: Option<RedisServer>,
+}
+
+/// One node of a world: a regfs daemon on its own mount of the shared store, and
+/// Debian's docker-registry serving that mount.
+pub struct NodeProcesses {
+    pub registry: Registry,
+    pub daemon: Daemon,
+    pub ctx: Arc<Ctx>,
+    pub daemon_pid: u32,
+}
+
+impl Shared {
+    /// Checks the prerequisites (and `more` on the PATH), makes the directory, the store
+    /// (filled by `prepare`), the images, skopeo's tree, the password file and redis.
+    pub fn prepare(
+        mode: Mode,
+        cache: Cache,
+        more: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Option<Shared> {
+        let mut needs = Needs::registry_tests(&script())
+            .dev_fuse()
+            .on_path(&["htpasswd"])
+            .on_path(more);
+        if cache == Cache::Redis {
+            needs = needs.on_path(&["redis-server", "redis-cli"]);
+        }
+        if !needs.met(
+            "the end-to-end registry tests need root, /dev/fuse, python3, docker-registry and skopeo",
+        ) {
+            return None;
+        }
+        clean_stale_mounts();
+        let reg_ids = registry_user();
+        let sk_ids = user("nobody").unwrap_or((65534, 65534));
+        let dir = tempfile::Builder::new()
+            .prefix(PREFIX)
+            .tempdir()
+            .expect("temporary directory");
+        let root = dir.path().to_path_buf();
+        if std::env::var_os("REGFS_E2E_KEEP").is_some() {
+            eprintln!("[{mode:?}] REGFS_E2E_KEEP: keeping {}", root.display());
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let store = root.join("store");
+        let oci = root.join("oci");
+        // The registry owns its store (the mount shows the store's owner and modes).
+        mkdir_owned(&store, reg_ids, 0o755);
+        prepare(&store);
+
+        let t0 = Instant::now();
+        let images = generate_images(&oci);
+        eprintln!(
+            "[{mode:?}] {} images generated in {:.2} s",
+            images.len(),
+            t0.elapsed().as_secs_f64()
+        );
+
+        // skopeo's private world, owned by the user it runs as.
+        let sk = root.join("skopeo");
+        let home = sk.join("home");
+        for d in [
+            sk.clone(),
+            home.clone(),
+            sk.join("tmp"),
+            home.join(".config"),
+            home.join(".local/share"),
+            home.join(".cache"),
+        ] {
+            mkdir_owned(&d, sk_ids, 0o755);
+        }
+        mkdir_owned(&home.join("run"), sk_ids, 0o700);
+        let regconf = sk.join("registries.conf");
+        fs::write(&regconf, "unqualified-search-registries = []\n").unwrap();
+        fs::set_permissions(&regconf, fs::Permissions::from_mode(0o644)).unwrap();
+        let p = |p: &Path| p.display().to_string();
+        let skopeo_env = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), p(&home)),
+            ("TMPDIR".into(), p(&sk.join("tmp"))),
+            ("XDG_CONFIG_HOME".into(), p(&home.join(".config"))),
+            ("XDG_DATA_HOME".into(), p(&home.join(".local/share"))),
+            ("XDG_CACHE_HOME".into(), p(&home.join(".cache"))),
+            ("XDG_RUNTIME_DIR".into(), p(&home.join("run"))),
+            ("CONTAINERS_REGISTRIES_CONF".into(), p(&regconf)),
+            ("REGISTRY_AUTH_FILE".into(), p(&home.join("auth.json"))),
+            ("NO_PROXY".into(), "*".into()),
+            ("no_proxy".into(), "*".into()),
+        ];
+        let redis = (cache == Cache::Redis).then(|| RedisServer::start(&root.join("redis")));
+        let htpasswd = root.join("htpasswd");
+        write_htpasswd(&htpasswd);
+        Some(Shared {
+            dir,
+            root,
+            store,
+            oci,
+            images,
+            sk,
+            sk_ids,
+            reg_ids,
+            skopeo_env,
+            htpasswd,
+            redis,
+        })
+    }
+
+    /// Starts a daemon at `mnt<name>` (state `state<name>`, log `regfs<name>.log`) with
+    /// `daemon_args`, and a registry on it (`registry<name>.yml`, `registry<name>.log`).
+    pub fn start_node(
+        &self,
+        mode: Mode,
+        cache: Cache,
+        name: &str,
+        daemon_args: &[&str],
+    ) -> NodeProcesses {
+        let root = &self.root;
+        let mnt = root.join(format!("mnt{name}"));
+        let state = root.join(format!("state{name}"));
+        fs::create_dir(&mnt).unwrap();
+        let daemon_log = root.join(format!("regfs{name}.log"));
+        let registry_log = root.join(format!("registry{name}.log"));
+        let reg_setup = RegistrySetup {
+            config: root.join(format!("registry{name}.yml")),
+            mnt: mnt.clone(),
+            htpasswd: self.htpasswd.clone(),
+            redis: self.redis.as_ref().map(|r| r.addr()),
+            env: match cache {
+                Cache::DropIn => drop_in_environment(),
+                Cache::InMemory => vec![],
+                Cache::Redis => vec![(CACHE_ENV.into(), "redis".into())],
+            },
+        };
+        let port = free_port();
+        reg_setup.write(port);
+        let mut extra: Vec<std::ffi::OsString> =
+            vec!["--registry-config".into(), reg_setup.config.clone().into()];
+        if cache == Cache::InMemory {
+            // To show the filesystem's own refusal, GC must run despite the unsafe cache.
+            extra.push("--allow-unsafe-cache".into());
+        }
+        extra.extend(daemon_args.iter().map(Into::into));
+        let daemon = start_daemon(&self.store, &mnt, &state, &daemon_log, mode, &extra);
+        let daemon_pid = daemon.child.id();
+        let (registry, port) = start_registry(&reg_setup, port, &registry_log, self.reg_ids);
+        eprintln!(
+            "[{mode:?}] regfs{name} pid {daemon_pid}, docker-registry pid {} (uid {}) on 127.0.0.1:{port}",
+            registry.child.id(),
+            self.reg_ids.0
+        );
+        // Each node's pulls apart: two nodes' pull counters both start at 0.
+        let pulls = self.sk.join(format!("pulls{name}"));
+        mkdir_owned(&pulls, self.sk_ids, 0o755);
+        let ctx = Ctx {
+            store: self.store.clone(),
+            mnt,
+            state,
+            oci: self.oci.clone(),
+            pulls,
+            skopeo_tmp: self.sk.join("tmp"),
+            skopeo_env: self.skopeo_env.clone(),
+            skopeo_ids: self.sk_ids,
+            port,
+            images: self.images.clone(),
+            registry_log,
+            daemon_log,
+            counter: AtomicU64::new(0),
+        };
+        NodeProcesses {
+            registry,
+            daemon,
+            ctx: Arc::new(ctx),
+            daemon_pid,
+        }
+    }
 }

@@ -22,11 +22,15 @@
 //! test's directory. Prerequisites as for the end-to-end test (root, /dev/fuse,
 //! docker-registry, skopeo, python3, htpasswd): under CI=true a missing one fails.
 mod api;
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 #[allow(dead_code)]
 #[path = "../e2e_registry/ctx.rs"]
 mod ctx;
+#[allow(dead_code)]
+#[path = "../cluster/harness.rs"]
+mod harness;
 mod races;
 mod soak;
 mod store_check;
@@ -88,4 +92,9 @@ fn wide_soak_under_cache_none() {
 #[test]
 fn wide_soak_under_cache_redis() {
     wide::run(world::Cache::Redis);
+}
+
+#[test]
+fn wide_soak_across_two_cluster_nodes() {
+    wide::run_across_nodes(world::Cache::DropIn, 2);
 }

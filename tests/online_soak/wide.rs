@@ -51,6 +51,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::api::{self, blobs_deleted, gc_wait};
+use crate::cluster::setup_cluster;
 use crate::ctx::{Ctx, Image, Mode};
 use crate::soak::watchdog;
 use crate::store_check;
@@ -116,8 +117,9 @@ fn get(c: &AtomicU64) -> u64 {
 
 /// One round: a world, its clients, its model.
 struct Round {
-    ctx: Arc<Ctx>,
-    client: Client,
+    /// The nodes the clients talk to (one, or two cluster nodes over one store); each
+    /// client thread talks to one of them ([`ON_NODE`]).
+    nodes: Vec<Side>,
     model: Model,
     skopeo_images: Vec<Image>,
     counts: Counts,
@@ -156,6 +158,22 @@ struct Suspect {
     state: String,
 }
 
+/// One node as the clients see it: its daemon and registry, and a client of it.
+struct Side {
+    ctx: Arc<Ctx>,
+    client: Client,
+}
+
+thread_local! {
+    /// The node this thread's client talks to (an index into [`Round::nodes`]).
+    static ON_NODE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// From now on this thread's client talks to node `i`.
+fn talk_to(i: usize) {
+    ON_NODE.with(|n| n.set(i));
+}
+
 /// A client's own state: its generator and the images it pushed.
 struct Worker {
     rng: Rng,
@@ -169,7 +187,17 @@ impl Round {
     }
 
     fn lib(&self) -> &Library {
-        &self.client.lib
+        &self.nodes[0].client.lib
+    }
+
+    /// The node this thread talks to.
+    fn ctx(&self) -> &Ctx {
+        &self.nodes[ON_NODE.with(|n| n.get())].ctx
+    }
+
+    /// This thread's client (of the node it talks to).
+    fn client(&self) -> &Client {
+        &self.nodes[ON_NODE.with(|n| n.get())].client
     }
 
     /// The runs around a push, the store's state for its repository, the registry's log.
@@ -190,7 +218,7 @@ impl Round {
     ) -> String {
         let jobs = self.jobs.lock().unwrap().clone();
         let current = self
-            .ctx
+            .ctx()
             .status()
             .map(|s| s["current_job"].to_string())
             .unwrap_or_else(|e| e);
@@ -198,8 +226,8 @@ impl Round {
             "  runs from its start until now:\n{}  run in progress: {current}\n{}",
             runs_between(&jobs, since - chrono::Duration::seconds(1), Utc::now()),
             store_and_log(
-                &self.ctx.store,
-                &self.ctx.registry_log,
+                &self.ctx().store,
+                &self.ctx().registry_log,
                 repo,
                 digest,
                 needle
@@ -261,7 +289,9 @@ impl Round {
         let mut left: Vec<Option<usize>> = Vec::new();
         let (r, tries) = self.retrying(|| {
             let mut seen = Vec::new();
-            let r = self.client.push(&repo.name, reference, m, from, &mut seen);
+            let r = self
+                .client()
+                .push(&repo.name, reference, m, from, &mut seen);
             if r.is_err() {
                 left.push(None);
             }
@@ -278,8 +308,8 @@ impl Round {
                     unknown_at: Utc::now(),
                     answer: e.to_string(),
                     state: store_and_log(
-                        &self.ctx.store,
-                        &self.ctx.registry_log,
+                        &self.ctx().store,
+                        &self.ctx().registry_log,
                         &repo.name,
                         &d,
                         d.trim_start_matches("sha256:"),
@@ -337,7 +367,7 @@ impl Round {
             return;
         }
         let now = self
-            .ctx
+            .ctx()
             .manifest_digest(&repo.name, reference)
             .ok()
             .filter(|d| self.lib().manifest(d).is_some());
@@ -349,7 +379,7 @@ impl Round {
         let Some(rec) = rec else { return };
         add(&self.counts.pulls, 1);
         match self
-            .client
+            .client()
             .pull(&rec.repo, &rec.reference, Some(&rec.digest))
         {
             Ok(_) => add(&self.counts.verified_at_once, 1),
@@ -419,7 +449,7 @@ impl Round {
         let mut tries = 0;
         let (r, _) = self.retrying(|| {
             tries += 1;
-            match self.client.delete(&repo.name, &digest) {
+            match self.client().delete(&repo.name, &digest) {
                 // A try that failed may have deleted it.
                 Err(e) if e.not_found() && tries > 1 => Ok(()),
                 r => r,
@@ -534,7 +564,7 @@ impl Round {
             *repo.pushing.lock().unwrap() = Some(tag.to_string());
             let started = Utc::now();
             let dest = format!("{}:{tag}", repo.name);
-            let (out, retries) = api::push_retrying(&self.ctx, &image.name, &dest, RETRIES);
+            let (out, retries) = api::push_retrying(self.ctx(), &image.name, &dest, RETRIES);
             add(&self.counts.retries, retries as u64);
             if retries > 0 {
                 add(&self.counts.retried_pushes, 1);
@@ -596,7 +626,7 @@ impl Round {
             // directory gives too; any other failure is not.
             while chasing && repo.pushing.lock().unwrap().as_deref() == Some(tag.as_str()) {
                 add(&self.counts.polls, 1);
-                match self.client.poll_manifest(&repo.name, &tag) {
+                match self.client().poll_manifest(&repo.name, &tag) {
                     Err(e) if e.link_read_mid_write() => add(&self.counts.mid_write_reads, 1),
                     Err(e) if !e.not_found() => {
                         let rec = self.pull_record(repo, &tag, "");
@@ -611,7 +641,7 @@ impl Round {
                 }
                 thread::sleep(Duration::from_millis(2));
             }
-            let r = self.client.pull(&repo.name, &tag, None);
+            let r = self.client().pull(&repo.name, &tag, None);
             let w1 = repo.writes.load(Ordering::SeqCst);
             let stable = w0 == w1 && w0.is_multiple_of(2);
             add(&self.counts.pulls, 1);
@@ -657,12 +687,16 @@ impl Round {
         }
     }
 
+    /// Runs back to back, triggered on each node in turn.
     fn gc_loop(&self) {
+        let mut n = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            match gc_wait(&self.ctx) {
+            talk_to(n % self.nodes.len());
+            n += 1;
+            match gc_wait(self.ctx()) {
                 Ok(job) => self.jobs.lock().unwrap().push(job),
                 Err(e) => {
-                    let found = store_check::naming(&self.ctx.store, &e);
+                    let found = store_check::naming(&self.ctx().store, &e);
                     self.error(format!("{e}\n  in the store now: {found:?}"));
                     thread::sleep(Duration::from_millis(500));
                 }
@@ -689,6 +723,16 @@ impl Round {
 /// Runs the wider soak under `cache`, `REGFS_SOAK_ROUNDS` rounds; fails naming every
 /// failure of every round.
 pub fn run(cache: Cache) {
+    run_on(cache, 1);
+}
+
+/// The wider soak across `nodes` cluster nodes over one store (etcd, a registry on each
+/// node): the clients split across them, runs triggered on each node in turn.
+pub fn run_across_nodes(cache: Cache, nodes: usize) {
+    run_on(cache, nodes);
+}
+
+fn run_on(cache: Cache, nodes: usize) {
     let secs = env_number("REGFS_SOAK_SECONDS", 40);
     let rounds = env_number("REGFS_SOAK_ROUNDS", 1);
     let seed = env_number("REGFS_SOAK_SEED", 18);
@@ -696,7 +740,7 @@ pub fn run(cache: Cache) {
     let mut failed = Vec::new();
     let mut summaries = Vec::new();
     for r in 0..rounds {
-        let Some((summary, failures)) = round(cache, seed + r, secs) else {
+        let Some((summary, failures)) = round(cache, seed + r, secs, nodes) else {
             return;
         };
         eprintln!("{summary}");
@@ -722,26 +766,38 @@ pub fn run(cache: Cache) {
     );
 }
 
-/// One round in a fresh world: its summary line and its failures (`None`: not run, a
-/// prerequisite is missing outside CI).
-fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
-    let world = setup_custom(
-        Mode::DeleteUntagged,
-        cache,
-        &["--gc-mode", "online"],
-        |_| {},
-    )?;
-    let ctx = world.ctx.clone();
-    eprintln!("[wide] cache {cache:?}, seed {seed}, {secs} s, {REPOS} repositories");
+/// One round in a fresh world of `nodes` nodes: its summary line and its failures
+/// (`None`: not run, a prerequisite is missing outside CI).
+fn round(cache: Cache, seed: u64, secs: u64, nodes: usize) -> Option<(String, Vec<String>)> {
+    let args = ["--gc-mode", "online"];
+    // The processes, held until the round ends.
+    let (world, ctxs) = if nodes == 1 {
+        let world = setup_custom(Mode::DeleteUntagged, cache, &args, |_| {})?;
+        let ctx = world.ctx.clone();
+        (Box::new(world) as Box<dyn std::any::Any>, vec![ctx])
+    } else {
+        let cluster = setup_cluster(Mode::DeleteUntagged, cache, &args, nodes)?;
+        let ctxs = cluster.nodes.iter().map(|n| n.ctx.clone()).collect();
+        (Box::new(cluster) as Box<dyn std::any::Any>, ctxs)
+    };
+    let ctx = ctxs[0].clone();
+    eprintln!(
+        "[wide] cache {cache:?}, seed {seed}, {secs} s, {REPOS} repositories, {nodes} node(s)"
+    );
     let lib = Arc::new(Library::new(ctx.oci.clone(), seed, FAMILIES, VARIANTS));
     let round = Round {
-        client: Client {
-            port: ctx.port,
-            lib: lib.clone(),
-        },
+        nodes: ctxs
+            .iter()
+            .map(|c| Side {
+                ctx: c.clone(),
+                client: Client {
+                    port: c.port,
+                    lib: lib.clone(),
+                },
+            })
+            .collect(),
         skopeo_images: api::soak_images(&ctx.oci, 3, 2),
         model: Model::new((0..REPOS).map(|i| format!("wide/r{i}")), lib),
-        ctx: ctx.clone(),
         counts: Counts::default(),
         retry_causes: Mutex::default(),
         errors: Mutex::default(),
@@ -755,12 +811,23 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
     let t0 = Instant::now();
     thread::scope(|s| {
         let r = &round;
+        // Across nodes: the HTTP pushers on every node in turn, skopeo on the last,
+        // a puller on each of the first two.
         for k in 0..3 {
-            s.spawn(move || r.http_pusher(seed * 31 + 3 + k));
+            s.spawn(move || {
+                talk_to(k as usize % nodes);
+                r.http_pusher(seed * 31 + 3 + k)
+            });
         }
-        s.spawn(move || r.skopeo_pusher(seed * 37 + 5));
+        s.spawn(move || {
+            talk_to(nodes - 1);
+            r.skopeo_pusher(seed * 37 + 5)
+        });
         for k in 0..2 {
-            s.spawn(move || r.puller(seed * 43 + 9 + k));
+            s.spawn(move || {
+                talk_to(k as usize % nodes);
+                r.puller(seed * 43 + 9 + k)
+            });
         }
         s.spawn(move || r.gc_loop());
         while t0.elapsed() < Duration::from_secs(secs) {
@@ -782,8 +849,21 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
             problems.join("\n")
         ));
     }
-    let verified = verify_all(&round.model, &round.client, &|rec| round.diagnose(rec));
-    failures.extend(verified.failures.iter().cloned());
+    // Every push the model still expects pulls whole through every node.
+    let mut verified = Vec::new();
+    for (i, side) in round.nodes.iter().enumerate() {
+        talk_to(i);
+        let v = verify_all(&round.model, &side.client, &|rec| round.diagnose(rec));
+        let through = if nodes > 1 {
+            format!(" (through node {})", i + 1)
+        } else {
+            String::new()
+        };
+        failures.extend(v.failures.iter().map(|f| format!("{f}{through}")));
+        verified.push(v);
+    }
+    talk_to(0);
+    let verified = verified.remove(0);
     let jobs = round.jobs.lock().unwrap().clone();
     let sum = |f: &dyn Fn(&Value) -> u64| jobs.iter().map(f).sum::<u64>();
     let refused = sum(&|j| j["refused_writes"].as_u64().unwrap_or(0));
@@ -804,11 +884,15 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
     // Writes the link checks refused (a link naming a blob without data, or a tag or
     // index naming a manifest without a revision: what a run removed between two writes
     // of one request), as the daemon logs them; each is a 500 the client retries.
-    let link_refusals = std::fs::read_to_string(&ctx.daemon_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("refused a link naming"))
-        .count() as u64;
+    let link_refusals = (round.nodes.iter())
+        .map(|n| {
+            std::fs::read_to_string(&n.ctx.daemon_log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("refused a link naming"))
+                .count() as u64
+        })
+        .sum::<u64>();
     let refused = refused + link_refusals;
     // Liveness, not loss: printed and counted, not a failure of the round (a push that
     // fails is seen by its client and retried; what the soak fails on is a push lost).
@@ -849,11 +933,15 @@ fn round(cache: Cache, seed: u64, secs: u64) -> Option<(String, Vec<String>)> {
             );
         }
     }
-    let empty_reads = ctx
-        .registry_log()
-        .lines()
-        .filter(|l| l.contains(r#"err.detail="invalid checksum digest format""#))
-        .count() as u64;
+    let empty_reads = (round.nodes.iter())
+        .map(|n| {
+            n.ctx
+                .registry_log()
+                .lines()
+                .filter(|l| l.contains(r#"err.detail="invalid checksum digest format""#))
+                .count() as u64
+        })
+        .sum::<u64>();
     if get(&c.mid_write_reads) > empty_reads {
         failures.push(format!(
             "{} pulls were answered 500 without detail, taken for a link read mid-write, but \
