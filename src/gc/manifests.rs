@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::error::GcError;
 use crate::layout::store::ReadError;
-use crate::layout::{Digest, RepoName, Store, paths};
+use crate::layout::{BlobDirs, Digest, RepoName, Store, paths};
 use crate::manifest::{self, MAX_MANIFEST_SIZE};
 
 /// A manifest as the collector knows it.
@@ -49,9 +49,8 @@ impl Loaded {
 
 /// Reads and parses manifests.
 pub struct Manifests {
-    /// The blobs root (`None`: the store has no blobs): paths below it are three
-    /// components long, where paths from the store's root are eight.
-    blobs: Option<Store>,
+    /// The blob tree, read through a handle on each fan-out directory.
+    blobs: BlobDirs,
     keep_unknown: bool,
     /// Go on past a manifest whose blob is missing (keeping all its repository links).
     pub allow_missing: bool,
@@ -64,8 +63,7 @@ pub type RepoManifests = HashMap<Digest, Arc<Loaded>>;
 
 impl Manifests {
     pub fn new(store: &Store, keep_unknown: bool, allow_missing: bool) -> Result<Self, GcError> {
-        let root = paths::blobs_root();
-        let blobs = store.sub(&root).map_err(|e| GcError::store(&root, e))?;
+        let blobs = BlobDirs::new(store).map_err(|e| GcError::store(&paths::blobs_root(), e))?;
         Ok(Manifests {
             blobs,
             keep_unknown,
@@ -74,10 +72,7 @@ impl Manifests {
     }
 
     fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, ReadError> {
-        let Some(blobs) = &self.blobs else {
-            return Ok(None);
-        };
-        blobs.read(&paths::blob_data_in_blobs_root(d), MAX_MANIFEST_SIZE)
+        self.blobs.read_data(d, MAX_MANIFEST_SIZE)
     }
 
     /// As [`Manifests::load`], for a repository kept whole: never fails. A manifest that

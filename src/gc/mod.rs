@@ -57,6 +57,26 @@ pub struct Options {
     /// Revisions kept as if young whatever `delete_untagged` says: manifests that lost
     /// their last tag to retention pruning, within its grace.
     pub keep_revisions: Vec<(crate::layout::RepoName, Digest)>,
+    /// Which link directories are searched for leftover temp files.
+    pub temp_files: TempFileSearch,
+}
+
+/// Where a run looks for leftover `*.tmp` files: registry 3.1+ writes a link as
+/// `link.<uuid>.tmp` and renames it over `link`, and leaves the temp file behind when it
+/// dies in between. Each is a few dozen bytes; they go once older than the upload age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TempFileSearch {
+    /// Every link directory is listed: each `_layers` link, tag history entry, revision
+    /// and tag (one listing per link: most of a run's system calls on a large store).
+    #[default]
+    EveryLinkDir,
+    /// Only where a link is missing or damaged. Revision and tag links are read directly
+    /// (`<dir>/link`, one open) and their directory is listed only when the link is
+    /// missing, damaged or (a revision) names another digest; `_layers` link directories
+    /// and tag history entries, known by their names, are not opened at all. A temp file
+    /// beside a link that reads well, or in a `_layers` link or tag history directory,
+    /// stays until a run searches every link directory. Plans are otherwise the same.
+    BrokenLinksOnly,
 }
 
 impl Default for Options {
@@ -70,6 +90,7 @@ impl Default for Options {
             min_age: Duration::ZERO,
             threads: ThreadShare::Lowered,
             keep_revisions: Vec::new(),
+            temp_files: TempFileSearch::EveryLinkDir,
         }
     }
 }
@@ -121,7 +142,7 @@ fn mark_in_pool(
     let repos = scan::find_repositories(store)?;
     progress.phase(Phase::Mark, repos.names.len() as u64);
     report.repositories = repos.names.len() as u64;
-    let Some(inventory) = scan::inventory(store, repos, &stop)? else {
+    let Some(inventory) = scan::inventory(store, repos, opts.temp_files, &stop)? else {
         return interrupted(report);
     };
     let manifests =
