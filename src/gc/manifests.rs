@@ -3,7 +3,7 @@
 //! walk itself is in [`super::markset`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::error::GcError;
 use crate::layout::store::ReadError;
@@ -54,6 +54,9 @@ pub struct Manifests {
     keep_unknown: bool,
     /// Go on past a manifest whose blob is missing (keeping all its repository links).
     pub allow_missing: bool,
+    /// The size of each manifest read (its data, read whole), so that the run's sizes of
+    /// blobs need not look at those again.
+    sizes_read: Mutex<HashMap<Digest, u64>>,
 }
 
 /// The manifests one repository's marking has loaded: each is read once per repository,
@@ -68,11 +71,24 @@ impl Manifests {
             blobs,
             keep_unknown,
             allow_missing,
+            sizes_read: Mutex::new(HashMap::new()),
         })
     }
 
     fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, ReadError> {
-        self.blobs.read_data(d, MAX_MANIFEST_SIZE)
+        let read = self.blobs.read_data(d, MAX_MANIFEST_SIZE);
+        if let Ok(Some(bytes)) = &read {
+            self.sizes_read
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*d, bytes.len() as u64);
+        }
+        read
+    }
+
+    /// The size of every manifest read so far, by digest.
+    pub fn take_sizes_read(&self) -> HashMap<Digest, u64> {
+        std::mem::take(&mut *self.sizes_read.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// As [`Manifests::load`], for a repository kept whole: never fails. A manifest that

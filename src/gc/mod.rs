@@ -21,6 +21,7 @@ pub mod scan;
 pub mod sweep;
 pub mod threads;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use control::{Cancel, Progress, Unattended};
@@ -139,12 +140,21 @@ fn mark_in_pool(
         Ok(Marked::Interrupted(report))
     };
     let stop = || cancel.interrupted().is_some();
+    let stage = |name: &str| {
+        tracing::debug!(
+            stage = name,
+            seconds = start.elapsed().as_secs_f64(),
+            "mark stage done"
+        )
+    };
     let repos = scan::find_repositories(store)?;
+    stage("repositories");
     progress.phase(Phase::Mark, repos.names.len() as u64);
     report.repositories = repos.names.len() as u64;
     let Some(inventory) = scan::inventory(store, repos, opts.temp_files, &stop)? else {
         return interrupted(report);
     };
+    stage("inventory");
     let manifests =
         manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
     let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
@@ -153,6 +163,7 @@ fn mark_in_pool(
     let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
+    stage("marks");
     if inventory.keeps_all_blobs() {
         marks.mark_every_blob();
     }
@@ -187,8 +198,11 @@ fn mark_in_pool(
         upload_max_age: opts.upload_max_age,
         now,
     };
+    stage("ages");
     let mut plan = plan::plan(&inventory, &marks, &settings);
-    let sizes = blob_sizes(store, &inventory);
+    stage("plan");
+    let sizes = blob_sizes(store, &inventory, &manifests.take_sizes_read());
+    stage("sizes");
     report.blob_bytes_scanned = sizes.iter().sum();
     measure(&inventory, &sizes, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
@@ -232,16 +246,17 @@ fn unmarked<'a>(inventory: &'a Inventory, marks: &'a MarkSet) -> impl Iterator<I
         .copied()
 }
 
-/// The size of every blob's data, in the inventory's order (one stat each, in
-/// parallel): the store's own size, and what deleting any of them frees.
-fn blob_sizes(store: &Store, inventory: &Inventory) -> Vec<u64> {
+/// The size of every blob's data, in the inventory's order: the store's own size, and
+/// what deleting any of them frees. One stat each, in parallel, but for the manifests
+/// the mark read (`read`: their sizes by digest).
+fn blob_sizes(store: &Store, inventory: &Inventory, read: &HashMap<Digest, u64>) -> Vec<u64> {
     use rayon::prelude::*;
     let sizes = scan::BlobSizes::new(store);
     inventory
         .blobs
         .digests()
         .par_iter()
-        .map(|d| sizes.of(d))
+        .map(|d| read.get(d).copied().unwrap_or_else(|| sizes.of(d)))
         .collect()
 }
 
