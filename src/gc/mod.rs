@@ -21,7 +21,6 @@ pub mod scan;
 pub mod sweep;
 pub mod threads;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use control::{Cancel, Progress, Unattended};
@@ -156,7 +155,8 @@ fn mark_in_pool(
     };
     stage("inventory");
     let manifests =
-        manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
+        manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?
+            .recording_sizes(&inventory.blobs);
     let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
         progress.advance()
     })?;
@@ -200,10 +200,9 @@ fn mark_in_pool(
     };
     stage("ages");
     // Planning is one thread's work: it runs beside the stats of the sizes.
-    let sizes_read = manifests.take_sizes_read();
     let (mut plan, sizes) = rayon::join(
         || plan::plan(&inventory, &marks, &settings),
-        || blob_sizes(store, &inventory, &sizes_read),
+        || blob_sizes(store, &inventory, manifests.sizes_read()),
     );
     stage("plan and sizes");
     report.blob_bytes_scanned = sizes.iter().sum();
@@ -251,15 +250,20 @@ fn unmarked<'a>(inventory: &'a Inventory, marks: &'a MarkSet) -> impl Iterator<I
 
 /// The size of every blob's data, in the inventory's order: the store's own size, and
 /// what deleting any of them frees. One stat each, in parallel, but for the manifests
-/// the mark read (`read`: their sizes by digest).
-fn blob_sizes(store: &Store, inventory: &Inventory, read: &HashMap<Digest, u64>) -> Vec<u64> {
+/// the mark read (`read`).
+fn blob_sizes(
+    store: &Store,
+    inventory: &Inventory,
+    read: Option<&manifests::SizesRead>,
+) -> Vec<u64> {
     use rayon::prelude::*;
     let sizes = scan::BlobSizes::new(store);
     inventory
         .blobs
         .digests()
         .par_iter()
-        .map(|d| read.get(d).copied().unwrap_or_else(|| sizes.of(d)))
+        .enumerate()
+        .map(|(i, d)| read.and_then(|r| r.at(i)).unwrap_or_else(|| sizes.of(d)))
         .collect()
 }
 
