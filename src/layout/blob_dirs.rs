@@ -85,3 +85,56 @@ impl BlobDirs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(root: &Path, d: &Digest, data: &[u8]) {
+        let dir = root.join(paths::blob_dir(d));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(paths::DATA), data).unwrap();
+    }
+
+    /// A fan-out directory missing at a first look is looked for again: an online run
+    /// reads manifests pushed during its mark, into fan-out directories made then.
+    #[test]
+    fn a_fan_out_directory_made_after_a_first_look_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"manifest");
+        std::fs::create_dir_all(tmp.path().join(paths::blobs_root())).unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let blobs = BlobDirs::new(&store).unwrap();
+        assert!(blobs.read_data(&d, 100).unwrap().is_none());
+        assert!(blobs.stat_data(&d).unwrap().is_none());
+        put(tmp.path(), &d, b"manifest");
+        assert_eq!(blobs.read_data(&d, 100).unwrap().unwrap(), b"manifest");
+        assert_eq!(blobs.stat_data(&d).unwrap().unwrap().st_size, 8);
+        assert!(blobs.stat_dir(&d).unwrap().is_some());
+    }
+
+    /// A fan-out directory that is a symbolic link is never followed: reading through it
+    /// fails naming the blob's data from the store's root.
+    #[test]
+    fn a_fan_out_directory_that_is_a_link_is_refused_naming_the_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"manifest");
+        put(outside.path(), &d, b"manifest");
+        let fan_out = tmp.path().join(paths::blob_prefix_dir(&d.prefix()));
+        std::fs::create_dir_all(fan_out.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join(paths::blob_prefix_dir(&d.prefix())),
+            &fan_out,
+        )
+        .unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let blobs = BlobDirs::new(&store).unwrap();
+        let err = blobs.read_data(&d, 100).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&paths::blob_data(&d).display().to_string()),
+            "{err}"
+        );
+        assert!(blobs.stat_data(&d).is_err());
+    }
+}
