@@ -27,6 +27,9 @@
 #
 # Environment:
 #   REGFS_BIN        use this binary instead of building with `cargo build --release`
+#   REGFS_GC_FLAGS   more flags for every `regfs gc --offline` run, split on spaces (e.g.
+#                    --temp-files-everywhere: list every link directory for leftover
+#                    *.tmp files, as the daemon's runs do)
 #   REGISTRY_BIN     the registry binary (default docker-registry)
 #   BLOBS            blobs in the store (default 50000)
 #   RUNS             runs per mode, median taken (default 3)
@@ -75,6 +78,7 @@ GARBAGE_FRACTION=${GARBAGE_FRACTION:-0.2}
 FLOOR=${FLOOR:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 REGISTRY_BIN=${REGISTRY_BIN:-docker-registry}
+read -r -a EXTRA <<<"${REGFS_GC_FLAGS:-}"
 MODES=(default delete-untagged)
 declare -A TARGET=([default]=10 [delete-untagged]=20)
 
@@ -212,7 +216,7 @@ timed() {
             "$REGISTRY" garbage-collect --dry-run "${flags[@]}" "$PRISTINE/config.yml" >"$out.log" 2>&1 || rc=$?
     else
         /usr/bin/time -f '%e %M' -o "$out.time" \
-            "$REGFS" gc --offline "$PRISTINE" --min-age 0s --dry-run "${flags[@]}" --json >"$out.log" 2>"$out.err" || rc=$?
+            "$REGFS" gc --offline "$PRISTINE" --min-age 0s --dry-run "${flags[@]}" "${EXTRA[@]}" --json >"$out.log" 2>"$out.err" || rc=$?
     fi
     ((rc == 0)) || die "$who dry run ($mode, $size blobs) exited $rc (log: $out.log)"
     read -r RUN_S RUN_KB < <(tail -n 1 "$out.time")
@@ -255,7 +259,7 @@ if [[ -n $GROWTH_SIZES ]]; then
     echo
     echo "regfs gc growth: dry runs (mark and plan, nothing deleted), median of $RUNS, warm cache"
     echo "$(nproc) CPUs, scratch on $fs_type ($fs_dev, mounted $fs_opts), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "registry: $("$REGISTRY" --version 2>&1 | head -n 1)"
+    echo "registry: $("$REGISTRY" --version 2>&1 | head -n 1); extra regfs gc flags: ${REGFS_GC_FLAGS:-none}"
     echo
     gfmt='%-16s | %9s | %12s | %12s | %12s | %12s | %9s | %14s | %14s\n'
     # shellcheck disable=SC2059
@@ -318,7 +322,7 @@ floor_run() {
     [[ $mode == delete-untagged ]] && flags=(--delete-untagged)
     rm -rf --one-file-system "$C3"
     cp -a "$PRISTINE" "$C3"
-    "$REGFS" gc --offline "$C3" --min-age 0s "${flags[@]}" --dry-run --json --list >"$plan" ||
+    "$REGFS" gc --offline "$C3" --min-age 0s "${flags[@]}" "${EXTRA[@]}" --dry-run --json --list >"$plan" ||
         die "regfs gc --dry-run --list on $C3 failed"
     sync
     find "$C3" >/dev/null
@@ -357,7 +361,7 @@ run_regfs() {
     [[ ${3:-} == dry ]] && flags+=(--dry-run)
     find "$C2" >/dev/null
     t0=$EPOCHREALTIME
-    "$REGFS" gc --offline "$C2" --min-age 0s "${flags[@]}" --json >"$out" 2>"$err" || rc=$?
+    "$REGFS" gc --offline "$C2" --min-age 0s "${flags[@]}" "${EXTRA[@]}" --json >"$out" 2>"$err" || rc=$?
     t1=$EPOCHREALTIME
     if ((rc != 0)); then
         tail -n 20 "$err" >&2
@@ -481,7 +485,7 @@ echo
 echo "regfs gc benchmark: $BLOBS blobs ($(expected default) garbage, seed $SEED), median of $RUNS runs, warm cache"
 echo "$(nproc) CPUs, scratch on $fs_type ($fs_dev, mounted $fs_opts), kernel $(uname -r)"
 echo "registry: $("$REGISTRY" --version 2>&1 | head -n 1)"
-echo "store generated in $gen_s s"
+echo "store generated in $gen_s s; extra regfs gc flags: ${REGFS_GC_FLAGS:-none}"
 echo
 fmt='%-16s | %24s | %14s | %20s | %13s | %s\n'
 # shellcheck disable=SC2059

@@ -174,6 +174,16 @@ pub struct GcArgs {
     )]
     pub allow_missing_manifests: bool,
 
+    /// Look for leftover *.tmp files beside every link, not only beside links that are
+    /// missing or damaged: lists every link directory (on a large store most of a run's
+    /// system calls). Registry 3.1+ leaves one when it dies while writing a link.
+    #[arg(
+        long,
+        requires = "offline",
+        help_heading = "Collection (--offline; a daemon uses its own settings)"
+    )]
+    pub temp_files_everywhere: bool,
+
     /// Print the report as JSON on standard output.
     #[arg(long, help_heading = "Output")]
     pub json: bool,
@@ -207,6 +217,11 @@ impl GcArgs {
             // No registry serves the store: nothing to give way to.
             threads: regfs::gc::ThreadShare::Full,
             keep_revisions: Vec::new(),
+            temp_files: if self.temp_files_everywhere {
+                regfs::gc::TempFileSearch::EveryLinkDir
+            } else {
+                regfs::gc::TempFileSearch::BrokenLinksOnly
+            },
         }
     }
 }

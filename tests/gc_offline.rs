@@ -228,3 +228,63 @@ fn a_blob_directory_without_data_is_aged_by_the_directory() {
     assert_eq!(v["young_blobs_kept"], 0, "{v:#}");
     assert!(!s.blob_dir(&b).exists(), "{v:#}");
 }
+
+/// Registry 3.1+ leaves `link.<uuid>.tmp` when it dies while writing a link. An offline
+/// run removes stale ones where a link is missing (it lists those directories anyway);
+/// the ones beside links that read well, and in `_layers` link and tag history
+/// directories, go with `--temp-files-everywhere`, which lists every link directory.
+#[test]
+fn stale_temp_files_beside_good_links_go_with_temp_files_everywhere() {
+    let dir = common::tempdir();
+    let s = StoreBuilder::new(dir.path());
+    let layer = s.blob(b"a layer");
+    let (image, _) = s.image("team/app", &[layer], "v1");
+    s.tag("team/app", "latest", &image);
+    // A revision whose manifest was deleted through the API: its link is gone.
+    let (gone, _) = s.image("team/app", &[layer], "v0");
+    std::fs::remove_file(s.revision_link_path("team/app", &gone)).unwrap();
+    let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(200 * 3600);
+    let temp = |dir: std::path::PathBuf| {
+        let t = dir.join("link.5f0c.tmp");
+        std::fs::write(&t, b"sha256:").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&t)
+            .unwrap()
+            .set_modified(stale)
+            .unwrap();
+        t
+    };
+    let app = s.repo("team/app");
+    let beside_missing = temp(app.join("_manifests/revisions/sha256").join(gone.hex()));
+    let beside_good = [
+        temp(app.join("_manifests/revisions/sha256").join(image.hex())),
+        temp(app.join("_manifests/tags/latest/current")),
+        temp(
+            app.join("_manifests/tags/latest/index/sha256")
+                .join(image.hex()),
+        ),
+        temp(app.join("_layers/sha256").join(layer.hex())),
+    ];
+
+    let v = json_of(&gc_offline(&["--json"], dir.path()));
+    assert_eq!(v["temp_files_removed"], 1, "{v:#}");
+    assert!(!beside_missing.exists());
+    for t in &beside_good {
+        assert!(
+            t.exists(),
+            "{} went without --temp-files-everywhere",
+            t.display()
+        );
+    }
+
+    let v = json_of(&gc_offline(
+        &["--temp-files-everywhere", "--json"],
+        dir.path(),
+    ));
+    assert_eq!(v["temp_files_removed"], beside_good.len(), "{v:#}");
+    for t in &beside_good {
+        assert!(!t.exists(), "{} is left", t.display());
+    }
+    assert!(s.has_blob(&image) && s.has_blob(&layer));
+}

@@ -398,3 +398,116 @@ proptest! {
         }
     }
 }
+
+/// Every link directory of the store: revisions, `_layers` links, tags' `current` and
+/// tag history entries.
+fn link_dirs(s: &StoreBuilder) -> Vec<std::path::PathBuf> {
+    let subdirs = |p: std::path::PathBuf| -> Vec<std::path::PathBuf> {
+        fs::read_dir(&p)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for repo in REPOS {
+        let r = s.repo(repo);
+        out.extend(subdirs(r.join("_manifests/revisions/sha256")));
+        out.extend(subdirs(r.join("_layers/sha256")));
+        for tag in subdirs(r.join("_manifests/tags")) {
+            out.push(tag.join("current"));
+            out.extend(subdirs(tag.join("index/sha256")));
+        }
+    }
+    out.retain(|p| p.is_dir());
+    out
+}
+
+/// Whether `dir`'s link reads as a link the scan needs no listing for: a regular file
+/// holding a well-formed link, naming the directory's digest when it is a revision.
+fn link_reads_well(dir: &std::path::Path) -> bool {
+    let link = dir.join("link");
+    let regular = fs::symlink_metadata(&link).is_ok_and(|m| m.is_file());
+    let Ok(content) = fs::read(&link) else {
+        return false;
+    };
+    let revision = dir
+        .parent()
+        .is_some_and(|p| p.ends_with("revisions/sha256"));
+    regular
+        && common::store::well_formed_link(&content)
+        && (!revision || content[7..] == *dir.file_name().unwrap().to_string_lossy().as_bytes())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        rng_seed: if std::env::var("CI").as_deref() == Ok("true") {
+            proptest::test_runner::RngSeed::Fixed(0x7e_4f11)
+        } else {
+            proptest::test_runner::RngSeed::Random
+        },
+        ..ProptestConfig::default()
+    })]
+
+    /// `regfs gc --offline` lists link directories only where the link is missing or
+    /// damaged: the plan is the full search's, less the stale temp files beside links
+    /// that read well and in `_layers` link and tag history directories; the report is
+    /// the same but for the temp files counted.
+    #[test]
+    fn searching_broken_links_only_plans_the_same_but_temp_files_beside_good_links(
+        spec in spec(),
+        damage in prop::collection::vec(damage(), 0..3),
+        misnamed in prop::option::of(0usize..64),
+        delete_untagged in any::<bool>(),
+    ) {
+        use regfs::gc::{Action, TempFileSearch};
+        let dir = common::tempdir();
+        let s = StoreBuilder::new(dir.path());
+        let built = build(&s, &spec);
+        let lost = apply(&s, &spec, &built, &damage);
+        prop_assume!(lost.is_empty());
+        if let Some(i) = misnamed {
+            // A revision link naming another manifest than its directory.
+            let n = spec.items.len();
+            let (i, j) = (i % n, (i + 1) % n);
+            let link = s.revision_link_path(REPOS[repo_of(&spec.items, i)], &built.manifest[i]);
+            if link.is_file() {
+                fs::write(&link, format!("sha256:{}", built.manifest[j].hex())).unwrap();
+            }
+        }
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(200 * 3600);
+        for d in link_dirs(&s) {
+            let t = d.join("link.0c0c.tmp");
+            fs::write(&t, b"sha256:").unwrap();
+            fs::File::options().write(true).open(&t).unwrap().set_modified(stale).unwrap();
+        }
+        let opts = |temp_files| Options {
+            delete_untagged,
+            allow_missing_manifests: true,
+            dry_run: true,
+            temp_files,
+            ..Options::default()
+        };
+        let full = plan(dir.path(), &opts(TempFileSearch::EveryLinkDir));
+        let limited = plan(dir.path(), &opts(TempFileSearch::BrokenLinksOnly));
+        let expected: Vec<Action> = full
+            .actions
+            .iter()
+            .filter(|a| match a {
+                Action::RemoveTempFile { path } => {
+                    let parent = dir.path().join(path.parent().unwrap());
+                    let listed = parent.parent().is_some_and(|p| p.ends_with("revisions/sha256"))
+                        || parent.ends_with("current");
+                    listed && !link_reads_well(&parent)
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        prop_assert_eq!(&limited.actions, &expected);
+    }
+}

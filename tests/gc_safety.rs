@@ -444,7 +444,9 @@ fn a_root_marked_late_keeps_everything_it_reaches() {
 
     let store = regfs::layout::Store::open(dir.path()).unwrap();
     let repos = scan::find_repositories(&store).unwrap();
-    let inventory = scan::inventory(&store, repos, &|| false).unwrap().unwrap();
+    let inventory = scan::inventory(&store, repos, Default::default(), &|| false)
+        .unwrap()
+        .unwrap();
     let manifests = Manifests::new(&store, false, false).unwrap();
     let marks = markset::mark_all(&inventory, &manifests, false, &|| false, &|| {})
         .unwrap()

@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::error::GcError;
+use super::inventory::BlobInventory;
 use crate::layout::store::ReadError;
-use crate::layout::{Digest, RepoName, Store, paths};
+use crate::layout::{BlobDirs, Digest, RepoName, Store, paths};
 use crate::manifest::{self, MAX_MANIFEST_SIZE};
 
 /// A manifest as the collector knows it.
@@ -48,13 +50,43 @@ impl Loaded {
 }
 
 /// Reads and parses manifests.
-pub struct Manifests {
-    /// The blobs root (`None`: the store has no blobs): paths below it are three
-    /// components long, where paths from the store's root are eight.
-    blobs: Option<Store>,
+pub struct Manifests<'i> {
+    /// The blob tree, read through a handle on each fan-out directory.
+    blobs: BlobDirs,
     keep_unknown: bool,
     /// Go on past a manifest whose blob is missing (keeping all its repository links).
     pub allow_missing: bool,
+    /// The size of each manifest read (its data, read whole), so that the run's sizes of
+    /// blobs need not look at those again.
+    sizes_read: Option<SizesRead<'i>>,
+}
+
+/// The sizes of the manifests read, by their blob's position in the inventory: 4 bytes a
+/// blob (4 MiB at a million), where a map by digest would take 40 a manifest read.
+pub struct SizesRead<'i> {
+    blobs: &'i BlobInventory,
+    /// `u32::MAX`: not read (a manifest is at most [`MAX_MANIFEST_SIZE`] bytes).
+    sizes: Vec<AtomicU32>,
+}
+
+impl<'i> SizesRead<'i> {
+    const NOT_READ: u32 = u32::MAX;
+
+    /// The size read of the blob at position `i` of the inventory, if it was read.
+    pub fn at(&self, i: usize) -> Option<u64> {
+        match self.sizes[i].load(Ordering::Relaxed) {
+            Self::NOT_READ => None,
+            n => Some(u64::from(n)),
+        }
+    }
+
+    fn record(&self, d: &Digest, len: usize) {
+        if let (Some(i), Ok(n)) = (self.blobs.position(d), u32::try_from(len))
+            && n != Self::NOT_READ
+        {
+            self.sizes[i].store(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The manifests one repository's marking has loaded: each is read once per repository,
@@ -62,22 +94,41 @@ pub struct Manifests {
 /// would hold every manifest at once).
 pub type RepoManifests = HashMap<Digest, Arc<Loaded>>;
 
-impl Manifests {
+impl<'i> Manifests<'i> {
     pub fn new(store: &Store, keep_unknown: bool, allow_missing: bool) -> Result<Self, GcError> {
-        let root = paths::blobs_root();
-        let blobs = store.sub(&root).map_err(|e| GcError::store(&root, e))?;
+        let blobs = BlobDirs::new(store).map_err(|e| GcError::store(&paths::blobs_root(), e))?;
         Ok(Manifests {
             blobs,
             keep_unknown,
             allow_missing,
+            sizes_read: None,
         })
     }
 
     fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, ReadError> {
-        let Some(blobs) = &self.blobs else {
-            return Ok(None);
-        };
-        blobs.read(&paths::blob_data_in_blobs_root(d), MAX_MANIFEST_SIZE)
+        let read = self.blobs.read_data(d, MAX_MANIFEST_SIZE);
+        if let (Ok(Some(bytes)), Some(sizes)) = (&read, &self.sizes_read) {
+            sizes.record(d, bytes.len());
+        }
+        read
+    }
+
+    /// Records the size of every manifest read from now on, for blobs of `blobs`.
+    pub fn recording_sizes(self, blobs: &BlobInventory) -> Manifests<'_> {
+        Manifests {
+            sizes_read: Some(SizesRead {
+                blobs,
+                sizes: (0..blobs.len())
+                    .map(|_| AtomicU32::new(SizesRead::NOT_READ))
+                    .collect(),
+            }),
+            ..self
+        }
+    }
+
+    /// The sizes of the manifests read (see [`Self::recording_sizes`]).
+    pub fn sizes_read(&self) -> Option<&SizesRead<'i>> {
+        self.sizes_read.as_ref()
     }
 
     /// As [`Manifests::load`], for a repository kept whole: never fails. A manifest that

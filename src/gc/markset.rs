@@ -187,7 +187,7 @@ impl<'i> MarkSet<'i> {
 /// A walk through one repository's manifests, marking what it reaches.
 struct Walk<'a, 'i> {
     set: &'a MarkSet<'i>,
-    manifests: &'a Manifests,
+    manifests: &'a Manifests<'a>,
     repo: &'a RepoInventory,
     /// Each manifest is read once per repository, and the memory goes with the
     /// repository (a store-wide cache would hold every manifest at once).
@@ -201,7 +201,7 @@ struct Walk<'a, 'i> {
 }
 
 impl<'a, 'i> Walk<'a, 'i> {
-    fn new(set: &'a MarkSet<'i>, manifests: &'a Manifests, repo: &'a RepoInventory) -> Self {
+    fn new(set: &'a MarkSet<'i>, manifests: &'a Manifests<'a>, repo: &'a RepoInventory) -> Self {
         Walk {
             set,
             manifests,

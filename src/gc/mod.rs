@@ -57,6 +57,26 @@ pub struct Options {
     /// Revisions kept as if young whatever `delete_untagged` says: manifests that lost
     /// their last tag to retention pruning, within its grace.
     pub keep_revisions: Vec<(crate::layout::RepoName, Digest)>,
+    /// Which link directories are searched for leftover temp files.
+    pub temp_files: TempFileSearch,
+}
+
+/// Where a run looks for leftover `*.tmp` files: registry 3.1+ writes a link as
+/// `link.<uuid>.tmp` and renames it over `link`, and leaves the temp file behind when it
+/// dies in between. Each is a few dozen bytes; they go once older than the upload age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TempFileSearch {
+    /// Every link directory is listed: each `_layers` link, tag history entry, revision
+    /// and tag (one listing per link: most of a run's system calls on a large store).
+    #[default]
+    EveryLinkDir,
+    /// Only where a link is missing or damaged. Revision and tag links are read directly
+    /// (`<dir>/link`, one open) and their directory is listed only when the link is
+    /// missing, damaged or (a revision) names another digest; `_layers` link directories
+    /// and tag history entries, known by their names, are not opened at all. A temp file
+    /// beside a link that reads well, or in a `_layers` link or tag history directory,
+    /// stays until a run searches every link directory. Plans are otherwise the same.
+    BrokenLinksOnly,
 }
 
 impl Default for Options {
@@ -70,6 +90,7 @@ impl Default for Options {
             min_age: Duration::ZERO,
             threads: ThreadShare::Lowered,
             keep_revisions: Vec::new(),
+            temp_files: TempFileSearch::EveryLinkDir,
         }
     }
 }
@@ -118,20 +139,31 @@ fn mark_in_pool(
         Ok(Marked::Interrupted(report))
     };
     let stop = || cancel.interrupted().is_some();
+    let stage = |name: &str| {
+        tracing::debug!(
+            stage = name,
+            seconds = start.elapsed().as_secs_f64(),
+            "mark stage done"
+        )
+    };
     let repos = scan::find_repositories(store)?;
+    stage("repositories");
     progress.phase(Phase::Mark, repos.names.len() as u64);
     report.repositories = repos.names.len() as u64;
-    let Some(inventory) = scan::inventory(store, repos, &stop)? else {
+    let Some(inventory) = scan::inventory(store, repos, opts.temp_files, &stop)? else {
         return interrupted(report);
     };
+    stage("inventory");
     let manifests =
-        manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?;
+        manifests::Manifests::new(store, opts.keep_unknown, opts.allow_missing_manifests)?
+            .recording_sizes(&inventory.blobs);
     let marks = markset::mark_all(&inventory, &manifests, opts.delete_untagged, &stop, &|| {
         progress.advance()
     })?;
     let (Some(marks), false) = (marks, stop()) else {
         return interrupted(report);
     };
+    stage("marks");
     if inventory.keeps_all_blobs() {
         marks.mark_every_blob();
     }
@@ -166,8 +198,13 @@ fn mark_in_pool(
         upload_max_age: opts.upload_max_age,
         now,
     };
-    let mut plan = plan::plan(&inventory, &marks, &settings);
-    let sizes = blob_sizes(store, &inventory);
+    stage("ages");
+    // Planning is one thread's work: it runs beside the stats of the sizes.
+    let (mut plan, sizes) = rayon::join(
+        || plan::plan(&inventory, &marks, &settings),
+        || blob_sizes(store, &inventory, manifests.sizes_read()),
+    );
+    stage("plan and sizes");
     report.blob_bytes_scanned = sizes.iter().sum();
     measure(&inventory, &sizes, &mut plan);
     report.manifests_scanned = marks.manifests_scanned();
@@ -211,16 +248,22 @@ fn unmarked<'a>(inventory: &'a Inventory, marks: &'a MarkSet) -> impl Iterator<I
         .copied()
 }
 
-/// The size of every blob's data, in the inventory's order (one stat each, in
-/// parallel): the store's own size, and what deleting any of them frees.
-fn blob_sizes(store: &Store, inventory: &Inventory) -> Vec<u64> {
+/// The size of every blob's data, in the inventory's order: the store's own size, and
+/// what deleting any of them frees. One stat each, in parallel, but for the manifests
+/// the mark read (`read`).
+fn blob_sizes(
+    store: &Store,
+    inventory: &Inventory,
+    read: Option<&manifests::SizesRead>,
+) -> Vec<u64> {
     use rayon::prelude::*;
     let sizes = scan::BlobSizes::new(store);
     inventory
         .blobs
         .digests()
         .par_iter()
-        .map(|d| sizes.of(d))
+        .enumerate()
+        .map(|(i, d)| read.and_then(|r| r.at(i)).unwrap_or_else(|| sizes.of(d)))
         .collect()
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
+use super::TempFileSearch;
 use super::error::GcError;
 use super::inventory::{
     BlobInventory, FanOut, Inventory, LinkState, RepoInventory, Revision, Tag, TempFile,
@@ -17,7 +18,7 @@ use super::inventory::{
 };
 use super::report::Warning;
 use crate::layout::paths::{self, LINK};
-use crate::layout::{Digest, EntryKind, RepoName, Role, Store, TagName, parse_link};
+use crate::layout::{BlobDirs, Digest, EntryKind, RepoName, Role, Store, TagName, parse_link};
 
 fn mtime_of(st: &rustix::fs::Stat) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64)
@@ -265,6 +266,41 @@ fn link_dir(
     Ok(Some((listed.entries, link_state(listed.file))))
 }
 
+/// As [`link_dir`], for a link directory `dir` whose temp files are searched only when
+/// its link is missing or damaged ([`TempFileSearch::BrokenLinksOnly`]): the link is read
+/// directly (one open of `dir/link` beneath `store`), and the directory is listed only
+/// when that read does not give a link naming `expected` (when given). The entries are
+/// only listed when needed: for a link that read well they are that link alone.
+fn read_link_dir(
+    store: &Store,
+    dir: &Path,
+    expected: Option<&Digest>,
+    parent: TempParent,
+    temp: &mut Vec<TempFile>,
+) -> Result<Option<(Vec<crate::layout::Entry>, LinkState)>, GcError> {
+    let read = match store.read(&dir.join(LINK), 4096) {
+        Ok(None) => None,
+        Ok(Some(bytes)) => Some(Ok(bytes)),
+        Err(e) => Some(Err(e)),
+    };
+    let state = link_state(read);
+    let good = match (&state, expected) {
+        (LinkState::Ok(d), Some(want)) => d == want,
+        (LinkState::Ok(_), None) => true,
+        _ => false,
+    };
+    if good {
+        let link = crate::layout::Entry {
+            name: LINK.into(),
+            kind: EntryKind::File,
+        };
+        return Ok(Some((vec![link], state)));
+    }
+    // Missing, damaged or naming another digest: listed as every link directory is under
+    // EveryLinkDir, so what the scan records is the same.
+    link_dir(store, dir, parent, temp)
+}
+
 fn collect_temp(
     store: &Store,
     dir: &Path,
@@ -311,7 +347,12 @@ fn references_unknown(scan: &mut RepoInventory, path: PathBuf, what: &str) {
     scan.references_unknown(path, what);
 }
 
-fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
+fn scan_revisions(
+    store: &Store,
+    repo: &RepoName,
+    search: TempFileSearch,
+    scan: &mut RepoInventory,
+) {
     let rel = paths::revisions_dir(repo);
     let Some((revs, entries)) = repo_listed(store, &rel, scan, references_unknown) else {
         return;
@@ -333,12 +374,13 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
             scan.stray_revisions.push(dir_digest);
             continue;
         }
-        let listed = link_dir(
-            &revs,
-            rel,
-            TempParent::Revision(dir_digest),
-            &mut scan.temp_files,
-        );
+        let parent = TempParent::Revision(dir_digest);
+        let listed = match search {
+            TempFileSearch::EveryLinkDir => link_dir(&revs, rel, parent, &mut scan.temp_files),
+            TempFileSearch::BrokenLinksOnly => {
+                read_link_dir(&revs, rel, Some(&dir_digest), parent, &mut scan.temp_files)
+            }
+        };
         let (inner, link) = match listed {
             Ok(l) => l.unwrap_or((Vec::new(), LinkState::Missing)),
             Err(e) => (Vec::new(), LinkState::Damaged(e.to_string())),
@@ -363,7 +405,7 @@ fn scan_revisions(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
     }
 }
 
-fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
+fn scan_tags(store: &Store, repo: &RepoName, search: TempFileSearch, scan: &mut RepoInventory) {
     // A repository without a tags directory is normal (every tag deleted, or pushed by digest).
     let rel = paths::tags_dir(repo);
     let Some((tags, entries)) = repo_listed(store, &rel, scan, keep_whole) else {
@@ -376,12 +418,23 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
             continue;
         };
         let tag = Path::new(name.as_str());
-        let current = match link_dir(
-            &tags,
-            &tag.join(paths::TAG_CURRENT),
-            TempParent::TagCurrent,
-            &mut scan.temp_files,
-        ) {
+        let current_dir = tag.join(paths::TAG_CURRENT);
+        let current = match search {
+            TempFileSearch::EveryLinkDir => link_dir(
+                &tags,
+                &current_dir,
+                TempParent::TagCurrent,
+                &mut scan.temp_files,
+            ),
+            TempFileSearch::BrokenLinksOnly => read_link_dir(
+                &tags,
+                &current_dir,
+                None,
+                TempParent::TagCurrent,
+                &mut scan.temp_files,
+            ),
+        };
+        let current = match current {
             Ok(l) => l.map_or(LinkState::Missing, |(_, l)| l),
             Err(e) => LinkState::Damaged(e.to_string()),
         };
@@ -400,6 +453,10 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
                 match ie.name_str().and_then(|s| Digest::from_hex(s).ok()) {
                     Some(d) if ie.kind == EntryKind::Dir => {
                         index.push(d);
+                        // Listed for temp files only: the name is the history entry.
+                        if search == TempFileSearch::BrokenLinksOnly {
+                            continue;
+                        }
                         match list(&idx, at) {
                             Ok(Some(inner)) => collect_temp(
                                 &idx,
@@ -440,7 +497,7 @@ fn scan_tags(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
     }
 }
 
-fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
+fn scan_layers(store: &Store, repo: &RepoName, search: TempFileSearch, scan: &mut RepoInventory) {
     let rel = paths::layers_dir(repo);
     let Some((layers, entries)) = repo_listed(store, &rel, scan, references_unknown) else {
         return;
@@ -458,6 +515,11 @@ fn scan_layers(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
         scan.layers.push(d);
         if e.kind != EntryKind::Dir {
             scan.not_understood(layers.shown(rel), "a layer link that is no directory");
+            continue;
+        }
+        // Listed for temp files only: the name is what the link stands for (its content
+        // is not read in either search).
+        if search == TempFileSearch::BrokenLinksOnly {
             continue;
         }
         match list(&layers, rel) {
@@ -535,11 +597,11 @@ fn scan_uploads(store: &Store, repo: &RepoName, scan: &mut RepoInventory) {
 
 /// Scans one repository. What it does not understand keeps the repository whole (see
 /// [`RepoInventory::not_understood`]); nothing in it stops the run.
-pub fn scan_repository(store: &Store, repo: &RepoName) -> RepoInventory {
+pub fn scan_repository(store: &Store, repo: &RepoName, search: TempFileSearch) -> RepoInventory {
     let mut scan = RepoInventory::new(repo.clone());
-    scan_revisions(store, repo, &mut scan);
-    scan_tags(store, repo, &mut scan);
-    scan_layers(store, repo, &mut scan);
+    scan_revisions(store, repo, search, &mut scan);
+    scan_tags(store, repo, search, &mut scan);
+    scan_layers(store, repo, search, &mut scan);
     scan_uploads(store, repo, &mut scan);
     scan.layers.shrink_to_fit();
     scan
@@ -637,20 +699,20 @@ pub fn scan_blobs(store: &Store) -> Result<BlobInventory, GcError> {
     Ok(inventory)
 }
 
-/// Reads the size of blobs' data, for a report of what deleting them frees; below the
-/// blobs root, so three components per path instead of eight.
-pub struct BlobSizes(Option<Store>);
+/// Reads the size of blobs' data, for a report of what deleting them frees; through a
+/// handle on each fan-out directory, so two components per path instead of eight.
+pub struct BlobSizes(Option<BlobDirs>);
 
 impl BlobSizes {
     pub fn new(store: &Store) -> Self {
-        BlobSizes(store.sub(&paths::blobs_root()).ok().flatten())
+        BlobSizes(BlobDirs::new(store).ok())
     }
 
     /// 0 when the data cannot be read.
     pub fn of(&self, d: &Digest) -> u64 {
         self.0
             .as_ref()
-            .and_then(|b| b.stat(&paths::blob_data_in_blobs_root(d)).ok().flatten())
+            .and_then(|b| b.stat_data(d).ok().flatten())
             .map_or(0, |st| st.st_size.max(0) as u64)
     }
 }
@@ -758,6 +820,7 @@ fn written_at(blobs: &Store, d: &Digest) -> Result<Option<SystemTime>, std::io::
 pub fn inventory(
     store: &Store,
     repos: Repositories,
+    search: TempFileSearch,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Inventory>, GcError> {
     let scans: Vec<Option<RepoInventory>> = repos
@@ -767,7 +830,7 @@ pub fn inventory(
             if stop() {
                 return None;
             }
-            let mut scan = scan_repository(store, r);
+            let mut scan = scan_repository(store, r, search);
             // The warning is the tree's, once, however many repositories it keeps.
             scan.kept_whole |= repos.kept_whole(r).next().is_some();
             Some(scan)

@@ -69,6 +69,12 @@ pub fn blob_data_in_blobs_root(d: &Digest) -> PathBuf {
     blob_dir_in_blobs_root(d).join(DATA)
 }
 
+/// A blob's data file relative to its fan-out directory ([`blob_prefix_dir`]), for reads
+/// through a handle on it.
+pub fn blob_data_in_fan_out(d: &Digest) -> PathBuf {
+    PathBuf::from(d.hex()).join(DATA)
+}
+
 pub fn repositories_root() -> PathBuf {
     v2().join(REPOSITORIES)
 }

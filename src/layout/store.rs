@@ -174,8 +174,7 @@ impl Store {
         } else {
             OFlags::CLOEXEC | OFlags::NOCTTY
         };
-        rfs::openat2(&self.root, rel, flags | extra, Mode::empty(), resolve())
-            .map_err(io::Error::from)
+        open_beneath(self.root.as_fd(), rel, flags | extra)
     }
 
     /// The target of the symbolic link `rel`, read without following it (EINVAL when
@@ -207,12 +206,12 @@ impl Store {
         let entries = entries(dir.as_fd(), self.end)?;
         let file = if entries.iter().any(|e| e.name == file) {
             let shown = self.shown(&rel.join(file));
-            let opened = rfs::openat2(&dir, file, read_flags(), Mode::empty(), resolve());
+            let opened = open_beneath(dir.as_fd(), Path::new(file), read_flags());
             Some(match opened {
                 Ok(fd) => read_whole(fd, &shown, limit),
-                Err(e) => Err(ReadError::Io {
+                Err(source) => Err(ReadError::Io {
                     path: shown.display().to_string(),
-                    source: e.into(),
+                    source,
                 }),
             })
         } else {
@@ -222,7 +221,7 @@ impl Store {
     }
 
     fn open_dir(&self, rel: &Path) -> io::Result<Option<OwnedFd>> {
-        match self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+        match self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOATIME) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -277,9 +276,24 @@ impl Store {
 }
 
 /// Opening a file to read: never blocks (a FIFO planted in the store would hang the
-/// open), never becomes a controlling terminal.
+/// open), never becomes a controlling terminal, and leaves the access time alone.
 fn read_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NOATIME
+}
+
+/// Opens `rel` beneath `dir` (see [`resolve`]). Reads and listings ask for `O_NOATIME`:
+/// a collector reads every manifest and link of the store, and under `relatime` the
+/// first read of each in a day would write its inode back for the access time alone.
+/// Only the file's owner or a process with CAP_FOWNER may ask: when refused (EPERM),
+/// the open is tried again without it.
+fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    match rfs::openat2(dir, rel, flags, Mode::empty(), resolve()) {
+        Err(Errno::PERM) if flags.contains(OFlags::NOATIME) => {
+            rfs::openat2(dir, rel, flags - OFlags::NOATIME, Mode::empty(), resolve())
+                .map_err(io::Error::from)
+        }
+        opened => opened.map_err(io::Error::from),
+    }
 }
 
 /// How a listing's end shows, by filesystem. getdents returns 0 at the end of a
@@ -383,6 +397,47 @@ fn read_whole(fd: OwnedFd, shown: &Path, limit: usize) -> Result<Vec<u8>, ReadEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector's reads and listings leave access times alone: under `relatime` (the
+    /// default mount option) a read of a file whose access time is not after its change
+    /// time would write the inode back, for every manifest and link of the store.
+    #[test]
+    fn reads_and_listings_leave_the_access_time_alone() {
+        use std::time::{Duration, SystemTime};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("revision");
+        std::fs::create_dir(&dir).unwrap();
+        let link = dir.join("link");
+        std::fs::write(&link, b"sha256:x").unwrap();
+        // Access times before the change times: relatime would update both on access.
+        let old = SystemTime::now() - Duration::from_secs(3 * 24 * 3600);
+        let times = std::fs::FileTimes::new().set_accessed(old);
+        std::fs::File::options()
+            .write(true)
+            .open(&link)
+            .unwrap()
+            .set_times(times)
+            .unwrap();
+        std::fs::File::open(&dir).unwrap().set_times(times).unwrap();
+        let atime = |p: &Path| std::fs::metadata(p).unwrap().accessed().unwrap();
+        let (link_before, dir_before) = (atime(&link), atime(&dir));
+
+        let store = Store::open(tmp.path()).unwrap();
+        assert_eq!(
+            store
+                .read(Path::new("revision/link"), 100)
+                .unwrap()
+                .unwrap(),
+            b"sha256:x"
+        );
+        assert_eq!(store.list(Path::new("revision")).unwrap().unwrap().len(), 1);
+        let listed = store
+            .list_reading(Path::new("revision"), "link", 100)
+            .unwrap();
+        assert!(listed.unwrap().file.unwrap().is_ok());
+        assert_eq!(atime(&link), link_before, "the link's access time");
+        assert_eq!(atime(&dir), dir_before, "the directory's access time");
+    }
 
     /// Listings are whole however many getdents calls they take, on the filesystem the
     /// tests run on (ext4 here: the listing stops at its end-of-directory position).

@@ -171,6 +171,8 @@ impl Settings {
                 GcMode::ReadOnly => gc::ThreadShare::Lowered,
             },
             keep_revisions: Vec::new(),
+            // The daemon's runs search every link directory for leftover temp files.
+            temp_files: gc::TempFileSearch::EveryLinkDir,
         }
     }
 
