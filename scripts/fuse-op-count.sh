@@ -18,9 +18,10 @@
 # right before the push and once the push has returned, after a `sync` and a settle
 # pause (releases and forgets the kernel sends late land in the count).
 #
-# Output: a table (op, requests, per blob, errors by errno) on stdout; with JSON=1 one
-# JSON object instead ({"blobs": N, "total": N, "ops": {op: {"count": N, "errors":
-# {errno: N}}}}).
+# Output: a table (op, requests, per blob, errors by errno) on stdout, and how many fsync
+# requests were answered without syncing the backing file (`regfs_fsyncs_answered_total`);
+# with JSON=1 one JSON object instead ({"blobs": N, "total": N, "fsyncs_answered": N,
+# "ops": {op: {"count": N, "errors": {errno: N}}}}).
 #
 # Environment:
 #   REGFS_BIN   the regfs binary (default: target/debug/regfs of this checkout, built
@@ -170,7 +171,7 @@ chown -R "$SK_USER" "$SK"
 
 snapshot() { # OUT: the counters now
     curl -s --noproxy '*' --max-time 10 "http://127.0.0.1:$metrics_port/metrics" |
-        grep -E '^regfs_fuse_(operations|errors)_total' >"$1" || true
+        grep -E '^regfs_(fuse_(operations|errors)|fsyncs_answered)_total' >"$1" || true
 }
 snapshot "$SCRATCH/before"
 log "pushing (skopeo copy, $blobs blobs)"
@@ -190,6 +191,9 @@ import json, re, sys
 def read(path):
     ops, errs = {}, {}
     for line in open(path):
+        if line.startswith("regfs_fsyncs_answered_total "):
+            ops["fsync answered without syncing"] = float(line.split()[1])
+            continue
         m = re.match(r'(regfs_fuse_\w+)_total\{([^}]*)\}\s+(\S+)', line)
         if not m:
             continue
@@ -211,13 +215,17 @@ for (op, errno), v in e1.items():
     n = int(v - e0.get((op, errno), 0))
     if n:
         ops.setdefault(op, {"count": 0, "errors": {}})["errors"][errno] = n
+answered = ops.pop("fsync answered without syncing", {"count": 0})["count"]
 total = sum(o["count"] for o in ops.values())
 if as_json:
-    print(json.dumps({"blobs": blobs, "total": total, "ops": ops}, sort_keys=True))
+    print(json.dumps({"blobs": blobs, "total": total, "ops": ops,
+                      "fsyncs_answered": answered}, sort_keys=True))
     sys.exit()
 print(f"{'op':<12} {'requests':>9} {'per blob':>9}  errors (errno: count)")
 for op, o in sorted(ops.items(), key=lambda kv: -kv[1]["count"]):
     errs = ", ".join(f"{k}: {v}" for k, v in sorted(o["errors"].items()))
     print(f"{op:<12} {o['count']:>9} {o['count'] / blobs:>9.1f}  {errs}")
 print(f"{'total':<12} {total:>9} {total / blobs:>9.1f}  ({blobs} blobs)")
+print(f"fsync requests answered without syncing the backing file: {answered}"
+      f" ({answered / blobs:.1f} per blob)")
 EOF
