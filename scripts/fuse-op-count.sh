@@ -20,8 +20,9 @@
 #
 # Output: a table (op, requests, per blob, errors by errno) on stdout, and how many fsync
 # requests were answered without syncing the backing file (`regfs_fsyncs_answered_total`);
-# with JSON=1 one JSON object instead ({"blobs": N, "total": N, "fsyncs_answered": N,
-# "ops": {op: {"count": N, "errors": {errno: N}}}}).
+# and the daemon's CPU time over the push (user + system, from /proc, in clock ticks: a
+# guide, not a count); with JSON=1 one JSON object instead ({"blobs": N, "total": N,
+# "fsyncs_answered": N, "daemon_cpu_ms": N, "ops": {op: {"count": N, "errors": {errno: N}}}}).
 #
 # Environment:
 #   REGFS_BIN   the regfs binary (default: target/debug/regfs of this checkout, built
@@ -173,7 +174,11 @@ snapshot() { # OUT: the counters now
     curl -s --noproxy '*' --max-time 10 "http://127.0.0.1:$metrics_port/metrics" |
         grep -E '^regfs_(fuse_(operations|errors)|fsyncs_answered)_total' >"$1" || true
 }
+cpu_ticks() { # the daemon's user + system CPU time so far, in clock ticks
+    sed 's/.*) //' "/proc/$RFS_PID/stat" | awk '{ print $12 + $13 }'
+}
 snapshot "$SCRATCH/before"
+cpu0=$(cpu_ticks)
 log "pushing (skopeo copy, $blobs blobs)"
 run_child "$SCRATCH/push.out" setpriv --reuid="$SK_USER" --regid="$(id -g "$SK_USER")" --clear-groups \
     env -i PATH="$PATH" HOME="$SK/home" TMPDIR="$SK/tmp" XDG_RUNTIME_DIR="$SK/run" \
@@ -185,8 +190,9 @@ run_child "$SCRATCH/push.out" setpriv --reuid="$SK_USER" --regid="$(id -g "$SK_U
 sync
 sleep "$SETTLE"
 snapshot "$SCRATCH/after"
+cpu_ms=$((($(cpu_ticks) - cpu0) * 1000 / $(getconf CLK_TCK)))
 
-python3 - "$SCRATCH/before" "$SCRATCH/after" "$blobs" "$JSON" <<'EOF'
+python3 - "$SCRATCH/before" "$SCRATCH/after" "$blobs" "$JSON" "$cpu_ms" <<'EOF'
 import json, re, sys
 def read(path):
     ops, errs = {}, {}
@@ -205,7 +211,7 @@ def read(path):
             errs[(labels["op"], labels["errno"])] = v
     return ops, errs
 (o0, e0), (o1, e1) = read(sys.argv[1]), read(sys.argv[2])
-blobs, as_json = int(sys.argv[3]), sys.argv[4] == "1"
+blobs, as_json, cpu_ms = int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
 ops = {}
 for op in o1:
     n = int(o1[op] - o0.get(op, 0))
@@ -219,7 +225,7 @@ answered = ops.pop("fsync answered without syncing", {"count": 0})["count"]
 total = sum(o["count"] for o in ops.values())
 if as_json:
     print(json.dumps({"blobs": blobs, "total": total, "ops": ops,
-                      "fsyncs_answered": answered}, sort_keys=True))
+                      "fsyncs_answered": answered, "daemon_cpu_ms": cpu_ms}, sort_keys=True))
     sys.exit()
 print(f"{'op':<12} {'requests':>9} {'per blob':>9}  errors (errno: count)")
 for op, o in sorted(ops.items(), key=lambda kv: -kv[1]["count"]):
@@ -228,4 +234,5 @@ for op, o in sorted(ops.items(), key=lambda kv: -kv[1]["count"]):
 print(f"{'total':<12} {total:>9} {total / blobs:>9.1f}  ({blobs} blobs)")
 print(f"fsync requests answered without syncing the backing file: {answered}"
       f" ({answered / blobs:.1f} per blob)")
+print(f"daemon CPU (user + system): {cpu_ms} ms, {cpu_ms * 1000 / max(total, 1):.0f} us per request")
 EOF
