@@ -6,6 +6,7 @@
 #   sudo scripts/bench-registry.sh
 #   sudo CLUSTER=1 scripts/bench-registry.sh
 #   sudo NO_ACCESS_TIMES=1 scripts/bench-registry.sh
+#   sudo BEFORE_BIN=/tmp/regfs-before scripts/bench-registry.sh
 #
 # Setup, in a scratch directory on a real disk (never tmpfs):
 #   * two stores: store-plain (a plain directory) and store-regfs (served by
@@ -19,6 +20,9 @@
 #   * with NO_ACCESS_TIMES=1 one more, store-noat: regfs mounted with --no-access-times
 #     (no access-recording layer in its policy chain), to measure what recording pushes
 #     and pulls for retention costs (regfs/noat, goal within 2%: >= 0.98x);
+#   * with BEFORE_BIN=PATH one more, store-before: regfs run by that binary (a build
+#     from before a change), to measure one change side by side in one run: columns
+#     before/plain and regfs/before (> 1: the change made regfs faster);
 #   * a registry per store (Debian's docker-registry, distribution 2.8), each as the
 #     docker-registry user on a free 127.0.0.1 port, with the same configuration
 #     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
@@ -63,6 +67,8 @@
 #   REG_CACHE   the registry's storage.cache.blobdescriptor: inmemory (default) or none
 #   CLUSTER     1: also a registry on a node of a two-node regfs cluster (needs etcd)
 #   NO_ACCESS_TIMES  1: also a registry on regfs without access times (--no-access-times)
+#   BEFORE_BIN  also a registry on regfs run by this binary (e.g. a build of the commit
+#               before a change; REGFS_ARGS apply to it too)
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, stores, layouts) for inspection
 #
 # Needs root (mount, setpriv, /proc/sys/vm/drop_caches), /dev/fuse, docker-registry,
@@ -79,6 +85,7 @@ REG_CACHE=${REG_CACHE:-inmemory}
 CLUSTER=${CLUSTER:-0}
 CLUSTER_TARGET=0.9
 NO_ACCESS_TIMES=${NO_ACCESS_TIMES:-0}
+BEFORE_BIN=${BEFORE_BIN:-}
 ACCESS_TARGET=0.98
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 PULL_TARGET=0.9
@@ -99,6 +106,7 @@ done
 [[ $REG_CACHE == inmemory || $REG_CACHE == none ]] || die "REG_CACHE must be inmemory or none"
 [[ $CLUSTER == 0 || $CLUSTER == 1 ]] || die "CLUSTER must be 0 or 1 (got '$CLUSTER')"
 [[ $NO_ACCESS_TIMES == 0 || $NO_ACCESS_TIMES == 1 ]] || die "NO_ACCESS_TIMES must be 0 or 1 (got '$NO_ACCESS_TIMES')"
+[[ -z $BEFORE_BIN || -x $BEFORE_BIN ]] || die "BEFORE_BIN=$BEFORE_BIN is not executable"
 [[ $EUID -eq 0 ]] || die "must run as root (mounting, setpriv, dropping caches)"
 [[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
 if ((COLD)); then
@@ -123,6 +131,7 @@ fi
 TARGETS=(plain regfs)
 ((CLUSTER)) && TARGETS+=(cluster)
 ((NO_ACCESS_TIMES)) && TARGETS+=(noat)
+[[ -n $BEFORE_BIN ]] && TARGETS+=(before)
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
 
@@ -253,12 +262,13 @@ mkdir -p "$SCRATCH/store-plain" "$SCRATCH/backing-regfs" "$SCRATCH/mnt-regfs" "$
 chown "$REG_USER:$REG_USER" "$SCRATCH/store-plain" "$SCRATCH/backing-regfs"
 
 # mount_regfs BACKING MNT LOG ARGS...: `regfs mount` of BACKING at MNT (its log in LOG),
-# started in the background; returns once mounted. Sets passthrough from its log.
+# started in the background; returns once mounted. Sets passthrough from its log. The
+# binary is $MOUNT_BIN when set, else $REGFS.
 mount_regfs() {
-    local backing=$1 mnt=$2 logf=$3 i pid
+    local backing=$1 mnt=$2 logf=$3 i pid bin=${MOUNT_BIN:-$REGFS}
     shift 3
-    log "mounting regfs: $backing at $mnt"
-    "$REGFS" mount "${extra_args[@]}" "$@" "$backing" "$mnt" >>"$logf" 2>&1 &
+    log "mounting regfs ($bin): $backing at $mnt"
+    "$bin" mount "${extra_args[@]}" "$@" "$backing" "$mnt" >>"$logf" 2>&1 &
     pid=$!
     RFS_PID[$mnt]=$pid
     for ((i = 0; i < 300; i++)); do
@@ -285,6 +295,13 @@ if ((NO_ACCESS_TIMES)); then
     chown "$REG_USER:$REG_USER" "$SCRATCH/backing-noat"
     mount_regfs "$SCRATCH/backing-noat" "$SCRATCH/mnt-noat" "$SCRATCH/regfs-noat.log" \
         --state-dir "$SCRATCH/state-noat" --no-access-times
+fi
+if [[ -n $BEFORE_BIN ]]; then
+    STORE[before]=$SCRATCH/mnt-before
+    mkdir -p "$SCRATCH/backing-before" "$SCRATCH/mnt-before" "$SCRATCH/state-before"
+    chown "$REG_USER:$REG_USER" "$SCRATCH/backing-before"
+    MOUNT_BIN=$BEFORE_BIN mount_regfs "$SCRATCH/backing-before" "$SCRATCH/mnt-before" \
+        "$SCRATCH/regfs-before.log" --state-dir "$SCRATCH/state-before"
 fi
 
 free_port() {
@@ -513,6 +530,7 @@ echo
 echo "regfs registry benchmark: docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $NF }') on a regfs mount vs. on a plain directory"
 ((CLUSTER)) && echo "  and on node 1 of a two-node regfs cluster over one store (etcd on 127.0.0.1; cluster = that registry)"
 ((NO_ACCESS_TIMES)) && echo "  and on regfs with --no-access-times (noat: no access-recording layer; regfs/noat is what recording costs)"
+[[ -n $BEFORE_BIN ]] && echo "  and on regfs run by $BEFORE_BIN (before: regfs/before > 1 means the change made regfs faster)"
 echo "images: big = $BIG_MIB MiB in ${NLAYERS[big/1]} layers (${BYTES[big/1]} bytes), many = ${NLAYERS[many/1]} layers (${BYTES[many/1]} bytes);"
 echo "  a fresh variant (--seed) of each per round, so every push uploads every blob; median of $ROUNDS rounds"
 echo "skopeo $(skopeo --version | awk '{ print $3 }') as $SK_USER; registries as $REG_USER (cache: $REG_CACHE); regfs passthrough $passthrough${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
@@ -523,15 +541,18 @@ echo "warm pull: right after the push (data in the page cache); cold pull: after
 echo
 fmt='%-18s | %11s | %11s | %6s | %7s | %-6s'
 cfmt=' | %13s | %13s | %7s | %s'
+bfmt=' | %13s | %12s | %12s'
 # shellcheck disable=SC2059
 {
     printf "$fmt" "case" "plain MiB/s" "regfs MiB/s" "ratio" "target" "result"
     ((CLUSTER)) && printf "$cfmt" "cluster MiB/s" "cluster/regfs" "target" "result"
     ((NO_ACCESS_TIMES)) && printf "$cfmt" "noat MiB/s" "regfs/noat" "target" "result"
+    [[ -n $BEFORE_BIN ]] && printf "$bfmt" "before MiB/s" "before/plain" "regfs/before"
     echo
     printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
     ((CLUSTER)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
     ((NO_ACCESS_TIMES)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
+    [[ -n $BEFORE_BIN ]] && printf "$bfmt" "-------------" "------------" "------------"
     echo
 }
 # ratio A B: A / B to two decimals; judged RATIO TARGET: PASS or BELOW.
@@ -571,6 +592,15 @@ for c in "${CASES[@]}"; do
         # shellcheck disable=SC2059
         printf "$cfmt" "$(fmt_mibs "$n")" "$r" ">= $ACCESS_TARGET" "$(judged "$r" "$ACCESS_TARGET")"
         secs_line+=$(printf '   noat %7.2f s' "$ns")
+    fi
+    if [[ -n $BEFORE_BIN ]]; then
+        # shellcheck disable=SC2086
+        b=$(median ${SAMPLES[$c|before]})
+        # shellcheck disable=SC2086
+        bs=$(median ${SECS[$c|before]})
+        # shellcheck disable=SC2059
+        printf "$bfmt" "$(fmt_mibs "$b")" "$(ratio "$b" "$p")" "$(ratio "$g" "$b")"
+        secs_line+=$(printf '   before %7.2f s' "$bs")
     fi
     echo
     secs_lines+=("$secs_line")

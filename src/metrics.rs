@@ -175,6 +175,7 @@ struct Scrape {
     descriptors: Option<Descriptors>,
     fuse_ops: Vec<(&'static str, u64)>,
     fuse_errors: Vec<((&'static str, i32), u64)>,
+    fsyncs_answered: u64,
 }
 
 type Fmt = Result<(), std::fmt::Error>;
@@ -379,6 +380,12 @@ impl Scrape {
                 .iter()
                 .map(|(op, n)| ([("op", *op)], ConstCounter::new(*n))),
         )?;
+        counter(
+            enc,
+            "regfs_fsyncs_answered",
+            "fsync requests answered without syncing the backing file: it had not changed since an fsync of it.",
+            self.fsyncs_answered,
+        )?;
         let mut errors = self.fuse_errors.clone();
         errors.sort();
         family(
@@ -423,6 +430,7 @@ pub fn render(daemon: &Daemon, gc: &Mutex<GcStats>) -> String {
         descriptors: status.descriptors,
         fuse_ops: stats.operations(),
         fuse_errors: stats.errors(),
+        fsyncs_answered: daemon.fs().fsyncs_answered(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -474,6 +482,7 @@ mod tests {
             }),
             fuse_ops: vec![("lookup", 5), ("create", 1)],
             fuse_errors: vec![(("lookup", 2), 4)],
+            fsyncs_answered: 3,
         });
         let samples: HashMap<&str, f64> = out
             .lines()
@@ -510,6 +519,7 @@ mod tests {
             ("regfs_inode_fds", 3.0),
             ("regfs_open_fds", 12.0),
             (r#"regfs_fuse_operations_total{op="lookup"}"#, 5.0),
+            ("regfs_fsyncs_answered_total", 3.0),
             (
                 r#"regfs_fuse_errors_total{op="lookup",errno="2",kind="NotFound"}"#,
                 4.0,

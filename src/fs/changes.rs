@@ -4,12 +4,14 @@
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use fuser::FileAttr;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use super::attr::check_name;
 use super::core::{Caller, Entry, SetAttr, StorageFs};
+use super::inode::Inode;
 use super::namespace::key_of;
 use super::unlinked::in_dir_error;
 use crate::error::{FsError, FsResult};
@@ -124,6 +126,13 @@ impl StorageFs {
     /// attribute change of a path.
     pub fn setattr(&self, id: u64, change: SetAttr) -> FsResult<FileAttr> {
         let inode = self.names.inode(id)?;
+        let r = self.change_attributes(&inode, change);
+        inode.durability.changed();
+        r?;
+        self.getattr(id)
+    }
+
+    fn change_attributes(&self, inode: &Arc<Inode>, change: SetAttr) -> FsResult<()> {
         let path = inode.path();
         let only_size = change.mode.is_none()
             && change.uid.is_none()
@@ -132,20 +141,20 @@ impl StorageFs {
         if let (Some(size), Some(fh), true) = (change.size, change.fh, only_size)
             && self.handles.truncate(fh, size)?
         {
-            return self.getattr(id);
+            return Ok(());
         }
         let _change = self.admit_change(Change::SetAttr { path: &path })?;
         if let Some(size) = change.size {
             let fd = self
                 .names
                 .reopen(
-                    self.names.fd_of(&inode)?.as_fd(),
+                    self.names.fd_of(inode)?.as_fd(),
                     OFlags::WRONLY | OFlags::NOCTTY,
                 )
                 .map_err(|e| FsError::backing("truncate", &path, e))?;
             rfs::ftruncate(&fd, size).map_err(|e| FsError::backing("truncate", &path, e))?;
         }
-        let ifd = self.names.fd_of(&inode)?;
+        let ifd = self.names.fd_of(inode)?;
         if let Some(mode) = change.mode {
             self.names
                 .chmod(ifd.as_fd(), mode)
@@ -166,6 +175,6 @@ impl StorageFs {
                 .set_times(ifd.as_fd(), &times)
                 .map_err(|e| FsError::backing("utimens", &path, e))?;
         }
-        self.getattr(id)
+        Ok(())
     }
 }

@@ -118,6 +118,12 @@ impl StorageFs {
         self.handles.daemon_writes()
     }
 
+    /// fsync requests answered without syncing the backing file: it had not changed
+    /// since an fsync of it that succeeded.
+    pub fn fsyncs_answered(&self) -> u64 {
+        self.handles.fsyncs_answered()
+    }
+
     /// FUSE requests served and failed, for metrics.
     pub fn stats(&self) -> &super::stats::FuseStats {
         &self.stats

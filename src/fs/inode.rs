@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use fuser::BackingId;
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
+use super::durability::Durability;
 use super::inode_fds::{FdCache, FileHandle, InodeFd};
 use crate::layout::Role;
 
@@ -112,6 +113,8 @@ pub struct Inode {
     /// Kernel passthrough: one backing id per inode, shared by its read-only opens and
     /// dropped with the last of them.
     pub backing: Mutex<Weak<BackingId>>,
+    /// Whether the file changed since its last fsync.
+    pub durability: Durability,
 }
 
 impl Inode {
@@ -336,6 +339,7 @@ impl InodeTable {
             }),
             dir_moves: dir_moves.clone(),
             backing: Mutex::new(Weak::new()),
+            durability: Durability::default(),
         });
         let mut tables = Tables {
             next_id: ROOT_ID + 1,
@@ -487,6 +491,7 @@ impl InodeTable {
             }),
             dir_moves: self.dir_moves.clone(),
             backing: Mutex::new(Weak::new()),
+            durability: Durability::default(),
         });
         t.by_key.insert(found.key, id);
         t.by_id.insert(
@@ -506,6 +511,8 @@ impl InodeTable {
         {
             let role = Inode::placed_child(new_parent, new_name);
             inode.set_place(new_parent, new_name, role);
+            // An fsync of a file after its rename makes the rename durable (ext4).
+            inode.durability.changed();
         }
     }
 

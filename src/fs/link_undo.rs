@@ -119,10 +119,18 @@ impl LinkUndo {
     /// Truncates the file to zero after keeping its bytes (an open with O_TRUNC).
     pub(super) fn truncate(&self) -> rustix::io::Result<()> {
         self.keep_before_change();
-        rfs::ftruncate(&self.fd, 0)
+        let r = rfs::ftruncate(&self.fd, 0);
+        self.inode.durability.changed();
+        r
     }
 
     fn put_back(&self, bytes: &[u8]) -> rustix::io::Result<()> {
+        let r = self.write_back(bytes);
+        self.inode.durability.changed();
+        r
+    }
+
+    fn write_back(&self, bytes: &[u8]) -> rustix::io::Result<()> {
         rfs::ftruncate(&self.fd, 0)?;
         let mut done = 0;
         while done < bytes.len() {

@@ -8,6 +8,7 @@ mod attr;
 pub mod caching;
 mod changes;
 mod core;
+mod durability;
 mod handle_table;
 mod inode;
 mod inode_fds;

@@ -61,6 +61,8 @@ pub(super) struct OpenHandles {
     daemon_reads: AtomicU64,
     /// Write requests served by the daemon (not by kernel passthrough).
     daemon_writes: AtomicU64,
+    /// fsync requests answered without an fsync(2): nothing changed since the last.
+    fsyncs_answered: AtomicU64,
 }
 
 impl OpenHandles {
@@ -94,6 +96,10 @@ impl OpenHandles {
         self.daemon_writes.load(Ordering::Relaxed)
     }
 
+    pub(super) fn fsyncs_answered(&self) -> u64 {
+        self.fsyncs_answered.load(Ordering::Relaxed)
+    }
+
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file(fh)?;
         self.daemon_reads.fetch_add(1, Ordering::Relaxed);
@@ -123,16 +129,12 @@ impl OpenHandles {
         if let Some(u) = &file.undo {
             u.keep_before_change();
         }
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {
-                Ok(n) => done += n,
-                Err(Errno::INTR) => continue,
-                Err(e) if done == 0 => return Err(FsError::backing("write", file.inode.path(), e)),
-                Err(_) => break,
-            }
+        let written = pwrite_all(&file.fd, offset, data);
+        file.inode.durability.changed();
+        match written {
+            (0, Some(e)) => Err(FsError::backing("write", file.inode.path(), e)),
+            (done, _) => Ok(done as u32),
         }
-        Ok(done as u32)
     }
 
     /// A truncation through a handle open for writing (the registry's ftruncate(0) of a
@@ -147,20 +149,27 @@ impl OpenHandles {
         if let Some(u) = &file.undo {
             u.keep_before_change();
         }
-        rfs::ftruncate(&file.fd, size)
-            .map_err(|e| FsError::backing("truncate", file.inode.path(), e))?;
+        let r = rfs::ftruncate(&file.fd, size);
+        file.inode.durability.changed();
+        r.map_err(|e| FsError::backing("truncate", file.inode.path(), e))?;
         Ok(true)
     }
 
     /// fsync: allowed in an epoch, so data written before it can still be made durable.
+    /// A file unchanged since its last fsync (every change seen by the daemon) is
+    /// answered at once (`durability`).
     pub(super) fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let file = self.file(fh)?;
-        let r = if datasync {
+        let Some(ticket) = file.inode.durability.needs_sync() else {
+            self.fsyncs_answered.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        if datasync {
             rfs::fdatasync(&file.fd)
         } else {
-            rfs::fsync(&file.fd)
-        };
-        r.map_err(|e| FsError::backing("fsync", file.inode.path(), e))
+            rfs::fsync(&file.fd).inspect(|()| file.inode.durability.synced(ticket))
+        }
+        .map_err(|e| FsError::backing("fsync", file.inode.path(), e))
     }
 
     /// FLUSH, which close(2) waits for (sent only for handles that asked, see
@@ -204,4 +213,18 @@ impl OpenHandles {
         };
         r.map_err(|e| FsError::backing("fsyncdir", dir.inode.path(), e))
     }
+}
+
+/// Writes `data` at `offset`, retrying short writes: the bytes written, and the error
+/// that stopped it early, if any.
+fn pwrite_all(fd: &OwnedFd, offset: u64, data: &[u8]) -> (usize, Option<Errno>) {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
 }

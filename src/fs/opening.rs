@@ -106,6 +106,10 @@ impl StorageFs {
         // always (so the policy sees every write).
         let direct_io = backing.is_none()
             && (writer.is_some() || (make.is_some() && self.passthrough.granted()));
+        // A writer's open may have truncated the file (O_TRUNC), or created it.
+        if writer.is_some() {
+            inode.durability.changed();
+        }
         let flush = undo.is_some();
         let fh = self.handles.insert_file(OpenFile {
             inode,
@@ -238,6 +242,7 @@ impl StorageFs {
             .names
             .inodes
             .remember(&parent, name, found, opath, true);
+        inode.durability.changed();
         let undo = if is_link {
             check_link_writer(&inode)?;
             let u = self.link_undo(&inode, fd.as_fd(), &path, created)?;

@@ -86,6 +86,8 @@ impl Passthrough {
         }
         match make(fd) {
             Ok(id) => {
+                // The kernel writes it from now on: an fsync of it always syncs.
+                inode.durability.writes_unseen();
                 let id = Arc::new(id);
                 *slot = Arc::downgrade(&id);
                 Ok(Some(id))
