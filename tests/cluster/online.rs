@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Etcd, Node, Proxy, blob_set, cluster_world};
-use crate::online_world::{Images, STORE_BLOBS, TTLS, freeze_run_at, online_cluster};
+use crate::online_world::{Images, STORE_BLOBS, TTLS, freeze_run_at, online_cluster, wait_state};
 use crate::registry::{Registry, http, pull};
 
 #[test]
@@ -177,21 +177,21 @@ fn writes_a_member_refuses_during_the_sweep_count_in_the_collectors_job() {
     let etcd =
         regfs::cluster::etcd::Etcd::new(std::slice::from_ref(&c.etcd.url), Duration::from_secs(5))
             .unwrap();
-    assert_eq!(c.n1.gc().0, 0);
+    assert_eq!(c.node(1).gc().0, 0);
     assert!(
-        wait_state(&c.n1, "sweeping", Duration::from_secs(60)),
+        wait_state(c.node(1), "sweeping", Duration::from_secs(60)),
         "the run never swept: {:#}",
-        c.n1.status()
+        c.node(1).status()
     );
     // Let the collector run in short steps until a batch of its sweep is claimed, and
     // freeze it there.
     let deadline = Instant::now() + Duration::from_secs(30);
     let blob = loop {
-        assert!(c.n1.guard.signal(libc::SIGSTOP));
+        assert!(c.node(1).guard.signal(libc::SIGSTOP));
         if let Some(b) = a_claimed_blob(&etcd) {
             break b;
         }
-        assert!(c.n1.guard.signal(libc::SIGCONT));
+        assert!(c.node(1).guard.signal(libc::SIGCONT));
         assert!(Instant::now() < deadline, "no batch of the sweep claimed");
         thread::sleep(Duration::from_millis(20));
     };
@@ -200,14 +200,15 @@ fn writes_a_member_refuses_during_the_sweep_count_in_the_collectors_job() {
     // the client retries). That refusal is the cluster's run's, counted in its job.
     let hex = blob.rsplit('/').next().unwrap().to_string();
     let root = &blob[..blob.find("blobs/").unwrap()];
-    let layer =
-        c.n2.mnt()
-            .join(root)
-            .join("repositories/refused/_layers/sha256")
-            .join(&hex);
-    let err = fs::create_dir_all(&layer).expect_err("node 2 links a blob being deleted");
+    let layer = c
+        .node(2)
+        .mnt()
+        .join(root)
+        .join("repositories/refused/_layers/sha256")
+        .join(&hex);
+    let err = std::fs::create_dir_all(&layer).expect_err("node 2 links a blob being deleted");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(c.n1.guard.signal(libc::SIGCONT));
+    assert!(c.node(1).guard.signal(libc::SIGCONT));
     let job = c.job();
     assert_eq!(job["outcome"], "done", "{job:#}");
     assert!(
@@ -215,8 +216,8 @@ fn writes_a_member_refuses_during_the_sweep_count_in_the_collectors_job() {
         "node 2's refusal is in the job: {job:#}"
     );
     assert!(
-        c.n2.log().contains("this node's part ended"),
+        c.node(2).log().contains("this node's part ended"),
         "{}",
-        c.n2.log()
+        c.node(2).log()
     );
 }
