@@ -242,8 +242,8 @@ pub fn freeze_at_phase(node: &Node, etcd: &Etcd, phase: &str) {
     assert!(node.guard.signal(libc::SIGSTOP));
 }
 
-/// Waits until `n` nodes have loaded the doomed set of the epoch on now (their
-/// `loaded` keys): a member holds its writes until then.
+/// Waits until `n` members (the collector is none) have loaded the doomed set of the
+/// epoch on now (their `loaded` keys): a member holds its writes until then.
 pub fn wait_loaded(etcd: &Etcd, n: usize, within: Duration) {
     let client = etcd.client();
     let deadline = Instant::now() + within;
