@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::harness::TTL;
 use crate::online_world::{
     OnlineCluster, Pushers, Shape, batch_in_hand, batches_of, epoch_now, freeze_at_phase,
-    online_cluster_shaped, wait_state,
+    online_cluster_shaped, wait_loaded, wait_state,
 };
 
 /// What each pushing node pushes in turn: garbage of the starting store (`tools`,
@@ -31,7 +31,8 @@ fn ttl_plus_1s() -> Duration {
 /// Three online nodes with registries on nodes 2 and 3; `ttls` node 1's to node 3's.
 fn three_nodes(ttls: [&str; 3]) -> Option<OnlineCluster> {
     online_cluster_shaped(Shape {
-        extra: &[],
+        // Patience with a member slow to load the doomed set on a loaded machine.
+        extra: &["--drain-timeout", "30"],
         ttls: &ttls,
         registries: &[2, 3],
     })
@@ -97,6 +98,8 @@ fn a_member_killed_mid_sweep_loses_nothing_and_the_others_keep_taking_writes() {
         // (its blobs doomed) and keeps them through etcd (alone: nobody else pushes
         // them), then dies; what it kept stays kept.
         freeze_at_phase(c.node(1), &c.etcd, "sweeping");
+        // Both members load it (their writes held meanwhile) without the collector.
+        wait_loaded(&c.etcd, 2, Duration::from_secs(60));
         pushers.go();
         c.images.push("tools", c.port(3), "kept:during-sweep");
         pushers.stop_node(3);

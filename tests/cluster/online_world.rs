@@ -242,6 +242,29 @@ pub fn freeze_at_phase(node: &Node, etcd: &Etcd, phase: &str) {
     assert!(node.guard.signal(libc::SIGSTOP));
 }
 
+/// Waits until `n` members (the collector is none) have loaded the doomed set of the
+/// epoch on now (their `loaded` keys): a member holds its writes until then.
+pub fn wait_loaded(etcd: &Etcd, n: usize, within: Duration) {
+    let client = etcd.client();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((epoch, _)) = epoch_now(&client)
+            && client
+                .list(&format!("/regfs/online/{epoch}/loaded/"))
+                .map(|l| l.len())
+                .unwrap_or(0)
+                >= n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the doomed set not loaded by {n} nodes"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// How many nodes, which of them serve a registry, and how they run.
 pub struct Shape<'a> {
     /// Every node's flags beyond online mode and its lease TTL.
