@@ -14,7 +14,7 @@ use super::NodeParts;
 use super::online::{ClusterClaims, EtcdKeeper, OnlineCollector, OnlineRun};
 use super::records::{EpochRecord, ONLINE};
 use crate::daemon::epoch::{
-    ClusterRun, ClusterView, EpochCoordinator, MemberDrain, OnlineCoordinator,
+    ClusterRun, ClusterView, EpochCoordinator, MemberDrain, MembersWrites, OnlineCoordinator,
 };
 use crate::daemon::job::Job;
 use crate::gc::Claims;
@@ -393,10 +393,10 @@ impl OnlineCoordinator for Collector {
         }
     }
 
-    fn members_finish(&self, timeout: Duration) -> u64 {
+    fn members_finish(&self, timeout: Duration) -> MembersWrites {
         match self.online_collector() {
             Ok(on) => on.members_finish(timeout),
-            Err(_) => 0,
+            Err(_) => MembersWrites::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::NodeParts;
 use super::etcd::{Compare, Etcd, Kv};
 use super::records::Keys;
-use crate::daemon::epoch::EpochCoordinator;
+use crate::daemon::epoch::{EpochCoordinator, MembersWrites};
 use crate::gc::Claims;
 use crate::policy::online::{
     ClaimedBatch, Doomed, DoomedUnit, KeepAnswer, Sweeping, UnitKeeper, WriteRecord,
@@ -451,10 +451,10 @@ impl OnlineCollector<'_> {
     /// The sweep is over: moves the phase to `ending` and sums the refused writes every
     /// member reports as it ends its part. A member that does not report within
     /// `timeout` (or whose entry is gone: it died) is left out and named in the log.
-    pub fn members_finish(&self, timeout: Duration) -> u64 {
+    pub fn members_finish(&self, timeout: Duration) -> MembersWrites {
         if let Err(e) = self.set_phase("ending") {
             tracing::warn!(error = %e, "cluster: members' refused writes not counted");
-            return 0;
+            return MembersWrites::default();
         }
         let keys = &self.sh.keys;
         let prefix = keys.finished(self.epoch);
@@ -479,7 +479,12 @@ impl OnlineCollector<'_> {
                     tracing::warn!(epoch = self.epoch, members = ?missing,
                         "cluster: members did not report the writes they refused; the job counts the others'");
                 }
-                return got.values().map(|f| f.refused).sum();
+                return got
+                    .values()
+                    .fold(MembersWrites::default(), |sum, f| MembersWrites {
+                        refused: sum.refused + f.refused,
+                        resurrected: sum.resurrected + f.resurrected,
+                    });
             }
             std::thread::sleep(PAUSE_POLL);
         }

@@ -109,10 +109,20 @@ pub trait OnlineCoordinator: Send + Sync {
     ) -> Result<(), String>;
     /// The sweep's claims of `units` units, in batches claimed through etcd.
     fn claims<'a>(&'a self, sweeping: &'a Sweeping, units: usize) -> Box<dyn Claims + 'a>;
-    /// The collector's sweep is over: every member ends its part and reports the writes
-    /// it refused; their sum (members that do not report within `timeout` are left out,
+    /// The collector's sweep is over: every member ends its part and reports what its
+    /// writes did; their sum (members that do not report within `timeout` are left out,
     /// and named in the log).
-    fn members_finish(&self, timeout: Duration) -> u64;
+    fn members_finish(&self, timeout: Duration) -> MembersWrites;
+}
+
+/// What the members' writes did during a cluster's online run, summed over the members
+/// that reported when their part ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MembersWrites {
+    /// Writes refused: they named what the sweep deleted.
+    pub refused: u64,
+    /// Units the writes took back from the doomed set.
+    pub resurrected: u64,
 }
 
 /// A node alone: nothing to ask.

@@ -277,9 +277,11 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
     let writes = sweeping.finish();
     job.resurrected = writes.resurrected;
     job.refused_writes = writes.refused;
-    // Every member's refusals count too, reported as each ends its part.
+    // Every member's refusals and keeps count too, reported as each ends its part.
     if let Some(cluster) = cluster {
-        job.refused_writes += cluster.members_finish(settings.drain_timeout);
+        let members = cluster.members_finish(settings.drain_timeout);
+        job.refused_writes += members.refused;
+        job.resurrected += members.resurrected;
     }
     match swept {
         Err(e) => record_failure(job, &e),

@@ -81,6 +81,17 @@ fn pushes_through_nodes_2_and_3_go_on_through_a_run_of_node_1_and_a_tag_moved_mi
             job["report"]["blobs_deleted"].as_u64().unwrap() > 0,
             "{job:#}"
         );
+        // Node 3's keep of app-v1 is the cluster run's: counted in its job beside what
+        // the records folded in at the pause took back.
+        if moved.is_ok() {
+            let at_pause = logged_count(&c.node(1).log(), "taken_back=");
+            let node3 = logged_count(&c.node(3).log(), "resurrected=");
+            assert!(node3 >= 1, "node 3 kept app-v1: {}", c.node(3).log());
+            assert!(
+                job["resurrected"].as_u64().unwrap() >= at_pause + node3,
+                "{at_pause} at the pause, {node3} by node 3: {job:#}"
+            );
+        }
         moved
     });
     let run_secs = t0.elapsed().as_secs_f64();
@@ -100,4 +111,14 @@ fn pushes_through_nodes_2_and_3_go_on_through_a_run_of_node_1_and_a_tag_moved_mi
         pushers.refused(),
     );
     c.every_push_pulls_whole(&pushers, &[1, 2, 3]);
+}
+
+/// The number after the last `key` in a node's log (0 if it never appears).
+fn logged_count(log: &str, key: &str) -> u64 {
+    log.rsplit(key)
+        .next()
+        .filter(|_| log.contains(key))
+        .and_then(|rest| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
