@@ -672,3 +672,39 @@ fn a_signature_of_a_tagged_image() {
         )
     });
 }
+
+/// Runs back to back on one node (a schedule with no gap, or a cluster node that collects
+/// right after its part in another node's run ended): the run that ends (its sweep
+/// finished) must not end the phase of a run started meanwhile, or that run would
+/// record nothing and its mark would take what is pushed during it for garbage.
+#[test]
+fn a_run_started_as_the_last_one_ends_records_from_its_start() {
+    explore("a run started as the last one ends", |_gc| {
+        let core = Arc::new(Core::in_memory());
+        let online = core.online();
+        let recording = start_recording(&core.gate, online, WAIT).unwrap();
+        let (sweeping, _) =
+            pause_and_install(&core.gate, recording, &gc::Plan::default(), WAIT).expect("paused");
+        let ending = shuttle::thread::spawn(move || {
+            sweeping.finish();
+        });
+        let next = {
+            let core = core.clone();
+            shuttle::thread::spawn(move || {
+                loop {
+                    match core.online().start_recording() {
+                        Ok(recording) => break recording,
+                        Err(_) => shuttle::thread::yield_now(),
+                    }
+                }
+            })
+        };
+        ending.join().unwrap();
+        let recording = next.join().unwrap();
+        assert!(
+            core.online().is_active(),
+            "the run that ended ended the next one's recording"
+        );
+        drop(recording);
+    });
+}

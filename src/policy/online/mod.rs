@@ -129,6 +129,11 @@ struct BarrierInner {
     phase: Mutex<Phase>,
     store: Store,
     refused: AtomicU64,
+    /// The number of the latest run to start (changed only under the phase lock): a run's
+    /// handles end the phase only while it is still theirs, so a run that ends never ends
+    /// the one started after it (runs back to back; a cluster node collecting right after
+    /// its part in another node's run ended).
+    run: AtomicU64,
     /// In a cluster's run, while sweeping: how a take-back is made known to every node.
     /// Taken alone, never with `phase`.
     keeper: Mutex<Option<Arc<dyn UnitKeeper>>>,
@@ -183,10 +188,12 @@ impl OnlineCollection {
             Phase::Sweeping(_) => return Err(AlreadyRunning("sweeping")),
         }
         *phase = Phase::Recording(Recorded::default());
+        let run = self.shared.run.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.refused.store(0, Ordering::Relaxed);
         self.shared.active.store(true, Ordering::Release);
         Ok(Recording {
             shared: Some(self.shared.clone()),
+            run,
         })
     }
 
@@ -204,11 +211,20 @@ impl OnlineCollection {
     }
 }
 
-/// Ends the run (back to `Off`: nothing recorded, hidden or guarded).
-fn end(shared: &BarrierInner) {
-    *shared.lock() = Phase::Off;
-    shared.active.store(false, Ordering::Release);
+/// Ends run `run` (back to `Off`: nothing recorded, hidden or guarded), unless another
+/// run holds the phase by now.
+fn end(shared: &BarrierInner, run: u64) {
+    if shared.run.load(Ordering::SeqCst) != run {
+        return;
+    }
+    // The keeper first: while the phase is not `Off` no other run can start and set its
+    // own.
     shared.set_keeper(None);
+    let mut phase = shared.lock();
+    if shared.run.load(Ordering::SeqCst) == run {
+        *phase = Phase::Off;
+        shared.active.store(false, Ordering::Release);
+    }
 }
 
 /// Phases 1 and 2 of an online run: the mark reads the store while writes go on and are
@@ -218,6 +234,8 @@ fn end(shared: &BarrierInner) {
 pub struct Recording {
     /// `None` once [`install`](Self::install) moved the run on.
     shared: Option<Arc<BarrierInner>>,
+    /// Which run this is (`BarrierInner::run`).
+    run: u64,
 }
 
 impl Recording {
@@ -300,7 +318,13 @@ impl Recording {
                 Phase::Recording(rec) if rec.paths.is_empty() && rec.touched.is_empty() => {
                     *phase = Phase::Sweeping(doomed);
                     drop(phase);
-                    return (Sweeping { shared }, recorded);
+                    return (
+                        Sweeping {
+                            shared,
+                            run: self.run,
+                        },
+                        recorded,
+                    );
                 }
                 Phase::Recording(rec) => std::mem::take(rec),
                 Phase::Off | Phase::Sweeping(_) => {
@@ -336,21 +360,24 @@ impl Recording {
         };
         if written > 0 {
             drop(phase);
-            end(&shared);
+            end(&shared, self.run);
             return Err(format!(
                 "{written} writes were recorded after this node handed its record over"
             ));
         }
         *phase = Phase::Sweeping(doomed);
         drop(phase);
-        Ok(Sweeping { shared })
+        Ok(Sweeping {
+            shared,
+            run: self.run,
+        })
     }
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            end(shared);
+            end(shared, self.run);
         }
     }
 }
@@ -366,6 +393,8 @@ impl Drop for Recording {
 #[must_use = "the run ends when its phase is dropped"]
 pub struct Sweeping {
     shared: Arc<BarrierInner>,
+    /// Which run this is (`BarrierInner::run`).
+    run: u64,
 }
 
 impl Sweeping {
@@ -442,7 +471,8 @@ impl Sweeping {
     /// Ends the run (as dropping it does) and says what writes did during the sweep,
     /// counted to the end: a write naming a unit this run deleted is refused until the
     /// run ends, after the last unit, and is counted here too.
-    pub fn finish(self) -> SweepWrites {
+    pub fn finish(mut self) -> SweepWrites {
+        self.shared.set_keeper(None);
         let mut phase = self.shared.lock();
         let resurrected = match &*phase {
             Phase::Sweeping(d) => d.resurrected(),
@@ -453,6 +483,8 @@ impl Sweeping {
         *phase = Phase::Off;
         self.shared.active.store(false, Ordering::Release);
         drop(phase);
+        // Ended here: dropping it must not end a run started from now on.
+        self.run = 0;
         SweepWrites {
             resurrected,
             refused,
@@ -471,7 +503,7 @@ pub struct SweepWrites {
 
 impl Drop for Sweeping {
     fn drop(&mut self) {
-        end(&self.shared);
+        end(&self.shared, self.run);
     }
 }
 
@@ -491,6 +523,7 @@ impl<P: StorePolicy> OnlineBarrier<P> {
                 phase: Mutex::new(Phase::Off),
                 store,
                 refused: AtomicU64::new(0),
+                run: AtomicU64::new(0),
                 keeper: Mutex::new(None),
             }),
             inner,
