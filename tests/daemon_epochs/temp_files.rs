@@ -1,7 +1,8 @@
 //! Leftover temp files (`link.<uuid>.tmp`, registry 3.1+) beside links that read well: the
 //! daemon's runs list every link directory on the first run after the daemon starts and
 //! then at most once per `--gc-temp-files-everywhere-every` (default 24h); the others
-//! look only where a link is missing or damaged. Each job says where it looked.
+//! look only where a link is missing or damaged, in read-only and online runs alike. Each
+//! job says where it looked.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -27,8 +28,7 @@ fn removed(job: &serde_json::Value) -> u64 {
     job["report"]["temp_files_removed"].as_u64().unwrap_or(0)
 }
 
-#[test]
-fn the_daemon_searches_every_link_dir_first_then_once_per_interval() {
+fn every_link_dir_first_then_once_per_interval(mode: &str) {
     let Some(e) = env() else { return };
     let s = StoreBuilder::new(&e.storage);
     let layer = s.blob(b"a layer");
@@ -38,27 +38,33 @@ fn the_daemon_searches_every_link_dir_first_then_once_per_interval() {
 
     // Default interval (24h): the first run after the start lists every link directory.
     let first = plant_stale_temp(&layer_dir);
-    let d = Daemon::start(&e, &[]);
+    let d = Daemon::start(&e, &["--gc-mode", mode]);
     let job = d.gc_wait();
-    assert_eq!(job["outcome"], "done", "{job:#}");
-    assert_eq!(job["temp_files_searched"], "every-link-dir", "{job:#}");
+    assert_eq!(job["outcome"], "done", "{mode}: {job:#}");
+    assert_eq!(
+        job["temp_files_searched"], "every-link-dir",
+        "{mode}: {job:#}"
+    );
     assert!(
         !first.exists(),
-        "first run left {}: {job:#}",
+        "{mode}: first run left {}: {job:#}",
         first.display()
     );
-    assert_eq!(removed(&job), 1, "{job:#}");
+    assert_eq!(removed(&job), 1, "{mode}: {job:#}");
 
     // Within the interval: only broken links are looked at, the good link's stays.
     let second = plant_stale_temp(&layer_dir);
     let job = d.gc_wait();
-    assert_eq!(job["outcome"], "done", "{job:#}");
+    assert_eq!(job["outcome"], "done", "{mode}: {job:#}");
     assert!(
         second.exists(),
-        "a run within the interval listed it: {job:#}"
+        "a run within the interval listed it: {mode}: {job:#}"
     );
-    assert_eq!(job["temp_files_searched"], "broken-links-only", "{job:#}");
-    assert_eq!(removed(&job), 0, "{job:#}");
+    assert_eq!(
+        job["temp_files_searched"], "broken-links-only",
+        "{mode}: {job:#}"
+    );
+    assert_eq!(removed(&job), 0, "{mode}: {job:#}");
     let listed = d.jobs();
     let recorded = listed.iter().find(|j| j["id"] == job["id"]).unwrap();
     assert_eq!(
@@ -68,18 +74,37 @@ fn the_daemon_searches_every_link_dir_first_then_once_per_interval() {
     drop(d);
 
     // "0s": every run searches every link directory, as before the interval existed.
-    let d = Daemon::start(&e, &["--gc-temp-files-everywhere-every", "0s"]);
+    let d = Daemon::start(
+        &e,
+        &["--gc-mode", mode, "--gc-temp-files-everywhere-every", "0s"],
+    );
     let job = d.gc_wait();
-    assert_eq!(job["temp_files_searched"], "every-link-dir", "{job:#}");
-    assert!(!second.exists(), "{job:#}");
+    assert_eq!(
+        job["temp_files_searched"], "every-link-dir",
+        "{mode}: {job:#}"
+    );
+    assert!(!second.exists(), "{mode}: {job:#}");
     let third = plant_stale_temp(&layer_dir);
     let job = d.gc_wait();
-    assert_eq!(job["outcome"], "done", "{job:#}");
+    assert_eq!(job["outcome"], "done", "{mode}: {job:#}");
     assert!(
         !third.exists(),
-        "0s: the second run left {}: {job:#}",
+        "{mode}: 0s: the second run left {}: {job:#}",
         third.display()
     );
-    assert_eq!(job["temp_files_searched"], "every-link-dir", "{job:#}");
+    assert_eq!(
+        job["temp_files_searched"], "every-link-dir",
+        "{mode}: {job:#}"
+    );
     assert!(s.has_blob(&image) && s.has_blob(&layer));
+}
+
+#[test]
+fn read_only_runs_search_every_link_dir_first_then_once_per_interval() {
+    every_link_dir_first_then_once_per_interval("read-only");
+}
+
+#[test]
+fn online_runs_search_every_link_dir_first_then_once_per_interval() {
+    every_link_dir_first_then_once_per_interval("online");
 }
