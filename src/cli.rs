@@ -316,6 +316,12 @@ pub struct MountArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
     pub gc_min_age: Option<Duration>,
 
+    /// The daemon's runs list every link directory for leftover *.tmp files on the first
+    /// run and then at most this often; other runs look only where a link is missing or
+    /// damaged. 0s: every run [default: 24h].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Garbage collection")]
+    pub gc_temp_files_everywhere_every: Option<Duration>,
+
     /// Keep every blob a manifest of unknown kind names and collect the rest of its
     /// repository, instead of keeping that repository whole.
     #[arg(long, help_heading = "Garbage collection")]
@@ -446,6 +452,7 @@ impl MountArgs {
             dry_run: switch(self.dry_run),
             upload_max_age: duration(self.upload_max_age),
             min_age: duration(self.gc_min_age),
+            temp_files_everywhere_every: duration(self.gc_temp_files_everywhere_every),
             keep_unknown: switch(self.keep_unknown),
             allow_missing_manifests: switch(self.allow_missing_manifests),
         }

@@ -22,6 +22,7 @@
 //! dry_run = false
 //! upload_max_age = "168h"
 //! min_age = "1h"
+//! temp_files_everywhere_every = "24h"
 //! keep_unknown = false
 //! allow_missing_manifests = false
 //!

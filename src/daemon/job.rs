@@ -144,6 +144,11 @@ pub struct Job {
     /// Tag retention: the tags the run's pruning stage removed (or, dry, would have).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::retention::prune::PruneOutcome>,
+    /// Where the run looked for leftover temp files (`every-link-dir` or
+    /// `broken-links-only`); absent when it stopped before choosing, and from records
+    /// written before the choice existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_files_searched: Option<crate::gc::TempFileSearch>,
 }
 
 impl Job {
@@ -177,6 +182,7 @@ impl Job {
             store_bytes: None,
             cluster: None,
             retention: None,
+            temp_files_searched: None,
         }
     }
 

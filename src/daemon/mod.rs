@@ -21,3 +21,4 @@ pub mod retention;
 pub mod retention_state;
 pub mod scheduler;
 pub mod signals;
+pub mod temp_search;

@@ -224,6 +224,8 @@ pub(super) fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, set
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
     };
+    // The scan is complete: where it looked for temp files counts.
+    parts.temp_search.scanned(opts.temp_files, settings.dry_run);
     if settings.dry_run {
         return record_report(job, planned.report);
     }

@@ -8,7 +8,9 @@ use crate::gc;
 use crate::settings::Settings;
 
 /// The pruning stage (tag retention), with tag writes held back by the caller; the
-/// run's options, keeping the manifests pruning left untagged within their grace.
+/// run's options, keeping the manifests pruning left untagged within their grace and
+/// searching for temp files where the daemon's interval says (`temp_search`; the job
+/// records which).
 pub fn prune_stage(parts: &RunParts, job: &mut Job, settings: &Settings) -> gc::Options {
     let dry_run = settings.dry_run || settings.retention.dry_run;
     let mut stage = parts
@@ -31,5 +33,9 @@ pub fn prune_stage(parts: &RunParts, job: &mut Job, settings: &Settings) -> gc::
     }
     let mut opts = settings.gc_options();
     opts.keep_revisions = stage.keep_revisions;
+    opts.temp_files = parts
+        .temp_search
+        .choose(settings.temp_files_everywhere_every);
+    job.temp_files_searched = Some(opts.temp_files);
     opts
 }

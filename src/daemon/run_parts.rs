@@ -43,6 +43,8 @@ pub struct RunParts<'a> {
     pub online: &'a OnlineCollection,
     /// Tag retention: the pruning stage at the start of the run.
     pub retention: &'a super::retention_state::RetentionState,
+    /// When the last run searched every link directory for leftover temp files.
+    pub temp_search: &'a super::temp_search::TempSearchClock,
     pub host: &'a dyn RunHost,
     /// The other nodes serving the store (none for a node alone).
     pub epoch: &'a dyn super::epoch::EpochCoordinator,

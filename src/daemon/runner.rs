@@ -145,6 +145,8 @@ fn collect(parts: &RunParts, job: &mut Job, control: &RunControl, settings: &Set
         Ok(gc::Marked::Interrupted(report)) => return record_report(job, report),
         Ok(gc::Marked::Planned(planned)) => planned,
     };
+    // The scan is complete: where it looked for temp files counts.
+    parts.temp_search.scanned(opts.temp_files, settings.dry_run);
     control.set_state(State::Sweeping);
     let deleted: Option<Vec<_>> =
         (!settings.dry_run).then(|| planned.plan.blobs().copied().collect());

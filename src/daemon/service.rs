@@ -89,6 +89,8 @@ pub struct Daemon {
     gate: Arc<WriteGate>,
     online: OnlineCollection,
     retention: super::retention_state::RetentionState,
+    /// When a run last searched every link directory for leftover temp files.
+    temp_search: super::temp_search::TempSearchClock,
     mountpoint: PathBuf,
     storage: PathBuf,
     state_dir: Arc<StateDir>,
@@ -179,6 +181,7 @@ impl Daemon {
             gate,
             online,
             retention: super::retention_state::RetentionState::new(access, state_dir.clone()),
+            temp_search: Default::default(),
             mountpoint: mountpoint.to_path_buf(),
             storage: storage.to_path_buf(),
             state_dir,
@@ -394,6 +397,7 @@ impl Daemon {
             history: &self.history,
             online: &self.online,
             retention: &self.retention,
+            temp_search: &self.temp_search,
             host: self,
             epoch: self.coordinator(),
         }

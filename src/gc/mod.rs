@@ -64,7 +64,8 @@ pub struct Options {
 /// Where a run looks for leftover `*.tmp` files: registry 3.1+ writes a link as
 /// `link.<uuid>.tmp` and renames it over `link`, and leaves the temp file behind when it
 /// dies in between. Each is a few dozen bytes; they go once older than the upload age.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TempFileSearch {
     /// Every link directory is listed: each `_layers` link, tag history entry, revision
     /// and tag (one listing per link: most of a run's system calls on a large store).

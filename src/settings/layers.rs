@@ -42,6 +42,10 @@ pub struct GcValues {
     /// Unreferenced blobs younger than this stay (`1h`, `0s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_age: Option<String>,
+    /// The daemon's runs list every link directory for temp files at most this often
+    /// (`24h`; `0s`: every run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_files_everywhere_every: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_unknown: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +53,7 @@ pub struct GcValues {
 }
 
 /// Every key of [`GcValues`] with its command-line flag.
-pub const KEYS: [(&str, &str); 9] = [
+pub const KEYS: [(&str, &str); 10] = [
     ("mode", "--gc-mode"),
     ("schedule", "--gc-schedule"),
     ("duration", "--gc-duration"),
@@ -57,6 +61,10 @@ pub const KEYS: [(&str, &str); 9] = [
     ("dry_run", "--dry-run"),
     ("upload_max_age", "--upload-max-age"),
     ("min_age", "--gc-min-age"),
+    (
+        "temp_files_everywhere_every",
+        "--gc-temp-files-everywhere-every",
+    ),
     ("keep_unknown", "--keep-unknown"),
     ("allow_missing_manifests", "--allow-missing-manifests"),
 ];
@@ -91,6 +99,7 @@ impl GcValues {
             "dry_run" => self.dry_run = None,
             "upload_max_age" => self.upload_max_age = None,
             "min_age" => self.min_age = None,
+            "temp_files_everywhere_every" => self.temp_files_everywhere_every = None,
             "keep_unknown" => self.keep_unknown = None,
             "allow_missing_manifests" => self.allow_missing_manifests = None,
             _ => {}
@@ -250,6 +259,11 @@ pub fn settle(
             gc::DEFAULT_UPLOAD_MAX_AGE,
         )?,
         min_age: duration_of("min_age", &merged.min_age, gc::DEFAULT_MIN_AGE)?,
+        temp_files_everywhere_every: duration_of(
+            "temp_files_everywhere_every",
+            &merged.temp_files_everywhere_every,
+            super::DEFAULT_TEMP_FILES_EVERYWHERE_EVERY,
+        )?,
         keep_unknown: merged.keep_unknown.unwrap_or(false),
         allow_missing_manifests: merged.allow_missing_manifests.unwrap_or(false),
         drain_timeout: fixed.drain_timeout,
@@ -291,6 +305,40 @@ mod tests {
         assert_eq!(s.min_age, Duration::ZERO);
         assert!(s.delete_untagged && !s.dry_run);
         assert_eq!(s.upload_max_age, gc::DEFAULT_UPLOAD_MAX_AGE);
+    }
+
+    #[test]
+    fn the_temp_file_interval_is_24h_unless_the_file_or_a_flag_says() {
+        let settled = |sources: &[(Source, &GcValues)]| {
+            settle(sources, &[], &Fixed::default()).map(|s| s.temp_files_everywhere_every)
+        };
+        let none = GcValues::default();
+        assert_eq!(
+            settled(&[(Source::Api, &none)]),
+            Ok(Duration::from_secs(24 * 3600))
+        );
+        let file = values(serde_json::json!({"temp_files_everywhere_every": "7d"}));
+        let flags = values(serde_json::json!({"temp_files_everywhere_every": "0s"}));
+        let f = Source::File("r.toml".into());
+        assert_eq!(
+            settled(&[(f.clone(), &file)]),
+            Ok(Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(
+            settled(&[(f.clone(), &file), (Source::CommandLine, &flags)]),
+            Ok(Duration::ZERO)
+        );
+        let bad = values(serde_json::json!({"temp_files_everywhere_every": "daily"}));
+        let (o, k, _) = settled(&[(f, &bad)]).unwrap_err();
+        assert_eq!(
+            (o.as_str(), k.as_str()),
+            ("r.toml", "gc.temp_files_everywhere_every")
+        );
+        let (o, k, _) = settled(&[(Source::CommandLine, &bad)]).unwrap_err();
+        assert_eq!(
+            (o.as_str(), k.as_str()),
+            ("command line", "--gc-temp-files-everywhere-every")
+        );
     }
 
     #[test]

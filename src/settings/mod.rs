@@ -114,6 +114,9 @@ impl HistoryLimits {
     }
 }
 
+/// How often the daemon's runs list every link directory for leftover temp files.
+pub const DEFAULT_TEMP_FILES_EVERYWHERE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: GcMode,
@@ -126,6 +129,10 @@ pub struct Settings {
     pub allow_missing_manifests: bool,
     /// Unreferenced blobs younger than this stay.
     pub min_age: Duration,
+    /// The daemon's runs list every link directory for leftover temp files on its first
+    /// run and then at most this often; the others look only where a link is missing or
+    /// damaged. Zero: every run lists them all.
+    pub temp_files_everywhere_every: Duration,
     /// How long an epoch lets in-place writers finish.
     pub drain_timeout: Duration,
     /// The registry served, whose blob-descriptor cache a run must not leave stale.
@@ -148,6 +155,7 @@ impl Default for Settings {
             keep_unknown: false,
             allow_missing_manifests: false,
             min_age: gc::DEFAULT_MIN_AGE,
+            temp_files_everywhere_every: DEFAULT_TEMP_FILES_EVERYWHERE_EVERY,
             drain_timeout: Duration::from_secs(10),
             registry: Default::default(),
             history: Default::default(),
@@ -171,7 +179,8 @@ impl Settings {
                 GcMode::ReadOnly => gc::ThreadShare::Lowered,
             },
             keep_revisions: Vec::new(),
-            // The daemon's runs search every link directory for leftover temp files.
+            // The daemon's run chooses where it searches for leftover temp files
+            // (`daemon::temp_search`, from `temp_files_everywhere_every`).
             temp_files: gc::TempFileSearch::EveryLinkDir,
         }
     }

@@ -325,6 +325,9 @@ fn shown(values: &GcValues, key: &str) -> Result<String, String> {
         "dry_run" => s.dry_run.to_string(),
         "min_age" => humantime::format_duration(s.min_age).to_string(),
         "upload_max_age" => humantime::format_duration(s.upload_max_age).to_string(),
+        "temp_files_everywhere_every" => {
+            humantime::format_duration(s.temp_files_everywhere_every).to_string()
+        }
         "keep_unknown" => s.keep_unknown.to_string(),
         _ => s.allow_missing_manifests.to_string(),
     })

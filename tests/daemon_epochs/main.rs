@@ -13,4 +13,5 @@ mod online;
 mod runs;
 mod state;
 mod strays;
+mod temp_files;
 mod triggers;
