@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -34,19 +33,7 @@ pub struct Images {
 
 impl Images {
     pub fn make(dir: &Path) -> Images {
-        let oci = dir.join("oci");
-        let out = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/oci-images.py"))
-            .arg(&oci)
-            .args(["--sample", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (oci, v) = crate::registry::sample_images(dir);
         let digests = v["images"]
             .as_array()
             .unwrap()
