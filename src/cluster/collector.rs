@@ -344,6 +344,7 @@ impl EpochCoordinator for Collector {
             members: seen.members,
             collector: seen.epoch.as_ref().and_then(|(_, c)| c.clone()),
             epoch: seen.epoch.map(|(e, _)| e),
+            read_at: seen.read_at,
             error,
         })
     }

@@ -236,6 +236,7 @@ fn see_with(sh: &NodeParts, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>,
                     .map(|r| r.collector);
                 (kv.create_revision, collector)
             });
+            seen.read_at = Some(Utc::now());
             seen.error = None;
         }
         (Err(e), _) => seen.error = Some(e),

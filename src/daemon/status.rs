@@ -220,7 +220,16 @@ fn write_warnings(f: &mut fmt::Formatter<'_>, warnings: &[crate::gc::Warning]) -
 
 /// The cluster part of `status`: this node, the collector, each member.
 fn write_cluster(f: &mut fmt::Formatter<'_>, c: &super::epoch::ClusterView) -> fmt::Result {
-    writeln!(f, "  cluster      node {}", c.node)?;
+    write!(f, "  cluster      node {}", c.node)?;
+    if let Some(at) = c.read_at {
+        // Older than the status itself when etcd was slow to answer it.
+        write!(
+            f,
+            " (as etcd answered at {})",
+            at.format("%H:%M:%S%.3f UTC")
+        )?;
+    }
+    writeln!(f)?;
     if let Some(e) = &c.error {
         writeln!(f, "  cluster      FENCED, refusing writes: {e}")?;
     }
@@ -350,6 +359,7 @@ mod tests {
             members: vec![member("registry-1", "closed"), member("registry-2", "open")],
             collector: collector.map(Into::into),
             epoch: collector.map(|_| 12),
+            read_at: None,
             error: error.map(Into::into),
         }
     }

@@ -60,13 +60,9 @@ fn one_trigger_closes_every_node_and_deletes_what_one_node_would() {
     for n in nodes {
         n.wait_writable(true, Duration::from_secs(5));
     }
-    let st = n2.status();
-    assert_eq!(
-        st["cluster"]["members"].as_array().unwrap().len(),
-        3,
-        "{st:#}"
-    );
+    let st = n2.wait_members_open(3, Duration::from_secs(10));
     assert!(st["cluster"]["collector"].is_null(), "{st:#}");
+    assert!(st["cluster"]["read_at"].is_string(), "{st:#}");
 
     let link = a_layer_link(&storage);
     let blob = a_blob(&storage);

@@ -339,6 +339,29 @@ impl Node {
         self.guard.status()
     }
 
+    /// Waits until this node's `status` lists `n` members, every one open: a status
+    /// answered while etcd is slow shows what the node last read (its `read_at` says
+    /// when), so a member that just joined may take a moment to appear.
+    pub fn wait_members_open(&self, n: usize, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            let members = st["cluster"]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if members.len() == n && members.iter().all(|m| m["state"] == "open") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {n} open members not listed within {within:?}: {st:#}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn jobs(&self) -> Vec<Value> {
         let mnt = self.mnt().display().to_string();
         let (code, out, err) = self.regfs(&["jobs", &mnt, "--json"]);

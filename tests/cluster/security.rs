@@ -181,12 +181,13 @@ fn a_node_joins_and_collects_through_an_etcd_that_wants_tls_and_a_client_certifi
     let b = Node::start(dir.path(), &storage, &etcd, "tlsB", &tls);
     a.wait_writable(true, Duration::from_secs(10));
     b.wait_writable(true, Duration::from_secs(10));
-    let members: Vec<String> = b.status()["cluster"]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["node"].as_str().unwrap().to_string())
-        .collect();
+    let members: Vec<String> =
+        b.wait_members_open(2, Duration::from_secs(10))["cluster"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["node"].as_str().unwrap().to_string())
+            .collect();
     assert_eq!(members, ["tlsA", "tlsB"], "{:#}", b.status());
     assert_eq!(a.gc().0, 0);
     let jobs = a.wait_jobs(1, Duration::from_secs(30));
@@ -347,7 +348,10 @@ fn a_node_joins_an_etcd_with_authentication_and_a_wrong_password_is_refused() {
         ],
     );
     a.wait_writable(true, Duration::from_secs(10));
-    assert_eq!(a.status()["cluster"]["members"][0]["node"], "authA");
+    assert_eq!(
+        a.wait_members_open(1, Duration::from_secs(10))["cluster"]["members"][0]["node"],
+        "authA"
+    );
     assert_eq!(a.gc().0, 0);
     let jobs = a.wait_jobs(1, Duration::from_secs(30));
     assert_eq!(jobs[0]["outcome"], "done", "{:#}", jobs[0]);
