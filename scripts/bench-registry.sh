@@ -7,6 +7,7 @@
 #   sudo CLUSTER=1 scripts/bench-registry.sh
 #   sudo NO_ACCESS_TIMES=1 scripts/bench-registry.sh
 #   sudo BEFORE_BIN=/tmp/regfs-before scripts/bench-registry.sh
+#   sudo FLOOR=1 scripts/bench-registry.sh
 #
 # Setup, in a scratch directory on a real disk (never tmpfs):
 #   * two stores: store-plain (a plain directory) and store-regfs (served by
@@ -23,6 +24,11 @@
 #   * with BEFORE_BIN=PATH one more, store-before: regfs run by that binary (a build
 #     from before a change), to measure one change side by side in one run: columns
 #     before/plain and regfs/before (> 1: the change made regfs faster);
+#   * with FLOOR=1 one more, store-fuse: bindfs (Debian's bindfs, a plain libfuse
+#     passthrough with no policy, multithreaded, the kernel keeping entries, attributes
+#     and absent names as long as regfs lets it) over its own backing directory: what
+#     any FUSE passthrough costs the registry on this kernel and machine. Columns
+#     fuse/plain (the floor a FUSE mount reaches) and regfs/fuse (what regfs adds);
 #   * a registry per store (Debian's docker-registry, distribution 2.8), each as the
 #     docker-registry user on a free 127.0.0.1 port, with the same configuration
 #     apart from rootdirectory and port (log level warn; the blob-descriptor cache is
@@ -69,6 +75,8 @@
 #   NO_ACCESS_TIMES  1: also a registry on regfs without access times (--no-access-times)
 #   BEFORE_BIN  also a registry on regfs run by this binary (e.g. a build of the commit
 #               before a change; REGFS_ARGS apply to it too)
+#   FLOOR       1: also a registry on a bindfs mount (a bare FUSE passthrough; needs
+#               bindfs, apt-get install -y bindfs)
 #   KEEP_SCRATCH=1  keep the scratch directory (logs, stores, layouts) for inspection
 #
 # Needs root (mount, setpriv, /proc/sys/vm/drop_caches), /dev/fuse, docker-registry,
@@ -86,6 +94,7 @@ CLUSTER=${CLUSTER:-0}
 CLUSTER_TARGET=0.9
 NO_ACCESS_TIMES=${NO_ACCESS_TIMES:-0}
 BEFORE_BIN=${BEFORE_BIN:-}
+FLOOR=${FLOOR:-0}
 ACCESS_TARGET=0.98
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 PULL_TARGET=0.9
@@ -107,6 +116,7 @@ done
 [[ $CLUSTER == 0 || $CLUSTER == 1 ]] || die "CLUSTER must be 0 or 1 (got '$CLUSTER')"
 [[ $NO_ACCESS_TIMES == 0 || $NO_ACCESS_TIMES == 1 ]] || die "NO_ACCESS_TIMES must be 0 or 1 (got '$NO_ACCESS_TIMES')"
 [[ -z $BEFORE_BIN || -x $BEFORE_BIN ]] || die "BEFORE_BIN=$BEFORE_BIN is not executable"
+[[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
 [[ $EUID -eq 0 ]] || die "must run as root (mounting, setpriv, dropping caches)"
 [[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
 if ((COLD)); then
@@ -128,10 +138,14 @@ done
 if ((CLUSTER)); then
     command -v etcd >/dev/null || die "CLUSTER=1 needs etcd (apt-get install -y etcd-server)"
 fi
+if ((FLOOR)); then
+    command -v bindfs >/dev/null || die "FLOOR=1 needs bindfs (apt-get install -y bindfs)"
+fi
 TARGETS=(plain regfs)
 ((CLUSTER)) && TARGETS+=(cluster)
 ((NO_ACCESS_TIMES)) && TARGETS+=(noat)
 [[ -n $BEFORE_BIN ]] && TARGETS+=(before)
+((FLOOR)) && TARGETS+=(fuse)
 id "$REG_USER" >/dev/null 2>&1 || die "user $REG_USER is missing (it comes with the docker-registry package)"
 id "$SK_USER" >/dev/null 2>&1 || die "user $SK_USER is missing"
 
@@ -302,6 +316,22 @@ if [[ -n $BEFORE_BIN ]]; then
     chown "$REG_USER:$REG_USER" "$SCRATCH/backing-before"
     MOUNT_BIN=$BEFORE_BIN mount_regfs "$SCRATCH/backing-before" "$SCRATCH/mnt-before" \
         "$SCRATCH/regfs-before.log" --state-dir "$SCRATCH/state-before"
+fi
+if ((FLOOR)); then
+    STORE[fuse]=$SCRATCH/mnt-fuse
+    mkdir -p "$SCRATCH/backing-fuse" "$SCRATCH/mnt-fuse"
+    chown "$REG_USER:$REG_USER" "$SCRATCH/backing-fuse"
+    ttl=60 # regfs's default --attr-timeout
+    log "mounting bindfs (the bare FUSE floor, caches kept ${ttl} s): $SCRATCH/backing-fuse at $SCRATCH/mnt-fuse"
+    bindfs -f --multithreaded -o "allow_other,entry_timeout=$ttl,attr_timeout=$ttl,negative_timeout=$ttl" \
+        "$SCRATCH/backing-fuse" "$SCRATCH/mnt-fuse" >>"$SCRATCH/bindfs.log" 2>&1 &
+    RFS_PID[$SCRATCH/mnt-fuse]=$!
+    for ((i = 0; i < 100; i++)); do
+        is_mounted "$SCRATCH/mnt-fuse" && break
+        alive "${RFS_PID[$SCRATCH/mnt-fuse]}" || { cat "$SCRATCH/bindfs.log" >&2; die "bindfs exited before mounting"; }
+        sleep 0.1
+    done
+    is_mounted "$SCRATCH/mnt-fuse" || die "bindfs did not mount $SCRATCH/mnt-fuse within 10 s"
 fi
 
 free_port() {
@@ -531,6 +561,7 @@ echo "regfs registry benchmark: docker-registry $(docker-registry --version 2>/d
 ((CLUSTER)) && echo "  and on node 1 of a two-node regfs cluster over one store (etcd on 127.0.0.1; cluster = that registry)"
 ((NO_ACCESS_TIMES)) && echo "  and on regfs with --no-access-times (noat: no access-recording layer; regfs/noat is what recording costs)"
 [[ -n $BEFORE_BIN ]] && echo "  and on regfs run by $BEFORE_BIN (before: regfs/before > 1 means the change made regfs faster)"
+((FLOOR)) && echo "  and on bindfs $(bindfs --version | awk '{ print $2 }') (fuse: a bare FUSE passthrough; fuse/plain is the floor of any FUSE mount here, regfs/fuse what regfs adds)"
 echo "images: big = $BIG_MIB MiB in ${NLAYERS[big/1]} layers (${BYTES[big/1]} bytes), many = ${NLAYERS[many/1]} layers (${BYTES[many/1]} bytes);"
 echo "  a fresh variant (--seed) of each per round, so every push uploads every blob; median of $ROUNDS rounds"
 echo "skopeo $(skopeo --version | awk '{ print $3 }') as $SK_USER; registries as $REG_USER (cache: $REG_CACHE); regfs passthrough $passthrough${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
@@ -548,11 +579,13 @@ bfmt=' | %13s | %12s | %12s'
     ((CLUSTER)) && printf "$cfmt" "cluster MiB/s" "cluster/regfs" "target" "result"
     ((NO_ACCESS_TIMES)) && printf "$cfmt" "noat MiB/s" "regfs/noat" "target" "result"
     [[ -n $BEFORE_BIN ]] && printf "$bfmt" "before MiB/s" "before/plain" "regfs/before"
+    ((FLOOR)) && printf "$bfmt" "fuse MiB/s" "fuse/plain" "regfs/fuse"
     echo
     printf "$fmt" "------------------" "-----------" "-----------" "------" "-------" "------"
     ((CLUSTER)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
     ((NO_ACCESS_TIMES)) && printf "$cfmt" "-------------" "-------------" "-------" "------"
     [[ -n $BEFORE_BIN ]] && printf "$bfmt" "-------------" "------------" "------------"
+    ((FLOOR)) && printf "$bfmt" "-------------" "------------" "------------"
     echo
 }
 # ratio A B: A / B to two decimals; judged RATIO TARGET: PASS or BELOW.
@@ -601,6 +634,15 @@ for c in "${CASES[@]}"; do
         # shellcheck disable=SC2059
         printf "$bfmt" "$(fmt_mibs "$b")" "$(ratio "$b" "$p")" "$(ratio "$g" "$b")"
         secs_line+=$(printf '   before %7.2f s' "$bs")
+    fi
+    if ((FLOOR)); then
+        # shellcheck disable=SC2086
+        b=$(median ${SAMPLES[$c|fuse]})
+        # shellcheck disable=SC2086
+        bs=$(median ${SECS[$c|fuse]})
+        # shellcheck disable=SC2059
+        printf "$bfmt" "$(fmt_mibs "$b")" "$(ratio "$b" "$p")" "$(ratio "$g" "$b")"
+        secs_line+=$(printf '   fuse %7.2f s' "$bs")
     fi
     echo
     secs_lines+=("$secs_line")
