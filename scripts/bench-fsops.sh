@@ -25,6 +25,10 @@
 #   REGFS_ARGS     extra options for `regfs mount` (word-split), e.g. "--no-passthrough"
 #   BENCH_DIR      where the scratch directory goes (default /var/tmp; never tmpfs)
 #   ROUNDS         rounds per workload (default 5)
+#   FLOOR          1: also through bindfs (Debian's bindfs: a bare libfuse passthrough,
+#                  multithreaded, kernel caches kept 60 s as regfs's default) over its
+#                  own directory; columns nat/fuse (the floor any FUSE mount reaches
+#                  here) and fuse/regfs (> 1: regfs faster than the bare passthrough)
 #   JOBS           concurrent threads (default 8)
 #   LAYERS         layers per push round (default 200)
 #   LAYER_KB       size of each small layer (default 16)
@@ -43,6 +47,7 @@ LAYER_KB=${LAYER_KB:-16}
 FILES_PER_JOB=${FILES_PER_JOB:-4}
 FILE_MB=${FILE_MB:-16}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
+FLOOR=${FLOOR:-0}
 
 BENCH_NAME=bench-fsops
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,6 +61,10 @@ done
 [[ -c /dev/fuse ]] || die "/dev/fuse missing; load the module with 'modprobe fuse'"
 [[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR is not a directory"
 command -v python3 >/dev/null || die "python3 is needed (scripts/lib/fsops.py)"
+[[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
+if ((FLOOR)); then
+    command -v bindfs >/dev/null || die "FLOOR=1 needs bindfs (apt-get install -y bindfs)"
+fi
 WORKER=$ROOT/scripts/lib/fsops.py
 [[ -f $WORKER ]] || die "$WORKER is missing"
 extra_args=()
@@ -66,15 +75,19 @@ find_regfs
 
 SCRATCH=
 DAEMON_PID=
+FLOOR_PID=
 cleanup() {
-    local rc=$?
+    local rc=$? m
     trap - EXIT INT TERM
     set +e
     [[ -n $DAEMON_PID ]] && stop_pid "$DAEMON_PID" 10
+    [[ -n $FLOOR_PID ]] && stop_pid "$FLOOR_PID" 10
     if [[ -n $SCRATCH && -d $SCRATCH ]]; then
-        if is_mounted "$SCRATCH/mnt"; then
-            umount "$SCRATCH/mnt" 2>/dev/null || umount -l "$SCRATCH/mnt"
-        fi
+        for m in "$SCRATCH/mnt" "$SCRATCH/fuse-mnt"; do
+            if is_mounted "$m"; then
+                umount "$m" 2>/dev/null || umount -l "$m"
+            fi
+        done
         rm -rf --one-file-system "$SCRATCH"
     fi
     exit "$rc"
@@ -102,6 +115,22 @@ for ((i = 0; i < 100; i++)); do
 done
 is_mounted "$SCRATCH/mnt" || die "regfs did not mount $SCRATCH/mnt within 10 s"
 log "regfs mounted at $SCRATCH/mnt ($fs_type backing); plain directory $PLAIN"
+WHO=(native regfs)
+if ((FLOOR)); then
+    mkdir -p "$SCRATCH/fuse-backing/docker/registry/v2" "$SCRATCH/fuse-mnt"
+    bindfs -f --multithreaded -o allow_other,entry_timeout=60,attr_timeout=60,negative_timeout=60 \
+        "$SCRATCH/fuse-backing" "$SCRATCH/fuse-mnt" >"$SCRATCH/bindfs.log" 2>&1 &
+    FLOOR_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        is_mounted "$SCRATCH/fuse-mnt" && break
+        alive "$FLOOR_PID" || { cat "$SCRATCH/bindfs.log" >&2; die "bindfs exited before mounting"; }
+        sleep 0.1
+    done
+    is_mounted "$SCRATCH/fuse-mnt" || die "bindfs did not mount $SCRATCH/fuse-mnt within 10 s"
+    log "bindfs $(bindfs --version | awk '{ print $2 }') mounted at $SCRATCH/fuse-mnt (the bare FUSE floor)"
+    WHO+=(fuse)
+fi
+declare -A ROOT_OF=([native]=$PLAIN [regfs]=$SCRATCH/mnt [fuse]=$SCRATCH/fuse-mnt)
 
 # run WORKLOAD ROOT ROUND: prints seconds.
 run() {
@@ -109,49 +138,64 @@ run() {
         --layers "$LAYERS" --layer-kb "$LAYER_KB" --files-per-job "$FILES_PER_JOB" --file-mb "$FILE_MB"
 }
 
-declare -A NAT=() REG=()
+declare -A TOOK=() # WORKLOAD|WHO -> seconds of each round
 for ((r = 1; r <= ROUNDS; r++)); do
-    order=(native regfs)
-    ((r % 2)) || order=(regfs native)
+    # The order rotates every round (each target goes first in turn).
+    order=()
+    for ((k = 0; k < ${#WHO[@]}; k++)); do
+        order+=("${WHO[(k + r - 1) % ${#WHO[@]}]}")
+    done
     for w in push write read; do
         for who in "${order[@]}"; do
-            if [[ $who == native ]]; then
-                s=$(run "$w" "$PLAIN" "$r") || die "$w on the plain directory failed"
-                NAT[$w]+="$s "
-            else
-                s=$(run "$w" "$SCRATCH/mnt" "$r") || die "$w through the mount failed"
-                REG[$w]+="$s "
-            fi
+            s=$(run "$w" "${ROOT_OF[$who]}" "$r") || die "$w on $who (${ROOT_OF[$who]}) failed"
+            TOOK[$w|$who]+="$s "
         done
     done
     # The files of this round's write/read go; the pushed blobs stay (a growing store).
-    rm -rf --one-file-system "$PLAIN/docker/registry/v2/repositories/bench/_uploads" \
-        "$SCRATCH/mnt/docker/registry/v2/repositories/bench/_uploads"
+    for who in "${WHO[@]}"; do
+        rm -rf --one-file-system "${ROOT_OF[$who]}/docker/registry/v2/repositories/bench/_uploads"
+    done
     note "round $r/$ROUNDS done (load $(cut -d' ' -f1-3 /proc/loadavg))"
 done
 
 echo
-echo "regfs file operations: $JOBS threads, median of $ROUNDS rounds, native and regfs interleaved"
+echo "regfs file operations: $JOBS threads, median of $ROUNDS rounds, ${WHO[*]} interleaved"
+((FLOOR)) && echo "fuse: bindfs $(bindfs --version | awk '{ print $2 }'), a bare FUSE passthrough (nat/fuse: the floor of any FUSE mount here)"
 echo "$(nproc) CPUs, $fs_type, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)${REGFS_ARGS:+, regfs options: $REGFS_ARGS}"
 echo
-fmt='%-8s | %-44s | %10s | %10s | %17s | %s\n'
+fmt='%-8s | %-44s | %10s | %10s | %17s | %-11s'
+ffmt=' | %10s | %8s | %10s'
 # shellcheck disable=SC2059
-printf "$fmt" workload what "native s" "regfs s" "ratio (nat/regfs)" target
-# shellcheck disable=SC2059
-printf "$fmt" "--------" "--------------------------------------------" "----------" "----------" "-----------------" "------"
+{
+    printf "$fmt" workload what "native s" "regfs s" "ratio (nat/regfs)" target
+    ((FLOOR)) && printf "$ffmt" "fuse s" "nat/fuse" "fuse/regfs"
+    echo
+    printf "$fmt" "--------" "--------------------------------------------" "----------" "----------" "-----------------" "-----------"
+    ((FLOOR)) && printf "$ffmt" "----------" "--------" "----------"
+    echo
+}
 declare -A WHAT=(
     [push]="$LAYERS layers of $LAYER_KB KiB"
     [write]="$((JOBS * FILES_PER_JOB)) files of $FILE_MB MiB written"
     [read]="$((JOBS * FILES_PER_JOB)) files of $FILE_MB MiB read"
 )
 declare -A GOAL=([push]=0.95 [write]=0.9 [read]=0.9)
+# per A B: A / B to two decimals (B at least 0.0001 s).
+per() { awk -v a="$1" -v b="$2" 'BEGIN { if (b < 0.0001) b = 0.0001; printf "%.2f", a / b }'; }
 for w in push write read; do
     # shellcheck disable=SC2086
-    n=$(median ${NAT[$w]})
+    n=$(median ${TOOK[$w|native]})
     # shellcheck disable=SC2086
-    g=$(median ${REG[$w]})
-    ratio=$(awk -v n="$n" -v g="$g" 'BEGIN { if (g < 0.0001) g = 0.0001; printf "%.2f", n / g }')
+    g=$(median ${TOOK[$w|regfs]})
+    ratio=$(per "$n" "$g")
     verdict=$(awk -v r="$ratio" -v t="${GOAL[$w]}" 'BEGIN { print (r >= t ? "PASS" : "BELOW") }')
     # shellcheck disable=SC2059
     printf "$fmt" "$w" "${WHAT[$w]}" "$n" "$g" "$ratio" ">= ${GOAL[$w]} $verdict"
+    if ((FLOOR)); then
+        # shellcheck disable=SC2086
+        f=$(median ${TOOK[$w|fuse]})
+        # shellcheck disable=SC2059
+        printf "$ffmt" "$f" "$(per "$n" "$f")" "$(per "$f" "$g")"
+    fi
+    echo
 done
