@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use std::sync::Arc;
 
@@ -117,9 +117,10 @@ fn tick(sh: &Arc<NodeParts>, st: &mut Local, full: bool) {
     // This node's own claim, seen unchanged before and after the read: otherwise its
     // new epoch, claimed meanwhile, would look like another's or gone.
     let before = sh.collecting.now();
+    let asked = Utc::now();
     let epoch = sh.etcd.get(&sh.keys.epoch());
     if full {
-        see(sh, &epoch);
+        see_with(sh, &sh.etcd, &epoch, asked);
     }
     let Ok(epoch) = epoch else {
         return; // a passing failure; a lasting one shows in the session
@@ -197,21 +198,24 @@ fn tick(sh: &Arc<NodeParts>, st: &mut Local, full: bool) {
 /// Reads the cluster for `status` through `etcd` (at start, before the agent's first
 /// tick, and from `status` with a short deadline); false if etcd did not answer.
 pub fn look(sh: &NodeParts, etcd: &super::etcd::Etcd) -> bool {
+    let asked = Utc::now();
     let epoch = etcd.get(&sh.keys.epoch());
     if epoch.is_err() {
         return false; // what was last read stands
     }
-    see_with(sh, etcd, &epoch);
+    see_with(sh, etcd, &epoch, asked);
     true
 }
 
-/// Reads the members for `status` (`epoch`: the epoch key as just read), and keeps what
-/// it saw (held only to store it).
-fn see(sh: &NodeParts, epoch: &Result<Option<Kv>, EtcdError>) {
-    see_with(sh, &sh.etcd, epoch)
-}
-
-fn see_with(sh: &NodeParts, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>, EtcdError>) {
+/// Reads the members for `status` through `etcd` (`epoch`: the epoch key as read from
+/// `asked` on), and keeps what it saw (held only to store it): everything kept was in
+/// etcd at `asked` or later.
+fn see_with(
+    sh: &NodeParts,
+    etcd: &super::etcd::Etcd,
+    epoch: &Result<Option<Kv>, EtcdError>,
+    asked: DateTime<Utc>,
+) {
     let members = match epoch {
         Ok(_) => etcd.list(&sh.keys.members()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -236,7 +240,7 @@ fn see_with(sh: &NodeParts, etcd: &super::etcd::Etcd, epoch: &Result<Option<Kv>,
                     .map(|r| r.collector);
                 (kv.create_revision, collector)
             });
-            seen.read_at = Some(Utc::now());
+            seen.read_at = Some(asked);
             seen.error = None;
         }
         (Err(e), _) => seen.error = Some(e),

@@ -184,7 +184,7 @@ impl Collecting {
 pub struct Seen {
     pub members: Vec<crate::daemon::epoch::MemberView>,
     pub epoch: Option<(u64, Option<String>)>,
-    /// When the members and the epoch above were read.
+    /// When the read of the members and the epoch above began.
     pub read_at: Option<DateTime<Utc>>,
     /// The last read failed: why.
     pub error: Option<String>,

@@ -38,7 +38,8 @@ pub struct ClusterView {
     /// The node collecting now, if an epoch is on.
     pub collector: Option<String>,
     pub epoch: Option<u64>,
-    /// When the members and the epoch were read from etcd: `status` reads them at once
+    /// When the read of the members and the epoch from etcd began (what they show was in
+    /// etcd then or later): `status` reads them at once
     /// when etcd answers within its deadline, else shows what the member agent last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<DateTime<Utc>>,

@@ -339,6 +339,30 @@ impl Node {
         self.guard.status()
     }
 
+    /// This node's `status` with a cluster view read from etcd after this call began
+    /// (`read_at`): when etcd is slow to answer `status`'s own quick read, the view is
+    /// the member agent's last, up to a tick old, and a member that just joined or left
+    /// may not show yet. Waits up to 10 s for a fresh one.
+    pub fn fresh_status(&self) -> Value {
+        let asked = chrono::Utc::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.status();
+            let read_at = st["cluster"]["read_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if read_at.is_some_and(|t| t >= asked) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no cluster view read from etcd within 10 s: {st:#}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until this node's `status` lists `n` members, every one open: a status
     /// answered while etcd is slow shows what the node last read (its `read_at` says
     /// when), so a member that just joined may take a moment to appear.

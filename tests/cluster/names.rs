@@ -13,7 +13,7 @@ use crate::harness::{ClusterWorld, Etcd, Node, TTL, a_layer_link, cluster_test, 
 
 /// The members `n` sees: (name, mount point).
 fn members(n: &Node) -> Vec<(String, String)> {
-    let st = n.status();
+    let st = n.fresh_status();
     st["cluster"]["members"]
         .as_array()
         .unwrap_or_else(|| panic!("no member list: {st:#}"))
@@ -237,7 +237,7 @@ fn the_default_name_is_the_machine_id_and_the_mount_point() {
     let n = Node::try_start(dir.path(), &storage, &etcd, "anon", None, &[])
         .unwrap_or_else(|(code, log)| panic!("exit {code}:\n{log}"));
     let want = format!("{machine}:{}", n.mnt().display());
-    let st = n.status();
+    let st = n.fresh_status();
     assert_eq!(st["cluster"]["node"], want.as_str(), "{st:#}");
     assert!(!want.starts_with(&format!("{}:", host.trim())));
     assert_eq!(names(&members(&n)), [want.as_str()]);
