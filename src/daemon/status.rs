@@ -225,7 +225,7 @@ fn write_cluster(f: &mut fmt::Formatter<'_>, c: &super::epoch::ClusterView) -> f
         // Older than the status itself when etcd was slow to answer it.
         write!(
             f,
-            " (as etcd answered at {})",
+            " (as read from etcd at {})",
             at.format("%H:%M:%S%.3f UTC")
         )?;
     }
