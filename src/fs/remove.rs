@@ -25,15 +25,20 @@ pub struct Removed {
     pub bytes: u64,
 }
 
-/// Removes everything inside the directory `fd`; never follows a link.
+/// Removes everything inside the directory `fd`; never follows a link. Whatever another
+/// process removes meanwhile (the registry deleting a tag's directory while the sweep
+/// removes one of its history entries) counts as gone, not as a failure.
 fn empty_dir(fd: BorrowedFd<'_>, shown: &str, out: &mut Removed) -> FsResult<()> {
-    let dir_fd = rfs::openat(
+    let dir_fd = match rfs::openat(
         fd,
         ".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(|e| FsError::backing("open", shown, e))?;
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(FsError::backing("open", shown, e)),
+    };
     let mut dir = Dir::new(dir_fd).map_err(|e| FsError::backing("readdir", shown, e))?;
     let mut names = Vec::new();
     while let Some(entry) = dir.read() {
@@ -56,25 +61,38 @@ fn remove_entry(
     shown: &str,
     out: &mut Removed,
 ) -> FsResult<()> {
-    let st = rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| FsError::backing("stat", shown, e))?;
+    // Each step's ENOENT: another process removed the entry first (see `empty_dir`).
+    let st = match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(FsError::backing("stat", shown, e)),
+    };
     if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory {
-        let sub: OwnedFd = rfs::openat(
+        let sub: OwnedFd = match rfs::openat(
             parent,
             name,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| FsError::backing("open", shown, e))?;
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(FsError::backing("open", shown, e)),
+        };
         empty_dir(sub.as_fd(), shown, out)?;
-        rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)
-            .map_err(|e| FsError::backing("rmdir", shown, e))?;
-        out.dirs += 1;
+        match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) => out.dirs += 1,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(FsError::backing("rmdir", shown, e)),
+        }
     } else {
-        rfs::unlinkat(parent, name, AtFlags::empty())
-            .map_err(|e| FsError::backing("unlink", shown, e))?;
-        out.files += 1;
-        out.bytes += st.st_size.max(0) as u64;
+        match rfs::unlinkat(parent, name, AtFlags::empty()) {
+            Ok(()) => {
+                out.files += 1;
+                out.bytes += st.st_size.max(0) as u64;
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(FsError::backing("unlink", shown, e)),
+        }
     }
     Ok(())
 }
@@ -228,5 +246,56 @@ impl StorageFs {
             self.kernel
                 .removed(parent, self.names.inodes.id_of(child), name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry deletes a tag's directory (`os.RemoveAll`) while the sweep removes one
+    /// of its history entries: the sweep found the entry, then finds it gone at each later
+    /// step. Gone is what the sweep wanted; it must not fail the run (an online soak's run
+    /// failed with "stat ...: No such file or directory").
+    #[test]
+    fn an_entry_removed_by_another_process_mid_removal_counts_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = rfs::open(
+            dir.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut out = Removed::default();
+        // Gone between the sweep's lookup and its own stat.
+        remove_entry(root.as_fd(), OsStr::new("entry"), "entry", &mut out).unwrap();
+        assert_eq!(out, Removed::default());
+
+        // Gone after the sweep opened it: its listing starts on a removed directory.
+        std::fs::create_dir_all(dir.path().join("entry")).unwrap();
+        let held = rfs::openat(
+            &root,
+            "entry",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        std::fs::remove_dir(dir.path().join("entry")).unwrap();
+        empty_dir(held.as_fd(), "entry", &mut out).unwrap();
+        assert_eq!(out, Removed::default());
+
+        // What is there is still removed and counted.
+        std::fs::create_dir_all(dir.path().join("entry/sub")).unwrap();
+        std::fs::write(dir.path().join("entry/sub/link"), b"sha256:x").unwrap();
+        remove_entry(root.as_fd(), OsStr::new("entry"), "entry", &mut out).unwrap();
+        assert_eq!(
+            out,
+            Removed {
+                files: 1,
+                dirs: 2,
+                bytes: 8
+            }
+        );
+        assert!(!dir.path().join("entry").exists());
     }
 }
