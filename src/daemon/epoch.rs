@@ -39,8 +39,8 @@ pub struct ClusterView {
     pub collector: Option<String>,
     pub epoch: Option<u64>,
     /// When the read of the members and the epoch from etcd began (what they show was in
-    /// etcd then or later): `status` reads them at once
-    /// when etcd answers within its deadline, else shows what the member agent last read.
+    /// etcd then or later): `status` reads them at once when etcd answers within its
+    /// deadline, else shows what the member agent last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<DateTime<Utc>>,
     /// Set when this node cannot reach etcd (it refuses writes until it can).
