@@ -62,9 +62,6 @@ done
 [[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR is not a directory"
 command -v python3 >/dev/null || die "python3 is needed (scripts/lib/fsops.py)"
 [[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
-if ((FLOOR)); then
-    command -v bindfs >/dev/null || die "FLOOR=1 needs bindfs (apt-get install -y bindfs)"
-fi
 WORKER=$ROOT/scripts/lib/fsops.py
 [[ -f $WORKER ]] || die "$WORKER is missing"
 extra_args=()
@@ -118,16 +115,7 @@ log "regfs mounted at $SCRATCH/mnt ($fs_type backing); plain directory $PLAIN"
 WHO=(native regfs)
 if ((FLOOR)); then
     mkdir -p "$SCRATCH/fuse-backing/docker/registry/v2" "$SCRATCH/fuse-mnt"
-    bindfs -f --multithreaded -o allow_other,entry_timeout=60,attr_timeout=60,negative_timeout=60 \
-        "$SCRATCH/fuse-backing" "$SCRATCH/fuse-mnt" >"$SCRATCH/bindfs.log" 2>&1 &
-    FLOOR_PID=$!
-    for ((i = 0; i < 100; i++)); do
-        is_mounted "$SCRATCH/fuse-mnt" && break
-        alive "$FLOOR_PID" || { cat "$SCRATCH/bindfs.log" >&2; die "bindfs exited before mounting"; }
-        sleep 0.1
-    done
-    is_mounted "$SCRATCH/fuse-mnt" || die "bindfs did not mount $SCRATCH/fuse-mnt within 10 s"
-    log "bindfs $(bindfs --version | awk '{ print $2 }') mounted at $SCRATCH/fuse-mnt (the bare FUSE floor)"
+    mount_floor "$SCRATCH/fuse-backing" "$SCRATCH/fuse-mnt" "$SCRATCH/bindfs.log"
     WHO+=(fuse)
 fi
 declare -A ROOT_OF=([native]=$PLAIN [regfs]=$SCRATCH/mnt [fuse]=$SCRATCH/fuse-mnt)

@@ -138,9 +138,6 @@ done
 if ((CLUSTER)); then
     command -v etcd >/dev/null || die "CLUSTER=1 needs etcd (apt-get install -y etcd-server)"
 fi
-if ((FLOOR)); then
-    command -v bindfs >/dev/null || die "FLOOR=1 needs bindfs (apt-get install -y bindfs)"
-fi
 TARGETS=(plain regfs)
 ((CLUSTER)) && TARGETS+=(cluster)
 ((NO_ACCESS_TIMES)) && TARGETS+=(noat)
@@ -321,17 +318,8 @@ if ((FLOOR)); then
     STORE[fuse]=$SCRATCH/mnt-fuse
     mkdir -p "$SCRATCH/backing-fuse" "$SCRATCH/mnt-fuse"
     chown "$REG_USER:$REG_USER" "$SCRATCH/backing-fuse"
-    ttl=60 # regfs's default --attr-timeout
-    log "mounting bindfs (the bare FUSE floor, caches kept ${ttl} s): $SCRATCH/backing-fuse at $SCRATCH/mnt-fuse"
-    bindfs -f --multithreaded -o "allow_other,entry_timeout=$ttl,attr_timeout=$ttl,negative_timeout=$ttl" \
-        "$SCRATCH/backing-fuse" "$SCRATCH/mnt-fuse" >>"$SCRATCH/bindfs.log" 2>&1 &
-    RFS_PID[$SCRATCH/mnt-fuse]=$!
-    for ((i = 0; i < 100; i++)); do
-        is_mounted "$SCRATCH/mnt-fuse" && break
-        alive "${RFS_PID[$SCRATCH/mnt-fuse]}" || { cat "$SCRATCH/bindfs.log" >&2; die "bindfs exited before mounting"; }
-        sleep 0.1
-    done
-    is_mounted "$SCRATCH/mnt-fuse" || die "bindfs did not mount $SCRATCH/mnt-fuse within 10 s"
+    mount_floor "$SCRATCH/backing-fuse" "$SCRATCH/mnt-fuse" "$SCRATCH/bindfs.log"
+    RFS_PID[$SCRATCH/mnt-fuse]=$FLOOR_PID
 fi
 
 free_port() {

@@ -39,6 +39,25 @@ stop_pid() {
 
 is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/mounts; }
 
+# mount_floor BACKING MNT LOG: bindfs (a bare libfuse passthrough, no policy,
+# multithreaded) of BACKING at MNT, the kernel keeping entries, attributes and absent
+# names 60 s (regfs's default --attr-timeout), started in the background with its output
+# in LOG; returns once mounted and sets FLOOR_PID. The FLOOR=1 target of the benchmarks.
+mount_floor() {
+    local backing=$1 mnt=$2 logf=$3 i
+    command -v bindfs >/dev/null || die "FLOOR=1 needs bindfs (apt-get install -y bindfs)"
+    log "mounting bindfs $(bindfs --version | awk '{ print $2 }') (the bare FUSE floor): $backing at $mnt"
+    bindfs -f --multithreaded -o allow_other,entry_timeout=60,attr_timeout=60,negative_timeout=60 \
+        "$backing" "$mnt" >>"$logf" 2>&1 &
+    FLOOR_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        is_mounted "$mnt" && return 0
+        alive "$FLOOR_PID" || { cat "$logf" >&2; die "bindfs exited before mounting $mnt"; }
+        sleep 0.1
+    done
+    die "bindfs did not mount $mnt within 10 s"
+}
+
 # Cold-cache runs: write back, then drop the page, dentry and inode caches (root only).
 drop_caches() {
     sync
